@@ -1,0 +1,358 @@
+"""The ``stockade`` command line: parse arguments, call the library, map
+errors to exit codes (docs/exit-codes.md). Heavy modules are imported inside
+the commands so that start-up stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from stockade import __version__
+from stockade.errors import StockadeError, UsageError
+
+if TYPE_CHECKING:
+    from stockade.client.attest import Appraisal
+    from stockade.wire.messages import FileEntry
+
+SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def state_dir(explicit: Path | None = None) -> Path:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("STOCKADE_STATE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "stockade"
+
+
+def parse_size(text: str, what: str) -> int:
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    number = t[:-1] if unit else t
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise UsageError(f"{what}: {text!r} is not a size (examples: 512K, 64M, 1G)") from None
+    if value <= 0:
+        raise UsageError(f"{what} must be positive")
+    return value
+
+
+def parse_env(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    return tuple(sorted(env.items()))
+
+
+def parse_files(items: tuple[str, ...]) -> tuple[FileEntry, ...]:
+    from stockade.wire.messages import FileEntry
+
+    entries: dict[str, FileEntry] = {}
+    for item in items:
+        host, guest = item, None
+        if ":" in item:
+            head, _, tail = item.rpartition(":")
+            if tail.startswith("/"):
+                host, guest = head, tail
+        src = Path(host)
+        if not src.exists():
+            raise UsageError(f"--file {item!r}: {host} does not exist")
+        guest = guest or "/" + src.name
+        guest = "/" + guest.strip("/") if guest.strip("/") else "/"
+        if src.is_dir():
+            for path in sorted(src.rglob("*")):
+                rel = path.relative_to(src).as_posix()
+                target = (guest.rstrip("/") + "/" + rel) if guest != "/" else "/" + rel
+                data = None if path.is_dir() else path.read_bytes()
+                entries[target] = FileEntry(target, data)
+            if guest != "/":
+                entries.setdefault(guest, FileEntry(guest, None))
+        else:
+            if guest == "/":
+                raise UsageError(f"--file {item!r}: a file cannot be mounted as /")
+            entries[guest] = FileEntry(guest, src.read_bytes())
+    return tuple(entries[k] for k in sorted(entries))
+
+
+def parse_secrets(items: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
+    out: dict[str, bytes] = {}
+    for item in items:
+        name, sep, ref = item.partition("=")
+        if not sep or not name:
+            raise UsageError("--secret: expected NAME=@FILE")
+        if not ref.startswith("@"):
+            # Never echo the value: it may be the secret itself.
+            raise UsageError(
+                f"--secret {name}: values are read from files (NAME=@FILE) so that "
+                "they never appear in process arguments"
+            )
+        if "/" in name or name in (".", ".."):
+            raise UsageError(f"--secret {name}: the name must be a plain file name")
+        path = Path(ref[1:])
+        try:
+            out[name] = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--secret {name}: cannot read {path}: {exc.strerror}") from None
+    return tuple(sorted(out.items()))
+
+
+def _fail(err: StockadeError, as_json: bool) -> NoReturn:
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "error": {
+                        "type": err.problem_type,
+                        "title": err.title,
+                        "detail": err.detail,
+                        "exit_code": err.exit_code,
+                    }
+                }
+            )
+        )
+    else:
+        click.echo(f"stockade: {err.title}: {err.detail}", err=True)
+    sys.exit(err.exit_code)
+
+
+def _summary(appraisal: Appraisal, measurement_note: str) -> str:
+    c = appraisal.claims
+    platform = SIM_WARNING if c.platform == "sim" else f"{c.platform} ({c.product})"
+    tcb = " ".join(f"{k}={v}" for k, v in c.tcb)
+    lines = [
+        "stockade: Keep attested and verified",
+        f"  platform     {platform}",
+        f"  measurement  {c.measurement.hex()}",
+        f"               {measurement_note}",
+        f"  tcb          {tcb} (firmware {c.firmware}, report v{c.report_version})",
+        f"  signer       {c.signer} -> {'sim root' if c.platform == 'sim' else 'AMD root'} "
+        f"{c.root_fingerprint[:16]}…",
+        "  freshness    report binds this session's nonce and the Keep's TLS key",
+        f"  debug        {'ALLOWED' if c.debug else 'disabled'}",
+    ]
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="stockade")
+def main() -> None:
+    """Run WebAssembly workloads in attested TEE Keeps."""
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("wasm", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("args", nargs=-1)
+@click.option(
+    "--backend",
+    type=click.Choice(["sim"]),
+    default="sim",
+    show_default=True,
+    help="Keep backend on this host.",
+)
+@click.option("--allow-sim", is_flag=True, help="Accept sim evidence (NO hardware protection).")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable for the workload.")
+@click.option("--stdin", "stdin", metavar="FILE|-", help="Standard input for the workload.")
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    metavar="HOST[:GUEST]",
+    help="File or directory sent through the attested channel, visible under / in the Keep.",
+)
+@click.option(
+    "--secret",
+    "secret_refs",
+    multiple=True,
+    metavar="NAME=@FILE",
+    help="Secret sent only after verification, visible as /secrets/NAME.",
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Wall-clock limit, seconds.")
+@click.option("--memory", default="256M", show_default=True, help="Linear memory limit.")
+@click.option("--max-output", default="64M", show_default=True, help="Limit on stdout+stderr bytes.")
+@click.option(
+    "--expect-measurement",
+    metavar="HEX",
+    help="Pin the Keep measurement (default for sim: this installation's Keep runtime).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result document on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Do not print the verification summary.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
+def run(
+    wasm: Path,
+    args: tuple[str, ...],
+    backend: str,
+    allow_sim: bool,
+    env: tuple[str, ...],
+    stdin: str | None,
+    files: tuple[str, ...],
+    secret_refs: tuple[str, ...],
+    timeout: float,
+    memory: str,
+    max_output: str,
+    expect_measurement: str | None,
+    as_json: bool,
+    quiet: bool,
+    state_dir: Path | None,
+) -> None:
+    """Run WASM in a fresh Keep after verifying its attestation.
+
+    Arguments after WASM (use -- before options meant for the workload) are
+    passed to the workload. The exit status is the workload's own, or a
+    stockade failure code (docs/exit-codes.md).
+    """
+    try:
+        _run(
+            wasm,
+            args,
+            backend,
+            allow_sim,
+            env,
+            stdin,
+            files,
+            secret_refs,
+            timeout,
+            memory,
+            max_output,
+            expect_measurement,
+            as_json,
+            quiet,
+            state_dir,
+        )
+    except StockadeError as err:
+        _fail(err, as_json)
+    except KeyboardInterrupt:
+        click.echo("stockade: interrupted", err=True)
+        sys.exit(130)
+
+
+def _run(
+    wasm: Path,
+    args: tuple[str, ...],
+    backend: str,
+    allow_sim: bool,
+    env: tuple[str, ...],
+    stdin: str | None,
+    files: tuple[str, ...],
+    secret_refs: tuple[str, ...],
+    timeout: float,
+    memory: str,
+    max_output: str,
+    expect_measurement: str | None,
+    as_json: bool,
+    quiet: bool,
+    state: Path | None,
+) -> None:
+    from stockade.host.loader import start_keep
+    from stockade.wire.messages import Limits, Workload
+
+    try:
+        module = wasm.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {wasm}: {exc.strerror}") from None
+    if module[:4] != b"\0asm":
+        from stockade.errors import WorkloadRejected
+
+        raise WorkloadRejected(f"{wasm} is not a WebAssembly module (missing the \\0asm magic number)")
+    if timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    limits = Limits(
+        timeout_ms=max(1, int(timeout * 1000)),
+        memory_bytes=parse_size(memory, "--memory"),
+        output_bytes=parse_size(max_output, "--max-output"),
+    )
+    expected = None
+    if expect_measurement:
+        try:
+            expected = bytes.fromhex(expect_measurement)
+        except ValueError:
+            raise UsageError("--expect-measurement must be hex") from None
+    stdin_bytes = b""
+    if stdin == "-":
+        stdin_bytes = sys.stdin.buffer.read()
+    elif stdin is not None:
+        try:
+            stdin_bytes = Path(stdin).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--stdin: cannot read {stdin}: {exc.strerror}") from None
+    workload = Workload(
+        wasm=module,
+        args=args,
+        env=parse_env(env),
+        stdin=stdin_bytes,
+        files=parse_files(files),
+        secrets=parse_secrets(secret_refs),
+        limits=limits,
+    )
+
+    sdir = state_dir(state)
+    from stockade.evidence.sim import chip
+
+    if chip.ensure_chip(sdir) and not quiet and not as_json:
+        click.echo(f"stockade: created the sim chip key chain in {chip.sim_dir(sdir)}", err=True)
+    from stockade.client.deploy import Steps, deploy
+
+    steps = Steps()
+    handle = start_keep(backend, sdir)
+    steps.mark("keep_start")
+    from stockade.client.attest import TrustConfig
+
+    trust = TrustConfig(
+        allow_sim=allow_sim,
+        sim_root=chip.sim_root(sdir),
+        expected_measurement=expected or handle.measurement,
+    )
+    note = (
+        "matches --expect-measurement"
+        if expected
+        else "matches this installation's Keep runtime (launch digest)"
+    )
+    out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+
+    def on_output(fd: int, data: bytes) -> None:
+        if as_json:
+            out[fd] += data
+            return
+        stream = sys.stdout.buffer if fd == 1 else sys.stderr.buffer
+        stream.write(data)
+        stream.flush()
+
+    def on_verified(appraisal: Appraisal) -> None:
+        if not quiet and not as_json:
+            click.echo(_summary(appraisal, note), err=True)
+
+    try:
+        result = deploy(handle.conn, workload, trust, on_output, on_verified, handle.exit_status, steps)
+    finally:
+        handle.close()
+    if as_json:
+        doc: dict[str, Any] = {
+            "exit_code": result.exit_code,
+            "stdout": out[1].decode("utf-8", "replace"),
+            "stderr": out[2].decode("utf-8", "replace"),
+            "workload_sha256": result.workload_sha256.hex(),
+            "attestation": {
+                **result.appraisal.claims.to_json(),
+                "checks": list(result.appraisal.checks),
+            },
+            "timing_ms": result.timing_ms,
+        }
+        click.echo(json.dumps(doc, indent=2))
+    sys.exit(result.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,129 @@
+"""The one small exception tree of stockade.
+
+Every failure that a user can cause or meet is a :class:`StockadeError`
+subclass. Each class maps to exactly one CLI exit code and one problem-details
+type (RFC 9290), so scripts can tell failure classes apart. Messages are one
+line, name what was expected and what was found, and never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class StockadeError(Exception):
+    """Base of every error stockade raises on purpose."""
+
+    exit_code: int = 1
+    problem_type: str = "error"
+    title: str = "stockade error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+class UsageError(StockadeError):
+    """The command line or a local input file is wrong."""
+
+    exit_code = 2
+    problem_type = "usage"
+    title = "usage error"
+
+
+class VerificationFailed(StockadeError):
+    """Evidence parsed but a cryptographic or binding check failed."""
+
+    exit_code = 110
+    problem_type = "verification-failed"
+    title = "attestation verification failed"
+
+
+class MalformedEvidence(StockadeError):
+    """Evidence bytes do not have the structure the format requires."""
+
+    exit_code = 111
+    problem_type = "malformed-evidence"
+    title = "malformed evidence"
+
+
+class PolicyRejected(StockadeError):
+    """Verified claims are not acceptable under the deployer's policy."""
+
+    exit_code = 112
+    problem_type = "policy-rejected"
+    title = "refused by policy"
+
+
+class ProtocolError(StockadeError):
+    """A peer sent bytes that break the stockade protocol."""
+
+    exit_code = 113
+    problem_type = "protocol-error"
+    title = "protocol error"
+
+
+class CollateralUnavailable(StockadeError):
+    """Certificates, CRLs or TCB data needed for verification are missing."""
+
+    exit_code = 114
+    problem_type = "collateral-unavailable"
+    title = "collateral unavailable"
+
+
+class KeepDied(StockadeError):
+    """The Keep process ended or vanished before it reported a result."""
+
+    exit_code = 115
+    problem_type = "keep-died"
+    title = "Keep died"
+
+
+class LimitExceeded(StockadeError):
+    """The workload hit a limit (time, memory, output) and was stopped."""
+
+    exit_code = 116
+    problem_type = "limit-exceeded"
+    title = "limit exceeded"
+
+    def __init__(self, detail: str, limit: str = "") -> None:
+        super().__init__(detail)
+        self.limit = limit
+
+
+class WorkloadRejected(StockadeError):
+    """The workload is not something the Keep can run (not Wasm, no _start)."""
+
+    exit_code = 117
+    problem_type = "workload-rejected"
+    title = "workload rejected"
+
+
+class WorkloadTrapped(StockadeError):
+    """The workload trapped (unreachable, out-of-bounds access, ...)."""
+
+    exit_code = 134
+    problem_type = "workload-trapped"
+    title = "workload trapped"
+
+
+ERROR_CLASSES: tuple[type[StockadeError], ...] = (
+    UsageError,
+    VerificationFailed,
+    MalformedEvidence,
+    PolicyRejected,
+    ProtocolError,
+    CollateralUnavailable,
+    KeepDied,
+    LimitExceeded,
+    WorkloadRejected,
+    WorkloadTrapped,
+)
+
+_BY_TYPE = {cls.problem_type: cls for cls in ERROR_CLASSES}
+
+
+def error_class_for(problem_type: str) -> type[StockadeError]:
+    """The error class for a problem type received from a peer."""
+    return _BY_TYPE.get(problem_type, ProtocolError)

@@ -1,0 +1,63 @@
+"""Normalized verified claims: what a verifier vouches for, for any platform.
+
+Only verifiers construct :class:`VerifiedClaims` (they pass the private
+``_VERIFIED`` token); policy and the client consume them. A value of this
+type therefore always means "these claims came out of a successful
+verification at ``verified_at`` against the named root".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+_VERIFIED = object()
+
+
+@dataclass(frozen=True)
+class VerifiedClaims:
+    platform: str  # "snp", "tdx", "sgx" or "sim"
+    product: str  # e.g. "Milan"
+    signer: str  # e.g. "VCEK", "VLEK"
+    measurement: bytes
+    report_data: bytes
+    host_data: bytes
+    debug: bool
+    vmpl: int | None
+    chip_id: bytes
+    tcb: tuple[tuple[str, int], ...]
+    firmware: str
+    policy_flags: tuple[tuple[str, bool], ...]
+    report_version: int
+    root_fingerprint: str  # SHA-256 of the root certificate DER, hex
+    verified_at: datetime
+    _token: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._token is not _VERIFIED:
+            raise TypeError("VerifiedClaims are constructed by verifiers only")
+
+    @property
+    def hardware_protected(self) -> bool:
+        return self.platform != "sim"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "platform": self.platform,
+            "hardware_protection": self.hardware_protected,
+            "product": self.product,
+            "signer": self.signer,
+            "measurement": self.measurement.hex(),
+            "report_data": self.report_data.hex(),
+            "host_data": self.host_data.hex(),
+            "debug": self.debug,
+            "vmpl": self.vmpl,
+            "chip_id": self.chip_id.hex(),
+            "tcb": dict(self.tcb),
+            "firmware": self.firmware,
+            "policy_flags": dict(self.policy_flags),
+            "report_version": self.report_version,
+            "root_sha256": self.root_fingerprint,
+            "verified_at": self.verified_at.isoformat(),
+        }

@@ -1,0 +1,220 @@
+"""The sim chip: a locally generated ARK -> ASK -> VCEK chain, built like AMD's.
+
+Generated at first use in ``<state dir>/sim`` and kept there: ARK and ASK are
+RSA-4096 keys signing with RSASSA-PSS SHA-384 (salt 48), the VCEK is an
+ECDSA P-384 key whose certificate carries AMD's VCEK extensions (product
+name, bootloader/TEE/SNP/microcode SPLs, 64-byte hwID = CHIP_ID). The SNP
+verifier treats this chain exactly like AMD's, only with this ARK as the root
+for platform "sim".
+
+THE SIM CHIP GIVES NO HARDWARE PROTECTION: its private keys are ordinary
+files readable by the host's root user, and nothing isolates the Keep's
+memory. It exists so that every code path of attestation runs in CI.
+
+Difference from AMD (deliberate, forced): AMD's certificates have serial
+number 0; pyca/cryptography refuses to *build* such certificates, so the
+sim chain uses random positive serials. Serial-0 loading is exercised by the
+real vectors instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from stockade.evidence.snp import certs as amd
+from stockade.evidence.snp.abi import Product, TcbVersion
+from stockade.evidence.x509util import der_of, load_der
+from stockade.wire import der
+
+PRODUCT = Product.MILAN
+PRODUCT_NAME = "Milan-B0"
+CPUID = (0x19, 0x01, 0x01)  # family, model, stepping of a Milan B0 part
+#: The sim chip's TCB, reported in every report and in the VCEK extensions.
+TCB = {"bootloader": 4, "tee": 0, "snp": 24, "microcode": 219}
+FIRMWARE = (1, 55, 29)
+ORG = "stockade sim chip - NO HARDWARE PROTECTION"
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+
+
+@dataclass(frozen=True)
+class SimChip:
+    """What the sim PSP needs: the VCEK key and the certificates to hand out."""
+
+    vcek_key: ec.EllipticCurvePrivateKey
+    vcek_der: bytes
+    ask_der: bytes
+    ark_der: bytes
+    chip_id: bytes
+
+    @property
+    def reported_tcb(self) -> TcbVersion:
+        return TcbVersion.from_components(PRODUCT, **TCB)
+
+
+def sim_dir(state_dir: Path) -> Path:
+    return state_dir / "sim"
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Engineering"),
+        ]
+    )
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: object, now: datetime, years: int
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365 * years))
+    )
+
+
+def _generate(target: Path, now: datetime) -> None:
+    ark_key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    ask_key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    vcek_key = ec.generate_private_key(ec.SECP384R1())
+    chip_id = secrets.token_bytes(64)
+    ark_name, ask_name = _name("ARK-Sim-Milan"), _name("SEV-Sim-Milan")
+    ca = x509.BasicConstraints(ca=True, path_length=None)
+    ark = (
+        _builder(ark_name, ark_name, ark_key.public_key(), now, 25)
+        .add_extension(ca, critical=True)
+        .sign(ark_key, hashes.SHA384(), rsa_padding=_PSS)
+    )
+    ask = (
+        _builder(ask_name, ark_name, ask_key.public_key(), now, 25)
+        .add_extension(ca, critical=True)
+        .sign(ark_key, hashes.SHA384(), rsa_padding=_PSS)
+    )
+    vcek_builder = _builder(
+        x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, "SEV-VCEK"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
+            ]
+        ),
+        ask_name,
+        vcek_key.public_key(),
+        now,
+        7,
+    )
+    exts = [
+        (amd.OID_STRUCT_VERSION, der.uint(1)),
+        (amd.OID_PRODUCT_NAME, der.ia5(PRODUCT_NAME)),
+        (amd.OID_BL_SPL, der.uint(TCB["bootloader"])),
+        (amd.OID_TEE_SPL, der.uint(TCB["tee"])),
+        (amd.OID_SNP_SPL, der.uint(TCB["snp"])),
+        (amd.OID_UCODE_SPL, der.uint(TCB["microcode"])),
+        (amd.OID_HWID, chip_id),
+    ]
+    for oid, value in exts:
+        vcek_builder = vcek_builder.add_extension(x509.UnrecognizedExtension(oid, value), critical=False)
+    vcek = vcek_builder.sign(ask_key, hashes.SHA384(), rsa_padding=_PSS)
+
+    def pem_key(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    files = {
+        "ark.der": der_of(ark),
+        "ask.der": der_of(ask),
+        "vcek.der": der_of(vcek),
+        "ark.key": pem_key(ark_key),
+        "ask.key": pem_key(ask_key),
+        "vcek.key": pem_key(vcek_key),
+        "chip.json": json.dumps(
+            {
+                "chip_id": chip_id.hex(),
+                "product": PRODUCT_NAME,
+                "tcb": TCB,
+                "created": now.isoformat(),
+                "note": ORG,
+            },
+            indent=2,
+        ).encode(),
+    }
+    for name, data in files.items():
+        path = target / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if name.endswith(".key") else 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(directory / ".lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_chip(state_dir: Path, now: datetime | None = None) -> bool:
+    """Create the sim chip in ``state_dir`` unless it exists. Returns True when
+    it had to be generated (takes a few seconds: two RSA-4096 keys)."""
+    chip = sim_dir(state_dir) / "chip"
+    if (chip / "chip.json").exists():
+        return False
+    with _locked(sim_dir(state_dir)):
+        if (chip / "chip.json").exists():
+            return False
+        tmp = Path(tempfile.mkdtemp(prefix=".chip-", dir=sim_dir(state_dir)))
+        _generate(tmp, now or datetime.now(UTC))
+        tmp.rename(chip)
+        return True
+
+
+def sim_root(state_dir: Path) -> bytes:
+    """DER of the sim ARK kept in ``state_dir`` (the root a client may trust)."""
+    return (sim_dir(state_dir) / "chip" / "ark.der").read_bytes()
+
+
+def load_chip(state_dir: Path) -> SimChip:
+    chip = sim_dir(state_dir) / "chip"
+    key = serialization.load_pem_private_key((chip / "vcek.key").read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("sim VCEK key is not an EC key")
+    info = json.loads((chip / "chip.json").read_text())
+    return SimChip(
+        vcek_key=key,
+        vcek_der=(chip / "vcek.der").read_bytes(),
+        ask_der=(chip / "ask.der").read_bytes(),
+        ark_der=(chip / "ark.der").read_bytes(),
+        chip_id=bytes.fromhex(info["chip_id"]),
+    )
+
+
+def check_chip(state_dir: Path) -> None:
+    """Fail early if the stored chain does not parse (e.g. a corrupted file)."""
+    chip = load_chip(state_dir)
+    for name, blob in (("VCEK", chip.vcek_der), ("ASK", chip.ask_der), ("ARK", chip.ark_der)):
+        load_der(blob, f"sim {name}")

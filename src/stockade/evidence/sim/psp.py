@@ -1,0 +1,122 @@
+"""The sim PSP: a host-side process that signs SNP reports for one Keep.
+
+Started by the keep loader next to each sim Keep, with one end of a socket
+pair (the Keep holds the other end, as a guest holds /dev/sev-guest) and the
+launch digest of the Keep it serves (the loader computed it, as a hypervisor
+feeds launch pages to the real PSP). It answers report requests with a
+byte-exact ATTESTATION_REPORT version 3 signed by the sim VCEK. The VCEK
+private key lives only in this process and the state directory, never in
+the Keep.
+
+Usage: python -m stockade.evidence.sim.psp --state DIR --fd N --measurement HEX
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from stockade.errors import StockadeError
+from stockade.evidence.sim import chip as simchip
+from stockade.evidence.sim.channel import ReportRequest, ReportResponse, error_response
+from stockade.evidence.snp.abi import SIGNED_SIZE, ReportFields, with_signature
+from stockade.wire.framing import FrameDecoder, encode_frame
+
+
+class SimPsp:
+    def __init__(self, chip: simchip.SimChip, measurement: bytes, host_data: bytes = bytes(32)) -> None:
+        if len(measurement) != 48 or len(host_data) != 32:
+            raise ValueError("measurement must be 48 bytes and host_data 32")
+        self.chip = chip
+        self.measurement = measurement
+        self.host_data = host_data
+        self.report_id = secrets.token_bytes(32)
+
+    def report(self, request: ReportRequest) -> ReportResponse:
+        tcb = self.chip.reported_tcb.raw
+        major, minor, build = simchip.FIRMWARE
+        fam, model, step = simchip.CPUID
+        fields = ReportFields(
+            version=3,
+            policy=0x30000,  # ABI 0.0, SMT allowed, reserved bit 17 set, debug off
+            vmpl=request.vmpl,
+            current_tcb=tcb,
+            platform_info=0x1,  # SMT enabled
+            key_info=0,  # signed by the VCEK
+            report_data=request.report_data,
+            measurement=self.measurement,
+            host_data=self.host_data,
+            report_id=self.report_id,
+            reported_tcb=tcb,
+            cpuid_fam_id=fam,
+            cpuid_mod_id=model,
+            cpuid_step=step,
+            chip_id=self.chip.chip_id,
+            committed_tcb=tcb,
+            current_major=major,
+            current_minor=minor,
+            current_build=build,
+            committed_major=major,
+            committed_minor=minor,
+            committed_build=build,
+            launch_tcb=tcb,
+        )
+        unsigned = fields.unsigned_bytes()
+        signature = self.chip.vcek_key.sign(unsigned[:SIGNED_SIZE], ec.ECDSA(hashes.SHA384()))
+        r, s = decode_dss_signature(signature)
+        return ReportResponse(
+            report=with_signature(unsigned, r, s),
+            certs=(
+                ("ark", self.chip.ark_der),
+                ("ask", self.chip.ask_der),
+                ("vcek", self.chip.vcek_der),
+            ),
+        )
+
+    def serve(self, sock: socket.socket) -> None:
+        """Answer requests until the Keep closes its end."""
+        decoder = FrameDecoder(max_frame=4096)
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return
+            for frame in decoder.feed(data):
+                try:
+                    reply = self.report(ReportRequest.from_cbor(frame)).to_cbor()
+                except StockadeError as exc:
+                    reply = error_response(str(exc))
+                sock.sendall(encode_frame(reply))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stockade-sim-psp", description=__doc__)
+    parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--fd", required=True, type=int)
+    parser.add_argument("--measurement", required=True)
+    parser.add_argument("--host-data", default="00" * 32)
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        psp = SimPsp(
+            simchip.load_chip(args.state),
+            bytes.fromhex(args.measurement),
+            bytes.fromhex(args.host_data),
+        )
+        psp.serve(sock)
+    except (OSError, ValueError, StockadeError) as exc:
+        print(f"sim PSP: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Certificate loading shared by the verifiers.
+
+AMD's ARK, ASK and VCEK certificates carry serial number 0, which RFC 5280
+forbids; pyca/cryptography (46-50) loads them with a
+CryptographyDeprecationWarning and announces that a future release will
+refuse them (docs/adr/0003-amd-serial-zero-certificates.md). Every load goes
+through here so the warning is suppressed in one place and a refusal shows
+up as one clear MalformedEvidence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
+
+from stockade.errors import MalformedEvidence
+
+
+def load_der(der: bytes, what: str) -> x509.Certificate:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(der)
+            _ = cert.serial_number  # the warning is emitted lazily, on access
+            return cert
+    except ValueError as exc:
+        raise MalformedEvidence(f"{what}: not a valid DER certificate ({exc})") from None
+
+
+def load_pem_chain(pem: bytes, what: str) -> list[x509.Certificate]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            certs = x509.load_pem_x509_certificates(pem)
+            for cert in certs:
+                _ = cert.serial_number
+            return certs
+    except ValueError as exc:
+        raise MalformedEvidence(f"{what}: not a valid PEM certificate list ({exc})") from None
+
+
+def der_of(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return cert.public_bytes(Encoding.DER)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(der_of(cert)).hexdigest()
+
+
+def serial(cert: x509.Certificate) -> int:
+    """The serial number, without the serial-0 warning reaching users."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return cert.serial_number

@@ -1,0 +1,132 @@
+"""Keep loader: starts one Keep (and, for sim, its PSP) on the untrusted host.
+
+The loader is host code: it imports ``stockade.wire`` only and never sees
+plaintext workload data or secrets. For the ``sim`` backend it
+
+1. computes the launch digest of the Keep runtime it is about to start
+   (wire.launch), as a hypervisor measures guest pages at launch;
+2. starts the sim PSP process with that digest and one end of a socket pair
+   (the Keep gets the other end: its /dev/sev-guest);
+3. starts the Keep runtime process with one end of a second socket pair,
+   whose other end is returned to the caller: the byte stream to the Keep.
+
+Both children get a minimal environment and ``-I`` (isolated mode), their
+stdout is discarded and their stderr goes to a log file in the state
+directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stockade.wire.launch import keep_measurement
+
+BACKENDS = ("sim",)
+
+
+@dataclass
+class KeepHandle:
+    keep_id: str
+    backend: str
+    conn: socket.socket
+    keep: subprocess.Popen[bytes]
+    psp: subprocess.Popen[bytes] | None
+    measurement: bytes
+    log_path: Path
+    started_at: float = field(default_factory=time.perf_counter)
+
+    def exit_status(self) -> int | None:
+        """Exit status of the Keep process (None while it runs)."""
+        return self.keep.poll()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.keep.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self, grace: float = 2.0) -> None:
+        """Close the stream and reap both processes (kill after ``grace``)."""
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        for proc in (self.keep, self.psp):
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _child_env() -> dict[str, str]:
+    keep = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+def start_keep(backend: str, state_dir: Path, scratch: Path | None = None) -> KeepHandle:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; this host supports: {', '.join(BACKENDS)}")
+    keep_id = secrets.token_hex(8)
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"keep-{keep_id}.log"
+    measurement = keep_measurement()
+    client_end, keep_end = socket.socketpair()
+    psp_host_end, psp_keep_end = socket.socketpair()
+    env = _child_env()
+    with open(log_path, "ab") as log:
+        psp = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                "-m",
+                "stockade.evidence.sim.psp",
+                "--state",
+                str(state_dir),
+                "--fd",
+                str(psp_host_end.fileno()),
+                "--measurement",
+                measurement.hex(),
+            ],
+            pass_fds=(psp_host_end.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
+            close_fds=True,
+        )
+        cmd = [
+            sys.executable,
+            "-I",
+            "-m",
+            "stockade.keep",
+            "--backend",
+            backend,
+            "--conn-fd",
+            str(keep_end.fileno()),
+            "--psp-fd",
+            str(psp_keep_end.fileno()),
+        ]
+        if scratch is not None:
+            cmd += ["--scratch", str(scratch)]
+        keep = subprocess.Popen(
+            cmd,
+            pass_fds=(keep_end.fileno(), psp_keep_end.fileno()),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
+            close_fds=True,
+        )
+    for s in (keep_end, psp_host_end, psp_keep_end):
+        s.close()
+    return KeepHandle(keep_id, backend, client_end, keep, psp, measurement, log_path)

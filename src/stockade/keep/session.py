@@ -1,0 +1,213 @@
+"""One deploy session of a Keep: hello, attestation, TLS, workload, results.
+
+I/O lives here; the protocol rules live in wire.protocol.KeepSession.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Protocol
+
+from stockade.errors import LimitExceeded, ProtocolError, StockadeError
+from stockade.keep import identity
+from stockade.wire.binding import report_data_for
+from stockade.wire.evidence import EvidenceBundle
+from stockade.wire.framing import HEADER
+from stockade.wire.messages import Exit, Workload
+from stockade.wire.protocol import KeepSession
+
+#: How long a Keep waits for its client at each step before giving up.
+IDLE_TIMEOUT = 60.0
+#: Extra time the process watchdog grants beyond the workload's own limit.
+WATCHDOG_GRACE = 1.0
+EXIT_WATCHDOG = 3
+
+
+class Attester(Protocol):
+    platform: str
+
+    def evidence(self, report_data: bytes) -> EvidenceBundle: ...
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ProtocolError("client closed the connection during hello")
+        buf += chunk
+    return bytes(buf)
+
+
+def _log(message: str) -> None:
+    # The Keep's stderr reaches the host's logs: never workload data or secrets.
+    print(f"keep[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+class KeepServer:
+    def __init__(
+        self, sock: socket.socket, attester: Attester, engine: Future[Any], scratch: Path | None
+    ) -> None:
+        self.sock = sock
+        self.attester = attester
+        self.engine = engine
+        self.scratch = scratch
+        self.session = KeepSession()
+        self._send_lock = threading.Lock()
+        self._conn: Any = None
+        self._key = identity.new_key()  # fresh per Keep, in memory only
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            self._conn.sendall(data)
+
+    def attest(self) -> None:
+        from OpenSSL import SSL
+
+        # Blocking socket (pyOpenSSL needs one) with a kernel receive timeout,
+        # so a client that never speaks cannot hold the Keep forever.
+        self.sock.setblocking(True)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(IDLE_TIMEOUT), 0))
+        header = _read_exact(self.sock, HEADER.size)
+        (size,) = HEADER.unpack(header)
+        if size > 1024:
+            raise ProtocolError(f"hello frame of {size} bytes is too large")
+        hello = self.session.receive_hello(header + _read_exact(self.sock, size))
+        if hello is None:  # pragma: no cover - exact read gives a full frame
+            raise ProtocolError("incomplete hello")
+        bundle = self.attester.evidence(report_data_for(hello.nonce, identity.spki_der(self._key)))
+        cert = identity.certificate(self._key, bundle)
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx.use_certificate(cert)
+        ctx.use_privatekey(self._key)
+        conn = SSL.Connection(ctx, self.sock)
+        conn.set_accept_state()
+        conn.do_handshake()
+        self._conn = conn
+        self.session.channel_ready()
+
+    def receive_workload(self) -> Workload:
+        from OpenSSL import SSL
+
+        while True:
+            try:
+                data = self._conn.recv(1 << 20)
+            except (SSL.ZeroReturnError, SSL.SysCallError):
+                data = b""
+            if not data:
+                raise ProtocolError("client closed the channel before sending a workload")
+            workload = self.session.receive_workload(data)
+            if workload is not None:
+                return workload
+
+    def run(self, workload: Workload) -> None:
+        from stockade.keep.runner import Runner
+
+        def emit(fd: int, data: bytes) -> None:
+            self._send(self.session.output(fd, data))
+
+        runner = Runner(self.engine.result(), emit, self.scratch)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+        done = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watchdog,
+            args=(workload.limits.timeout_ms / 1000 + WATCHDOG_GRACE, done),
+            daemon=True,
+        )
+        watchdog.start()
+        try:
+            outcome = runner.run(workload)
+        finally:
+            done.set()
+        self._send(
+            self.session.exit(
+                Exit(
+                    code=outcome.exit_code,
+                    workload_sha256=outcome.workload_sha256,
+                    timing_us=tuple(sorted(outcome.timing_us.items())),
+                )
+            )
+        )
+
+    def _watchdog(self, seconds: float, done: threading.Event) -> None:
+        if done.wait(seconds):
+            return
+        _log("workload blocked past its time limit in a host call; watchdog ends the Keep")
+        err = LimitExceeded(
+            "workload exceeded its wall-clock time limit (blocked in a host call) and was stopped",
+            "time",
+        )
+        try:
+            if self._send_lock.acquire(timeout=1.0):
+                self._conn.sendall(self.session.problem(err))
+                self._conn.shutdown()
+        except Exception:  # noqa: S110 - best effort, we exit anyway
+            pass
+        os._exit(EXIT_WATCHDOG)
+
+    def fail(self, err: StockadeError) -> None:
+        """Report an error to the client if a channel exists."""
+        if self._conn is None:
+            return
+        try:
+            self._send(self.session.problem(err))
+        except Exception:
+            _log(f"could not report error to client: {err.problem_type}")
+
+    def close(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.shutdown()
+        except Exception:  # noqa: S110 - peer may be gone
+            pass
+        self.sock.close()
+
+
+def serve(sock: socket.socket, attester: Attester, engine: Future[Any], scratch: Path | None) -> int:
+    server = KeepServer(sock, attester, engine, scratch)
+    t0 = time.perf_counter()
+    try:
+        server.attest()
+        server.run(server.receive_workload())
+        return 0
+    except StockadeError as err:
+        _log(f"session ended: {err.problem_type} after {time.perf_counter() - t0:.3f}s")
+        server.fail(err)
+        return 0
+    except (OSError, TimeoutError) as err:
+        _log(f"connection lost: {type(err).__name__}")
+        return 1
+    except Exception as err:
+        if type(err).__module__.startswith("OpenSSL"):
+            _log(f"TLS failure: {type(err).__name__}")
+            return 1
+        import traceback
+
+        traceback.print_exc()  # goes to the host log; tracebacks hold no local values
+        server.fail(ProtocolError(f"internal error in the Keep runtime ({type(err).__name__})"))
+        return 2
+    finally:
+        server.close()
+
+
+def warm_engine(make: Callable[[], Any]) -> Future[Any]:
+    """Import wasmtime and build the engine in a thread while we attest."""
+    future: Future[Any] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(make())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=work, daemon=True, name="engine").start()
+    return future

@@ -1,0 +1,51 @@
+"""Length-prefixed framing of CBOR items over a byte stream (sans-I/O).
+
+A frame is a 4-byte big-endian length followed by that many bytes holding
+exactly one CBOR data item. The decoder never reads from a socket: callers
+feed it bytes and take complete frames out.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from stockade.errors import ProtocolError
+
+HEADER = struct.Struct(">I")
+#: Upper bound of one frame. A workload message carries the Wasm module and
+#: the files, so this is generous, but it bounds what a hostile peer can make
+#: us buffer.
+MAX_FRAME = 256 * 1024 * 1024
+
+
+def encode_frame(payload: bytes, max_frame: int = MAX_FRAME) -> bytes:
+    if len(payload) > max_frame:
+        raise ProtocolError(f"message of {len(payload)} bytes exceeds the {max_frame}-byte frame limit")
+    return HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Accumulates stream bytes and yields complete frame payloads."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        frames: list[bytes] = []
+        while len(self._buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._buf)
+            if size > self._max:
+                raise ProtocolError(f"peer announced a {size}-byte frame, limit is {self._max}")
+            end = HEADER.size + size
+            if len(self._buf) < end:
+                break
+            frames.append(bytes(self._buf[HEADER.size : end]))
+            del self._buf[:end]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buf)

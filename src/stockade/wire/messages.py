@@ -1,0 +1,312 @@
+"""The messages of the stockade deploy protocol, as frozen dataclasses.
+
+Every message is one CBOR map with the protocol version under ``"v"`` and the
+message type under ``"t"``; ``docs/protocol.cddl`` is the normative schema and
+a test validates encoded messages against it. Decoding is strict: a wrong
+type, a missing or unknown field, or an unknown version is a ProtocolError
+naming the field. Decoding never evaluates anything a peer sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import cbor2
+
+from stockade.errors import ProtocolError, StockadeError, error_class_for
+
+VERSION = 1
+
+# RFC 9290 concise problem details: standard keys are negative integers.
+PD_TITLE = -1
+PD_DETAIL = -2
+#: Custom problem-detail key (RFC 9290 section 3.2 allows a URI for
+#: unregistered keys) holding stockade's problem type.
+PD_TYPE = "tag:stockade.dev,2026:problem-type"
+
+STDOUT = 1
+STDERR = 2
+
+
+def _need(m: dict[Any, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in m:
+        raise ProtocolError(f"{where}: missing field {key!r}")
+    value = m[key]
+    if isinstance(value, bool) and kind is int:
+        raise ProtocolError(f"{where}: field {key!r} must be an integer, got a boolean")
+    if not isinstance(value, kind):
+        raise ProtocolError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _only(m: dict[Any, Any], allowed: set[str], where: str) -> None:
+    extra = set(m) - allowed
+    if extra:
+        raise ProtocolError(f"{where}: unknown field(s) {sorted(map(str, extra))}")
+
+
+def _str_list(value: list[Any], where: str) -> tuple[str, ...]:
+    if not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"{where}: every element must be a text string")
+    return tuple(value)
+
+
+def _str_map(value: dict[Any, Any], vtype: type, where: str) -> tuple[tuple[str, Any], ...]:
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, vtype):
+            raise ProtocolError(f"{where}: keys must be text and values {vtype.__name__}")
+    return tuple(sorted(value.items()))
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    FIELDS: ClassVar[set[str]] = set()
+
+    def body(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_cbor(self) -> bytes:
+        return bytes(cbor2.dumps({"v": VERSION, "t": self.TYPE, **self.body()}, canonical=True))
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Message:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Client -> Keep, in clear: the fresh nonce the evidence must bind."""
+
+    TYPE: ClassVar[str] = "hello"
+    FIELDS: ClassVar[set[str]] = {"nonce"}
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.nonce) != 32:
+            raise ProtocolError(f"hello: nonce must be 32 bytes, got {len(self.nonce)}")
+
+    def body(self) -> dict[str, Any]:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Hello:
+        return cls(nonce=_need(m, "nonce", bytes, "hello"))
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_ms: int = 30_000
+    memory_bytes: int = 256 * 1024 * 1024
+    output_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_ms", "memory_bytes", "output_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ProtocolError(f"limits: {name} must be a positive integer")
+
+    def to_map(self) -> dict[str, int]:
+        return {
+            "timeout_ms": self.timeout_ms,
+            "memory_bytes": self.memory_bytes,
+            "output_bytes": self.output_bytes,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any) -> Limits:
+        if not isinstance(m, dict):
+            raise ProtocolError("workload: limits must be a map")
+        _only(m, {"timeout_ms", "memory_bytes", "output_bytes"}, "limits")
+        return cls(
+            timeout_ms=_need(m, "timeout_ms", int, "limits"),
+            memory_bytes=_need(m, "memory_bytes", int, "limits"),
+            output_bytes=_need(m, "output_bytes", int, "limits"),
+        )
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file or directory the workload sees under its preopened "/"."""
+
+    path: str
+    data: bytes | None  # None: a directory
+
+    def to_map(self) -> dict[str, Any]:
+        return (
+            {"path": self.path, "data": self.data}
+            if self.data is not None
+            else {
+                "path": self.path,
+                "dir": True,
+            }
+        )
+
+    @classmethod
+    def from_map(cls, m: Any) -> FileEntry:
+        if not isinstance(m, dict):
+            raise ProtocolError("workload: each file must be a map")
+        _only(m, {"path", "data", "dir"}, "file")
+        path = _need(m, "path", str, "file")
+        if "dir" in m:
+            if m["dir"] is not True or "data" in m:
+                raise ProtocolError("file: 'dir' must be true and exclusive of 'data'")
+            return cls(path=path, data=None)
+        return cls(path=path, data=_need(m, "data", bytes, "file"))
+
+
+@dataclass(frozen=True)
+class Workload(Message):
+    """Client -> Keep, inside attested TLS only: what to run, with its secrets."""
+
+    TYPE: ClassVar[str] = "workload"
+    FIELDS: ClassVar[set[str]] = {"wasm", "args", "env", "stdin", "files", "secrets", "limits"}
+    wasm: bytes
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    stdin: bytes = b""
+    files: tuple[FileEntry, ...] = ()
+    secrets: tuple[tuple[str, bytes], ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+    def __repr__(self) -> str:
+        # Never print secret values or workload bytes, even in a debugger.
+        names = [n for n, _ in self.secrets]
+        return (
+            f"Workload(wasm=<{len(self.wasm)} bytes>, args={self.args!r}, "
+            f"env=<{len(self.env)} vars>, files=<{len(self.files)}>, secrets={names!r})"
+        )
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "wasm": self.wasm,
+            "args": list(self.args),
+            "env": dict(self.env),
+            "stdin": self.stdin,
+            "files": [f.to_map() for f in self.files],
+            "secrets": dict(self.secrets),
+            "limits": self.limits.to_map(),
+        }
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Workload:
+        w = "workload"
+        return cls(
+            wasm=_need(m, "wasm", bytes, w),
+            args=_str_list(_need(m, "args", list, w), "workload args"),
+            env=_str_map(_need(m, "env", dict, w), str, "workload env"),
+            stdin=_need(m, "stdin", bytes, w),
+            files=tuple(FileEntry.from_map(f) for f in _need(m, "files", list, w)),
+            secrets=_str_map(_need(m, "secrets", dict, w), bytes, "workload secrets"),
+            limits=Limits.from_map(_need(m, "limits", dict, w)),
+        )
+
+
+@dataclass(frozen=True)
+class Output(Message):
+    """Keep -> client: a chunk the workload wrote to stdout (1) or stderr (2)."""
+
+    TYPE: ClassVar[str] = "output"
+    FIELDS: ClassVar[set[str]] = {"fd", "data"}
+    fd: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if self.fd not in (STDOUT, STDERR):
+            raise ProtocolError(f"output: fd must be 1 or 2, got {self.fd}")
+
+    def body(self) -> dict[str, Any]:
+        return {"fd": self.fd, "data": self.data}
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Output:
+        return cls(fd=_need(m, "fd", int, "output"), data=_need(m, "data", bytes, "output"))
+
+
+@dataclass(frozen=True)
+class Exit(Message):
+    """Keep -> client: the workload finished with this exit code."""
+
+    TYPE: ClassVar[str] = "exit"
+    FIELDS: ClassVar[set[str]] = {"code", "workload_sha256", "timing_us"}
+    code: int
+    workload_sha256: bytes
+    timing_us: tuple[tuple[str, int], ...] = ()
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "workload_sha256": self.workload_sha256,
+            "timing_us": dict(self.timing_us),
+        }
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Exit:
+        digest = _need(m, "workload_sha256", bytes, "exit")
+        if len(digest) != 32:
+            raise ProtocolError("exit: workload_sha256 must be 32 bytes")
+        return cls(
+            code=_need(m, "code", int, "exit"),
+            workload_sha256=digest,
+            timing_us=_str_map(_need(m, "timing_us", dict, "exit"), int, "exit timing_us"),
+        )
+
+
+@dataclass(frozen=True)
+class Problem(Message):
+    """Either side: an error, as RFC 9290 concise problem details."""
+
+    TYPE: ClassVar[str] = "problem"
+    FIELDS: ClassVar[set[str]] = {"problem"}
+    problem_type: str
+    title: str
+    detail: str
+
+    @classmethod
+    def from_error(cls, err: StockadeError) -> Problem:
+        return cls(problem_type=err.problem_type, title=err.title, detail=err.detail)
+
+    def to_error(self) -> StockadeError:
+        return error_class_for(self.problem_type)(self.detail)
+
+    def body(self) -> dict[str, Any]:
+        return {"problem": {PD_TITLE: self.title, PD_DETAIL: self.detail, PD_TYPE: self.problem_type}}
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Problem:
+        pd = _need(m, "problem", dict, "problem")
+        title, detail, ptype = pd.get(PD_TITLE), pd.get(PD_DETAIL), pd.get(PD_TYPE)
+        if not all(isinstance(x, str) for x in (title, detail, ptype)):
+            raise ProtocolError("problem: title, detail and type must be text")
+        return cls(problem_type=ptype, title=title, detail=detail)
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in (Hello, Workload, Output, Exit, Problem)}
+
+M = TypeVar("M", bound=Message)
+
+
+def decode_map(data: bytes, where: str = "message") -> dict[Any, Any]:
+    """Decode one CBOR map, turning every decoder failure into ProtocolError."""
+    try:
+        value = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise ProtocolError(f"{where}: not valid CBOR ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where}: expected a CBOR map, got {type(value).__name__}")
+    return value
+
+
+def decode(data: bytes) -> Message:
+    m = decode_map(data)
+    version = m.get("v")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r} (this side speaks {VERSION})")
+    mtype = m.get("t")
+    cls = MESSAGE_TYPES.get(mtype) if isinstance(mtype, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {mtype!r}")
+    body = {k: v for k, v in m.items() if k not in ("v", "t")}
+    _only(body, cls.FIELDS, cls.TYPE)
+    return cls.from_map(body)

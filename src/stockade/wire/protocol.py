@@ -1,0 +1,138 @@
+"""Sans-I/O state machines for the two ends of a deploy session.
+
+They hold no sockets: callers feed received bytes in and send the bytes these
+objects return. Their job is to make illegal orders impossible, most
+importantly that the client cannot emit a workload (or any secret) before
+the Keep's evidence has been verified.
+
+Session, as seen by both sides::
+
+    client                         Keep
+    Hello (clear)          --->
+                           <---    TLS 1.3 handshake, evidence in certificate
+    [client verifies evidence and policy]
+    Workload (in TLS)      --->
+                           <---    Output* then Exit | Problem
+"""
+
+from __future__ import annotations
+
+import enum
+
+from stockade.errors import ProtocolError, StockadeError
+from stockade.wire.framing import FrameDecoder, encode_frame
+from stockade.wire.messages import Exit, Hello, Message, Output, Problem, Workload, decode
+
+
+class ClientState(enum.Enum):
+    START = "start"
+    AWAIT_EVIDENCE = "await-evidence"
+    VERIFIED = "verified"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class KeepState(enum.Enum):
+    AWAIT_HELLO = "await-hello"
+    ATTESTING = "attesting"
+    AWAIT_WORKLOAD = "await-workload"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class ClientSession:
+    def __init__(self) -> None:
+        self.state = ClientState.START
+        self._decoder = FrameDecoder()
+
+    def hello(self, nonce: bytes) -> bytes:
+        self._expect(ClientState.START, "send hello")
+        self.state = ClientState.AWAIT_EVIDENCE
+        return encode_frame(Hello(nonce=nonce).to_cbor())
+
+    def evidence_verified(self) -> None:
+        """Record the verifier's verdict; only this unlocks sending the workload."""
+        self._expect(ClientState.AWAIT_EVIDENCE, "accept evidence")
+        self.state = ClientState.VERIFIED
+
+    def workload(self, workload: Workload) -> bytes:
+        self._expect(ClientState.VERIFIED, "send the workload")
+        self.state = ClientState.RUNNING
+        return encode_frame(workload.to_cbor())
+
+    def receive(self, data: bytes) -> list[Message]:
+        if self.state is not ClientState.RUNNING and data:
+            raise ProtocolError(f"Keep sent data in state {self.state.value}")
+        out: list[Message] = []
+        for frame in self._decoder.feed(data):
+            if self.state is ClientState.DONE:
+                raise ProtocolError("Keep sent data after the final message")
+            msg = decode(frame)
+            if not isinstance(msg, Output | Exit | Problem):
+                raise ProtocolError(f"Keep sent an unexpected {msg.TYPE!r} message")
+            if isinstance(msg, Exit | Problem):
+                self.state = ClientState.DONE
+            out.append(msg)
+        return out
+
+    def _expect(self, state: ClientState, action: str) -> None:
+        if self.state is not state:
+            raise ProtocolError(f"cannot {action} in state {self.state.value}")
+
+
+class KeepSession:
+    def __init__(self) -> None:
+        self.state = KeepState.AWAIT_HELLO
+        self._decoder = FrameDecoder()
+
+    def receive_hello(self, data: bytes) -> Hello | None:
+        """Feed clear-text bytes; returns the Hello once complete."""
+        if self.state is not KeepState.AWAIT_HELLO:
+            raise ProtocolError(f"unexpected clear-text data in state {self.state.value}")
+        frames = self._decoder.feed(data)
+        if not frames:
+            return None
+        if len(frames) > 1 or self._decoder.pending:
+            raise ProtocolError("client sent data after hello before the TLS handshake")
+        msg = decode(frames[0])
+        if not isinstance(msg, Hello):
+            raise ProtocolError(f"expected hello, got {msg.TYPE!r}")
+        self.state = KeepState.ATTESTING
+        return msg
+
+    def channel_ready(self) -> None:
+        if self.state is not KeepState.ATTESTING:
+            raise ProtocolError(f"TLS channel ready in state {self.state.value}")
+        self.state = KeepState.AWAIT_WORKLOAD
+
+    def receive_workload(self, data: bytes) -> Workload | None:
+        if self.state is not KeepState.AWAIT_WORKLOAD:
+            raise ProtocolError(f"unexpected data in state {self.state.value}")
+        frames = self._decoder.feed(data)
+        if not frames:
+            return None
+        if len(frames) > 1 or self._decoder.pending:
+            raise ProtocolError("client sent data after the workload")
+        msg = decode(frames[0])
+        if not isinstance(msg, Workload):
+            raise ProtocolError(f"expected workload, got {msg.TYPE!r}")
+        self.state = KeepState.RUNNING
+        return msg
+
+    def output(self, fd: int, data: bytes) -> bytes:
+        if self.state is not KeepState.RUNNING:
+            raise ProtocolError(f"cannot send output in state {self.state.value}")
+        return encode_frame(Output(fd=fd, data=data).to_cbor())
+
+    def exit(self, message: Exit) -> bytes:
+        if self.state is not KeepState.RUNNING:
+            raise ProtocolError(f"cannot send exit in state {self.state.value}")
+        self.state = KeepState.DONE
+        return encode_frame(message.to_cbor())
+
+    def problem(self, err: StockadeError) -> bytes:
+        """A final error message; allowed in any state but DONE."""
+        if self.state is KeepState.DONE:
+            raise ProtocolError("cannot send a problem after the final message")
+        self.state = KeepState.DONE
+        return encode_frame(Problem.from_error(err).to_cbor())

@@ -1,0 +1,351 @@
+"""The example workloads in examples/: reproducible builds and behaviour.
+
+Two kinds of test:
+
+* the build tests rebuild both modules with examples/build.sh from a copy of
+  the sources and require the very bytes that are committed. They need the
+  Debian Wasm toolchain; without it they are skipped, unless
+  STOCKADE_REQUIRE_TOOLCHAINS=1 (CI sets it), in which case they fail;
+* the run tests execute the committed modules on bare wasmtime-py, in a
+  subprocess, and compare their output with a reference computed in Python.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+BUILD_SH = EXAMPLES / "build.sh"
+README = EXAMPLES / "README.md"
+SAMPLE = EXAMPLES / "wordcount" / "sample.txt"
+
+# Module name -> committed module, as build.sh writes them in place.
+MODULES = {
+    "hello.wasm": EXAMPLES / "hello" / "hello.wasm",
+    "wordcount.wasm": EXAMPLES / "wordcount" / "wordcount.wasm",
+}
+HELLO = MODULES["hello.wasm"]
+WORDCOUNT = MODULES["wordcount.wasm"]
+
+REQUIRE_TOOLCHAINS = os.environ.get("STOCKADE_REQUIRE_TOOLCHAINS") == "1"
+
+# What build.sh needs: (description, path or glob pattern, Debian package).
+TOOLCHAIN = [
+    ("clang", os.environ.get("STOCKADE_CLANG", "/usr/bin/clang"), "clang"),
+    ("rustc", os.environ.get("STOCKADE_RUSTC", "/usr/bin/rustc"), "rustc"),
+    ("rust-lld", os.environ.get("STOCKADE_RUST_LLD", "/usr/bin/rust-lld"), "rustc, lld"),
+    ("wasi-libc sysroot", "/usr/lib/wasm32-wasi/libc.a", "wasi-libc"),
+    (
+        "compiler-rt builtins for wasm32",
+        "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a",
+        "libclang-rt-14-dev-wasm32",
+    ),
+    (
+        "Rust std for wasm32-wasi",
+        "/usr/lib/rustlib/wasm32-wasi/lib/libstd-*.rlib",
+        "libstd-rust-dev-wasm32",
+    ),
+]
+
+
+def require_toolchain() -> None:
+    """Skips (or, with STOCKADE_REQUIRE_TOOLCHAINS=1, fails) without the toolchain."""
+    missing = [
+        f"{what} ({pattern}; Debian: {package})"
+        for what, pattern, package in TOOLCHAIN
+        if not glob.glob(pattern)
+    ]
+    if not missing:
+        return
+    reason = "Wasm example toolchain missing: " + "; ".join(missing)
+    if REQUIRE_TOOLCHAINS:
+        pytest.fail(reason + " (STOCKADE_REQUIRE_TOOLCHAINS=1)")
+    pytest.skip(reason + " (set STOCKADE_REQUIRE_TOOLCHAINS=1 to fail instead)")
+
+
+# --- reproducible build -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Both modules, rebuilt by build.sh from a copy of the sources elsewhere."""
+    require_toolchain()
+    # A different, deeper source directory (with a space in it), another
+    # output directory and another working directory than the committed build.
+    sources = tmp_path_factory.mktemp("src") / "some where" / "examples"
+    shutil.copytree(EXAMPLES, sources, ignore=shutil.ignore_patterns("*.wasm"))
+    out = tmp_path_factory.mktemp("out") / "modules"
+    build_tmp = tmp_path_factory.mktemp("buildtmp")
+    env = {**os.environ, "TMPDIR": str(build_tmp)}
+    result = subprocess.run(
+        ["bash", str(sources / "build.sh"), str(out)],
+        cwd=build_tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, f"build.sh failed:\n{result.stdout}\n{result.stderr}"
+    assert "warning" not in result.stderr, result.stderr
+    # Sources untouched, nothing written next to them, temporary directory gone.
+    assert not list(sources.rglob("*.wasm"))
+    assert not list(build_tmp.iterdir())
+    return {name: (out / name).read_bytes() for name in MODULES}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_build_is_reproducible(rebuilt: dict[str, bytes], name: str) -> None:
+    committed = MODULES[name].read_bytes()
+    built = rebuilt[name]
+    assert hashlib.sha256(built).hexdigest() == hashlib.sha256(committed).hexdigest(), (
+        f"{name}: rebuilding gives different bytes; run examples/build.sh, "
+        "commit the modules and update the hashes in examples/README.md"
+    )
+    assert built == committed
+
+
+def test_readme_lists_the_committed_hashes() -> None:
+    listed = dict(
+        (path, digest)
+        for digest, path in re.findall(r"^([0-9a-f]{64})  (\S+\.wasm)$", README.read_text(), re.M)
+    )
+    expected = {
+        str(path.relative_to(EXAMPLES)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in MODULES.values()
+    }
+    assert listed == expected
+
+
+def test_modules_are_stripped() -> None:
+    """No custom sections: no names, no producers, no debug information."""
+    for path in MODULES.values():
+        data = path.read_bytes()
+        assert data[:8] == b"\0asm\1\0\0\0"
+        assert 0 not in section_ids(data), f"{path.name} has custom sections"
+
+
+def section_ids(module: bytes) -> list[int]:
+    def uleb(pos: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            byte = module[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, pos
+
+    ids, pos = [], 8
+    while pos < len(module):
+        ids.append(module[pos])
+        size, pos = uleb(pos + 1)
+        pos += size
+    assert pos == len(module)
+    return ids
+
+
+# --- running on wasmtime ------------------------------------------------------
+
+# Runs one WASI command and prints {"exit_code": N} on its own stdout. The
+# module's stdio goes to files. Any failure other than a WASI exit is a
+# traceback and a non-zero exit of the runner itself, never a module exit code.
+RUNNER = """
+import json, sys, wasmtime
+cfg = json.loads(sys.argv[1])
+engine = wasmtime.Engine()
+store = wasmtime.Store(engine)
+try:
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = cfg["argv"]
+    wasi.env = cfg["env"]
+    wasi.stdout_file = cfg["stdout"]
+    wasi.stderr_file = cfg["stderr"]
+    if cfg["stdin"] is not None:
+        wasi.stdin_file = cfg["stdin"]
+    for host, guest in cfg["preopens"]:
+        wasi.preopen_dir(host, guest, False)
+    store.set_wasi(wasi)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    module = wasmtime.Module.from_file(engine, cfg["wasm"])
+    instance = linker.instantiate(store, module)
+    code = 0
+    try:
+        instance.exports(store)["_start"](store)
+    except wasmtime.ExitTrap as exit_trap:
+        code = exit_trap.code
+finally:
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
+print(json.dumps({"exit_code": code}))
+"""
+
+
+@dataclass
+class Run:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_wasm(
+    module: Path,
+    argv: list[str],
+    work: Path,
+    *,
+    env: dict[str, str] | None = None,
+    preopens: dict[Path, str] | None = None,
+    stdin: Path | None = None,
+) -> Run:
+    work.mkdir(parents=True, exist_ok=True)
+    stdout, stderr = work / "stdout", work / "stderr"
+    cfg = {
+        "wasm": str(module),
+        "argv": argv,
+        "env": sorted((env or {}).items()),
+        "stdout": str(stdout),
+        "stderr": str(stderr),
+        "stdin": None if stdin is None else str(stdin),
+        "preopens": [(str(host), guest) for host, guest in (preopens or {}).items()],
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"runner failed:\n{result.stdout}\n{result.stderr}"
+    return Run(
+        exit_code=json.loads(result.stdout)["exit_code"],
+        stdout=stdout.read_text(encoding="utf-8"),
+        stderr=stderr.read_text(encoding="utf-8"),
+    )
+
+
+def test_hello_greets_its_argument(tmp_path: Path) -> None:
+    run = run_wasm(HELLO, ["hello", "Alice"], tmp_path)
+    assert run.exit_code == 0
+    assert run.stdout == "Hello, Alice!\narguments: 1\n"
+    assert run.stderr == ""
+
+
+def test_hello_defaults_to_world_and_shows_greeting(tmp_path: Path) -> None:
+    run = run_wasm(HELLO, ["hello"], tmp_path, env={"GREETING": "Bonjour, Keep"})
+    assert run.exit_code == 0
+    assert run.stdout == "Hello, world!\narguments: 0\nGREETING: Bonjour, Keep\n"
+    assert run.stderr == ""
+
+
+# The reference for wordcount's output (see the definitions in its main.rs).
+WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+
+
+def expected_report(inputs: list[tuple[str, bytes]]) -> str:
+    lines, totals, words = [], [0, 0, 0], Counter[str]()
+    for name, data in inputs:
+        counts = [data.count(b"\n"), len(data.split()), len(data)]
+        digest = hashlib.sha256(data).hexdigest()
+        lines.append(f"{name}: lines={counts[0]} words={counts[1]} bytes={counts[2]} sha256={digest}")
+        totals = [t + c for t, c in zip(totals, counts, strict=True)]
+        words.update(w.lower() for w in WORD.findall(data.decode("utf-8", "replace")))
+    if len(inputs) > 1:
+        lines.append(f"total: lines={totals[0]} words={totals[1]} bytes={totals[2]}")
+    lines.append("top words:")
+    top = sorted(words.items(), key=lambda item: (-item[1], item[0]))[:10]
+    lines.extend(f"{count:>7} {word}" for word, count in top)
+    return "\n".join(lines) + "\n"
+
+
+def test_wordcount_sample(tmp_path: Path) -> None:
+    data = SAMPLE.read_bytes()
+    run = run_wasm(
+        WORDCOUNT,
+        ["wordcount", "/data/sample.txt"],
+        tmp_path,
+        preopens={SAMPLE.parent: "/data"},
+    )
+    assert run.exit_code == 0, run.stderr
+    assert run.stderr == ""
+    newlines = data.count(b"\n")
+    assert run.stdout.splitlines()[0] == (
+        f"/data/sample.txt: lines={newlines} words={len(data.split())} "
+        f"bytes={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
+    )
+    assert run.stdout == expected_report([("/data/sample.txt", data)])
+    assert "\n     20 the\n" in run.stdout
+
+
+def test_wordcount_reads_stdin(tmp_path: Path) -> None:
+    run = run_wasm(WORDCOUNT, ["wordcount"], tmp_path, stdin=SAMPLE)
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout == expected_report([("-", SAMPLE.read_bytes())])
+
+
+def test_wordcount_words_ties_and_several_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    files = {
+        "a.txt": "Don't stop. DON'T stop! rock'n'roll 'quoted' end' x_y 42 42\n",
+        "b.txt": "Café CAFÉ naïve Ünïcödé\tzeta alpha\vbeta\fgamma\r\ndelta epsilon",
+        "c.txt": "",
+        "d.txt": "kappa lambda mu nu xi omicron pi rho sigma tau upsilon phi chi psi omega\n",
+    }
+    for name, text in files.items():
+        (data / name).write_text(text, encoding="utf-8")
+    argv = ["wordcount", *(f"/in/{name}" for name in files)]
+    run = run_wasm(WORDCOUNT, argv, tmp_path / "run", preopens={data: "/in"})
+    assert run.exit_code == 0, run.stderr
+    expected = expected_report([(f"/in/{n}", t.encode()) for n, t in files.items()])
+    assert run.stdout == expected
+    assert "      2 café\n      2 don't\n" in run.stdout
+
+
+def test_wordcount_sha256_at_block_boundaries(tmp_path: Path) -> None:
+    rng = random.Random(20240101)
+    lengths = [0, 1, 3, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128, 129, 1000, 70_001]
+    data = tmp_path / "data"
+    data.mkdir()
+    inputs = []
+    for length in lengths:
+        content = rng.randbytes(length)
+        (data / f"{length}.bin").write_bytes(content)
+        inputs.append((f"/in/{length}.bin", content))
+    argv = ["wordcount", *(name for name, _ in inputs)]
+    run = run_wasm(WORDCOUNT, argv, tmp_path / "run", preopens={data: "/in"})
+    assert run.exit_code == 0, run.stderr
+    # Random bytes are mostly not UTF-8: compare everything but the top words,
+    # whose reference would depend on Unicode tables of two languages.
+    got = run.stdout.split("top words:\n")[0]
+    assert got == expected_report(inputs).split("top words:\n")[0]
+    for name, content in inputs:
+        assert f"{name}: " in got
+        assert f"sha256={hashlib.sha256(content).hexdigest()}\n" in got
+
+
+def test_wordcount_missing_file_fails(tmp_path: Path) -> None:
+    run = run_wasm(
+        WORDCOUNT,
+        ["wordcount", "/data/sample.txt", "/data/no-such-file.txt"],
+        tmp_path,
+        preopens={SAMPLE.parent: "/data"},
+    )
+    assert run.exit_code == 1
+    assert run.stdout == ""
+    assert run.stderr.startswith("wordcount: /data/no-such-file.txt: cannot open: ")
+    assert run.stderr.count("\n") == 1
