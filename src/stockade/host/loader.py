@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,17 @@ def _child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in keep}
 
 
-def start_keep(backend: str, state_dir: Path, scratch: Path | None = None) -> KeepHandle:
+#: Starts a PSP for a Keep with the given launch digest and returns the
+#: Keep's end of its channel (used to run the sim PSP in the caller's process).
+PspStarter = Callable[[bytes], socket.socket]
+
+
+def start_keep(
+    backend: str, state_dir: Path, scratch: Path | None = None, psp: PspStarter | None = None
+) -> KeepHandle:
+    """Start a Keep. The sim PSP runs as its own process unless ``psp`` is
+    given (local runs pass one that serves it from a thread of the calling
+    host-side process, saving a Python start-up)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; this host supports: {', '.join(BACKENDS)}")
     keep_id = secrets.token_hex(8)
@@ -81,11 +92,15 @@ def start_keep(backend: str, state_dir: Path, scratch: Path | None = None) -> Ke
     log_path = log_dir / f"keep-{keep_id}.log"
     measurement = keep_measurement()
     client_end, keep_end = socket.socketpair()
-    psp_host_end, psp_keep_end = socket.socketpair()
     env = _child_env()
+    psp_proc: subprocess.Popen[bytes] | None = None
+    to_close = [keep_end]
     with open(log_path, "ab") as log:
-        psp = subprocess.Popen(
-            [
+        if psp is not None:
+            psp_keep_end = psp(measurement)
+        else:
+            psp_host_end, psp_keep_end = socket.socketpair()
+            psp_cmd = [
                 sys.executable,
                 "-I",
                 "-m",
@@ -96,14 +111,18 @@ def start_keep(backend: str, state_dir: Path, scratch: Path | None = None) -> Ke
                 str(psp_host_end.fileno()),
                 "--measurement",
                 measurement.hex(),
-            ],
-            pass_fds=(psp_host_end.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env=env,
-            close_fds=True,
-        )
+            ]
+            psp_proc = subprocess.Popen(
+                psp_cmd,
+                pass_fds=(psp_host_end.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                close_fds=True,
+            )
+            to_close.append(psp_host_end)
+        to_close.append(psp_keep_end)
         cmd = [
             sys.executable,
             "-I",
@@ -127,6 +146,6 @@ def start_keep(backend: str, state_dir: Path, scratch: Path | None = None) -> Ke
             env=env,
             close_fds=True,
         )
-    for s in (keep_end, psp_host_end, psp_keep_end):
-        s.close()
-    return KeepHandle(keep_id, backend, client_end, keep, psp, measurement, log_path)
+    for sock in to_close:
+        sock.close()
+    return KeepHandle(keep_id, backend, client_end, keep, psp_proc, measurement, log_path)

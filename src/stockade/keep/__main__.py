@@ -11,6 +11,7 @@ attested TLS channel.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from pathlib import Path
@@ -37,4 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # A Keep serves one session; skip interpreter teardown (wasmtime, OpenSSL)
+    # so the host and the client are not kept waiting.
+    sys.stderr.flush()
+    os._exit(code)

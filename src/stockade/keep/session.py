@@ -64,6 +64,13 @@ class KeepServer:
         self._send_lock = threading.Lock()
         self._conn: Any = None
         self._key = identity.new_key()  # fresh per Keep, in memory only
+        self.timing_us: dict[str, int] = {}
+        self._t = time.perf_counter()
+
+    def _mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timing_us[name] = int((now - self._t) * 1e6)
+        self._t = now
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
@@ -83,8 +90,11 @@ class KeepServer:
         hello = self.session.receive_hello(header + _read_exact(self.sock, size))
         if hello is None:  # pragma: no cover - exact read gives a full frame
             raise ProtocolError("incomplete hello")
+        self._mark("wait_hello")
         bundle = self.attester.evidence(report_data_for(hello.nonce, identity.spki_der(self._key)))
+        self._mark("evidence")
         cert = identity.certificate(self._key, bundle)
+        self._mark("certificate")
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
         ctx.use_certificate(cert)
@@ -94,6 +104,7 @@ class KeepServer:
         conn.do_handshake()
         self._conn = conn
         self.session.channel_ready()
+        self._mark("handshake")
 
     def receive_workload(self) -> Workload:
         from OpenSSL import SSL
@@ -133,7 +144,7 @@ class KeepServer:
                 Exit(
                     code=outcome.exit_code,
                     workload_sha256=outcome.workload_sha256,
-                    timing_us=tuple(sorted(outcome.timing_us.items())),
+                    timing_us=tuple(sorted({**self.timing_us, **outcome.timing_us}.items())),
                 )
             )
         )

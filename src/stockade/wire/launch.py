@@ -16,15 +16,23 @@ of them changes the measurement.
 from __future__ import annotations
 
 import hashlib
-import platform
+import importlib.util
+import re
+import sys
 from collections.abc import Iterable
-from importlib import metadata
 from pathlib import Path
 
 DOMAIN = b"stockade-launch/v1\x00"
 RUNTIME_PACKAGES = ("keep", "wire", "evidence")
 RUNTIME_MODULES = ("__init__.py", "errors.py")
-RUNTIME_DISTRIBUTIONS = ("wasmtime", "cryptography", "cbor2", "pyOpenSSL")
+#: distribution name -> top-level module, for the libraries whose code runs
+#: inside the Keep.
+RUNTIME_DISTRIBUTIONS = {
+    "wasmtime": "wasmtime",
+    "cryptography": "cryptography",
+    "cbor2": "cbor2",
+    "pyOpenSSL": "OpenSSL",
+}
 
 
 def package_root() -> Path:
@@ -41,10 +49,31 @@ def runtime_files(root: Path | None = None) -> list[tuple[str, bytes]]:
     return sorted((p.relative_to(root).as_posix(), p.read_bytes()) for p in paths)
 
 
+def _dist_info(dist: str, module: str) -> tuple[str, bytes]:
+    """(version, RECORD bytes) of an installed distribution, found next to
+    its top-level module without importing it (importlib.metadata alone
+    costs tens of milliseconds at start-up). RECORD lists the SHA-256 of
+    every installed file, so hashing it binds the exact build installed."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{dist} is not installed")
+    site = Path(next(iter(spec.submodule_search_locations))).parent
+    norm = re.sub(r"[-_.]+", "_", dist).lower()
+    for entry in site.glob("*.dist-info"):
+        name, _, version = entry.name.removesuffix(".dist-info").partition("-")
+        if re.sub(r"[-_.]+", "_", name).lower() == norm:
+            record = entry / "RECORD"
+            return version, record.read_bytes() if record.exists() else b""
+    raise RuntimeError(f"no dist-info for {dist} in {site}")
+
+
 def runtime_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for dist in RUNTIME_DISTRIBUTIONS:
-        versions[dist] = metadata.version(dist)
+    """Interpreter and library versions, each library with the SHA-384 of
+    its installed-files RECORD."""
+    versions = {"python": ".".join(map(str, sys.version_info[:3])), "implementation": sys.implementation.name}
+    for dist, module in RUNTIME_DISTRIBUTIONS.items():
+        version, record = _dist_info(dist, module)
+        versions[dist] = f"{version} record-sha384:{hashlib.sha384(record).hexdigest()}"
     return versions
 
 
