@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ class KeepHandle:
     psp: subprocess.Popen[bytes] | None
     measurement: bytes
     log_path: Path
+    scratch: Path | None = None  # created by the loader, removed by close()
     started_at: float = field(default_factory=time.perf_counter)
 
     def exit_status(self) -> int | None:
@@ -66,6 +69,8 @@ class KeepHandle:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _child_env() -> dict[str, str]:
@@ -87,6 +92,14 @@ def start_keep(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; this host supports: {', '.join(BACKENDS)}")
     keep_id = secrets.token_hex(8)
+    owned_scratch = None
+    if scratch is None:
+        # Per-Keep scratch directory for the workload's files and secrets,
+        # preferably in memory (/dev/shm); the loader removes it when the Keep
+        # is gone, even if the Keep was killed.
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        scratch = owned_scratch = Path(tempfile.mkdtemp(prefix=f"stockade-keep-{keep_id}-", dir=base))
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"keep-{keep_id}.log"
@@ -148,4 +161,4 @@ def start_keep(
         )
     for sock in to_close:
         sock.close()
-    return KeepHandle(keep_id, backend, client_end, keep, psp_proc, measurement, log_path)
+    return KeepHandle(keep_id, backend, client_end, keep, psp_proc, measurement, log_path, owned_scratch)
