@@ -125,12 +125,14 @@ def _fail(err: StockadeError, as_json: bool) -> NoReturn:
         click.echo(
             json.dumps(
                 {
+                    "exit_code": err.exit_code,
+                    "exit_code_source": "stockade",
                     "error": {
                         "type": err.problem_type,
                         "title": err.title,
                         "detail": err.detail,
                         "exit_code": err.exit_code,
-                    }
+                    },
                 }
             )
         )
@@ -312,6 +314,7 @@ def _run(
     if as_json:
         doc: dict[str, Any] = {
             "exit_code": result.exit_code,
+            "exit_code_source": "workload",
             "stdout": out[1].decode("utf-8", "replace"),
             "stderr": out[2].decode("utf-8", "replace"),
             "workload_sha256": result.workload_sha256.hex(),
@@ -397,8 +400,13 @@ def _deploy(
         stream.flush()
 
     def on_verified(appraisal: Appraisal) -> None:
-        if not quiet and not as_json:
+        if as_json:
+            return  # the JSON document carries the appraisal and the label
+        if not quiet:
             click.echo(_summary(appraisal, note), err=True)
+        elif appraisal.claims.platform == "sim":
+            # sim output is always labelled, even with --quiet.
+            click.echo("stockade: sim Keep: NO HARDWARE PROTECTION", err=True)
 
     steps.mark("client_prepare")
     return deploy(handle.conn, workload, trust, on_output, on_verified, handle.exit_status, steps), out
