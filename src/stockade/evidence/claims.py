@@ -32,6 +32,15 @@ class VerifiedClaims:
     report_version: int
     root_fingerprint: str  # SHA-256 of the root certificate DER, hex
     verified_at: datetime
+    #: Named measurement registers beyond ``measurement`` (TDX: mrtd,
+    #: rtmr0..rtmr3, mrseam, mrsignerseam; SGX: mrenclave, mrsigner).
+    registers: tuple[tuple[str, bytes], ...] = ()
+    #: Intel TCB status (UpToDate, SWHardeningNeeded, ConfigurationNeeded,
+    #: ConfigurationAndSWHardeningNeeded, OutOfDate,
+    #: OutOfDateConfigurationNeeded, Revoked); None for AMD and sim.
+    tcb_status: str | None = None
+    advisory_ids: tuple[str, ...] = ()
+    fmspc: str | None = None
     _token: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,4 +69,8 @@ class VerifiedClaims:
             "report_version": self.report_version,
             "root_sha256": self.root_fingerprint,
             "verified_at": self.verified_at.isoformat(),
+            "registers": {k: v.hex() for k, v in self.registers},
+            "tcb_status": self.tcb_status,
+            "advisory_ids": list(self.advisory_ids),
+            "fmspc": self.fmspc,
         }
