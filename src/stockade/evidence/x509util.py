@@ -6,6 +6,11 @@ CryptographyDeprecationWarning and announces that a future release will
 refuse them (docs/adr/0003-amd-serial-zero-certificates.md). Every load goes
 through here so the warning is suppressed in one place and a refusal shows
 up as one clear MalformedEvidence.
+
+pyca/cryptography parses names, version, extensions and the public key
+lazily, on first access, and raises there (ValueError, InvalidVersion,
+DuplicateExtension, UnsupportedAlgorithm). The loaders touch all of them, so
+a certificate that loads here has no parse error left for a later access.
 """
 
 from __future__ import annotations
@@ -14,9 +19,19 @@ import hashlib
 import warnings
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
 
 from stockade.errors import MalformedEvidence
+
+_PARSE_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension, UnsupportedAlgorithm)
+
+
+def _parse_lazy_parts(cert: x509.Certificate) -> None:
+    _ = cert.serial_number  # the serial-0 warning is emitted lazily, on access
+    _ = cert.version, cert.issuer, cert.subject, cert.extensions
+    _ = cert.not_valid_before_utc, cert.not_valid_after_utc, cert.signature_algorithm_oid
+    cert.public_key()
 
 
 def load_der(der: bytes, what: str) -> x509.Certificate:
@@ -24,9 +39,9 @@ def load_der(der: bytes, what: str) -> x509.Certificate:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
             cert = x509.load_der_x509_certificate(der)
-            _ = cert.serial_number  # the warning is emitted lazily, on access
+            _parse_lazy_parts(cert)
             return cert
-    except ValueError as exc:
+    except _PARSE_ERRORS as exc:
         raise MalformedEvidence(f"{what}: not a valid DER certificate ({exc})") from None
 
 
@@ -36,9 +51,9 @@ def load_pem_chain(pem: bytes, what: str) -> list[x509.Certificate]:
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
             certs = x509.load_pem_x509_certificates(pem)
             for cert in certs:
-                _ = cert.serial_number
+                _parse_lazy_parts(cert)
             return certs
-    except ValueError as exc:
+    except _PARSE_ERRORS as exc:
         raise MalformedEvidence(f"{what}: not a valid PEM certificate list ({exc})") from None
 
 

@@ -10,8 +10,9 @@ root.
 
 Checks, in order (AMD SEV-SNP ABI spec pub. 56860 "Attestation"; VCEK spec
 pub. 57230): report structure and reserved fields; product from CPUID or the
-endorsement certificate; root for that product is trusted and self-signed;
-intermediate signed by the root, endorsement signed by the intermediate (all
+endorsement certificate; a trusted root for that product (of those given,
+the one named as the intermediate's issuer) is self-signed and signed the
+intermediate, endorsement signed by the intermediate (all
 RSASSA-PSS SHA-384, salt 48), issuer names chain, each certificate valid at
 ``at``; signer kind in KEY_INFO matches the certificate (VCEK vs VLEK);
 endorsement TCB extensions equal REPORTED_TCB; VCEK hwID equals CHIP_ID;
@@ -121,6 +122,39 @@ def _endorsement_product(cert: x509.Certificate) -> EndorsementExtensions:
     return read_extensions(cert)
 
 
+def _select_anchor(
+    anchors: Iterable[TrustAnchor],
+    product: Product,
+    intermediate: x509.Certificate,
+    intermediate_der: bytes,
+) -> tuple[TrustAnchor, x509.Certificate]:
+    """The trusted root of ``product`` that issued the intermediate: several
+    roots may be trusted for one product (AMD's and a sim chip's), so the
+    root is chosen by the intermediate's issuer name, then both signatures
+    (root self-signature, intermediate by root) must verify."""
+    candidates = [a for a in anchors if a.product is product]
+    if not candidates:
+        raise VerificationFailed(f"no trusted root for product {product.value}")
+    failure: VerificationFailed | None = None
+    for anchor in candidates:
+        ark = load_der(anchor.ark_der, f"{product.value} root")
+        if ark.subject != intermediate.issuer:
+            continue
+        try:
+            _pss_signed_by(anchor.ark_der, anchor.ark_der, f"{product.value} root (self-signature)")
+            _pss_signed_by(intermediate_der, anchor.ark_der, "intermediate certificate (ASK/ASVK)")
+        except VerificationFailed as exc:
+            failure = failure or exc
+            continue
+        return anchor, ark
+    if failure is not None:
+        raise failure
+    raise VerificationFailed(
+        f"no trusted root for product {product.value} issued the intermediate certificate "
+        f"(its issuer is {intermediate.issuer.rfc4514_string()})"
+    )
+
+
 def verify_report(
     report_bytes: bytes,
     endorsement_der: bytes,
@@ -140,13 +174,7 @@ def verify_report(
     ext = read_extensions(endorsement)
     product = report.product(product_hint or ext.product)
 
-    anchor = next((a for a in anchors if a.product is product), None)
-    if anchor is None:
-        raise VerificationFailed(f"no trusted root for product {product.value}")
-    ark = load_der(anchor.ark_der, f"{product.value} root")
-
-    _pss_signed_by(anchor.ark_der, anchor.ark_der, f"{product.value} root (self-signature)")
-    _pss_signed_by(intermediate_der, anchor.ark_der, "intermediate certificate (ASK/ASVK)")
+    anchor, ark = _select_anchor(anchors, product, intermediate, intermediate_der)
     _pss_signed_by(endorsement_der, intermediate_der, "endorsement certificate (VCEK/VLEK)")
     for cert, what in (
         (ark, "root"),
