@@ -17,7 +17,7 @@ import cbor2
 
 from stockade.errors import MalformedEvidence, ProtocolError
 from stockade.wire import der
-from stockade.wire.messages import VERSION, decode_map
+from stockade.wire.messages import VERSION, decode_map, loads_strict
 
 EVIDENCE_OID = "2.23.133.5.4.9"
 MEDIA_TYPE = "application/vnd.stockade.evidence+cbor; v=1"
@@ -52,7 +52,7 @@ class EvidenceBundle:
             raise MalformedEvidence(str(exc)) from None
         if set(m) != {"v", "platform", "report", "certs"}:
             raise MalformedEvidence(f"evidence bundle has fields {sorted(map(str, m))}")
-        if m["v"] != VERSION:
+        if type(m["v"]) is not int or m["v"] != VERSION:  # not True, not 1.0
             raise MalformedEvidence(f"evidence bundle version {m['v']!r} is not supported")
         platform, report, certs = m["platform"], m["report"], m["certs"]
         if platform not in PLATFORMS:
@@ -72,9 +72,9 @@ def extension_value(bundle: EvidenceBundle) -> bytes:
 def bundle_from_extension(value: bytes) -> EvidenceBundle:
     cmw_bytes = der.read_octets(value, "evidence extension")
     try:
-        cmw: Any = cbor2.loads(cmw_bytes)
-    except Exception as exc:
-        raise MalformedEvidence(f"evidence extension is not CBOR ({type(exc).__name__})") from None
+        cmw: Any = loads_strict(cmw_bytes, "evidence extension")
+    except ProtocolError as exc:
+        raise MalformedEvidence(str(exc)) from None
     if not (isinstance(cmw, list) and len(cmw) == 2 and cmw[0] == MEDIA_TYPE and isinstance(cmw[1], bytes)):
         raise MalformedEvidence("evidence extension is not a stockade CMW record")
     return EvidenceBundle.from_cbor(cmw[1])

@@ -5,6 +5,13 @@ message type under ``"t"``; ``docs/protocol.cddl`` is the normative schema and
 a test validates encoded messages against it. Decoding is strict: a wrong
 type, a missing or unknown field, or an unknown version is a ProtocolError
 naming the field. Decoding never evaluates anything a peer sends.
+
+Before cbor2 sees them, received bytes must be exactly one CBOR data item in
+the strict profile of docs/protocol.cddl: definite lengths, preferred
+(shortest) integer and length encodings, no tags, map keys that are integers
+or text strings and unique, bounded nesting. cbor2 alone accepts trailing
+bytes, duplicate keys (last one wins) and tags it turns into Python objects
+(bignums, shared references, sets, ...), none of which the schema allows.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ PD_TYPE = "tag:stockade.dev,2026:problem-type"
 
 STDOUT = 1
 STDERR = 2
+
+#: Deepest container nesting a peer may send (messages need 3).
+MAX_DEPTH = 16
+_UINT64_LIMIT = 1 << 64
 
 
 def _need(m: dict[Any, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -54,7 +65,7 @@ def _str_list(value: list[Any], where: str) -> tuple[str, ...]:
 
 def _str_map(value: dict[Any, Any], vtype: type, where: str) -> tuple[tuple[str, Any], ...]:
     for k, v in value.items():
-        if not isinstance(k, str) or not isinstance(v, vtype):
+        if not isinstance(k, str) or not isinstance(v, vtype) or (isinstance(v, bool) and vtype is int):
             raise ProtocolError(f"{where}: keys must be text and values {vtype.__name__}")
     return tuple(sorted(value.items()))
 
@@ -104,8 +115,8 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("timeout_ms", "memory_bytes", "output_bytes"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ProtocolError(f"limits: {name} must be a positive integer")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < _UINT64_LIMIT:
+                raise ProtocolError(f"limits: {name} must be a positive integer below 2**64")
 
     def to_map(self) -> dict[str, int]:
         return {
@@ -246,11 +257,10 @@ class Exit(Message):
         digest = _need(m, "workload_sha256", bytes, "exit")
         if len(digest) != 32:
             raise ProtocolError("exit: workload_sha256 must be 32 bytes")
-        return cls(
-            code=_need(m, "code", int, "exit"),
-            workload_sha256=digest,
-            timing_us=_str_map(_need(m, "timing_us", dict, "exit"), int, "exit timing_us"),
-        )
+        timing_us = _str_map(_need(m, "timing_us", dict, "exit"), int, "exit timing_us")
+        if any(us < 0 for _, us in timing_us):
+            raise ProtocolError("exit: timing_us values must not be negative")
+        return cls(code=_need(m, "code", int, "exit"), workload_sha256=digest, timing_us=timing_us)
 
 
 @dataclass(frozen=True)
@@ -276,6 +286,9 @@ class Problem(Message):
     @classmethod
     def from_map(cls, m: dict[Any, Any]) -> Problem:
         pd = _need(m, "problem", dict, "problem")
+        extra = set(pd) - {PD_TITLE, PD_DETAIL, PD_TYPE}
+        if extra:
+            raise ProtocolError(f"problem: unknown problem-detail key(s) {sorted(map(str, extra))}")
         title, detail, ptype = pd.get(PD_TITLE), pd.get(PD_DETAIL), pd.get(PD_TYPE)
         if not all(isinstance(x, str) for x in (title, detail, ptype)):
             raise ProtocolError("problem: title, detail and type must be text")
@@ -287,12 +300,84 @@ MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in (Hello, Work
 M = TypeVar("M", bound=Message)
 
 
+def _reject_tag(decoder: Any, tag: Any) -> Any:
+    raise ProtocolError(f"CBOR tags are not allowed (tag {tag.tag})")
+
+
+def _rejecter(number: int) -> Any:
+    def reject(decoder: Any) -> Any:
+        raise ProtocolError(f"CBOR tags are not allowed (tag {number})")
+
+    return reject
+
+
+#: Tags cbor2 decodes itself (dates, bignums, shared references, sets, ...):
+#: overridden so that every tag is refused while decoding, before any value
+#: (such as a reference cycle) is built.
+_NO_SEMANTIC_TAGS = {
+    n: _rejecter(n)
+    for n in (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 1004, 55799)
+}
+
+
+def _check_keys(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, bool) or not isinstance(key, int | str):
+                raise ProtocolError(f"{where}: CBOR map keys must be integers or text")
+            _check_keys(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_keys(item, where)
+
+
+def loads_strict(data: bytes, where: str = "message") -> Any:
+    """Decode exactly one CBOR data item of stockade's strict profile.
+
+    The profile (docs/protocol.cddl): deterministic encoding as cbor2's
+    ``canonical=True`` produces it (shortest integers and lengths, sorted map
+    keys), no indefinite lengths, no duplicate keys, no tags, integer or text
+    map keys, nesting at most MAX_DEPTH, nothing after the item. cbor2
+    enforces what its options allow; the rest is checked by re-encoding the
+    decoded value and comparing it with the received bytes.
+    """
+    try:
+        value = cbor2.loads(
+            data,
+            tag_hook=_reject_tag,
+            semantic_decoders=_NO_SEMANTIC_TAGS,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            max_depth=MAX_DEPTH,
+        )
+    except ProtocolError as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
+    except Exception as exc:  # cbor2 raises several types on garbage
+        cause = exc.__cause__ if isinstance(exc.__cause__, ProtocolError) else None
+        if cause is not None:
+            raise ProtocolError(f"{where}: {cause}") from None
+        text = str(exc)
+        if "Duplicate map key" in text:
+            raise ProtocolError(f"{where}: duplicate CBOR map key") from None
+        if "nesting depth" in text:
+            raise ProtocolError(f"{where}: CBOR nested deeper than {MAX_DEPTH} levels") from None
+        raise ProtocolError(f"{where}: not valid CBOR ({type(exc).__name__}: {text})") from None
+    _check_keys(value, where)
+    try:
+        canonical = cbor2.dumps(value, canonical=True)
+    except Exception as exc:  # e.g. a built-in tag decoded to an odd type
+        raise ProtocolError(f"{where}: CBOR item outside the strict profile ({type(exc).__name__})") from None
+    if canonical != data:
+        raise ProtocolError(
+            f"{where}: CBOR is not in deterministic encoding "
+            "(non-shortest form, unsorted keys, tags or trailing bytes)"
+        )
+    return value
+
+
 def decode_map(data: bytes, where: str = "message") -> dict[Any, Any]:
     """Decode one CBOR map, turning every decoder failure into ProtocolError."""
-    try:
-        value = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types on garbage
-        raise ProtocolError(f"{where}: not valid CBOR ({type(exc).__name__}: {exc})") from None
+    value = loads_strict(data, where)
     if not isinstance(value, dict):
         raise ProtocolError(f"{where}: expected a CBOR map, got {type(value).__name__}")
     return value
@@ -301,7 +386,7 @@ def decode_map(data: bytes, where: str = "message") -> dict[Any, Any]:
 def decode(data: bytes) -> Message:
     m = decode_map(data)
     version = m.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # not True, not 1.0
         raise ProtocolError(f"unsupported protocol version {version!r} (this side speaks {VERSION})")
     mtype = m.get("t")
     cls = MESSAGE_TYPES.get(mtype) if isinstance(mtype, str) else None

@@ -47,8 +47,9 @@ class ClientSession:
 
     def hello(self, nonce: bytes) -> bytes:
         self._expect(ClientState.START, "send hello")
+        frame = encode_frame(Hello(nonce=nonce).to_cbor())  # may raise: state stays
         self.state = ClientState.AWAIT_EVIDENCE
-        return encode_frame(Hello(nonce=nonce).to_cbor())
+        return frame
 
     def evidence_verified(self) -> None:
         """Record the verifier's verdict; only this unlocks sending the workload."""
@@ -57,8 +58,9 @@ class ClientSession:
 
     def workload(self, workload: Workload) -> bytes:
         self._expect(ClientState.VERIFIED, "send the workload")
+        frame = encode_frame(workload.to_cbor())  # may raise (too large): state stays
         self.state = ClientState.RUNNING
-        return encode_frame(workload.to_cbor())
+        return frame
 
     def receive(self, data: bytes) -> list[Message]:
         if self.state is not ClientState.RUNNING and data:
@@ -73,6 +75,8 @@ class ClientSession:
             if isinstance(msg, Exit | Problem):
                 self.state = ClientState.DONE
             out.append(msg)
+        if self.state is ClientState.DONE and self._decoder.pending:
+            raise ProtocolError("Keep sent data after the final message")
         return out
 
     def _expect(self, state: ClientState, action: str) -> None:
@@ -127,12 +131,14 @@ class KeepSession:
     def exit(self, message: Exit) -> bytes:
         if self.state is not KeepState.RUNNING:
             raise ProtocolError(f"cannot send exit in state {self.state.value}")
+        frame = encode_frame(message.to_cbor())
         self.state = KeepState.DONE
-        return encode_frame(message.to_cbor())
+        return frame
 
     def problem(self, err: StockadeError) -> bytes:
         """A final error message; allowed in any state but DONE."""
         if self.state is KeepState.DONE:
             raise ProtocolError("cannot send a problem after the final message")
+        frame = encode_frame(Problem.from_error(err).to_cbor())
         self.state = KeepState.DONE
-        return encode_frame(Problem.from_error(err).to_cbor())
+        return frame

@@ -1,0 +1,1210 @@
+"""Unit and property tests of stockade.wire: framing, strict decoding, the
+sans-I/O session state machines, the report-data binding, the launch digest
+and the DER helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from stockade.errors import (
+    ERROR_CLASSES,
+    LimitExceeded,
+    MalformedEvidence,
+    ProtocolError,
+    WorkloadTrapped,
+)
+from stockade.wire import der, framing, protocol
+from stockade.wire.binding import DOMAIN, NONCE_SIZE, report_data_for
+from stockade.wire.evidence import MEDIA_TYPE, EvidenceBundle, bundle_from_extension, extension_value
+from stockade.wire.framing import HEADER, MAX_FRAME, FrameDecoder, encode_frame
+from stockade.wire.launch import keep_measurement, launch_digest, runtime_files
+from stockade.wire.messages import (
+    MAX_DEPTH,
+    Exit,
+    FileEntry,
+    Hello,
+    Limits,
+    Message,
+    Output,
+    Problem,
+    Workload,
+    decode,
+    decode_map,
+)
+from stockade.wire.protocol import ClientSession, ClientState, KeepSession, KeepState
+from wire_strategies import (
+    REPRESENTATIVE,
+    REPRESENTATIVE_BUNDLES,
+    bundles,
+    cbor_items,
+    exits,
+    hellos,
+    messages,
+    outputs,
+    problems,
+    workloads,
+)
+
+NONCE = bytes(range(32))
+SHA = b"\x5a" * 32
+HELLO = Hello(nonce=NONCE)
+EXIT = Exit(code=0, workload_sha256=SHA, timing_us=(("run", 7),))
+WORKLOAD = dict(REPRESENTATIVE)["workload-typical"]
+assert isinstance(WORKLOAD, Workload)
+
+
+def frame(msg: Message) -> bytes:
+    return encode_frame(msg.to_cbor())
+
+
+def enc(value: Any) -> bytes:
+    return bytes(cbor2.dumps(value, canonical=True))
+
+
+def as_map(msg: Message) -> dict[Any, Any]:
+    m: dict[Any, Any] = cbor2.loads(msg.to_cbor())
+    return m
+
+
+# == framing =========================================================================================
+
+
+def test_encode_frame_is_big_endian_length_then_payload() -> None:
+    assert encode_frame(b"") == b"\x00\x00\x00\x00"
+    assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+    assert encode_frame(b"x" * 0x1_02_03) == b"\x00\x01\x02\x03" + b"x" * 0x1_02_03
+    assert HEADER.size == 4
+
+
+def test_feed_byte_by_byte() -> None:
+    payloads = [b"", b"a", b"hello world", bytes(300)]
+    stream = b"".join(encode_frame(p) for p in payloads)
+    dec = FrameDecoder()
+    got: list[bytes] = []
+    for i in range(len(stream)):
+        got.extend(dec.feed(stream[i : i + 1]))
+        assert dec.pending == i + 1 - sum(len(encode_frame(p)) for p in got)
+    assert got == payloads
+    assert dec.pending == 0
+
+
+def test_several_frames_and_a_partial_one_in_one_feed() -> None:
+    dec = FrameDecoder()
+    tail = encode_frame(b"fourth")
+    assert dec.feed(encode_frame(b"1") + encode_frame(b"22") + encode_frame(b"333") + tail[:6]) == [
+        b"1",
+        b"22",
+        b"333",
+    ]
+    assert dec.pending == 6
+    assert dec.feed(b"") == []
+    assert dec.feed(tail[6:]) == [b"fourth"]
+    assert dec.pending == 0
+
+
+def test_partial_header_is_kept() -> None:
+    dec = FrameDecoder()
+    assert dec.feed(b"\x00\x00") == []
+    assert dec.pending == 2
+    assert dec.feed(b"\x00\x01z") == [b"z"]
+
+
+def test_oversized_announced_frame_is_refused_before_buffering() -> None:
+    dec = FrameDecoder(max_frame=10)
+    assert dec.feed(encode_frame(b"x" * 10)) == [b"x" * 10]
+    with pytest.raises(ProtocolError, match="11-byte frame"):
+        dec.feed(b"\x00\x00\x00\x0b")  # header alone: no body needed to refuse
+    with pytest.raises(ProtocolError):  # and it stays refused
+        dec.feed(b"x")
+
+
+def test_oversized_frame_after_good_frames_in_the_same_feed() -> None:
+    dec = FrameDecoder(max_frame=10)
+    with pytest.raises(ProtocolError):
+        dec.feed(encode_frame(b"ok") + b"\xff\xff\xff\xff")
+
+
+def test_default_limit_and_largest_header() -> None:
+    with pytest.raises(ProtocolError, match=str(MAX_FRAME)):
+        FrameDecoder().feed(HEADER.pack(MAX_FRAME + 1))
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(b"\xff\xff\xff\xff")
+    assert FrameDecoder().feed(HEADER.pack(MAX_FRAME)) == []  # announced size at the limit is fine
+
+
+def test_encode_frame_refuses_oversized_payload() -> None:
+    with pytest.raises(ProtocolError, match="exceeds"):
+        encode_frame(b"x" * 11, max_frame=10)
+    assert encode_frame(b"x" * 10, max_frame=10)[4:] == b"x" * 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=8), st.data())
+def test_frames_survive_any_split(payloads: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(p) for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    dec = FrameDecoder()
+    got: list[bytes] = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        got.extend(dec.feed(stream[a:b]))
+    assert got == payloads
+    assert dec.pending == 0
+
+
+# == strict decoding =================================================================================
+
+
+@pytest.mark.parametrize(("name", "msg"), REPRESENTATIVE, ids=[n for n, _ in REPRESENTATIVE])
+def test_round_trip_representative(name: str, msg: Message) -> None:
+    assert decode(msg.to_cbor()) == msg
+
+
+def test_encoding_is_deterministic() -> None:
+    a = Workload(wasm=b"w", env=(("A", "1"), ("B", "2")), secrets=(("x", b"1"), ("y", b"2")))
+    b = Workload(wasm=b"w", env=(("B", "2"), ("A", "1")), secrets=(("y", b"2"), ("x", b"1")))
+    assert a.to_cbor() == b.to_cbor()
+    assert decode(b.to_cbor()) == a
+
+
+@pytest.mark.parametrize("version", [0, 2, -1, "1", b"\x01", True, 1.0, None, [1]])
+def test_unknown_or_mistyped_version(version: Any) -> None:
+    with pytest.raises(ProtocolError, match="version"):
+        decode(enc({**as_map(HELLO), "v": version}))
+
+
+def test_missing_version() -> None:
+    m = as_map(HELLO)
+    del m["v"]
+    with pytest.raises(ProtocolError, match="version"):
+        decode(enc(m))
+
+
+@pytest.mark.parametrize("mtype", ["nope", "Hello", "", 1, b"hello", None, True])
+def test_unknown_message_type(mtype: Any) -> None:
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        decode(enc({**as_map(HELLO), "t": mtype}))
+
+
+def test_missing_message_type() -> None:
+    m = as_map(HELLO)
+    del m["t"]
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        decode(enc(m))
+
+
+@pytest.mark.parametrize(
+    ("msg", "path"),
+    [
+        (Output(fd=1, data=b""), ("fd",)),
+        (EXIT, ("code",)),
+        (EXIT, ("timing_us", "run")),
+        (WORKLOAD, ("limits", "timeout_ms")),
+        (WORKLOAD, ("limits", "memory_bytes")),
+        (WORKLOAD, ("limits", "output_bytes")),
+    ],
+    ids=["output-fd", "exit-code", "exit-timing", "timeout", "memory", "output-bytes"],
+)
+def test_bool_is_not_an_int(msg: Message, path: tuple[str, ...]) -> None:
+    m = as_map(msg)
+    target = m
+    for p in path[:-1]:
+        target = target[p]
+    target[path[-1]] = True  # True == 1 in Python, but not on the wire
+    with pytest.raises(ProtocolError):
+        decode(enc(m))
+
+
+@pytest.mark.parametrize("value", [[], [HELLO.to_cbor()], 1, "hello", b"\xa0", None, True, 1.5])
+def test_non_map_top_level(value: Any) -> None:
+    with pytest.raises(ProtocolError, match="expected a CBOR map"):
+        decode(bytes(cbor2.dumps(value, canonical=True)))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff",  # lone break
+        b"\x1c",  # reserved additional info
+        b"\xa1",  # map without its entry
+        b"\x5a\xff\xff\xff\xff",  # byte string longer than the input
+        b"\x9b" + b"\xff" * 8,  # array of 2**64-1 items
+        b"\xa1\x61\x74\x61",  # truncated text
+        b"\xa1\x61\x74\x61\xff",  # invalid UTF-8
+        b"\xa1\x62\xc3\x28\x00",  # invalid UTF-8 in a key
+        b"\xf8\x10",  # two-byte simple value below 32 (not well-formed)
+    ],
+    ids=[
+        "empty",
+        "break",
+        "reserved",
+        "short-map",
+        "long-bstr",
+        "huge-array",
+        "trunc-text",
+        "bad-utf8",
+        "bad-utf8-key",
+        "bad-simple",
+    ],
+)
+def test_garbage_cbor(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode(data)
+
+
+def test_truncated_message_at_every_length() -> None:
+    data = WORKLOAD.to_cbor()
+    for n in range(len(data)):
+        with pytest.raises(ProtocolError):
+            decode(data[:n])
+
+
+def test_trailing_bytes_after_the_item() -> None:
+    with pytest.raises(ProtocolError, match="trailing"):
+        decode(HELLO.to_cbor() + b"\x00")
+    with pytest.raises(ProtocolError, match="trailing"):
+        decode(HELLO.to_cbor() + HELLO.to_cbor())
+
+
+def _tag(number: int, inner: bytes) -> bytes:
+    if number < 24:
+        return bytes([0xC0 | number]) + inner
+    if number < 256:
+        return b"\xd8" + bytes([number]) + inner
+    if number < 65536:
+        return b"\xd9" + number.to_bytes(2, "big") + inner
+    return b"\xda" + number.to_bytes(4, "big") + inner
+
+
+def _hello_with_nonce_item(item: bytes) -> bytes:
+    # {"t": "hello", "v": 1, "nonce": <item>}, keys in canonical order
+    return b"\xa3\x61t\x65hello\x61v\x01\x65nonce" + item
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _tag(55799, HELLO.to_cbor()),  # self-described CBOR around the message
+        _tag(1234, HELLO.to_cbor()),  # unknown tag around the message
+        _hello_with_nonce_item(_tag(1234, b"\x58\x20" + NONCE)),  # unknown tag on a field
+        _hello_with_nonce_item(_tag(24, b"\x58\x20" + NONCE)),  # embedded CBOR
+        _hello_with_nonce_item(_tag(28, b"\x58\x20" + NONCE)),  # shareable
+        _hello_with_nonce_item(_tag(22, b"\x58\x20" + NONCE)),  # expected conversion
+        _tag(256, HELLO.to_cbor()),  # stringref namespace
+        bytes(cbor2.dumps({**as_map(EXIT), "code": 1 << 64})),  # bignum (tag 2)
+        bytes(cbor2.dumps({**as_map(EXIT), "code": -(1 << 64) - 1})),  # negative bignum (tag 3)
+        b"\xa3\x61t\x64exit\x61v\x01\x64code" + _tag(2, b"\x41\x01"),  # small bignum
+        b"\xa1" + _tag(1, b"\x00") + b"\x00",  # tag on a key
+    ],
+    ids=[
+        "self-describe",
+        "unknown-outer",
+        "unknown-field",
+        "embedded",
+        "shareable",
+        "hint",
+        "stringref",
+        "bignum",
+        "neg-bignum",
+        "small-bignum",
+        "key",
+    ],
+)
+def test_cbor_tags_are_rejected(data: bytes) -> None:
+    with pytest.raises(ProtocolError, match=r"tag|keys must be"):
+        decode(data)
+
+
+def test_shared_reference_cycle_is_rejected() -> None:
+    # {"t": "workload", ..., "args": 28([29(0)])}: a list that contains itself
+    m = as_map(WORKLOAD)
+    data = enc({k: v for k, v in m.items() if k != "args"})
+    item = _tag(28, b"\x81" + _tag(29, b"\x00"))
+    data = bytes([data[0] + 1]) + data[1:] + b"\x64args" + item
+    with pytest.raises(ProtocolError, match="tag"):
+        decode(data)
+
+
+def test_duplicate_keys_are_rejected() -> None:
+    # {"v": 1, "t": "hello", "nonce": ..., "nonce": ...}: cbor2 keeps the last one
+    data = b"\xa4\x61v\x01\x61t\x65hello" + (b"\x65nonce\x58\x20" + NONCE) * 2
+    with pytest.raises(ProtocolError, match="duplicate"):
+        decode(data)
+    data = b"\xa3\x61v\x01\x61v\x02\x61t\x65hello"
+    with pytest.raises(ProtocolError, match="duplicate"):
+        decode(data)
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [
+        (b"\xf5", "bool"),
+        (b"\xf6", "null"),
+        (b"\xf9\x3c\x00", "float"),
+        (b"\x41t", "bytes"),
+        (b"\x80", "array"),
+        (b"\xa0", "map"),
+    ],
+)
+def test_map_keys_must_be_integers_or_text(key: bytes, name: str) -> None:
+    with pytest.raises(ProtocolError, match="keys"):
+        decode(b"\xa4\x61v\x01\x61t\x65hello\x65nonce\x58\x20" + NONCE + key + b"\x00")
+
+
+def test_problem_details_float_key_cannot_shadow_an_int_key() -> None:
+    # -1.0 == -1 in Python: without the key-type rule cbor2 would merge them
+    pd = b"\xa4\x20\x61a\xf9\xbc\x00\x61b\x21\x61d\x78\x22tag:stockade.dev,2026:problem-type\x61x"
+    with pytest.raises(ProtocolError):
+        decode(b"\xa3\x61v\x01\x61t\x67problem\x67problem" + pd)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xa3\x61v\x18\x01\x61t\x65hello\x65nonce\x58\x20" + NONCE,  # 1 as 0x18 0x01
+        b"\xa3\x61v\x01\x61t\x65hello\x65nonce\x59\x00\x20" + NONCE,  # length 32 in 2 bytes
+        b"\xa3\x61v\x01\x61t\x65hello\x78\x05nonce\x58\x20" + NONCE,  # key length in 1 byte
+        b"\xb8\x03\x61v\x01\x61t\x65hello\x65nonce\x58\x20" + NONCE,  # map count in 1 byte
+    ],
+    ids=["int", "bstr-length", "tstr-length", "map-count"],
+)
+def test_non_shortest_heads_are_rejected(data: bytes) -> None:
+    with pytest.raises(ProtocolError, match="shortest"):
+        decode(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xbf\x61v\x01\x61t\x65hello\x65nonce\x58\x20" + NONCE + b"\xff",  # indefinite map
+        b"\xa3\x61v\x01\x61t\x7f\x63hel\x62lo\xff\x65nonce\x58\x20" + NONCE,  # indefinite text
+    ],
+    ids=["map", "text"],
+)
+def test_indefinite_lengths_are_rejected(data: bytes) -> None:
+    with pytest.raises(ProtocolError, match="indefinite"):
+        decode(data)
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 1000, 100_000])
+def test_deep_nesting_is_rejected_without_recursion_error(depth: int) -> None:
+    with pytest.raises(ProtocolError, match="nested"):
+        decode(b"\x81" * depth + b"\x00")
+    with pytest.raises(ProtocolError, match="nested"):
+        decode(b"\xa1\x61a" * depth + b"\x00")
+
+
+def test_nesting_up_to_the_limit_is_well_formed() -> None:
+    # not a message, but the profile check passes and the type check speaks
+    with pytest.raises(ProtocolError, match="expected a CBOR map"):
+        decode(b"\x81" * MAX_DEPTH + b"\x00")
+
+
+def test_decode_map_names_the_context() -> None:
+    with pytest.raises(ProtocolError, match=r"^sim thing: "):
+        decode_map(b"\xff", "sim thing")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda m: m.pop("nonce"), "nonce"),
+        (lambda m: m.update(nonce="x" * 32), "nonce"),
+        (lambda m: m.update(extra=1), "extra"),
+    ],
+    ids=["missing", "type", "extra"],
+)
+def test_errors_name_the_field(mutate: Any, field: str) -> None:
+    m = as_map(HELLO)
+    mutate(m)
+    with pytest.raises(ProtocolError, match=field):
+        decode(enc(m))
+
+
+def test_message_field_constraints() -> None:
+    with pytest.raises(ProtocolError, match="32 bytes"):
+        Hello(nonce=b"short")
+    with pytest.raises(ProtocolError):
+        Output(fd=3, data=b"")
+    for bad in (0, -1, True, 1 << 64, "1"):
+        with pytest.raises(ProtocolError):
+            Limits(timeout_ms=bad)  # type: ignore[arg-type]
+    Limits(timeout_ms=(1 << 64) - 1)
+
+
+def test_file_entries() -> None:
+    m = as_map(WORKLOAD)
+    good = decode(enc(m))
+    assert isinstance(good, Workload)
+    assert good.files == WORKLOAD.files
+    for files in (
+        [{"path": "a", "dir": True, "data": b""}],
+        [{"path": "a", "dir": False}],
+        [{"path": "a"}],
+        [{"path": "a", "data": b"", "mode": 0o644}],
+        [{"path": b"a", "data": b""}],
+        [["a", b""]],
+    ):
+        with pytest.raises(ProtocolError):
+            decode(enc({**m, "files": files}))
+
+
+def test_problem_maps_to_error_classes() -> None:
+    for cls in ERROR_CLASSES:
+        err = cls("something went wrong")
+        problem = decode(Problem.from_error(err).to_cbor())
+        assert isinstance(problem, Problem)
+        back = problem.to_error()
+        assert type(back) is cls
+        assert back.detail == "something went wrong"
+    unknown = Problem(problem_type="from-the-future", title="t", detail="d").to_error()
+    assert type(unknown) is ProtocolError
+
+
+def test_problem_details_use_rfc9290_keys() -> None:
+    pd = as_map(Problem.from_error(LimitExceeded("too slow", "time")))["problem"]
+    assert pd == {
+        -1: "limit exceeded",
+        -2: "too slow",
+        "tag:stockade.dev,2026:problem-type": "limit-exceeded",
+    }
+
+
+def test_problem_details_reject_unknown_keys() -> None:
+    m = as_map(Problem.from_error(WorkloadTrapped("trap")))
+    m["problem"][-3] = "urn:instance"
+    with pytest.raises(ProtocolError, match="problem-detail"):
+        decode(enc(m))
+
+
+# == Workload repr ===================================================================================
+
+
+def test_workload_repr_never_shows_secret_values() -> None:
+    secret_values = [b"hunter2-SECRET", b"\xde\xad\xbe\xef-TOPSECRET"]
+    w = Workload(
+        wasm=b"\0asm-WASMBYTES",
+        args=("arg1",),
+        env=(("TOKEN", "ENV-SECRET-VALUE"),),
+        stdin=b"STDIN-SECRET",
+        files=(FileEntry("key.pem", b"FILE-SECRET-CONTENT"),),
+        secrets=(("db-password", secret_values[0]), ("api-key", secret_values[1])),
+    )
+    for text in (repr(w), str(w), f"{w}", repr([w]), repr({"w": w}), repr((w,))):
+        for needle in (
+            "hunter2",
+            "TOPSECRET",
+            "deadbeef",
+            "\\xde\\xad",
+            "ENV-SECRET",
+            "STDIN-SECRET",
+            "FILE-SECRET",
+            "WASMBYTES",
+        ):
+            assert needle not in text, (needle, text)
+        assert "db-password" in text and "api-key" in text  # names are fine
+
+
+@settings(max_examples=100, deadline=None)
+@given(workloads)
+def test_workload_repr_never_contains_secret_bytes(w: Workload) -> None:
+    text = repr(w)
+    for _, value in w.secrets:
+        if len(value) >= 4:
+            assert repr(value) not in text
+            assert value.hex() not in text
+
+
+# == sans-I/O state machines =========================================================================
+
+
+def client_running() -> ClientSession:
+    c = ClientSession()
+    c.hello(NONCE)
+    c.evidence_verified()
+    c.workload(WORKLOAD)
+    return c
+
+
+def keep_running() -> KeepSession:
+    k = KeepSession()
+    k.receive_hello(frame(HELLO))
+    k.channel_ready()
+    k.receive_workload(frame(WORKLOAD))
+    return k
+
+
+def test_full_session_between_client_and_keep() -> None:
+    c, k = ClientSession(), KeepSession()
+    hello = c.hello(NONCE)
+    assert k.receive_hello(hello) == HELLO
+    assert (c.state, k.state) == (ClientState.AWAIT_EVIDENCE, KeepState.ATTESTING)
+    k.channel_ready()
+    c.evidence_verified()
+    assert k.receive_workload(c.workload(WORKLOAD)) == WORKLOAD
+    stream = k.output(1, b"out") + k.output(2, b"err") + k.exit(EXIT)
+    got = [m for i in range(len(stream)) for m in c.receive(stream[i : i + 1])]
+    assert got == [Output(1, b"out"), Output(2, b"err"), EXIT]
+    assert (c.state, k.state) == (ClientState.DONE, KeepState.DONE)
+
+
+def test_client_cannot_send_workload_before_evidence_is_verified() -> None:
+    c = ClientSession()
+    with pytest.raises(ProtocolError, match="send the workload"):
+        c.workload(WORKLOAD)
+    c.hello(NONCE)
+    with pytest.raises(ProtocolError, match="send the workload"):
+        c.workload(WORKLOAD)
+    assert c.state is ClientState.AWAIT_EVIDENCE
+    c.evidence_verified()
+    assert c.workload(WORKLOAD) == frame(WORKLOAD)
+    with pytest.raises(ProtocolError):
+        c.workload(WORKLOAD)  # only once
+
+
+def test_client_cannot_send_hello_twice() -> None:
+    c = ClientSession()
+    c.hello(NONCE)
+    with pytest.raises(ProtocolError, match="send hello"):
+        c.hello(NONCE)
+    c.evidence_verified()
+    with pytest.raises(ProtocolError):
+        c.hello(NONCE)
+
+
+def test_evidence_verified_only_after_hello_and_once() -> None:
+    c = ClientSession()
+    with pytest.raises(ProtocolError, match="accept evidence"):
+        c.evidence_verified()
+    c.hello(NONCE)
+    c.evidence_verified()
+    with pytest.raises(ProtocolError):
+        c.evidence_verified()
+
+
+def test_failed_hello_does_not_advance_the_client() -> None:
+    c = ClientSession()
+    with pytest.raises(ProtocolError):
+        c.hello(b"short nonce")
+    assert c.state is ClientState.START
+    with pytest.raises(ProtocolError):
+        c.evidence_verified()  # no hello went out, so no evidence can be accepted
+    c.hello(NONCE)
+
+
+def test_failed_workload_encoding_does_not_advance_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "encode_frame", functools.partial(framing.encode_frame, max_frame=100))
+    c = ClientSession()
+    c.hello(NONCE)
+    c.evidence_verified()
+    with pytest.raises(ProtocolError, match="exceeds"):
+        c.workload(Workload(wasm=b"x" * 200))
+    assert c.state is ClientState.VERIFIED
+    with pytest.raises(ProtocolError):
+        c.receive(frame(EXIT))  # the Keep cannot answer a workload that never went out
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2])
+def test_client_refuses_keep_data_before_running(steps: int) -> None:
+    c = ClientSession()
+    if steps >= 1:
+        c.hello(NONCE)
+    if steps >= 2:
+        c.evidence_verified()
+    assert c.receive(b"") == []
+    with pytest.raises(ProtocolError, match="Keep sent data"):
+        c.receive(frame(Output(1, b"early")))
+
+
+def test_client_refuses_data_after_exit() -> None:
+    c = client_running()
+    assert c.receive(frame(EXIT)) == [EXIT]
+    with pytest.raises(ProtocolError, match="done"):
+        c.receive(frame(Output(1, b"late")))
+    with pytest.raises(ProtocolError):
+        c.receive(b"\x00")
+
+
+def test_client_refuses_data_after_exit_in_the_same_chunk() -> None:
+    c = client_running()
+    with pytest.raises(ProtocolError, match="after the final message"):
+        c.receive(frame(EXIT) + frame(Output(1, b"late")))
+    c = client_running()
+    with pytest.raises(ProtocolError, match="after the final message"):
+        c.receive(frame(EXIT) + b"\x00\x00")  # even an incomplete frame
+
+
+def test_client_refuses_data_after_problem() -> None:
+    c = client_running()
+    problem = Problem.from_error(LimitExceeded("slow"))
+    assert c.receive(frame(problem)) == [problem]
+    assert c.state is ClientState.DONE
+    with pytest.raises(ProtocolError):
+        c.receive(frame(EXIT))
+
+
+@pytest.mark.parametrize("msg", [HELLO, WORKLOAD], ids=["hello", "workload"])
+def test_client_refuses_client_messages_from_the_keep(msg: Message) -> None:
+    with pytest.raises(ProtocolError, match="unexpected"):
+        client_running().receive(frame(msg))
+
+
+def test_client_garbage_frame() -> None:
+    with pytest.raises(ProtocolError):
+        client_running().receive(encode_frame(b"\xff"))
+
+
+def test_keep_accepts_only_a_hello_first() -> None:
+    for msg in (WORKLOAD, EXIT, Output(1, b""), Problem.from_error(ProtocolError("x"))):
+        k = KeepSession()
+        with pytest.raises(ProtocolError, match="expected hello"):
+            k.receive_hello(frame(msg))
+        assert k.state is KeepState.AWAIT_HELLO
+
+
+def test_keep_hello_split_byte_by_byte() -> None:
+    k = KeepSession()
+    data = frame(HELLO)
+    for i in range(len(data) - 1):
+        assert k.receive_hello(data[i : i + 1]) is None
+    assert k.receive_hello(data[-1:]) == HELLO
+    assert k.state is KeepState.ATTESTING
+
+
+@pytest.mark.parametrize(
+    "extra", [b"\x16", frame(WORKLOAD), frame(HELLO)], ids=["tls-byte", "workload", "second-hello"]
+)
+def test_keep_hello_frame_must_come_alone(extra: bytes) -> None:
+    k = KeepSession()
+    with pytest.raises(ProtocolError, match="after hello"):
+        k.receive_hello(frame(HELLO) + extra)
+    k = KeepSession()
+    data = frame(HELLO) + extra
+    assert k.receive_hello(data[:5]) is None
+    with pytest.raises(ProtocolError, match="after hello"):
+        k.receive_hello(data[5:])
+
+
+def test_keep_then_workload_only_after_channel_ready() -> None:
+    k = KeepSession()
+    with pytest.raises(ProtocolError):
+        k.channel_ready()
+    with pytest.raises(ProtocolError):
+        k.receive_workload(frame(WORKLOAD))
+    k.receive_hello(frame(HELLO))
+    with pytest.raises(ProtocolError):
+        k.receive_hello(frame(HELLO))
+    with pytest.raises(ProtocolError):
+        k.receive_workload(frame(WORKLOAD))
+    k.channel_ready()
+    with pytest.raises(ProtocolError):
+        k.channel_ready()
+    data = frame(WORKLOAD)
+    assert k.receive_workload(data[:100]) is None
+    assert k.receive_workload(data[100:]) == WORKLOAD
+    assert k.state is KeepState.RUNNING
+    with pytest.raises(ProtocolError):
+        k.receive_workload(frame(WORKLOAD))
+
+
+@pytest.mark.parametrize(
+    "msg", [HELLO, EXIT, Output(1, b""), Problem.from_error(ProtocolError("x"))], ids=lambda m: m.TYPE
+)
+def test_keep_expects_a_workload(msg: Message) -> None:
+    k = KeepSession()
+    k.receive_hello(frame(HELLO))
+    k.channel_ready()
+    with pytest.raises(ProtocolError, match="expected workload"):
+        k.receive_workload(frame(msg))
+
+
+def test_keep_refuses_data_after_the_workload() -> None:
+    k = KeepSession()
+    k.receive_hello(frame(HELLO))
+    k.channel_ready()
+    with pytest.raises(ProtocolError, match="after the workload"):
+        k.receive_workload(frame(WORKLOAD) + b"\x00")
+
+
+def test_keep_output_and_exit_only_while_running() -> None:
+    k = KeepSession()
+    with pytest.raises(ProtocolError):
+        k.output(1, b"x")
+    with pytest.raises(ProtocolError):
+        k.exit(EXIT)
+    k = keep_running()
+    assert k.output(2, b"x") == frame(Output(2, b"x"))
+    with pytest.raises(ProtocolError):
+        k.output(3, b"x")
+    assert k.exit(EXIT) == frame(EXIT)
+    with pytest.raises(ProtocolError):
+        k.output(1, b"x")
+    with pytest.raises(ProtocolError):
+        k.exit(EXIT)
+
+
+@pytest.mark.parametrize("stage", ["await-hello", "attesting", "await-workload", "running"])
+def test_keep_problem_allowed_until_done(stage: str) -> None:
+    k = KeepSession()
+    if stage != "await-hello":
+        k.receive_hello(frame(HELLO))
+    if stage in ("await-workload", "running"):
+        k.channel_ready()
+    if stage == "running":
+        k.receive_workload(frame(WORKLOAD))
+    data = k.problem(WorkloadTrapped("trap"))
+    (payload,) = FrameDecoder().feed(data)
+    assert decode(payload) == Problem.from_error(WorkloadTrapped("trap"))
+    assert k.state is KeepState.DONE
+    with pytest.raises(ProtocolError, match="after the final message"):
+        k.problem(WorkloadTrapped("again"))
+
+
+def test_keep_problem_after_exit_is_refused() -> None:
+    k = keep_running()
+    k.exit(EXIT)
+    with pytest.raises(ProtocolError, match="after the final message"):
+        k.problem(LimitExceeded("late"))
+    with pytest.raises(ProtocolError):
+        k.receive_workload(b"\x00")
+
+
+# == binding =========================================================================================
+
+SPKI = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d03010703420004") + bytes(range(64))
+
+
+def test_report_data_formula() -> None:
+    rd = report_data_for(NONCE, SPKI)
+    assert len(rd) == 64
+    assert DOMAIN == b"stockade/keep-binding/v1\x00"
+    assert rd == hashlib.sha512(DOMAIN + NONCE + hashlib.sha256(SPKI).digest()).digest()
+    assert report_data_for(NONCE, SPKI) == rd
+
+
+def test_report_data_depends_on_every_nonce_byte() -> None:
+    base = report_data_for(NONCE, SPKI)
+    seen = {base}
+    for i in range(NONCE_SIZE):
+        for bit in (0x01, 0x80):
+            nonce = bytearray(NONCE)
+            nonce[i] ^= bit
+            rd = report_data_for(bytes(nonce), SPKI)
+            assert rd not in seen
+            seen.add(rd)
+
+
+def test_report_data_depends_on_every_spki_byte() -> None:
+    base = report_data_for(NONCE, SPKI)
+    seen = {base}
+    for i in range(len(SPKI)):
+        spki = bytearray(SPKI)
+        spki[i] ^= 0x01
+        rd = report_data_for(NONCE, bytes(spki))
+        assert rd not in seen
+        seen.add(rd)
+    for variant in (SPKI[:-1], SPKI + b"\x00", b"", b"\x00" + SPKI):
+        assert report_data_for(NONCE, variant) not in seen
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=200), st.data())
+def test_report_data_bit_flip_property(nonce: bytes, spki: bytes, data: st.DataObject) -> None:
+    joined = bytearray(nonce + spki)
+    assume(joined)
+    pos = data.draw(st.integers(0, len(joined) - 1))
+    joined[pos] ^= 1 << data.draw(st.integers(0, 7))
+    assert report_data_for(bytes(joined[:32]), bytes(joined[32:])) != report_data_for(nonce, spki)
+
+
+@pytest.mark.parametrize("size", [0, 1, 16, 31, 33, 48, 64])
+def test_report_data_wrong_nonce_size(size: int) -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        report_data_for(b"\x00" * size, SPKI)
+
+
+# == launch digest ===================================================================================
+
+FILES = [("keep/__init__.py", b""), ("keep/main.py", b"print(1)\n"), ("wire/messages.py", b"X = 1\n")]
+VERSIONS = {"python": "3.11.7", "wasmtime": "50.0.1", "cbor2": "6.3.0"}
+
+
+def test_launch_digest_is_sha384_sized_and_deterministic() -> None:
+    d = launch_digest(FILES, VERSIONS)
+    assert len(d) == 48
+    assert launch_digest(list(FILES), dict(VERSIONS)) == d
+
+
+def test_launch_digest_is_order_independent() -> None:
+    d = launch_digest(FILES, VERSIONS)
+    rng = random.Random(7)
+    for _ in range(10):
+        files = FILES[:]
+        rng.shuffle(files)
+        keys = list(VERSIONS)
+        rng.shuffle(keys)
+        assert launch_digest(iter(files), {k: VERSIONS[k] for k in keys}) == d
+
+
+@pytest.mark.parametrize(
+    ("files", "versions"),
+    [
+        ([(n, c + b" ") if n == "keep/main.py" else (n, c) for n, c in FILES], VERSIONS),
+        ([("keep/Main.py", c) if n == "keep/main.py" else (n, c) for n, c in FILES], VERSIONS),
+        (FILES[:-1], VERSIONS),
+        ([*FILES, ("evidence/x.py", b"")], VERSIONS),
+        (FILES, {**VERSIONS, "python": "3.11.8"}),
+        (FILES, {**VERSIONS, "pyOpenSSL": "25.0.0"}),
+        (FILES, {k: v for k, v in VERSIONS.items() if k != "cbor2"}),
+        (FILES, {**{k: v for k, v in VERSIONS.items() if k != "cbor2"}, "cbor": "6.3.0"}),
+        ([("keep/main.p", b"yprint(1)\n") if n == "keep/main.py" else (n, c) for n, c in FILES], VERSIONS),
+    ],
+    ids=[
+        "content",
+        "name",
+        "file-removed",
+        "file-added",
+        "version",
+        "dist-added",
+        "dist-removed",
+        "dist-renamed",
+        "name-content-boundary",
+    ],
+)
+def test_launch_digest_changes(files: list[tuple[str, bytes]], versions: dict[str, str]) -> None:
+    assert launch_digest(files, versions) != launch_digest(FILES, VERSIONS)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=12), st.binary(max_size=16), max_size=6),
+    st.randoms(use_true_random=False),
+)
+def test_launch_digest_permutation_property(files: dict[str, bytes], rng: random.Random) -> None:
+    items = list(files.items())
+    shuffled = items[:]
+    rng.shuffle(shuffled)
+    assert launch_digest(items, VERSIONS) == launch_digest(shuffled, VERSIONS)
+
+
+def _fake_root(root: Path) -> Path:
+    for rel, content in [
+        ("__init__.py", b""),
+        ("errors.py", b"E = 1\n"),
+        ("keep/__init__.py", b""),
+        ("keep/main.py", b"M = 1\n"),
+        ("keep/sub/deep.py", b"D = 1\n"),
+        ("wire/messages.py", b"W = 1\n"),
+        ("evidence/sim/psp.py", b"P = 1\n"),
+        ("cli.py", b"not part of the Keep\n"),
+        ("keep/README.md", b"not python\n"),
+        ("keep/__pycache__/main.cpython-311.py", b"cache\n"),
+    ]:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return root
+
+
+def test_runtime_files_and_keep_measurement(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path / "stockade")
+    names = [n for n, _ in runtime_files(root)]
+    assert names == sorted(
+        [
+            "__init__.py",
+            "errors.py",
+            "keep/__init__.py",
+            "keep/main.py",
+            "keep/sub/deep.py",
+            "wire/messages.py",
+            "evidence/sim/psp.py",
+        ]
+    )
+    before = keep_measurement(root)
+    assert len(before) == 48
+    (root / "cli.py").write_bytes(b"changed, but outside the Keep\n")
+    assert keep_measurement(root) == before
+    (root / "keep" / "sub" / "deep.py").write_bytes(b"D = 2\n")
+    assert keep_measurement(root) != before
+
+
+def test_installed_keep_measurement_is_stable() -> None:
+    assert keep_measurement() == keep_measurement()
+
+
+# == DER helpers =====================================================================================
+
+
+@pytest.mark.parametrize(
+    ("value", "encoding"),
+    [
+        (0, "020100"),
+        (1, "020101"),
+        (127, "02017f"),
+        (128, "02020080"),
+        (255, "020200ff"),
+        (256, "02020100"),
+        (32767, "02027fff"),
+        (32768, "0203008000"),
+        ((1 << 64) - 1, "020900ffffffffffffffff"),
+    ],
+)
+def test_uint_encoding(value: int, encoding: str) -> None:
+    assert der.uint(value).hex() == encoding
+    assert der.read_uint(bytes.fromhex(encoding), "t") == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=1 << 2000))
+def test_uint_round_trip(value: int) -> None:
+    assert der.read_uint(der.uint(value), "t") == value
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=300))
+def test_ia5_round_trip(text: str) -> None:
+    assert der.read_ia5(der.ia5(text), "t") == text
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 255, 256, 65535, 65536, 1 << 20])
+def test_octets_round_trip_at_length_boundaries(size: int) -> None:
+    body = bytes([size & 0xFF]) * size
+    encoded = der.octets(body)
+    assert der.read_octets(encoded, "t") == body
+    header = encoded[: len(encoded) - size]
+    if size < 128:
+        assert header == bytes([0x04, size])
+    else:
+        n = (size.bit_length() + 7) // 8
+        assert header == bytes([0x04, 0x80 | n]) + size.to_bytes(n, "big")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_octets_round_trip(body: bytes) -> None:
+    assert der.read_octets(der.octets(body), "t") == body
+
+
+@pytest.mark.parametrize(
+    "hexdata",
+    [
+        "",  # nothing
+        "02",  # no length
+        "0200",  # empty INTEGER
+        "020180",  # negative
+        "0201ff",  # negative
+        "02020001",  # non-minimal: leading zero not needed
+        "0203000080",  # non-minimal: two leading zeros
+        "0202ff80",  # non-minimal negative
+        "02810105",  # long-form length for a short value
+        "0282000105",  # long form with a leading zero
+        "028005",  # indefinite length
+        "02850000000001" + "05",  # more than 4 length bytes
+        "0281",  # long form without its length bytes
+        "02020105" + "00",  # trailing byte
+        "020201",  # truncated value
+        "040105",  # wrong tag (OCTET STRING)
+        "1f0205",  # high-tag-number form
+        "220105",  # constructed form
+    ],
+)
+def test_read_uint_rejects(hexdata: str) -> None:
+    with pytest.raises(MalformedEvidence):
+        der.read_uint(bytes.fromhex(hexdata), "t")
+
+
+@pytest.mark.parametrize(
+    "hexdata",
+    [
+        "",
+        "04",
+        "048105" + "00" * 5,  # long form for length 5
+        "0481" + "7f" + "00" * 127,  # long form for length 127
+        "048200" + "80" + "00" * 128,  # long form with leading zero
+        "048000",  # indefinite
+        "0402aa",  # truncated
+        "0401aabb",  # trailing
+        "0401",  # missing value
+        "2400",  # constructed OCTET STRING
+        "030100",  # BIT STRING
+        "0485" + "0000000001" + "00",  # 5 length bytes
+    ],
+)
+def test_read_octets_rejects(hexdata: str) -> None:
+    with pytest.raises(MalformedEvidence):
+        der.read_octets(bytes.fromhex(hexdata), "t")
+
+
+def test_read_ia5_rejects() -> None:
+    with pytest.raises(MalformedEvidence, match="non-ASCII"):
+        der.read_ia5(b"\x16\x02a\x80", "t")
+    with pytest.raises(MalformedEvidence):
+        der.read_ia5(b"\x0c\x01a", "t")  # UTF8String, not IA5String
+    with pytest.raises(MalformedEvidence):
+        der.read_ia5(b"\x16\x02a", "t")
+
+
+def test_der_writers_reject_what_they_cannot_encode() -> None:
+    with pytest.raises(ValueError):
+        der.uint(-1)
+    with pytest.raises(UnicodeEncodeError):
+        der.ia5("caf\u00e9")
+
+
+def test_read_errors_name_the_context() -> None:
+    with pytest.raises(MalformedEvidence, match=r"^vcek bootloader: "):
+        der.read_uint(b"\x02\x00", "vcek bootloader")
+
+
+# == evidence bundle =================================================================================
+
+
+@pytest.mark.parametrize(
+    ("name", "bundle"), REPRESENTATIVE_BUNDLES, ids=[n for n, _ in REPRESENTATIVE_BUNDLES]
+)
+def test_bundle_round_trips_through_the_extension(name: str, bundle: EvidenceBundle) -> None:
+    assert EvidenceBundle.from_cbor(bundle.to_cbor()) == bundle
+    assert bundle_from_extension(extension_value(bundle)) == bundle
+
+
+def test_bundle_rejects_bool_version_and_cmw_profile_violations() -> None:
+    m = cbor2.loads(REPRESENTATIVE_BUNDLES[0][1].to_cbor())
+    for v in (True, 1.0, 2):
+        with pytest.raises(MalformedEvidence, match="version"):
+            EvidenceBundle.from_cbor(enc({**m, "v": v}))
+    cmw = bytes(cbor2.dumps([MEDIA_TYPE, enc(m)]))
+    for bad in (cmw + b"\x00", _tag(55799, cmw), b"\x9f" + cmw[1:] + b"\xff"):
+        with pytest.raises(MalformedEvidence):
+            bundle_from_extension(der.octets(bad))
+    assert bundle_from_extension(der.octets(cmw)) == REPRESENTATIVE_BUNDLES[0][1]
+
+
+def test_bundle_cert_lookup() -> None:
+    bundle = REPRESENTATIVE_BUNDLES[0][1]
+    assert bundle.cert("ask") == b"S"
+    assert bundle.cert("missing") is None
+
+
+# == property tests ==================================================================================
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
+    """``base`` with a few random bit flips, cuts, insertions and deletions."""
+    b = bytearray(draw(base))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        pos = draw(st.integers(0, max(0, len(b) - 1)))
+        if op == "flip" and b:
+            b[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "cut":
+            del b[pos:]
+        elif op == "insert":
+            b[pos:pos] = draw(st.binary(min_size=1, max_size=4))
+        elif op == "delete" and b:
+            del b[pos]
+    return bytes(b)
+
+
+VALID_BLOBS = [m.to_cbor() for _, m in REPRESENTATIVE if len(m.to_cbor()) < 4000]
+fuzz_inputs = st.one_of(
+    st.binary(max_size=300),
+    cbor_items,
+    mutated(st.sampled_from(VALID_BLOBS)),
+    mutated(messages.map(lambda m: m.to_cbor())),
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fuzz_inputs)
+def test_decode_raises_only_stockade_errors(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=10), st.integers(0, 100))
+def test_frame_decoder_raises_only_protocol_errors(chunks: list[bytes], max_frame: int) -> None:
+    dec = FrameDecoder(max_frame=max_frame)
+    try:
+        for chunk in chunks:
+            for payload in dec.feed(chunk):
+                assert len(payload) <= max_frame
+    except ProtocolError:
+        pass
+
+
+bundle_inputs = st.one_of(
+    st.binary(max_size=300),
+    cbor_items,
+    mutated(bundles.map(lambda b: b.to_cbor())),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bundle_inputs)
+def test_bundle_from_cbor_raises_only_malformed_evidence(data: bytes) -> None:
+    with contextlib.suppress(MalformedEvidence):
+        EvidenceBundle.from_cbor(data)
+
+
+extension_inputs = st.one_of(
+    st.binary(max_size=300),
+    cbor_items.map(der.octets),
+    mutated(bundles.map(extension_value)),
+    mutated(bundles.map(lambda b: b.to_cbor())).map(
+        lambda p: der.octets(bytes(cbor2.dumps([MEDIA_TYPE, p])))
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(extension_inputs)
+def test_bundle_from_extension_raises_only_malformed_evidence(data: bytes) -> None:
+    with contextlib.suppress(MalformedEvidence):
+        bundle_from_extension(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=40))
+def test_der_readers_raise_only_malformed_evidence(data: bytes) -> None:
+    for reader in (der.read_uint, der.read_ia5, der.read_octets):
+        with contextlib.suppress(MalformedEvidence):
+            reader(data, "fuzz")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(hellos, workloads, outputs, exits, problems))
+def test_round_trip_generated_messages(msg: Message) -> None:
+    assert decode(msg.to_cbor()) == msg
+    assert decode(msg.to_cbor()).to_cbor() == msg.to_cbor()
+
+
+@settings(max_examples=100, deadline=None)
+@given(bundles)
+def test_round_trip_generated_bundles(bundle: EvidenceBundle) -> None:
+    assert EvidenceBundle.from_cbor(bundle.to_cbor()) == bundle
+    assert bundle_from_extension(extension_value(bundle)) == bundle
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(messages, min_size=1, max_size=5), st.data())
+def test_framed_message_stream_round_trip(msgs: list[Message], data: st.DataObject) -> None:
+    stream = b"".join(frame(m) for m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    dec = FrameDecoder()
+    got = [
+        decode(p)
+        for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)
+        for p in dec.feed(stream[a:b])
+    ]
+    assert got == msgs

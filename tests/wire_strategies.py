@@ -1,0 +1,139 @@
+"""Hypothesis strategies and representative values of the stockade wire messages.
+
+Shared by tests/test_wire.py and tests/test_protocol_cddl.py. Generated
+values are in decoded (normal) form, so that ``decode(m.to_cbor()) == m``:
+env, secrets and timing_us sorted by name with unique names.
+"""
+
+from __future__ import annotations
+
+import cbor2
+from hypothesis import strategies as st
+
+from stockade.errors import ERROR_CLASSES, LimitExceeded, ProtocolError, WorkloadTrapped
+from stockade.wire.evidence import PLATFORMS, EvidenceBundle
+from stockade.wire.messages import (
+    Exit,
+    FileEntry,
+    Hello,
+    Limits,
+    Message,
+    Output,
+    Problem,
+    Workload,
+)
+
+U64_MAX = (1 << 64) - 1
+#: The integer range a CBOR major type 0/1 head can carry (no bignum tags).
+CBOR_INT = st.integers(min_value=-(1 << 64), max_value=U64_MAX)
+
+texts = st.text(max_size=24)
+small_bytes = st.binary(max_size=64)
+
+
+def _sorted_items(d: dict[str, object]) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted(d.items()))
+
+
+hellos = st.builds(Hello, nonce=st.binary(min_size=32, max_size=32))
+limits = st.builds(
+    Limits,
+    timeout_ms=st.integers(1, U64_MAX),
+    memory_bytes=st.integers(1, U64_MAX),
+    output_bytes=st.integers(1, U64_MAX),
+)
+file_entries = st.builds(FileEntry, path=texts, data=st.none() | small_bytes)
+workloads = st.builds(
+    Workload,
+    wasm=small_bytes,
+    args=st.lists(texts, max_size=4).map(tuple),
+    env=st.dictionaries(texts, texts, max_size=4).map(_sorted_items),
+    stdin=small_bytes,
+    files=st.lists(file_entries, max_size=4).map(tuple),
+    secrets=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
+    limits=limits,
+)
+outputs = st.builds(Output, fd=st.sampled_from([1, 2]), data=small_bytes)
+exits = st.builds(
+    Exit,
+    code=CBOR_INT,
+    workload_sha256=st.binary(min_size=32, max_size=32),
+    timing_us=st.dictionaries(texts, st.integers(0, U64_MAX), max_size=4).map(_sorted_items),
+)
+problems = st.builds(Problem, problem_type=texts, title=texts, detail=texts)
+messages: st.SearchStrategy[Message] = st.one_of(hellos, workloads, outputs, exits, problems)
+
+bundles = st.builds(
+    EvidenceBundle,
+    platform=st.sampled_from(PLATFORMS),
+    report=st.binary(max_size=256),
+    certs=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
+)
+
+# Arbitrary CBOR-encodable values (no tags), for structure-aware fuzzing.
+cbor_values = st.recursive(
+    st.none() | st.booleans() | CBOR_INT | st.floats(allow_nan=False) | texts | small_bytes,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(CBOR_INT | texts, inner, max_size=4),
+    max_leaves=12,
+)
+cbor_items = cbor_values.map(lambda v: bytes(cbor2.dumps(v)))
+
+
+# Representative, hand-picked values: empty, typical and max-ish.
+SHA = bytes(range(32))
+REPRESENTATIVE: list[tuple[str, Message]] = [
+    ("hello-zero", Hello(nonce=bytes(32))),
+    ("hello-ff", Hello(nonce=b"\xff" * 32)),
+    ("workload-empty", Workload(wasm=b"")),
+    (
+        "workload-typical",
+        Workload(
+            wasm=b"\0asm\x01\0\0\0",
+            args=("--flag", "value", ""),
+            env=(("EMPTY", ""), ("LANG", "C.UTF-8")),
+            stdin=b"hello\n",
+            files=(
+                FileEntry("data", None),
+                FileEntry("data/in.txt", b"line\n"),
+                FileEntry("empty", b""),
+            ),
+            secrets=(("api-key", b"s3cr3t"), ("blob", bytes(range(256)))),
+            limits=Limits(timeout_ms=1, memory_bytes=65536, output_bytes=1),
+        ),
+    ),
+    (
+        "workload-max",
+        Workload(
+            wasm=b"\0asm" + b"\x00" * 70_000,
+            args=tuple(f"a{i}" for i in range(300)),
+            env=tuple(sorted((f"K{i}", "v" * 300) for i in range(50))),
+            stdin=b"x" * 100_000,
+            files=tuple(FileEntry(f"f/{i}\u00e9", bytes([i]) * i) for i in range(200)),
+            secrets=tuple(sorted((f"s{i}", b"\xff" * 70_000) for i in range(2))),
+            limits=Limits(timeout_ms=U64_MAX, memory_bytes=U64_MAX, output_bytes=U64_MAX),
+        ),
+    ),
+    ("output-stdout-empty", Output(fd=1, data=b"")),
+    ("output-stderr", Output(fd=2, data=b"oops\n")),
+    ("output-large", Output(fd=1, data=b"\x00" * 65_536)),
+    ("exit-zero", Exit(code=0, workload_sha256=SHA)),
+    ("exit-typical", Exit(code=3, workload_sha256=SHA, timing_us=(("compile", 1200), ("run", 5)))),
+    ("exit-u64", Exit(code=U64_MAX, workload_sha256=b"\xff" * 32, timing_us=(("run", U64_MAX),))),
+    ("exit-negative", Exit(code=-(1 << 64), workload_sha256=SHA, timing_us=(("", 0),))),
+    ("problem-limit", Problem.from_error(LimitExceeded("workload exceeded its time limit", "time"))),
+    ("problem-trap", Problem.from_error(WorkloadTrapped("workload trapped: unreachable"))),
+    ("problem-protocol", Problem.from_error(ProtocolError("bad"))),
+    ("problem-empty", Problem(problem_type="", title="", detail="")),
+    ("problem-unknown-type", Problem(problem_type="future-type", title="t\u00fctle", detail="d" * 4000)),
+    *[(f"problem-{cls.problem_type}", Problem.from_error(cls("detail"))) for cls in ERROR_CLASSES],
+]
+
+REPRESENTATIVE_BUNDLES: list[tuple[str, EvidenceBundle]] = [
+    (
+        "sim",
+        EvidenceBundle("sim", b"\x03" + bytes(1183), (("ark", b"A" * 1400), ("ask", b"S"), ("vcek", b"V"))),
+    ),
+    ("snp-no-certs", EvidenceBundle("snp", bytes(1184))),
+    ("tdx-empty-report", EvidenceBundle("tdx", b"")),
+    ("sgx-large", EvidenceBundle("sgx", b"\xff" * 70_000, (("", b""),))),
+]
