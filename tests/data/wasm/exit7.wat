@@ -1,0 +1,6 @@
+;; Exits with status 7 through WASI proc_exit (no output).
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (call $proc_exit (i32.const 7))))
