@@ -272,11 +272,6 @@ def test_preopens(stockade, tmp_path: Path, wasm) -> None:
     assert both.stdout == b"/\n/secrets\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: --file EMPTYDIR:/ sends no file entries, so the Keep preopens no '/' "
-    "at all (the guest cannot even create files there); expected an empty preopened '/'",
-)
 def test_empty_directory_as_root_is_still_preopened(stockade, tmp_path: Path, wasm) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -6,6 +6,7 @@ the commands so that start-up stays fast.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from stockade.wire.messages import FileEntry
 
 SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
+MAX_TIMEOUT_S = 7 * 24 * 3600
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -60,7 +62,17 @@ def parse_env(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(env.items()))
 
 
+def _read(path: Path, item: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--file {item!r}: cannot read {path}: {exc.strerror}") from None
+
+
 def parse_files(items: tuple[str, ...]) -> tuple[FileEntry, ...]:
+    """``HOST[:GUEST]`` items to file entries. Directories are sent
+    recursively (symbolic links to files are followed, like ``cp -rL``);
+    a guest path of ``/`` mounts a directory's content as the root."""
     from stockade.wire.messages import FileEntry
 
     entries: dict[str, FileEntry] = {}
@@ -76,17 +88,20 @@ def parse_files(items: tuple[str, ...]) -> tuple[FileEntry, ...]:
         guest = guest or "/" + src.name
         guest = "/" + guest.strip("/") if guest.strip("/") else "/"
         if src.is_dir():
+            entries[guest] = FileEntry(guest, None)
             for path in sorted(src.rglob("*")):
                 rel = path.relative_to(src).as_posix()
                 target = (guest.rstrip("/") + "/" + rel) if guest != "/" else "/" + rel
-                data = None if path.is_dir() else path.read_bytes()
-                entries[target] = FileEntry(target, data)
-            if guest != "/":
-                entries.setdefault(guest, FileEntry(guest, None))
+                if path.is_dir():
+                    entries[target] = FileEntry(target, None)
+                elif path.exists():
+                    entries[target] = FileEntry(target, _read(path, item))
+                else:
+                    raise UsageError(f"--file {item!r}: {path} is a dangling symbolic link")
         else:
             if guest == "/":
                 raise UsageError(f"--file {item!r}: a file cannot be mounted as /")
-            entries[guest] = FileEntry(guest, src.read_bytes())
+            entries[guest] = FileEntry(guest, _read(src, item))
     return tuple(entries[k] for k in sorted(entries))
 
 
@@ -279,8 +294,8 @@ def _run(
         from stockade.errors import WorkloadRejected
 
         raise WorkloadRejected(f"{wasm} is not a WebAssembly module (missing the \\0asm magic number)")
-    if timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT_S:
+        raise UsageError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
     sdir = state_dir(state)
     if not chip_exists(sdir):
         from stockade.evidence.sim import chip
@@ -361,7 +376,9 @@ def _deploy(
         try:
             expected = bytes.fromhex(expect_measurement)
         except ValueError:
-            raise UsageError("--expect-measurement must be hex") from None
+            expected = b""
+        if len(expected) != 48:
+            raise UsageError("--expect-measurement must be 96 hex digits (a 48-byte launch digest)")
     stdin_bytes = b""
     if stdin == "-":
         stdin_bytes = sys.stdin.buffer.read()
@@ -409,7 +426,7 @@ def _deploy(
             click.echo("stockade: sim Keep: NO HARDWARE PROTECTION", err=True)
 
     steps.mark("client_prepare")
-    return deploy(handle.conn, workload, trust, on_output, on_verified, handle.exit_status, steps), out
+    return deploy(handle.conn, workload, trust, on_output, on_verified, lambda: handle.wait(0.5), steps), out
 
 
 if __name__ == "__main__":  # pragma: no cover

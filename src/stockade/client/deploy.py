@@ -77,6 +77,26 @@ def deploy(
         tls = ctx.wrap_socket(sock, server_hostname=None)
     except (ssl.SSLError, OSError) as exc:
         raise died(f"during the TLS handshake ({type(exc).__name__})") from None
+    try:
+        return _session(tls, session, nonce, workload, trust, on_output, on_verified, died, steps)
+    finally:
+        # wrap_socket took over ``sock``: closing the TLS socket is what ends
+        # the stream, so a refused Keep sees EOF at once and exits.
+        with contextlib.suppress(OSError):
+            tls.close()
+
+
+def _session(
+    tls: ssl.SSLSocket,
+    session: ClientSession,
+    nonce: bytes,
+    workload: Workload,
+    trust: TrustConfig,
+    on_output: Callable[[int, bytes], None],
+    on_verified: Callable[[Appraisal], None],
+    died: Callable[[str], KeepDied],
+    steps: Steps,
+) -> DeployResult:
     steps.mark("attest_and_handshake")
     cert = tls.getpeercert(binary_form=True)
     if not cert:
@@ -111,6 +131,4 @@ def deploy(
                 steps.mark("run")
                 for name, us in msg.timing_us:
                     steps.ms[f"keep_{name}"] = us / 1000
-                with contextlib.suppress(OSError):
-                    tls.close()
                 return DeployResult(msg.code, appraisal, msg.workload_sha256, steps.ms)

@@ -8,7 +8,7 @@ Limits (all from the client's Workload message):
   watchdog (keep/session.py) that ends the process;
 * linear memory: store limits make ``memory.grow`` fail beyond the limit; the
   guest then usually aborts. When a workload ends abnormally with its memory
-  within ``MEMORY_SLACK`` of the limit, this is reported as the memory limit
+  within min(``MEMORY_SLACK``, limit/8) of the limit, this is reported as the memory limit
   (wasmtime-py exposes no hook on the failed grow itself);
 * output: bytes written to stdout+stderr; past the limit output is dropped
   and the workload interrupted through the same epoch mechanism.
@@ -64,7 +64,9 @@ def check_module_bytes(wasm: bytes) -> None:
 
 def _guest_path(path: str) -> PurePosixPath:
     p = PurePosixPath(path)
-    if not p.is_absolute() or ".." in p.parts or str(p) != path.rstrip("/") or path in ("", "/"):
+    if path == "/":
+        return p  # the root directory itself (a mounted, possibly empty, directory)
+    if not p.is_absolute() or ".." in p.parts or str(p) != path.rstrip("/") or path == "":
         raise WorkloadRejected(f"file path {path!r} must be absolute, normalized and below /")
     if p.parts[1] == SECRETS_GUEST_DIR.strip("/"):
         raise WorkloadRejected(f"file path {path!r} is inside the reserved {SECRETS_GUEST_DIR}")
@@ -159,15 +161,17 @@ class Runner:
             except wasmtime.ExitTrap as exc:
                 code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                if "exceeds memory limits" in str(exc):
+                    raise LimitExceeded(
+                        f"the module's initial memory is larger than the {limits.memory_bytes}-byte limit",
+                        "memory",
+                    ) from None
                 self._raise_for_limit(
                     store,
                     instance_memory_size(store, locals().get("instance")),
                     limits.memory_bytes,
                 )
-                message = str(exc).strip()
-                if len(message) > MAX_TRAP_MESSAGE:
-                    message = message[:MAX_TRAP_MESSAGE] + " [...]"
-                raise WorkloadTrapped(f"workload trapped: {message}") from None
+                raise WorkloadTrapped(trap_summary(exc)) from None
             finally:
                 timer.cancel()
                 timing["run"] = int((time.perf_counter() - t1) * 1e6)
@@ -185,7 +189,7 @@ class Runner:
             raise LimitExceeded("workload exceeded its wall-clock time limit and was stopped", "time")
         if self.limit_hit == "output":
             raise LimitExceeded("workload exceeded its output limit and was stopped", "output")
-        if memory_used and memory_used + MEMORY_SLACK >= memory_limit:
+        if memory_used and memory_used + min(MEMORY_SLACK, memory_limit // 8) >= memory_limit:
             raise LimitExceeded(
                 f"workload failed at its memory limit ({memory_used} of {memory_limit} bytes of linear memory)",
                 "memory",
@@ -224,6 +228,29 @@ class Runner:
                     fh.write(value)
             wasi.preopen_dir(str(secrets_dir), SECRETS_GUEST_DIR, fs_mutable=False)
         return wasi
+
+
+def trap_summary(exc: Exception) -> str:
+    """One line: the trap's cause and, when known, the innermost function."""
+    import wasmtime
+
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cause = next(
+        (ln for ln in reversed(lines) if ln.startswith("wasm trap:")), lines[-1] if lines else "trap"
+    )
+    cause = cause.removeprefix("wasm trap: ")
+    where = ""
+    if isinstance(exc, wasmtime.Trap):
+        try:
+            frames = exc.frames
+            if frames:
+                name = frames[0].func_name or f"function #{frames[0].func_index}"
+                where = f" in {name}"
+        except Exception:  # frames are best effort
+            where = ""
+    summary = f"{cause}{where}"
+    return summary if len(summary) <= MAX_TRAP_MESSAGE else summary[:MAX_TRAP_MESSAGE] + " [...]"
 
 
 def instance_memory_size(store: Any, instance: Any) -> int:
