@@ -11,10 +11,18 @@ pyca/cryptography parses names, version, extensions and the public key
 lazily, on first access, and raises there (ValueError, InvalidVersion,
 DuplicateExtension, UnsupportedAlgorithm). The loaders touch all of them, so
 a certificate that loads here has no parse error left for a later access.
+
+Parsed certificates are cached by their exact DER bytes (and fingerprints
+by certificate identity): a pyca Certificate is immutable, so a cache hit
+returns the very object an uncached load would have built from those bytes.
+A failed load is not cached; it fails again, with the caller's label.
+Verifying one SNP report loads the same few AMD certificates every time, and
+their parse cost several times the report's own checks (bench/README.md).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 
@@ -34,13 +42,24 @@ def _parse_lazy_parts(cert: x509.Certificate) -> None:
     cert.public_key()
 
 
+#: Distinct certificates kept parsed; a verifier meets a handful (roots,
+#: intermediates, the endorsement keys of the chips it talks to).
+CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _load_der_cached(der: bytes) -> x509.Certificate:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        cert = x509.load_der_x509_certificate(der)
+        _parse_lazy_parts(cert)
+        return cert
+
+
 def load_der(der: bytes, what: str) -> x509.Certificate:
+    """The certificate in ``der``, every part parsed; cached by the bytes."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            cert = x509.load_der_x509_certificate(der)
-            _parse_lazy_parts(cert)
-            return cert
+        return _load_der_cached(bytes(der))
     except _PARSE_ERRORS as exc:
         raise MalformedEvidence(f"{what}: not a valid DER certificate ({exc})") from None
 
@@ -63,8 +82,34 @@ def der_of(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
+class CertKey:
+    """Cache key for a certificate by identity. The key holds the certificate,
+    so its id cannot be reused by another object while the cache entry lives.
+
+    pyca hashes a Certificate by re-encoding it (~8 us); load_der returns the
+    same object for the same bytes while they are cached, so identity is the
+    cheap and exact key for values computed from a certificate."""
+
+    __slots__ = ("cert",)
+
+    def __init__(self, cert: x509.Certificate) -> None:
+        self.cert = cert
+
+    def __hash__(self) -> int:
+        return id(self.cert)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CertKey) and other.cert is self.cert
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _fingerprint(key: CertKey) -> str:
+    return hashlib.sha256(der_of(key.cert)).hexdigest()
+
+
 def fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(der_of(cert)).hexdigest()
+    """SHA-256 of the certificate's DER, hex (re-encoding costs ~25 us: cached)."""
+    return _fingerprint(CertKey(cert))
 
 
 def serial(cert: x509.Certificate) -> int:

@@ -15,6 +15,10 @@ Difference from AMD (deliberate, forced): AMD's certificates have serial
 number 0; pyca/cryptography refuses to *build* such certificates, so the
 sim chain uses random positive serials. Serial-0 loading is exercised by the
 real vectors instead.
+
+The certificate builders here (ca_certificate, endorsement_extensions,
+endorsement_certificate) are shared with stockade.testing.amd, the fake AMD
+PKI for any product.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,18 +83,93 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def _builder(
-    subject: x509.Name, issuer: x509.Name, key: object, now: datetime, years: int
-) -> x509.CertificateBuilder:
+# --- certificate builders shared with stockade.testing.amd -------------------------
+
+
+def ca_certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: rsa.RSAPublicKey,
+    signing_key: rsa.RSAPrivateKey,
+    not_before: datetime,
+    not_after: datetime,
+    *,
+    serial: int | None = None,
+) -> x509.Certificate:
+    """An ARK/ASK/ASVK-like CA certificate: critical BasicConstraints(ca),
+    signed with RSASSA-PSS SHA-384 (MGF1 SHA-384, salt 48) as AMD's are."""
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
-        .public_key(key)  # type: ignore[arg-type]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365 * years))
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number() if serial is None else serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(signing_key, hashes.SHA384(), rsa_padding=_PSS)
     )
+
+
+def endorsement_extensions(
+    product_name: str,
+    tcb: dict[str, int],
+    *,
+    hwid: bytes | None = None,
+    csp_id: str | None = None,
+    struct_version: int = 1,
+    reserved_spls: Sequence[int] = (),
+) -> list[tuple[x509.ObjectIdentifier, bytes]]:
+    """AMD's VCEK/VLEK extensions (pub. 57230) as (OID, DER value) pairs, in
+    the order KDS certificates have them: structVersion, productName, the
+    SPLs, then hwID (raw bytes, VCEK) and csp_id (IA5String, VLEK). SPLs:
+    blSPL, teeSPL, spl_N (zero, for N in ``reserved_spls``), snpSPL,
+    ucodeSPL; with "fmc" in ``tcb`` (Turin) fmcSPL, blSPL, teeSPL, snpSPL,
+    spl_N, ucodeSPL."""
+    exts: list[tuple[x509.ObjectIdentifier, bytes]] = [
+        (amd.OID_STRUCT_VERSION, der.uint(struct_version)),
+        (amd.OID_PRODUCT_NAME, der.ia5(product_name)),
+    ]
+    reserved = [(x509.ObjectIdentifier(f"{amd.AMD}.3.{n}"), der.uint(0)) for n in reserved_spls]
+    bl_tee = [(amd.OID_BL_SPL, der.uint(tcb["bootloader"])), (amd.OID_TEE_SPL, der.uint(tcb["tee"]))]
+    snp = (amd.OID_SNP_SPL, der.uint(tcb["snp"]))
+    if "fmc" in tcb:
+        exts += [(amd.OID_FMC_SPL, der.uint(tcb["fmc"])), *bl_tee, snp, *reserved]
+    else:
+        exts += [*bl_tee, *reserved, snp]
+    exts.append((amd.OID_UCODE_SPL, der.uint(tcb["microcode"])))
+    if hwid is not None:
+        exts.append((amd.OID_HWID, hwid))
+    if csp_id is not None:
+        exts.append((amd.OID_CSP_ID, der.ia5(csp_id)))
+    return exts
+
+
+def endorsement_certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    signing_key: rsa.RSAPrivateKey,
+    not_before: datetime,
+    not_after: datetime,
+    extensions: list[tuple[x509.ObjectIdentifier, bytes]],
+    *,
+    serial: int | None = None,
+) -> x509.Certificate:
+    """A VCEK/VLEK-like certificate for an ECDSA P-384 key carrying
+    ``extensions`` (non-critical, undecoded), signed with RSASSA-PSS SHA-384."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number() if serial is None else serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    for oid, value in extensions:
+        builder = builder.add_extension(x509.UnrecognizedExtension(oid, value), critical=False)
+    return builder.sign(signing_key, hashes.SHA384(), rsa_padding=_PSS)
 
 
 def _generate(target: Path, now: datetime) -> None:
@@ -99,18 +178,11 @@ def _generate(target: Path, now: datetime) -> None:
     vcek_key = ec.generate_private_key(ec.SECP384R1())
     chip_id = secrets.token_bytes(64)
     ark_name, ask_name = _name("ARK-Sim-Milan"), _name("SEV-Sim-Milan")
-    ca = x509.BasicConstraints(ca=True, path_length=None)
-    ark = (
-        _builder(ark_name, ark_name, ark_key.public_key(), now, 25)
-        .add_extension(ca, critical=True)
-        .sign(ark_key, hashes.SHA384(), rsa_padding=_PSS)
-    )
-    ask = (
-        _builder(ask_name, ark_name, ask_key.public_key(), now, 25)
-        .add_extension(ca, critical=True)
-        .sign(ark_key, hashes.SHA384(), rsa_padding=_PSS)
-    )
-    vcek_builder = _builder(
+    not_before = now - timedelta(days=1)
+    ca_until = now + timedelta(days=365 * 25)
+    ark = ca_certificate(ark_name, ark_name, ark_key.public_key(), ark_key, not_before, ca_until)
+    ask = ca_certificate(ask_name, ark_name, ask_key.public_key(), ark_key, not_before, ca_until)
+    vcek = endorsement_certificate(
         x509.Name(
             [
                 x509.NameAttribute(NameOID.COMMON_NAME, "SEV-VCEK"),
@@ -119,21 +191,11 @@ def _generate(target: Path, now: datetime) -> None:
         ),
         ask_name,
         vcek_key.public_key(),
-        now,
-        7,
+        ask_key,
+        not_before,
+        now + timedelta(days=365 * 7),
+        endorsement_extensions(PRODUCT_NAME, TCB, hwid=chip_id),
     )
-    exts = [
-        (amd.OID_STRUCT_VERSION, der.uint(1)),
-        (amd.OID_PRODUCT_NAME, der.ia5(PRODUCT_NAME)),
-        (amd.OID_BL_SPL, der.uint(TCB["bootloader"])),
-        (amd.OID_TEE_SPL, der.uint(TCB["tee"])),
-        (amd.OID_SNP_SPL, der.uint(TCB["snp"])),
-        (amd.OID_UCODE_SPL, der.uint(TCB["microcode"])),
-        (amd.OID_HWID, chip_id),
-    ]
-    for oid, value in exts:
-        vcek_builder = vcek_builder.add_extension(x509.UnrecognizedExtension(oid, value), critical=False)
-    vcek = vcek_builder.sign(ask_key, hashes.SHA384(), rsa_padding=_PSS)
 
     def pem_key(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
         return key.private_bytes(

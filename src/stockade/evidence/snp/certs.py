@@ -9,12 +9,14 @@ and the VLEK addendum: structVersion .1, productName .2, blSPL .3.1, teeSPL
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from stockade.errors import MalformedEvidence
 from stockade.evidence.snp.abi import Product
+from stockade.evidence.x509util import CACHE_SIZE, CertKey
 from stockade.wire import der as _der
 
 AMD = "1.3.6.1.4.1.3704.1"
@@ -64,6 +66,21 @@ def _raw(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
 
 
 def read_extensions(cert: x509.Certificate) -> EndorsementExtensions:
+    """The AMD extensions of ``cert``. Memoized per certificate object (a
+    verifier sees the same VCEK again and again); each call returns its own
+    copy, so a caller that changes ``tcb`` changes nothing for the next."""
+    ext = _read_extensions_cached(CertKey(cert))
+    return EndorsementExtensions(
+        product_name=ext.product_name, tcb=dict(ext.tcb), hwid=ext.hwid, csp_id=ext.csp_id
+    )
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _read_extensions_cached(key: CertKey) -> EndorsementExtensions:
+    return _read_extensions(key.cert)
+
+
+def _read_extensions(cert: x509.Certificate) -> EndorsementExtensions:
     try:
         exts = cert.extensions
     except ValueError as exc:
