@@ -429,5 +429,13 @@ def _deploy(
     return deploy(handle.conn, workload, trust, on_output, on_verified, lambda: handle.wait(0.5), steps), out
 
 
+def _register() -> None:
+    from stockade.commands.evidence import evidence
+
+    main.add_command(evidence)
+
+
+_register()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

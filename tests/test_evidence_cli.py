@@ -1,0 +1,85 @@
+"""``stockade evidence verify`` on the real SNP vectors (tests/data)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VECTORS = Path(__file__).parent / "data" / "vectors" / "snp"
+SAMPLES = sorted(p.parent.name for p in VECTORS.glob("*/report.bin"))
+AT = "2025-08-01T00:00:00Z"  # inside every sample's certificate validity
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stockade", "evidence", "verify", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_every_real_snp_vector_verifies_through_the_cli(sample: str) -> None:
+    d = VECTORS / sample
+    expected = json.loads((d / "expected.json").read_text())
+    proc = run(str(d / "report.bin"), "--certs", str(d), "--at", AT, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["platform"] == "snp"
+    assert doc["product"] == expected["product"]
+    assert doc["signer"] == expected["endorsement_key"]
+    assert doc["measurement"] == expected["fields"]["measurement"]
+    assert doc["report_data"] == expected["fields"]["report_data"]
+    assert doc["debug"] is (sample == "milan-v2-go-sev-guest")
+
+
+def test_human_output_is_a_table() -> None:
+    d = VECTORS / "milan-v3-oak"
+    proc = run(str(d / "report.bin"), "--certs", str(d), "--at", AT)
+    assert proc.returncode == 0
+    assert "Milan" in proc.stdout and "ECDSA P-384" in proc.stdout
+
+
+def test_expired_vlek_is_refused_with_exit_110() -> None:
+    d = VECTORS / "milan-v3-vlek-aws-trustee"
+    proc = run(str(d / "report.bin"), "--certs", str(d), "--at", "2026-06-01T00:00:00Z")
+    assert proc.returncode == 110
+    assert "expired" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_flipped_byte_is_refused(tmp_path: Path) -> None:
+    d = VECTORS / "milan-v3-oak"
+    data = bytearray((d / "report.bin").read_bytes())
+    data[0x90] ^= 1  # measurement
+    bad = tmp_path / "report.bin"
+    bad.write_bytes(bytes(data))
+    proc = run(str(bad), "--certs", str(d), "--at", AT, "--json")
+    assert proc.returncode == 110
+    assert json.loads(proc.stdout)["error"]["type"] == "verification-failed"
+
+
+def test_garbage_is_malformed_evidence(tmp_path: Path) -> None:
+    bad = tmp_path / "x.bin"
+    bad.write_bytes(b"hello")
+    proc = run(str(bad))
+    assert proc.returncode == 111
+    assert proc.stderr.startswith("stockade: malformed evidence:")
+
+
+def test_missing_certificates_is_a_usage_error() -> None:
+    proc = run(str(VECTORS / "milan-v3-oak" / "report.bin"))
+    assert proc.returncode == 2
+    assert "--certs" in proc.stderr
+
+
+def test_bad_time_is_a_usage_error() -> None:
+    d = VECTORS / "milan-v3-oak"
+    proc = run(str(d / "report.bin"), "--certs", str(d), "--at", "yesterday")
+    assert proc.returncode == 2
+    assert "ISO 8601" in proc.stderr
