@@ -29,6 +29,7 @@ from stockade.evidence.sim.channel import ReportRequest
 from stockade.evidence.sim.psp import SimPsp
 from stockade.evidence.snp.abi import REPORT_SIZE
 from stockade.keep import identity
+from stockade.policy import default_policy, development_policy
 from stockade.wire.binding import report_data_for
 from stockade.wire.evidence import EvidenceBundle
 
@@ -42,7 +43,7 @@ def psp(state_dir: Path) -> SimPsp:
 
 @pytest.fixture(scope="module")
 def trust(state_dir: Path) -> TrustConfig:
-    return TrustConfig(allow_sim=True, sim_root=simchip.sim_root(state_dir), expected_measurement=MEASUREMENT)
+    return TrustConfig(sim_root=simchip.sim_root(state_dir), policy=development_policy(MEASUREMENT))
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +85,9 @@ def test_genuine_certificate_is_accepted(psp: SimPsp, trust: TrustConfig, state_
     assert claims.report_data == report_data_for(nonce, identity.spki_der(key))
     assert claims.chip_id == simchip.load_chip(state_dir).chip_id
     assert claims.debug is False
-    assert appraisal.measurement_pinned
+    assert appraisal.decision is not None
+    assert any(r.rule.startswith("measurements") for r in appraisal.decision.rows)
     assert any("freshness" in c for c in appraisal.checks)
-    assert any("measurement" in c for c in appraisal.checks)
 
 
 # --------------------------------------------------------------------------- one flipped byte
@@ -236,12 +237,6 @@ def test_vcek_from_another_chip(psp: SimPsp, trust: TrustConfig, foreign_state: 
         appraise(cert_der(key, mixed), nonce, trust)
 
 
-def test_no_sim_root_configured(psp: SimPsp, trust: TrustConfig) -> None:
-    cert, nonce, _, _ = genuine(psp)
-    with pytest.raises(VerificationFailed, match="no sim root"):
-        appraise(cert, nonce, dataclasses.replace(trust, sim_root=None))
-
-
 def test_verification_time_outside_validity(psp: SimPsp, trust: TrustConfig) -> None:
     cert, nonce, _, _ = genuine(psp)
     late = datetime.now(UTC) + timedelta(days=365 * 30)
@@ -255,21 +250,30 @@ def test_verification_time_outside_validity(psp: SimPsp, trust: TrustConfig) -> 
 # --------------------------------------------------------------------------- policy
 
 
-def test_sim_needs_allow_sim(psp: SimPsp, trust: TrustConfig) -> None:
+def test_sim_is_refused_by_the_default_policy(psp: SimPsp, trust: TrustConfig) -> None:
     cert, nonce, _, _ = genuine(psp)
     with pytest.raises(PolicyRejected, match="--allow-sim"):
-        appraise(cert, nonce, dataclasses.replace(trust, allow_sim=False))
+        appraise(cert, nonce, dataclasses.replace(trust, policy=default_policy(MEASUREMENT)))
+    with pytest.raises(PolicyRejected, match="--allow-sim"):
+        appraise(cert, nonce, dataclasses.replace(trust, policy=None))
+
+
+def test_sim_without_a_sim_root_is_refused(psp: SimPsp, trust: TrustConfig) -> None:
+    cert, nonce, _, _ = genuine(psp)
+    with pytest.raises(PolicyRejected, match="no sim root"):
+        appraise(cert, nonce, dataclasses.replace(trust, sim_root=None))
 
 
 def test_unexpected_measurement(psp: SimPsp, trust: TrustConfig) -> None:
     cert, nonce, _, _ = genuine(psp)
     other = bytes(48)
-    with pytest.raises(PolicyRejected, match=f"not the expected {other.hex()}"):
-        appraise(cert, nonce, dataclasses.replace(trust, expected_measurement=other))
+    with pytest.raises(PolicyRejected, match=other.hex()) as info:
+        appraise(cert, nonce, dataclasses.replace(trust, policy=development_policy(other)))
+    assert MEASUREMENT.hex() in str(info.value)  # names expected and actual
 
 
-def test_unpinned_measurement_is_reported(psp: SimPsp, trust: TrustConfig) -> None:
+def test_accepted_appraisal_carries_the_policy_decision(psp: SimPsp, trust: TrustConfig) -> None:
     cert, nonce, _, _ = genuine(psp)
-    appraisal = appraise(cert, nonce, dataclasses.replace(trust, expected_measurement=None))
-    assert not appraisal.measurement_pinned
-    assert not any("measurement" in c for c in appraisal.checks)
+    appraisal = appraise(cert, nonce, trust)
+    assert appraisal.decision is not None and appraisal.decision.accepted
+    assert any("policy" in c for c in appraisal.checks)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from stockade.client.attest import Appraisal
     from stockade.client.deploy import DeployResult
     from stockade.host.loader import KeepHandle
+    from stockade.policy import Policy
     from stockade.wire.messages import FileEntry
 
 SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
@@ -156,7 +158,7 @@ def _fail(err: StockadeError, as_json: bool) -> NoReturn:
     sys.exit(err.exit_code)
 
 
-def _summary(appraisal: Appraisal, measurement_note: str) -> str:
+def _summary(appraisal: Appraisal, policy_note: str) -> str:
     c = appraisal.claims
     platform = SIM_WARNING if c.platform == "sim" else f"{c.platform} ({c.product})"
     tcb = " ".join(f"{k}={v}" for k, v in c.tcb)
@@ -164,14 +166,34 @@ def _summary(appraisal: Appraisal, measurement_note: str) -> str:
         "stockade: Keep attested and verified",
         f"  platform     {platform}",
         f"  measurement  {c.measurement.hex()}",
-        f"               {measurement_note}",
         f"  tcb          {tcb} (firmware {c.firmware}, report v{c.report_version})",
         f"  signer       {c.signer} -> {'sim root' if c.platform == 'sim' else 'AMD root'} "
         f"{c.root_fingerprint[:16]}…",
         "  freshness    report binds this session's nonce and the Keep's TLS key",
         f"  debug        {'ALLOWED' if c.debug else 'disabled'}",
+        f"  policy       {policy_note}",
     ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    wasm: Path
+    args: tuple[str, ...]
+    backend: str
+    allow_sim: bool
+    policy: Path | None
+    env: tuple[str, ...]
+    stdin: str | None
+    files: tuple[str, ...]
+    secret_refs: tuple[str, ...]
+    timeout: float
+    memory: str
+    max_output: str
+    expect_measurement: str | None
+    as_json: bool
+    quiet: bool
+    state_dir: Path | None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -190,7 +212,14 @@ def main() -> None:
     show_default=True,
     help="Keep backend on this host.",
 )
-@click.option("--allow-sim", is_flag=True, help="Accept sim evidence (NO hardware protection).")
+@click.option(
+    "--allow-sim", is_flag=True, help="Accept sim evidence (NO hardware protection): the development policy."
+)
+@click.option(
+    "--policy",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Trust policy file (docs/policy.md); default: the built-in policy.",
+)
 @click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable for the workload.")
 @click.option("--stdin", "stdin", metavar="FILE|-", help="Standard input for the workload.")
 @click.option(
@@ -213,120 +242,59 @@ def main() -> None:
 @click.option(
     "--expect-measurement",
     metavar="HEX",
-    help="Pin the Keep measurement (default for sim: this installation's Keep runtime).",
+    help="Pin the Keep measurement (default: this installation's Keep runtime).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not print the verification summary.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
-def run(
-    wasm: Path,
-    args: tuple[str, ...],
-    backend: str,
-    allow_sim: bool,
-    env: tuple[str, ...],
-    stdin: str | None,
-    files: tuple[str, ...],
-    secret_refs: tuple[str, ...],
-    timeout: float,
-    memory: str,
-    max_output: str,
-    expect_measurement: str | None,
-    as_json: bool,
-    quiet: bool,
-    state_dir: Path | None,
-) -> None:
+def run(**kwargs: Any) -> None:
     """Run WASM in a fresh Keep after verifying its attestation.
 
     Arguments after WASM (use -- before options meant for the workload) are
-    passed to the workload. The exit status is the workload's own, or a
-    stockade failure code (docs/exit-codes.md).
+    passed to the workload. Nothing of the workload leaves this machine
+    before the Keep's evidence is verified and accepted by the policy. The
+    exit status is the workload's own, or a stockade failure code
+    (docs/exit-codes.md).
     """
+    opts = RunOptions(**kwargs)
     try:
-        _run(
-            wasm,
-            args,
-            backend,
-            allow_sim,
-            env,
-            stdin,
-            files,
-            secret_refs,
-            timeout,
-            memory,
-            max_output,
-            expect_measurement,
-            as_json,
-            quiet,
-            state_dir,
-        )
+        _run(opts)
     except StockadeError as err:
-        _fail(err, as_json)
+        _fail(err, opts.as_json)
     except KeyboardInterrupt:
         click.echo("stockade: interrupted", err=True)
         sys.exit(130)
 
 
-def _run(
-    wasm: Path,
-    args: tuple[str, ...],
-    backend: str,
-    allow_sim: bool,
-    env: tuple[str, ...],
-    stdin: str | None,
-    files: tuple[str, ...],
-    secret_refs: tuple[str, ...],
-    timeout: float,
-    memory: str,
-    max_output: str,
-    expect_measurement: str | None,
-    as_json: bool,
-    quiet: bool,
-    state: Path | None,
-) -> None:
+def _run(opts: RunOptions) -> None:
     from stockade.evidence.sim.local import chip_exists, serve_in_thread
     from stockade.host.loader import start_keep
 
     try:
-        module = wasm.read_bytes()
+        module = opts.wasm.read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read {wasm}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {opts.wasm}: {exc.strerror}") from None
     if module[:4] != b"\0asm":
         from stockade.errors import WorkloadRejected
 
-        raise WorkloadRejected(f"{wasm} is not a WebAssembly module (missing the \\0asm magic number)")
-    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT_S:
+        raise WorkloadRejected(f"{opts.wasm} is not a WebAssembly module (missing the \\0asm magic number)")
+    if not math.isfinite(opts.timeout) or not 0 < opts.timeout <= MAX_TIMEOUT_S:
         raise UsageError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
-    sdir = state_dir(state)
+    sdir = state_dir(opts.state_dir)
     if not chip_exists(sdir):
         from stockade.evidence.sim import chip
 
-        if not quiet and not as_json:
+        if not opts.quiet and not opts.as_json:
             click.echo("stockade: creating the sim chip key chain (first use, a few seconds)", err=True)
         chip.ensure_chip(sdir)
 
     # Start the Keep first: its start-up overlaps everything below.
-    handle = start_keep(backend, sdir, psp=lambda measurement: serve_in_thread(sdir, measurement))
+    handle = start_keep(opts.backend, sdir, psp=lambda measurement: serve_in_thread(sdir, measurement))
     try:
-        result, out = _deploy(
-            handle,
-            module,
-            args,
-            allow_sim,
-            env,
-            stdin,
-            files,
-            secret_refs,
-            timeout,
-            memory,
-            max_output,
-            expect_measurement,
-            as_json,
-            quiet,
-            sdir,
-        )
+        result, out = _deploy(handle, module, opts, sdir)
     finally:
         handle.close()
-    if as_json:
+    if opts.as_json:
         doc: dict[str, Any] = {
             "exit_code": result.exit_code,
             "exit_code_source": "workload",
@@ -337,28 +305,41 @@ def _run(
                 **result.appraisal.claims.to_json(),
                 "checks": list(result.appraisal.checks),
             },
+            "policy": result.appraisal.decision.to_json() if result.appraisal.decision else None,
             "timing_ms": result.timing_ms,
         }
         click.echo(json.dumps(doc, indent=2))
     _exit_now(result.exit_code)
 
 
+def _choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy, str]:
+    """The policy for this run and a one-line note for the summary."""
+    from stockade.policy import default_policy, development_policy, load_policy
+
+    expected = runtime_measurement
+    pinned = "this installation's Keep runtime"
+    if opts.expect_measurement:
+        try:
+            expected = bytes.fromhex(opts.expect_measurement)
+        except ValueError:
+            expected = b""
+        if len(expected) != 48:
+            raise UsageError("--expect-measurement must be 96 hex digits (a 48-byte launch digest)")
+        pinned = "--expect-measurement"
+    if opts.policy is not None:
+        if opts.expect_measurement:
+            raise UsageError("--expect-measurement and --policy: put the measurements in the policy file")
+        policy = load_policy(opts.policy)
+        if opts.allow_sim and "sim" not in policy.platforms:
+            raise UsageError(f"--allow-sim: the policy {opts.policy} does not list sim in platforms")
+        return policy, f"{policy.name!r} ({opts.policy}) accepted the claims"
+    if opts.allow_sim:
+        return development_policy(expected), f"development (--allow-sim); measurement pinned to {pinned}"
+    return default_policy(expected), f"built-in default; measurement pinned to {pinned}"
+
+
 def _deploy(
-    handle: KeepHandle,
-    module: bytes,
-    args: tuple[str, ...],
-    allow_sim: bool,
-    env: tuple[str, ...],
-    stdin: str | None,
-    files: tuple[str, ...],
-    secret_refs: tuple[str, ...],
-    timeout: float,
-    memory: str,
-    max_output: str,
-    expect_measurement: str | None,
-    as_json: bool,
-    quiet: bool,
-    sdir: Path,
+    handle: KeepHandle, module: bytes, opts: RunOptions, sdir: Path
 ) -> tuple[DeployResult, dict[int, bytearray]]:
     from stockade.client.attest import TrustConfig
     from stockade.client.deploy import Steps, deploy
@@ -367,49 +348,35 @@ def _deploy(
 
     steps = Steps()
     limits = Limits(
-        timeout_ms=max(1, int(timeout * 1000)),
-        memory_bytes=parse_size(memory, "--memory"),
-        output_bytes=parse_size(max_output, "--max-output"),
+        timeout_ms=max(1, int(opts.timeout * 1000)),
+        memory_bytes=parse_size(opts.memory, "--memory"),
+        output_bytes=parse_size(opts.max_output, "--max-output"),
     )
-    expected = None
-    if expect_measurement:
-        try:
-            expected = bytes.fromhex(expect_measurement)
-        except ValueError:
-            expected = b""
-        if len(expected) != 48:
-            raise UsageError("--expect-measurement must be 96 hex digits (a 48-byte launch digest)")
+    policy, note = _choose_policy(opts, handle.measurement)
     stdin_bytes = b""
-    if stdin == "-":
+    if opts.stdin == "-":
         stdin_bytes = sys.stdin.buffer.read()
-    elif stdin is not None:
+    elif opts.stdin is not None:
         try:
-            stdin_bytes = Path(stdin).read_bytes()
+            stdin_bytes = Path(opts.stdin).read_bytes()
         except OSError as exc:
-            raise UsageError(f"--stdin: cannot read {stdin}: {exc.strerror}") from None
+            raise UsageError(f"--stdin: cannot read {opts.stdin}: {exc.strerror}") from None
     workload = Workload(
         wasm=module,
-        args=args,
-        env=parse_env(env),
+        args=opts.args,
+        env=parse_env(opts.env),
         stdin=stdin_bytes,
-        files=parse_files(files),
-        secrets=parse_secrets(secret_refs),
+        files=parse_files(opts.files),
+        secrets=parse_secrets(opts.secret_refs),
         limits=limits,
     )
-    trust = TrustConfig(
-        allow_sim=allow_sim,
-        sim_root=chip.sim_root(sdir),
-        expected_measurement=expected or handle.measurement,
-    )
-    note = (
-        "matches --expect-measurement"
-        if expected
-        else "matches this installation's Keep runtime (launch digest)"
-    )
+    # The local sim root is used to *verify* sim evidence; acceptance is the
+    # policy's decision (the default policy refuses sim).
+    trust = TrustConfig(sim_root=chip.sim_root(sdir), policy=policy)
     out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
 
     def on_output(fd: int, data: bytes) -> None:
-        if as_json:
+        if opts.as_json:
             out[fd] += data
             return
         stream = sys.stdout.buffer if fd == 1 else sys.stderr.buffer
@@ -417,22 +384,25 @@ def _deploy(
         stream.flush()
 
     def on_verified(appraisal: Appraisal) -> None:
-        if as_json:
+        if opts.as_json:
             return  # the JSON document carries the appraisal and the label
-        if not quiet:
+        if not opts.quiet:
             click.echo(_summary(appraisal, note), err=True)
         elif appraisal.claims.platform == "sim":
             # sim output is always labelled, even with --quiet.
             click.echo("stockade: sim Keep: NO HARDWARE PROTECTION", err=True)
 
     steps.mark("client_prepare")
-    return deploy(handle.conn, workload, trust, on_output, on_verified, lambda: handle.wait(0.5), steps), out
+    result = deploy(handle.conn, workload, trust, on_output, on_verified, lambda: handle.wait(0.5), steps)
+    return result, out
 
 
 def _register() -> None:
     from stockade.commands.evidence import evidence
+    from stockade.commands.policy import policy
 
     main.add_command(evidence)
+    main.add_command(policy)
 
 
 _register()

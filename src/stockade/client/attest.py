@@ -22,19 +22,24 @@ from stockade.errors import MalformedEvidence, PolicyRejected, VerificationFaile
 from stockade.evidence.claims import VerifiedClaims
 from stockade.evidence.snp.abi import Product
 from stockade.evidence.snp.verify import TrustAnchor, amd_anchors, verify_report
+from stockade.policy import Decision, Policy
+from stockade.policy import appraise as policy_appraise
 from stockade.wire.binding import report_data_for
 from stockade.wire.evidence import EVIDENCE_OID, EvidenceBundle, bundle_from_extension
 
 
 @dataclass(frozen=True)
 class TrustConfig:
-    """What this deployment trusts. ``sim_root`` is honoured only with
-    ``allow_sim``; ``expected_measurement`` pins the Keep runtime."""
+    """What this deployment trusts.
 
-    allow_sim: bool = False
+    ``sim_root`` is the sim ARK used to *verify* sim evidence (verification
+    says nothing about acceptance); whether sim, a measurement, debug etc.
+    are acceptable is the ``policy``'s decision (None: the built-in default,
+    which refuses sim).
+    """
+
     sim_root: bytes | None = None
-    expected_measurement: bytes | None = None
-    allow_debug: bool = False
+    policy: Policy | None = None
     at: datetime | None = None
 
 
@@ -42,7 +47,7 @@ class TrustConfig:
 class Appraisal:
     claims: VerifiedClaims
     checks: tuple[str, ...] = field(default=())
-    measurement_pinned: bool = False
+    decision: Decision | None = None
 
 
 def _evidence_of(cert: x509.Certificate) -> EvidenceBundle:
@@ -74,11 +79,6 @@ def appraise(cert_der: bytes, nonce: bytes, trust: TrustConfig) -> Appraisal:
 
     bundle = _evidence_of(cert)
     checks: list[str] = []
-    if bundle.platform == "sim" and not trust.allow_sim:
-        raise PolicyRejected(
-            "the Keep runs on the sim backend, which gives NO hardware protection; "
-            "pass --allow-sim to accept it for development"
-        )
     if bundle.platform not in ("sim", "snp"):
         raise VerificationFailed(f"verification of {bundle.platform} evidence is not implemented yet")
     anchors: list[TrustAnchor] = []
@@ -86,7 +86,10 @@ def appraise(cert_der: bytes, nonce: bytes, trust: TrustConfig) -> Appraisal:
         anchors.extend(amd_anchors())
     if bundle.platform == "sim":
         if trust.sim_root is None:
-            raise VerificationFailed("sim evidence received but no sim root is configured")
+            raise PolicyRejected(
+                "the Keep runs on the sim backend, which gives NO hardware protection, and no sim "
+                "root is configured; for development run `stockade run --allow-sim ...`"
+            )
         anchors.append(TrustAnchor("sim", Product.MILAN, trust.sim_root))
     vcek, ask = bundle.cert("vcek"), bundle.cert("ask")
     if vcek is None or ask is None:
@@ -106,15 +109,6 @@ def appraise(cert_der: bytes, nonce: bytes, trust: TrustConfig) -> Appraisal:
         )
     checks.append("freshness: report binds this session's nonce and the TLS key")
 
-    if claims.debug and not trust.allow_debug:
-        raise PolicyRejected("the Keep was launched with debugging allowed (guest policy bit 19): refused")
-    pinned = False
-    if trust.expected_measurement is not None:
-        if claims.measurement != trust.expected_measurement:
-            raise PolicyRejected(
-                f"Keep measurement {claims.measurement.hex()} is not the expected "
-                f"{trust.expected_measurement.hex()}"
-            )
-        pinned = True
-        checks.append("measurement matches the expected Keep runtime")
-    return Appraisal(claims=claims, checks=tuple(checks), measurement_pinned=pinned)
+    decision = policy_appraise(claims, trust.policy, at)
+    checks.append(f"policy {decision.policy_name!r} accepted the claims")
+    return Appraisal(claims=claims, checks=tuple(checks), decision=decision)

@@ -1,0 +1,329 @@
+"""``stockade policy``: check evidence or claims against a policy, print
+reference values, show the built-in policies.
+
+- ``stockade policy check [--policy FILE] EVIDENCE`` verifies an SNP report
+  (certificates from ``--certs DIR``, default the report's directory; time
+  ``--at``) and prints the decision table; ``--claims FILE`` evaluates a
+  claims document instead (labelled "not verified"). Exit codes: 0
+  accepted, 112 refused, 110/111 verification failed / malformed evidence,
+  2 usage (including a malformed policy file).
+- ``stockade policy reference`` prints the Keep measurement of this
+  installation on sim, as a policy snippet.
+- ``stockade policy default [--allow-sim]`` prints the built-in policy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from stockade import __version__
+from stockade.errors import StockadeError, UsageError
+
+if TYPE_CHECKING:
+    from stockade.evidence.claims import VerifiedClaims
+    from stockade.policy import Decision, Policy
+
+_VERDICT_STYLE = {"pass": "green", "fail": "bold red", "n/a": "dim"}
+SIM_LABEL = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
+
+
+def _fail(err: StockadeError, as_json: bool) -> NoReturn:
+    if as_json:
+        doc = {
+            "exit_code": err.exit_code,
+            "error": {
+                "type": err.problem_type,
+                "title": err.title,
+                "detail": err.detail,
+                "exit_code": err.exit_code,
+            },
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(f"stockade: {err.title}: {err.detail}", err=True)
+    sys.exit(err.exit_code)
+
+
+def _parse_time(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--at {text!r}: not an ISO 8601 time (example: 2025-08-01T00:00:00Z)") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {path}: {exc.strerror}") from None
+
+
+def _verify_report(
+    report_path: Path, certs: Path | None, sim_root: Path | None, at: datetime
+) -> VerifiedClaims:
+    from cryptography import x509
+
+    from stockade.evidence.snp.abi import AttestationReport, Product
+    from stockade.evidence.snp.certs import read_extensions
+    from stockade.evidence.snp.verify import TrustAnchor, amd_anchors, bundled_intermediate, verify_report
+    from stockade.evidence.x509util import der_of, load_der, load_pem_chain
+
+    report = _read(report_path, "EVIDENCE")
+    directory = certs if certs is not None else report_path.parent
+    vcek_path = directory / "vcek.der"
+    if not vcek_path.is_file():
+        raise UsageError(
+            f"no endorsement certificate {vcek_path} (give --certs DIR holding vcek.der, and ask.der or ask_ark.pem)"
+        )
+    vcek = _read(vcek_path, "--certs")
+    if (directory / "ask.der").is_file():
+        ask = _read(directory / "ask.der", "--certs")
+    elif (directory / "ask_ark.pem").is_file():
+        ask = der_of(load_pem_chain(_read(directory / "ask_ark.pem", "--certs"), "ask_ark.pem")[0])
+    else:  # the intermediate AMD publishes for this product and signer, shipped with stockade
+        parsed = AttestationReport.from_bytes(report)
+        product = read_extensions(load_der(vcek, "vcek.der")).product
+        ask = bundled_intermediate(parsed.product(product), parsed.signing_key)
+    anchors: list[TrustAnchor] = list(amd_anchors())
+    if sim_root is not None:
+        blob = _read(sim_root, "--sim-root")
+        root = der_of(x509.load_pem_x509_certificate(blob)) if blob.startswith(b"-----") else blob
+        anchors.append(TrustAnchor("sim", Product.MILAN, root))
+    return verify_report(report, vcek, ask, anchors, at).claims
+
+
+def _load_claims(path: Path) -> VerifiedClaims:
+    from stockade.testing.claims import claims_from_json
+
+    try:
+        doc = json.loads(_read(path, "--claims"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--claims {path}: not JSON: {exc}") from None
+    return claims_from_json(doc, f"--claims {path}")
+
+
+def _print_table(decision: Decision, claims_label: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(soft_wrap=False)
+    outcome = "ACCEPTED" if decision.accepted else "REFUSED"
+    table = Table(
+        title=f"policy {decision.policy_name!r} ({decision.policy_source}): {outcome}",
+        show_lines=False,
+        expand=False,
+    )
+    table.add_column("rule", overflow="fold", no_wrap=False)
+    table.add_column("expected", overflow="fold")
+    table.add_column("actual", overflow="fold")
+    table.add_column("verdict", no_wrap=True)
+    parents: list[str] = []  # rule of the last row at each depth
+    for row in decision.rows:
+        del parents[row.depth :]
+        name = row.rule
+        if parents and name.startswith(parents[-1]) and name[len(parents[-1]) : len(parents[-1]) + 1] in ".[":
+            name = name[len(parents[-1]) :].lstrip(".")  # nested: shown relative to its parent row
+        parents.append(row.rule)
+        table.add_row(
+            Text("  " * row.depth + name),
+            row.expected,
+            row.actual,
+            Text(row.verdict.value, style=_VERDICT_STYLE[row.verdict.value]),
+        )
+    style = "" if "NOT verified" not in claims_label else "bold yellow"
+    console.print(Text(f"claims: {claims_label}", style=style), soft_wrap=True)
+    console.print(table)
+    if decision.platform == "sim":
+        console.print(Text(f"stockade: {SIM_LABEL}", style="bold yellow"))
+    for note in decision.notes:
+        if not note.startswith("sim:"):
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if decision.accepted:
+        console.print(Text(f"accepted by policy {decision.policy_name!r}", style="green"))
+    else:
+        console.print(Text(f"refused by policy {decision.policy_name!r}:", style="bold red"))
+        for row in decision.failures():
+            console.print(f"  - {row.sentence()}", highlight=False, soft_wrap=True)
+        if decision.hint:
+            console.print(f"hint: {decision.hint}", highlight=False, soft_wrap=True)
+
+
+def _write(target: str, data: bytes) -> None:
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        Path(target).write_bytes(data)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+
+
+@click.group()
+def policy() -> None:
+    """Write, check and explain deployment trust policies (docs/policy.md)."""
+
+
+@policy.command()
+@click.argument("evidence", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Policy file (TOML). Default: the built-in default policy.",
+)
+@click.option(
+    "--claims",
+    "claims_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Evaluate a JSON claims document instead of verifying EVIDENCE (NOT verified).",
+)
+@click.option(
+    "--certs",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory with vcek.der and ask.der or ask_ark.pem (default: EVIDENCE's directory).",
+)
+@click.option(
+    "--at", "at_text", metavar="TIME", help="Verification and evaluation time, ISO 8601 (default: now)."
+)
+@click.option(
+    "--sim-root",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also trust this sim ARK (DER or PEM), e.g. $STOCKADE_STATE_DIR/sim/chip/ark.der.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.option("--ear-json", metavar="FILE|-", help="Write the decision as an (unsigned) EAR, JSON.")
+@click.option("--ear-cbor", metavar="FILE|-", help="Write the decision as an (unsigned) EAR, CBOR.")
+def check(
+    evidence: Path | None,
+    policy_file: Path | None,
+    claims_file: Path | None,
+    certs: Path | None,
+    at_text: str | None,
+    sim_root: Path | None,
+    as_json: bool,
+    ear_json: str | None,
+    ear_cbor: str | None,
+) -> None:
+    """Check EVIDENCE (an SEV-SNP report file) against a policy and explain
+    every verdict. Exit status: 0 accepted, 112 refused, 110/111 evidence
+    does not verify / parse, 2 usage error."""
+    try:
+        _check(evidence, policy_file, claims_file, certs, at_text, sim_root, as_json, ear_json, ear_cbor)
+    except StockadeError as err:
+        _fail(err, as_json)
+
+
+def _check(
+    evidence: Path | None,
+    policy_file: Path | None,
+    claims_file: Path | None,
+    certs: Path | None,
+    at_text: str | None,
+    sim_root: Path | None,
+    as_json: bool,
+    ear_json: str | None,
+    ear_cbor: str | None,
+) -> None:
+    from stockade.errors import PolicyRejected
+    from stockade.policy import default_policy, ear, evaluate, load_policy
+
+    if (evidence is None) == (claims_file is None):
+        raise UsageError("give either EVIDENCE (an SNP report file) or --claims FILE, not both or neither")
+    if claims_file is not None and (certs or sim_root):
+        raise UsageError("--certs and --sim-root apply to EVIDENCE, not to --claims")
+    if claims_file is not None and (ear_json or ear_cbor):
+        raise UsageError("an EAR reports an appraisal of verified evidence; --claims input is not verified")
+    if ear_json == "-" and ear_cbor == "-":
+        raise UsageError("only one of --ear-json and --ear-cbor can write to stdout")
+    pol: Policy = load_policy(policy_file) if policy_file is not None else default_policy()
+    at = _parse_time(at_text)
+    if claims_file is not None:
+        claims = _load_claims(claims_file)
+        label = f"claims from file {claims_file}, NOT verified"
+        verified = False
+    else:
+        assert evidence is not None
+        claims = _verify_report(evidence, certs, sim_root, at)
+        root = "sim root" if claims.platform == "sim" else "AMD root"
+        label = f"verified SEV-SNP report {evidence} at {at.isoformat()} ({claims.signer} -> {root})"
+        verified = True
+    decision = evaluate(claims, pol, at)
+    if ear_json:
+        _write(ear_json, (ear.ear_json(decision) + "\n").encode())
+    if ear_cbor:
+        _write(ear_cbor, ear.ear_cbor(decision))
+    if as_json:
+        doc: dict[str, Any] = {
+            "exit_code": 0 if decision.accepted else PolicyRejected.exit_code,
+            "claims_source": label,
+            "claims_verified": verified,
+            "decision": decision.to_json(),
+            "claims": claims.to_json(),
+        }
+        if ear_json != "-" and ear_cbor != "-":
+            click.echo(json.dumps(doc, indent=2))
+    elif ear_json != "-" and ear_cbor != "-":
+        _print_table(decision, label)
+    if not decision.accepted:
+        sys.exit(PolicyRejected.exit_code)
+
+
+@policy.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def reference(as_json: bool) -> None:
+    """Print the expected Keep measurement of this installation on sim.
+
+    It is computed by the same launch-digest code the keep loader uses
+    (stockade.wire.launch.keep_measurement). For the launch measurement of a
+    real SNP Keep image, and for TDX/SGX, see docs/policy.md.
+    """
+    from stockade.wire.launch import keep_measurement, package_root
+
+    measurement = keep_measurement().hex()
+    snippet = "\n".join(
+        [
+            f"# Keep runtime of stockade {__version__} at {package_root()}",
+            "# on sim: NO hardware protection. For snp, tdx and sgx see docs/policy.md.",
+            "version = 1",
+            'platforms = ["sim"]',
+            "",
+            "[sim]",
+            f'measurements = ["{measurement}"]',
+        ]
+    )
+    if as_json:
+        doc = {
+            "stockade_version": __version__,
+            "platform": "sim",
+            "hardware_protection": False,
+            "measurement": measurement,
+            "policy_snippet": snippet + "\n",
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(snippet)
+
+
+@policy.command()
+@click.option("--allow-sim", is_flag=True, help="Show the development policy (what --allow-sim means).")
+def default(allow_sim: bool) -> None:
+    """Print the built-in policy that `stockade run` enforces without --policy."""
+    from stockade.policy.builtin import default_policy_toml, development_policy_toml
+    from stockade.wire.launch import keep_measurement
+
+    measurement = keep_measurement()
+    if allow_sim:
+        click.echo(development_policy_toml(measurement), nl=False)
+    else:
+        click.echo(default_policy_toml(measurement), nl=False)
