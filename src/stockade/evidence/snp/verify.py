@@ -270,6 +270,9 @@ def _check_crls(
     enough: every AMD VCEK and VLEK has serial 0, so an ARK-issued entry for
     serial 0 names a certificate of the ARK, not every VCEK.
     """
+    crls = tuple(crls)
+    if not crls:
+        return (), False
     ark_cert, ark_der = ark
     inter_cert, inter_der = intermediate
     signers = {ark_cert.subject: ark_der, inter_cert.subject: inter_der}
