@@ -1,0 +1,329 @@
+"""Intel collateral: the only I/O of the Intel verifier.
+
+* :func:`load_collateral_dir` / :func:`save_collateral_dir`: the on-disk
+  layout used by the test vectors and ``stockade evidence verify
+  --collateral DIR``: ``tcb_info.json``, ``qe_identity.json`` (PCS v4
+  response bodies, verbatim), ``tcb_signing_chain.pem`` (the
+  TCB-Info-Issuer-Chain header), ``root_ca_crl.der``, ``pck_crl.der``,
+  ``pck_crl_issuer_chain.pem`` (the CRLs are optional to load; verification
+  decides whether it needs them).
+* :class:`PcsClient`: fetches that collateral from Intel's Provisioning
+  Certification Service (API v4) or any PCS-shaped service (a PCCS, the fake
+  one in :mod:`stockade.testing.pcs`), through an on-disk cache. An item is
+  served from the cache while its own nextUpdate is after ``now``;
+  everything fetched is parsed before it is cached (never signature-checked
+  here: that is verification's job, at verification time), and garbage,
+  errors and missing issuer-chain headers are CollateralUnavailable.
+* :func:`verify_quote_files`: what the CLI calls.
+
+Endpoints (PCS API v4): ``/{sgx|tdx}/certification/v4/tcb?fmspc=`` (header
+``TCB-Info-Issuer-Chain``), ``/{sgx|tdx}/certification/v4/qe/identity``
+(``SGX-Enclave-Identity-Issuer-Chain``),
+``/sgx/certification/v4/pckcrl?ca={platform|processor}&encoding=der``
+(``SGX-PCK-CRL-Issuer-Chain``); the root CA CRL from
+``https://certificates.trustedservices.intel.com/IntelSGXRootCA.der``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from stockade.errors import CollateralUnavailable, MalformedEvidence
+from stockade.evidence.intel.abi import HEADER_SIZE, INTEL_QE_VENDOR_ID, Quote, TeeType
+from stockade.evidence.intel.tcbinfo import parse_enclave_identity, parse_tcb_info, split_signed_body
+from stockade.evidence.intel.verify import Collateral, VerifiedQuote, verify_quote
+
+FILES = {
+    "tcb_info": "tcb_info.json",
+    "qe_identity": "qe_identity.json",
+    "tcb_signing_chain": "tcb_signing_chain.pem",
+    "root_ca_crl": "root_ca_crl.der",
+    "pck_crl": "pck_crl.der",
+    "pck_crl_issuer_chain": "pck_crl_issuer_chain.pem",
+}
+_REQUIRED = ("tcb_info", "qe_identity", "tcb_signing_chain")
+MAX_RESPONSE = 1 << 20
+
+PCS_URL = "https://api.trustedservices.intel.com"
+ROOT_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
+
+
+def detect_quote(data: bytes) -> str | None:
+    """ "tdx" or "sgx" when ``data`` starts like an Intel DCAP quote (version
+    3-5, ECDSA P-256 key, Intel QE vendor ID, known TEE type), else None.
+    Only a hint for choosing a verifier: it checks no signature."""
+    if len(data) < HEADER_SIZE:
+        return None
+    version, key_type, tee = struct.unpack_from("<HHI", data, 0)
+    if version not in (3, 4, 5) or key_type != 2 or data[12:28] != INTEL_QE_VENDOR_ID:
+        return None
+    return {int(TeeType.SGX): "sgx", int(TeeType.TDX): "tdx"}.get(int(tee))
+
+
+def load_collateral_dir(path: Path) -> Collateral:
+    """Read a collateral directory; the three non-CRL files are required."""
+    values: dict[str, bytes | None] = {}
+    for field, name in FILES.items():
+        try:
+            values[field] = (path / name).read_bytes()
+        except FileNotFoundError:
+            if field in _REQUIRED:
+                raise CollateralUnavailable(f"collateral directory {path} has no {name}") from None
+            values[field] = None
+        except OSError as exc:
+            raise CollateralUnavailable(f"cannot read {path / name}: {exc.strerror}") from None
+    return Collateral(**values)  # type: ignore[arg-type]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_collateral_dir(collateral: Collateral, path: Path) -> None:
+    for field, name in FILES.items():
+        value = getattr(collateral, field)
+        if value is not None:
+            _write_atomic(path / name, value)
+
+
+def verify_quote_files(
+    quote: bytes,
+    collateral_dir: Path,
+    at: datetime,
+    *,
+    allow_trailing: bool = False,
+    check_revocation: bool = True,
+    root_der: bytes | None = None,
+) -> VerifiedQuote:
+    """Verify a TDX or SGX quote with the collateral in ``collateral_dir`` at
+    ``at``: :func:`load_collateral_dir` then
+    :func:`stockade.evidence.intel.verify.verify_quote`."""
+    return verify_quote(
+        quote,
+        load_collateral_dir(collateral_dir),
+        at,
+        root_der=root_der,
+        allow_trailing=allow_trailing,
+        check_revocation=check_revocation,
+    )
+
+
+# --- the fetcher ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CollateralKey:
+    """What to fetch for one quote: the TEE, the platform's FMSPC and which
+    PCK CA ("platform" or "processor") issued its PCK certificate."""
+
+    tee: str
+    fmspc: str  # hex, as the PCK certificate has it
+    ca: str
+
+    @classmethod
+    def for_quote(cls, quote_bytes: bytes) -> CollateralKey:
+        from stockade.evidence.intel.pck import read_sgx_extension
+        from stockade.evidence.x509util import load_der
+
+        quote = Quote.from_bytes(quote_bytes, allow_trailing=True)
+        if len(quote.pck_chain) < 2:
+            raise MalformedEvidence("PCK chain has no CA certificate")
+        leaf = load_der(quote.pck_chain[0], "PCK certificate")
+        ca = load_der(quote.pck_chain[1], "PCK CA certificate")
+        cn = ca.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        kind = {"Intel SGX PCK Platform CA": "platform", "Intel SGX PCK Processor CA": "processor"}.get(
+            str(cn[0].value) if cn else ""
+        )
+        if kind is None:
+            raise MalformedEvidence("PCK CA certificate is neither the PCK Platform CA nor the Processor CA")
+        tee = "tdx" if quote.tee_type is TeeType.TDX else "sgx"
+        return cls(tee=tee, fmspc=read_sgx_extension(leaf).fmspc.hex(), ca=kind)
+
+
+def _chain_header(headers: Any, names: tuple[str, ...], url: str) -> bytes:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            pem = urllib.parse.unquote(value).encode("ascii", "replace")
+            try:
+                if x509.load_pem_x509_certificates(pem):
+                    return pem
+            except ValueError:
+                pass
+            raise CollateralUnavailable(f"{url}: the {name} header is not a PEM certificate chain")
+    raise CollateralUnavailable(f"{url}: response lacks the {names[0]} header")
+
+
+def _next_update_json(body: bytes, name: str) -> datetime:
+    signed = split_signed_body(body, name, name)
+    parsed = parse_tcb_info(signed.value) if name == "tcbInfo" else parse_enclave_identity(signed.value)
+    return parsed.next_update
+
+
+def _next_update_crl(der: bytes) -> datetime:
+    try:
+        crl = x509.load_der_x509_crl(der)
+        next_update = crl.next_update_utc
+    except ValueError as exc:
+        raise MalformedEvidence(f"not a DER CRL ({exc})") from None
+    if next_update is None:
+        raise MalformedEvidence("CRL has no nextUpdate")
+    return next_update
+
+
+class PcsClient:
+    """Fetch Intel collateral through an on-disk cache.
+
+    ``base_url`` is Intel's PCS by default (a PCCS or the fake PCS of
+    :mod:`stockade.testing.pcs` work the same); ``transport`` is passed to
+    httpx (tests). Nothing here verifies signatures: verification does,
+    with an explicit time, over the bytes cached here.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        base_url: str = PCS_URL,
+        root_crl_url: str = ROOT_CRL_URL,
+        timeout: float = 10.0,
+        transport: Any = None,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.base_url = base_url.rstrip("/")
+        self.root_crl_url = root_crl_url
+        self.timeout = timeout
+        self.transport = transport
+        self._http: Any = None
+
+    def _get(self, url: str) -> tuple[bytes, Any]:
+        import httpx
+
+        if self._http is None:  # one connection pool per collateral() call, made on first need
+            self._http = httpx.Client(timeout=self.timeout, transport=self.transport)
+        try:
+            with self._http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise CollateralUnavailable(f"{url}: PCS answered HTTP {response.status_code}")
+                body = b""
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE:
+                        raise CollateralUnavailable(f"{url}: response larger than {MAX_RESPONSE} bytes")
+                return body, response.headers
+        except httpx.HTTPError as exc:
+            raise CollateralUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
+
+    def _item(
+        self,
+        path: Path,
+        url: str,
+        now: datetime,
+        offline: bool,
+        next_update: Any,
+        chain_headers: tuple[str, ...] = (),
+    ) -> tuple[bytes, bytes | None]:
+        """(body, issuer chain) from the cache while fresh, else fetched,
+        checked to parse, and cached."""
+        chain_path = path.with_name(path.name + ".issuer_chain.pem")
+        if path.exists() and (not chain_headers or chain_path.exists()):
+            body = path.read_bytes()
+            chain = chain_path.read_bytes() if chain_headers else None
+            try:
+                fresh = next_update(body) > now
+            except MalformedEvidence:
+                fresh = False
+            if fresh or offline:
+                return body, chain
+        if offline:
+            raise CollateralUnavailable(f"{path.name} is not cached and fetching is off")
+        body, headers = self._get(url)
+        try:
+            nu = next_update(body)
+        except MalformedEvidence as exc:
+            raise CollateralUnavailable(f"{url}: PCS returned malformed data ({exc})") from None
+        if nu <= now:
+            raise CollateralUnavailable(f"{url}: PCS returned collateral that expired at {nu.isoformat()}")
+        chain = _chain_header(headers, chain_headers, url) if chain_headers else None
+        if chain is not None:
+            _write_atomic(chain_path, chain)
+        _write_atomic(path, body)
+        return body, chain
+
+    def collateral(self, key: CollateralKey, now: datetime, *, offline: bool = False) -> Collateral:
+        """The collateral for ``key``, fresh at ``now`` (from the cache when
+        possible; with ``offline``, only from the cache, fresh or not)."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        if key.tee not in ("tdx", "sgx") or key.ca not in ("platform", "processor"):
+            raise ValueError(f"bad collateral key {key}")
+        try:
+            return self._collateral(key, now, offline)
+        finally:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
+
+    def _collateral(self, key: CollateralKey, now: datetime, offline: bool) -> Collateral:
+        fmspc = key.fmspc.upper()
+        tee_dir = self.cache_dir / key.tee
+        api = f"{self.base_url}/{key.tee}/certification/v4"
+        tcb_info, tcb_chain = self._item(
+            tee_dir / fmspc / "tcb_info.json",
+            f"{api}/tcb?fmspc={fmspc}",
+            now,
+            offline,
+            lambda b: _next_update_json(b, "tcbInfo"),
+            ("TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"),
+        )
+        signed = split_signed_body(tcb_info, "tcbInfo", "TCB info")
+        if parse_tcb_info(signed.value).fmspc.hex().upper() != fmspc:
+            raise CollateralUnavailable(f"PCS returned TCB info for another FMSPC than {fmspc}")
+        qe_identity, _ = self._item(
+            tee_dir / "qe_identity.json",
+            f"{api}/qe/identity",
+            now,
+            offline,
+            lambda b: _next_update_json(b, "enclaveIdentity"),
+            ("SGX-Enclave-Identity-Issuer-Chain",),
+        )
+        pck_crl, pck_chain = self._item(
+            self.cache_dir / f"pck_crl_{key.ca}.der",
+            f"{self.base_url}/sgx/certification/v4/pckcrl?ca={key.ca}&encoding=der",
+            now,
+            offline,
+            _next_update_crl,
+            ("SGX-PCK-CRL-Issuer-Chain",),
+        )
+        root_crl, _ = self._item(
+            self.cache_dir / "root_ca_crl.der", self.root_crl_url, now, offline, _next_update_crl
+        )
+        assert tcb_chain is not None
+        return Collateral(
+            tcb_info=tcb_info,
+            qe_identity=qe_identity,
+            tcb_signing_chain=tcb_chain,
+            root_ca_crl=root_crl,
+            pck_crl=pck_crl,
+            pck_crl_issuer_chain=pck_chain,
+        )
+
+    def collateral_for_quote(self, quote: bytes, now: datetime, *, offline: bool = False) -> Collateral:
+        return self.collateral(CollateralKey.for_quote(quote), now, offline=offline)
