@@ -72,8 +72,10 @@ def test_garbage_is_malformed_evidence(tmp_path: Path) -> None:
     assert proc.stderr.startswith("stockade: malformed evidence:")
 
 
-def test_missing_certificates_is_a_usage_error() -> None:
-    proc = run(str(VECTORS / "milan-v3-oak" / "report.bin"))
+def test_missing_certificates_is_a_usage_error(tmp_path: Path) -> None:
+    lonely = tmp_path / "report.bin"
+    lonely.write_bytes((VECTORS / "milan-v3-oak" / "report.bin").read_bytes())
+    proc = run(str(lonely))
     assert proc.returncode == 2
     assert "--certs" in proc.stderr
 
@@ -83,3 +85,40 @@ def test_bad_time_is_a_usage_error() -> None:
     proc = run(str(d / "report.bin"), "--certs", str(d), "--at", "yesterday")
     assert proc.returncode == 2
     assert "ISO 8601" in proc.stderr
+
+
+# --------------------------------------------------------------------------- Intel
+
+INTEL = [s for s in __import__("intel_support").samples() if s.has_collateral]
+
+
+@pytest.mark.parametrize("sample", INTEL, ids=lambda s: f"{s.tee}/{s.name}")
+def test_every_intel_vector_with_collateral_through_the_cli(sample) -> None:
+    args = [str(sample.path / "quote.bin"), "--at", sample.verify_at.isoformat(), "--json"]
+    if not sample.has_crls:
+        args.append("--no-revocation-check")
+    if sample.trailing_nonzero:
+        args.append("--allow-trailing-bytes")
+    proc = run(*args)
+    if sample.expect_not_supported:
+        assert proc.returncode == 110, proc.stdout
+        assert "not supported" in json.loads(proc.stdout)["error"]["detail"]
+        return
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["platform"] == sample.tee
+    assert doc["tcb_status"] == sample.overall
+
+
+def test_trailing_bytes_are_refused_without_the_flag() -> None:
+    sample = next(s for s in INTEL if s.trailing_nonzero)
+    proc = run(str(sample.path / "quote.bin"), "--at", sample.verify_at.isoformat())
+    assert proc.returncode == 111
+    assert "trailing" in proc.stderr
+
+
+def test_missing_crls_are_collateral_unavailable() -> None:
+    sample = next(s for s in INTEL if not s.has_crls)
+    proc = run(str(sample.path / "quote.bin"), "--at", sample.verify_at.isoformat())
+    assert proc.returncode == 114
+    assert "Traceback" not in proc.stderr

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -50,55 +49,11 @@ def _fail(err: StockadeError, as_json: bool) -> NoReturn:
     sys.exit(err.exit_code)
 
 
-def _parse_time(text: str | None) -> datetime:
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--at {text!r}: not an ISO 8601 time (example: 2025-08-01T00:00:00Z)") from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{what}: cannot read {path}: {exc.strerror}") from None
-
-
-def _verify_report(
-    report_path: Path, certs: Path | None, sim_root: Path | None, at: datetime
-) -> VerifiedClaims:
-    from cryptography import x509
-
-    from stockade.evidence.snp.abi import AttestationReport, Product
-    from stockade.evidence.snp.certs import read_extensions
-    from stockade.evidence.snp.verify import TrustAnchor, amd_anchors, bundled_intermediate, verify_report
-    from stockade.evidence.x509util import der_of, load_der, load_pem_chain
-
-    report = _read(report_path, "EVIDENCE")
-    directory = certs if certs is not None else report_path.parent
-    vcek_path = directory / "vcek.der"
-    if not vcek_path.is_file():
-        raise UsageError(
-            f"no endorsement certificate {vcek_path} (give --certs DIR holding vcek.der, and ask.der or ask_ark.pem)"
-        )
-    vcek = _read(vcek_path, "--certs")
-    if (directory / "ask.der").is_file():
-        ask = _read(directory / "ask.der", "--certs")
-    elif (directory / "ask_ark.pem").is_file():
-        ask = der_of(load_pem_chain(_read(directory / "ask_ark.pem", "--certs"), "ask_ark.pem")[0])
-    else:  # the intermediate AMD publishes for this product and signer, shipped with stockade
-        parsed = AttestationReport.from_bytes(report)
-        product = read_extensions(load_der(vcek, "vcek.der")).product
-        ask = bundled_intermediate(parsed.product(product), parsed.signing_key)
-    anchors: list[TrustAnchor] = list(amd_anchors())
-    if sim_root is not None:
-        blob = _read(sim_root, "--sim-root")
-        root = der_of(x509.load_pem_x509_certificate(blob)) if blob.startswith(b"-----") else blob
-        anchors.append(TrustAnchor("sim", Product.MILAN, root))
-    return verify_report(report, vcek, ask, anchors, at).claims
 
 
 def _load_claims(path: Path) -> VerifiedClaims:
@@ -194,6 +149,11 @@ def policy() -> None:
     help="Directory with vcek.der and ask.der or ask_ark.pem (default: EVIDENCE's directory).",
 )
 @click.option(
+    "--collateral",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="TDX/SGX: directory with the Intel collateral (default: EVIDENCE's collateral/).",
+)
+@click.option(
     "--at", "at_text", metavar="TIME", help="Verification and evaluation time, ISO 8601 (default: now)."
 )
 @click.option(
@@ -209,17 +169,29 @@ def check(
     policy_file: Path | None,
     claims_file: Path | None,
     certs: Path | None,
+    collateral: Path | None,
     at_text: str | None,
     sim_root: Path | None,
     as_json: bool,
     ear_json: str | None,
     ear_cbor: str | None,
 ) -> None:
-    """Check EVIDENCE (an SEV-SNP report file) against a policy and explain
+    """Check EVIDENCE (an SEV-SNP report or a TDX/SGX quote) against a policy and explain
     every verdict. Exit status: 0 accepted, 112 refused, 110/111 evidence
     does not verify / parse, 2 usage error."""
     try:
-        _check(evidence, policy_file, claims_file, certs, at_text, sim_root, as_json, ear_json, ear_cbor)
+        _check(
+            evidence,
+            policy_file,
+            claims_file,
+            certs,
+            collateral,
+            at_text,
+            sim_root,
+            as_json,
+            ear_json,
+            ear_cbor,
+        )
     except StockadeError as err:
         _fail(err, as_json)
 
@@ -229,6 +201,7 @@ def _check(
     policy_file: Path | None,
     claims_file: Path | None,
     certs: Path | None,
+    collateral: Path | None,
     at_text: str | None,
     sim_root: Path | None,
     as_json: bool,
@@ -239,24 +212,34 @@ def _check(
     from stockade.policy import default_policy, ear, evaluate, load_policy
 
     if (evidence is None) == (claims_file is None):
-        raise UsageError("give either EVIDENCE (an SNP report file) or --claims FILE, not both or neither")
-    if claims_file is not None and (certs or sim_root):
-        raise UsageError("--certs and --sim-root apply to EVIDENCE, not to --claims")
+        raise UsageError(
+            "give either EVIDENCE (a report or quote file) or --claims FILE, not both or neither"
+        )
+    if claims_file is not None and (certs or sim_root or collateral):
+        raise UsageError("--certs, --collateral and --sim-root apply to EVIDENCE, not to --claims")
     if claims_file is not None and (ear_json or ear_cbor):
         raise UsageError("an EAR reports an appraisal of verified evidence; --claims input is not verified")
     if ear_json == "-" and ear_cbor == "-":
         raise UsageError("only one of --ear-json and --ear-cbor can write to stdout")
     pol: Policy = load_policy(policy_file) if policy_file is not None else default_policy()
-    at = _parse_time(at_text)
+    from stockade.commands._files import parse_time
+
+    at = parse_time(at_text)
     if claims_file is not None:
         claims = _load_claims(claims_file)
         label = f"claims from file {claims_file}, NOT verified"
         verified = False
     else:
         assert evidence is not None
-        claims = _verify_report(evidence, certs, sim_root, at)
-        root = "sim root" if claims.platform == "sim" else "AMD root"
-        label = f"verified SEV-SNP report {evidence} at {at.isoformat()} ({claims.signer} -> {root})"
+        from stockade.commands._files import verify_file
+
+        verified_file = verify_file(evidence, at, certs=certs, collateral=collateral, sim_root=sim_root)
+        claims = verified_file.claims
+        kind = {"sev-snp-report": "SEV-SNP report", "tdx-quote": "TDX quote", "sgx-quote": "SGX quote"}
+        root = {"sim": "sim root", "snp": "AMD root"}.get(claims.platform, "Intel root")
+        label = (
+            f"verified {kind[verified_file.kind]} {evidence} at {at.isoformat()} ({claims.signer} -> {root})"
+        )
         verified = True
     decision = evaluate(claims, pol, at)
     if ear_json:
