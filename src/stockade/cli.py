@@ -20,7 +20,7 @@ from stockade.errors import StockadeError, UsageError
 
 if TYPE_CHECKING:
     from stockade.client.attest import Appraisal
-    from stockade.client.deploy import DeployResult
+    from stockade.client.deploy import DeployResult, SentHello
     from stockade.host.loader import KeepHandle
     from stockade.policy import Policy
     from stockade.wire.messages import FileEntry
@@ -291,7 +291,11 @@ def _run(opts: RunOptions) -> None:
     # Start the Keep first: its start-up overlaps everything below.
     handle = start_keep(opts.backend, sdir, psp=lambda measurement: serve_in_thread(sdir, measurement))
     try:
-        result, out = _deploy(handle, module, opts, sdir)
+        from stockade.client.deploy import send_hello
+
+        # The nonce goes out at once: the Keep attests while we get ready.
+        hello = send_hello(handle.conn)
+        result, out = _deploy(handle, module, opts, sdir, hello)
     finally:
         handle.close()
     if opts.as_json:
@@ -339,7 +343,7 @@ def _choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy
 
 
 def _deploy(
-    handle: KeepHandle, module: bytes, opts: RunOptions, sdir: Path
+    handle: KeepHandle, module: bytes, opts: RunOptions, sdir: Path, hello: SentHello
 ) -> tuple[DeployResult, dict[int, bytearray]]:
     from stockade.client.attest import TrustConfig
     from stockade.client.deploy import Steps, deploy
@@ -393,7 +397,9 @@ def _deploy(
             click.echo("stockade: sim Keep: NO HARDWARE PROTECTION", err=True)
 
     steps.mark("client_prepare")
-    result = deploy(handle.conn, workload, trust, on_output, on_verified, lambda: handle.wait(0.5), steps)
+    result = deploy(
+        handle.conn, workload, trust, on_output, on_verified, lambda: handle.wait(0.5), steps, hello
+    )
     return result, out
 
 

@@ -47,6 +47,23 @@ class Steps:
         self._t = now
 
 
+@dataclass(frozen=True)
+class SentHello:
+    session: ClientSession
+    nonce: bytes
+
+
+def send_hello(sock: socket.socket) -> SentHello:
+    """Send a fresh 32-byte nonce to the Keep (in clear: it is public)."""
+    session = ClientSession()
+    nonce = secrets.token_bytes(32)
+    try:
+        sock.sendall(session.hello(nonce))
+    except OSError as exc:
+        raise KeepDied(f"the Keep closed the connection before the hello ({type(exc).__name__})") from None
+    return SentHello(session, nonce)
+
+
 def deploy(
     sock: socket.socket,
     workload: Workload,
@@ -55,10 +72,14 @@ def deploy(
     on_verified: Callable[[Appraisal], None] = lambda a: None,
     keep_exit_status: Callable[[], int | None] = lambda: None,
     steps: Steps | None = None,
+    hello: SentHello | None = None,
 ) -> DeployResult:
+    """Run one deploy session over ``sock``. ``hello`` is the hello already
+    sent by :func:`send_hello` (callers send it as soon as the Keep starts,
+    so that the Keep attests while the client is still getting ready)."""
     steps = steps or Steps()
-    session = ClientSession()
-    nonce = secrets.token_bytes(32)
+    hello = hello or send_hello(sock)
+    session, nonce = hello.session, hello.nonce
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
 
     def died(during: str) -> KeepDied:
@@ -73,7 +94,6 @@ def deploy(
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        sock.sendall(session.hello(nonce))
         tls = ctx.wrap_socket(sock, server_hostname=None)
     except (ssl.SSLError, OSError) as exc:
         raise died(f"during the TLS handshake ({type(exc).__name__})") from None
