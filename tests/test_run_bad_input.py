@@ -209,7 +209,7 @@ def test_wrong_expected_measurement(stockade) -> None:
     proc = run_q(stockade, "--expect-measurement", wrong, str(HELLO))
     line = failure(proc, 112, "refused by policy", "measurement", wrong)
     assert proc.stdout == b"", "the workload must not run"
-    assert "is not the expected" in line
+    assert "measurements: expected" in line and "actual" in line
 
 
 # --------------------------------------------------------------------------- workload behaviour

@@ -94,7 +94,7 @@ def test_hello_alice(stockade) -> None:
     assert re.search(r"measurement\s+[0-9a-f]{96}\n", err), err
     assert "freshness" in err
     assert "report binds this session's nonce and the Keep's TLS key" in err
-    assert "matches this installation's Keep runtime" in err
+    assert "measurement pinned to this installation's Keep runtime" in err
 
 
 def test_hello_quiet_prints_no_summary(stockade) -> None:
@@ -120,7 +120,8 @@ def test_hello_json(stockade) -> None:
     assert re.fullmatch(r"[0-9a-f]{96}", att["measurement"]), att["measurement"]
     assert att["debug"] is False
     assert any("freshness" in c for c in att["checks"])
-    assert any("measurement matches" in c for c in att["checks"])
+    assert any("policy" in c and "accepted" in c for c in att["checks"])
+    assert doc["policy"]["accepted"] is True
     timing = doc["timing_ms"]
     assert isinstance(timing, dict)
     assert {"attest_and_handshake", "verify", "run"} <= set(timing)
