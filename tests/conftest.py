@@ -10,9 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from stockade.testing.amd import FakeAmdPki
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -44,3 +49,37 @@ def stockade(state_dir: Path):
         )
 
     return run
+
+
+@pytest.fixture(scope="module")
+def wasm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``wasm("name")`` -> path of tests/data/wasm/name.wat compiled to a .wasm file."""
+    import wasmtime
+
+    out = tmp_path_factory.mktemp("wasm")
+
+    def build(name: str) -> Path:
+        target = out / f"{name}.wasm"
+        if not target.exists():
+            target.write_bytes(wasmtime.wat2wasm((DATA / "wasm" / f"{name}.wat").read_text()))
+        return target
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def milan() -> FakeAmdPki:
+    """A fake AMD PKI for Milan (stockade.testing.amd), one per test module."""
+    from stockade.evidence.snp.abi import Product
+    from stockade.testing.amd import FakeAmdPki
+
+    return FakeAmdPki(Product.MILAN)
+
+
+@pytest.fixture(scope="module")
+def turin() -> FakeAmdPki:
+    """A fake AMD PKI for Turin (stockade.testing.amd), one per test module."""
+    from stockade.evidence.snp.abi import Product
+    from stockade.testing.amd import FakeAmdPki
+
+    return FakeAmdPki(Product.TURIN)

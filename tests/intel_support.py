@@ -3,18 +3,16 @@ see its README.md) and shared fixtures of the fake Intel PKI."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
-from pathlib import Path
 from typing import Any
 
+from evidence_support import VECTORS, VectorSample
 from stockade.evidence.intel.collateral import load_collateral_dir
 from stockade.evidence.intel.verify import Collateral
 from stockade.testing.intel import FakeIntelPki, FakePck
 
-VECTORS = Path(__file__).resolve().parent / "data" / "vectors"
 TDX = VECTORS / "tdx"
 SGX = VECTORS / "sgx"
 COMMON_INTEL = VECTORS / "common" / "intel"
@@ -23,21 +21,12 @@ COLLECTED = datetime(2026, 11, 24, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
-class Sample:
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return self.path.name
+class Sample(VectorSample):
+    """One directory of tests/data/vectors/tdx or tests/data/vectors/sgx."""
 
     @property
     def tee(self) -> str:
         return self.path.parent.name
-
-    @cached_property
-    def expected(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.path / "expected.json").read_text())
-        return data
 
     @cached_property
     def quote(self) -> bytes:
@@ -103,9 +92,3 @@ def shared_pki() -> FakeIntelPki:
 @lru_cache(maxsize=4)
 def shared_pck(ca: str = "platform") -> FakePck:
     return shared_pki().pck(ca=ca)
-
-
-def flip(data: bytes, pos: int, mask: int = 0x01) -> bytes:
-    buf = bytearray(data)
-    buf[pos] ^= mask
-    return bytes(buf)

@@ -9,7 +9,6 @@ fail while every other check still passes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from evidence_support import VECTORS, VectorSample
 from stockade.evidence.sim import chip as simchip
 from stockade.evidence.snp import certs as amd
 from stockade.evidence.snp.abi import SIGNED_SIZE, Product, with_signature
@@ -30,7 +30,6 @@ from stockade.evidence.snp.verify import TrustAnchor
 from stockade.evidence.x509util import der_of, load_der, load_pem_chain
 from stockade.wire import der
 
-VECTORS = Path(__file__).resolve().parent / "data" / "vectors"
 SNP = VECTORS / "snp"
 COMMON_AMD = VECTORS / "common" / "amd"
 
@@ -43,19 +42,8 @@ PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 
 @dataclass(frozen=True)
-class Sample:
+class Sample(VectorSample):
     """One directory of tests/data/vectors/snp."""
-
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @cached_property
-    def expected(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.path / "expected.json").read_text())
-        return data
 
     @cached_property
     def report(self) -> bytes:

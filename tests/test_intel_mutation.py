@@ -29,8 +29,8 @@ from datetime import timedelta
 
 import pytest
 
+from evidence_support import flip, mutation_outcomes
 from intel_support import Sample, sample, samples
-from stockade.errors import MalformedEvidence, VerificationFailed
 from stockade.evidence.intel.abi import Quote
 from stockade.evidence.intel.verify import check_quote, verify_quote
 from stockade.evidence.x509util import load_der
@@ -53,21 +53,8 @@ def oracle(s: Sample) -> Oracle:
 def run(
     check: Oracle, base: bytes, positions: Iterable[int], masks: tuple[int, ...]
 ) -> tuple[Counter[str], list[str]]:
-    outcomes: Counter[str] = Counter()
-    problems: list[str] = []
-    for pos in positions:
-        for mask in masks:
-            buf = bytearray(base)
-            buf[pos] ^= mask
-            try:
-                check(bytes(buf))
-            except (MalformedEvidence, VerificationFailed) as exc:
-                outcomes[type(exc).__name__] += 1
-            except Exception as exc:
-                problems.append(f"{pos}^0x{mask:02x}: {type(exc).__name__}: {exc}")
-            else:
-                problems.append(f"{pos}^0x{mask:02x}: accepted")
-    return outcomes, problems
+    mutants = ((f"{pos}^0x{mask:02x}", flip(base, pos, mask)) for pos in positions for mask in masks)
+    return mutation_outcomes(check, mutants)
 
 
 def regions(s: Sample) -> tuple[range, range, range]:

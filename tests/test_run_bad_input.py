@@ -4,7 +4,8 @@ a Keep that dies.
 Each test checks the exit code (src/stockade/errors.py, docs/exit-codes.md),
 a distinctive part of the one-line ``stockade: <title>: <detail>`` message on
 stderr, and that no Python traceback escaped. Test modules are WAT sources in
-tests/data/wasm/, compiled with ``wasmtime.wat2wasm`` at test time.
+tests/data/wasm/, compiled with ``wasmtime.wat2wasm`` at test time (conftest's
+``wasm``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,23 +24,8 @@ import wasmtime
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
-WAT_DIR = Path(__file__).resolve().parent / "data" / "wasm"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def wasm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``wasm("name")`` -> path of tests/data/wasm/name.wat compiled to a .wasm file."""
-    out = tmp_path_factory.mktemp("wasm")
-
-    def build(name: str) -> Path:
-        target = out / f"{name}.wasm"
-        if not target.exists():
-            target.write_bytes(wasmtime.wat2wasm((WAT_DIR / f"{name}.wat").read_text()))
-        return target
-
-    return build
 
 
 def exit_module(tmp_path: Path, code: int) -> Path:

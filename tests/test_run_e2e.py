@@ -3,7 +3,7 @@
 Every test starts real processes (``python -m stockade run ...``): the CLI,
 the Keep runtime and the sim PSP, with the session's sim chip (conftest's
 ``state_dir``). Small test modules are WAT sources in tests/data/wasm/,
-compiled with ``wasmtime.wat2wasm`` at test time.
+compiled with ``wasmtime.wat2wasm`` at test time (conftest's ``wasm``).
 """
 
 from __future__ import annotations
@@ -17,34 +17,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import wasmtime
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 HELLO = EXAMPLES / "hello" / "hello.wasm"
 WORDCOUNT = EXAMPLES / "wordcount" / "wordcount.wasm"
 SAMPLE = EXAMPLES / "wordcount" / "sample.txt"
-WAT_DIR = Path(__file__).resolve().parent / "data" / "wasm"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def wasm(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``wasm("name")`` -> path of tests/data/wasm/name.wat compiled to a .wasm file."""
-    out = tmp_path_factory.mktemp("wasm")
-
-    def build(name: str) -> Path:
-        target = out / f"{name}.wasm"
-        if not target.exists():
-            target.write_bytes(wasmtime.wat2wasm((WAT_DIR / f"{name}.wat").read_text()))
-        return target
-
-    return build
 
 
 def sha256_line(guest_path: str, data: bytes) -> str:

@@ -139,16 +139,6 @@ class Sleeps(list[float]):
 
 
 @pytest.fixture(scope="module")
-def milan() -> FakeAmdPki:
-    return FakeAmdPki(Product.MILAN)
-
-
-@pytest.fixture(scope="module")
-def turin() -> FakeAmdPki:
-    return FakeAmdPki(Product.TURIN)
-
-
-@pytest.fixture(scope="module")
 def chips(milan: FakeAmdPki, turin: FakeAmdPki) -> dict[Product, FakeEndorsement]:
     return {Product.MILAN: milan.vcek(), Product.TURIN: turin.vcek()}
 

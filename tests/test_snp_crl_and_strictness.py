@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from snp_support import VERIFY_AT, patch, report_samples, sample
+from snp_support import PSS, VERIFY_AT, patch, report_samples, sample
 from stockade.errors import CollateralUnavailable, MalformedEvidence, VerificationFailed
 from stockade.evidence.snp.abi import Product, SigningKey, TcbVersion
 from stockade.evidence.snp.verify import VerifiedReport, amd_anchors, verify_report
@@ -22,7 +22,6 @@ from stockade.evidence.x509util import serial
 from stockade.testing.amd import FakeAmdPki, FakeEndorsement
 
 OAK = "milan-v3-oak"
-PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 _OTHER_KEY: list[rsa.RSAPrivateKey] = []
 
 
@@ -32,16 +31,6 @@ def other_rsa_key() -> rsa.RSAPrivateKey:
     if not _OTHER_KEY:
         _OTHER_KEY.append(rsa.generate_private_key(65537, 2048))
     return _OTHER_KEY[0]
-
-
-@pytest.fixture(scope="module")
-def milan() -> FakeAmdPki:
-    return FakeAmdPki(Product.MILAN)
-
-
-@pytest.fixture(scope="module")
-def turin() -> FakeAmdPki:
-    return FakeAmdPki(Product.TURIN)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ fetching anything."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from stockade.commands._output import fail
 from stockade.errors import StockadeError
 
 
@@ -88,13 +88,7 @@ def verify(
             check_revocation=not no_revocation_check,
         )
     except StockadeError as err:
-        if as_json:
-            click.echo(
-                json.dumps({"error": {"type": err.problem_type, "title": err.title, "detail": err.detail}})
-            )
-        else:
-            click.echo(f"stockade: {err.title}: {err.detail}", err=True)
-        sys.exit(err.exit_code)
+        fail(err, as_json)
     doc: dict[str, Any] = {"evidence": verified.kind, **verified.claims.to_json(), "checks": verified.checks}
     if no_revocation_check and verified.kind != "sev-snp-report":
         doc["checks"].append("revocation NOT checked (--no-revocation-check)")

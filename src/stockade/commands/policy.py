@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from stockade import __version__
+from stockade.commands._output import fail
 from stockade.errors import StockadeError, UsageError
 
 if TYPE_CHECKING:
@@ -30,23 +31,6 @@ if TYPE_CHECKING:
 
 _VERDICT_STYLE = {"pass": "green", "fail": "bold red", "n/a": "dim"}
 SIM_LABEL = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
-
-
-def _fail(err: StockadeError, as_json: bool) -> NoReturn:
-    if as_json:
-        doc = {
-            "exit_code": err.exit_code,
-            "error": {
-                "type": err.problem_type,
-                "title": err.title,
-                "detail": err.detail,
-                "exit_code": err.exit_code,
-            },
-        }
-        click.echo(json.dumps(doc, indent=2))
-    else:
-        click.echo(f"stockade: {err.title}: {err.detail}", err=True)
-    sys.exit(err.exit_code)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -193,7 +177,7 @@ def check(
             ear_cbor,
         )
     except StockadeError as err:
-        _fail(err, as_json)
+        fail(err, as_json, indent=2)
 
 
 def _check(

@@ -1,4 +1,5 @@
-"""Certificate loading shared by the verifiers.
+"""Certificate loading, and the validity-at-a-time check, shared by the
+verifiers.
 
 AMD's ARK, ASK and VCEK certificates carry serial number 0, which RFC 5280
 forbids; pyca/cryptography (46-50) loads them with a
@@ -25,12 +26,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import warnings
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
 
-from stockade.errors import MalformedEvidence
+from stockade.errors import MalformedEvidence, VerificationFailed
 
 _PARSE_ERRORS = (ValueError, x509.InvalidVersion, x509.DuplicateExtension, UnsupportedAlgorithm)
 
@@ -117,3 +119,20 @@ def serial(cert: x509.Certificate) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         return cert.serial_number
+
+
+def check_window(what: str, at: datetime, start: datetime, end: datetime, start_label: str) -> None:
+    """VerificationFailed unless ``start <= at <= end``; ``start_label``
+    names the start in the message ("from" for a certificate's notBefore,
+    "thisUpdate" for a CRL)."""
+    if at < start:
+        raise VerificationFailed(
+            f"{what} is not yet valid at {at.isoformat()} ({start_label} {start.isoformat()})"
+        )
+    if at > end:
+        raise VerificationFailed(f"{what} expired at {end.isoformat()} (checked at {at.isoformat()})")
+
+
+def check_validity(cert: x509.Certificate, what: str, at: datetime) -> None:
+    """VerificationFailed unless ``at`` is inside the certificate's validity."""
+    check_window(what, at, cert.not_valid_before_utc, cert.not_valid_after_utc, "from")

@@ -28,16 +28,14 @@ Usage::
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from stockade.evidence.snp.abi import Product, SigningKey
 from stockade.evidence.snp.verify import HWID_LENGTH
+from stockade.testing._fakeserver import FaultBase, LoopbackServer
 from stockade.testing.amd import FakeAmdPki, FakeEndorsement
 
 _SPL_PARAMS = {"blSPL": "bootloader", "teeSPL": "tee", "snpSPL": "snp", "ucodeSPL": "microcode"}
@@ -48,21 +46,16 @@ _DER_CRL = "application/pkix-crl"
 
 
 @dataclass
-class Fault:
+class Fault(FaultBase):
     """What to do instead of (``status``, ``garbage``) or before (``delay``)
     the normal answer, for the next ``times`` requests whose path starts with
-    ``path`` (None: every request; ``times`` None: forever)."""
+    ``path`` (None: every request; ``times`` None: forever). ``kind`` is
+    "status", "delay" or "garbage"."""
 
-    kind: str  # "status", "delay" or "garbage"
-    path: str | None = None
-    times: int | None = 1
     status: int = 200
     retry_after: str | None = None
     body: bytes = b""
     seconds: float = 0.0
-
-    def matches(self, path: str) -> bool:
-        return (self.times is None or self.times > 0) and (self.path is None or path.startswith(self.path))
 
 
 @dataclass(frozen=True)
@@ -76,67 +69,17 @@ class Request:
         return f"{self.path}?{self.query}" if self.query else self.path
 
 
-class FakeKds:
+class FakeKds(LoopbackServer[Fault, Request]):
     """The fake KDS. ``start``/``stop``, or use it as a context manager."""
 
+    _thread_name = "fake-kds"
+    _poll_interval = 0.02
+    _not_started = "the fake KDS is not started"
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._static: dict[str, tuple[bytes, str]] = {}
         self._vceks: dict[tuple[str, str, tuple[tuple[str, int], ...]], bytes] = {}
-        self._faults: list[Fault] = []
-        self.requests: list[Request] = []
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle ---
-
-    def start(self) -> FakeKds:
-        if self._server is not None:
-            return self
-        kds = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                kds._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._stopping.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-kds", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # ends pending delays
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeKds:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the fake KDS is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     # --- content ---
 
@@ -174,11 +117,6 @@ class FakeKds:
 
     # --- faults ---
 
-    def _add(self, fault: Fault) -> Fault:
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
     def fail(
         self,
         status: int,
@@ -210,11 +148,6 @@ class FakeKds:
         with self._lock:
             self._faults.clear()
 
-    def count(self, path_prefix: str = "") -> int:
-        """Requests received so far whose path starts with ``path_prefix``."""
-        with self._lock:
-            return sum(1 for r in self.requests if r.path.startswith(path_prefix))
-
     # --- serving ---
 
     def _take_faults(self, path: str) -> list[Fault]:
@@ -233,8 +166,7 @@ class FakeKds:
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         split = urlsplit(handler.path)
-        with self._lock:
-            self.requests.append(Request("GET", split.path, split.query))
+        self._record(Request("GET", split.path, split.query))
         for fault in self._take_faults(split.path):
             if fault.kind == "delay":
                 if self._stopping.wait(fault.seconds):
@@ -283,25 +215,6 @@ class FakeKds:
         if der is None:
             return 404, b"Not Found", "text/plain"
         return 200, der, _DER_CERT
-
-    @staticmethod
-    def _send(
-        handler: BaseHTTPRequestHandler,
-        status: int,
-        body: bytes,
-        ctype: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        try:
-            handler.send_response(status)
-            handler.send_header("Content-Type", ctype)
-            handler.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                handler.send_header(name, value)
-            handler.end_headers()
-            handler.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. timed out): nothing to do
 
 
 def serve(pkis: Iterable[FakeAmdPki] = (), vceks: Iterable[FakeEndorsement] = ()) -> FakeKds:

@@ -29,14 +29,13 @@ Usage::
 from __future__ import annotations
 
 import re
-import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 
 from stockade.evidence.intel.verify import Collateral
+from stockade.testing._fakeserver import FaultBase, LoopbackServer
 
 ROOT_CRL_PATH = "/IntelSGXRootCA.der"
 _TCB = re.compile(r"^/(sgx|tdx)/certification/v4/tcb$")
@@ -45,20 +44,14 @@ _PCK_CRL = "/sgx/certification/v4/pckcrl"
 
 
 @dataclass
-class Fault:
+class Fault(FaultBase):
     """Instead of the normal answer (``status``, ``garbage``, ``no_header``)
     or before it (``delay``), for the next ``times`` requests (None:
     forever) whose path starts with ``path`` (None: every path)."""
 
-    kind: str
-    path: str | None = None
-    times: int | None = 1
     status: int = 200
     body: bytes = b""
     seconds: float = 0.0
-
-    def matches(self, path: str) -> bool:
-        return (self.times is None or self.times > 0) and (self.path is None or path.startswith(self.path))
 
 
 @dataclass(frozen=True)
@@ -74,63 +67,19 @@ class _Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class FakePcs:
+class FakePcs(LoopbackServer[Fault, Request]):
     """The fake PCS. ``start``/``stop``, or use it as a context manager."""
 
+    _not_started = "FakePcs is not started"
+
     def __init__(self) -> None:
+        super().__init__()
         self.tcb_infos: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self.qe_identities: dict[str, tuple[bytes, bytes]] = {}
         self.pck_crls: dict[str, tuple[bytes, bytes]] = {}
         self.root_crl: bytes | None = None
-        self.faults: list[Fault] = []
-        self.requests: list[Request] = []
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # --- lifecycle ------------------------------------------------------------------
-
-    def start(self) -> FakePcs:
-        pcs = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                pcs._handle(self)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakePcs:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakePcs is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    # --- lifecycle (start, stop, base_url: LoopbackServer) -----------------------------
 
     @property
     def root_crl_url(self) -> str:
@@ -153,10 +102,14 @@ class FakePcs:
 
     # --- faults -------------------------------------------------------------------------
 
-    def _add(self, fault: Fault) -> Fault:
-        with self._lock:
-            self.faults.append(fault)
-        return fault
+    @property
+    def faults(self) -> list[Fault]:
+        """The programmed faults, in the order they were added."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, value: list[Fault]) -> None:
+        self._faults = value
 
     def fail(self, status: int, *, path: str | None = None, times: int | None = 1) -> Fault:
         return self._add(Fault("status", path, times, status=status))
@@ -172,15 +125,11 @@ class FakePcs:
     def delay(self, seconds: float, *, path: str | None = None, times: int | None = 1) -> Fault:
         return self._add(Fault("delay", path, times, seconds=seconds))
 
-    def count(self, path_prefix: str = "") -> int:
-        with self._lock:
-            return sum(1 for r in self.requests if r.path.startswith(path_prefix))
-
     # --- serving --------------------------------------------------------------------------
 
     def _take_faults(self, path: str) -> list[Fault]:
         with self._lock:
-            taken = [f for f in self.faults if f.matches(path)]
+            taken = [f for f in self._faults if f.matches(path)]
             for f in taken:
                 if f.times is not None:
                     f.times -= 1
@@ -188,8 +137,7 @@ class FakePcs:
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         split = urllib.parse.urlsplit(handler.path)
-        with self._lock:
-            self.requests.append(Request(split.path, split.query))
+        self._record(Request(split.path, split.query))
         faults = self._take_faults(split.path)
         for f in faults:
             if f.kind == "delay":
@@ -237,21 +185,6 @@ class FakePcs:
                     return 404, None
                 return 200, _Answer(self.root_crl, "application/pkix-crl")
         return 404, None
-
-    @staticmethod
-    def _send(
-        handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str, headers: dict[str, str]
-    ) -> None:
-        try:
-            handler.send_response(status)
-            handler.send_header("Content-Type", content_type)
-            handler.send_header("Content-Length", str(len(body)))
-            for name, value in headers.items():
-                handler.send_header(name, value)
-            handler.end_headers()
-            handler.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. a timeout test)
 
 
 def _quote(pem: bytes) -> str:

@@ -78,7 +78,7 @@ from stockade.evidence.intel.tcbinfo import (
 )
 from stockade.evidence.sgx.abi import EnclaveReport
 from stockade.evidence.tdx.abi import TdReport
-from stockade.evidence.x509util import load_der
+from stockade.evidence.x509util import check_validity, load_der
 
 CN = x509.NameOID.COMMON_NAME
 ROOT_CN = "Intel SGX Root CA"
@@ -221,17 +221,6 @@ def _signed_by(child_der: bytes, issuer_der: bytes, what: str) -> None:
         ) from None
 
 
-def _valid_at(cert: x509.Certificate, what: str, at: datetime) -> None:
-    if at < cert.not_valid_before_utc:
-        raise VerificationFailed(
-            f"{what} is not yet valid at {at.isoformat()} (from {cert.not_valid_before_utc.isoformat()})"
-        )
-    if at > cert.not_valid_after_utc:
-        raise VerificationFailed(
-            f"{what} expired at {cert.not_valid_after_utc.isoformat()} (checked at {at.isoformat()})"
-        )
-
-
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
@@ -275,14 +264,7 @@ def _crl(data: bytes, issuer_der: bytes, what: str) -> _Crl:
 
 
 def _crl_at(crl: _Crl, what: str, at: datetime) -> None:
-    if at < crl.this_update:
-        raise VerificationFailed(
-            f"{what} is not yet valid at {at.isoformat()} (thisUpdate {crl.this_update.isoformat()})"
-        )
-    if at > crl.next_update:
-        raise VerificationFailed(
-            f"{what} expired: nextUpdate {crl.next_update.isoformat()} is before {at.isoformat()}"
-        )
+    _window(what, crl.this_update, crl.next_update, at, "thisUpdate")
 
 
 @functools.lru_cache(maxsize=64)
@@ -301,9 +283,15 @@ def _qe_identity(body: bytes, signer_der: bytes) -> EnclaveIdentity:
     return parse_enclave_identity(signed.value)
 
 
-def _window(what: str, issue: datetime, next_update: datetime, at: datetime) -> None:
+def _window(
+    what: str, issue: datetime, next_update: datetime, at: datetime, issue_label: str = "issued"
+) -> None:
+    """Intel's collateral window (TCB info, QE identity, CRLs): issued (or
+    thisUpdate) <= at <= nextUpdate. Certificates use x509util.check_validity."""
     if at < issue:
-        raise VerificationFailed(f"{what} is not yet valid at {at.isoformat()} (issued {issue.isoformat()})")
+        raise VerificationFailed(
+            f"{what} is not yet valid at {at.isoformat()} ({issue_label} {issue.isoformat()})"
+        )
     if at > next_update:
         raise VerificationFailed(
             f"{what} expired: nextUpdate {next_update.isoformat()} is before {at.isoformat()}"
@@ -356,7 +344,7 @@ def _check_pck_chain(quote: Quote, root_der: bytes, at: datetime) -> _Pck:
         (ca_der, "PCK CA certificate"),
         (leaf_der, "PCK certificate"),
     ):
-        _valid_at(_cert(der, what), what, at)
+        check_validity(_cert(der, what), what, at)
     return _Pck(leaf, leaf_der, ca_der, ca_kind, _sgx_extension(leaf_der))
 
 
@@ -475,7 +463,7 @@ def _tcb_signer_der(chain_pem: bytes, root_der: bytes) -> bytes:
 
 def _tcb_signer(collateral: Collateral, root_der: bytes, at: datetime) -> bytes:
     signer_der = _tcb_signer_der(collateral.tcb_signing_chain, root_der)
-    _valid_at(_cert(signer_der, "TCB Signing certificate"), "TCB Signing certificate", at)
+    check_validity(_cert(signer_der, "TCB Signing certificate"), "TCB Signing certificate", at)
     return signer_der
 
 

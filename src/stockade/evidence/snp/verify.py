@@ -49,7 +49,15 @@ from stockade.errors import CollateralUnavailable, MalformedEvidence, Verificati
 from stockade.evidence.claims import _VERIFIED, VerifiedClaims
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey
 from stockade.evidence.snp.certs import EndorsementExtensions, read_extensions
-from stockade.evidence.x509util import der_of, fingerprint, load_der, load_pem_chain, serial
+from stockade.evidence.x509util import (
+    check_validity,
+    check_window,
+    der_of,
+    fingerprint,
+    load_der,
+    load_pem_chain,
+    serial,
+)
 
 _PSS_OID = x509.oid.SignatureAlgorithmOID.RSASSA_PSS
 
@@ -96,17 +104,6 @@ def bundled_intermediate(product: Product, signer: SigningKey) -> bytes:
     name = f"{stem}_{product.value.lower()}{suffix}.pem"
     pem = (resources.files(__package__) / "roots" / name).read_bytes()
     return der_of(load_pem_chain(pem, name)[0])
-
-
-def _check_validity(cert: x509.Certificate, what: str, at: datetime) -> None:
-    if at < cert.not_valid_before_utc:
-        raise VerificationFailed(
-            f"{what} is not yet valid at {at.isoformat()} (from {cert.not_valid_before_utc.isoformat()})"
-        )
-    if at > cert.not_valid_after_utc:
-        raise VerificationFailed(
-            f"{what} expired at {cert.not_valid_after_utc.isoformat()} (checked at {at.isoformat()})"
-        )
 
 
 @functools.lru_cache(maxsize=256)
@@ -284,14 +281,7 @@ def _check_crls(
             continue
         _crl_signed_by(crl.der, signer)
         name = crl.issuer.rfc4514_string()
-        if at < crl.this_update:
-            raise VerificationFailed(
-                f"CRL of {name} is not yet valid at {at.isoformat()} (thisUpdate {crl.this_update.isoformat()})"
-            )
-        if at > crl.next_update:
-            raise VerificationFailed(
-                f"CRL of {name} expired at {crl.next_update.isoformat()} (checked at {at.isoformat()})"
-            )
+        check_window(f"CRL of {name}", at, crl.this_update, crl.next_update, "thisUpdate")
         used.append(crl)
     checked = (
         (inter_cert, "intermediate certificate (ASK/ASVK)"),
@@ -383,7 +373,7 @@ def verify_report(
         (intermediate, "intermediate certificate"),
         (endorsement, "endorsement certificate"),
     ):
-        _check_validity(cert, what, at)
+        check_validity(cert, what, at)
     crl_issuers, root_crl = _check_crls(
         crls, (ark, anchor.ark_der), (intermediate, intermediate_der), endorsement, at
     )
