@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from stockade import __version__
+from stockade.commands._output import fail
 from stockade.errors import StockadeError, UsageError
 
 if TYPE_CHECKING:
@@ -137,27 +138,6 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _fail(err: StockadeError, as_json: bool) -> NoReturn:
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "exit_code": err.exit_code,
-                    "exit_code_source": "stockade",
-                    "error": {
-                        "type": err.problem_type,
-                        "title": err.title,
-                        "detail": err.detail,
-                        "exit_code": err.exit_code,
-                    },
-                }
-            )
-        )
-    else:
-        click.echo(f"stockade: {err.title}: {err.detail}", err=True)
-    sys.exit(err.exit_code)
-
-
 def _summary(appraisal: Appraisal, policy_note: str) -> str:
     c = appraisal.claims
     platform = SIM_WARNING if c.platform == "sim" else f"{c.platform} ({c.product})"
@@ -260,7 +240,7 @@ def run(**kwargs: Any) -> None:
     try:
         _run(opts)
     except StockadeError as err:
-        _fail(err, opts.as_json)
+        fail(err, opts.as_json, exit_code_source="stockade")
     except KeyboardInterrupt:
         click.echo("stockade: interrupted", err=True)
         sys.exit(130)
@@ -405,9 +385,11 @@ def _deploy(
 
 def _register() -> None:
     from stockade.commands.evidence import evidence
+    from stockade.commands.host import host
     from stockade.commands.policy import policy
 
     main.add_command(evidence)
+    main.add_command(host)
     main.add_command(policy)
 
 
