@@ -17,7 +17,7 @@ import click
 
 from stockade import __version__
 from stockade.commands._output import fail
-from stockade.errors import StockadeError, UsageError
+from stockade.errors import KeepDied, StockadeError, UsageError
 
 if TYPE_CHECKING:
     from stockade.client.attest import Appraisal
@@ -276,6 +276,9 @@ def _run(opts: RunOptions) -> None:
         # The nonce goes out at once: the Keep attests while we get ready.
         hello = send_hello(handle.conn)
         result, out = _deploy(handle, module, opts, sdir, hello)
+    except KeepDied as err:
+        # The host-side log of the Keep process (never workload data) says why.
+        raise KeepDied(f"{err.detail}; Keep log: {handle.log_path}") from None
     finally:
         handle.close()
     if opts.as_json:
