@@ -389,10 +389,13 @@ def _deploy(
 def _register() -> None:
     from stockade.commands.evidence import evidence
     from stockade.commands.host import host
+    from stockade.commands.package import key, package
     from stockade.commands.policy import policy
 
     main.add_command(evidence)
     main.add_command(host)
+    main.add_command(key)
+    main.add_command(package)
     main.add_command(policy)
 
 

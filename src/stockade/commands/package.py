@@ -1,0 +1,242 @@
+"""``stockade package build|inspect|sign|verify`` and ``stockade key
+generate``: signed workload packages (docs/package.md). Exit codes: 0 ok,
+2 bad command line or build input, 110 a signature check failed or too few
+trusted signatures, 117 the package itself is malformed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from stockade.commands._output import fail
+from stockade.errors import StockadeError, UsageError
+
+if TYPE_CHECKING:
+    from stockade.package import Package
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _doc(pkg: Package) -> dict[str, Any]:
+    return {
+        "digest": pkg.digest.hex(),
+        "manifest": pkg.manifest.to_map(),
+        "files": [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in pkg.files],
+        "signatures": [{"alg": s.alg, "kid": s.kid, "role": s.role} for s in pkg.signatures],
+    }
+
+
+@click.group()
+def package() -> None:
+    """Build, inspect, sign and verify workload packages."""
+
+
+@package.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Package file to write (conventionally NAME.stockade).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def build(directory: Path, out: Path, as_json: bool) -> None:
+    """Build a package from DIRECTORY/Stockade.toml (unsigned)."""
+    from stockade.package import Package
+    from stockade.package import build as build_package
+
+    try:
+        if not (directory / "Stockade.toml").is_file():
+            raise UsageError(f"{directory}: no Stockade.toml")
+        data = build_package(directory)
+        pkg = Package.from_bytes(data)
+        _write_atomic(out, data)
+    except StockadeError as err:
+        fail(err, as_json)
+    if as_json:
+        click.echo(json.dumps({"package": str(out), "digest": pkg.digest.hex(), "size": len(data)}))
+    else:
+        click.echo(f"{out}: {len(data)} bytes, digest sha256:{pkg.digest.hex()}")
+
+
+@package.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect(path: Path, as_json: bool) -> None:
+    """Show a package's manifest, files, digest and signatures (signatures
+    are listed, not verified: use `stockade package verify`)."""
+    from stockade.package import Package
+
+    try:
+        pkg = Package.from_bytes(_read(path))
+    except StockadeError as err:
+        fail(err, as_json)
+    doc = _doc(pkg)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    m = Table(title=f"{path.name}: manifest", show_header=False)
+    m.add_column("key")
+    m.add_column("value", overflow="fold")
+    for key, value in doc["manifest"].items():
+        text = json.dumps(value) if not isinstance(value, str) else value
+        m.add_row(key, text)
+    console.print(m)
+    f = Table(title="files")
+    f.add_column("path", overflow="fold")
+    f.add_column("size", justify="right")
+    f.add_column("sha256", overflow="fold")
+    for item in doc["files"]:
+        f.add_row(item["path"], str(item["size"]), item["sha256"])
+    console.print(f)
+    console.print(f"digest  sha256:{doc['digest']}")
+    if not doc["signatures"]:
+        console.print("signatures  none")
+    for s in doc["signatures"]:
+        console.print(f"signature  {s['alg']} {s['role']} kid {s['kid']} (not verified)")
+
+
+@package.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ed25519 private key (PEM), from `stockade key generate`.",
+)
+@click.option("--role", type=click.Choice(["author", "reviewer"]), default="author", show_default=True)
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the signed package here (default: replace PATH).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def sign(path: Path, key_path: Path, role: str, out: Path | None, as_json: bool) -> None:
+    """Add a signature over PATH's content digest (replacing an earlier one
+    by the same key)."""
+    from stockade.package import Package, key_id, load_private_key
+    from stockade.package import sign as sign_package
+
+    try:
+        key = load_private_key(key_path)
+        data = sign_package(_read(path), key, role)
+        pkg = Package.from_bytes(data)
+        _write_atomic(out or path, data)
+    except StockadeError as err:
+        fail(err, as_json)
+    kid = key_id(key.public_key())
+    if as_json:
+        click.echo(
+            json.dumps({"package": str(out or path), "digest": pkg.digest.hex(), "kid": kid, "role": role})
+        )
+    else:
+        click.echo(f"{out or path}: signed as {role} by {kid} (digest sha256:{pkg.digest.hex()})")
+
+
+@package.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--signer",
+    "signers",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Trusted Ed25519 public key (PEM); repeat.",
+)
+@click.option(
+    "--require",
+    "required",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many valid signatures by distinct trusted keys are needed.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(path: Path, signers: tuple[Path, ...], required: int, as_json: bool) -> None:
+    """Check PATH's structure, digest and signatures against trusted keys."""
+    from stockade.package import Package, key_id, load_public_key, verify_signatures
+
+    try:
+        keys = [load_public_key(p) for p in signers]
+        names = {key_id(k): str(p) for k, p in zip(keys, signers, strict=True)}
+        if required > len(names):
+            raise UsageError(f"--require {required} but only {len(names)} distinct trusted key(s) given")
+        pkg = Package.from_bytes(_read(path))
+        verified = verify_signatures(pkg, keys, required)
+    except StockadeError as err:
+        fail(err, as_json)
+    signer_docs = [{"kid": s.kid, "role": s.role, "key": names[s.kid]} for s in verified.signers]
+    doc: dict[str, Any] = {
+        "package": str(path),
+        "digest": verified.digest.hex(),
+        "required": required,
+        "signers": signer_docs,
+        "untrusted": list(verified.untrusted),
+    }
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"{path}: verified, {len(verified.signers)} of {required} required trusted signature(s)")
+    click.echo(f"  digest  sha256:{doc['digest']}")
+    for s in signer_docs:
+        click.echo(f"  ok      {s['role']:<8} {s['kid']} ({s['key']})")
+    for kid in verified.untrusted:
+        click.echo(f"  ignored signature by untrusted key {kid}")
+
+
+@click.group()
+def key() -> None:
+    """Manage package signing keys."""
+
+
+@key.command()
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Private key file to create (mode 0600); the public key goes to OUT.pub.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def generate(out: Path, as_json: bool) -> None:
+    """Generate an Ed25519 signing key pair."""
+    from stockade.package import generate_key, key_id, load_public_key
+
+    try:
+        priv, pub = generate_key(out)
+        kid = key_id(load_public_key(pub))
+    except StockadeError as err:
+        fail(err, as_json)
+    if as_json:
+        click.echo(json.dumps({"private_key": str(priv), "public_key": str(pub), "kid": kid}))
+    else:
+        click.echo(f"private key {priv} (keep it secret)\npublic key  {pub}\nkid         {kid}")
