@@ -113,3 +113,95 @@ def check(as_json: bool, state_dir: Path | None, verbose: bool, root: Path) -> N
     else:
         _print_report(report, verbose)
     sys.exit(0 if report.usable else 1)
+
+
+@host.command()
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Manager state directory (default: $STOCKADE_STATE_DIR or ~/.local/state/stockade).",
+)
+@click.option(
+    "--quota",
+    type=click.IntRange(1, 100_000),
+    default=16,
+    show_default=True,
+    help="Concurrent Keeps allowed to this token.",
+)
+def init(state_dir: Path | None, quota: int) -> None:
+    """Create an API bearer token for the keep manager.
+
+    The token is printed once, on stdout, and stored only as its SHA-256 in
+    STATE_DIR/tokens.json (mode 0600), with a token id and a quota of
+    concurrent Keeps. Running it again adds another token.
+    """
+    from stockade.errors import StockadeError
+    from stockade.host.tokens import add_token, tokens_path
+
+    sdir = state_dir or _default_state_dir()
+    try:
+        token, entry = add_token(sdir, quota)
+    except StockadeError as err:
+        from stockade.commands._output import fail
+
+        fail(err, False)
+    click.echo(token)
+    click.echo(
+        f"stockade: token {entry.token_id} (quota {entry.quota}) added to {tokens_path(sdir)}; "
+        "it is shown only this once",
+        err=True,
+    )
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host_part, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{text!r}: expected HOST:PORT", param_hint="--listen")
+    return host_part.strip("[]") or "127.0.0.1", int(port)
+
+
+@host.command()
+@click.option("--listen", default="127.0.0.1:8470", show_default=True, metavar="HOST:PORT")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Manager state directory (default: $STOCKADE_STATE_DIR or ~/.local/state/stockade).",
+)
+def serve(listen: str, state_dir: Path | None) -> None:
+    """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
+
+    Clients need a token from `stockade host init`. The API is plain HTTP:
+    listen on loopback or put a TLS-terminating proxy in front of it. The
+    manager never sees workloads or secrets in clear: it relays the attested
+    TLS stream between each client and its Keep.
+    """
+    import logging
+
+    import uvicorn
+
+    from stockade.errors import StockadeError
+    from stockade.host.manager import create_app
+    from stockade.host.tokens import load_tokens
+
+    host_name, port = _parse_listen(listen)
+    sdir = state_dir or _default_state_dir()
+    try:
+        tokens = load_tokens(sdir)
+    except StockadeError as err:
+        from stockade.commands._output import fail
+
+        fail(err, False)
+    from stockade.evidence.sim.chip import ensure_chip
+
+    if ensure_chip(sdir):
+        click.echo(f"stockade: created the sim chip in {sdir} (sim: NO HARDWARE PROTECTION)", err=True)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(sdir, tokens),
+        host=host_name,
+        port=port,
+        ws="websockets-sansio",
+        log_level="info",
+        lifespan="on",
+        server_header=False,
+    )

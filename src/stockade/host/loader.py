@@ -84,14 +84,22 @@ PspStarter = Callable[[bytes], socket.socket]
 
 
 def start_keep(
-    backend: str, state_dir: Path, scratch: Path | None = None, psp: PspStarter | None = None
+    backend: str,
+    state_dir: Path,
+    scratch: Path | None = None,
+    psp: PspStarter | None = None,
+    keep_id: str | None = None,
 ) -> KeepHandle:
     """Start a Keep. The sim PSP runs as its own process unless ``psp`` is
     given (local runs pass one that serves it from a thread of the calling
-    host-side process, saving a Python start-up)."""
+    host-side process, saving a Python start-up). ``keep_id`` defaults to 16
+    random hex digits (the keep manager passes the id it registered)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; this host supports: {', '.join(BACKENDS)}")
-    keep_id = secrets.token_hex(8)
+    if keep_id is None:
+        keep_id = secrets.token_hex(8)
+    elif not keep_id.isalnum() or not keep_id.isascii() or len(keep_id) > 64:
+        raise ValueError(f"Keep id must be 1 to 64 ASCII letters or digits, got {keep_id!r}")
     owned_scratch = None
     if scratch is None:
         # Per-Keep scratch directory for the workload's files and secrets,

@@ -1,0 +1,354 @@
+"""Pieces shared by ``stockade run`` (a local Keep) and ``stockade deploy
+--host`` (a Keep on a remote keep manager): argument parsing, the workload,
+the policy choice, the verification summary and the deploy session."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from stockade.errors import UsageError
+
+if TYPE_CHECKING:
+    from stockade.client.attest import Appraisal
+    from stockade.client.deploy import DeployResult, SentHello
+    from stockade.policy import Policy
+    from stockade.wire.messages import FileEntry
+
+SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
+MAX_TIMEOUT_S = 7 * 24 * 3600
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def state_dir(explicit: Path | None = None) -> Path:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("STOCKADE_STATE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "stockade"
+
+
+def parse_size(text: str, what: str) -> int:
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    number = t[:-1] if unit else t
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise UsageError(f"{what}: {text!r} is not a size (examples: 512K, 64M, 1G)") from None
+    if value <= 0:
+        raise UsageError(f"{what} must be positive")
+    return value
+
+
+def parse_env(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    return tuple(sorted(env.items()))
+
+
+def _read(path: Path, item: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--file {item!r}: cannot read {path}: {exc.strerror}") from None
+
+
+def parse_files(items: tuple[str, ...]) -> tuple[FileEntry, ...]:
+    """``HOST[:GUEST]`` items to file entries. Directories are sent
+    recursively (symbolic links to files are followed, like ``cp -rL``);
+    a guest path of ``/`` mounts a directory's content as the root."""
+    from stockade.wire.messages import FileEntry
+
+    entries: dict[str, FileEntry] = {}
+    for item in items:
+        host, guest = item, None
+        if ":" in item:
+            head, _, tail = item.rpartition(":")
+            if tail.startswith("/"):
+                host, guest = head, tail
+        src = Path(host)
+        if not src.exists():
+            raise UsageError(f"--file {item!r}: {host} does not exist")
+        guest = guest or "/" + src.name
+        guest = "/" + guest.strip("/") if guest.strip("/") else "/"
+        if src.is_dir():
+            entries[guest] = FileEntry(guest, None)
+            for path in sorted(src.rglob("*")):
+                rel = path.relative_to(src).as_posix()
+                target = (guest.rstrip("/") + "/" + rel) if guest != "/" else "/" + rel
+                if path.is_dir():
+                    entries[target] = FileEntry(target, None)
+                elif path.exists():
+                    entries[target] = FileEntry(target, _read(path, item))
+                else:
+                    raise UsageError(f"--file {item!r}: {path} is a dangling symbolic link")
+        else:
+            if guest == "/":
+                raise UsageError(f"--file {item!r}: a file cannot be mounted as /")
+            entries[guest] = FileEntry(guest, _read(src, item))
+    return tuple(entries[k] for k in sorted(entries))
+
+
+def parse_secrets(items: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
+    out: dict[str, bytes] = {}
+    for item in items:
+        name, sep, ref = item.partition("=")
+        if not sep or not name:
+            raise UsageError("--secret: expected NAME=@FILE")
+        if not ref.startswith("@"):
+            # Never echo the value: it may be the secret itself.
+            raise UsageError(
+                f"--secret {name}: values are read from files (NAME=@FILE) so that "
+                "they never appear in process arguments"
+            )
+        if "/" in name or name in (".", ".."):
+            raise UsageError(f"--secret {name}: the name must be a plain file name")
+        path = Path(ref[1:])
+        try:
+            out[name] = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--secret {name}: cannot read {path}: {exc.strerror}") from None
+    return tuple(sorted(out.items()))
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit without interpreter teardown (saves tens of ms after a run);
+    everything the user sees has been written and is flushed here."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def summary(appraisal: Appraisal, policy_note: str, extra: tuple[str, ...] = ()) -> str:
+    c = appraisal.claims
+    platform = SIM_WARNING if c.platform == "sim" else f"{c.platform} ({c.product})"
+    tcb = " ".join(f"{k}={v}" for k, v in c.tcb)
+    lines = [
+        "stockade: Keep attested and verified",
+        f"  platform     {platform}",
+        f"  measurement  {c.measurement.hex()}",
+        f"  tcb          {tcb} (firmware {c.firmware}, report v{c.report_version})",
+        f"  signer       {c.signer} -> {'sim root' if c.platform == 'sim' else 'AMD root'} "
+        f"{c.root_fingerprint[:16]}…",
+        "  freshness    report binds this session's nonce and the Keep's TLS key",
+        f"  debug        {'ALLOWED' if c.debug else 'disabled'}",
+        f"  policy       {policy_note}",
+        *extra,
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    wasm: Path
+    args: tuple[str, ...]
+    backend: str
+    allow_sim: bool
+    policy: Path | None
+    env: tuple[str, ...]
+    stdin: str | None
+    files: tuple[str, ...]
+    secret_refs: tuple[str, ...]
+    timeout: float
+    memory: str
+    max_output: str
+    expect_measurement: str | None
+    as_json: bool
+    quiet: bool
+    state_dir: Path | None
+
+
+def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy, str]:
+    """The policy for this run and a one-line note for the summary."""
+    from stockade.policy import default_policy, development_policy, load_policy
+
+    expected = runtime_measurement
+    pinned = "this installation's Keep runtime"
+    if opts.expect_measurement:
+        try:
+            expected = bytes.fromhex(opts.expect_measurement)
+        except ValueError:
+            expected = b""
+        if len(expected) != 48:
+            raise UsageError("--expect-measurement must be 96 hex digits (a 48-byte launch digest)")
+        pinned = "--expect-measurement"
+    if opts.policy is not None:
+        if opts.expect_measurement:
+            raise UsageError("--expect-measurement and --policy: put the measurements in the policy file")
+        policy = load_policy(opts.policy)
+        if opts.allow_sim and "sim" not in policy.platforms:
+            raise UsageError(f"--allow-sim: the policy {opts.policy} does not list sim in platforms")
+        return policy, f"{policy.name!r} ({opts.policy}) accepted the claims"
+    if opts.allow_sim:
+        return development_policy(expected), f"development (--allow-sim); measurement pinned to {pinned}"
+    return default_policy(expected), f"built-in default; measurement pinned to {pinned}"
+
+
+def deploy_session(
+    conn: socket.socket,
+    runtime_measurement: bytes,
+    keep_exit_status: Callable[[], int | None],
+    module: bytes,
+    opts: RunOptions,
+    sim_root: bytes | None,
+    hello: SentHello,
+    extra_summary: tuple[str, ...] = (),
+) -> tuple[DeployResult, dict[int, bytearray]]:
+    """Build the workload from ``opts``, choose the policy, and run one
+    deploy session over ``conn`` (a stream to a fresh Keep, the hello
+    already sent). ``runtime_measurement`` is what the measurement is pinned
+    to unless ``opts`` says otherwise."""
+    from stockade.client.attest import TrustConfig
+    from stockade.client.deploy import Steps, deploy
+    from stockade.wire.messages import Limits, Workload
+
+    steps = Steps()
+    limits = Limits(
+        timeout_ms=max(1, int(opts.timeout * 1000)),
+        memory_bytes=parse_size(opts.memory, "--memory"),
+        output_bytes=parse_size(opts.max_output, "--max-output"),
+    )
+    policy, note = choose_policy(opts, runtime_measurement)
+    stdin_bytes = b""
+    if opts.stdin == "-":
+        stdin_bytes = sys.stdin.buffer.read()
+    elif opts.stdin is not None:
+        try:
+            stdin_bytes = Path(opts.stdin).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--stdin: cannot read {opts.stdin}: {exc.strerror}") from None
+    workload = Workload(
+        wasm=module,
+        args=opts.args,
+        env=parse_env(opts.env),
+        stdin=stdin_bytes,
+        files=parse_files(opts.files),
+        secrets=parse_secrets(opts.secret_refs),
+        limits=limits,
+    )
+    # The sim root is used to *verify* sim evidence; acceptance is the
+    # policy's decision (the default policy refuses sim).
+    trust = TrustConfig(sim_root=sim_root, policy=policy)
+    out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+
+    def on_output(fd: int, data: bytes) -> None:
+        if opts.as_json:
+            out[fd] += data
+            return
+        stream = sys.stdout.buffer if fd == 1 else sys.stderr.buffer
+        stream.write(data)
+        stream.flush()
+
+    def on_verified(appraisal: Appraisal) -> None:
+        if opts.as_json:
+            return  # the JSON document carries the appraisal and the label
+        if not opts.quiet:
+            click.echo(summary(appraisal, note, extra_summary), err=True)
+        elif appraisal.claims.platform == "sim":
+            # sim output is always labelled, even with --quiet.
+            click.echo("stockade: sim Keep: NO HARDWARE PROTECTION", err=True)
+
+    steps.mark("client_prepare")
+    result = deploy(conn, workload, trust, on_output, on_verified, keep_exit_status, steps, hello)
+    return result, out
+
+
+def read_module(opts: RunOptions) -> bytes:
+    """The workload module, checked to be Wasm; and the timeout checked."""
+    import math
+
+    try:
+        module = opts.wasm.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {opts.wasm}: {exc.strerror}") from None
+    if module[:4] != b"\0asm":
+        from stockade.errors import WorkloadRejected
+
+        raise WorkloadRejected(f"{opts.wasm} is not a WebAssembly module (missing the \\0asm magic number)")
+    if not math.isfinite(opts.timeout) or not 0 < opts.timeout <= MAX_TIMEOUT_S:
+        raise UsageError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
+    return module
+
+
+def print_json(result: DeployResult, out: dict[int, bytearray], **extra: Any) -> None:
+    doc: dict[str, Any] = {
+        "exit_code": result.exit_code,
+        "exit_code_source": "workload",
+        "stdout": out[1].decode("utf-8", "replace"),
+        "stderr": out[2].decode("utf-8", "replace"),
+        "workload_sha256": result.workload_sha256.hex(),
+        "attestation": {
+            **result.appraisal.claims.to_json(),
+            "checks": list(result.appraisal.checks),
+        },
+        "policy": result.appraisal.decision.to_json() if result.appraisal.decision else None,
+        "timing_ms": result.timing_ms,
+        **extra,
+    }
+    click.echo(json.dumps(doc, indent=2))
+
+
+def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The click options that ``run`` and ``deploy`` share (what to run and
+    which Keeps to trust), in the order ``--help`` shows them."""
+    options = [
+        click.option(
+            "--allow-sim",
+            is_flag=True,
+            help="Accept sim evidence (NO hardware protection): the development policy.",
+        ),
+        click.option(
+            "--policy",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Trust policy file (docs/policy.md); default: the built-in policy.",
+        ),
+        click.option(
+            "--env", "env", multiple=True, metavar="K=V", help="Environment variable for the workload."
+        ),
+        click.option("--stdin", "stdin", metavar="FILE|-", help="Standard input for the workload."),
+        click.option(
+            "--file",
+            "files",
+            multiple=True,
+            metavar="HOST[:GUEST]",
+            help="File or directory sent through the attested channel, visible under / in the Keep.",
+        ),
+        click.option(
+            "--secret",
+            "secret_refs",
+            multiple=True,
+            metavar="NAME=@FILE",
+            help="Secret sent only after verification, visible as /secrets/NAME.",
+        ),
+        click.option(
+            "--timeout", type=float, default=30.0, show_default=True, help="Wall-clock limit, seconds."
+        ),
+        click.option("--memory", default="256M", show_default=True, help="Linear memory limit."),
+        click.option("--max-output", default="64M", show_default=True, help="Limit on stdout+stderr bytes."),
+        click.option(
+            "--expect-measurement",
+            metavar="HEX",
+            help="Pin the Keep measurement (default: this installation's Keep runtime).",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON result document on stdout."),
+        click.option("--quiet", "-q", is_flag=True, help="Do not print the verification summary."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

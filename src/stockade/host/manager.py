@@ -1,0 +1,533 @@
+"""Keep manager: the HTTP+CBOR API of the untrusted host (``stockade host serve``).
+
+A Starlette app (:func:`create_app`) that creates, lists, inspects and kills
+Keeps for holders of a bearer token, keeps the registry, and relays each
+Keep's byte stream to one client over a WebSocket. Host code: it imports
+``stockade.wire``, ``stockade.errors`` and ``stockade.host`` only, and never
+sees plaintext workload data or secrets: after the clear-text hello (a
+nonce) everything it relays is TLS ciphertext between the client and the
+Keep.
+
+API (docs: docs/adr/0009-websocket-relay.md; bodies are CBOR,
+``application/cbor``, in the strict profile of stockade.wire.messages;
+errors are RFC 9290 concise problem details,
+``application/concise-problem-details+cbor``)::
+
+    GET    /v1/health                 -> {"status": "ok"}            (no auth)
+    POST   /v1/keeps  {"backend", "limits"?} -> 201 Keep document
+    GET    /v1/keeps                  -> {"keeps": [Keep document...]} (the caller's)
+    GET    /v1/keeps/{id}             -> Keep document
+    DELETE /v1/keeps/{id}             -> Keep document (SIGTERM, SIGKILL after a grace)
+    GET    /v1/sim/root               -> {"ark": DER of this host's sim ARK}
+    WS     /v1/keeps/{id}/connect     -> binary frames <-> the Keep's byte stream
+
+The sim root is served for development only: a client that trusts a sim
+root handed over by the host it does not trust gets no protection at all
+(the host owns the sim chip's keys). sim never protects anything anyway.
+
+Every /v1 route but health needs ``Authorization: Bearer <token>`` (401
+without one, 403 for an unknown token); a token sees only its own Keeps
+(another token's Keep is 404) and may have at most its quota of Keeps in a
+non-final state (429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import anyio.to_thread
+import cbor2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from stockade.errors import ProtocolError
+from stockade.host.loader import BACKENDS, KeepHandle, start_keep
+from stockade.host.registry import (
+    FINAL_STATES,
+    KeepNotFound,
+    KeepRecord,
+    Limits,
+    Registry,
+    RegistryError,
+    proc_is_alive,
+)
+from stockade.host.tokens import TokenEntry, Tokens
+from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE, decode_map
+
+log = logging.getLogger("stockade.host.manager")
+
+CBOR: Final = "application/cbor"
+PROBLEM: Final = "application/concise-problem-details+cbor"
+MAX_BODY: Final = 1 << 20
+KILL_GRACE_S: Final = 2.0
+RELAY_CHUNK: Final = 1 << 16
+_LIMIT_KEYS: Final = ("timeout_ms", "memory_bytes", "output_bytes")
+
+T = TypeVar("T")
+
+
+class ApiProblem(Exception):
+    """An API error, answered as concise problem details."""
+
+    def __init__(self, status: int, problem_type: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.problem_type = problem_type
+        self.title = title
+        self.detail = detail
+
+    def response(self) -> Response:
+        body = cbor2.dumps(
+            {PD_TITLE: self.title, PD_DETAIL: self.detail, PD_TYPE: self.problem_type}, canonical=True
+        )
+        headers = {"WWW-Authenticate": 'Bearer realm="stockade"'} if self.status == 401 else None
+        return Response(body, self.status, headers=headers, media_type=PROBLEM)
+
+
+def _cbor(doc: Any, status: int = 200) -> Response:
+    return Response(cbor2.dumps(doc, canonical=True), status, media_type=CBOR)
+
+
+@dataclass
+class _Live:
+    """A Keep started by this manager process."""
+
+    handle: KeepHandle
+    owner: str
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    kill_requested: bool = False
+    kill_reason: str = "killed on request"
+    connected: bool = False  # one client per Keep, ever
+    relaying: bool = False
+
+
+class Manager:
+    """State of one manager process: registry, tokens, live Keeps."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        tokens: Tokens,
+        *,
+        kill_grace: float = KILL_GRACE_S,
+        starter: Callable[..., KeepHandle] = start_keep,
+    ) -> None:
+        self.state_dir = state_dir
+        self.tokens = tokens
+        self.kill_grace = kill_grace
+        self._start = starter
+        self._registry: Registry | None = None
+        self.live: dict[str, _Live] = {}
+        self.measurements: dict[str, bytes] = {}
+        self._create_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            raise RuntimeError("the manager is not started")
+        return self._registry
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a registry call (SQLite with fsync) off the event loop."""
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    # -- life cycle
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._registry = await self._db(Registry.open_state_dir, self.state_dir)
+        report = await self._db(self.registry.reconcile)
+        log.info(
+            "registry %s: %d Keep(s) re-adopted, %d lost, %d exited while the manager was down",
+            self.registry.path,
+            len(report.adopted),
+            len(report.lost),
+            len(report.exited),
+        )
+
+    async def stop(self) -> None:
+        """Kill the Keeps this process started (their byte streams end with
+        it) and close the registry."""
+        for live in list(self.live.values()):
+            live.kill_requested = True
+            live.kill_reason = "killed: the manager stopped"
+            _signal(live.handle, signal.SIGKILL)
+        for live in list(self.live.values()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.done.wait(), 10)
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    # -- authentication
+
+    def authenticate(self, headers: Any) -> TokenEntry:
+        value = headers.get("authorization")
+        if not value:
+            raise ApiProblem(
+                401, "unauthorized", "authentication required", "send Authorization: Bearer TOKEN"
+            )
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiProblem(401, "unauthorized", "authentication required", "expected a Bearer token")
+        entry = self.tokens.authenticate(token.strip())
+        if entry is None:
+            raise ApiProblem(403, "forbidden", "forbidden", "the bearer token is not valid on this host")
+        return entry
+
+    async def record_of(self, keep_id: str, owner: str) -> KeepRecord:
+        try:
+            rec = await self._db(self.registry.get, keep_id)
+        except KeepNotFound:
+            rec = None
+        except RegistryError:  # malformed id and the like: the same answer
+            rec = None
+        if rec is None or rec.owner != owner:
+            raise ApiProblem(404, "not-found", "no such Keep", f"no Keep {keep_id!r} for this token")
+        return rec
+
+    def document(self, rec: KeepRecord) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "id": rec.keep_id,
+            "state": rec.state,
+            "backend": rec.backend,
+            "created_at": rec.created_at.isoformat(),
+            "limits": {k: v for k in _LIMIT_KEYS if (v := getattr(rec.limits, k)) is not None},
+        }
+        optional = {
+            "started_at": rec.started_at.isoformat() if rec.started_at else None,
+            "ended_at": rec.ended_at.isoformat() if rec.ended_at else None,
+            "exit_status": rec.exit_status,
+            "pid": rec.pid,
+            "detail": rec.detail,
+            "measurement": self.measurements.get(rec.keep_id),
+        }
+        doc.update({k: v for k, v in optional.items() if v is not None})
+        return doc
+
+    # -- Keeps
+
+    async def create(self, owner: TokenEntry, backend: str, limits: Limits) -> KeepRecord:
+        async with self._create_lock:  # quota check and reservation are one step
+            active = await self._db(self.registry.count_active, owner.token_id)
+            if active >= owner.quota:
+                raise ApiProblem(
+                    429,
+                    "quota-exceeded",
+                    "Keep quota exceeded",
+                    f"this token may run {owner.quota} Keep(s) at a time and has {active}",
+                )
+            rec = await self._db(self.registry.create, backend, limits, owner.token_id)
+        keep_id = rec.keep_id
+        try:
+            handle = await anyio.to_thread.run_sync(
+                lambda: self._start(backend, self.state_dir, keep_id=keep_id)
+            )
+        except Exception as exc:
+            log.exception("Keep %s: the loader failed", keep_id)
+            await self._db(
+                self.registry.transition, keep_id, "failed", detail=f"loader failed: {type(exc).__name__}"
+            )
+            raise ApiProblem(500, "loader-failed", "cannot start a Keep", "the keep loader failed") from None
+        live = _Live(handle, owner.token_id)
+        self.live[keep_id] = live
+        self.measurements[keep_id] = handle.measurement
+        await self._db(self.registry.transition, keep_id, "running", pid=handle.keep.pid)
+        # Registry paths may not exist until the loader made them.
+        task = asyncio.create_task(self._watch(keep_id, live))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        log.info("Keep %s started for %s (pid %d)", keep_id, owner.token_id, handle.keep.pid)
+        return await self._db(self.registry.get, keep_id)
+
+    async def _watch(self, keep_id: str, live: _Live) -> None:
+        """Wait for the Keep process to end, record how, reap its PSP."""
+        try:
+            status = await _wait_process(live.handle)
+            if live.kill_requested:
+                state, detail = "killed", live.kill_reason
+            elif status == 0:
+                state, detail = "exited", "Keep process exited with status 0"
+            elif status > 0:
+                state, detail = "failed", f"Keep process exited with status {status}"
+            else:
+                state, detail = "failed", f"Keep process killed by signal {_signame(-status)}"
+            try:
+                await self._db(self.registry.transition, keep_id, state, exit_status=status, detail=detail)
+            except RegistryError:
+                log.exception("Keep %s: cannot record its end", keep_id)
+            log.info("Keep %s: %s (%s)", keep_id, state, detail)
+            await anyio.to_thread.run_sync(lambda: _reap_rest(live.handle, self.kill_grace))
+        finally:
+            if not live.relaying:
+                with contextlib.suppress(OSError):
+                    live.handle.conn.close()
+            self.live.pop(keep_id, None)
+            live.done.set()
+
+    async def kill(self, rec: KeepRecord) -> KeepRecord:
+        live = self.live.get(rec.keep_id)
+        if live is not None:
+            live.kill_requested = True
+            _signal(live.handle, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(live.done.wait()), self.kill_grace)
+            except TimeoutError:
+                _signal(live.handle, signal.SIGKILL)
+                await live.done.wait()
+        elif not rec.is_final:
+            # Re-adopted after a manager restart: only the pid is known.
+            if rec.pid is not None and proc_is_alive(rec.pid, rec.pid_start_time):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signal.SIGKILL)
+            with contextlib.suppress(RegistryError):
+                await self._db(
+                    self.registry.transition, rec.keep_id, "killed", detail="killed on request (adopted)"
+                )
+        return await self._db(self.registry.get, rec.keep_id)
+
+    # -- relay
+
+    async def relay(self, ws: WebSocket, keep_id: str, live: _Live) -> None:
+        """Pump bytes between the WebSocket and the Keep's stream until both
+        directions end."""
+        conn = live.handle.conn
+        conn.setblocking(False)
+        loop = asyncio.get_running_loop()
+
+        async def keep_to_client() -> None:
+            try:
+                while True:
+                    data = await loop.sock_recv(conn, RELAY_CHUNK)
+                    if not data:
+                        break
+                    await ws.send_bytes(data)
+            except (OSError, WebSocketDisconnect, RuntimeError):
+                pass
+            with contextlib.suppress(Exception):
+                await ws.close(1000)
+
+        async def client_to_keep() -> None:
+            try:
+                while True:
+                    msg = await ws.receive()
+                    if msg["type"] == "websocket.disconnect":
+                        break
+                    data = msg.get("bytes")
+                    if data is None:
+                        await ws.close(1003, "binary frames only")
+                        break
+                    await loop.sock_sendall(conn, data)
+            except (OSError, WebSocketDisconnect, RuntimeError):
+                pass
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)  # the Keep sees the end of the stream
+
+        try:
+            await asyncio.gather(keep_to_client(), client_to_keep())
+        finally:
+            live.relaying = False
+            if live.done.is_set() or self.live.get(keep_id) is not live:
+                with contextlib.suppress(OSError):
+                    conn.close()
+
+
+def _signame(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _signal(handle: KeepHandle, sig: int) -> None:
+    for proc in (handle.keep, handle.psp):
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+
+
+def _reap_rest(handle: KeepHandle, grace: float) -> None:
+    """After the Keep process ended: reap the PSP, remove the scratch dir."""
+    import shutil
+    import subprocess
+
+    if handle.psp is not None:
+        try:
+            handle.psp.wait(grace)
+        except subprocess.TimeoutExpired:
+            handle.psp.kill()
+            handle.psp.wait()
+    if handle.scratch is not None:
+        shutil.rmtree(handle.scratch, ignore_errors=True)
+
+
+async def _wait_process(handle: KeepHandle) -> int:
+    """Exit status of the Keep process (negative: killed by that signal),
+    waiting on a pidfd so that no thread is held per Keep."""
+    proc = handle.keep
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (OSError, AttributeError):
+        pidfd = -1
+    if pidfd >= 0:
+        ended = asyncio.Event()
+        loop.add_reader(pidfd, ended.set)
+        try:
+            if proc.poll() is None:
+                await ended.wait()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+    while (status := proc.poll()) is None:  # no pidfd, or a zombie not yet reapable
+        await asyncio.sleep(0.05)
+    return status
+
+
+# -- HTTP ---------------------------------------------------------------------------
+
+
+async def _read_body(request: Request) -> dict[Any, Any]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != CBOR:
+        raise ApiProblem(415, "unsupported-media-type", "unsupported media type", f"send {CBOR}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiProblem(413, "too-large", "request body too large", f"at most {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ApiProblem(413, "too-large", "request body too large", f"at most {MAX_BODY} bytes")
+    try:
+        return decode_map(bytes(body), "request body")
+    except ProtocolError as exc:
+        raise ApiProblem(400, "bad-request", "malformed request", exc.detail) from None
+
+
+def _parse_create(body: dict[Any, Any]) -> tuple[str, Limits]:
+    def bad(detail: str) -> ApiProblem:
+        return ApiProblem(400, "bad-request", "malformed request", detail)
+
+    extra = set(body) - {"backend", "limits"}
+    if extra:
+        raise bad(f"unknown key(s) {sorted(map(str, extra))}")
+    backend = body.get("backend")
+    if not isinstance(backend, str):
+        raise bad("backend (text) is required")
+    if backend not in BACKENDS:
+        raise ApiProblem(
+            422, "unsupported-backend", "backend not available", f"this host runs: {', '.join(BACKENDS)}"
+        )
+    raw = body.get("limits", {})
+    if not isinstance(raw, dict) or set(raw) - set(_LIMIT_KEYS):
+        raise bad(f"limits must be a map with keys among {', '.join(_LIMIT_KEYS)}")
+    try:
+        return backend, Limits(**{k: raw[k] for k in _LIMIT_KEYS if k in raw})
+    except RegistryError as exc:
+        raise bad(exc.detail) from None
+
+
+def create_app(state_dir: Path, tokens: Tokens, *, kill_grace: float = KILL_GRACE_S) -> Starlette:
+    """The manager app. The registry is opened and reconciled at start-up
+    (lifespan), before the first request is served."""
+    mgr = Manager(state_dir, tokens, kill_grace=kill_grace)
+
+    async def health(request: Request) -> Response:
+        return _cbor({"status": "ok"})
+
+    async def create_keep(request: Request) -> Response:
+        owner = mgr.authenticate(request.headers)
+        backend, limits = _parse_create(await _read_body(request))
+        rec = await mgr.create(owner, backend, limits)
+        return _cbor(mgr.document(rec), 201)
+
+    async def list_keeps(request: Request) -> Response:
+        owner = mgr.authenticate(request.headers)
+        recs = await mgr._db(mgr.registry.list, owner.token_id)
+        return _cbor({"keeps": [mgr.document(r) for r in recs]})
+
+    async def get_keep(request: Request) -> Response:
+        owner = mgr.authenticate(request.headers)
+        rec = await mgr.record_of(request.path_params["keep_id"], owner.token_id)
+        return _cbor(mgr.document(rec))
+
+    async def delete_keep(request: Request) -> Response:
+        owner = mgr.authenticate(request.headers)
+        rec = await mgr.record_of(request.path_params["keep_id"], owner.token_id)
+        return _cbor(mgr.document(await mgr.kill(rec)))
+
+    async def sim_root(request: Request) -> Response:
+        mgr.authenticate(request.headers)
+        path = state_dir / "sim" / "chip" / "ark.der"
+        try:
+            der = await anyio.to_thread.run_sync(path.read_bytes)
+        except OSError:
+            raise ApiProblem(404, "not-found", "no sim chip", "this host has no sim chip") from None
+        return _cbor({"ark": der})
+
+    async def connect(ws: WebSocket) -> None:
+        try:
+            owner = mgr.authenticate(ws.headers)
+            keep_id = ws.path_params["keep_id"]
+            rec = await mgr.record_of(keep_id, owner.token_id)
+            live = mgr.live.get(keep_id)
+            if live is None or rec.state in FINAL_STATES:
+                raise ApiProblem(409, "conflict", "Keep not running", f"Keep {keep_id} is {rec.state}")
+            if live.connected:
+                raise ApiProblem(409, "conflict", "already connected", f"Keep {keep_id} has had its client")
+        except ApiProblem as problem:
+            await ws.send_denial_response(problem.response())
+            return
+        live.connected = live.relaying = True
+        await ws.accept()
+        started = time.monotonic()
+        await mgr.relay(ws, keep_id, live)
+        log.info("Keep %s: relay closed after %.1f s", keep_id, time.monotonic() - started)
+
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiProblem)
+        return exc.response()
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return ApiProblem(exc.status_code, "http", str(exc.detail), str(exc.detail)).response()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await mgr.start()
+        try:
+            yield
+        finally:
+            await mgr.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/health", health, methods=["GET"]),
+            Route("/v1/keeps", create_keep, methods=["POST"]),
+            Route("/v1/keeps", list_keeps, methods=["GET"]),
+            Route("/v1/keeps/{keep_id}", get_keep, methods=["GET"]),
+            Route("/v1/keeps/{keep_id}", delete_keep, methods=["DELETE"]),
+            Route("/v1/sim/root", sim_root, methods=["GET"]),
+            WebSocketRoute("/v1/keeps/{keep_id}/connect", connect),
+        ],
+        exception_handlers={ApiProblem: on_problem, HTTPException: on_http},
+        lifespan=lifespan,
+    )
+    app.state.manager = mgr
+    return app

@@ -1,0 +1,400 @@
+"""The keep manager (``stockade host serve``) against a live server.
+
+One server per module, on a free loopback port, with its own state
+directory (the session's sim chip copied in) and two tokens: ``main``
+(quota 16) and ``small`` (quota 1). Clients are the real CLI
+(``stockade deploy --host``, ``stockade keeps``) and the library
+(:class:`stockade.client.remote.ManagerClient`), plus raw httpx for the
+malformed requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cbor2
+import httpx
+import pytest
+
+from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE, loads_strict
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "hello" / "hello.wasm"
+WORDCOUNT = ROOT / "examples" / "wordcount" / "wordcount.wasm"
+PROBLEM = "application/concise-problem-details+cbor"
+STOCKADE = (sys.executable, "-m", "stockade")
+SLOW_ARGS = ("--allow-sim", "-q", "--timeout", "20")
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Server:
+    url: str
+    state: Path
+    log: Path
+    token: str
+    token_file: Path
+    small_token: str
+    proc: subprocess.Popen[bytes]
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "stockade", *args], capture_output=True, timeout=timeout, check=False, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def server(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("manager")
+    state = base / "state"
+    state.mkdir(mode=0o700)
+    shutil.copytree(state_dir / "sim", state / "sim")
+    tokens = []
+    for quota in ("16", "1"):
+        proc = _cli("host", "init", "--state-dir", str(state), "--quota", quota)
+        assert proc.returncode == 0, proc.stderr
+        tokens.append(proc.stdout.decode().strip())
+    token_file = base / "token"
+    token_file.write_text(tokens[0] + "\n")
+    port = _free_port()
+    log = base / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*STOCKADE, "host", "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the manager did not come up"
+        time.sleep(0.05)
+    yield Server(url, state, log, tokens[0], token_file, tokens[1], proc)
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def problem_of(resp: httpx.Response) -> dict[object, object]:
+    assert resp.headers["content-type"].startswith(PROBLEM)
+    pd = loads_strict(resp.content)
+    assert isinstance(pd, dict) and set(pd) == {PD_TITLE, PD_DETAIL, PD_TYPE}
+    return pd
+
+
+def deploy(server: Server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return _cli(
+        "deploy", "--host", server.url, "--token-file", str(server.token_file), *args, timeout=timeout
+    )
+
+
+# ------------------------------------------------------------------ happy path
+
+
+def test_init_stores_only_a_hash(server: Server) -> None:
+    path = server.state / "tokens.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    doc = json.loads(path.read_text())
+    assert [t["quota"] for t in doc["tokens"]] == [16, 1]
+    assert doc["tokens"][0]["sha256"] == hashlib.sha256(server.token.encode()).hexdigest()
+    assert server.token not in path.read_text()
+
+
+def test_health_needs_no_token(server: Server) -> None:
+    resp = httpx.get(f"{server.url}/v1/health")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/cbor"
+    assert loads_strict(resp.content) == {"status": "ok"}
+
+
+def test_deploy_hello_through_the_manager(server: Server) -> None:
+    proc = deploy(server, "--allow-sim", "--json", str(HELLO), "--", "alice")
+    assert proc.returncode == 0, proc.stderr.decode()
+    doc = json.loads(proc.stdout)
+    assert doc["stdout"] == "Hello, alice!\narguments: 1\n"
+    assert doc["attestation"]["platform"] == "sim"
+    keep_id = doc["keep_id"]
+    # The Keep ended after its session: `keeps ls` shows it exited.
+    deadline = time.monotonic() + 10
+    while True:
+        ls = _cli("keeps", "ls", "--json", "--host", server.url, "--token-file", str(server.token_file))
+        assert ls.returncode == 0, ls.stderr
+        (rec,) = [k for k in json.loads(ls.stdout)["keeps"] if k["id"] == keep_id]
+        if rec["state"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rec["state"] == "exited" and rec["exit_status"] == 0
+    assert len(bytes.fromhex(rec["measurement"])) == 48
+    table = _cli("keeps", "ls", "--host", server.url, env={**os.environ, "STOCKADE_TOKEN": server.token})
+    assert table.returncode == 0 and keep_id in table.stdout.decode()
+
+
+def test_summary_says_the_sim_root_came_from_the_host(server: Server) -> None:
+    proc = deploy(server, "--allow-sim", str(HELLO), "--", "bob")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == b"Hello, bob!\narguments: 1\n"
+    err = proc.stderr.decode()
+    assert "NO HARDWARE PROTECTION" in err
+    assert "sim root     fetched from the host" in err
+
+
+def test_without_allow_sim_the_sim_keep_is_refused(server: Server) -> None:
+    proc = deploy(server, str(HELLO))
+    assert proc.returncode == 112, proc.stderr.decode()
+    assert b"Hello" not in proc.stdout
+
+
+# ------------------------------------------------------------------ API errors
+
+
+def test_missing_token_is_401(server: Server) -> None:
+    for method, path in (("GET", "/v1/keeps"), ("POST", "/v1/keeps"), ("GET", "/v1/sim/root")):
+        resp = httpx.request(method, server.url + path)
+        assert resp.status_code == 401, path
+        assert problem_of(resp)[PD_TYPE] == "unauthorized"
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+    resp = httpx.get(f"{server.url}/v1/keeps", headers={"Authorization": "Basic Zm9vOmJhcg=="})
+    assert resp.status_code == 401
+
+
+def test_invalid_token_is_403(server: Server) -> None:
+    resp = httpx.get(f"{server.url}/v1/keeps", headers=server.headers("stk_" + secrets.token_urlsafe(32)))
+    assert resp.status_code == 403
+    assert problem_of(resp)[PD_TYPE] == "forbidden"
+    proc = _cli("keeps", "ls", "--host", server.url, env={**os.environ, "STOCKADE_TOKEN": "stk_wrong"})
+    assert proc.returncode == 1 and b"403" in proc.stderr
+
+
+def test_wrong_content_type_is_415(server: Server) -> None:
+    resp = httpx.post(
+        f"{server.url}/v1/keeps",
+        content=json.dumps({"backend": "sim"}),
+        headers={**server.headers(), "Content-Type": "application/json"},
+    )
+    assert resp.status_code == 415
+    assert problem_of(resp)[PD_TYPE] == "unsupported-media-type"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\x00garbage",
+        cbor2.dumps({"backend": "sim"}) + b"\x00",  # trailing bytes
+        cbor2.dumps(["sim"]),  # not a map
+        cbor2.dumps({"backend": "sim", "limits": {"timeout_ms": -1}}),
+        cbor2.dumps({"backend": "sim", "extra": 1}),
+    ],
+)
+def test_malformed_body_is_400(server: Server, body: bytes) -> None:
+    resp = httpx.post(
+        f"{server.url}/v1/keeps",
+        content=body,
+        headers={**server.headers(), "Content-Type": "application/cbor"},
+    )
+    assert resp.status_code == 400
+    assert problem_of(resp)[PD_TYPE] == "bad-request"
+
+
+def test_oversized_body_is_413(server: Server) -> None:
+    big = cbor2.dumps({"backend": "sim", "pad": bytes((1 << 20) + 1)}, canonical=True)
+    headers = {**server.headers(), "Content-Type": "application/cbor"}
+    resp = httpx.post(f"{server.url}/v1/keeps", content=big, headers=headers)
+    assert resp.status_code == 413
+    assert problem_of(resp)[PD_TYPE] == "too-large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is on what is read
+        for _ in range(20):
+            yield bytes(1 << 16)
+
+    resp = httpx.post(f"{server.url}/v1/keeps", content=chunks(), headers=headers)
+    assert resp.status_code == 413
+
+
+def test_unknown_id_is_404(server: Server) -> None:
+    from stockade.client.remote import ManagerClient, ManagerError
+
+    for method in ("GET", "DELETE"):
+        resp = httpx.request(method, f"{server.url}/v1/keeps/0123456789abcdef", headers=server.headers())
+        assert resp.status_code == 404
+        assert problem_of(resp)[PD_TYPE] == "not-found"
+    with ManagerClient(server.url, server.token) as client, pytest.raises(ManagerError) as info:
+        client.connect("0123456789abcdef")
+    assert info.value.status == 404
+
+
+def test_quota_is_429_and_tokens_see_only_their_keeps(server: Server) -> None:
+    from stockade.client.remote import ManagerClient, ManagerError
+
+    with (
+        ManagerClient(server.url, server.small_token) as small,
+        ManagerClient(server.url, server.token) as main,
+    ):
+        first = small.create("sim", {"timeout_ms": 1000})
+        try:
+            assert first["state"] == "running"
+            with pytest.raises(ManagerError) as info:
+                small.create("sim")
+            assert info.value.status == 429 and info.value.manager_type == "quota-exceeded"
+            # Another token neither sees nor kills it.
+            assert first["id"] not in {k["id"] for k in main.list()}
+            with pytest.raises(ManagerError) as info:
+                main.kill(first["id"])
+            assert info.value.status == 404
+        finally:
+            killed = small.kill(first["id"])
+        assert killed["state"] == "killed"
+        second = small.create("sim")  # the quota counts live Keeps only
+        assert small.kill(second["id"])["state"] == "killed"
+        assert [k["id"] for k in small.list()] == [first["id"], second["id"]]
+
+
+def test_one_connection_per_keep(server: Server) -> None:
+    from stockade.client.remote import ManagerClient, ManagerError
+
+    with ManagerClient(server.url, server.token) as client:
+        keep = client.create("sim")
+        sock = client.connect(keep["id"])
+        try:
+            with pytest.raises(ManagerError) as info:
+                client.connect(keep["id"])
+            assert info.value.status == 409
+        finally:
+            sock.close()
+            client.kill(keep["id"])
+
+
+# ------------------------------------------------------------------ Keep death
+
+
+def test_keep_killed_mid_run_is_keep_died(server: Server, wasm) -> None:
+    from stockade.client.remote import ManagerClient
+
+    with ManagerClient(server.url, server.token) as client:
+        before = {k["id"] for k in client.list()}
+        args = ("deploy", "--host", server.url, "--token-file", str(server.token_file), *SLOW_ARGS)
+        proc = subprocess.Popen(
+            [*STOCKADE, *args, str(wasm("sleep"))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"sleeping\n"  # the workload runs
+            (keep,) = [k for k in client.list() if k["id"] not in before]
+            assert keep["state"] == "running"
+            os.kill(keep["pid"], signal.SIGKILL)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 115, err.decode()
+        assert b"Keep died" in err and keep["id"].encode() in err
+        deadline = time.monotonic() + 10
+        while (rec := client.get(keep["id"]))["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rec["state"] == "failed"
+        assert rec["exit_status"] == -signal.SIGKILL
+        assert "SIGKILL" in rec["detail"]
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def test_secret_never_reaches_the_host(server: Server, tmp_path: Path) -> None:
+    from stockade.client.attest import TrustConfig
+    from stockade.client.deploy import deploy as run_session
+    from stockade.client.deploy import send_hello
+    from stockade.client.remote import ManagerClient
+    from stockade.policy import development_policy
+    from stockade.wire.launch import keep_measurement
+    from stockade.wire.messages import Limits, Workload
+
+    canary = ("canary-" + secrets.token_hex(16)).encode()
+    secret_file = tmp_path / "canary.txt"
+    secret_file.write_bytes(canary)
+    expected = (
+        f"/secrets/canary: lines=0 words=1 bytes={len(canary)} sha256={hashlib.sha256(canary).hexdigest()}"
+    )
+
+    # Through the CLI ...
+    proc = deploy(
+        server,
+        "--allow-sim",
+        "-q",
+        "--secret",
+        f"canary=@{secret_file}",
+        str(WORDCOUNT),
+        "--",
+        "/secrets/canary",
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().splitlines()[0] == expected
+
+    # ... and through the library, with a tap on every relayed byte.
+    relayed: list[tuple[str, bytes]] = []
+    with ManagerClient(server.url, server.token) as client:
+        trust = TrustConfig(sim_root=client.sim_root(), policy=development_policy(keep_measurement()))
+        keep = client.create("sim")
+        sock = client.connect(keep["id"], tap=lambda way, data: relayed.append((way, data)))
+        out: list[bytes] = []
+        result = run_session(
+            sock,
+            Workload(
+                wasm=WORDCOUNT.read_bytes(),
+                args=("/secrets/canary",),
+                env=(),
+                stdin=b"",
+                files=(),
+                secrets=(("canary", canary),),
+                limits=Limits(timeout_ms=10_000, memory_bytes=64 << 20, output_bytes=1 << 20),
+            ),
+            trust,
+            lambda fd, data: out.append(data),
+            hello=send_hello(sock),
+        )
+    assert result.exit_code == 0
+    assert b"".join(out).decode().splitlines()[0] == expected
+    up = b"".join(d for w, d in relayed if w == "up")
+    down = b"".join(d for w, d in relayed if w == "down")
+    assert len(up) > len(WORDCOUNT.read_bytes()) and down  # the workload went through the relay ...
+    assert canary not in up and canary not in down  # ... encrypted
+    assert hashlib.sha256(canary).hexdigest().encode() not in down  # the output too
+
+    # Nothing under the host's state directory, nor the manager's output, holds it.
+    time.sleep(0.3)  # let the manager record the Keep's end
+    files = [p for p in server.state.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("keep-") for p in files)  # the Keep logs are there
+    for path in [*files, server.log]:
+        assert canary not in path.read_bytes(), f"the canary is in {path}"
