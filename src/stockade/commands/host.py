@@ -11,7 +11,6 @@ runs on any Linux machine, with NO hardware protection), 1 when none is;
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,17 +20,9 @@ import click
 if TYPE_CHECKING:
     from stockade.host.diagnostics import HostReport
 
+from stockade.commands._run import state_dir as state_dir_default
+
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "n/a": "dim"}
-
-
-def _default_state_dir() -> Path:
-    # Same resolution as stockade.cli.state_dir (commands may not import the cli).
-    env = os.environ.get("STOCKADE_STATE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
-    return base / "stockade"
 
 
 def _print_report(report: HostReport, verbose: bool) -> None:
@@ -106,7 +97,7 @@ def check(as_json: bool, state_dir: Path | None, verbose: bool, root: Path) -> N
     """
     from stockade.host.diagnostics import Environment, check_host
 
-    report = check_host(Environment(root=root, state_dir=state_dir or _default_state_dir()))
+    report = check_host(Environment(root=root, state_dir=state_dir or state_dir_default()))
     if as_json:
         doc = {**report.to_json(), "exit_code": 0 if report.usable else 1}
         click.echo(json.dumps(doc, indent=2))
@@ -138,7 +129,7 @@ def init(state_dir: Path | None, quota: int) -> None:
     from stockade.errors import StockadeError
     from stockade.host.tokens import add_token, tokens_path
 
-    sdir = state_dir or _default_state_dir()
+    sdir = state_dir or state_dir_default()
     try:
         token, entry = add_token(sdir, quota)
     except StockadeError as err:
@@ -184,7 +175,7 @@ def serve(listen: str, state_dir: Path | None) -> None:
     from stockade.host.tokens import load_tokens
 
     host_name, port = _parse_listen(listen)
-    sdir = state_dir or _default_state_dir()
+    sdir = state_dir or state_dir_default()
     try:
         tokens = load_tokens(sdir)
     except StockadeError as err:
