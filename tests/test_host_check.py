@@ -448,4 +448,4 @@ def test_unit_file_settings() -> None:
 
 def test_unit_file_says_it_is_not_usable_yet() -> None:
     text = UNIT.read_text()
-    assert "NOT YET USABLE" in text and "planned" in text
+    assert "host init" in text and "host check" in text
