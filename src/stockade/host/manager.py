@@ -20,6 +20,12 @@ errors are RFC 9290 concise problem details,
     DELETE /v1/keeps/{id}             -> Keep document (SIGTERM, SIGKILL after a grace)
     GET    /v1/sim/root               -> {"ark": DER of this host's sim ARK}
     WS     /v1/keeps/{id}/connect     -> binary frames <-> the Keep's byte stream
+    GET    /metrics                   -> Prometheus text exposition     (no auth)
+
+/metrics exposes counts only (Keeps per state, creates, relayed bytes,
+requests per route and status), no ids, tokens, owners or workload data;
+each app has its own CollectorRegistry (:class:`Metrics`). The full API
+description is docs/host-api.md, the bodies' schema docs/host-api.cddl.
 
 The sim root is served for development only: a client that trusts a sim
 root handed over by the host it does not trust gets no protection at all
@@ -40,24 +46,31 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import Counter as _Tally
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import anyio.to_thread
 import cbor2
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stockade.errors import ProtocolError
 from stockade.host.loader import BACKENDS, KeepHandle, start_keep
 from stockade.host.registry import (
     FINAL_STATES,
+    STATES,
     KeepNotFound,
     KeepRecord,
     Limits,
@@ -102,6 +115,115 @@ def _cbor(doc: Any, status: int = 200) -> Response:
     return Response(cbor2.dumps(doc, canonical=True), status, media_type=CBOR)
 
 
+class _KeepStates(Collector):
+    """stockade_keeps{state}: Keeps in the registry per state, read at
+    scrape time (the scrape runs in a worker thread; the registry is
+    thread-safe)."""
+
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("stockade_keeps", "Keeps in the registry, by state", labels=["state"])
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        counts: _Tally[str] = _Tally()
+        reg = self._manager._registry
+        if reg is not None:
+            with contextlib.suppress(RegistryError):
+                counts.update(rec.state for rec in reg.list())
+        for state in STATES:
+            family.add_metric([state], counts[state])
+        yield family
+
+
+class Metrics:
+    """The Prometheus metrics of one manager app, in its own registry.
+
+    Only counts: no Keep ids, token ids, owners or workload data appear in
+    any label or value.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.create_seconds = Histogram(
+            "stockade_keep_create_seconds",
+            "Time to create and start a Keep (successful creates)",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.creates = Counter(
+            "stockade_keep_creates",
+            "Keep creation attempts, by outcome (ok, quota-exceeded, loader-failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.relay_bytes = Counter(
+            "stockade_relay_bytes",
+            "Bytes relayed between clients and Keeps (TLS ciphertext after the hello)",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "stockade_api_requests",
+            "API requests, by route template and response status (101: WebSocket accepted)",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        for outcome in ("ok", "quota-exceeded", "loader-failed"):
+            self.creates.labels(outcome)
+        for direction in ("to_keep", "to_client"):
+            self.relay_bytes.labels(direction)
+
+    def watch(self, manager: Manager) -> None:
+        self.registry.register(_KeepStates(manager))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _RequestMetrics:
+    """ASGI middleware: count every HTTP and WebSocket request by route
+    template (never the concrete path, which holds Keep ids) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        status: int | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if status is None:
+                if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                    status = int(message["status"])
+                elif message["type"] == "websocket.accept":
+                    status = 101
+                elif message["type"] == "websocket.close":
+                    status = 403  # closed before accepting: the server's handshake denial
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException:
+            if status is None:
+                status = 500
+            raise
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) if route is not None else None
+            self.metrics.requests.labels(template or "unmatched", str(status or 0)).inc()
+
+
 @dataclass
 class _Live:
     """A Keep started by this manager process."""
@@ -125,16 +247,19 @@ class Manager:
         *,
         kill_grace: float = KILL_GRACE_S,
         starter: Callable[..., KeepHandle] = start_keep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.tokens = tokens
         self.kill_grace = kill_grace
         self._start = starter
+        self.metrics = metrics or Metrics()
         self._registry: Registry | None = None
         self.live: dict[str, _Live] = {}
         self.measurements: dict[str, bytes] = {}
         self._create_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics.watch(self)
 
     @property
     def registry(self) -> Registry:
@@ -223,9 +348,11 @@ class Manager:
     # -- Keeps
 
     async def create(self, owner: TokenEntry, backend: str, limits: Limits) -> KeepRecord:
+        started = time.monotonic()
         async with self._create_lock:  # quota check and reservation are one step
             active = await self._db(self.registry.count_active, owner.token_id)
             if active >= owner.quota:
+                self.metrics.creates.labels("quota-exceeded").inc()
                 raise ApiProblem(
                     429,
                     "quota-exceeded",
@@ -240,6 +367,7 @@ class Manager:
             )
         except Exception as exc:
             log.exception("Keep %s: the loader failed", keep_id)
+            self.metrics.creates.labels("loader-failed").inc()
             await self._db(
                 self.registry.transition, keep_id, "failed", detail=f"loader failed: {type(exc).__name__}"
             )
@@ -253,6 +381,8 @@ class Manager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         log.info("Keep %s started for %s (pid %d)", keep_id, owner.token_id, handle.keep.pid)
+        self.metrics.create_seconds.observe(time.monotonic() - started)
+        self.metrics.creates.labels("ok").inc()
         return await self._db(self.registry.get, keep_id)
 
     async def _watch(self, keep_id: str, live: _Live) -> None:
@@ -309,6 +439,8 @@ class Manager:
         conn = live.handle.conn
         conn.setblocking(False)
         loop = asyncio.get_running_loop()
+        to_keep = self.metrics.relay_bytes.labels("to_keep")
+        to_client = self.metrics.relay_bytes.labels("to_client")
 
         async def keep_to_client() -> None:
             try:
@@ -317,6 +449,7 @@ class Manager:
                     if not data:
                         break
                     await ws.send_bytes(data)
+                    to_client.inc(len(data))
             except (OSError, WebSocketDisconnect, RuntimeError):
                 pass
             with contextlib.suppress(Exception):
@@ -333,6 +466,7 @@ class Manager:
                         await ws.close(1003, "binary frames only")
                         break
                     await loop.sock_sendall(conn, data)
+                    to_keep.inc(len(data))
             except (OSError, WebSocketDisconnect, RuntimeError):
                 pass
             with contextlib.suppress(OSError):
@@ -446,7 +580,8 @@ def _parse_create(body: dict[Any, Any]) -> tuple[str, Limits]:
 def create_app(state_dir: Path, tokens: Tokens, *, kill_grace: float = KILL_GRACE_S) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served."""
-    mgr = Manager(state_dir, tokens, kill_grace=kill_grace)
+    metrics = Metrics()
+    mgr = Manager(state_dir, tokens, kill_grace=kill_grace, metrics=metrics)
 
     async def health(request: Request) -> Response:
         return _cbor({"status": "ok"})
@@ -480,6 +615,10 @@ def create_app(state_dir: Path, tokens: Tokens, *, kill_grace: float = KILL_GRAC
         except OSError:
             raise ApiProblem(404, "not-found", "no sim chip", "this host has no sim chip") from None
         return _cbor({"ark": der})
+
+    async def metrics_page(request: Request) -> Response:
+        body = await anyio.to_thread.run_sync(metrics.exposition)
+        return Response(body, 200, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def connect(ws: WebSocket) -> None:
         try:
@@ -525,9 +664,12 @@ def create_app(state_dir: Path, tokens: Tokens, *, kill_grace: float = KILL_GRAC
             Route("/v1/keeps/{keep_id}", delete_keep, methods=["DELETE"]),
             Route("/v1/sim/root", sim_root, methods=["GET"]),
             WebSocketRoute("/v1/keeps/{keep_id}/connect", connect),
+            Route("/metrics", metrics_page, methods=["GET"]),
         ],
+        middleware=[Middleware(_RequestMetrics, metrics=metrics)],
         exception_handlers={ApiProblem: on_problem, HTTPException: on_http},
         lifespan=lifespan,
     )
     app.state.manager = mgr
+    app.state.metrics = metrics
     return app
