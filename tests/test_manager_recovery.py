@@ -1,0 +1,88 @@
+"""kill -9 of the keep manager: a restart recovers every record and leaves no
+orphan (issue "Keep manager daemon", faults)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from manager_support import STOCKADE, _free_port, running_server
+from stockade.client.remote import ManagerClient
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_dead(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = [p for p in pids if _alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def test_restart_after_kill_9_recovers_every_record(
+    state_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with running_server(state_dir, tmp_path_factory) as server:
+        client = ManagerClient(server.url, server.token)
+        created = [client.create("sim") for _ in range(3)]
+        ids = [k["id"] for k in created]
+        pids = [int(client.get(i)["pid"]) for i in ids]
+        assert all(_alive(p) for p in pids)
+        server.proc.kill()  # kill -9 of the manager
+        server.proc.wait()
+        # The Keeps lose their only stream (it was held by the manager) and end:
+        # no orphan keeps running on its own.
+        assert _wait_dead(pids, 15) == [], "Keeps outlived their manager"
+
+        port = _free_port()
+        with open(server.log, "ab") as out:
+            proc = subprocess.Popen(
+                [
+                    *STOCKADE,
+                    "host",
+                    "serve",
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--state-dir",
+                    str(server.state),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, server.log.read_text()
+                time.sleep(0.05)
+            after = {k["id"]: k for k in ManagerClient(url, server.token).list()}
+            assert set(ids) <= set(after), "a record was lost"
+            for keep_id in ids:
+                assert after[keep_id]["state"] in ("lost", "exited", "failed"), after[keep_id]
+            # The recovered records no longer count against the quota.
+            again = ManagerClient(url, server.token).create("sim")
+            assert again["state"] == "running"
+        finally:
+            proc.terminate()
+            proc.wait(15)
+        assert "Traceback" not in server.log.read_text()
+        assert os.path.exists(server.state / "registry.sqlite3")
