@@ -58,6 +58,20 @@ def _cli(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedP
     )
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float = 20) -> None:
+    """Wait until the manager at ``url`` answers /v1/health."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the manager did not come up"
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def running_server(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("manager")
@@ -80,16 +94,7 @@ def running_server(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "the manager did not come up"
-        time.sleep(0.05)
+    wait_healthy(url, proc, log)
     try:
         yield Server(url, state, log, tokens[0], token_file, tokens[1], proc)
     finally:

@@ -8,10 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from manager_support import STOCKADE, _free_port, running_server
+from manager_support import STOCKADE, _free_port, running_server, wait_healthy
 from stockade.client.remote import ManagerClient
 
 
@@ -65,15 +64,7 @@ def test_restart_after_kill_9_recovers_every_record(
             )
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, server.log.read_text()
-                time.sleep(0.05)
+            wait_healthy(url, proc, server.log)
             after = {k["id"]: k for k in ManagerClient(url, server.token).list()}
             assert set(ids) <= set(after), "a record was lost"
             for keep_id in ids:
