@@ -14,31 +14,15 @@ import click
 from stockade import __version__
 from stockade.commands._output import fail
 from stockade.commands._run import (
-    SIM_WARNING,
     RunOptions,
     deploy_session,
     exit_now,
-    parse_env,
-    parse_files,
-    parse_secrets,
-    parse_size,
     print_json,
     read_module,
     state_dir,
     workload_options,
 )
 from stockade.errors import KeepDied, StockadeError
-
-__all__ = [
-    "SIM_WARNING",
-    "RunOptions",
-    "main",
-    "parse_env",
-    "parse_files",
-    "parse_secrets",
-    "parse_size",
-    "state_dir",
-]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -25,9 +25,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stockade.wire.launch import keep_measurement
@@ -45,11 +44,6 @@ class KeepHandle:
     measurement: bytes
     log_path: Path
     scratch: Path | None = None  # created by the loader, removed by close()
-    started_at: float = field(default_factory=time.perf_counter)
-
-    def exit_status(self) -> int | None:
-        """Exit status of the Keep process (None while it runs)."""
-        return self.keep.poll()
 
     def wait(self, timeout: float) -> int | None:
         try:

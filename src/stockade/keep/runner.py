@@ -151,6 +151,7 @@ class Runner:
             linker.define_wasi()
             t1 = time.perf_counter()
             timer.start()
+            instance = None
             try:
                 instance = linker.instantiate(store, module)
                 func = instance.exports(store)["_start"]
@@ -166,25 +167,21 @@ class Runner:
                         f"the module's initial memory is larger than the {limits.memory_bytes}-byte limit",
                         "memory",
                     ) from None
-                self._raise_for_limit(
-                    store,
-                    instance_memory_size(store, locals().get("instance")),
-                    limits.memory_bytes,
-                )
+                self._raise_for_limit(instance_memory_size(store, instance), limits.memory_bytes)
                 raise WorkloadTrapped(trap_summary(exc)) from None
             finally:
                 timer.cancel()
                 timing["run"] = int((time.perf_counter() - t1) * 1e6)
             if self.limit_hit in ("time", "output"):
-                self._raise_for_limit(store, 0, limits.memory_bytes)
+                self._raise_for_limit(0, limits.memory_bytes)
             if code != 0:
-                self._raise_for_limit(store, instance_memory_size(store, instance), limits.memory_bytes)
+                self._raise_for_limit(instance_memory_size(store, instance), limits.memory_bytes)
             return RunOutcome(exit_code=code, workload_sha256=digest, timing_us=timing)
         finally:
             store.close()
             shutil.rmtree(base, ignore_errors=True)
 
-    def _raise_for_limit(self, store: Any, memory_used: int, memory_limit: int) -> None:
+    def _raise_for_limit(self, memory_used: int, memory_limit: int) -> None:
         if self.limit_hit == "time":
             raise LimitExceeded("workload exceeded its wall-clock time limit and was stopped", "time")
         if self.limit_hit == "output":

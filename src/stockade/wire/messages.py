@@ -17,7 +17,7 @@ bytes, duplicate keys (last one wins) and tags it turns into Python objects
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import cbor2
 
@@ -296,8 +296,6 @@ class Problem(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in (Hello, Workload, Output, Exit, Problem)}
-
-M = TypeVar("M", bound=Message)
 
 
 def _reject_tag(decoder: Any, tag: Any) -> Any:
