@@ -17,8 +17,8 @@ from stockade.commands._run import (
     RunOptions,
     deploy_session,
     exit_now,
+    prepare,
     print_json,
-    read_module,
     state_dir,
     workload_options,
 )
@@ -32,7 +32,7 @@ def main() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
-@click.argument("wasm", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("wasm", metavar="WASM|PACKAGE", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1)
 @click.option(
     "--backend",
@@ -44,13 +44,15 @@ def main() -> None:
 @workload_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
 def run(**kwargs: Any) -> None:
-    """Run WASM in a fresh Keep after verifying its attestation.
+    """Run a module or package in a fresh Keep after verifying its attestation.
 
-    Arguments after WASM (use -- before options meant for the workload) are
-    passed to the workload. Nothing of the workload leaves this machine
-    before the Keep's evidence is verified and accepted by the policy. The
-    exit status is the workload's own, or a stockade failure code
-    (docs/exit-codes.md).
+    WASM|PACKAGE is a WebAssembly module or a package (`stockade package
+    build`). Arguments after it (use -- before options meant for the
+    workload) are passed to the workload. Nothing of the workload leaves
+    this machine before the Keep's evidence is verified and accepted by the
+    policy; secrets and stdin leave only after a second attestation proves
+    which package the Keep loaded. The exit status is the workload's own,
+    or a stockade failure code (docs/exit-codes.md).
     """
     opts = RunOptions(**kwargs)
     try:
@@ -66,7 +68,7 @@ def _run(opts: RunOptions) -> None:
     from stockade.evidence.sim.local import chip_exists, serve_in_thread
     from stockade.host.loader import start_keep
 
-    module = read_module(opts)
+    prepared = prepare(opts)
     sdir = state_dir(opts.state_dir)
     if not chip_exists(sdir):
         from stockade.evidence.sim import chip
@@ -89,7 +91,7 @@ def _run(opts: RunOptions) -> None:
             handle.conn,
             handle.measurement,
             lambda: handle.wait(0.5),
-            module,
+            prepared,
             opts,
             chip.sim_root(sdir),
             hello,

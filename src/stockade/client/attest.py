@@ -48,6 +48,8 @@ class Appraisal:
     claims: VerifiedClaims
     checks: tuple[str, ...] = field(default=())
     decision: Decision | None = None
+    #: DER SubjectPublicKeyInfo of the Keep's TLS key the evidence binds.
+    tls_spki: bytes = b""
 
 
 def _evidence_of(cert: x509.Certificate) -> EvidenceBundle:
@@ -78,7 +80,24 @@ def appraise(cert_der: bytes, nonce: bytes, trust: TrustConfig) -> Appraisal:
         raise VerificationFailed("the Keep's certificate is not self-signed by its own key") from None
 
     bundle = _evidence_of(cert)
-    checks: list[str] = []
+    claims = verify_bundle(bundle, trust, at)
+    checks: list[str] = ["report signature and certificate chain"]
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if claims.report_data != report_data_for(nonce, spki):
+        raise VerificationFailed(
+            "report data does not bind this session's nonce and the Keep's TLS key "
+            "(replayed evidence, or a certificate for another key)"
+        )
+    checks.append("freshness: report binds this session's nonce and the TLS key")
+
+    decision = policy_appraise(claims, trust.policy, at)
+    checks.append(f"policy {decision.policy_name!r} accepted the claims")
+    return Appraisal(claims=claims, checks=tuple(checks), decision=decision, tls_spki=spki)
+
+
+def verify_bundle(bundle: EvidenceBundle, trust: TrustConfig, at: datetime) -> VerifiedClaims:
+    """Verify the evidence of a bundle against the roots for its platform
+    (says nothing about acceptance: that is the policy's job)."""
     if bundle.platform not in ("sim", "snp"):
         raise VerificationFailed(f"verification of {bundle.platform} evidence is not implemented yet")
     anchors: list[TrustAnchor] = []
@@ -94,21 +113,4 @@ def appraise(cert_der: bytes, nonce: bytes, trust: TrustConfig) -> Appraisal:
     vcek, ask = bundle.cert("vcek"), bundle.cert("ask")
     if vcek is None or ask is None:
         raise MalformedEvidence("evidence lacks the VCEK and ASK certificates")
-    verified = verify_report(bundle.report, vcek, ask, anchors, at)
-    claims = verified.claims
-    checks.append("report signature and certificate chain")
-
-    expected = report_data_for(
-        nonce,
-        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
-    )
-    if claims.report_data != expected:
-        raise VerificationFailed(
-            "report data does not bind this session's nonce and the Keep's TLS key "
-            "(replayed evidence, or a certificate for another key)"
-        )
-    checks.append("freshness: report binds this session's nonce and the TLS key")
-
-    decision = policy_appraise(claims, trust.policy, at)
-    checks.append(f"policy {decision.policy_name!r} accepted the claims")
-    return Appraisal(claims=claims, checks=tuple(checks), decision=decision)
+    return verify_report(bundle.report, vcek, ask, anchors, at).claims

@@ -1,9 +1,11 @@
 """Deploy orchestration on the client (relying party) side.
 
 Over a byte stream to a freshly started Keep: send a nonce, run the TLS 1.3
-handshake, appraise the Keep's certificate, and only then send the workload
-and its secrets; stream the Keep's output to callbacks until it reports an
-exit status or a problem.
+handshake, appraise the Keep's certificate; only then send the package (or
+point the Keep at the one staged on the host) with a fresh nonce; appraise
+the Keep's second attestation, which binds the measured workload identity;
+only then release the secrets and stdin; stream the Keep's output to
+callbacks until it reports an exit status or a problem.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stockade.client.attest import Appraisal, TrustConfig, appraise
-from stockade.errors import KeepDied, ProtocolError
-from stockade.wire.messages import Exit, Output, Problem, Workload
+from stockade.client.identity import WorkloadIdentity, appraise_identity
+from stockade.errors import KeepDied, ProtocolError, WorkloadRejected
+from stockade.wire.messages import Config, Exit, Expect, Identity, Load, Message, Output, Problem, Release
 from stockade.wire.protocol import ClientSession
 
 #: Time beyond the workload's own limit that the client waits for the Keep.
@@ -26,10 +29,30 @@ CLIENT_GRACE_S = 10.0
 HANDSHAKE_TIMEOUT_S = 60.0
 
 
+@dataclass(frozen=True)
+class DeployPlan:
+    """What to deploy. ``package`` None means staged: the host provides the
+    package bytes to the Keep (untrusted), and ``digest`` is the digest the
+    Keep must prove it loaded. ``expect`` is sent to the Keep to enforce
+    before it runs anything (pinned digests, trusted signers)."""
+
+    package: bytes | None
+    digest: bytes
+    config: Config
+    expect: Expect = field(default_factory=Expect)
+    secrets: tuple[tuple[str, bytes], ...] = ()
+    stdin: bytes = b""
+    required_secrets: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"DeployPlan(digest={self.digest.hex()}, secrets={[n for n, _ in self.secrets]!r})"
+
+
 @dataclass
 class DeployResult:
     exit_code: int
     appraisal: Appraisal
+    identity: WorkloadIdentity
     workload_sha256: bytes
     timing_ms: dict[str, float] = field(default_factory=dict)
 
@@ -66,17 +89,21 @@ def send_hello(sock: socket.socket) -> SentHello:
 
 def deploy(
     sock: socket.socket,
-    workload: Workload,
+    plan: DeployPlan,
     trust: TrustConfig,
     on_output: Callable[[int, bytes], None],
     on_verified: Callable[[Appraisal], None] = lambda a: None,
     keep_exit_status: Callable[[], int | None] = lambda: None,
     steps: Steps | None = None,
     hello: SentHello | None = None,
+    on_identity: Callable[[WorkloadIdentity], None] = lambda i: None,
 ) -> DeployResult:
     """Run one deploy session over ``sock``. ``hello`` is the hello already
     sent by :func:`send_hello` (callers send it as soon as the Keep starts,
     so that the Keep attests while the client is still getting ready)."""
+    missing = sorted(set(plan.required_secrets) - {name for name, _ in plan.secrets})
+    if missing:
+        raise WorkloadRejected(f"the package needs secret(s) {', '.join(missing)}: pass --secret NAME=@FILE")
     steps = steps or Steps()
     hello = hello or send_hello(sock)
     session, nonce = hello.session, hello.nonce
@@ -98,7 +125,7 @@ def deploy(
     except (ssl.SSLError, OSError) as exc:
         raise died(f"during the TLS handshake ({type(exc).__name__})") from None
     try:
-        return _session(tls, session, nonce, workload, trust, on_output, on_verified, died, steps)
+        return _session(tls, session, nonce, plan, trust, on_output, on_verified, on_identity, died, steps)
     finally:
         # wrap_socket took over ``sock``: closing the TLS socket is what ends
         # the stream, so a refused Keep sees EOF at once and exits.
@@ -110,10 +137,11 @@ def _session(
     tls: ssl.SSLSocket,
     session: ClientSession,
     nonce: bytes,
-    workload: Workload,
+    plan: DeployPlan,
     trust: TrustConfig,
     on_output: Callable[[int, bytes], None],
     on_verified: Callable[[Appraisal], None],
+    on_identity: Callable[[WorkloadIdentity], None],
     died: Callable[[str], KeepDied],
     steps: Steps,
 ) -> DeployResult:
@@ -126,22 +154,39 @@ def _session(
     steps.mark("verify")
     on_verified(appraisal)
 
+    load_nonce = secrets.token_bytes(32)
+    load = Load(
+        package=plan.package,
+        staged=plan.package is None,
+        expect=plan.expect,
+        config=plan.config,
+        nonce=load_nonce,
+    )
     try:
-        tls.sendall(session.workload(workload))
+        tls.sendall(session.load(load))
     except OSError as exc:
-        raise died(f"while receiving the workload ({type(exc).__name__})") from None
+        raise died(f"while receiving the package ({type(exc).__name__})") from None
     steps.mark("transfer")
-    tls.settimeout(workload.limits.timeout_ms / 1000 + CLIENT_GRACE_S)
+    identity: WorkloadIdentity | None = None
+    while identity is None:
+        for msg in _receive(tls, session, died, "while loading the package"):
+            if isinstance(msg, Problem):
+                raise msg.to_error()
+            if isinstance(msg, Identity):
+                identity = appraise_identity(
+                    msg, appraisal, load_nonce, plan.digest, plan.config.digest(), plan.expect, trust
+                )
+    session.identity_verified()
+    steps.mark("identity")
+    on_identity(identity)
+
+    try:
+        tls.sendall(session.release(Release(secrets=plan.secrets, stdin=plan.stdin)))
+    except OSError as exc:
+        raise died(f"while receiving the release ({type(exc).__name__})") from None
+    tls.settimeout(plan.config.limits.timeout_ms / 1000 + CLIENT_GRACE_S)
     while True:
-        try:
-            data = tls.recv(1 << 20)
-        except TimeoutError:
-            raise KeepDied("the Keep stopped responding past the workload's time limit") from None
-        except (ssl.SSLError, OSError) as exc:
-            raise died(f"while the workload ran ({type(exc).__name__})") from None
-        if not data:
-            raise died("before reporting the workload's exit status")
-        for msg in session.receive(data):
+        for msg in _receive(tls, session, died, "while the workload ran"):
             if isinstance(msg, Output):
                 on_output(msg.fd, msg.data)
             elif isinstance(msg, Problem):
@@ -151,4 +196,20 @@ def _session(
                 steps.mark("run")
                 for name, us in msg.timing_us:
                     steps.ms[f"keep_{name}"] = us / 1000
-                return DeployResult(msg.code, appraisal, msg.workload_sha256, steps.ms)
+                return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms)
+
+
+def _receive(
+    tls: ssl.SSLSocket, session: ClientSession, died: Callable[[str], KeepDied], during: str
+) -> list[Message]:
+    try:
+        data = tls.recv(1 << 20)
+    except TimeoutError:
+        if during.endswith("ran"):
+            raise KeepDied("the Keep stopped responding past the workload's time limit") from None
+        raise KeepDied(f"the Keep stopped responding {during}") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise died(f"{during} ({type(exc).__name__})") from None
+    if not data:
+        raise died("before reporting the workload's exit status" if during.endswith("ran") else during)
+    return session.receive(data)

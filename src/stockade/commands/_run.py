@@ -20,8 +20,10 @@ from stockade.errors import UsageError
 if TYPE_CHECKING:
     from stockade.client.attest import Appraisal
     from stockade.client.deploy import DeployResult, SentHello
+    from stockade.client.identity import WorkloadIdentity
+    from stockade.package import Manifest
     from stockade.policy import Policy
-    from stockade.wire.messages import FileEntry
+    from stockade.wire.messages import Expect, FileEntry, Limits
 
 SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -165,10 +167,13 @@ class RunOptions:
     stdin: str | None
     files: tuple[str, ...]
     secret_refs: tuple[str, ...]
-    timeout: float
-    memory: str
-    max_output: str
+    timeout: float | None
+    memory: str | None
+    max_output: str | None
     expect_measurement: str | None
+    signers: tuple[Path, ...]
+    min_signatures: int | None
+    expect_digests: tuple[str, ...]
     as_json: bool
     quiet: bool
     state_dir: Path | None
@@ -200,31 +205,143 @@ def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy,
     return default_policy(expected), f"built-in default; measurement pinned to {pinned}"
 
 
+DEFAULT_LIMITS = {"timeout_ms": 30_000, "memory_bytes": 256 * 1024**2, "output_bytes": 64 * 1024**2}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The workload to deploy, as a package (a bare module is wrapped in an
+    unsigned in-memory package), with the limits that apply to it."""
+
+    package: bytes
+    digest: bytes
+    manifest: Manifest
+    limits: Limits
+    from_module: bool
+
+    def limits_map(self) -> dict[str, int]:
+        return self.limits.to_map()
+
+
+def prepare(opts: RunOptions) -> Prepared:
+    """Read WASM (a module or a package), check it and compute the limits:
+    command-line flags override the package manifest's, which override the
+    defaults."""
+    import math
+
+    from stockade.errors import WorkloadRejected
+    from stockade.package import Manifest, Package
+    from stockade.package.format import content_digest, encode
+    from stockade.wire.messages import Limits
+
+    try:
+        data = opts.wasm.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {opts.wasm}: {exc.strerror}") from None
+    if data[:4] == b"\0asm":
+        manifest = Manifest(name=opts.wasm.stem or "module", version="0", entry="main.wasm")
+        files = {"main.wasm": data}
+        package, digest, from_module = encode(manifest, files), content_digest(manifest.to_map(), files), True
+    else:
+        try:
+            parsed = Package.from_bytes(data)
+        except WorkloadRejected as exc:
+            raise WorkloadRejected(
+                f"{opts.wasm} is neither a WebAssembly module (no \\0asm magic number) "
+                f"nor a valid stockade package ({exc.detail})"
+            ) from None
+        manifest, package, digest, from_module = parsed.manifest, data, parsed.digest, False
+    if opts.timeout is not None and (
+        not math.isfinite(opts.timeout) or not 0 < opts.timeout <= MAX_TIMEOUT_S
+    ):
+        raise UsageError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
+    limits = {**DEFAULT_LIMITS, **dict(manifest.limits)}
+    if opts.timeout is not None:
+        limits["timeout_ms"] = max(1, int(opts.timeout * 1000))
+    if opts.memory is not None:
+        limits["memory_bytes"] = parse_size(opts.memory, "--memory")
+    if opts.max_output is not None:
+        limits["output_bytes"] = parse_size(opts.max_output, "--max-output")
+    if limits["timeout_ms"] > MAX_TIMEOUT_S * 1000:
+        raise WorkloadRejected(f"the package's timeout_ms exceeds {MAX_TIMEOUT_S} seconds")
+    return Prepared(package, digest, manifest, Limits(**limits), from_module)
+
+
+def expectations(opts: RunOptions, prepared: Prepared) -> tuple[Expect, tuple[str, ...]]:
+    """What the Keep must enforce (--expect-digest: trusted boot; --signer:
+    signatures), checked here first so that a bad package fails before it
+    leaves; and lines for the summary."""
+    from stockade.package import Package, load_public_key, verify_signatures
+    from stockade.package.signing import raw_public_key
+    from stockade.wire.messages import Expect
+
+    digests: list[bytes] = []
+    for text in opts.expect_digests:
+        try:
+            value = bytes.fromhex(text.removeprefix("sha256:"))
+        except ValueError:
+            value = b""
+        if len(value) != 32:
+            raise UsageError(f"--expect-digest {text!r}: expected 64 hex digits (a package content digest)")
+        digests.append(value)
+    if digests and prepared.digest not in digests:
+        from stockade.errors import WorkloadRejected
+
+        raise WorkloadRejected(
+            f"{opts.wasm} has digest {prepared.digest.hex()}, which is not a pinned --expect-digest"
+        )
+    keys = [load_public_key(path) for path in opts.signers]
+    required = opts.min_signatures if opts.min_signatures is not None else min(1, len(keys))
+    if opts.min_signatures is not None and not 1 <= required <= len(keys):
+        raise UsageError(f"--min-signatures must be between 1 and the number of --signer keys ({len(keys)})")
+    notes: list[str] = []
+    if keys:
+        verified = verify_signatures(Package.from_bytes(prepared.package), keys, required)
+        roles = ", ".join(f"{s.role} {s.kid[:16]}…" for s in verified.signers)
+        notes.append(f"  signed by    {roles} (checked here, and again in the Keep)")
+    if digests:
+        notes.append("  trusted boot the Keep refuses any package but the pinned digest(s)")
+    expect = Expect(
+        digests=tuple(sorted(set(digests))),
+        signers=tuple(sorted({raw_public_key(k) for k in keys})),
+        min_signatures=required if keys else 0,
+    )
+    return expect, tuple(notes)
+
+
+def identity_summary(identity: WorkloadIdentity) -> str:
+    signers = ", ".join(f"{role} {kid[:16]}…" for role, kid in identity.signers) or "none checked"
+    return "\n".join(
+        [
+            "stockade: workload identity attested; releasing secrets",
+            f"  package      {identity.package_name} {identity.package_digest.hex()}",
+            f"  signatures   {signers}",
+            f"  event log    {len(identity.events)} events, register {identity.register.hex()[:32]}…",
+        ]
+    )
+
+
 def deploy_session(
     conn: socket.socket,
     runtime_measurement: bytes,
     keep_exit_status: Callable[[], int | None],
-    module: bytes,
+    prepared: Prepared,
     opts: RunOptions,
     sim_root: bytes | None,
     hello: SentHello,
     extra_summary: tuple[str, ...] = (),
 ) -> tuple[DeployResult, dict[int, bytearray]]:
-    """Build the workload from ``opts``, choose the policy, and run one
+    """Build the deploy plan from ``opts``, choose the policy, and run one
     deploy session over ``conn`` (a stream to a fresh Keep, the hello
     already sent). ``runtime_measurement`` is what the measurement is pinned
     to unless ``opts`` says otherwise."""
     from stockade.client.attest import TrustConfig
-    from stockade.client.deploy import Steps, deploy
-    from stockade.wire.messages import Limits, Workload
+    from stockade.client.deploy import DeployPlan, Steps, deploy
+    from stockade.wire.messages import Config
 
     steps = Steps()
-    limits = Limits(
-        timeout_ms=max(1, int(opts.timeout * 1000)),
-        memory_bytes=parse_size(opts.memory, "--memory"),
-        output_bytes=parse_size(opts.max_output, "--max-output"),
-    )
     policy, note = choose_policy(opts, runtime_measurement)
+    expect, notes = expectations(opts, prepared)
     stdin_bytes = b""
     if opts.stdin == "-":
         stdin_bytes = sys.stdin.buffer.read()
@@ -233,14 +350,16 @@ def deploy_session(
             stdin_bytes = Path(opts.stdin).read_bytes()
         except OSError as exc:
             raise UsageError(f"--stdin: cannot read {opts.stdin}: {exc.strerror}") from None
-    workload = Workload(
-        wasm=module,
-        args=opts.args,
-        env=parse_env(opts.env),
-        stdin=stdin_bytes,
-        files=parse_files(opts.files),
+    plan = DeployPlan(
+        package=prepared.package,
+        digest=prepared.digest,
+        config=Config(
+            args=opts.args, env=parse_env(opts.env), files=parse_files(opts.files), limits=prepared.limits
+        ),
+        expect=expect,
         secrets=parse_secrets(opts.secret_refs),
-        limits=limits,
+        stdin=stdin_bytes,
+        required_secrets=prepared.manifest.secrets,
     )
     # The sim root is used to *verify* sim evidence; acceptance is the
     # policy's decision (the default policy refuses sim).
@@ -259,31 +378,20 @@ def deploy_session(
         if opts.as_json:
             return  # the JSON document carries the appraisal and the label
         if not opts.quiet:
-            click.echo(summary(appraisal, note, extra_summary), err=True)
+            click.echo(summary(appraisal, note, (*extra_summary, *notes)), err=True)
         elif appraisal.claims.platform == "sim":
             # sim output is always labelled, even with --quiet.
             click.echo("stockade: sim Keep: NO HARDWARE PROTECTION", err=True)
 
+    def on_identity(identity: WorkloadIdentity) -> None:
+        if not opts.as_json and not opts.quiet and not prepared.from_module:
+            click.echo(identity_summary(identity), err=True)
+
     steps.mark("client_prepare")
-    result = deploy(conn, workload, trust, on_output, on_verified, keep_exit_status, steps, hello)
+    result = deploy(
+        conn, plan, trust, on_output, on_verified, keep_exit_status, steps, hello, on_identity=on_identity
+    )
     return result, out
-
-
-def read_module(opts: RunOptions) -> bytes:
-    """The workload module, checked to be Wasm; and the timeout checked."""
-    import math
-
-    try:
-        module = opts.wasm.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {opts.wasm}: {exc.strerror}") from None
-    if module[:4] != b"\0asm":
-        from stockade.errors import WorkloadRejected
-
-        raise WorkloadRejected(f"{opts.wasm} is not a WebAssembly module (missing the \\0asm magic number)")
-    if not math.isfinite(opts.timeout) or not 0 < opts.timeout <= MAX_TIMEOUT_S:
-        raise UsageError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
-    return module
 
 
 def print_json(result: DeployResult, out: dict[int, bytearray], **extra: Any) -> None:
@@ -293,6 +401,7 @@ def print_json(result: DeployResult, out: dict[int, bytearray], **extra: Any) ->
         "stdout": out[1].decode("utf-8", "replace"),
         "stderr": out[2].decode("utf-8", "replace"),
         "workload_sha256": result.workload_sha256.hex(),
+        "workload": result.identity.to_json(),
         "attestation": {
             **result.appraisal.claims.to_json(),
             "checks": list(result.appraisal.checks),
@@ -337,10 +446,30 @@ def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Secret sent only after verification, visible as /secrets/NAME.",
         ),
         click.option(
-            "--timeout", type=float, default=30.0, show_default=True, help="Wall-clock limit, seconds."
+            "--timeout", type=float, help="Wall-clock limit, seconds [default: the package's, else 30]."
         ),
-        click.option("--memory", default="256M", show_default=True, help="Linear memory limit."),
-        click.option("--max-output", default="64M", show_default=True, help="Limit on stdout+stderr bytes."),
+        click.option("--memory", help="Linear memory limit [default: the package's, else 256M]."),
+        click.option("--max-output", help="Limit on stdout+stderr bytes [default: the package's, else 64M]."),
+        click.option(
+            "--signer",
+            "signers",
+            multiple=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            metavar="PUB",
+            help="Trusted package signer (public key file); the Keep refuses packages it did not sign.",
+        ),
+        click.option(
+            "--min-signatures",
+            type=int,
+            help="How many --signer keys must have signed [default: 1].",
+        ),
+        click.option(
+            "--expect-digest",
+            "expect_digests",
+            multiple=True,
+            metavar="HEX",
+            help="Trusted boot: the Keep refuses any package whose digest is not one of these.",
+        ),
         click.option(
             "--expect-measurement",
             metavar="HEX",

@@ -23,9 +23,8 @@ from stockade.commands._run import (
     RunOptions,
     deploy_session,
     exit_now,
-    parse_size,
+    prepare,
     print_json,
-    read_module,
     workload_options,
 )
 from stockade.errors import KeepDied, StockadeError, UsageError
@@ -99,12 +98,8 @@ def _deploy(url: str, token_file: Path | None, opts: RunOptions) -> None:
     from stockade.client.deploy import send_hello
     from stockade.wire.launch import keep_measurement
 
-    module = read_module(opts)
-    limits = {
-        "timeout_ms": max(1, int(opts.timeout * 1000)),
-        "memory_bytes": parse_size(opts.memory, "--memory"),
-        "output_bytes": parse_size(opts.max_output, "--max-output"),
-    }
+    prepared = prepare(opts)
+    limits = prepared.limits_map()
     with _client(url, token_file) as client:
         sim_root = None
         extra: tuple[str, ...] = ()
@@ -127,7 +122,7 @@ def _deploy(url: str, token_file: Path | None, opts: RunOptions) -> None:
             # The pin is this installation's Keep runtime, computed here: what
             # the host reports as the measurement is not trusted.
             result, out = deploy_session(
-                sock, keep_measurement(), exit_status, module, opts, sim_root, hello, extra
+                sock, keep_measurement(), exit_status, prepared, opts, sim_root, hello, extra
             )
         except KeepDied as err:
             raise KeepDied(f"{err.detail}; Keep {keep_id} on {client.url}") from None

@@ -1,10 +1,12 @@
-"""One deploy session of a Keep: hello, attestation, TLS, workload, results.
+"""One deploy session of a Keep: hello, attestation, TLS, load, identity,
+release, results.
 
 I/O lives here; the protocol rules live in wire.protocol.KeepSession.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import struct
@@ -14,15 +16,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from stockade.errors import LimitExceeded, ProtocolError, StockadeError
+from stockade.errors import LimitExceeded, ProtocolError, StockadeError, WorkloadRejected
 from stockade.keep import identity
-from stockade.wire.binding import report_data_for
+from stockade.wire.binding import identity_report_data, report_data_for
 from stockade.wire.evidence import EvidenceBundle
 from stockade.wire.framing import HEADER
-from stockade.wire.messages import Exit, Workload
+from stockade.wire.messages import Exit, Identity, Message, Workload
 from stockade.wire.protocol import KeepSession
+
+M = TypeVar("M", bound=Message)
 
 #: How long a Keep waits for its client at each step before giving up.
 IDLE_TIMEOUT = 60.0
@@ -106,7 +110,7 @@ class KeepServer:
         self.session.channel_ready()
         self._mark("handshake")
 
-    def receive_workload(self) -> Workload:
+    def _receive(self, feed: Callable[[bytes], M | None], what: str) -> M:
         from OpenSSL import SSL
 
         while True:
@@ -115,10 +119,35 @@ class KeepServer:
             except (SSL.ZeroReturnError, SSL.SysCallError):
                 data = b""
             if not data:
-                raise ProtocolError("client closed the channel before sending a workload")
-            workload = self.session.receive_workload(data)
-            if workload is not None:
-                return workload
+                raise ProtocolError(f"client closed the channel before sending {what}")
+            msg = feed(data)
+            if msg is not None:
+                return msg
+
+    def receive_workload(self) -> Workload:
+        """Load request, package checks and measurement, the second
+        attestation, then the release: the whole workload."""
+        from stockade.keep.loading import load
+
+        request = self._receive(self.session.receive_load, "a load request")
+        self._mark("wait_load")
+        loaded = load(request, self.scratch)
+        self._mark("load")
+        bundle = self.attester.evidence(
+            identity_report_data(request.nonce, identity.spki_der(self._key), loaded.log.register)
+        )
+        self._send(self.session.identity(Identity(evidence=bundle.to_cbor(), events=loaded.log.events)))
+        self._mark("identity")
+        _log(f"loaded package {loaded.package.digest.hex()[:16]}…, identity sent")
+        release = self._receive(self.session.receive_release, "the release")
+        self._mark("wait_release")
+        released = {name for name, _ in release.secrets}
+        missing = sorted(set(loaded.package.manifest.secrets) - released)
+        if missing:
+            raise WorkloadRejected(
+                f"the package needs secret(s) {', '.join(missing)}, which were not released"
+            )
+        return dataclasses.replace(loaded.workload, secrets=release.secrets, stdin=release.stdin)
 
     def run(self, workload: Workload) -> None:
         from stockade.keep.runner import Runner

@@ -42,8 +42,15 @@ def signed_bytes(digest: bytes) -> bytes:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """SHA-256 hex of the raw 32-byte public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw_key_id(raw_public_key(public_key))
+
+
+def raw_key_id(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
+
+
+def raw_public_key(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def sign(package_bytes: bytes, private_key: Ed25519PrivateKey, role: str = "author") -> bytes:

@@ -19,3 +19,23 @@ def report_data_for(nonce: bytes, spki_der: bytes) -> bytes:
     if len(nonce) != NONCE_SIZE:
         raise ValueError(f"nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
     return hashlib.sha512(DOMAIN + nonce + hashlib.sha256(spki_der).digest()).digest()
+
+
+IDENTITY_DOMAIN = b"stockade/workload-identity/v1\x00"
+
+
+def identity_report_data(nonce: bytes, spki_der: bytes, register: bytes) -> bytes:
+    """Report data of the second attestation, after the workload is loaded:
+
+    SHA-512(IDENTITY_DOMAIN || nonce || SHA-256(SPKI DER) || register)
+
+    ``nonce`` is the fresh one the client sent with the load request,
+    ``register`` the final event-log register (stockade.wire.eventlog). The
+    same TLS key as the first attestation is bound, so both reports speak
+    of the one Keep at the end of this TLS session.
+    """
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
+    if len(register) != 32:
+        raise ValueError(f"register must be 32 bytes, got {len(register)}")
+    return hashlib.sha512(IDENTITY_DOMAIN + nonce + hashlib.sha256(spki_der).digest() + register).digest()

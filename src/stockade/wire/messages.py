@@ -16,12 +16,14 @@ bytes, duplicate keys (last one wins) and tags it turns into Python objects
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import cbor2
 
 from stockade.errors import ProtocolError, StockadeError, error_class_for
+from stockade.wire.eventlog import Event, events_from_list
 
 VERSION = 1
 
@@ -168,11 +170,186 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
-class Workload(Message):
-    """Client -> Keep, inside attested TLS only: what to run, with its secrets."""
+class Config:
+    """Deploy-time configuration the client adds to a package: extra
+    arguments, environment, files and the effective limits. It is measured
+    into the event log (the "config" event) before any secret is released."""
 
-    TYPE: ClassVar[str] = "workload"
-    FIELDS: ClassVar[set[str]] = {"wasm", "args", "env", "stdin", "files", "secrets", "limits"}
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    files: tuple[FileEntry, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "args": list(self.args),
+            "env": dict(self.env),
+            "files": [f.to_map() for f in self.files],
+            "limits": self.limits.to_map(),
+        }
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(cbor2.dumps(self.to_map(), canonical=True)).digest()
+
+    @classmethod
+    def from_map(cls, m: Any) -> Config:
+        if not isinstance(m, dict):
+            raise ProtocolError("load: config must be a map")
+        _only(m, {"args", "env", "files", "limits"}, "config")
+        return cls(
+            args=_str_list(_need(m, "args", list, "config"), "config args"),
+            env=_str_map(_need(m, "env", dict, "config"), str, "config env"),
+            files=tuple(FileEntry.from_map(f) for f in _need(m, "files", list, "config")),
+            limits=Limits.from_map(_need(m, "limits", dict, "config")),
+        )
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the deployer requires of the package, for the Keep to enforce
+    before it runs anything: pinned content digests (trusted boot: refuse
+    any other package) and trusted signers (raw 32-byte Ed25519 public
+    keys), of which at least ``min_signatures`` must have signed."""
+
+    digests: tuple[bytes, ...] = ()
+    signers: tuple[bytes, ...] = ()
+    min_signatures: int = 0
+
+    def __post_init__(self) -> None:
+        if any(len(d) != 32 for d in self.digests):
+            raise ProtocolError("expect: every pinned digest must be 32 bytes")
+        if any(len(k) != 32 for k in self.signers):
+            raise ProtocolError("expect: every signer must be a 32-byte Ed25519 public key")
+        n = self.min_signatures
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(self.signers):
+            raise ProtocolError("expect: min_signatures must be between 0 and the number of signers")
+        if self.signers and n == 0:
+            raise ProtocolError("expect: signers are named but min_signatures is 0")
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "digests": list(self.digests),
+            "signers": list(self.signers),
+            "min_signatures": self.min_signatures,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any) -> Expect:
+        if not isinstance(m, dict):
+            raise ProtocolError("load: expect must be a map")
+        _only(m, {"digests", "signers", "min_signatures"}, "expect")
+        digests = _need(m, "digests", list, "expect")
+        signers = _need(m, "signers", list, "expect")
+        if not all(isinstance(x, bytes) for x in (*digests, *signers)):
+            raise ProtocolError("expect: digests and signers must be byte strings")
+        return cls(tuple(digests), tuple(signers), _need(m, "min_signatures", int, "expect"))
+
+
+@dataclass(frozen=True)
+class Load(Message):
+    """Client -> Keep, inside attested TLS, after the first verification:
+    the package to load (inline, or ``staged``: provided by the host, and so
+    untrusted until measured), what to require of it, the deploy-time
+    configuration, and a fresh nonce for the second attestation. Carries no
+    secret."""
+
+    TYPE: ClassVar[str] = "load"
+    FIELDS: ClassVar[set[str]] = {"package", "staged", "expect", "config", "nonce"}
+    package: bytes | None
+    config: Config
+    nonce: bytes
+    expect: Expect = field(default_factory=Expect)
+    staged: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.package is None) != self.staged:
+            raise ProtocolError("load: exactly one of an inline package and staged must be given")
+        if len(self.nonce) != 32:
+            raise ProtocolError(f"load: nonce must be 32 bytes, got {len(self.nonce)}")
+
+    def __repr__(self) -> str:
+        size = "staged" if self.package is None else f"<{len(self.package)} bytes>"
+        return f"Load(package={size}, expect={self.expect!r})"
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "expect": self.expect.to_map(),
+            "config": self.config.to_map(),
+            "nonce": self.nonce,
+        }
+        if self.package is None:
+            body["staged"] = True
+        else:
+            body["package"] = self.package
+        return body
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Load:
+        staged = m.get("staged", False)
+        if "staged" in m and staged is not True:
+            raise ProtocolError("load: 'staged' must be true when present")
+        package = _need(m, "package", bytes, "load") if "package" in m else None
+        return cls(
+            package=package,
+            staged=staged,
+            expect=Expect.from_map(_need(m, "expect", dict, "load")),
+            config=Config.from_map(_need(m, "config", dict, "load")),
+            nonce=_need(m, "nonce", bytes, "load"),
+        )
+
+
+@dataclass(frozen=True)
+class Identity(Message):
+    """Keep -> client, after loading: fresh evidence whose report data binds
+    the load nonce, the TLS key and the event-log register, and the events
+    that produce that register."""
+
+    TYPE: ClassVar[str] = "identity"
+    FIELDS: ClassVar[set[str]] = {"evidence", "events"}
+    evidence: bytes  # an EvidenceBundle in CBOR (stockade.wire.evidence)
+    events: tuple[Event, ...]
+
+    def body(self) -> dict[str, Any]:
+        return {"evidence": self.evidence, "events": [e.to_list() for e in self.events]}
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Identity:
+        return cls(
+            evidence=_need(m, "evidence", bytes, "identity"),
+            events=events_from_list(_need(m, "events", list, "identity")),
+        )
+
+
+@dataclass(frozen=True)
+class Release(Message):
+    """Client -> Keep, inside attested TLS, only after the client verified
+    the workload identity: the secrets and the standard input."""
+
+    TYPE: ClassVar[str] = "release"
+    FIELDS: ClassVar[set[str]] = {"secrets", "stdin"}
+    secrets: tuple[tuple[str, bytes], ...] = ()
+    stdin: bytes = b""
+
+    def __repr__(self) -> str:
+        # Never print secret values, even in a debugger.
+        return f"Release(secrets={[n for n, _ in self.secrets]!r}, stdin=<{len(self.stdin)} bytes>)"
+
+    def body(self) -> dict[str, Any]:
+        return {"secrets": dict(self.secrets), "stdin": self.stdin}
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Release:
+        return cls(
+            secrets=_str_map(_need(m, "secrets", dict, "release"), bytes, "release secrets"),
+            stdin=_need(m, "stdin", bytes, "release"),
+        )
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a Keep runs, assembled inside the Keep from a verified package,
+    the load's configuration and the release. Never sent as one message."""
+
     wasm: bytes
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
@@ -187,30 +364,6 @@ class Workload(Message):
         return (
             f"Workload(wasm=<{len(self.wasm)} bytes>, args={self.args!r}, "
             f"env=<{len(self.env)} vars>, files=<{len(self.files)}>, secrets={names!r})"
-        )
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "wasm": self.wasm,
-            "args": list(self.args),
-            "env": dict(self.env),
-            "stdin": self.stdin,
-            "files": [f.to_map() for f in self.files],
-            "secrets": dict(self.secrets),
-            "limits": self.limits.to_map(),
-        }
-
-    @classmethod
-    def from_map(cls, m: dict[Any, Any]) -> Workload:
-        w = "workload"
-        return cls(
-            wasm=_need(m, "wasm", bytes, w),
-            args=_str_list(_need(m, "args", list, w), "workload args"),
-            env=_str_map(_need(m, "env", dict, w), str, "workload env"),
-            stdin=_need(m, "stdin", bytes, w),
-            files=tuple(FileEntry.from_map(f) for f in _need(m, "files", list, w)),
-            secrets=_str_map(_need(m, "secrets", dict, w), bytes, "workload secrets"),
-            limits=Limits.from_map(_need(m, "limits", dict, w)),
         )
 
 
@@ -295,7 +448,9 @@ class Problem(Message):
         return cls(problem_type=ptype, title=title, detail=detail)
 
 
-MESSAGE_TYPES: dict[str, type[Message]] = {cls.TYPE: cls for cls in (Hello, Workload, Output, Exit, Problem)}
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (Hello, Load, Identity, Release, Output, Exit, Problem)
+}
 
 
 def _reject_tag(decoder: Any, tag: Any) -> Any:

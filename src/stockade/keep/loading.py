@@ -1,0 +1,125 @@
+"""Loading a package inside the Keep: check it, measure it, refuse it.
+
+The Keep trusts nothing about the package bytes it receives: they may come
+from the client inside the attested channel, or be *staged* by the host
+(untrusted), in which case a hostile host may have swapped them. Loading:
+
+1. parses the package strictly and recomputes its content digest
+   (stockade.package.format: a flipped byte, a dropped, added or reordered
+   file, a manifest naming another entry are refused);
+2. trusted boot: if the load request pins digests, refuses any other;
+3. if the load request names trusted signers, verifies their signatures
+   over the digest and requires ``min_signatures`` of them;
+4. measures into the event log, in this order: the runtime, the package
+   digest, each verified signer, the entry module, every other file, the
+   deploy-time configuration.
+
+Refusals raise WorkloadRejected (or SignatureRejected, exit 110) before
+anything runs; the client sees them as problems.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from stockade import __version__
+from stockade.errors import WorkloadRejected
+from stockade.package.format import Package
+from stockade.package.signing import verify_signatures
+from stockade.wire.eventlog import EventLog
+from stockade.wire.messages import FileEntry, Load, Workload
+
+#: The name of the file a host stages a package in, inside the Keep's scratch
+#: directory (the sim backend's stand-in for a host-to-guest channel).
+STAGED_NAME = "staged.stockade"
+#: Largest staged package a Keep reads.
+MAX_STAGED = 256 * 1024 * 1024
+
+
+@functools.cache
+def runtime_name() -> str:
+    from importlib.metadata import version
+
+    return f"stockade-keep {__version__}; wasmtime {version('wasmtime')}"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A package checked and measured; the workload lacks only the release."""
+
+    workload: Workload
+    log: EventLog
+    package: Package
+
+
+def read_staged(scratch: Path | None) -> bytes:
+    if scratch is None:
+        raise WorkloadRejected("the client asked for a staged package, but this Keep has no staging area")
+    path = scratch / STAGED_NAME
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_STAGED + 1)
+    except FileNotFoundError:
+        raise WorkloadRejected("the client asked for a staged package, but the host staged none") from None
+    except OSError as exc:
+        raise WorkloadRejected(f"the staged package cannot be read ({exc.strerror})") from None
+    if len(data) > MAX_STAGED:
+        raise WorkloadRejected(f"the staged package is larger than {MAX_STAGED} bytes")
+    return data
+
+
+def load(request: Load, scratch: Path | None) -> Loaded:
+    data = request.package if request.package is not None else read_staged(scratch)
+    origin = "staged by the host" if request.staged else "sent by the client"
+    try:
+        package = Package.from_bytes(data)
+    except WorkloadRejected as exc:
+        raise WorkloadRejected(f"package {origin}: {exc.detail}") from None
+    expect = request.expect
+    if expect.digests and package.digest not in expect.digests:
+        raise WorkloadRejected(
+            f"trusted boot: the package {origin} has digest {package.digest.hex()}, "
+            f"which is not among the {len(expect.digests)} pinned digest(s); refusing to run it"
+        )
+    log = EventLog()
+    name = runtime_name()
+    log.measure("runtime", name, hashlib.sha256(name.encode()).digest())
+    manifest = package.manifest
+    log.measure("package", f"{manifest.name} {manifest.version}", package.digest)
+    if expect.signers:
+        keys = [Ed25519PublicKey.from_public_bytes(raw) for raw in expect.signers]
+        verified = verify_signatures(package, keys, expect.min_signatures)
+        for signer in verified.signers:
+            log.measure("signer", signer.role, bytes.fromhex(signer.kid))
+    entry = package.entry_bytes
+    log.measure("entry", manifest.entry, hashlib.sha256(entry).digest())
+    contents = dict(package.files)
+    files: list[FileEntry] = []
+    for path in manifest.files:
+        content = contents[path]
+        log.measure("file", path, hashlib.sha256(content).digest())
+        files.append(FileEntry("/" + path, content))
+    config = request.config
+    log.measure("config", "deploy", config.digest())
+    guest_paths = {f.path for f in files}
+    clash = sorted(guest_paths & {f.path for f in config.files})
+    if clash:
+        raise WorkloadRejected(f"deploy-time file {clash[0]} would replace a file of the package")
+    env = dict(manifest.env)
+    env.update(config.env)
+    workload = Workload(
+        wasm=entry,
+        args=(*manifest.args, *config.args),
+        env=tuple(sorted(env.items())),
+        files=(*files, *config.files),
+        limits=config.limits,
+    )
+    return Loaded(workload=workload, log=log, package=package)
+
+
+__all__ = ["STAGED_NAME", "Loaded", "load", "read_staged", "runtime_name"]
