@@ -231,7 +231,7 @@ def prepare(opts: RunOptions) -> Prepared:
 
     from stockade.errors import WorkloadRejected
     from stockade.package import Manifest, Package
-    from stockade.package.format import content_digest, encode
+    from stockade.package.format import check_module_bytes, content_digest, encode
     from stockade.wire.messages import Limits
 
     try:
@@ -239,6 +239,7 @@ def prepare(opts: RunOptions) -> Prepared:
     except OSError as exc:
         raise UsageError(f"cannot read {opts.wasm}: {exc.strerror}") from None
     if data[:4] == b"\0asm":
+        check_module_bytes(data)
         manifest = Manifest(name=opts.wasm.stem or "module", version="0", entry="main.wasm")
         files = {"main.wasm": data}
         package, digest, from_module = encode(manifest, files), content_digest(manifest.to_map(), files), True
@@ -247,7 +248,7 @@ def prepare(opts: RunOptions) -> Prepared:
             parsed = Package.from_bytes(data)
         except WorkloadRejected as exc:
             raise WorkloadRejected(
-                f"{opts.wasm} is neither a WebAssembly module (no \\0asm magic number) "
+                f"{opts.wasm} is not a WebAssembly module (no \\0asm magic number) "
                 f"nor a valid stockade package ({exc.detail})"
             ) from None
         manifest, package, digest, from_module = parsed.manifest, data, parsed.digest, False

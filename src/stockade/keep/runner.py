@@ -32,10 +32,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stockade.errors import LimitExceeded, WorkloadRejected, WorkloadTrapped
+from stockade.package.format import check_module_bytes
 from stockade.wire.messages import STDERR, STDOUT, Workload
 
-WASM_MAGIC = b"\x00asm"
-CORE_VERSION = b"\x01\x00\x00\x00"
 MEMORY_SLACK = 16 * 1024 * 1024
 SECRETS_GUEST_DIR = "/secrets"
 MAX_TRAP_MESSAGE = 2000
@@ -49,17 +48,6 @@ def make_engine() -> Any:
     # No compile cache: Module.deserialize accepts tampered blobs, so a cache
     # would need authentication with a Keep-held key (DESIGN.md, known traps).
     return wasmtime.Engine(config)
-
-
-def check_module_bytes(wasm: bytes) -> None:
-    """Cheap structural checks before compiling (clear errors for common mistakes)."""
-    if len(wasm) < 8 or wasm[:4] != WASM_MAGIC:
-        raise WorkloadRejected("not a WebAssembly module (missing the \\0asm magic number)")
-    if wasm[4:8] != CORE_VERSION:
-        raise WorkloadRejected(
-            f"unsupported WebAssembly binary version {wasm[4:8].hex()} "
-            "(components are not supported; expected a core module, version 1)"
-        )
 
 
 def _guest_path(path: str) -> PurePosixPath:

@@ -34,6 +34,17 @@ _TOP = ("v", "manifest", "files", "signatures")
 _SIG_KEYS = ("alg", "kid", "role", "sig")
 
 
+def check_module_bytes(wasm: bytes) -> None:
+    """Cheap structural checks before compiling (clear errors for common mistakes)."""
+    if len(wasm) < 8 or wasm[:4] != WASM_MAGIC[:4]:
+        raise WorkloadRejected("not a WebAssembly module (missing the \\0asm magic number)")
+    if wasm[4:8] != WASM_MAGIC[4:]:
+        raise WorkloadRejected(
+            f"unsupported WebAssembly binary version {wasm[4:8].hex()} "
+            "(components are not supported; expected a core module, version 1)"
+        )
+
+
 def _canonical(value: Any) -> bytes:
     return bytes(cbor2.dumps(value, canonical=True))
 
