@@ -79,19 +79,39 @@ def require_toolchain() -> None:
 # --- reproducible build -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+# Two independent builds, each compared with the committed modules (built in
+# yet another checkout, at another time): different source and output
+# directories, working directories, temporary directories, file times,
+# umasks and locale/time-zone environments.
+BUILDS = {
+    "first": {"dir": "some where", "umask": 0o022, "mtime": 0, "env": {}},
+    "second": {
+        "dir": "elsewhere/deeper/still",
+        "umask": 0o077,
+        "mtime": 2_000_000_000,
+        "env": {"TZ": "Pacific/Kiritimati", "LC_ALL": "C.UTF-8", "SOURCE_DATE_EPOCH": "1"},
+    },
+}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDS))
+def rebuilt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Both modules, rebuilt by build.sh from a copy of the sources elsewhere."""
     require_toolchain()
+    setup = BUILDS[request.param]
     # A different, deeper source directory (with a space in it), another
     # output directory and another working directory than the committed build.
-    sources = tmp_path_factory.mktemp("src") / "some where" / "examples"
+    sources = tmp_path_factory.mktemp(f"src-{request.param}") / str(setup["dir"]) / "examples"
     shutil.copytree(EXAMPLES, sources, ignore=shutil.ignore_patterns("*.wasm"))
-    out = tmp_path_factory.mktemp("out") / "modules"
-    build_tmp = tmp_path_factory.mktemp("buildtmp")
-    env = {**os.environ, "TMPDIR": str(build_tmp)}
+    for path in sources.rglob("*"):
+        os.utime(path, (setup["mtime"], setup["mtime"]))
+    out = tmp_path_factory.mktemp(f"out-{request.param}") / "modules"
+    build_tmp = tmp_path_factory.mktemp(f"buildtmp-{request.param}")
+    env = {**os.environ, "TMPDIR": str(build_tmp), **setup["env"]}
+    umask = setup["umask"]
+    assert isinstance(umask, int)
     result = subprocess.run(
-        ["bash", str(sources / "build.sh"), str(out)],
+        ["bash", "-c", f'umask {umask:03o} && exec bash "$0" "$1"', str(sources / "build.sh"), str(out)],
         cwd=build_tmp,
         env=env,
         capture_output=True,

@@ -430,3 +430,30 @@ def test_built_and_signed_packages_match_the_documented_cddl(app: Path) -> None:
         schema.validate_cbor(bad)
     with pytest.raises(WorkloadRejected):
         Package.from_bytes(bad)
+
+
+def test_cli_build_default_output_is_name_dot_stockade(app: Path, tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    p = subprocess.run(
+        [sys.executable, "-m", "stockade", "package", "build", str(app)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert (cwd / "hello.stockade").read_bytes() == build(app)
+    (app / "Stockade.toml").write_text(MANIFEST.replace('name = "hello"', 'name = "../evil"'))
+    p = subprocess.run(
+        [sys.executable, "-m", "stockade", "package", "build", str(app)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 2
+    assert "not usable as a file name; give -o FILE" in p.stderr
+    assert sorted(x.name for x in cwd.iterdir()) == ["hello.stockade"]

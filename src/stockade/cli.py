@@ -112,6 +112,7 @@ def _register() -> None:
     from stockade.commands.package import key, package
     from stockade.commands.policy import policy
     from stockade.commands.remote import deploy, keeps
+    from stockade.commands.trust import trust
 
     main.add_command(evidence)
     main.add_command(host)
@@ -120,6 +121,7 @@ def _register() -> None:
     main.add_command(policy)
     main.add_command(deploy)
     main.add_command(keeps)
+    main.add_command(trust)
 
 
 _register()

@@ -57,12 +57,11 @@ def package() -> None:
     "-o",
     "--out",
     "out",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Package file to write (conventionally NAME.stockade).",
+    help="Package file to write (default: NAME.stockade in the current directory).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def build(directory: Path, out: Path, as_json: bool) -> None:
+def build(directory: Path, out: Path | None, as_json: bool) -> None:
     """Build a package from DIRECTORY/Stockade.toml (unsigned)."""
     from stockade.package import Package
     from stockade.package import build as build_package
@@ -72,6 +71,11 @@ def build(directory: Path, out: Path, as_json: bool) -> None:
             raise UsageError(f"{directory}: no Stockade.toml")
         data = build_package(directory)
         pkg = Package.from_bytes(data)
+        if out is None:
+            name = pkg.manifest.name
+            if "/" in name or "\x00" in name or name.startswith("."):
+                raise UsageError(f"the package name {name!r} is not usable as a file name; give -o FILE")
+            out = Path(f"{name}.stockade")
         _write_atomic(out, data)
     except StockadeError as err:
         fail(err, as_json)
