@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import secrets
 import socket
 from collections.abc import Iterator
@@ -193,7 +194,7 @@ def test_cli_trusted_boot_refuses_another_digest(stockade, tmp_path: Path) -> No
     pkg.write_bytes(make_package(HELLO, "hello"))
     proc = stockade("run", "--allow-sim", "--expect-digest", "ab" * 32, str(pkg))
     assert proc.returncode == 117
-    assert b"not a pinned --expect-digest" in proc.stderr
+    assert b"which is not among the --expect-digest values" in proc.stderr
     good = stockade(
         "run", "--allow-sim", "-q", "--expect-digest", digest_of(pkg.read_bytes()).hex(), str(pkg)
     )
@@ -214,9 +215,7 @@ def test_cli_garbage_is_neither_module_nor_package(stockade, tmp_path: Path) -> 
     bad.write_bytes(b"\xa1\x61v\x01garbage")
     proc = stockade("run", "--allow-sim", str(bad))
     assert proc.returncode == 117
-    assert (
-        b"is not a WebAssembly module (no \\0asm magic number) nor a valid stockade package" in proc.stderr
-    )
+    assert b"is not a WebAssembly module (no \\0asm magic number) nor a valid stockade package" in proc.stderr
     assert b"Traceback" not in proc.stderr
 
 
@@ -494,3 +493,56 @@ def test_identity_refuses_another_launch_measurement(fx: Fixture, state_dir: Pat
         sock.close()
     with pytest.raises(VerificationFailed, match="launch measurement differs"):
         check(fx, Identity(evidence=bundle.to_cbor(), events=tuple(events)), nonce)
+
+
+# ------------------------------------------------------------- policy [workload] table
+
+
+def _policy(tmp_path: Path, workload: str) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(f'version = 1\nname = "pkg"\nplatforms = ["sim"]\n\n[workload]\n{workload}\n')
+    return path
+
+
+def test_policy_workload_signers_enforced(stockade, tmp_path: Path, author) -> None:
+    raw = raw_public_key(author.public_key()).hex()
+    policy = _policy(tmp_path, f'signers = ["{raw}"]')
+    unsigned = tmp_path / "u.stockade"
+    unsigned.write_bytes(make_package(HELLO, "hello"))
+    signed = tmp_path / "s.stockade"
+    signed.write_bytes(sign(unsigned.read_bytes(), author))
+    refused = stockade("run", "--allow-sim", "--policy", str(policy), str(unsigned))
+    assert refused.returncode == 110, refused.stderr.decode()
+    accepted = stockade("run", "--allow-sim", "--policy", str(policy), "--json", str(signed))
+    assert accepted.returncode == 0, accepted.stderr.decode()
+    assert json.loads(accepted.stdout)["workload"]["signers"][0]["role"] == "author"
+    both = stockade("run", "--allow-sim", "--policy", str(policy), "--expect-digest", "00" * 32, str(signed))
+    assert both.returncode == 2
+    assert b"put the signers and digests in the policy file" in both.stderr
+
+
+def test_policy_workload_digest_pins(stockade, tmp_path: Path) -> None:
+    pkg = tmp_path / "p.stockade"
+    pkg.write_bytes(make_package(HELLO, "hello"))
+    policy = _policy(tmp_path, f'digests = ["{"ab" * 32}"]')
+    proc = stockade("run", "--allow-sim", "--policy", str(policy), str(pkg))
+    assert proc.returncode == 117
+    assert b"is not among the [workload] digests of policy" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('signer = ["00"]', "unknown key (did you mean 'signers'?)"),
+        ('signers = ["00"]', "expected 32 bytes"),
+        ("min_signatures = 1", "min_signatures without signers"),
+        (f'signers = ["{"11" * 32}"]\nmin_signatures = 2', "out of range"),
+        ("", "empty table"),
+        ('digests = ["zz"]', "not hex"),
+    ],
+)
+def test_policy_workload_table_errors(tmp_path: Path, body: str, message: str) -> None:
+    from stockade.policy import PolicyError, load_policy
+
+    with pytest.raises(PolicyError, match=re.escape(message)):
+        load_policy(_policy(tmp_path, body))

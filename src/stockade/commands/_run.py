@@ -268,33 +268,52 @@ def prepare(opts: RunOptions) -> Prepared:
     return Prepared(package, digest, manifest, Limits(**limits), from_module)
 
 
-def expectations(opts: RunOptions, prepared: Prepared) -> tuple[Expect, tuple[str, ...]]:
-    """What the Keep must enforce (--expect-digest: trusted boot; --signer:
-    signatures), checked here first so that a bad package fails before it
+def expectations(opts: RunOptions, prepared: Prepared, policy: Policy) -> tuple[Expect, tuple[str, ...]]:
+    """What the Keep must enforce (pinned digests: trusted boot; trusted
+    signers), from the policy's ``[workload]`` table or from --expect-digest
+    and --signer; checked here first so that a bad package fails before it
     leaves; and lines for the summary."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from stockade.errors import WorkloadRejected
     from stockade.package import Package, load_public_key, verify_signatures
     from stockade.package.signing import raw_public_key
     from stockade.wire.messages import Expect
 
-    digests: list[bytes] = []
-    for text in opts.expect_digests:
-        try:
-            value = bytes.fromhex(text.removeprefix("sha256:"))
-        except ValueError:
-            value = b""
-        if len(value) != 32:
-            raise UsageError(f"--expect-digest {text!r}: expected 64 hex digits (a package content digest)")
-        digests.append(value)
-    if digests and prepared.digest not in digests:
-        from stockade.errors import WorkloadRejected
-
-        raise WorkloadRejected(
-            f"{opts.wasm} has digest {prepared.digest.hex()}, which is not a pinned --expect-digest"
+    flags = opts.signers or opts.expect_digests or opts.min_signatures is not None
+    if policy.workload is not None and flags:
+        raise UsageError(
+            "--signer, --min-signatures and --expect-digest cannot be combined with a policy that has a "
+            "[workload] table: put the signers and digests in the policy file"
         )
-    keys = [load_public_key(path) for path in opts.signers]
-    required = opts.min_signatures if opts.min_signatures is not None else min(1, len(keys))
-    if opts.min_signatures is not None and not 1 <= required <= len(keys):
-        raise UsageError(f"--min-signatures must be between 1 and the number of --signer keys ({len(keys)})")
+    digests: list[bytes] = []
+    keys: list[Ed25519PublicKey] = []
+    required = 0
+    if policy.workload is not None:
+        digests = list(policy.workload.digests)
+        keys = [Ed25519PublicKey.from_public_bytes(raw) for raw in policy.workload.signers]
+        required = policy.workload.min_signatures
+        pin_source = f"the [workload] digests of policy {policy.source}"
+    else:
+        for text in opts.expect_digests:
+            try:
+                value = bytes.fromhex(text.removeprefix("sha256:"))
+            except ValueError:
+                value = b""
+            if len(value) != 32:
+                raise UsageError(
+                    f"--expect-digest {text!r}: expected 64 hex digits (a package content digest)"
+                )
+            digests.append(value)
+        keys = [load_public_key(path) for path in opts.signers]
+        required = opts.min_signatures if opts.min_signatures is not None else min(1, len(keys))
+        if opts.min_signatures is not None and not 1 <= required <= len(keys):
+            raise UsageError(
+                f"--min-signatures must be between 1 and the number of --signer keys ({len(keys)})"
+            )
+        pin_source = "the --expect-digest values"
+    if digests and prepared.digest not in digests:
+        raise WorkloadRejected(f"{opts.wasm} has digest {prepared.digest.hex()}, which is not among {pin_source}")
     notes: list[str] = []
     if keys:
         verified = verify_signatures(Package.from_bytes(prepared.package), keys, required)
@@ -342,7 +361,7 @@ def deploy_session(
 
     steps = Steps()
     policy, note = choose_policy(opts, runtime_measurement)
-    expect, notes = expectations(opts, prepared)
+    expect, notes = expectations(opts, prepared, policy)
     stdin_bytes = b""
     if opts.stdin == "-":
         stdin_bytes = sys.stdin.buffer.read()

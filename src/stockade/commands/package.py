@@ -234,13 +234,20 @@ def key() -> None:
 def generate(out: Path, as_json: bool) -> None:
     """Generate an Ed25519 signing key pair."""
     from stockade.package import generate_key, key_id, load_public_key
+    from stockade.package.signing import raw_public_key
 
     try:
         priv, pub = generate_key(out)
-        kid = key_id(load_public_key(pub))
+        public = load_public_key(pub)
+        kid, raw = key_id(public), raw_public_key(public).hex()
     except StockadeError as err:
         fail(err, as_json)
     if as_json:
-        click.echo(json.dumps({"private_key": str(priv), "public_key": str(pub), "kid": kid}))
+        click.echo(
+            json.dumps({"private_key": str(priv), "public_key": str(pub), "kid": kid, "raw_public_key": raw})
+        )
     else:
-        click.echo(f"private key {priv} (keep it secret)\npublic key  {pub}\nkid         {kid}")
+        click.echo(
+            f"private key {priv} (keep it secret)\npublic key  {pub}\nkid         {kid}\n"
+            f"raw key     {raw} (for a policy's [workload] signers)"
+        )

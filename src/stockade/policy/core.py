@@ -28,6 +28,19 @@ SIM_HINT = (
 
 
 @dataclass(frozen=True)
+class WorkloadRequirements:
+    """The ``[workload]`` table: what the Keep must enforce on the package
+    before it runs it, and the client checks again in the attested event
+    log. ``digests`` pins package content digests (trusted boot);
+    ``signers`` are raw 32-byte Ed25519 public keys, of which at least
+    ``min_signatures`` must have signed the package digest."""
+
+    signers: tuple[bytes, ...] = ()
+    min_signatures: int = 0
+    digests: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
 class Policy:
     """A deployment trust policy: an all-of over ``rules``.
 
@@ -43,6 +56,7 @@ class Policy:
     source: str = "<python>"
     digest: str = ""
     builtin: bool = False
+    workload: WorkloadRequirements | None = None
 
     @classmethod
     def of(

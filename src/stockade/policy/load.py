@@ -26,7 +26,7 @@ from pathlib import Path as FsPath
 from typing import Any, NoReturn
 
 from stockade.policy._locate import Path, dotted, key_lines, line_of
-from stockade.policy.core import PLATFORMS, Policy
+from stockade.policy.core import PLATFORMS, Policy, WorkloadRequirements
 from stockade.policy.model import PolicyError
 from stockade.policy.rules import (
     FLAG_TABLES,
@@ -83,7 +83,8 @@ SGX_REGISTERS = ("mrenclave", "mrsigner")
 REGISTER_SIZES = {**dict.fromkeys(TDX_REGISTERS, 48), **dict.fromkeys(SGX_REGISTERS, 32)}
 
 _COMBINATORS = ("all_of", "any_of", "not")
-_TOP_ONLY = ("version", "name", "description", "allow_debug")
+_TOP_ONLY = ("version", "name", "description", "allow_debug", "workload")
+_WORKLOAD_KEYS = ("signers", "min_signatures", "digests")
 _GENERIC = ("platforms", "measurements", "max_age", *PLATFORMS, *_COMBINATORS)
 _SNP_KEYS = (
     "products",
@@ -354,7 +355,28 @@ class _Loader:
             allow_debug=allow_debug,
             source=self.source,
             digest=hashlib.sha256(self.text.encode()).hexdigest(),
+            workload=self.workload(doc["workload"]) if "workload" in doc else None,
         )
+
+    def workload(self, value: object) -> WorkloadRequirements:
+        path: Path = ("workload",)
+        table = self.table(value, path)
+        for key in table:
+            if key not in _WORKLOAD_KEYS:
+                near = _close(key, _WORKLOAD_KEYS)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                self.fail((*path, key), f"unknown key{hint} (allowed here: {', '.join(_WORKLOAD_KEYS)})")
+        if not table:
+            self.fail(path, "empty table: name signers, digests or both")
+        signers = self.hexes(table["signers"], (*path, "signers"), (32,)) if "signers" in table else ()
+        digests = self.hexes(table["digests"], (*path, "digests"), (32,)) if "digests" in table else ()
+        if "min_signatures" in table:
+            if not signers:
+                self.fail((*path, "min_signatures"), "min_signatures without signers")
+            minimum = self.integer(table["min_signatures"], (*path, "min_signatures"), 1, len(signers))
+        else:
+            minimum = 1 if signers else 0
+        return WorkloadRequirements(signers=signers, min_signatures=minimum, digests=digests)
 
 
 # --- key handlers: (table kind, key) -> rules -------------------------------------------
