@@ -212,7 +212,7 @@ def test_cli_missing_required_secret_is_refused_before_any_keep_work(stockade, t
 
 def test_cli_garbage_is_neither_module_nor_package(stockade, tmp_path: Path) -> None:
     bad = tmp_path / "x.stockade"
-    bad.write_bytes(b"\xa1\x61v\x01garbage")
+    bad.write_bytes(b"\x00\x01garbage")
     proc = stockade("run", "--allow-sim", str(bad))
     assert proc.returncode == 117
     assert b"is not a WebAssembly module (no \\0asm magic number) nor a valid stockade package" in proc.stderr
@@ -546,3 +546,35 @@ def test_policy_workload_table_errors(tmp_path: Path, body: str, message: str) -
 
     with pytest.raises(PolicyError, match=re.escape(message)):
         load_policy(_policy(tmp_path, body))
+
+
+# ------------------------------------------------------------------ tampering, CLI
+
+
+@pytest.mark.parametrize(
+    "case", ["trailing byte", "dropped file", "manifest names another entry", "added file"]
+)
+def test_cli_refuses_tampered_package(stockade, tmp_path: Path, case: str) -> None:
+    bad = tmp_path / "bad.stockade"
+    bad.write_bytes(dict(_mutations(make_package(WORDCOUNT, "wc")))[case])
+    proc = stockade("run", "--allow-sim", str(bad))
+    assert proc.returncode == 117, proc.stderr.decode()
+    line = proc.stderr.decode().strip().splitlines()[-1]
+    assert line.startswith(f"stockade: workload rejected: {bad}: package:"), line
+    assert "Traceback" not in proc.stderr.decode()
+
+
+def test_cli_flipped_module_byte_breaks_the_signature(stockade, tmp_path: Path, author) -> None:
+    data = bytearray(sign(make_package(WORDCOUNT, "wc"), author))
+    data[len(data) // 2] ^= 0x01  # inside the module bytes: still a well-formed package
+    bad = tmp_path / "bad.stockade"
+    bad.write_bytes(bytes(data))
+    pub = tmp_path / "author.pub"
+    pub.write_bytes(
+        author.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    proc = stockade("run", "--allow-sim", "--signer", str(pub), str(bad))
+    assert proc.returncode == 110
+    assert b"does not verify over digest" in proc.stderr

@@ -247,6 +247,8 @@ def prepare(opts: RunOptions) -> Prepared:
         try:
             parsed = Package.from_bytes(data)
         except WorkloadRejected as exc:
+            if data[:1] and 0xA0 <= data[0] <= 0xBF:  # a CBOR map: meant as a package
+                raise WorkloadRejected(f"{opts.wasm}: {exc.detail}") from None
             raise WorkloadRejected(
                 f"{opts.wasm} is not a WebAssembly module (no \\0asm magic number) "
                 f"nor a valid stockade package ({exc.detail})"
