@@ -212,7 +212,16 @@ class KeepServer:
         self.sock.close()
 
 
+def _preload() -> None:
+    """Import the package loader and name the runtime while the Keep waits
+    for its client (off the critical path of the load request)."""
+    from stockade.keep.loading import runtime_name
+
+    runtime_name()
+
+
 def serve(sock: socket.socket, attester: Attester, engine: Future[Any], scratch: Path | None) -> int:
+    threading.Thread(target=_preload, daemon=True, name="preload").start()
     server = KeepServer(sock, attester, engine, scratch)
     t0 = time.perf_counter()
     try:
