@@ -174,7 +174,7 @@ class ManagerClient:
                 f"the keep manager at {self.url} closed the connection without an HTTP answer; "
                 "if it serves TLS, use an https:// URL"
             )
-        return f"cannot reach the keep manager at {self.url}: {exc or type(exc).__name__}"
+        return f"cannot reach the keep manager at {self.url}: {str(exc) or type(exc).__name__}"
 
     def _call(
         self,

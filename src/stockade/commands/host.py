@@ -10,6 +10,7 @@ runs on any Linux machine, with NO hardware protection), 1 when none is;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from stockade.host.diagnostics import HostReport
 
 from stockade.commands._run import state_dir as state_dir_default
@@ -219,8 +222,15 @@ def serve(
     if ensure_chip(sdir):
         click.echo(f"stockade: created the sim chip in {sdir} (sim: NO HARDWARE PROTECTION)", err=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(sdir, tokens, idle_timeout=idle_timeout or None),
+    app = create_app(sdir, tokens, idle_timeout=idle_timeout or None)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.manager.begin_shutdown()  # open waits answer now
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
         host=host_name,
         port=port,
         ws="websockets-sansio",
@@ -229,6 +239,11 @@ def serve(
         server_header=False,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
-        # Open waits (up to 300 s) and relays must not hold a shutdown up.
+        # Relays must not hold a shutdown up for long.
         timeout_graceful_shutdown=5,
     )
+    server = Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
+        server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE: it logged why (port in use, ...)

@@ -284,6 +284,9 @@ class Manager:
         self.log_paths: dict[str, Path] = {}
         self._create_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Set when the server begins to shut down: open waits answer at once.
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.metrics.watch(self)
 
     @property
@@ -299,6 +302,7 @@ class Manager:
     # -- life cycle
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._registry = await self._db(Registry.open_state_dir, self.state_dir)
         report = await self._db(self.registry.reconcile)
@@ -310,9 +314,16 @@ class Manager:
             len(report.exited),
         )
 
+    def begin_shutdown(self) -> None:
+        """The server is about to stop: answer open waits now (timed out)
+        rather than hold the shutdown up. Safe from a signal handler."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
     async def stop(self) -> None:
         """Kill the Keeps this process started (their byte streams end with
         it) and close the registry."""
+        self._stopping.set()
         for live in list(self.live.values()):
             live.kill_requested = True
             live.kill_reason = "killed: the manager stopped"
@@ -491,15 +502,15 @@ class Manager:
         once its end is recorded). A Keep re-adopted after a restart is not
         this process's child: its record and process are looked at every
         ADOPTED_POLL_S, and once its process is gone it is recorded as
-        ``lost`` (its exit status cannot be known).
+        ``lost`` (its exit status cannot be known). When the server begins
+        to stop, every wait answers at once.
         """
         if rec.is_final:
             return rec, False
         keep_id = rec.keep_id
         live = self.live.get(keep_id)
         if live is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(live.done.wait()), timeout)
+            await self._until(live.done, timeout)
         else:
             deadline = time.monotonic() + timeout
             while True:
@@ -516,15 +527,25 @@ class Manager:
                         )
                     break
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._stopping.is_set():
                     break
-                await asyncio.sleep(min(ADOPTED_POLL_S, left))
+                await self._until(self._stopping, min(ADOPTED_POLL_S, left))
             if not rec.is_final and (live := self.live.get(keep_id)) is not None:
-                left = max(0.0, deadline - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(live.done.wait()), left)
+                await self._until(live.done, max(0.0, deadline - time.monotonic()))
         rec = await self._db(self.registry.get, keep_id)
         return rec, not rec.is_final
+
+    async def _until(self, event: asyncio.Event, timeout: float) -> None:
+        """Return when ``event`` is set, the server is stopping, or after
+        ``timeout`` s. (Not wait_for on a shield: a timed-out shielded wait
+        would linger until the event, one per request, and --follow asks
+        every second.)"""
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     def log_path(self, rec: KeepRecord) -> Path:
         """Where the loader writes this Keep's stderr log."""
