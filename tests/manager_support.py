@@ -4,7 +4,9 @@ Shared by tests/test_manager.py and tests/test_host_api_spec.py: each test
 module starts its own server (module-scoped fixture built on
 :func:`running_server`) on a free loopback port, with its own state
 directory (the session's sim chip copied in) and two tokens: ``main``
-(quota 16) and ``small`` (quota 1).
+(quota 16) and ``small`` (quota 1). ``extra_args`` go to ``host serve``
+(--idle-timeout, --tls-cert ...); ``scheme="https"`` with ``cacert`` for a
+TLS server.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -41,6 +44,7 @@ class Server:
     token_file: Path
     small_token: str
     proc: subprocess.Popen[bytes]
+    cacert: Path | None = None
 
     def headers(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.token}"}
@@ -58,12 +62,15 @@ def _cli(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedP
     )
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float = 20) -> None:
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float = 20, cacert: Path | None = None
+) -> None:
     """Wait until the manager at ``url`` answers /v1/health."""
     deadline = time.monotonic() + seconds
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cacert) if cacert else True
     while True:
         try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/v1/health", timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -73,7 +80,13 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: fl
 
 
 @contextlib.contextmanager
-def running_server(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def running_server(
+    state_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    extra_args: tuple[str, ...] = (),
+    scheme: str = "http",
+    cacert: Path | None = None,
+) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("manager")
     state = base / "state"
     state.mkdir(mode=0o700)
@@ -89,14 +102,23 @@ def running_server(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     log = base / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*STOCKADE, "host", "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)],
+            [
+                *STOCKADE,
+                "host",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--state-dir",
+                str(state),
+                *extra_args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc, log)
+    url = f"{scheme}://127.0.0.1:{port}"
+    wait_healthy(url, proc, log, cacert=cacert)
     try:
-        yield Server(url, state, log, tokens[0], token_file, tokens[1], proc)
+        yield Server(url, state, log, tokens[0], token_file, tokens[1], proc, cacert)
     finally:
         proc.terminate()
         try:
@@ -116,4 +138,13 @@ def problem_of(resp: httpx.Response) -> dict[object, object]:
 def deploy(server: Server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     return _cli(
         "deploy", "--host", server.url, "--token-file", str(server.token_file), *args, timeout=timeout
+    )
+
+
+def keeps_cli(
+    server: Server, *args: str, timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[bytes]:
+    """``stockade keeps ARGS --host URL --token-file FILE``."""
+    return _cli(
+        "keeps", *args, "--host", server.url, "--token-file", str(server.token_file), timeout=timeout, **kw
     )

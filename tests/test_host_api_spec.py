@@ -10,7 +10,9 @@ pycddl validates against the first rule of a schema, so every rule gets its
 own Schema with a ``root = <rule>`` line prepended (as in
 tests/test_protocol_cddl.py). The 500 ``loader-failed`` problem cannot be
 provoked on a live server; its type is in the schema's enumeration, which
-the problem-type test checks against the manager's source.
+the problem-type test checks against the manager's source. The logs route
+answers text/plain (no CDDL rule): its media type, headers and problem
+bodies are checked here.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ RULES = (
     "create-request",
     "keep-document",
     "keep-list",
+    "wait-response",
     "sim-root-response",
     "host-problem",
 )
@@ -227,6 +230,37 @@ def test_keep_life_cycle_bodies(server: Server) -> None:
     problem(ws_denial(server, keep_id, server.headers()), 409, "conflict")
 
 
+def test_wait_bodies(server: Server) -> None:
+    url = f"{server.url}/v1/keeps"
+    created = body_of(post(server, cbor2.dumps({"backend": "sim"})), 201, "keep-document")
+    keep_id = created["id"]
+    resp = httpx.get(f"{url}/{keep_id}/wait", params={"timeout": "0.2"}, headers=server.headers())
+    waited = body_of(resp, 200, "wait-response")
+    assert waited["timed_out"] is True and waited["state"] == "running"
+    assert not valid("keep-document", resp.content)  # timed_out is not a keep-document field
+    httpx.delete(f"{url}/{keep_id}", headers=server.headers())
+    resp = httpx.get(f"{url}/{keep_id}/wait", headers=server.headers())
+    done = body_of(resp, 200, "wait-response")
+    assert done["timed_out"] is False and done["state"] == "killed"
+    assert {k: v for k, v in done.items() if k != "timed_out"} == body_of(
+        httpx.get(f"{url}/{keep_id}", headers=server.headers()), 200, "keep-document"
+    )
+    broken = cbor2.dumps({**done, "timed_out": "no"}, canonical=True)
+    assert not valid("wait-response", broken)
+
+
+def test_logs_response(server: Server) -> None:
+    created = body_of(post(server, cbor2.dumps({"backend": "sim"})), 201, "keep-document")
+    url = f"{server.url}/v1/keeps/{created['id']}"
+    httpx.delete(url, headers=server.headers())
+    resp = httpx.get(f"{url}/logs", params={"tail": "5"}, headers=server.headers())
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "text/plain; charset=utf-8"
+    start, size = int(resp.headers["stockade-log-offset"]), int(resp.headers["stockade-log-size"])
+    assert start + len(resp.content) == size
+    assert resp.content.count(b"\n") <= 5
+
+
 def test_sim_root(server: Server) -> None:
     doc = body_of(httpx.get(f"{server.url}/v1/sim/root", headers=server.headers()), 200, "sim-root-response")
     assert doc["ark"][:1] == b"\x30"  # a DER SEQUENCE
@@ -249,6 +283,8 @@ def test_list_for_another_token(server: Server) -> None:
         ("POST", "/v1/keeps"),
         ("GET", f"/v1/keeps/{UNKNOWN_ID}"),
         ("DELETE", f"/v1/keeps/{UNKNOWN_ID}"),
+        ("GET", f"/v1/keeps/{UNKNOWN_ID}/wait"),
+        ("GET", f"/v1/keeps/{UNKNOWN_ID}/logs"),
         ("GET", "/v1/sim/root"),
     ],
 )
@@ -271,6 +307,22 @@ def test_404_for_unknown_or_foreign_keeps(server: Server) -> None:
     for method in ("GET", "DELETE"):
         resp = httpx.request(method, f"{server.url}/v1/keeps/{UNKNOWN_ID}", headers=server.headers())
         problem(resp, 404, "not-found")
+    for route in ("wait", "logs"):
+        resp = httpx.get(f"{server.url}/v1/keeps/{UNKNOWN_ID}/{route}", headers=server.headers())
+        problem(resp, 404, "not-found")
+
+
+def test_400_for_bad_queries(server: Server) -> None:
+    url = f"{server.url}/v1/keeps/{UNKNOWN_ID}"
+    for route, params in (
+        ("wait", {"timeout": "301"}),
+        ("wait", {"timeout": "soon"}),
+        ("wait", {"tail": "1"}),
+        ("logs", {"tail": "-1"}),
+        ("logs", {"offset": "x"}),
+        ("logs", {"tail": "1", "offset": "1"}),
+    ):
+        problem(httpx.get(f"{url}/{route}", params=params, headers=server.headers()), 400, "bad-request")
 
 
 def test_create_errors(server: Server) -> None:

@@ -93,6 +93,23 @@ def test_odd_paths_methods_and_tokens_get_4xx(
     assert 400 <= resp.status_code < 500, (resp.status_code, path)
 
 
+@FUZZ
+@given(
+    route=st.sampled_from(["wait", "logs"]),
+    query=st.dictionaries(
+        st.sampled_from(["timeout", "tail", "offset", "x"]),
+        st.text(alphabet="0123456789.-+eEinfa x", max_size=12),
+        max_size=3,
+    ),
+)
+def test_odd_wait_and_logs_queries_get_4xx(
+    server: Server, http: httpx.Client, route: str, query: dict[str, str]
+) -> None:
+    resp = http.get(f"/v1/keeps/0123456789abcdef/{route}", params=query, headers=server.headers())
+    assert resp.status_code in (400, 404), (resp.status_code, query)
+    assert _problem_type(resp) in ("bad-request", "not-found")
+
+
 def test_server_is_still_up_after_the_fuzzing(server: Server, http: httpx.Client) -> None:
     assert server.proc.poll() is None
     assert http.get("/v1/health").status_code == 200

@@ -77,3 +77,25 @@ def test_restart_after_kill_9_recovers_every_record(
             proc.wait(15)
         assert "Traceback" not in server.log.read_text()
         assert os.path.exists(server.state / "registry.sqlite3")
+
+
+def test_shutdown_answers_open_waits(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SIGTERM to the manager answers a pending wait at once (timed out,
+    the Keep still active) instead of holding the shutdown up."""
+    import threading
+
+    with running_server(state_dir, tmp_path_factory) as server:
+        client = ManagerClient(server.url, server.token)
+        keep_id = client.create("sim")["id"]
+        answers: list[dict[object, object]] = []
+        waiter = threading.Thread(target=lambda: answers.append(client.wait(keep_id, 250)))
+        waiter.start()
+        time.sleep(1.0)  # the wait is open
+        server.proc.terminate()
+        server.proc.wait(30)
+        waiter.join(30)
+        # Without the early answer, uvicorn cancels the wait after its grace:
+        # a 500 for the client and a CancelledError traceback in the log.
+        assert answers and answers[0]["timed_out"] is True and answers[0]["state"] == "running"
+        log = server.log.read_text()
+        assert "Traceback" not in log and "killed: the manager stopped" in log

@@ -11,12 +11,23 @@ Nothing the manager says is trusted: a Keep's measurement reported by the
 API is informational, the policy pins what the evidence must show, and a
 sim root fetched from the host protects nothing (the host owns the sim
 chip's keys).
+
+Transport: ``https://`` URLs are verified against the system CA store, or
+against ``cacert`` alone when given (like curl's --cacert); the relay then
+runs over ``wss://`` with the same context. A bearer token is never sent
+over plain ``http://`` to a host that is not loopback unless the caller
+allows it (``allow_insecure_http``): anyone on the path could read it. API
+TLS protects the token and the metadata only; the deploy's attested TLS
+session runs end to end inside the relay either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import os
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, Final
@@ -24,7 +35,7 @@ from typing import Any, Final
 import cbor2
 import httpx
 
-from stockade.errors import StockadeError
+from stockade.errors import StockadeError, UsageError
 from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE, loads_strict
 
 CBOR: Final = "application/cbor"
@@ -48,15 +59,66 @@ class ManagerError(StockadeError):
         self.manager_type = manager_type
 
 
+#: The longest wait the manager grants per request (docs/host-api.md).
+MAX_WAIT_S: Final = 300.0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a URL's host part) names this machine's loopback."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(cacert: str | os.PathLike[str] | None) -> ssl.SSLContext:
+    """Client TLS context: the system CA store, or only ``cacert`` (PEM)."""
+    try:
+        if cacert is None:
+            return ssl.create_default_context()
+        return ssl.create_default_context(cafile=os.fspath(cacert))
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--cacert: cannot load CA certificates from {cacert}: {exc}") from None
+
+
 class ManagerClient:
-    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        cacert: str | os.PathLike[str] | None = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        """``cacert``: PEM file of the CA(s) that sign the manager's
+        certificate (https only; default: the system CA store).
+        ``allow_insecure_http``: send the token over plain http to a host
+        that is not loopback (refused otherwise, with a UsageError)."""
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
             raise ManagerError(f"host URL must start with http:// or https://, got {url!r}")
+        try:
+            host = httpx.URL(self.url).host
+        except httpx.InvalidURL as exc:
+            raise UsageError(f"--host: not a valid URL {url!r}: {exc}") from None
+        if not host:
+            raise UsageError(f"--host: no host name in {url!r}")
+        self.tls = self.url.startswith("https://")
+        if not self.tls and not is_loopback(host) and not allow_insecure_http:
+            raise UsageError(
+                f"refusing to send the API token over plain http to {host}: use https:// "
+                "(stockade host serve --tls-cert/--tls-key), or --insecure-http to send it in clear"
+            )
         self.token = token
+        self._ssl = tls_context(cacert) if self.tls else None
         self._http = httpx.Client(
             base_url=self.url,
             timeout=timeout,
+            verify=self._ssl if self._ssl is not None else True,
             headers={"Authorization": f"Bearer {token}", "Accept": f"{CBOR}, {PROBLEM}"},
         )
 
@@ -69,16 +131,60 @@ class ManagerClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, body: Any = None) -> dict[Any, Any]:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[httpx.Response, str]:
+        """Send one request; return the response and its media type, or
+        raise ManagerError for a problem answer or a transport failure."""
         content = None if body is None else cbor2.dumps(body, canonical=True)
         headers = {"Content-Type": CBOR} if content is not None else None
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
-            resp = self._http.request(method, path, content=content, headers=headers)
+            resp = self._http.request(method, path, content=content, headers=headers, params=params, **extra)
         except httpx.HTTPError as exc:
-            raise ManagerError(f"cannot reach the keep manager at {self.url}: {exc}") from None
+            raise ManagerError(self._transport_failure(exc)) from None
         ctype = resp.headers.get("content-type", "").split(";")[0].strip()
         if resp.status_code >= 400:
             raise _problem(resp.status_code, ctype, resp.content)
+        return resp, ctype
+
+    def _transport_failure(self, exc: BaseException) -> str:
+        """One line saying why the manager could not be reached."""
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                why = cause.verify_message or cause.reason or "not trusted"
+                return (
+                    f"the TLS certificate of the keep manager at {self.url} did not verify ({why}); "
+                    "give the CA that signed it with --cacert FILE or STOCKADE_HOST_CACERT"
+                )
+            if isinstance(cause, ssl.SSLError):
+                return (
+                    f"TLS handshake with the keep manager at {self.url} failed ({cause.reason or cause}); "
+                    "if it serves plain http, use an http:// URL"
+                )
+            cause = cause.__cause__ or cause.__context__
+        if not self.tls and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+            return (
+                f"the keep manager at {self.url} closed the connection without an HTTP answer; "
+                "if it serves TLS, use an https:// URL"
+            )
+        return f"cannot reach the keep manager at {self.url}: {str(exc) or type(exc).__name__}"
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[Any, Any]:
+        resp, ctype = self._request(method, path, body, params, timeout)
         if ctype != CBOR:
             raise ManagerError(f"{method} {path}: expected {CBOR}, got {ctype or 'no content type'}")
         value = loads_strict(resp.content, f"{method} {path} response")
@@ -104,6 +210,30 @@ class ManagerClient:
     def kill(self, keep_id: str) -> dict[Any, Any]:
         return self._call("DELETE", f"/v1/keeps/{keep_id}")
 
+    def wait(self, keep_id: str, timeout: float) -> dict[Any, Any]:
+        """Wait up to ``timeout`` s (at most MAX_WAIT_S) for the Keep to reach
+        a final state: its document, with ``timed_out`` true if it did not."""
+        timeout = min(max(timeout, 0.0), MAX_WAIT_S)
+        doc = self._call(
+            "GET", f"/v1/keeps/{keep_id}/wait", params={"timeout": f"{timeout:g}"}, timeout=timeout + 30
+        )
+        if not isinstance(doc.get("timed_out"), bool):
+            raise ManagerError(f"GET /v1/keeps/{keep_id}/wait: expected timed_out (a boolean)")
+        return doc
+
+    def logs(self, keep_id: str, *, tail: int | None = None, offset: int | None = None) -> tuple[bytes, int]:
+        """Bytes of the Keep's host-side log (the last ``tail`` lines, or from
+        byte ``offset`` on, or all; at most 1 MiB per call) and the offset of
+        their first byte in the log."""
+        params = {k: str(v) for k, v in (("tail", tail), ("offset", offset)) if v is not None}
+        resp, ctype = self._request("GET", f"/v1/keeps/{keep_id}/logs", params=params)
+        if ctype != "text/plain":
+            raise ManagerError(f"GET /v1/keeps/{keep_id}/logs: expected text/plain, got {ctype or 'nothing'}")
+        start = resp.headers.get("stockade-log-offset", "")
+        if not start.isdigit():
+            raise ManagerError(f"GET /v1/keeps/{keep_id}/logs: no valid Stockade-Log-Offset header")
+        return resp.content, int(start)
+
     def sim_root(self) -> bytes:
         """The sim ARK of the host. Trusting it gives NO protection: the
         host that hands it over owns the sim chip's keys."""
@@ -125,11 +255,14 @@ class ManagerClient:
                 max_size=1 << 24,
                 compression=None,
                 open_timeout=30,
+                ssl=self._ssl,
             )
         except InvalidStatus as exc:
             resp = exc.response
             ctype = resp.headers.get("content-type", "").split(";")[0].strip()
             raise _problem(resp.status_code, ctype, bytes(resp.body or b"")) from None
+        except ssl.SSLError as exc:
+            raise ManagerError(self._transport_failure(exc)) from None
         except (OSError, WebSocketException) as exc:
             raise ManagerError(f"cannot open the relay to Keep {keep_id}: {exc}") from None
         # The pump threads own the connection until it closes; entering it

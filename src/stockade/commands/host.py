@@ -10,6 +10,7 @@ runs on any Linux machine, with NO hardware protection), 1 when none is;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from stockade.host.diagnostics import HostReport
 
 from stockade.commands._run import state_dir as state_dir_default
@@ -158,41 +161,89 @@ def _parse_listen(text: str) -> tuple[str, int]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Manager state directory (default: $STOCKADE_STATE_DIR or ~/.local/state/stockade).",
 )
-def serve(listen: str, state_dir: Path | None) -> None:
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="FILE",
+    help="Serve the API over TLS with this PEM certificate (chain); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="FILE",
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0, 86_400),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    help="Kill a Keep that no client connected to within this long (0: never).",
+)
+def serve(
+    listen: str, state_dir: Path | None, tls_cert: Path | None, tls_key: Path | None, idle_timeout: float
+) -> None:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
-    Clients need a token from `stockade host init`. The API is plain HTTP:
-    listen on loopback or put a TLS-terminating proxy in front of it. The
-    manager never sees workloads or secrets in clear: it relays the attested
-    TLS stream between each client and its Keep.
+    Clients need a token from `stockade host init`. Without --tls-cert and
+    --tls-key the API is plain HTTP: listen on loopback (clients refuse to
+    send their token over plain http elsewhere unless told to) or put a
+    TLS-terminating proxy in front of it. API TLS protects the tokens and
+    the metadata; the manager never sees workloads or secrets in clear
+    either way: it relays the attested TLS stream between each client and
+    its Keep.
     """
     import logging
+    import ssl
 
     import uvicorn
 
-    from stockade.errors import StockadeError
+    from stockade.commands._output import fail
+    from stockade.errors import StockadeError, UsageError
     from stockade.host.manager import create_app
     from stockade.host.tokens import load_tokens
 
     host_name, port = _parse_listen(listen)
+    if (tls_cert is None) != (tls_key is None):
+        fail(UsageError("--tls-cert and --tls-key go together"), False)
+    if tls_cert is not None and tls_key is not None:
+        try:  # fail here in one line, not in uvicorn with a traceback
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls_cert, tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            fail(UsageError(f"--tls-cert/--tls-key: cannot load {tls_cert} and {tls_key}: {exc}"), False)
     sdir = state_dir or state_dir_default()
     try:
         tokens = load_tokens(sdir)
     except StockadeError as err:
-        from stockade.commands._output import fail
-
         fail(err, False)
     from stockade.evidence.sim.chip import ensure_chip
 
     if ensure_chip(sdir):
         click.echo(f"stockade: created the sim chip in {sdir} (sim: NO HARDWARE PROTECTION)", err=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(sdir, tokens),
+    app = create_app(sdir, tokens, idle_timeout=idle_timeout or None)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.manager.begin_shutdown()  # open waits answer now
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
         host=host_name,
         port=port,
         ws="websockets-sansio",
         log_level="info",
         lifespan="on",
         server_header=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        # Relays must not hold a shutdown up for long.
+        timeout_graceful_shutdown=5,
     )
+    server = Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
+        server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE: it logged why (port in use, ...)

@@ -5,16 +5,24 @@ keep manager (``stockade host serve``).
 options, same policy choice, same summary and exit codes); only the Keep is
 started by the remote manager and reached through its WebSocket relay. The
 token comes from ``--token-file`` or ``$STOCKADE_TOKEN``, never from the
-command line.
+command line, and is never sent over plain http to a host that is not
+loopback unless ``--insecure-http`` is given. ``https://`` URLs are verified
+against the system CAs, or ``--cacert`` / ``$STOCKADE_HOST_CACERT``.
+
+``stockade keeps wait`` exits 0 when the Keep exited, 115 when it failed,
+was killed or was lost, 124 when the wait timed out (docs/exit-codes.md).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
@@ -36,19 +44,69 @@ SIM_ROOT_NOTE = (
     "  sim root     fetched from the host (--allow-sim): a host-supplied sim root gives NO protection at all"
 )
 
-_host_option = click.option(
-    "--host",
-    "url",
-    required=True,
-    envvar="STOCKADE_HOST",
-    metavar="URL",
-    help="Keep manager URL, e.g. http://127.0.0.1:8470 ($STOCKADE_HOST).",
-)
-_token_option = click.option(
-    "--token-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File holding the API token (default: $STOCKADE_TOKEN).",
-)
+#: Exit status of `stockade keeps wait` when the Keep did not end in time
+#: (the value coreutils' timeout(1) uses).
+WAIT_TIMED_OUT: Final = 124
+#: How long `keeps logs --follow` waits for the Keep's end between log reads.
+FOLLOW_POLL_S: Final = 1.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _host_options(fn: F) -> F:
+    """--host, --token-file, --cacert and --insecure-http; the command gets
+    one ``connection`` keyword (a _Connection)."""
+
+    @click.option(
+        "--host",
+        "url",
+        required=True,
+        envvar="STOCKADE_HOST",
+        metavar="URL",
+        help="Keep manager URL, e.g. https://host.example:8470 or http://127.0.0.1:8470 ($STOCKADE_HOST).",
+    )
+    @click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="File holding the API token (default: $STOCKADE_TOKEN).",
+    )
+    @click.option(
+        "--cacert",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="STOCKADE_HOST_CACERT",
+        metavar="FILE",
+        help="PEM CA certificate(s) that sign the manager's TLS certificate, used instead of the "
+        "system CAs ($STOCKADE_HOST_CACERT; https:// only).",
+    )
+    @click.option(
+        "--insecure-http",
+        is_flag=True,
+        help="Allow sending the API token over plain http to a host that is not loopback.",
+    )
+    @functools.wraps(fn)
+    def wrapper(
+        url: str, token_file: Path | None, cacert: Path | None, insecure_http: bool, **kwargs: Any
+    ) -> Any:
+        return fn(connection=_Connection(url, token_file, cacert, insecure_http), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Connection:
+    """Where and how to reach the manager, from the command line."""
+
+    def __init__(self, url: str, token_file: Path | None, cacert: Path | None, insecure_http: bool) -> None:
+        self.url = url
+        self.token_file = token_file
+        self.cacert = cacert
+        self.insecure_http = insecure_http
+
+    def client(self) -> ManagerClient:
+        from stockade.client.remote import ManagerClient
+
+        return ManagerClient(
+            self.url, _token(self.token_file), cacert=self.cacert, allow_insecure_http=self.insecure_http
+        )
 
 
 def _token(token_file: Path | None) -> str:
@@ -64,29 +122,25 @@ def _token(token_file: Path | None) -> str:
     return token
 
 
-def _client(url: str, token_file: Path | None) -> ManagerClient:
-    from stockade.client.remote import ManagerClient
-
-    return ManagerClient(url, _token(token_file))
-
-
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("wasm", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1)
-@_host_option
-@_token_option
+@_host_options
 @workload_options
-def deploy(url: str, token_file: Path | None, **kwargs: Any) -> None:
+def deploy(connection: _Connection, **kwargs: Any) -> None:
     """Run WASM in a fresh Keep on a remote host, after verifying its attestation.
 
     Like `stockade run`, but the Keep is started by the keep manager at
     --host and reached through its relay. The attested TLS session is end
     to end: the host relays ciphertext only. With --allow-sim, the sim root
     is fetched from that host, which gives NO protection (sim never does).
+    An https:// --host protects the API token and the Keep's metadata on
+    the way; the workload and its secrets are protected by the attested
+    session either way.
     """
     opts = RunOptions(backend="sim", state_dir=None, **kwargs)
     try:
-        _deploy(url, token_file, opts)
+        _deploy(connection, opts)
     except StockadeError as err:
         fail(err, opts.as_json, exit_code_source="stockade")
     except KeyboardInterrupt:
@@ -94,13 +148,13 @@ def deploy(url: str, token_file: Path | None, **kwargs: Any) -> None:
         sys.exit(130)
 
 
-def _deploy(url: str, token_file: Path | None, opts: RunOptions) -> None:
+def _deploy(connection: _Connection, opts: RunOptions) -> None:
     from stockade.client.deploy import send_hello
     from stockade.wire.launch import keep_measurement
 
     prepared = prepare(opts)
     limits = prepared.limits_map()
-    with _client(url, token_file) as client:
+    with connection.client() as client:
         sim_root = None
         extra: tuple[str, ...] = ()
         if opts.allow_sim:
@@ -129,27 +183,31 @@ def _deploy(url: str, token_file: Path | None, opts: RunOptions) -> None:
         finally:
             sock.close()
     if opts.as_json:
-        print_json(result, out, keep_id=keep_id, host=url)
+        print_json(result, out, keep_id=keep_id, host=connection.url)
     exit_now(result.exit_code)
 
 
 @click.group()
 def keeps() -> None:
-    """List and kill Keeps on a remote keep manager."""
+    """List, inspect, wait for and kill Keeps on a remote keep manager."""
+
+
+def _jsonable(doc: dict[Any, Any]) -> dict[Any, Any]:
+    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in doc.items()}
 
 
 @keeps.command("ls")
-@_host_option
-@_token_option
+@_host_options
 @click.option("--json", "as_json", is_flag=True, help="Print the Keeps as one JSON document.")
-def ls(url: str, token_file: Path | None, as_json: bool) -> None:
+def ls(connection: _Connection, as_json: bool) -> None:
     """List this token's Keeps on the host."""
+    url = connection.url
     try:
-        with _client(url, token_file) as client:
+        with connection.client() as client:
             records = client.list()
     except StockadeError as err:
         fail(err, as_json)
-    docs = [{k: (v.hex() if isinstance(v, bytes) else v) for k, v in r.items()} for r in records]
+    docs = [_jsonable(r) for r in records]
     if as_json:
         click.echo(json.dumps({"keeps": docs}, indent=2))
         return
@@ -177,19 +235,109 @@ def ls(url: str, token_file: Path | None, as_json: bool) -> None:
 
 @keeps.command("kill")
 @click.argument("keep_id")
-@_host_option
-@_token_option
+@_host_options
 @click.option("--json", "as_json", is_flag=True, help="Print the Keep as one JSON document.")
-def kill(keep_id: str, url: str, token_file: Path | None, as_json: bool) -> None:
+def kill(keep_id: str, connection: _Connection, as_json: bool) -> None:
     """Kill a Keep (SIGTERM, then SIGKILL after a grace period)."""
     try:
-        with _client(url, token_file) as client:
+        with connection.client() as client:
             rec = client.kill(keep_id)
     except StockadeError as err:
         fail(err, as_json)
     if as_json:
-        click.echo(
-            json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in rec.items()}, indent=2)
-        )
+        click.echo(json.dumps(_jsonable(rec), indent=2))
     else:
         click.echo(f"Keep {rec.get('id')}: {rec.get('state')}")
+
+
+@keeps.command("wait")
+@click.argument("keep_id")
+@_host_options
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, 86_400),
+    default=300,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up after this long (exit 124).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the Keep and timed_out as one JSON document.")
+def wait(keep_id: str, connection: _Connection, timeout: float, as_json: bool) -> None:
+    """Wait until a Keep has ended (exited, failed, killed or lost).
+
+    Exit status: 0 if the Keep exited (its process ended with status 0: a
+    normal end of session; the workload's own exit code is known only to
+    the client that deployed it), 115 if it failed, was killed or was lost,
+    124 if it was still active after --timeout seconds.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        with connection.client() as client:
+            while True:  # the manager grants at most 300 s per request
+                rec = client.wait(keep_id, max(0.0, deadline - time.monotonic()))
+                if not rec["timed_out"] or time.monotonic() >= deadline:
+                    break
+    except StockadeError as err:
+        fail(err, as_json)
+    except KeyboardInterrupt:
+        click.echo("stockade: interrupted", err=True)
+        sys.exit(130)
+    state = str(rec.get("state"))
+    code = WAIT_TIMED_OUT if rec["timed_out"] else 0 if state == "exited" else KeepDied.exit_code
+    if as_json:
+        click.echo(json.dumps({**_jsonable(rec), "exit_code": code}, indent=2))
+    else:
+        detail = f" ({rec['detail']})" if rec.get("detail") else ""
+        still = f", still {state} after {timeout:g} s" if rec["timed_out"] else f": {state}{detail}"
+        click.echo(f"Keep {rec.get('id')}{still}")
+    sys.exit(code)
+
+
+@keeps.command("logs")
+@click.argument("keep_id")
+@_host_options
+@click.option(
+    "--tail", type=click.IntRange(0, 100_000), metavar="N", help="Only the last N lines (default: all)."
+)
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing what is added until the Keep has ended (exited, failed, killed or lost).",
+)
+def logs(keep_id: str, connection: _Connection, tail: int | None, follow: bool) -> None:
+    """Print a Keep's host-side log (the Keep loader's stderr).
+
+    The log holds the Keep's own events (start, session end, errors) and
+    never workload data or secrets. It is read in steps of at most 1 MiB;
+    --follow reads on from where it stopped, about once a second, and ends
+    once the Keep has ended.
+    """
+    out = sys.stdout.buffer
+    try:
+        with connection.client() as client:
+
+            def drain(offset: int) -> int:
+                """Print the log from ``offset`` to its current end."""
+                while True:  # a response holds at most 1 MiB
+                    data, start = client.logs(keep_id, offset=offset)
+                    out.write(data)
+                    out.flush()
+                    offset = start + len(data)
+                    if not data:
+                        return offset
+
+            offset = 0
+            if tail is not None:
+                data, start = client.logs(keep_id, tail=tail)
+                out.write(data)
+                offset = start + len(data)
+            offset = drain(offset)
+            while follow:
+                ended = not client.wait(keep_id, FOLLOW_POLL_S)["timed_out"]
+                offset = drain(offset)
+                follow = not ended
+    except StockadeError as err:
+        fail(err, False)
+    except KeyboardInterrupt:
+        sys.exit(130)

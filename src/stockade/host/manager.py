@@ -18,6 +18,8 @@ errors are RFC 9290 concise problem details,
     GET    /v1/keeps                  -> {"keeps": [Keep document...]} (the caller's)
     GET    /v1/keeps/{id}             -> Keep document
     DELETE /v1/keeps/{id}             -> Keep document (SIGTERM, SIGKILL after a grace)
+    GET    /v1/keeps/{id}/wait?timeout=S -> Keep document + timed_out (blocks <= 300 s)
+    GET    /v1/keeps/{id}/logs?tail=N|offset=B -> text/plain: the Keep's host-side log
     GET    /v1/sim/root               -> {"ark": DER of this host's sim ARK}
     WS     /v1/keeps/{id}/connect     -> binary frames <-> the Keep's byte stream
     GET    /metrics                   -> Prometheus text exposition     (no auth)
@@ -35,6 +37,10 @@ Every /v1 route but health needs ``Authorization: Bearer <token>`` (401
 without one, 403 for an unknown token); a token sees only its own Keeps
 (another token's Keep is 404) and may have at most its quota of Keeps in a
 non-final state (429).
+
+A Keep that no client connects to within the idle timeout (``idle_timeout``,
+60 s by default) is killed and recorded as ``killed`` with the reason, so
+that abandoned creates do not hold quota or memory.
 """
 
 from __future__ import annotations
@@ -42,12 +48,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
 import time
 from collections import Counter as _Tally
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -88,6 +95,18 @@ PROBLEM: Final = "application/concise-problem-details+cbor"
 MAX_BODY: Final = 1 << 20
 KILL_GRACE_S: Final = 2.0
 RELAY_CHUNK: Final = 1 << 16
+IDLE_TIMEOUT_S: Final = 60.0
+#: Longest a wait request blocks, and its default.
+MAX_WAIT_S: Final = 300.0
+DEFAULT_WAIT_S: Final = 30.0
+#: A log response holds at most this many bytes (the newest, unless an offset
+#: is asked for), and ``tail`` at most this many lines.
+MAX_LOG_BYTES: Final = 1 << 20
+MAX_TAIL_LINES: Final = 100_000
+#: How often a wait on a Keep this process did not start (re-adopted after a
+#: restart) looks at the registry and the process.
+ADOPTED_POLL_S: Final = 0.5
+TEXT: Final = "text/plain"
 _LIMIT_KEYS: Final = ("timeout_ms", "memory_bytes", "output_bytes")
 
 T = TypeVar("T")
@@ -235,6 +254,7 @@ class _Live:
     kill_reason: str = "killed on request"
     connected: bool = False  # one client per Keep, ever
     relaying: bool = False
+    idle_timer: asyncio.TimerHandle | None = None
 
 
 class Manager:
@@ -248,17 +268,25 @@ class Manager:
         kill_grace: float = KILL_GRACE_S,
         starter: Callable[..., KeepHandle] = start_keep,
         metrics: Metrics | None = None,
+        idle_timeout: float | None = IDLE_TIMEOUT_S,
     ) -> None:
         self.state_dir = state_dir
         self.tokens = tokens
         self.kill_grace = kill_grace
+        #: Seconds a new Keep waits for its client before it is killed (None
+        #: or 0: forever).
+        self.idle_timeout = idle_timeout or None
         self._start = starter
         self.metrics = metrics or Metrics()
         self._registry: Registry | None = None
         self.live: dict[str, _Live] = {}
         self.measurements: dict[str, bytes] = {}
+        self.log_paths: dict[str, Path] = {}
         self._create_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Set when the server begins to shut down: open waits answer at once.
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.metrics.watch(self)
 
     @property
@@ -274,6 +302,7 @@ class Manager:
     # -- life cycle
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._registry = await self._db(Registry.open_state_dir, self.state_dir)
         report = await self._db(self.registry.reconcile)
@@ -285,9 +314,16 @@ class Manager:
             len(report.exited),
         )
 
+    def begin_shutdown(self) -> None:
+        """The server is about to stop: answer open waits now (timed out)
+        rather than hold the shutdown up. Safe from a signal handler."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
     async def stop(self) -> None:
         """Kill the Keeps this process started (their byte streams end with
         it) and close the registry."""
+        self._stopping.set()
         for live in list(self.live.values()):
             live.kill_requested = True
             live.kill_reason = "killed: the manager stopped"
@@ -375,15 +411,45 @@ class Manager:
         live = _Live(handle, owner.token_id)
         self.live[keep_id] = live
         self.measurements[keep_id] = handle.measurement
+        self.log_paths[keep_id] = handle.log_path
         await self._db(self.registry.transition, keep_id, "running", pid=handle.keep.pid)
         # Registry paths may not exist until the loader made them.
-        task = asyncio.create_task(self._watch(keep_id, live))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._watch(keep_id, live))
+        if self.idle_timeout is not None:
+            live.idle_timer = asyncio.get_running_loop().call_later(
+                self.idle_timeout, self._idle, keep_id, live
+            )
         log.info("Keep %s started for %s (pid %d)", keep_id, owner.token_id, handle.keep.pid)
         self.metrics.create_seconds.observe(time.monotonic() - started)
         self.metrics.creates.labels("ok").inc()
         return await self._db(self.registry.get, keep_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _idle(self, keep_id: str, live: _Live) -> None:
+        """The idle timer of a Keep fired: kill it unless its client came."""
+        live.idle_timer = None
+        if live.connected or live.kill_requested or self.live.get(keep_id) is not live:
+            return
+        reason = f"killed: no client connected within {self.idle_timeout:g} s"
+        log.info("Keep %s: %s", keep_id, reason)
+        self._spawn(self._terminate(live, reason))
+
+    async def _terminate(self, live: _Live, reason: str) -> None:
+        """SIGTERM the Keep, SIGKILL after the grace; return once it ended
+        (its end recorded as ``killed`` with the first reason given)."""
+        if not live.kill_requested:
+            live.kill_requested = True
+            live.kill_reason = reason
+        _signal(live.handle, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(live.done.wait()), self.kill_grace)
+        except TimeoutError:
+            _signal(live.handle, signal.SIGKILL)
+            await live.done.wait()
 
     async def _watch(self, keep_id: str, live: _Live) -> None:
         """Wait for the Keep process to end, record how, reap its PSP."""
@@ -404,6 +470,9 @@ class Manager:
             log.info("Keep %s: %s (%s)", keep_id, state, detail)
             await anyio.to_thread.run_sync(lambda: _reap_rest(live.handle, self.kill_grace))
         finally:
+            if live.idle_timer is not None:
+                live.idle_timer.cancel()
+                live.idle_timer = None
             if not live.relaying:
                 with contextlib.suppress(OSError):
                     live.handle.conn.close()
@@ -413,13 +482,7 @@ class Manager:
     async def kill(self, rec: KeepRecord) -> KeepRecord:
         live = self.live.get(rec.keep_id)
         if live is not None:
-            live.kill_requested = True
-            _signal(live.handle, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.shield(live.done.wait()), self.kill_grace)
-            except TimeoutError:
-                _signal(live.handle, signal.SIGKILL)
-                await live.done.wait()
+            await self._terminate(live, "killed on request")
         elif not rec.is_final:
             # Re-adopted after a manager restart: only the pid is known.
             if rec.pid is not None and proc_is_alive(rec.pid, rec.pid_start_time):
@@ -430,6 +493,65 @@ class Manager:
                     self.registry.transition, rec.keep_id, "killed", detail="killed on request (adopted)"
                 )
         return await self._db(self.registry.get, rec.keep_id)
+
+    async def wait(self, rec: KeepRecord, timeout: float) -> tuple[KeepRecord, bool]:
+        """Wait up to ``timeout`` s for the Keep to reach a final state;
+        return its record and whether the wait timed out.
+
+        A Keep this process started is waited for on its ``done`` event (set
+        once its end is recorded). A Keep re-adopted after a restart is not
+        this process's child: its record and process are looked at every
+        ADOPTED_POLL_S, and once its process is gone it is recorded as
+        ``lost`` (its exit status cannot be known). When the server begins
+        to stop, every wait answers at once.
+        """
+        if rec.is_final:
+            return rec, False
+        keep_id = rec.keep_id
+        live = self.live.get(keep_id)
+        if live is not None:
+            await self._until(live.done, timeout)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                rec = await self._db(self.registry.get, keep_id)
+                if rec.is_final or keep_id in self.live:
+                    break  # a Keep being created here is live now: wait on it below
+                if rec.pid is not None and not proc_is_alive(rec.pid, rec.pid_start_time):
+                    with contextlib.suppress(RegistryError):  # a DELETE may have been first
+                        await self._db(
+                            self.registry.transition,
+                            keep_id,
+                            "lost",
+                            detail=f"the adopted Keep process {rec.pid} ended; its exit status is unknown",
+                        )
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping.is_set():
+                    break
+                await self._until(self._stopping, min(ADOPTED_POLL_S, left))
+            if not rec.is_final and (live := self.live.get(keep_id)) is not None:
+                await self._until(live.done, max(0.0, deadline - time.monotonic()))
+        rec = await self._db(self.registry.get, keep_id)
+        return rec, not rec.is_final
+
+    async def _until(self, event: asyncio.Event, timeout: float) -> None:
+        """Return when ``event`` is set, the server is stopping, or after
+        ``timeout`` s. (Not wait_for on a shield: a timed-out shielded wait
+        would linger until the event, one per request, and --follow asks
+        every second.)"""
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    def log_path(self, rec: KeepRecord) -> Path:
+        """Where the loader writes this Keep's stderr log."""
+        known = self.log_paths.get(rec.keep_id) or rec.log_path
+        # The loader's naming; the id matched the registry's [A-Za-z0-9_-]{1,64}.
+        return known or self.state_dir / "logs" / f"keep-{rec.keep_id}.log"
 
     # -- relay
 
@@ -479,6 +601,63 @@ class Manager:
             if live.done.is_set() or self.live.get(keep_id) is not live:
                 with contextlib.suppress(OSError):
                     conn.close()
+
+
+def _read_log(path: Path, tail: int | None, offset: int | None) -> tuple[bytes, int, int]:
+    """(bytes, offset of the first byte, file size) of a Keep log: from
+    ``offset`` on, else the last ``tail`` lines, else all, each capped at
+    MAX_LOG_BYTES (from the end: whole lines only). A missing file is empty."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return b"", 0, 0
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if offset is not None:
+            start = min(offset, size)
+            f.seek(start)
+            return f.read(min(MAX_LOG_BYTES, size - start)), start, size
+        start = max(0, size - MAX_LOG_BYTES)
+        f.seek(start)
+        data = f.read(size - start)
+    if start > 0:  # drop the partial first line
+        cut = data.find(b"\n") + 1
+        data, start = data[cut:], start + cut
+    if tail is not None:
+        cut = _tail_start(data, tail)
+        data, start = data[cut:], start + cut
+    return data, start, size
+
+
+def _tail_start(data: bytes, lines: int) -> int:
+    """Index in ``data`` where its last ``lines`` lines start (a last line
+    without a newline counts)."""
+    if lines == 0:
+        return len(data)
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    for _ in range(lines):
+        newline = data.rfind(b"\n", 0, end)
+        if newline < 0:
+            return 0
+        end = newline
+    return end + 1
+
+
+def _query_number(request: Request, name: str, low: float, high: float, *, integer: bool) -> float | None:
+    """A numeric query parameter in [low, high], or None if absent; 400 otherwise."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high):
+        kind = "an integer" if integer else "a number of seconds"
+        raise ApiProblem(
+            400, "bad-request", "malformed request", f"{name} must be {kind} from {low:g} to {high:g}"
+        )
+    return value
 
 
 def _signame(number: int) -> str:
@@ -577,11 +756,17 @@ def _parse_create(body: dict[Any, Any]) -> tuple[str, Limits]:
         raise bad(exc.detail) from None
 
 
-def create_app(state_dir: Path, tokens: Tokens, *, kill_grace: float = KILL_GRACE_S) -> Starlette:
+def create_app(
+    state_dir: Path,
+    tokens: Tokens,
+    *,
+    kill_grace: float = KILL_GRACE_S,
+    idle_timeout: float | None = IDLE_TIMEOUT_S,
+) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served."""
     metrics = Metrics()
-    mgr = Manager(state_dir, tokens, kill_grace=kill_grace, metrics=metrics)
+    mgr = Manager(state_dir, tokens, kill_grace=kill_grace, metrics=metrics, idle_timeout=idle_timeout)
 
     async def health(request: Request) -> Response:
         return _cbor({"status": "ok"})
@@ -607,6 +792,33 @@ def create_app(state_dir: Path, tokens: Tokens, *, kill_grace: float = KILL_GRAC
         rec = await mgr.record_of(request.path_params["keep_id"], owner.token_id)
         return _cbor(mgr.document(await mgr.kill(rec)))
 
+    async def wait_keep(request: Request) -> Response:
+        owner = mgr.authenticate(request.headers)
+        timeout = _query_number(request, "timeout", 0, MAX_WAIT_S, integer=False)
+        if set(request.query_params) - {"timeout"}:
+            raise ApiProblem(400, "bad-request", "malformed request", "the only query parameter is timeout")
+        rec = await mgr.record_of(request.path_params["keep_id"], owner.token_id)
+        rec, timed_out = await mgr.wait(rec, DEFAULT_WAIT_S if timeout is None else timeout)
+        return _cbor({**mgr.document(rec), "timed_out": timed_out})
+
+    async def keep_logs(request: Request) -> Response:
+        owner = mgr.authenticate(request.headers)
+        tail = _query_number(request, "tail", 0, MAX_TAIL_LINES, integer=True)
+        offset = _query_number(request, "offset", 0, 2**63 - 1, integer=True)
+        if set(request.query_params) - {"tail", "offset"}:
+            raise ApiProblem(400, "bad-request", "malformed request", "query parameters are tail or offset")
+        if tail is not None and offset is not None:
+            raise ApiProblem(400, "bad-request", "malformed request", "give tail or offset, not both")
+        rec = await mgr.record_of(request.path_params["keep_id"], owner.token_id)
+        path = mgr.log_path(rec)
+        data, start, size = await anyio.to_thread.run_sync(
+            lambda: _read_log(
+                path, None if tail is None else int(tail), None if offset is None else int(offset)
+            )
+        )
+        headers = {"Stockade-Log-Offset": str(start), "Stockade-Log-Size": str(size)}
+        return Response(data, 200, headers=headers, media_type=TEXT)
+
     async def sim_root(request: Request) -> Response:
         mgr.authenticate(request.headers)
         path = state_dir / "sim" / "chip" / "ark.der"
@@ -628,12 +840,17 @@ def create_app(state_dir: Path, tokens: Tokens, *, kill_grace: float = KILL_GRAC
             live = mgr.live.get(keep_id)
             if live is None or rec.state in FINAL_STATES:
                 raise ApiProblem(409, "conflict", "Keep not running", f"Keep {keep_id} is {rec.state}")
+            if live.kill_requested:
+                raise ApiProblem(409, "conflict", "Keep not running", f"Keep {keep_id} is being killed")
             if live.connected:
                 raise ApiProblem(409, "conflict", "already connected", f"Keep {keep_id} has had its client")
         except ApiProblem as problem:
             await ws.send_denial_response(problem.response())
             return
         live.connected = live.relaying = True
+        if live.idle_timer is not None:
+            live.idle_timer.cancel()
+            live.idle_timer = None
         await ws.accept()
         started = time.monotonic()
         await mgr.relay(ws, keep_id, live)
@@ -662,6 +879,8 @@ def create_app(state_dir: Path, tokens: Tokens, *, kill_grace: float = KILL_GRAC
             Route("/v1/keeps", list_keeps, methods=["GET"]),
             Route("/v1/keeps/{keep_id}", get_keep, methods=["GET"]),
             Route("/v1/keeps/{keep_id}", delete_keep, methods=["DELETE"]),
+            Route("/v1/keeps/{keep_id}/wait", wait_keep, methods=["GET"]),
+            Route("/v1/keeps/{keep_id}/logs", keep_logs, methods=["GET"]),
             Route("/v1/sim/root", sim_root, methods=["GET"]),
             WebSocketRoute("/v1/keeps/{keep_id}/connect", connect),
             Route("/metrics", metrics_page, methods=["GET"]),
