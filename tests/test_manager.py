@@ -262,12 +262,12 @@ def test_keep_killed_mid_run_is_keep_died(server: Server, wasm) -> None:
 
 def test_secret_never_reaches_the_host(server: Server, tmp_path: Path) -> None:
     from stockade.client.attest import TrustConfig
+    from stockade.client.deploy import DeployPlan, send_hello
     from stockade.client.deploy import deploy as run_session
-    from stockade.client.deploy import send_hello
     from stockade.client.remote import ManagerClient
     from stockade.policy import development_policy
     from stockade.wire.launch import keep_measurement
-    from stockade.wire.messages import Limits, Workload
+    from stockade.wire.messages import Config, Limits
 
     canary = ("canary-" + secrets.token_hex(16)).encode()
     secret_file = tmp_path / "canary.txt"
@@ -299,14 +299,13 @@ def test_secret_never_reaches_the_host(server: Server, tmp_path: Path) -> None:
         out: list[bytes] = []
         result = run_session(
             sock,
-            Workload(
-                wasm=WORDCOUNT.read_bytes(),
-                args=("/secrets/canary",),
-                env=(),
-                stdin=b"",
-                files=(),
+            DeployPlan.for_module(
+                WORDCOUNT.read_bytes(),
+                Config(
+                    args=("/secrets/canary",),
+                    limits=Limits(timeout_ms=10_000, memory_bytes=64 << 20, output_bytes=1 << 20),
+                ),
                 secrets=(("canary", canary),),
-                limits=Limits(timeout_ms=10_000, memory_bytes=64 << 20, output_bytes=1 << 20),
             ),
             trust,
             lambda fd, data: out.append(data),

@@ -1,13 +1,16 @@
-"""Unit and property tests of stockade.wire: framing, strict decoding, the
-sans-I/O session state machines, the report-data binding, the launch digest
-and the DER helpers."""
+"""Unit and property tests of stockade.wire: framing, strict decoding (load,
+identity and release included), the sans-I/O session state machines, the
+report-data binding, the launch digest and the DER helpers. The event log
+and the identity binding are tested in tests/test_eventlog.py."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,42 +28,60 @@ from stockade.errors import (
 )
 from stockade.wire import der, framing, protocol
 from stockade.wire.binding import DOMAIN, NONCE_SIZE, report_data_for
+from stockade.wire.eventlog import MAX_EVENTS, Event
 from stockade.wire.evidence import MEDIA_TYPE, EvidenceBundle, bundle_from_extension, extension_value
 from stockade.wire.framing import HEADER, MAX_FRAME, FrameDecoder, encode_frame
 from stockade.wire.launch import keep_measurement, launch_digest, runtime_files
 from stockade.wire.messages import (
     MAX_DEPTH,
+    Config,
     Exit,
+    Expect,
     FileEntry,
     Hello,
+    Identity,
     Limits,
+    Load,
     Message,
     Output,
     Problem,
+    Release,
     Workload,
     decode,
     decode_map,
 )
 from stockade.wire.protocol import ClientSession, ClientState, KeepSession, KeepState
 from wire_strategies import (
+    IDENTITY_TYPICAL,
+    LOAD_STAGED,
+    LOAD_TYPICAL,
+    RELEASE_TYPICAL,
     REPRESENTATIVE,
     REPRESENTATIVE_BUNDLES,
     bundles,
     cbor_items,
+    configs,
+    events,
     exits,
+    expects,
     hellos,
+    identities,
+    loads,
     messages,
     outputs,
     problems,
+    releases,
     workloads,
 )
 
 NONCE = bytes(range(32))
 SHA = b"\x5a" * 32
+KEY = b"\x11" * 32
 HELLO = Hello(nonce=NONCE)
 EXIT = Exit(code=0, workload_sha256=SHA, timing_us=(("run", 7),))
-WORKLOAD = dict(REPRESENTATIVE)["workload-typical"]
-assert isinstance(WORKLOAD, Workload)
+LOAD = LOAD_TYPICAL
+IDENTITY = IDENTITY_TYPICAL
+RELEASE = RELEASE_TYPICAL
 
 
 def frame(msg: Message) -> bytes:
@@ -170,10 +191,15 @@ def test_round_trip_representative(name: str, msg: Message) -> None:
 
 
 def test_encoding_is_deterministic() -> None:
-    a = Workload(wasm=b"w", env=(("A", "1"), ("B", "2")), secrets=(("x", b"1"), ("y", b"2")))
-    b = Workload(wasm=b"w", env=(("B", "2"), ("A", "1")), secrets=(("y", b"2"), ("x", b"1")))
+    a = Release(secrets=(("x", b"1"), ("y", b"2")), stdin=b"in")
+    b = Release(secrets=(("y", b"2"), ("x", b"1")), stdin=b"in")
     assert a.to_cbor() == b.to_cbor()
     assert decode(b.to_cbor()) == a
+    c = Load(package=b"p", config=Config(env=(("A", "1"), ("B", "2"))), nonce=NONCE)
+    d = Load(package=b"p", config=Config(env=(("B", "2"), ("A", "1"))), nonce=NONCE)
+    assert c.to_cbor() == d.to_cbor()
+    assert c.config.digest() == d.config.digest()
+    assert decode(d.to_cbor()) == c
 
 
 @pytest.mark.parametrize("version", [0, 2, -1, "1", b"\x01", True, 1.0, None, [1]])
@@ -208,11 +234,12 @@ def test_missing_message_type() -> None:
         (Output(fd=1, data=b""), ("fd",)),
         (EXIT, ("code",)),
         (EXIT, ("timing_us", "run")),
-        (WORKLOAD, ("limits", "timeout_ms")),
-        (WORKLOAD, ("limits", "memory_bytes")),
-        (WORKLOAD, ("limits", "output_bytes")),
+        (LOAD, ("config", "limits", "timeout_ms")),
+        (LOAD, ("config", "limits", "memory_bytes")),
+        (LOAD, ("config", "limits", "output_bytes")),
+        (LOAD, ("expect", "min_signatures")),
     ],
-    ids=["output-fd", "exit-code", "exit-timing", "timeout", "memory", "output-bytes"],
+    ids=["output-fd", "exit-code", "exit-timing", "timeout", "memory", "output-bytes", "min-signatures"],
 )
 def test_bool_is_not_an_int(msg: Message, path: tuple[str, ...]) -> None:
     m = as_map(msg)
@@ -262,8 +289,9 @@ def test_garbage_cbor(data: bytes) -> None:
         decode(data)
 
 
-def test_truncated_message_at_every_length() -> None:
-    data = WORKLOAD.to_cbor()
+@pytest.mark.parametrize("msg", [LOAD, IDENTITY, RELEASE], ids=lambda m: m.TYPE)
+def test_truncated_message_at_every_length(msg: Message) -> None:
+    data = msg.to_cbor()
     for n in range(len(data)):
         with pytest.raises(ProtocolError):
             decode(data[:n])
@@ -326,11 +354,11 @@ def test_cbor_tags_are_rejected(data: bytes) -> None:
 
 
 def test_shared_reference_cycle_is_rejected() -> None:
-    # {"t": "workload", ..., "args": 28([29(0)])}: a list that contains itself
-    m = as_map(WORKLOAD)
-    data = enc({k: v for k, v in m.items() if k != "args"})
+    # {"t": "identity", ..., "events": 28([29(0)])}: a list that contains itself
+    m = as_map(IDENTITY)
+    data = enc({k: v for k, v in m.items() if k != "events"})
     item = _tag(28, b"\x81" + _tag(29, b"\x00"))
-    data = bytes([data[0] + 1]) + data[1:] + b"\x64args" + item
+    data = bytes([data[0] + 1]) + data[1:] + b"\x66events" + item
     with pytest.raises(ProtocolError, match="tag"):
         decode(data)
 
@@ -443,10 +471,11 @@ def test_message_field_constraints() -> None:
 
 
 def test_file_entries() -> None:
-    m = as_map(WORKLOAD)
+    m = as_map(LOAD)
     good = decode(enc(m))
-    assert isinstance(good, Workload)
-    assert good.files == WORKLOAD.files
+    assert isinstance(good, Load)
+    assert good.config.files == LOAD.config.files
+    assert any(f.data is None for f in good.config.files)
     for files in (
         [{"path": "a", "dir": True, "data": b""}],
         [{"path": "a", "dir": False}],
@@ -455,8 +484,8 @@ def test_file_entries() -> None:
         [{"path": b"a", "data": b""}],
         [["a", b""]],
     ):
-        with pytest.raises(ProtocolError):
-            decode(enc({**m, "files": files}))
+        with pytest.raises(ProtocolError, match="file"):
+            decode(enc({**m, "config": {**m["config"], "files": files}}))
 
 
 def test_problem_maps_to_error_classes() -> None:
@@ -487,7 +516,343 @@ def test_problem_details_reject_unknown_keys() -> None:
         decode(enc(m))
 
 
-# == Workload repr ===================================================================================
+# == load, identity and release ======================================================================
+
+
+def mutated_map(msg: Message, path: tuple[Any, ...], value: Any = None, *, drop: bool = False) -> bytes:
+    """``msg`` encoded after setting (or deleting) the field at ``path``."""
+    m = as_map(msg)
+    target = m
+    for p in path[:-1]:
+        target = target[p]
+    if drop:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return enc(m)
+
+
+STAGED = LOAD_STAGED
+DIGEST_LIST = [["file", "a", b"\x01" * 32]]
+
+# (message, path, new value or DROP, regex the ProtocolError must match)
+DROP = object()
+FIELD_ERRORS: list[Any] = [
+    # load
+    pytest.param(LOAD, ("nonce",), DROP, "missing field 'nonce'", id="load-missing-nonce"),
+    pytest.param(LOAD, ("nonce",), "x" * 32, "'nonce' has the wrong type", id="load-nonce-text"),
+    pytest.param(LOAD, ("nonce",), b"\x00" * 31, "nonce must be 32 bytes, got 31", id="load-nonce-31"),
+    pytest.param(LOAD, ("nonce",), b"\x00" * 33, "nonce must be 32 bytes, got 33", id="load-nonce-33"),
+    pytest.param(LOAD, ("nonce",), b"", "nonce must be 32 bytes, got 0", id="load-nonce-empty"),
+    pytest.param(LOAD, ("expect",), DROP, "missing field 'expect'", id="load-missing-expect"),
+    pytest.param(LOAD, ("expect",), [], "'expect' has the wrong type", id="load-expect-array"),
+    pytest.param(LOAD, ("config",), DROP, "missing field 'config'", id="load-missing-config"),
+    pytest.param(LOAD, ("config",), "{}", "'config' has the wrong type", id="load-config-text"),
+    pytest.param(LOAD, ("extra",), 1, r"load: unknown field\(s\) \['extra'\]", id="load-extra"),
+    pytest.param(LOAD, ("package",), "pkg", "'package' has the wrong type", id="load-package-text"),
+    pytest.param(LOAD, ("package",), DROP, "exactly one of an inline package and staged", id="load-neither"),
+    pytest.param(LOAD, ("staged",), True, "exactly one of an inline package and staged", id="load-both"),
+    pytest.param(LOAD, ("staged",), False, "'staged' must be true", id="load-package-staged-false"),
+    pytest.param(STAGED, ("staged",), False, "'staged' must be true", id="load-staged-false"),
+    pytest.param(STAGED, ("staged",), 1, "'staged' must be true", id="load-staged-int"),
+    pytest.param(STAGED, ("staged",), "true", "'staged' must be true", id="load-staged-text"),
+    pytest.param(STAGED, ("staged",), None, "'staged' must be true", id="load-staged-null"),
+    # load.expect
+    pytest.param(
+        LOAD, ("expect", "digests"), DROP, "expect: missing field 'digests'", id="expect-missing-digests"
+    ),
+    pytest.param(
+        LOAD, ("expect", "signers"), DROP, "expect: missing field 'signers'", id="expect-missing-signers"
+    ),
+    pytest.param(
+        LOAD,
+        ("expect", "min_signatures"),
+        DROP,
+        "expect: missing field 'min_signatures'",
+        id="expect-missing-min",
+    ),
+    pytest.param(LOAD, ("expect", "x"), 1, r"expect: unknown field\(s\)", id="expect-extra"),
+    pytest.param(LOAD, ("expect", "digests"), b"", "'digests' has the wrong type", id="expect-digests-bytes"),
+    pytest.param(LOAD, ("expect", "signers"), {}, "'signers' has the wrong type", id="expect-signers-map"),
+    pytest.param(LOAD, ("expect", "digests"), ["x" * 32], "must be byte strings", id="expect-digest-text"),
+    pytest.param(LOAD, ("expect", "signers"), [1], "must be byte strings", id="expect-signer-int"),
+    pytest.param(
+        LOAD, ("expect", "digests"), [b"\x00" * 31], "digest must be 32 bytes", id="expect-digest-31"
+    ),
+    pytest.param(
+        LOAD, ("expect", "digests"), [SHA, b"\x00" * 33], "digest must be 32 bytes", id="expect-digest-33"
+    ),
+    pytest.param(LOAD, ("expect", "signers"), [b""], "32-byte Ed25519 public key", id="expect-signer-0"),
+    pytest.param(LOAD, ("expect", "signers"), [KEY, KEY + b"\x00"], "32-byte Ed25519", id="expect-signer-33"),
+    pytest.param(
+        LOAD, ("expect", "min_signatures"), -1, "min_signatures must be between", id="expect-min-negative"
+    ),
+    pytest.param(
+        LOAD, ("expect", "min_signatures"), 3, "min_signatures must be between", id="expect-min-above"
+    ),
+    pytest.param(
+        LOAD, ("expect", "min_signatures"), 0, "signers are named but min_signatures is 0", id="expect-min-0"
+    ),
+    pytest.param(
+        LOAD, ("expect", "min_signatures"), True, "'min_signatures' must be an integer", id="expect-min-bool"
+    ),
+    pytest.param(
+        LOAD, ("expect", "min_signatures"), "1", "'min_signatures' has the wrong type", id="expect-min-text"
+    ),
+    # load.config
+    pytest.param(LOAD, ("config", "args"), DROP, "config: missing field 'args'", id="config-missing-args"),
+    pytest.param(LOAD, ("config", "env"), DROP, "config: missing field 'env'", id="config-missing-env"),
+    pytest.param(LOAD, ("config", "files"), DROP, "config: missing field 'files'", id="config-missing-files"),
+    pytest.param(
+        LOAD, ("config", "limits"), DROP, "config: missing field 'limits'", id="config-missing-limits"
+    ),
+    pytest.param(
+        LOAD, ("config", "stdin"), b"", r"config: unknown field\(s\) \['stdin'\]", id="config-extra"
+    ),
+    pytest.param(LOAD, ("config", "args"), ["a", 1], "config args", id="config-args-int"),
+    pytest.param(LOAD, ("config", "env"), {"A": b"x"}, "config env", id="config-env-bytes"),
+    pytest.param(LOAD, ("config", "env"), {1: "x"}, "config env", id="config-env-int-key"),
+    pytest.param(LOAD, ("config", "files"), {}, "'files' has the wrong type", id="config-files-map"),
+    pytest.param(LOAD, ("config", "limits"), [], "'limits' has the wrong type", id="config-limits-array"),
+    pytest.param(LOAD, ("config", "limits", "cpu"), 1, r"limits: unknown field\(s\)", id="limits-extra"),
+    pytest.param(
+        LOAD, ("config", "limits", "timeout_ms"), DROP, "missing field 'timeout_ms'", id="limits-missing"
+    ),
+    pytest.param(
+        LOAD, ("config", "limits", "memory_bytes"), 0, "memory_bytes must be a positive", id="limits-zero"
+    ),
+    # identity
+    pytest.param(
+        IDENTITY, ("evidence",), DROP, "identity: missing field 'evidence'", id="identity-missing-evidence"
+    ),
+    pytest.param(
+        IDENTITY, ("evidence",), "bundle", "'evidence' has the wrong type", id="identity-evidence-text"
+    ),
+    pytest.param(
+        IDENTITY, ("events",), DROP, "identity: missing field 'events'", id="identity-missing-events"
+    ),
+    pytest.param(IDENTITY, ("events",), {}, "'events' has the wrong type", id="identity-events-map"),
+    pytest.param(
+        IDENTITY, ("secrets",), {}, r"identity: unknown field\(s\) \['secrets'\]", id="identity-extra"
+    ),
+    pytest.param(IDENTITY, ("events",), ["file"], "each event must be an array", id="event-not-array"),
+    pytest.param(IDENTITY, ("events",), [["file", "a"]], "each event must be an array", id="event-2-items"),
+    pytest.param(
+        IDENTITY, ("events",), [["file", "a", SHA, 0]], "each event must be an array", id="event-4-items"
+    ),
+    pytest.param(IDENTITY, ("events",), [{"kind": "file"}], "each event must be an array", id="event-map"),
+    pytest.param(
+        IDENTITY, ("events",), [[b"file", "a", SHA]], r"an event is \[text, text, bytes\]", id="kind-bytes"
+    ),
+    pytest.param(
+        IDENTITY, ("events",), [["file", 1, SHA]], r"an event is \[text, text, bytes\]", id="name-int"
+    ),
+    pytest.param(
+        IDENTITY,
+        ("events",),
+        [["file", "a", "x" * 32]],
+        r"an event is \[text, text, bytes\]",
+        id="digest-text",
+    ),
+    pytest.param(
+        IDENTITY, ("events",), [["secret", "a", SHA]], "unknown event kind 'secret'", id="kind-unknown"
+    ),
+    pytest.param(IDENTITY, ("events",), [["File", "a", SHA]], "unknown event kind 'File'", id="kind-case"),
+    pytest.param(IDENTITY, ("events",), [["file", "a", SHA[:31]]], "needs a 32-byte digest", id="digest-31"),
+    pytest.param(
+        IDENTITY, ("events",), [["file", "a", SHA + b"\x00"]], "needs a 32-byte digest", id="digest-33"
+    ),
+    pytest.param(
+        IDENTITY, ("events",), [["file", "n" * 4097, SHA]], "at most 4096 characters", id="name-4097"
+    ),
+    # release
+    pytest.param(
+        RELEASE, ("secrets",), DROP, "release: missing field 'secrets'", id="release-missing-secrets"
+    ),
+    pytest.param(RELEASE, ("stdin",), DROP, "release: missing field 'stdin'", id="release-missing-stdin"),
+    pytest.param(RELEASE, ("stdin",), "in", "'stdin' has the wrong type", id="release-stdin-text"),
+    pytest.param(RELEASE, ("secrets",), [], "'secrets' has the wrong type", id="release-secrets-array"),
+    pytest.param(RELEASE, ("secrets",), {"k": "text"}, "release secrets", id="release-secret-text"),
+    pytest.param(RELEASE, ("secrets",), {"k": 1}, "release secrets", id="release-secret-int"),
+    pytest.param(RELEASE, ("secrets",), {1: b"v"}, "release secrets", id="release-secret-int-name"),
+    pytest.param(RELEASE, ("wasm",), b"", r"release: unknown field\(s\) \['wasm'\]", id="release-extra"),
+]
+
+
+@pytest.mark.parametrize(("msg", "path", "value", "error"), FIELD_ERRORS)
+def test_load_identity_release_errors_name_the_field(
+    msg: Message, path: tuple[Any, ...], value: Any, error: str
+) -> None:
+    data = mutated_map(msg, path, drop=True) if value is DROP else mutated_map(msg, path, value)
+    with pytest.raises(ProtocolError, match=error):
+        decode(data)
+
+
+def test_staged_load_decodes_without_a_package() -> None:
+    assert as_map(STAGED)["staged"] is True
+    assert "package" not in as_map(STAGED)
+    assert "staged" not in as_map(LOAD)
+    back = decode(STAGED.to_cbor())
+    assert isinstance(back, Load)
+    assert back.package is None and back.staged
+    assert "staged" in repr(back)
+
+
+def test_expect_constraints() -> None:
+    Expect()
+    Expect(digests=(SHA,) * 3, signers=(KEY, SHA), min_signatures=2)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"digests": (SHA[:31],)}, "pinned digest must be 32 bytes"),
+        ({"digests": (SHA, SHA + b"\x00")}, "pinned digest must be 32 bytes"),
+        ({"signers": (KEY[:31],), "min_signatures": 1}, "32-byte Ed25519"),
+        ({"signers": (KEY, b""), "min_signatures": 1}, "32-byte Ed25519"),
+        ({"min_signatures": 1}, "between 0 and the number of signers"),
+        ({"signers": (KEY,), "min_signatures": 2}, "between 0 and the number of signers"),
+        ({"signers": (KEY,), "min_signatures": -1}, "between 0 and the number of signers"),
+        ({"signers": (KEY,), "min_signatures": True}, "between 0 and the number of signers"),
+        ({"signers": (KEY,), "min_signatures": 1.0}, "between 0 and the number of signers"),
+        ({"signers": (KEY,), "min_signatures": 0}, "signers are named but min_signatures is 0"),
+        ({"signers": (KEY, SHA)}, "signers are named but min_signatures is 0"),
+    ]
+    for kwargs, error in cases:
+        with pytest.raises(ProtocolError, match=error):
+            Expect(**kwargs)
+
+
+def test_expect_and_config_from_map_refuse_non_maps() -> None:
+    for value in ([], "x", None, b""):
+        with pytest.raises(ProtocolError, match="expect must be a map"):
+            Expect.from_map(value)
+        with pytest.raises(ProtocolError, match="config must be a map"):
+            Config.from_map(value)
+
+
+def test_load_constraints() -> None:
+    with pytest.raises(ProtocolError, match="exactly one"):
+        Load(package=None, config=Config(), nonce=NONCE)
+    with pytest.raises(ProtocolError, match="exactly one"):
+        Load(package=b"", staged=True, config=Config(), nonce=NONCE)
+    for size in (0, 31, 33, 64):
+        with pytest.raises(ProtocolError, match=f"got {size}"):
+            Load(package=b"", config=Config(), nonce=bytes(size))
+    assert Load(package=None, staged=True, config=Config(), nonce=NONCE).package is None
+
+
+def test_identity_with_too_many_events_is_refused() -> None:
+    event = ["file", "", SHA]
+    m = as_map(IDENTITY)
+    ok = decode(enc({**m, "events": [event] * MAX_EVENTS}))
+    assert isinstance(ok, Identity) and len(ok.events) == MAX_EVENTS
+    with pytest.raises(ProtocolError, match=f"more than {MAX_EVENTS} events"):
+        decode(enc({**m, "events": [event] * (MAX_EVENTS + 1)}))
+
+
+def test_identity_events_keep_their_order() -> None:
+    back = decode(IDENTITY.to_cbor())
+    assert isinstance(back, Identity)
+    assert back.events == IDENTITY.events
+    assert [e.kind for e in back.events][:3] == ["runtime", "package", "signer"]
+    reordered = Identity(evidence=IDENTITY.evidence, events=IDENTITY.events[::-1])
+    assert decode(reordered.to_cbor()) == reordered != IDENTITY
+
+
+def test_config_digest_is_sha256_of_its_deterministic_cbor() -> None:
+    config = LOAD.config
+    expected = hashlib.sha256(
+        enc(
+            {
+                "args": list(config.args),
+                "env": dict(config.env),
+                "files": [f.to_map() for f in config.files],
+                "limits": config.limits.to_map(),
+            }
+        )
+    ).digest()
+    assert config.digest() == expected
+    assert Config(env=(("A", "1"), ("B", "2"))).digest() == Config(env=(("B", "2"), ("A", "1"))).digest()
+    variants = [
+        Config(),
+        Config(args=("",)),
+        Config(env=(("A", ""),)),
+        Config(files=(FileEntry("a", None),)),
+        Config(files=(FileEntry("a", b""),)),
+        Config(limits=Limits(timeout_ms=1)),
+        dataclasses.replace(config, args=(*config.args, "x")),
+        dataclasses.replace(config, env=config.env[:-1]),
+        dataclasses.replace(config, files=config.files[::-1]),
+        dataclasses.replace(config, limits=Limits(output_bytes=2)),
+    ]
+    digests = {c.digest() for c in [config, *variants]}
+    assert len(digests) == len(variants) + 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(configs)
+def test_round_trip_generated_configs(config: Config) -> None:
+    data = enc(config.to_map())
+    assert Config.from_map(cbor2.loads(data)) == config
+    assert config.digest() == hashlib.sha256(data).digest()
+
+
+@settings(max_examples=150, deadline=None)
+@given(expects)
+def test_round_trip_generated_expects(expect: Expect) -> None:
+    assert Expect.from_map(cbor2.loads(enc(expect.to_map()))) == expect
+
+
+@settings(max_examples=150, deadline=None)
+@given(events)
+def test_round_trip_generated_events(event: Event) -> None:
+    assert Event.from_list(cbor2.loads(event.encoded())) == event
+    assert event.encoded() == enc(event.to_list())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(loads, identities, releases))
+def test_round_trip_generated_load_identity_release(msg: Message) -> None:
+    back = decode(msg.to_cbor())
+    assert back == msg
+    assert type(back) is type(msg)
+    assert back.to_cbor() == msg.to_cbor()
+
+
+# == reprs never show secrets ========================================================================
+
+SECRET_NEEDLES = ("hunter2", "TOPSECRET", "deadbeef", "\\xde\\xad", "STDIN-SECRET")
+
+
+def _renderings(obj: object) -> list[str]:
+    return [repr(obj), str(obj), f"{obj}", repr([obj]), repr({"x": obj}), repr((obj,))]
+
+
+def test_release_repr_never_shows_secret_values() -> None:
+    r = Release(
+        secrets=(("db-password", b"hunter2-SECRET"), ("api-key", b"\xde\xad\xbe\xef-TOPSECRET")),
+        stdin=b"STDIN-SECRET",
+    )
+    for text in _renderings(r):
+        for needle in SECRET_NEEDLES:
+            assert needle not in text, (needle, text)
+        assert "db-password" in text and "api-key" in text  # names are fine
+        assert "<12 bytes>" in text  # the stdin size is fine
+
+
+def test_load_repr_shows_neither_package_nor_configuration() -> None:
+    load = Load(
+        package=b"PACKAGE-BYTES",
+        config=Config(
+            args=("ARG-VALUE",),
+            env=(("TOKEN", "ENV-VALUE"),),
+            files=(FileEntry("key.pem", b"FILE-CONTENT"),),
+        ),
+        nonce=NONCE,
+    )
+    for text in _renderings(load):
+        for needle in ("PACKAGE-BYTES", "ARG-VALUE", "ENV-VALUE", "FILE-CONTENT"):
+            assert needle not in text, (needle, text)
+        assert "<13 bytes>" in text
+    staged = Load(package=None, staged=True, config=Config(), nonce=NONCE)
+    assert repr(staged).startswith("Load(package=staged")
 
 
 def test_workload_repr_never_shows_secret_values() -> None:
@@ -500,48 +865,100 @@ def test_workload_repr_never_shows_secret_values() -> None:
         files=(FileEntry("key.pem", b"FILE-SECRET-CONTENT"),),
         secrets=(("db-password", secret_values[0]), ("api-key", secret_values[1])),
     )
-    for text in (repr(w), str(w), f"{w}", repr([w]), repr({"w": w}), repr((w,))):
-        for needle in (
-            "hunter2",
-            "TOPSECRET",
-            "deadbeef",
-            "\\xde\\xad",
-            "ENV-SECRET",
-            "STDIN-SECRET",
-            "FILE-SECRET",
-            "WASMBYTES",
-        ):
+    for text in _renderings(w):
+        for needle in (*SECRET_NEEDLES, "ENV-SECRET", "FILE-SECRET", "WASMBYTES"):
             assert needle not in text, (needle, text)
         assert "db-password" in text and "api-key" in text  # names are fine
 
 
-@settings(max_examples=100, deadline=None)
-@given(workloads)
-def test_workload_repr_never_contains_secret_bytes(w: Workload) -> None:
-    text = repr(w)
-    for _, value in w.secrets:
+def test_workload_is_internal_not_a_message() -> None:
+    assert not issubclass(Workload, Message)
+    assert not hasattr(Workload(wasm=b""), "to_cbor")
+    assert "workload" not in protocol_message_types()
+    data = enc({"v": 1, "t": "workload", "wasm": b"\0asm", "secrets": {}})
+    with pytest.raises(ProtocolError, match="unknown message type 'workload'"):
+        decode(data)
+
+
+def protocol_message_types() -> set[str]:
+    from stockade.wire.messages import MESSAGE_TYPES
+
+    return set(MESSAGE_TYPES)
+
+
+def _assert_no_secret_bytes(text: str, values: list[bytes]) -> None:
+    for value in values:
         if len(value) >= 4:
             assert repr(value) not in text
             assert value.hex() not in text
 
 
+@settings(max_examples=100, deadline=None)
+@given(workloads)
+def test_workload_repr_never_contains_secret_bytes(w: Workload) -> None:
+    _assert_no_secret_bytes(repr(w), [v for _, v in w.secrets])
+
+
+@settings(max_examples=100, deadline=None)
+@given(releases)
+def test_release_repr_never_contains_secret_bytes(r: Release) -> None:
+    _assert_no_secret_bytes(repr(r), [*(v for _, v in r.secrets), r.stdin])
+
+
+@settings(max_examples=100, deadline=None)
+@given(loads)
+def test_load_repr_never_contains_package_bytes(load: Load) -> None:
+    # expect's digests and signers are public and printed; a package equal to one would match
+    assume(load.package not in (*load.expect.digests, *load.expect.signers))
+    _assert_no_secret_bytes(repr(load), [load.package or b""])
+
+
 # == sans-I/O state machines =========================================================================
 
 
-def client_running() -> ClientSession:
+def client_awaiting_identity() -> ClientSession:
     c = ClientSession()
     c.hello(NONCE)
     c.evidence_verified()
-    c.workload(WORKLOAD)
+    c.load(LOAD)
     return c
 
 
-def keep_running() -> KeepSession:
+def client_identified() -> ClientSession:
+    c = client_awaiting_identity()
+    assert c.receive(frame(IDENTITY)) == [IDENTITY]
+    c.identity_verified()
+    return c
+
+
+def client_running() -> ClientSession:
+    c = client_identified()
+    c.release(RELEASE)
+    return c
+
+
+def keep_at(stage: KeepState) -> KeepSession:
+    """A Keep driven through a legal session up to ``stage``."""
     k = KeepSession()
-    k.receive_hello(frame(HELLO))
-    k.channel_ready()
-    k.receive_workload(frame(WORKLOAD))
+    steps: list[tuple[KeepState, Callable[[], object]]] = [
+        (KeepState.ATTESTING, lambda: k.receive_hello(frame(HELLO))),
+        (KeepState.AWAIT_LOAD, k.channel_ready),
+        (KeepState.LOADING, lambda: k.receive_load(frame(LOAD))),
+        (KeepState.AWAIT_RELEASE, lambda: k.identity(IDENTITY)),
+        (KeepState.RUNNING, lambda: k.receive_release(frame(RELEASE))),
+        (KeepState.DONE, lambda: k.exit(EXIT)),
+    ]
+    for state, step in steps:
+        if k.state is stage:
+            break
+        step()
+        assert k.state is state
+    assert k.state is stage
     return k
+
+
+def keep_running() -> KeepSession:
+    return keep_at(KeepState.RUNNING)
 
 
 def test_full_session_between_client_and_keep() -> None:
@@ -551,25 +968,109 @@ def test_full_session_between_client_and_keep() -> None:
     assert (c.state, k.state) == (ClientState.AWAIT_EVIDENCE, KeepState.ATTESTING)
     k.channel_ready()
     c.evidence_verified()
-    assert k.receive_workload(c.workload(WORKLOAD)) == WORKLOAD
+    assert (c.state, k.state) == (ClientState.VERIFIED, KeepState.AWAIT_LOAD)
+    assert k.receive_load(c.load(LOAD)) == LOAD
+    assert (c.state, k.state) == (ClientState.AWAIT_IDENTITY, KeepState.LOADING)
+    data = k.identity(IDENTITY)
+    assert k.state is KeepState.AWAIT_RELEASE
+    got = [m for i in range(len(data)) for m in c.receive(data[i : i + 1])]
+    assert got == [IDENTITY]
+    assert c.state is ClientState.AWAIT_IDENTITY
+    c.identity_verified()
+    assert c.state is ClientState.IDENTIFIED
+    assert k.receive_release(c.release(RELEASE)) == RELEASE
+    assert (c.state, k.state) == (ClientState.RUNNING, KeepState.RUNNING)
     stream = k.output(1, b"out") + k.output(2, b"err") + k.exit(EXIT)
     got = [m for i in range(len(stream)) for m in c.receive(stream[i : i + 1])]
     assert got == [Output(1, b"out"), Output(2, b"err"), EXIT]
     assert (c.state, k.state) == (ClientState.DONE, KeepState.DONE)
 
 
-def test_client_cannot_send_workload_before_evidence_is_verified() -> None:
+def test_staged_load_session() -> None:
+    c, k = ClientSession(), KeepSession()
+    k.receive_hello(c.hello(NONCE))
+    k.channel_ready()
+    c.evidence_verified()
+    got = k.receive_load(c.load(STAGED))
+    assert got == STAGED
+    assert got is not None and got.package is None
+
+
+def test_client_cannot_send_load_before_evidence_is_verified() -> None:
     c = ClientSession()
-    with pytest.raises(ProtocolError, match="send the workload"):
-        c.workload(WORKLOAD)
+    with pytest.raises(ProtocolError, match="send the load request in state start"):
+        c.load(LOAD)
     c.hello(NONCE)
-    with pytest.raises(ProtocolError, match="send the workload"):
-        c.workload(WORKLOAD)
+    with pytest.raises(ProtocolError, match="send the load request in state await-evidence"):
+        c.load(LOAD)
     assert c.state is ClientState.AWAIT_EVIDENCE
     c.evidence_verified()
-    assert c.workload(WORKLOAD) == frame(WORKLOAD)
-    with pytest.raises(ProtocolError):
-        c.workload(WORKLOAD)  # only once
+    assert c.load(LOAD) == frame(LOAD)
+    assert c.state is ClientState.AWAIT_IDENTITY
+    with pytest.raises(ProtocolError, match="send the load request"):
+        c.load(LOAD)  # only once
+
+
+def _client_in(state: ClientState) -> ClientSession:
+    c = ClientSession()
+    if state is ClientState.START:
+        return c
+    c.hello(NONCE)
+    if state is ClientState.AWAIT_EVIDENCE:
+        return c
+    c.evidence_verified()
+    if state is ClientState.VERIFIED:
+        return c
+    c.load(LOAD)
+    if state is ClientState.AWAIT_IDENTITY:
+        return c
+    c.receive(frame(IDENTITY))
+    c.identity_verified()
+    if state is ClientState.IDENTIFIED:
+        return c
+    c.release(RELEASE)
+    if state is ClientState.RUNNING:
+        return c
+    c.receive(frame(EXIT))
+    assert state is ClientState.DONE
+    return c
+
+
+@pytest.mark.parametrize(
+    "state", [s for s in ClientState if s is not ClientState.IDENTIFIED], ids=lambda s: s.value
+)
+def test_client_cannot_release_secrets_unless_identified(state: ClientState) -> None:
+    c = _client_in(state)
+    assert c.state is state
+    with pytest.raises(ProtocolError, match=f"release secrets in state {state.value}"):
+        c.release(RELEASE)
+    assert c.state is state
+
+
+def test_client_cannot_release_after_receiving_an_unverified_identity() -> None:
+    c = client_awaiting_identity()
+    assert c.receive(frame(IDENTITY)) == [IDENTITY]
+    with pytest.raises(ProtocolError, match="release secrets in state await-identity"):
+        c.release(RELEASE)  # the identity arrived, but nobody checked it
+
+
+def test_identity_verified_only_after_the_identity_arrived_and_once() -> None:
+    for state in (ClientState.START, ClientState.AWAIT_EVIDENCE, ClientState.VERIFIED):
+        with pytest.raises(ProtocolError, match="accept the workload identity"):
+            _client_in(state).identity_verified()
+    c = client_awaiting_identity()
+    with pytest.raises(ProtocolError, match="identity not received yet"):
+        c.identity_verified()
+    assert c.state is ClientState.AWAIT_IDENTITY
+    data = frame(IDENTITY)
+    assert c.receive(data[:-1]) == []
+    with pytest.raises(ProtocolError, match="identity not received yet"):
+        c.identity_verified()  # a partial identity is no identity
+    assert c.receive(data[-1:]) == [IDENTITY]
+    c.identity_verified()
+    assert c.state is ClientState.IDENTIFIED
+    with pytest.raises(ProtocolError, match="accept the workload identity in state identified"):
+        c.identity_verified()
 
 
 def test_client_cannot_send_hello_twice() -> None:
@@ -602,28 +1103,102 @@ def test_failed_hello_does_not_advance_the_client() -> None:
     c.hello(NONCE)
 
 
-def test_failed_workload_encoding_does_not_advance_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol, "encode_frame", functools.partial(framing.encode_frame, max_frame=100))
+def test_failed_load_encoding_does_not_advance_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "encode_frame", functools.partial(framing.encode_frame, max_frame=200))
     c = ClientSession()
     c.hello(NONCE)
     c.evidence_verified()
     with pytest.raises(ProtocolError, match="exceeds"):
-        c.workload(Workload(wasm=b"x" * 200))
+        c.load(Load(package=b"x" * 300, config=Config(), nonce=NONCE))
     assert c.state is ClientState.VERIFIED
-    with pytest.raises(ProtocolError):
-        c.receive(frame(EXIT))  # the Keep cannot answer a workload that never went out
+    with pytest.raises(ProtocolError, match="in state verified"):
+        c.receive(frame(IDENTITY))  # the Keep cannot answer a load that never went out
 
 
-@pytest.mark.parametrize("steps", [0, 1, 2])
-def test_client_refuses_keep_data_before_running(steps: int) -> None:
-    c = ClientSession()
-    if steps >= 1:
-        c.hello(NONCE)
-    if steps >= 2:
-        c.evidence_verified()
+def test_failed_release_encoding_does_not_advance_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = client_identified()
+    monkeypatch.setattr(protocol, "encode_frame", functools.partial(framing.encode_frame, max_frame=100))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        c.release(Release(stdin=b"x" * 200))
+    assert c.state is ClientState.IDENTIFIED
+    with pytest.raises(ProtocolError, match="in state identified"):
+        c.receive(frame(EXIT))  # the Keep cannot answer a release that never went out
+    assert c.release(Release()) == frame(Release())
+    assert c.state is ClientState.RUNNING
+
+
+@pytest.mark.parametrize(
+    "state",
+    [ClientState.START, ClientState.AWAIT_EVIDENCE, ClientState.VERIFIED, ClientState.IDENTIFIED],
+    ids=lambda s: s.value,
+)
+@pytest.mark.parametrize("msg", [IDENTITY, Output(1, b"early"), EXIT], ids=lambda m: m.TYPE)
+def test_client_refuses_keep_data_while_it_speaks(state: ClientState, msg: Message) -> None:
+    c = _client_in(state)
     assert c.receive(b"") == []
+    with pytest.raises(ProtocolError, match=f"Keep sent data in state {state.value}"):
+        c.receive(frame(msg))
     with pytest.raises(ProtocolError, match="Keep sent data"):
-        c.receive(frame(Output(1, b"early")))
+        c.receive(b"\x00")  # not even the first byte of a frame
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [Output(1, b"early"), EXIT, HELLO, LOAD, RELEASE],
+    ids=["output", "exit", "hello", "load", "release"],
+)
+def test_client_expects_the_identity_first(msg: Message) -> None:
+    c = client_awaiting_identity()
+    with pytest.raises(ProtocolError, match=f"Keep sent '{msg.TYPE}' where its identity was expected"):
+        c.receive(frame(msg))
+
+
+def test_client_accepts_a_problem_instead_of_the_identity() -> None:
+    c = client_awaiting_identity()
+    problem = Problem.from_error(WorkloadTrapped("package refused"))
+    assert c.receive(frame(problem)) == [problem]
+    assert c.state is ClientState.DONE
+    with pytest.raises(ProtocolError):
+        c.identity_verified()
+    with pytest.raises(ProtocolError, match="release secrets"):
+        c.release(RELEASE)
+    with pytest.raises(ProtocolError):
+        c.receive(frame(IDENTITY))
+
+
+@pytest.mark.parametrize(
+    "after",
+    [IDENTITY, Output(1, b"early"), EXIT, Problem.from_error(LimitExceeded("x"))],
+    ids=["second-identity", "output", "exit", "problem"],
+)
+def test_client_refuses_data_after_the_identity_before_the_release(after: Message) -> None:
+    c = client_awaiting_identity()
+    with pytest.raises(ProtocolError, match="after its identity, before the release"):
+        c.receive(frame(IDENTITY) + frame(after))
+    c = client_awaiting_identity()
+    assert c.receive(frame(IDENTITY)) == [IDENTITY]
+    with pytest.raises(ProtocolError, match="after its identity, before the release"):
+        c.receive(frame(after))
+    c = client_awaiting_identity()
+    c.receive(frame(IDENTITY))
+    c.identity_verified()
+    with pytest.raises(ProtocolError, match="Keep sent data in state identified"):
+        c.receive(frame(after))
+
+
+@pytest.mark.parametrize("split", ["same-chunk", "next-chunk"])
+def test_client_refuses_a_partial_frame_after_the_identity(split: str) -> None:
+    c = client_awaiting_identity()
+    early = frame(Output(1, b"before release"))
+    with pytest.raises(ProtocolError, match="before the release"):
+        if split == "same-chunk":
+            c.receive(frame(IDENTITY) + early[:3])
+        else:
+            c.receive(frame(IDENTITY))
+            c.receive(early[:3])
+        c.identity_verified()
+        c.release(RELEASE)
+        c.receive(early[3:])
 
 
 def test_client_refuses_data_after_exit() -> None:
@@ -653,19 +1228,21 @@ def test_client_refuses_data_after_problem() -> None:
         c.receive(frame(EXIT))
 
 
-@pytest.mark.parametrize("msg", [HELLO, WORKLOAD], ids=["hello", "workload"])
-def test_client_refuses_client_messages_from_the_keep(msg: Message) -> None:
-    with pytest.raises(ProtocolError, match="unexpected"):
+@pytest.mark.parametrize("msg", [HELLO, LOAD, RELEASE, IDENTITY], ids=lambda m: m.TYPE)
+def test_client_refuses_non_output_messages_while_running(msg: Message) -> None:
+    with pytest.raises(ProtocolError, match=f"unexpected '{msg.TYPE}'"):
         client_running().receive(frame(msg))
 
 
 def test_client_garbage_frame() -> None:
     with pytest.raises(ProtocolError):
         client_running().receive(encode_frame(b"\xff"))
+    with pytest.raises(ProtocolError):
+        client_awaiting_identity().receive(encode_frame(b"\xff"))
 
 
 def test_keep_accepts_only_a_hello_first() -> None:
-    for msg in (WORKLOAD, EXIT, Output(1, b""), Problem.from_error(ProtocolError("x"))):
+    for msg in (LOAD, IDENTITY, RELEASE, EXIT, Output(1, b""), Problem.from_error(ProtocolError("x"))):
         k = KeepSession()
         with pytest.raises(ProtocolError, match="expected hello"):
             k.receive_hello(frame(msg))
@@ -682,7 +1259,9 @@ def test_keep_hello_split_byte_by_byte() -> None:
 
 
 @pytest.mark.parametrize(
-    "extra", [b"\x16", frame(WORKLOAD), frame(HELLO)], ids=["tls-byte", "workload", "second-hello"]
+    "extra",
+    [b"\x16", frame(LOAD), frame(RELEASE), frame(HELLO)],
+    ids=["tls-byte", "load", "release", "second-hello"],
 )
 def test_keep_hello_frame_must_come_alone(extra: bytes) -> None:
     k = KeepSession()
@@ -695,53 +1274,126 @@ def test_keep_hello_frame_must_come_alone(extra: bytes) -> None:
         k.receive_hello(data[5:])
 
 
-def test_keep_then_workload_only_after_channel_ready() -> None:
+def test_keep_load_only_after_channel_ready() -> None:
     k = KeepSession()
     with pytest.raises(ProtocolError):
         k.channel_ready()
-    with pytest.raises(ProtocolError):
-        k.receive_workload(frame(WORKLOAD))
+    with pytest.raises(ProtocolError, match="unexpected data in state await-hello"):
+        k.receive_load(frame(LOAD))
     k.receive_hello(frame(HELLO))
     with pytest.raises(ProtocolError):
         k.receive_hello(frame(HELLO))
-    with pytest.raises(ProtocolError):
-        k.receive_workload(frame(WORKLOAD))
+    with pytest.raises(ProtocolError, match="unexpected data in state attesting"):
+        k.receive_load(frame(LOAD))
     k.channel_ready()
     with pytest.raises(ProtocolError):
         k.channel_ready()
-    data = frame(WORKLOAD)
-    assert k.receive_workload(data[:100]) is None
-    assert k.receive_workload(data[100:]) == WORKLOAD
-    assert k.state is KeepState.RUNNING
-    with pytest.raises(ProtocolError):
-        k.receive_workload(frame(WORKLOAD))
+    data = frame(LOAD)
+    assert k.receive_load(data[:100]) is None
+    assert k.state is KeepState.AWAIT_LOAD
+    assert k.receive_load(data[100:]) == LOAD
+    assert k.state is KeepState.LOADING
+    with pytest.raises(ProtocolError, match="unexpected data in state loading"):
+        k.receive_load(frame(LOAD))
 
 
 @pytest.mark.parametrize(
-    "msg", [HELLO, EXIT, Output(1, b""), Problem.from_error(ProtocolError("x"))], ids=lambda m: m.TYPE
+    "msg",
+    [HELLO, RELEASE, IDENTITY, EXIT, Output(1, b""), Problem.from_error(ProtocolError("x"))],
+    ids=lambda m: m.TYPE,
 )
-def test_keep_expects_a_workload(msg: Message) -> None:
-    k = KeepSession()
-    k.receive_hello(frame(HELLO))
-    k.channel_ready()
-    with pytest.raises(ProtocolError, match="expected workload"):
-        k.receive_workload(frame(msg))
+def test_keep_expects_a_load(msg: Message) -> None:
+    k = keep_at(KeepState.AWAIT_LOAD)
+    with pytest.raises(ProtocolError, match=f"expected load, got '{msg.TYPE}'"):
+        k.receive_load(frame(msg))
 
 
-def test_keep_refuses_data_after_the_workload() -> None:
-    k = KeepSession()
-    k.receive_hello(frame(HELLO))
-    k.channel_ready()
-    with pytest.raises(ProtocolError, match="after the workload"):
-        k.receive_workload(frame(WORKLOAD) + b"\x00")
+@pytest.mark.parametrize(
+    "msg",
+    [HELLO, LOAD, IDENTITY, EXIT, Output(1, b""), Problem.from_error(ProtocolError("x"))],
+    ids=lambda m: m.TYPE,
+)
+def test_keep_expects_a_release(msg: Message) -> None:
+    k = keep_at(KeepState.AWAIT_RELEASE)
+    with pytest.raises(ProtocolError, match=f"expected release, got '{msg.TYPE}'"):
+        k.receive_release(frame(msg))
+
+
+@pytest.mark.parametrize("extra", [b"\x00", frame(RELEASE), frame(LOAD)], ids=["byte", "release", "load"])
+def test_keep_refuses_data_after_the_load(extra: bytes) -> None:
+    k = keep_at(KeepState.AWAIT_LOAD)
+    with pytest.raises(ProtocolError, match="after the load"):
+        k.receive_load(frame(LOAD) + extra)
+    k = keep_at(KeepState.AWAIT_LOAD)
+    data = frame(LOAD) + extra
+    assert k.receive_load(data[:7]) is None
+    with pytest.raises(ProtocolError, match="after the load"):
+        k.receive_load(data[7:])
+
+
+def test_keep_refuses_the_release_before_it_sent_the_identity() -> None:
+    k = keep_at(KeepState.LOADING)
+    with pytest.raises(ProtocolError, match="unexpected data in state loading"):
+        k.receive_release(frame(RELEASE))
+    with pytest.raises(ProtocolError, match="unexpected data in state loading"):
+        k.receive_release(b"\x00")
+    assert k.state is KeepState.LOADING
+
+
+@pytest.mark.parametrize("extra", [b"\x00", frame(RELEASE)], ids=["byte", "second-release"])
+def test_keep_refuses_data_after_the_release(extra: bytes) -> None:
+    k = keep_at(KeepState.AWAIT_RELEASE)
+    with pytest.raises(ProtocolError, match="after the release"):
+        k.receive_release(frame(RELEASE) + extra)
+    k = keep_running()
+    with pytest.raises(ProtocolError, match="unexpected data in state running"):
+        k.receive_release(extra)
+
+
+def test_keep_release_split_byte_by_byte() -> None:
+    k = keep_at(KeepState.AWAIT_RELEASE)
+    data = frame(RELEASE)
+    for i in range(len(data) - 1):
+        assert k.receive_release(data[i : i + 1]) is None
+    assert k.state is KeepState.AWAIT_RELEASE
+    assert k.receive_release(data[-1:]) == RELEASE
+    assert k.state is KeepState.RUNNING
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [s for s in KeepState if s is not KeepState.LOADING],
+    ids=lambda s: s.value,
+)
+def test_keep_sends_the_identity_only_while_loading(stage: KeepState) -> None:
+    k = keep_at(stage)
+    with pytest.raises(ProtocolError, match=f"cannot send the identity in state {stage.value}"):
+        k.identity(IDENTITY)
+    assert k.state is stage
+
+
+def test_keep_identity_frame() -> None:
+    k = keep_at(KeepState.LOADING)
+    assert k.identity(IDENTITY) == frame(IDENTITY)
+    with pytest.raises(ProtocolError, match="cannot send the identity in state await-release"):
+        k.identity(IDENTITY)  # only once
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [s for s in KeepState if s not in (KeepState.RUNNING, KeepState.DONE)],
+    ids=lambda s: s.value,
+)
+def test_keep_output_and_exit_never_before_the_release(stage: KeepState) -> None:
+    k = keep_at(stage)
+    with pytest.raises(ProtocolError, match="cannot send output"):
+        k.output(1, b"x")
+    with pytest.raises(ProtocolError, match="cannot send exit"):
+        k.exit(EXIT)
+    assert k.state is stage
 
 
 def test_keep_output_and_exit_only_while_running() -> None:
-    k = KeepSession()
-    with pytest.raises(ProtocolError):
-        k.output(1, b"x")
-    with pytest.raises(ProtocolError):
-        k.exit(EXIT)
     k = keep_running()
     assert k.output(2, b"x") == frame(Output(2, b"x"))
     with pytest.raises(ProtocolError):
@@ -753,21 +1405,17 @@ def test_keep_output_and_exit_only_while_running() -> None:
         k.exit(EXIT)
 
 
-@pytest.mark.parametrize("stage", ["await-hello", "attesting", "await-workload", "running"])
-def test_keep_problem_allowed_until_done(stage: str) -> None:
-    k = KeepSession()
-    if stage != "await-hello":
-        k.receive_hello(frame(HELLO))
-    if stage in ("await-workload", "running"):
-        k.channel_ready()
-    if stage == "running":
-        k.receive_workload(frame(WORKLOAD))
+@pytest.mark.parametrize("stage", [s for s in KeepState if s is not KeepState.DONE], ids=lambda s: s.value)
+def test_keep_problem_allowed_until_done(stage: KeepState) -> None:
+    k = keep_at(stage)
     data = k.problem(WorkloadTrapped("trap"))
     (payload,) = FrameDecoder().feed(data)
     assert decode(payload) == Problem.from_error(WorkloadTrapped("trap"))
     assert k.state is KeepState.DONE
     with pytest.raises(ProtocolError, match="after the final message"):
         k.problem(WorkloadTrapped("again"))
+    with pytest.raises(ProtocolError, match="cannot send the identity"):
+        k.identity(IDENTITY)
 
 
 def test_keep_problem_after_exit_is_refused() -> None:
@@ -776,7 +1424,9 @@ def test_keep_problem_after_exit_is_refused() -> None:
     with pytest.raises(ProtocolError, match="after the final message"):
         k.problem(LimitExceeded("late"))
     with pytest.raises(ProtocolError):
-        k.receive_workload(b"\x00")
+        k.receive_release(b"\x00")
+    with pytest.raises(ProtocolError):
+        k.receive_load(b"\x00")
 
 
 # == binding =========================================================================================
@@ -1183,7 +1833,7 @@ def test_der_readers_raise_only_malformed_evidence(data: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(hellos, workloads, outputs, exits, problems))
+@given(st.one_of(hellos, loads, identities, releases, outputs, exits, problems))
 def test_round_trip_generated_messages(msg: Message) -> None:
     assert decode(msg.to_cbor()) == msg
     assert decode(msg.to_cbor()).to_cbor() == msg.to_cbor()
@@ -1208,3 +1858,25 @@ def test_framed_message_stream_round_trip(msgs: list[Message], data: st.DataObje
         for p in dec.feed(stream[a:b])
     ]
     assert got == msgs
+
+
+def test_expect_refuses_a_signer_listed_twice() -> None:
+    key = b"\x01" * 32
+    with pytest.raises(ProtocolError, match="a signer is listed twice"):
+        Expect(signers=(key, key), min_signatures=2)
+
+
+def test_load_staged_must_be_a_boolean() -> None:
+    with pytest.raises(ProtocolError, match="staged must be a boolean"):
+        Load(package=None, staged=1, config=Config(), nonce=b"\x00" * 32)  # type: ignore[arg-type]
+
+
+def test_identity_refuses_too_many_events_when_built() -> None:
+    event = Event("file", "f", b"\x00" * 32)
+    with pytest.raises(ProtocolError, match=f"more than {MAX_EVENTS} events"):
+        Identity(evidence=b"", events=(event,) * (MAX_EVENTS + 1))
+
+
+def test_file_entry_error_names_the_file_not_a_workload() -> None:
+    with pytest.raises(ProtocolError, match=r"^file: each file must be a map"):
+        Config.from_map({"args": [], "env": {}, "files": ["a"], "limits": Limits().to_map()})

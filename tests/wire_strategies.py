@@ -7,19 +7,27 @@ env, secrets and timing_us sorted by name with unique names.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import cbor2
 from hypothesis import strategies as st
 
 from stockade.errors import ERROR_CLASSES, LimitExceeded, ProtocolError, WorkloadTrapped
+from stockade.wire.eventlog import KINDS, Event
 from stockade.wire.evidence import PLATFORMS, EvidenceBundle
 from stockade.wire.messages import (
+    Config,
     Exit,
+    Expect,
     FileEntry,
     Hello,
+    Identity,
     Limits,
+    Load,
     Message,
     Output,
     Problem,
+    Release,
     Workload,
 )
 
@@ -31,7 +39,10 @@ texts = st.text(max_size=24)
 small_bytes = st.binary(max_size=64)
 
 
-def _sorted_items(d: dict[str, object]) -> tuple[tuple[str, object], ...]:
+T = TypeVar("T")
+
+
+def _sorted_items(d: dict[str, T]) -> tuple[tuple[str, T], ...]:
     return tuple(sorted(d.items()))
 
 
@@ -43,6 +54,61 @@ limits = st.builds(
     output_bytes=st.integers(1, U64_MAX),
 )
 file_entries = st.builds(FileEntry, path=texts, data=st.none() | small_bytes)
+configs = st.builds(
+    Config,
+    args=st.lists(texts, max_size=4).map(tuple),
+    env=st.dictionaries(texts, texts, max_size=4).map(_sorted_items),
+    files=st.lists(file_entries, max_size=4).map(tuple),
+    limits=limits,
+)
+digests32 = st.binary(min_size=32, max_size=32)
+
+
+@st.composite
+def _expects(draw: st.DrawFn) -> Expect:
+    signers = draw(st.lists(digests32, max_size=4, unique=True))
+    low = 1 if signers else 0
+    return Expect(
+        digests=tuple(draw(st.lists(digests32, max_size=3))),
+        signers=tuple(signers),
+        min_signatures=draw(st.integers(low, len(signers))),
+    )
+
+
+expects = _expects()
+
+
+@st.composite
+def _loads(draw: st.DrawFn) -> Load:
+    package = draw(st.none() | small_bytes)
+    return Load(
+        package=package,
+        staged=package is None,
+        expect=draw(expects),
+        config=draw(configs),
+        nonce=draw(digests32),
+    )
+
+
+loads = _loads()
+events = st.builds(Event, kind=st.sampled_from(KINDS), name=texts, digest=digests32)
+bundles = st.builds(
+    EvidenceBundle,
+    platform=st.sampled_from(PLATFORMS),
+    report=st.binary(max_size=256),
+    certs=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
+)
+identities = st.builds(
+    Identity,
+    evidence=bundles.map(lambda b: b.to_cbor()),
+    events=st.lists(events, max_size=6).map(tuple),
+)
+releases = st.builds(
+    Release,
+    secrets=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
+    stdin=small_bytes,
+)
+# The internal Workload (assembled inside the Keep; not a message).
 workloads = st.builds(
     Workload,
     wasm=small_bytes,
@@ -61,13 +127,8 @@ exits = st.builds(
     timing_us=st.dictionaries(texts, st.integers(0, U64_MAX), max_size=4).map(_sorted_items),
 )
 problems = st.builds(Problem, problem_type=texts, title=texts, detail=texts)
-messages: st.SearchStrategy[Message] = st.one_of(hellos, workloads, outputs, exits, problems)
-
-bundles = st.builds(
-    EvidenceBundle,
-    platform=st.sampled_from(PLATFORMS),
-    report=st.binary(max_size=256),
-    certs=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
+messages: st.SearchStrategy[Message] = st.one_of(
+    hellos, loads, identities, releases, outputs, exits, problems
 )
 
 # Arbitrary CBOR-encodable values (no tags), for structure-aware fuzzing.
@@ -81,37 +142,77 @@ cbor_items = cbor_values.map(lambda v: bytes(cbor2.dumps(v)))
 
 # Representative, hand-picked values: empty, typical and max-ish.
 SHA = bytes(range(32))
+SIM_BUNDLE = EvidenceBundle(
+    "sim", b"\x03" + bytes(1183), (("ark", b"A" * 1400), ("ask", b"S"), ("vcek", b"V"))
+)
+LOAD_TYPICAL = Load(
+    package=b"stockade-package\x00\x01",
+    expect=Expect(digests=(SHA, b"\xaa" * 32), signers=(b"\x11" * 32, b"\x22" * 32), min_signatures=1),
+    config=Config(
+        args=("--flag", "value", ""),
+        env=(("EMPTY", ""), ("LANG", "C.UTF-8")),
+        files=(
+            FileEntry("data", None),
+            FileEntry("data/in.txt", b"line\n"),
+            FileEntry("empty", b""),
+        ),
+        limits=Limits(timeout_ms=1, memory_bytes=65536, output_bytes=1),
+    ),
+    nonce=bytes(range(100, 132)),
+)
+LOAD_STAGED = Load(package=None, staged=True, config=Config(), nonce=b"\xff" * 32)
+RELEASE_TYPICAL = Release(secrets=(("api-key", b"s3cr3t"), ("blob", bytes(range(256)))), stdin=b"hi\n")
+IDENTITY_TYPICAL = Identity(
+    evidence=SIM_BUNDLE.to_cbor(),
+    events=(
+        Event("runtime", "stockade-keep 0.1.0; wasmtime 50.0.1", b"\x01" * 32),
+        Event("package", "hello 1.0.0", SHA),
+        Event("signer", "release", b"\x02" * 32),
+        Event("signer", "", b"\x03" * 32),
+        Event("entry", "main.wasm", b"\x04" * 32),
+        Event("file", "data/in.txt", b"\x05" * 32),
+        Event("file", "d\u00e9j\u00e0/" + "x" * 4000, b"\x06" * 32),
+        Event("config", "deploy", Config().digest()),
+    ),
+)
 REPRESENTATIVE: list[tuple[str, Message]] = [
     ("hello-zero", Hello(nonce=bytes(32))),
     ("hello-ff", Hello(nonce=b"\xff" * 32)),
-    ("workload-empty", Workload(wasm=b"")),
+    ("load-minimal", Load(package=b"", config=Config(), nonce=bytes(32))),
+    ("load-staged", LOAD_STAGED),
+    ("load-typical", LOAD_TYPICAL),
     (
-        "workload-typical",
-        Workload(
-            wasm=b"\0asm\x01\0\0\0",
-            args=("--flag", "value", ""),
-            env=(("EMPTY", ""), ("LANG", "C.UTF-8")),
-            stdin=b"hello\n",
-            files=(
-                FileEntry("data", None),
-                FileEntry("data/in.txt", b"line\n"),
-                FileEntry("empty", b""),
+        "load-max",
+        Load(
+            package=b"PK" + b"\x00" * 200_000,
+            expect=Expect(
+                digests=tuple(bytes([i]) * 32 for i in range(50)),
+                signers=tuple(bytes([i, 0xEE]) * 16 for i in range(20)),
+                min_signatures=20,
             ),
-            secrets=(("api-key", b"s3cr3t"), ("blob", bytes(range(256)))),
-            limits=Limits(timeout_ms=1, memory_bytes=65536, output_bytes=1),
+            config=Config(
+                args=tuple(f"a{i}" for i in range(300)),
+                env=tuple(sorted((f"K{i}", "v" * 300) for i in range(50))),
+                files=tuple(FileEntry(f"f/{i}\u00e9", bytes([i]) * i) for i in range(200)),
+                limits=Limits(timeout_ms=U64_MAX, memory_bytes=U64_MAX, output_bytes=U64_MAX),
+            ),
+            nonce=b"\x80" * 32,
         ),
     ),
+    ("identity-no-events", Identity(evidence=SIM_BUNDLE.to_cbor(), events=())),
+    ("identity-typical", IDENTITY_TYPICAL),
     (
-        "workload-max",
-        Workload(
-            wasm=b"\0asm" + b"\x00" * 70_000,
-            args=tuple(f"a{i}" for i in range(300)),
-            env=tuple(sorted((f"K{i}", "v" * 300) for i in range(50))),
-            stdin=b"x" * 100_000,
-            files=tuple(FileEntry(f"f/{i}\u00e9", bytes([i]) * i) for i in range(200)),
-            secrets=tuple(sorted((f"s{i}", b"\xff" * 70_000) for i in range(2))),
-            limits=Limits(timeout_ms=U64_MAX, memory_bytes=U64_MAX, output_bytes=U64_MAX),
+        "identity-large",
+        Identity(
+            evidence=EvidenceBundle("sgx", b"\xff" * 70_000, (("", b""),)).to_cbor(),
+            events=tuple(Event("file", f"data/{i}.bin", bytes([i % 256]) * 32) for i in range(2000)),
         ),
+    ),
+    ("release-empty", Release()),
+    ("release-typical", RELEASE_TYPICAL),
+    (
+        "release-max",
+        Release(secrets=tuple(sorted((f"s{i}", b"\xff" * 70_000) for i in range(2))), stdin=b"x" * 100_000),
     ),
     ("output-stdout-empty", Output(fd=1, data=b"")),
     ("output-stderr", Output(fd=2, data=b"oops\n")),
@@ -129,10 +230,7 @@ REPRESENTATIVE: list[tuple[str, Message]] = [
 ]
 
 REPRESENTATIVE_BUNDLES: list[tuple[str, EvidenceBundle]] = [
-    (
-        "sim",
-        EvidenceBundle("sim", b"\x03" + bytes(1183), (("ark", b"A" * 1400), ("ask", b"S"), ("vcek", b"V"))),
-    ),
+    ("sim", SIM_BUNDLE),
     ("snp-no-certs", EvidenceBundle("snp", bytes(1184))),
     ("tdx-empty-report", EvidenceBundle("tdx", b"")),
     ("sgx-large", EvidenceBundle("sgx", b"\xff" * 70_000, (("", b""),))),

@@ -47,6 +47,21 @@ class DeployPlan:
     def __repr__(self) -> str:
         return f"DeployPlan(digest={self.digest.hex()}, secrets={[n for n, _ in self.secrets]!r})"
 
+    @classmethod
+    def for_module(
+        cls,
+        wasm: bytes,
+        config: Config | None = None,
+        secrets: tuple[tuple[str, bytes], ...] = (),
+        stdin: bytes = b"",
+        name: str = "module",
+    ) -> DeployPlan:
+        """Deploy a bare module: wrapped in an unsigned in-memory package."""
+        from stockade.package.format import wrap_module
+
+        package, digest = wrap_module(wasm, name)
+        return cls(package=package, digest=digest, config=config or Config(), secrets=secrets, stdin=stdin)
+
 
 @dataclass
 class DeployResult:

@@ -37,6 +37,7 @@ import httpx
 
 from stockade.errors import StockadeError, UsageError
 from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE, loads_strict
+from stockade.wire.staging import PACKAGE_MEDIA_TYPE
 
 CBOR: Final = "application/cbor"
 PROBLEM: Final = "application/concise-problem-details+cbor"
@@ -233,6 +234,19 @@ class ManagerClient:
         if not start.isdigit():
             raise ManagerError(f"GET /v1/keeps/{keep_id}/logs: no valid Stockade-Log-Offset header")
         return resp.content, int(start)
+
+    def stage(self, keep_id: str, package: bytes) -> None:
+        """Upload a package for the Keep to load as ``staged`` (before
+        connecting). The host is untrusted: the Keep measures these bytes
+        and the client checks the attested digest."""
+        path = f"/v1/keeps/{keep_id}/package"
+        try:
+            resp = self._http.put(path, content=package, headers={"Content-Type": PACKAGE_MEDIA_TYPE})
+        except httpx.HTTPError as exc:
+            raise ManagerError(self._transport_failure(exc)) from None
+        if resp.status_code >= 400:
+            ctype = resp.headers.get("content-type", "").split(";")[0].strip()
+            raise _problem(resp.status_code, ctype, resp.content)
 
     def sim_root(self) -> bytes:
         """The sim ARK of the host. Trusting it gives NO protection: the

@@ -4,6 +4,7 @@ the policy choice, the verification summary and the deploy session."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -177,6 +178,9 @@ class RunOptions:
     as_json: bool
     quiet: bool
     state_dir: Path | None
+    #: Only ``stockade deploy --host``: the package is uploaded to the keep
+    #: manager and the Keep loads it from there (docs/package.md, staged).
+    stage_on_host: bool = False
 
 
 def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy, str]:
@@ -230,8 +234,8 @@ def prepare(opts: RunOptions) -> Prepared:
     import math
 
     from stockade.errors import WorkloadRejected
-    from stockade.package import Manifest, Package
-    from stockade.package.format import check_module_bytes, content_digest, encode
+    from stockade.package import Package
+    from stockade.package.format import wrap_module
     from stockade.wire.messages import Limits
 
     try:
@@ -239,10 +243,8 @@ def prepare(opts: RunOptions) -> Prepared:
     except OSError as exc:
         raise UsageError(f"cannot read {opts.wasm}: {exc.strerror}") from None
     if data[:4] == b"\0asm":
-        check_module_bytes(data)
-        manifest = Manifest(name=opts.wasm.stem or "module", version="0", entry="main.wasm")
-        files = {"main.wasm": data}
-        package, digest, from_module = encode(manifest, files), content_digest(manifest.to_map(), files), True
+        package, digest = wrap_module(data, opts.wasm.stem)
+        manifest, from_module = Package.from_bytes(package).manifest, True
     else:
         try:
             parsed = Package.from_bytes(data)
@@ -315,7 +317,9 @@ def expectations(opts: RunOptions, prepared: Prepared, policy: Policy) -> tuple[
             )
         pin_source = "the --expect-digest values"
     if digests and prepared.digest not in digests:
-        raise WorkloadRejected(f"{opts.wasm} has digest {prepared.digest.hex()}, which is not among {pin_source}")
+        raise WorkloadRejected(
+            f"{opts.wasm} has digest {prepared.digest.hex()}, which is not among {pin_source}"
+        )
     notes: list[str] = []
     if keys:
         verified = verify_signatures(Package.from_bytes(prepared.package), keys, required)
@@ -352,6 +356,7 @@ def deploy_session(
     sim_root: bytes | None,
     hello: SentHello,
     extra_summary: tuple[str, ...] = (),
+    staged: bool = False,
 ) -> tuple[DeployResult, dict[int, bytearray]]:
     """Build the deploy plan from ``opts``, choose the policy, and run one
     deploy session over ``conn`` (a stream to a fresh Keep, the hello
@@ -364,6 +369,14 @@ def deploy_session(
     steps = Steps()
     policy, note = choose_policy(opts, runtime_measurement)
     expect, notes = expectations(opts, prepared, policy)
+    if staged and prepared.digest not in expect.digests:
+        # The host provides the bytes: pin what we mean, so that the Keep
+        # itself refuses a swapped package (the identity check catches it too).
+        expect = dataclasses.replace(expect, digests=tuple(sorted({*expect.digests, prepared.digest})))
+        notes = (
+            *notes,
+            "  staged       package uploaded to the host; the Keep loads it only if its digest matches",
+        )
     stdin_bytes = b""
     if opts.stdin == "-":
         stdin_bytes = sys.stdin.buffer.read()
@@ -373,7 +386,7 @@ def deploy_session(
         except OSError as exc:
             raise UsageError(f"--stdin: cannot read {opts.stdin}: {exc.strerror}") from None
     plan = DeployPlan(
-        package=prepared.package,
+        package=None if staged else prepared.package,
         digest=prepared.digest,
         config=Config(
             args=opts.args, env=parse_env(opts.env), files=parse_files(opts.files), limits=prepared.limits

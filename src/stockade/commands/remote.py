@@ -123,12 +123,18 @@ def _token(token_file: Path | None) -> str:
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
-@click.argument("wasm", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("wasm", metavar="WASM|PACKAGE", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1)
 @_host_options
 @workload_options
+@click.option(
+    "--stage-on-host",
+    is_flag=True,
+    help="Upload the package to the host, which hands it to the Keep (untrusted: the Keep "
+    "loads it only if its digest matches, and attests what it loaded).",
+)
 def deploy(connection: _Connection, **kwargs: Any) -> None:
-    """Run WASM in a fresh Keep on a remote host, after verifying its attestation.
+    """Run a module or package in a fresh Keep on a remote host, after verifying its attestation.
 
     Like `stockade run`, but the Keep is started by the keep manager at
     --host and reached through its relay. The attested TLS session is end
@@ -170,13 +176,23 @@ def _deploy(connection: _Connection, opts: RunOptions) -> None:
                 return None
             return status if isinstance(status, int) else None
 
+        if opts.stage_on_host:
+            client.stage(keep_id, prepared.package)
         sock = client.connect(keep_id)
         try:
             hello = send_hello(sock)
             # The pin is this installation's Keep runtime, computed here: what
             # the host reports as the measurement is not trusted.
             result, out = deploy_session(
-                sock, keep_measurement(), exit_status, prepared, opts, sim_root, hello, extra
+                sock,
+                keep_measurement(),
+                exit_status,
+                prepared,
+                opts,
+                sim_root,
+                hello,
+                extra,
+                staged=opts.stage_on_host,
             )
         except KeepDied as err:
             raise KeepDied(f"{err.detail}; Keep {keep_id} on {client.url}") from None

@@ -87,6 +87,7 @@ from stockade.host.registry import (
 )
 from stockade.host.tokens import TokenEntry, Tokens
 from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE, decode_map
+from stockade.wire.staging import MAX_STAGED, PACKAGE_MEDIA_TYPE, STAGED_NAME
 
 log = logging.getLogger("stockade.host.manager")
 
@@ -819,6 +820,43 @@ def create_app(
         headers = {"Stockade-Log-Offset": str(start), "Stockade-Log-Size": str(size)}
         return Response(data, 200, headers=headers, media_type=TEXT)
 
+    async def stage_package(request: Request) -> Response:
+        owner = mgr.authenticate(request.headers)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != PACKAGE_MEDIA_TYPE:
+            raise ApiProblem(
+                415, "unsupported-media-type", "unsupported media type", f"send {PACKAGE_MEDIA_TYPE}"
+            )
+        keep_id = request.path_params["keep_id"]
+        rec = await mgr.record_of(keep_id, owner.token_id)
+        live = mgr.live.get(keep_id)
+        if live is None or rec.state in FINAL_STATES or live.kill_requested:
+            raise ApiProblem(409, "conflict", "Keep not running", f"Keep {keep_id} is {rec.state}")
+        if live.connected:
+            raise ApiProblem(409, "conflict", "already connected", "stage the package before connecting")
+        scratch = live.handle.scratch
+        if scratch is None:
+            raise ApiProblem(409, "conflict", "no staging area", f"Keep {keep_id} has no staging area")
+        declared = request.headers.get("content-length")
+        too_large = ApiProblem(413, "too-large", "package too large", f"at most {MAX_STAGED} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_STAGED:
+            raise too_large
+        # Untrusted bytes for the Keep to measure: streamed to a temporary
+        # file, renamed into place only once complete.
+        tmp = scratch / (STAGED_NAME + ".part")
+        size = 0
+        with open(tmp, "wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_STAGED:
+                    out.close()
+                    tmp.unlink(missing_ok=True)
+                    raise too_large
+                await anyio.to_thread.run_sync(out.write, chunk)
+        os.replace(tmp, scratch / STAGED_NAME)
+        log.info("Keep %s: %d-byte package staged", keep_id, size)
+        return Response(status_code=204)
+
     async def sim_root(request: Request) -> Response:
         mgr.authenticate(request.headers)
         path = state_dir / "sim" / "chip" / "ark.der"
@@ -881,6 +919,7 @@ def create_app(
             Route("/v1/keeps/{keep_id}", delete_keep, methods=["DELETE"]),
             Route("/v1/keeps/{keep_id}/wait", wait_keep, methods=["GET"]),
             Route("/v1/keeps/{keep_id}/logs", keep_logs, methods=["GET"]),
+            Route("/v1/keeps/{keep_id}/package", stage_package, methods=["PUT"]),
             Route("/v1/sim/root", sim_root, methods=["GET"]),
             WebSocketRoute("/v1/keeps/{keep_id}/connect", connect),
             Route("/metrics", metrics_page, methods=["GET"]),

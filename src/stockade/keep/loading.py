@@ -31,14 +31,9 @@ from stockade import __version__
 from stockade.errors import WorkloadRejected
 from stockade.package.format import Package
 from stockade.package.signing import verify_signatures
-from stockade.wire.eventlog import EventLog
+from stockade.wire.eventlog import MAX_EVENTS, EventLog
 from stockade.wire.messages import FileEntry, Load, Workload
-
-#: The name of the file a host stages a package in, inside the Keep's scratch
-#: directory (the sim backend's stand-in for a host-to-guest channel).
-STAGED_NAME = "staged.stockade"
-#: Largest staged package a Keep reads.
-MAX_STAGED = 256 * 1024 * 1024
+from stockade.wire.staging import MAX_STAGED, STAGED_NAME
 
 
 @functools.cache
@@ -85,6 +80,11 @@ def load(request: Load, scratch: Path | None) -> Loaded:
         raise WorkloadRejected(
             f"trusted boot: the package {origin} has digest {package.digest.hex()}, "
             f"which is not among the {len(expect.digests)} pinned digest(s); refusing to run it"
+        )
+    # runtime, package, signers, entry, files, config: all must fit the log.
+    if 3 + len(expect.signers) + len(package.files) > MAX_EVENTS:
+        raise WorkloadRejected(
+            f"package {origin} has more files than a Keep measures ({MAX_EVENTS - 3} at most)"
         )
     log = EventLog()
     name = runtime_name()

@@ -266,3 +266,16 @@ def build(directory: Path) -> bytes:
         raise UsageError(f"{directory / MANIFEST_NAME}: {exc.detail.removeprefix('package: ')}") from None
     ordered = {k: files[k] for k in sorted(files, key=_canonical_key)}
     return encode(manifest, ordered)
+
+
+#: Entry path of the package a bare module is wrapped in.
+MODULE_ENTRY = "main.wasm"
+
+
+def wrap_module(wasm: bytes, name: str = "module") -> tuple[bytes, bytes]:
+    """An unsigned package holding only ``wasm`` (version "0", entry
+    main.wasm) and its content digest: how a bare module is deployed."""
+    check_module_bytes(wasm)
+    manifest = Manifest(name=name or "module", version="0", entry=MODULE_ENTRY)
+    files = {MODULE_ENTRY: wasm}
+    return encode(manifest, files), content_digest(manifest.to_map(), files)

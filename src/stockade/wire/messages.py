@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import cbor2
 
 from stockade.errors import ProtocolError, StockadeError, error_class_for
-from stockade.wire.eventlog import Event, events_from_list
+from stockade.wire.eventlog import MAX_EVENTS, Event, events_from_list
 
 VERSION = 1
 
@@ -130,7 +130,7 @@ class Limits:
     @classmethod
     def from_map(cls, m: Any) -> Limits:
         if not isinstance(m, dict):
-            raise ProtocolError("workload: limits must be a map")
+            raise ProtocolError("limits: must be a map")
         _only(m, {"timeout_ms", "memory_bytes", "output_bytes"}, "limits")
         return cls(
             timeout_ms=_need(m, "timeout_ms", int, "limits"),
@@ -159,7 +159,7 @@ class FileEntry:
     @classmethod
     def from_map(cls, m: Any) -> FileEntry:
         if not isinstance(m, dict):
-            raise ProtocolError("workload: each file must be a map")
+            raise ProtocolError("file: each file must be a map")
         _only(m, {"path", "data", "dir"}, "file")
         path = _need(m, "path", str, "file")
         if "dir" in m:
@@ -220,6 +220,8 @@ class Expect:
             raise ProtocolError("expect: every pinned digest must be 32 bytes")
         if any(len(k) != 32 for k in self.signers):
             raise ProtocolError("expect: every signer must be a 32-byte Ed25519 public key")
+        if len(set(self.signers)) != len(self.signers):
+            raise ProtocolError("expect: a signer is listed twice")
         n = self.min_signatures
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(self.signers):
             raise ProtocolError("expect: min_signatures must be between 0 and the number of signers")
@@ -262,6 +264,8 @@ class Load(Message):
     staged: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.staged, bool):
+            raise ProtocolError("load: staged must be a boolean")
         if (self.package is None) != self.staged:
             raise ProtocolError("load: exactly one of an inline package and staged must be given")
         if len(self.nonce) != 32:
@@ -308,6 +312,10 @@ class Identity(Message):
     FIELDS: ClassVar[set[str]] = {"evidence", "events"}
     evidence: bytes  # an EvidenceBundle in CBOR (stockade.wire.evidence)
     events: tuple[Event, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.events) > MAX_EVENTS:
+            raise ProtocolError(f"identity: more than {MAX_EVENTS} events")
 
     def body(self) -> dict[str, Any]:
         return {"evidence": self.evidence, "events": [e.to_list() for e in self.events]}

@@ -93,6 +93,8 @@ class ClientSession:
     def receive(self, data: bytes) -> list[Message]:
         if self.state not in (ClientState.AWAIT_IDENTITY, ClientState.RUNNING) and data:
             raise ProtocolError(f"Keep sent data in state {self.state.value}")
+        if self.state is ClientState.AWAIT_IDENTITY and not self._identity_pending and data:
+            raise ProtocolError("Keep sent data after its identity, before the release")
         out: list[Message] = []
         for frame in self._decoder.feed(data):
             if self.state is ClientState.DONE:
@@ -112,6 +114,8 @@ class ClientSession:
             out.append(msg)
         if self.state is ClientState.DONE and self._decoder.pending:
             raise ProtocolError("Keep sent data after the final message")
+        if self.state is ClientState.AWAIT_IDENTITY and not self._identity_pending and self._decoder.pending:
+            raise ProtocolError("Keep sent data after its identity, before the release")
         return out
 
     def _expect(self, state: ClientState, action: str) -> None:
