@@ -73,14 +73,22 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: fl
 
 
 @contextlib.contextmanager
-def running_server(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def running_server(
+    state_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    quota: int = 16,
+    serve_args: tuple[str, ...] = (),
+) -> Iterator[Server]:
+    """A live manager; the ``main`` token has ``quota``, ``serve_args`` go
+    to ``stockade host serve``."""
     base = tmp_path_factory.mktemp("manager")
     state = base / "state"
     state.mkdir(mode=0o700)
     shutil.copytree(state_dir / "sim", state / "sim")
     tokens = []
-    for quota in ("16", "1"):
-        proc = _cli("host", "init", "--state-dir", str(state), "--quota", quota)
+    for token_quota in (str(quota), "1"):
+        proc = _cli("host", "init", "--state-dir", str(state), "--quota", token_quota)
         assert proc.returncode == 0, proc.stderr
         tokens.append(proc.stdout.decode().strip())
     token_file = base / "token"
@@ -89,7 +97,16 @@ def running_server(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     log = base / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*STOCKADE, "host", "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)],
+            [
+                *STOCKADE,
+                "host",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--state-dir",
+                str(state),
+                *serve_args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -158,7 +158,12 @@ def _parse_listen(text: str) -> tuple[str, int]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Manager state directory (default: $STOCKADE_STATE_DIR or ~/.local/state/stockade).",
 )
-def serve(listen: str, state_dir: Path | None) -> None:
+@click.option(
+    "--no-fork-server",
+    is_flag=True,
+    help="Start every Keep as a fresh Python process instead of forking it from the Keep fork server.",
+)
+def serve(listen: str, state_dir: Path | None, no_fork_server: bool) -> None:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
     Clients need a token from `stockade host init`. The API is plain HTTP:
@@ -187,12 +192,23 @@ def serve(listen: str, state_dir: Path | None) -> None:
     if ensure_chip(sdir):
         click.echo(f"stockade: created the sim chip in {sdir} (sim: NO HARDWARE PROTECTION)", err=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(sdir, tokens),
-        host=host_name,
-        port=port,
-        ws="websockets-sansio",
-        log_level="info",
-        lifespan="on",
-        server_header=False,
-    )
+    from stockade.host.loader import start_keep
+
+    spawner = None
+    if not no_fork_server:
+        from stockade.host.forkserver import fork_starter, manager_spawner
+
+        spawner = manager_spawner(sdir)
+    try:
+        uvicorn.run(
+            create_app(sdir, tokens, starter=fork_starter(spawner) if spawner else start_keep),
+            host=host_name,
+            port=port,
+            ws="websockets-sansio",
+            log_level="info",
+            lifespan="on",
+            server_header=False,
+        )
+    finally:
+        if spawner is not None:
+            spawner.close()

@@ -577,11 +577,18 @@ def _parse_create(body: dict[Any, Any]) -> tuple[str, Limits]:
         raise bad(exc.detail) from None
 
 
-def create_app(state_dir: Path, tokens: Tokens, *, kill_grace: float = KILL_GRACE_S) -> Starlette:
+def create_app(
+    state_dir: Path,
+    tokens: Tokens,
+    *,
+    kill_grace: float = KILL_GRACE_S,
+    starter: Callable[..., KeepHandle] = start_keep,
+) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
-    (lifespan), before the first request is served."""
+    (lifespan), before the first request is served. ``starter`` starts the
+    Keeps (stockade.host.forkserver.fork_starter: from the fork server)."""
     metrics = Metrics()
-    mgr = Manager(state_dir, tokens, kill_grace=kill_grace, metrics=metrics)
+    mgr = Manager(state_dir, tokens, kill_grace=kill_grace, starter=starter, metrics=metrics)
 
     async def health(request: Request) -> Response:
         return _cbor({"status": "ok"})
