@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,11 @@ def own_cgroup(proc_self_cgroup: str) -> str | None:
     return None
 
 
-def detect(root: Path = DEFAULT_ROOT, proc_self_cgroup: str | None = None) -> Path:
+def detect(
+    root: Path = DEFAULT_ROOT,
+    proc_self_cgroup: str | None = None,
+    access: Callable[[Path, int], bool] = os.access,
+) -> Path:
     """The manager's own cgroup directory if it can be delegated to Keeps;
     raises :class:`CgroupUnavailable` with the reason otherwise."""
     if not (root / "cgroup.controllers").is_file():
@@ -97,7 +102,7 @@ def detect(root: Path = DEFAULT_ROOT, proc_self_cgroup: str | None = None) -> Pa
     missing = [c for c in CONTROLLERS if c not in available]
     if missing:
         raise CgroupUnavailable(f"controller(s) {', '.join(missing)} not delegated to {base}")
-    if not os.access(base, os.W_OK) or not os.access(base / "cgroup.procs", os.W_OK):
+    if not access(base, os.W_OK) or not access(base / "cgroup.procs", os.W_OK):
         raise CgroupUnavailable(f"{base} is not writable by this user (no delegation)")
     return base
 
