@@ -12,7 +12,11 @@ plaintext workload data or secrets. For the ``sim`` backend it
 
 Both children get a minimal environment and ``-I`` (isolated mode), their
 stdout is discarded and their stderr goes to a log file in the state
-directory.
+directory (the loader's own messages and the runtime's, never workload
+data). How they are started is the ``spawner``'s business: a fresh
+interpreter each (:class:`PopenSpawner`, the default) or a fork of the
+Keep fork server (stockade.host.forkserver, the keep manager's default).
+Either way each gets the per-Keep rlimits of :class:`ResourceLimits`.
 """
 
 from __future__ import annotations
