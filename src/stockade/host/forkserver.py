@@ -340,6 +340,21 @@ def manager_spawner(
             )
         except cg.CgroupUnavailable as exc:
             log.warning("per-Keep cgroup limits unavailable: %s; Keeps run with rlimits only", exc)
+    _raise_nofile()
     spawner = ForkSpawner(state_dir / "logs", limits, groups)
     spawner.start()
     return spawner
+
+
+def _raise_nofile(want: int = 65536) -> None:
+    """Each Keep costs the manager about five descriptors (its stream, the
+    client's WebSocket, pidfds of the Keep and its PSP, the watcher's
+    pidfd): raise the soft limit (1024 under systemd by default) toward
+    the hard one. The manager's children get their own lower limits."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

@@ -124,7 +124,9 @@ class PopenSpawner:
         cmd = ["stockade.keep", "--backend", backend, "--conn-fd", str(conn_fd), "--psp-fd", str(psp_fd)]
         if scratch is not None:
             cmd += ["--scratch", str(scratch)]
-        proc = self._start(cmd, (conn_fd, psp_fd), log_fd)
+        return self._limited(self._start(cmd, (conn_fd, psp_fd), log_fd))
+
+    def _limited(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         for name, value in self.limits.rlimits().items():
             with contextlib.suppress(OSError):  # already gone: the watcher sees it
                 resource.prlimit(proc.pid, _RLIMIT[name], (value, value))
@@ -143,7 +145,7 @@ class PopenSpawner:
             "--measurement",
             measurement.hex(),
         ]
-        return self._start(cmd, (channel_fd,), log_fd)
+        return self._limited(self._start(cmd, (channel_fd,), log_fd))
 
 
 @dataclass

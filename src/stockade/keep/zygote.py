@@ -267,7 +267,7 @@ class Zygote:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
         self._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() == 1:  # the zygote died between fork and prctl
             return 1
@@ -280,7 +280,8 @@ class Zygote:
         for i, fd in enumerate(staged[1:]):
             os.dup2(fd, 3 + i, inheritable=False)
         keep_open = 3 + len(staged) - 1
-        os.closerange(keep_open, 1 << 16)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        os.closerange(keep_open, hard if 0 < hard <= 1 << 20 else 1 << 20)
         sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's stdin
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
@@ -302,7 +303,10 @@ class Zygote:
     def serve(self) -> int:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, lambda *_: None)  # the host ends us by closing the socket
+        # The host ends the zygote by closing the socket; a Ctrl-C meant for
+        # the manager's terminal must not kill the Keeps with their zygote.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         poller = select.poll()
         poller.register(self.control, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
