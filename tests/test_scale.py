@@ -151,6 +151,9 @@ def _assert_no_orphans(server: Server, pids: list[int]) -> None:
 def test_keeps_are_forked_by_the_fork_server_with_limits(server: Server) -> None:
     zygotes = _zygotes(server)
     assert set(zygotes) == {"keep", "sim-psp"}
+    # The manager says whether Keeps get cgroups or rlimits only, and why.
+    log = server.log.read_text()
+    assert "per-Keep cgroups in" in log or "per-Keep cgroup limits unavailable: " in log
     with ManagerClient(server.url, server.token) as client:
         keep = client.create("sim")
         try:
