@@ -86,14 +86,19 @@ def running_server(
     extra_args: tuple[str, ...] = (),
     scheme: str = "http",
     cacert: Path | None = None,
+    *,
+    quota: int = 16,
+    serve_args: tuple[str, ...] = (),
 ) -> Iterator[Server]:
+    """A live manager; the ``main`` token has ``quota``; ``extra_args`` and
+    ``serve_args`` go to ``stockade host serve``."""
     base = tmp_path_factory.mktemp("manager")
     state = base / "state"
     state.mkdir(mode=0o700)
     shutil.copytree(state_dir / "sim", state / "sim")
     tokens = []
-    for quota in ("16", "1"):
-        proc = _cli("host", "init", "--state-dir", str(state), "--quota", quota)
+    for token_quota in (str(quota), "1"):
+        proc = _cli("host", "init", "--state-dir", str(state), "--quota", token_quota)
         assert proc.returncode == 0, proc.stderr
         tokens.append(proc.stdout.decode().strip())
     token_file = base / "token"
@@ -111,6 +116,7 @@ def running_server(
                 "--state-dir",
                 str(state),
                 *extra_args,
+                *serve_args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

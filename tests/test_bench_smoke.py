@@ -19,6 +19,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("bench_e2e.py", ["--runs", "1"], {"ratio", "bare_wasmtime_ms_median", "steps_ms_median"}),
         ("bench_snp_verify.py", ["--seconds", "0.3"], set()),
         ("bench_dcap.py", ["--seconds", "0.3"], set()),
+        (
+            "bench_manager.py",
+            ["--keeps", "3", "--sequential", "2"],
+            {"fork_server", "fresh_processes", "ratio_fork_over_fresh"},
+        ),
     ],
 )
 def test_bench_runs_and_reports_json(script: str, args: list[str], keys: set[str], tmp_path: Path) -> None:

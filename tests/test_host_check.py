@@ -202,13 +202,45 @@ def test_plain_machine_has_only_sim(root: Path, tmp_path: Path) -> None:
         "wasmtime": "ok",
         "state dir": "ok",
         "/dev/shm": "ok",
+        "keep limits": "warn",  # no cgroup v2 in the fake tree: rlimits only
     }
+    assert "Delegate=" in by_name(sim.checks, "keep limits").hint
     kvm = report.backend("kvm")
     assert kvm.planned and not kvm.usable
     assert by_name(kvm.checks, "/dev/kvm").status == "fail"
     # An empty configfs means the guest driver is missing, not configfs itself.
     tsm = by_name(report.backend("snp").checks, "configfs-tsm")
     assert "modprobe" in tsm.hint and "mount -t configfs" not in tsm.hint
+
+
+CGROUP_V2 = {
+    "sys/fs/cgroup/cgroup.controllers": "cpu memory pids\n",
+    "sys/fs/cgroup/system.slice/stockade.service/cgroup.controllers": "memory pids\n",
+    "sys/fs/cgroup/system.slice/stockade.service/cgroup.procs": "",
+    "proc/self/cgroup": "0::/system.slice/stockade.service\n",
+}
+
+
+def test_delegated_cgroup_v2_gives_per_keep_limits(root: Path, tmp_path: Path) -> None:
+    make_tree(root, files=CGROUP_V2)
+    check = by_name(run_check(root, tmp_path).backend("sim").checks, "keep limits")
+    assert check.status == "ok"
+    assert "system.slice/stockade.service" in check.detail
+
+
+def test_undelegated_cgroup_v2_is_a_warning(root: Path, tmp_path: Path) -> None:
+    make_tree(root, files=CGROUP_V2)
+    refuse = lambda path, mode: "stockade.service" not in str(path)  # noqa: E731
+    report = run_check(root, tmp_path, access=refuse)
+    check = by_name(report.backend("sim").checks, "keep limits")
+    assert check.status == "warn" and "not writable" in check.detail
+    assert report.backend("sim").usable  # limits are a warning, not a failure
+
+
+def test_cgroup_v1_is_a_warning(root: Path, tmp_path: Path) -> None:
+    make_tree(root, files={"proc/self/cgroup": "4:memory:/x\n0::/\n"})
+    check = by_name(run_check(root, tmp_path).backend("sim").checks, "keep limits")
+    assert check.status == "warn" and "cgroup v1 or hybrid" in check.detail
 
 
 def test_no_configfs_mounted(root: Path, tmp_path: Path) -> None:

@@ -139,16 +139,30 @@ class ManagerClient:
         body: Any = None,
         params: dict[str, str] | None = None,
         timeout: float | None = None,
+        raw: tuple[str, bytes] | None = None,
     ) -> tuple[httpx.Response, str]:
-        """Send one request; return the response and its media type, or
-        raise ManagerError for a problem answer or a transport failure."""
+        """Send one request (a CBOR ``body``, or ``raw`` = (media type,
+        bytes)); return the response and its media type, or raise
+        ManagerError for a problem answer or a transport failure."""
         content = None if body is None else cbor2.dumps(body, canonical=True)
         headers = {"Content-Type": CBOR} if content is not None else None
+        if raw is not None:
+            headers, content = {"Content-Type": raw[0]}, raw[1]
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        try:
-            resp = self._http.request(method, path, content=content, headers=headers, params=params, **extra)
-        except httpx.HTTPError as exc:
-            raise ManagerError(self._transport_failure(exc)) from None
+        # A reused keep-alive connection may be closed by the server just as
+        # a request goes out; idempotent requests are retried once for that.
+        attempts = 2 if method in ("GET", "PUT", "DELETE") else 1
+        for attempt in range(attempts):
+            try:
+                resp = self._http.request(
+                    method, path, content=content, headers=headers, params=params, **extra
+                )
+                break
+            except httpx.RemoteProtocolError as exc:
+                if attempt + 1 == attempts:
+                    raise ManagerError(self._transport_failure(exc)) from None
+            except httpx.HTTPError as exc:
+                raise ManagerError(self._transport_failure(exc)) from None
         ctype = resp.headers.get("content-type", "").split(";")[0].strip()
         if resp.status_code >= 400:
             raise _problem(resp.status_code, ctype, resp.content)
@@ -239,14 +253,7 @@ class ManagerClient:
         """Upload a package for the Keep to load as ``staged`` (before
         connecting). The host is untrusted: the Keep measures these bytes
         and the client checks the attested digest."""
-        path = f"/v1/keeps/{keep_id}/package"
-        try:
-            resp = self._http.put(path, content=package, headers={"Content-Type": PACKAGE_MEDIA_TYPE})
-        except httpx.HTTPError as exc:
-            raise ManagerError(self._transport_failure(exc)) from None
-        if resp.status_code >= 400:
-            ctype = resp.headers.get("content-type", "").split(";")[0].strip()
-            raise _problem(resp.status_code, ctype, resp.content)
+        self._request("PUT", f"/v1/keeps/{keep_id}/package", raw=(PACKAGE_MEDIA_TYPE, package))
 
     def sim_root(self) -> bytes:
         """The sim ARK of the host. Trusting it gives NO protection: the

@@ -181,8 +181,18 @@ def _parse_listen(text: str) -> tuple[str, int]:
     metavar="SECONDS",
     help="Kill a Keep that no client connected to within this long (0: never).",
 )
+@click.option(
+    "--no-fork-server",
+    is_flag=True,
+    help="Start every Keep as a fresh Python process instead of forking it from the Keep fork server.",
+)
 def serve(
-    listen: str, state_dir: Path | None, tls_cert: Path | None, tls_key: Path | None, idle_timeout: float
+    listen: str,
+    state_dir: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    idle_timeout: float,
+    no_fork_server: bool,
 ) -> None:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
@@ -222,7 +232,15 @@ def serve(
     if ensure_chip(sdir):
         click.echo(f"stockade: created the sim chip in {sdir} (sim: NO HARDWARE PROTECTION)", err=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    app = create_app(sdir, tokens, idle_timeout=idle_timeout or None)
+    from stockade.host.loader import start_keep
+
+    spawner = None
+    if not no_fork_server:
+        from stockade.host.forkserver import fork_starter, manager_spawner
+
+        spawner = manager_spawner(sdir)
+    starter = fork_starter(spawner) if spawner else start_keep
+    app = create_app(sdir, tokens, idle_timeout=idle_timeout or None, starter=starter)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -241,9 +259,17 @@ def serve(
         ssl_keyfile=tls_key,
         # Relays must not hold a shutdown up for long.
         timeout_graceful_shutdown=5,
+        # uvicorn closes idle keep-alive connections after 5 s by default; a
+        # busy client that sends its next request just then gets the
+        # connection closed under it. 30 s makes that window rare.
+        timeout_keep_alive=30,
     )
     server = Server(config)
-    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
-        server.run()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
+            server.run()
+    finally:
+        if spawner is not None:
+            spawner.close()
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE: it logged why (port in use, ...)

@@ -607,11 +607,31 @@ def _sim(p: _Probe, f: _Facts) -> BackendReport:
         )
     else:
         checks.append(Check("/dev/shm", OK, "writable (Keep scratch files stay in memory)"))
+    checks.append(_cgroup_check(env))
     usable = all(c.status != FAIL for c in checks)
     summary = (
         "simulated SEV-SNP: NO HARDWARE PROTECTION (development only)" if usable else "sim cannot run here"
     )
     return BackendReport("sim", usable, summary, tuple(checks))
+
+
+def _cgroup_check(env: Environment) -> Check:
+    """Per-Keep cgroup v2 limits (memory.max, pids.max) of the keep manager."""
+    from stockade.host import cgroups
+
+    try:
+        base = cgroups.detect(
+            env.path("sys/fs/cgroup"), _read_text(env.path("proc/self/cgroup")) or "", env.access
+        )
+    except cgroups.CgroupUnavailable as exc:
+        return Check(
+            "keep limits",
+            WARN,
+            f"per-Keep cgroup limits unavailable: {exc}; Keeps get rlimits only",
+            "run the manager with a delegated cgroup v2 subtree "
+            "(systemd: Delegate=memory pids, see contrib/stockade-host.service)",
+        )
+    return Check("keep limits", OK, f"cgroup v2 delegated at {base}: memory.max and pids.max per Keep")
 
 
 def _state_dir_check(env: Environment) -> Check:

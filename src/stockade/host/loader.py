@@ -12,13 +12,18 @@ plaintext workload data or secrets. For the ``sim`` backend it
 
 Both children get a minimal environment and ``-I`` (isolated mode), their
 stdout is discarded and their stderr goes to a log file in the state
-directory.
+directory (the loader's own messages and the runtime's, never workload
+data). How they are started is the ``spawner``'s business: a fresh
+interpreter each (:class:`PopenSpawner`, the default) or a fork of the
+Keep fork server (stockade.host.forkserver, the keep manager's default).
+Either way each gets the per-Keep rlimits of :class:`ResourceLimits`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import secrets
 import shutil
 import socket
@@ -28,10 +33,119 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from stockade.wire.launch import keep_measurement
 
 BACKENDS = ("sim",)
+
+
+class KeepProcess(Protocol):
+    """What the host needs of a Keep (or sim PSP) process: a
+    :class:`subprocess.Popen` or a child of the Keep fork server
+    (:class:`stockade.host.forkserver.ZygoteChild`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Per-Keep process limits. rlimits always apply (soft = hard); the
+    cgroup limits only where cgroup v2 is delegated to the manager
+    (stockade.host.cgroups). No RLIMIT_AS: wasmtime reserves many GiB of
+    address space per linear memory (guard regions), so an address-space
+    limit breaks instantiation long before any real memory is used; the
+    memory that matters is limited by the store limit (linear memory) and
+    memory.max (the whole process)."""
+
+    nofile: int = 256
+    fsize: int = 256 << 20
+    core: int = 0
+    memory_max: int | None = 1 << 30
+    pids_max: int | None = 64
+
+    def rlimits(self) -> dict[str, int]:
+        return {"core": self.core, "nofile": self.nofile, "fsize": self.fsize}
+
+
+DEFAULT_LIMITS = ResourceLimits()
+_RLIMIT = {"core": resource.RLIMIT_CORE, "nofile": resource.RLIMIT_NOFILE, "fsize": resource.RLIMIT_FSIZE}
+
+
+class Spawner(Protocol):
+    """Starts the processes of one Keep; the fds are inherited by the child
+    (log as its stderr; the others as the numbers it is told)."""
+
+    def keep(
+        self, keep_id: str, backend: str, log_fd: int, conn_fd: int, psp_fd: int, scratch: Path | None
+    ) -> KeepProcess: ...
+
+    def psp(self, state_dir: Path, log_fd: int, channel_fd: int, measurement: bytes) -> KeepProcess: ...
+
+    def measurement(self) -> bytes:
+        """Launch digest of the Keep runtime this spawner runs."""
+        ...
+
+
+class PopenSpawner:
+    """A fresh ``python -I`` interpreter per process (local runs, and
+    ``stockade host serve --no-fork-server``). rlimits are set with
+    prlimit(2) right after the start, before the Keep reads its hello."""
+
+    def __init__(self, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+
+    def _start(self, cmd: list[str], fds: tuple[int, ...], log_fd: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-m", *cmd],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_fd,
+            env=_child_env(),
+            close_fds=True,
+        )
+
+    def keep(
+        self, keep_id: str, backend: str, log_fd: int, conn_fd: int, psp_fd: int, scratch: Path | None
+    ) -> KeepProcess:
+        cmd = ["stockade.keep", "--backend", backend, "--conn-fd", str(conn_fd), "--psp-fd", str(psp_fd)]
+        if scratch is not None:
+            cmd += ["--scratch", str(scratch)]
+        return self._limited(self._start(cmd, (conn_fd, psp_fd), log_fd))
+
+    def _limited(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        for name, value in self.limits.rlimits().items():
+            with contextlib.suppress(OSError):  # already gone: the watcher sees it
+                resource.prlimit(proc.pid, _RLIMIT[name], (value, value))
+        return proc
+
+    def measurement(self) -> bytes:
+        return keep_measurement()  # the files the fresh interpreter is about to load
+
+    def psp(self, state_dir: Path, log_fd: int, channel_fd: int, measurement: bytes) -> KeepProcess:
+        cmd = [
+            "stockade.evidence.sim.psp",
+            "--state",
+            str(state_dir),
+            "--fd",
+            str(channel_fd),
+            "--measurement",
+            measurement.hex(),
+        ]
+        return self._limited(self._start(cmd, (channel_fd,), log_fd))
 
 
 @dataclass
@@ -39,8 +153,8 @@ class KeepHandle:
     keep_id: str
     backend: str
     conn: socket.socket
-    keep: subprocess.Popen[bytes]
-    psp: subprocess.Popen[bytes] | None
+    keep: KeepProcess
+    psp: KeepProcess | None
     measurement: bytes
     log_path: Path
     scratch: Path | None = None  # created by the loader, removed by close()
@@ -83,17 +197,21 @@ def start_keep(
     scratch: Path | None = None,
     psp: PspStarter | None = None,
     keep_id: str | None = None,
+    spawner: Spawner | None = None,
 ) -> KeepHandle:
     """Start a Keep. The sim PSP runs as its own process unless ``psp`` is
     given (local runs pass one that serves it from a thread of the calling
     host-side process, saving a Python start-up). ``keep_id`` defaults to 16
-    random hex digits (the keep manager passes the id it registered)."""
+    random hex digits (the keep manager passes the id it registered).
+    ``spawner`` starts the processes: fresh interpreters by default, or
+    children of the Keep fork server (stockade.host.forkserver)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; this host supports: {', '.join(BACKENDS)}")
     if keep_id is None:
         keep_id = secrets.token_hex(8)
     elif not keep_id.isalnum() or not keep_id.isascii() or len(keep_id) > 64:
         raise ValueError(f"Keep id must be 1 to 64 ASCII letters or digits, got {keep_id!r}")
+    spawner = spawner or PopenSpawner()
     owned_scratch = None
     if scratch is None:
         # Per-Keep scratch directory for the workload's files and secrets,
@@ -105,62 +223,31 @@ def start_keep(
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"keep-{keep_id}.log"
-    measurement = keep_measurement()
+    measurement = spawner.measurement()
     client_end, keep_end = socket.socketpair()
-    env = _child_env()
-    psp_proc: subprocess.Popen[bytes] | None = None
+    psp_proc: KeepProcess | None = None
     to_close = [keep_end]
-    with open(log_path, "ab") as log:
-        if psp is not None:
-            psp_keep_end = psp(measurement)
-        else:
-            psp_host_end, psp_keep_end = socket.socketpair()
-            psp_cmd = [
-                sys.executable,
-                "-I",
-                "-m",
-                "stockade.evidence.sim.psp",
-                "--state",
-                str(state_dir),
-                "--fd",
-                str(psp_host_end.fileno()),
-                "--measurement",
-                measurement.hex(),
-            ]
-            psp_proc = subprocess.Popen(
-                psp_cmd,
-                pass_fds=(psp_host_end.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env=env,
-                close_fds=True,
+    try:
+        with open(log_path, "ab") as log:
+            if psp is not None:
+                psp_keep_end = psp(measurement)
+            else:
+                psp_host_end, psp_keep_end = socket.socketpair()
+                to_close.append(psp_host_end)
+                psp_proc = spawner.psp(state_dir, log.fileno(), psp_host_end.fileno(), measurement)
+            to_close.append(psp_keep_end)
+            keep = spawner.keep(
+                keep_id, backend, log.fileno(), keep_end.fileno(), psp_keep_end.fileno(), scratch
             )
-            to_close.append(psp_host_end)
-        to_close.append(psp_keep_end)
-        cmd = [
-            sys.executable,
-            "-I",
-            "-m",
-            "stockade.keep",
-            "--backend",
-            backend,
-            "--conn-fd",
-            str(keep_end.fileno()),
-            "--psp-fd",
-            str(psp_keep_end.fileno()),
-        ]
-        if scratch is not None:
-            cmd += ["--scratch", str(scratch)]
-        keep = subprocess.Popen(
-            cmd,
-            pass_fds=(keep_end.fileno(), psp_keep_end.fileno()),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env=env,
-            close_fds=True,
-        )
-    for sock in to_close:
-        sock.close()
+    except BaseException:
+        client_end.close()
+        if psp_proc is not None:
+            psp_proc.kill()
+            psp_proc.wait()
+        if owned_scratch is not None:
+            shutil.rmtree(owned_scratch, ignore_errors=True)
+        raise
+    finally:
+        for sock in to_close:
+            sock.close()
     return KeepHandle(keep_id, backend, client_end, keep, psp_proc, measurement, log_path, owned_scratch)

@@ -763,11 +763,15 @@ def create_app(
     *,
     kill_grace: float = KILL_GRACE_S,
     idle_timeout: float | None = IDLE_TIMEOUT_S,
+    starter: Callable[..., KeepHandle] = start_keep,
 ) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
-    (lifespan), before the first request is served."""
+    (lifespan), before the first request is served. ``starter`` starts the
+    Keeps (stockade.host.forkserver.fork_starter: from the fork server)."""
     metrics = Metrics()
-    mgr = Manager(state_dir, tokens, kill_grace=kill_grace, metrics=metrics, idle_timeout=idle_timeout)
+    mgr = Manager(
+        state_dir, tokens, kill_grace=kill_grace, starter=starter, metrics=metrics, idle_timeout=idle_timeout
+    )
 
     async def health(request: Request) -> Response:
         return _cbor({"status": "ok"})
