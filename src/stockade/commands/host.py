@@ -182,6 +182,15 @@ def _parse_listen(text: str) -> tuple[str, int]:
     help="Kill a Keep that no client connected to within this long (0: never).",
 )
 @click.option(
+    "--watchdog-grace",
+    type=click.FloatRange(0, 86_400),
+    default=30,
+    show_default=True,
+    metavar="SECONDS",
+    help="Kill a Keep created with a timeout_ms limit once it runs this much longer than "
+    "that limit after its client connected.",
+)
+@click.option(
     "--no-fork-server",
     is_flag=True,
     help="Start every Keep as a fresh Python process instead of forking it from the Keep fork server.",
@@ -192,6 +201,7 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     idle_timeout: float,
+    watchdog_grace: float,
     no_fork_server: bool,
 ) -> None:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
@@ -240,7 +250,9 @@ def serve(
 
         spawner = manager_spawner(sdir)
     starter = fork_starter(spawner) if spawner else start_keep
-    app = create_app(sdir, tokens, idle_timeout=idle_timeout or None, starter=starter)
+    app = create_app(
+        sdir, tokens, idle_timeout=idle_timeout or None, starter=starter, watchdog_grace=watchdog_grace
+    )
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:

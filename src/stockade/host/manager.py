@@ -41,6 +41,13 @@ non-final state (429).
 A Keep that no client connects to within the idle timeout (``idle_timeout``,
 60 s by default) is killed and recorded as ``killed`` with the reason, so
 that abandoned creates do not hold quota or memory.
+
+Host watchdog: a Keep created with a ``timeout_ms`` limit is killed (and
+recorded as ``killed``) when it is still alive ``timeout_ms`` plus the
+watchdog grace (``watchdog_grace``, 30 s by default: attestation, loading
+and compiling) after its client connected. The Keep enforces the workload's
+own time limit inside; this is the host's backstop against a Keep that does
+not (a hung or hostile runtime), using only what the host was told.
 """
 
 from __future__ import annotations
@@ -97,6 +104,8 @@ MAX_BODY: Final = 1 << 20
 KILL_GRACE_S: Final = 2.0
 RELAY_CHUNK: Final = 1 << 16
 IDLE_TIMEOUT_S: Final = 60.0
+#: Time the host watchdog adds to a Keep's timeout_ms (attestation, load, compile).
+WATCHDOG_GRACE_S: Final = 30.0
 #: Longest a wait request blocks, and its default.
 MAX_WAIT_S: Final = 300.0
 DEFAULT_WAIT_S: Final = 30.0
@@ -256,6 +265,7 @@ class _Live:
     connected: bool = False  # one client per Keep, ever
     relaying: bool = False
     idle_timer: asyncio.TimerHandle | None = None
+    watchdog: asyncio.TimerHandle | None = None
 
 
 class Manager:
@@ -270,6 +280,7 @@ class Manager:
         starter: Callable[..., KeepHandle] = start_keep,
         metrics: Metrics | None = None,
         idle_timeout: float | None = IDLE_TIMEOUT_S,
+        watchdog_grace: float = WATCHDOG_GRACE_S,
     ) -> None:
         self.state_dir = state_dir
         self.tokens = tokens
@@ -277,6 +288,7 @@ class Manager:
         #: Seconds a new Keep waits for its client before it is killed (None
         #: or 0: forever).
         self.idle_timeout = idle_timeout or None
+        self.watchdog_grace = watchdog_grace
         self._start = starter
         self.metrics = metrics or Metrics()
         self._registry: Registry | None = None
@@ -439,6 +451,22 @@ class Manager:
         log.info("Keep %s: %s", keep_id, reason)
         self._spawn(self._terminate(live, reason))
 
+    def arm_watchdog(self, keep_id: str, live: _Live, rec: KeepRecord) -> None:
+        """Start the host watchdog of a Keep whose client just connected."""
+        timeout_ms = rec.limits.timeout_ms
+        if timeout_ms is None:
+            return
+        seconds = timeout_ms / 1000 + self.watchdog_grace
+        live.watchdog = asyncio.get_running_loop().call_later(seconds, self._overdue, keep_id, live, seconds)
+
+    def _overdue(self, keep_id: str, live: _Live, seconds: float) -> None:
+        live.watchdog = None
+        if live.kill_requested or self.live.get(keep_id) is not live or live.done.is_set():
+            return
+        reason = f"killed: still running {seconds:g} s after its client connected (host watchdog)"
+        log.warning("Keep %s: %s", keep_id, reason)
+        self._spawn(self._terminate(live, reason))
+
     async def _terminate(self, live: _Live, reason: str) -> None:
         """SIGTERM the Keep, SIGKILL after the grace; return once it ended
         (its end recorded as ``killed`` with the first reason given)."""
@@ -471,9 +499,10 @@ class Manager:
             log.info("Keep %s: %s (%s)", keep_id, state, detail)
             await anyio.to_thread.run_sync(lambda: _reap_rest(live.handle, self.kill_grace))
         finally:
-            if live.idle_timer is not None:
-                live.idle_timer.cancel()
-                live.idle_timer = None
+            for timer in (live.idle_timer, live.watchdog):
+                if timer is not None:
+                    timer.cancel()
+            live.idle_timer = live.watchdog = None
             if not live.relaying:
                 with contextlib.suppress(OSError):
                     live.handle.conn.close()
@@ -764,13 +793,20 @@ def create_app(
     kill_grace: float = KILL_GRACE_S,
     idle_timeout: float | None = IDLE_TIMEOUT_S,
     starter: Callable[..., KeepHandle] = start_keep,
+    watchdog_grace: float = WATCHDOG_GRACE_S,
 ) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served. ``starter`` starts the
     Keeps (stockade.host.forkserver.fork_starter: from the fork server)."""
     metrics = Metrics()
     mgr = Manager(
-        state_dir, tokens, kill_grace=kill_grace, starter=starter, metrics=metrics, idle_timeout=idle_timeout
+        state_dir,
+        tokens,
+        kill_grace=kill_grace,
+        starter=starter,
+        metrics=metrics,
+        idle_timeout=idle_timeout,
+        watchdog_grace=watchdog_grace,
     )
 
     async def health(request: Request) -> Response:
@@ -893,6 +929,7 @@ def create_app(
         if live.idle_timer is not None:
             live.idle_timer.cancel()
             live.idle_timer = None
+        mgr.arm_watchdog(keep_id, live, rec)
         await ws.accept()
         started = time.monotonic()
         await mgr.relay(ws, keep_id, live)
