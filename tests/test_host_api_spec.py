@@ -391,10 +391,16 @@ def test_metrics_count_a_deploy(server: Server) -> None:
     while True:
         after = scrape(server)
         exited = metric(after, "stockade_keeps", state="exited")
-        if exited > metric(before, "stockade_keeps", state="exited") or time.monotonic() > deadline:
+        evidence = metric(after, "stockade_evidence_requests_total", backend="sim") - metric(
+            before, "stockade_evidence_requests_total", backend="sim"
+        )
+        done = exited > metric(before, "stockade_keeps", state="exited") and evidence >= 2
+        if done or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert exited >= 1
+    # Two reports per deploy: the Keep's attestation and the workload identity.
+    assert evidence == 2
     assert metric(after, "stockade_keep_create_seconds_count") > metric(
         before, "stockade_keep_create_seconds_count"
     )
@@ -419,3 +425,15 @@ def test_metrics_expose_no_ids_or_tokens(server: Server) -> None:
     assert created["id"] not in text
     assert server.token not in text and server.small_token not in text
     assert "stockade_keep_creates_total" in text and PROBLEM not in text
+
+
+def test_the_manager_parses_the_line_the_sim_psp_writes(tmp_path: Path) -> None:
+    from stockade.evidence.sim.psp import SERVED_LINE
+    from stockade.host.manager import _reports_served
+
+    log = tmp_path / "keep.log"
+    log.write_text("keep[1]: session ended\n" + SERVED_LINE.format(3) + "\n")
+    assert _reports_served(log) == 3
+    log.write_text(SERVED_LINE.format(1) + "\n" + SERVED_LINE.format(2) + "\n")
+    assert _reports_served(log) == 2  # the last line counts
+    assert _reports_served(tmp_path / "missing.log") == 0

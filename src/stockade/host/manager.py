@@ -57,6 +57,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import time
@@ -198,6 +199,12 @@ class Metrics:
             ["direction"],
             registry=self.registry,
         )
+        self.evidence = Counter(
+            "stockade_evidence_requests",
+            "Attestation reports the sim PSP processes signed for Keeps (counted when a Keep ends)",
+            ["backend"],
+            registry=self.registry,
+        )
         self.requests = Counter(
             "stockade_api_requests",
             "API requests, by route template and response status (101: WebSocket accepted)",
@@ -208,6 +215,7 @@ class Metrics:
             self.creates.labels(outcome)
         for direction in ("to_keep", "to_client"):
             self.relay_bytes.labels(direction)
+        self.evidence.labels("sim")
 
     def watch(self, manager: Manager) -> None:
         self.registry.register(_KeepStates(manager))
@@ -498,6 +506,9 @@ class Manager:
                 log.exception("Keep %s: cannot record its end", keep_id)
             log.info("Keep %s: %s (%s)", keep_id, state, detail)
             await anyio.to_thread.run_sync(lambda: _reap_rest(live.handle, self.kill_grace))
+            if live.handle.psp is not None:
+                served = await anyio.to_thread.run_sync(_reports_served, live.handle.log_path)
+                self.metrics.evidence.labels(live.handle.backend).inc(served)
         finally:
             for timer in (live.idle_timer, live.watchdog):
                 if timer is not None:
@@ -702,6 +713,24 @@ def _signal(handle: KeepHandle, sig: int) -> None:
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
+
+
+#: The last line a sim PSP process writes to the Keep's log
+#: (stockade.evidence.sim.psp.SERVED_LINE; host code may not import it).
+_PSP_SERVED = re.compile(rb"^sim PSP: served (\d{1,9}) report\(s\)$", re.MULTILINE)
+
+
+def _reports_served(log_path: Path) -> int:
+    """Reports the Keep's sim PSP process says it signed (its last such line)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read()
+    except OSError:
+        return 0
+    found = _PSP_SERVED.findall(tail)
+    return int(found[-1]) if found else 0
 
 
 def _reap_rest(handle: KeepHandle, grace: float) -> None:

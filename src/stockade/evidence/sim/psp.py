@@ -29,9 +29,15 @@ from stockade.evidence.sim.channel import ReportRequest, ReportResponse, error_r
 from stockade.evidence.snp.abi import SIGNED_SIZE, ReportFields, with_signature
 from stockade.wire.framing import FrameDecoder, encode_frame
 
+#: The last line a sim PSP process logs; the keep manager parses it.
+SERVED_LINE = "sim PSP: served {} report(s)"
+
 
 class SimPsp:
     def __init__(self, chip: simchip.SimChip, measurement: bytes, host_data: bytes = bytes(32)) -> None:
+        #: Reports signed so far (the keep manager counts them from the
+        #: last line a PSP process writes to its log: SERVED_LINE).
+        self.served = 0
         if len(measurement) != 48 or len(host_data) != 32:
             raise ValueError("measurement must be 48 bytes and host_data 32")
         self.chip = chip
@@ -90,6 +96,7 @@ class SimPsp:
             for frame in decoder.feed(data):
                 try:
                     reply = self.report(ReportRequest.from_cbor(frame)).to_cbor()
+                    self.served += 1
                 except StockadeError as exc:
                     reply = error_response(str(exc))
                 sock.sendall(encode_frame(reply))
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-data", default="00" * 32)
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
+    psp: SimPsp | None = None
     try:
         psp = SimPsp(
             simchip.load_chip(args.state),
@@ -115,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         sock.close()
+        if psp is not None:
+            print(SERVED_LINE.format(psp.served), file=sys.stderr, flush=True)
     return 0
 
 
