@@ -46,7 +46,9 @@ STEPS = [
     ("certificate with evidence", "keep_certificate"),
     ("TLS 1.3 handshake (Keep side)", "keep_handshake"),
     ("verification (client)", "verify"),
-    ("transfer of the workload", "transfer"),
+    ("transfer of the package (load request)", "transfer"),
+    ("package check + measurement (Keep)", "keep_load"),
+    ("identity: second report + client check", "identity"),
     ("compile (Keep)", "keep_compile"),
     ("run (Keep)", "keep_run"),
 ]
