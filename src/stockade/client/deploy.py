@@ -59,8 +59,14 @@ class DeployPlan:
         """Deploy a bare module: wrapped in an unsigned in-memory package."""
         from stockade.package.format import wrap_module
 
-        package, digest = wrap_module(wasm, name)
-        return cls(package=package, digest=digest, config=config or Config(), secrets=secrets, stdin=stdin)
+        package = wrap_module(wasm, name)
+        return cls(
+            package=package.to_bytes(),
+            digest=package.digest,
+            config=config or Config(),
+            secrets=secrets,
+            stdin=stdin,
+        )
 
 
 @dataclass

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from stockade.client.attest import Appraisal
     from stockade.client.deploy import DeployResult, SentHello
     from stockade.client.identity import WorkloadIdentity
-    from stockade.package import Manifest
+    from stockade.package import Manifest, Package
     from stockade.policy import Policy
     from stockade.wire.messages import Expect, FileEntry, Limits
 
@@ -215,13 +215,21 @@ DEFAULT_LIMITS = {"timeout_ms": 30_000, "memory_bytes": 256 * 1024**2, "output_b
 @dataclass(frozen=True)
 class Prepared:
     """The workload to deploy, as a package (a bare module is wrapped in an
-    unsigned in-memory package), with the limits that apply to it."""
+    unsigned in-memory package): its bytes and their parsed form, parsed
+    once; with the limits that apply to it."""
 
     package: bytes
-    digest: bytes
-    manifest: Manifest
+    parsed: Package
     limits: Limits
     from_module: bool
+
+    @property
+    def digest(self) -> bytes:
+        return self.parsed.digest
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.parsed.manifest
 
     def limits_map(self) -> dict[str, int]:
         return self.limits.to_map()
@@ -243,8 +251,8 @@ def prepare(opts: RunOptions) -> Prepared:
     except OSError as exc:
         raise UsageError(f"cannot read {opts.wasm}: {exc.strerror}") from None
     if data[:4] == b"\0asm":
-        package, digest = wrap_module(data, opts.wasm.stem)
-        manifest, from_module = Package.from_bytes(package).manifest, True
+        parsed = wrap_module(data, opts.wasm.stem)
+        package, from_module = parsed.to_bytes(), True
     else:
         try:
             parsed = Package.from_bytes(data)
@@ -255,12 +263,12 @@ def prepare(opts: RunOptions) -> Prepared:
                 f"{opts.wasm} is not a WebAssembly module (no \\0asm magic number) "
                 f"nor a valid stockade package ({exc.detail})"
             ) from None
-        manifest, package, digest, from_module = parsed.manifest, data, parsed.digest, False
+        package, from_module = data, False
     if opts.timeout is not None and (
         not math.isfinite(opts.timeout) or not 0 < opts.timeout <= MAX_TIMEOUT_S
     ):
         raise UsageError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
-    limits = {**DEFAULT_LIMITS, **dict(manifest.limits)}
+    limits = {**DEFAULT_LIMITS, **dict(parsed.manifest.limits)}
     if opts.timeout is not None:
         limits["timeout_ms"] = max(1, int(opts.timeout * 1000))
     if opts.memory is not None:
@@ -269,7 +277,7 @@ def prepare(opts: RunOptions) -> Prepared:
         limits["output_bytes"] = parse_size(opts.max_output, "--max-output")
     if limits["timeout_ms"] > MAX_TIMEOUT_S * 1000:
         raise WorkloadRejected(f"the package's timeout_ms exceeds {MAX_TIMEOUT_S} seconds")
-    return Prepared(package, digest, manifest, Limits(**limits), from_module)
+    return Prepared(package, parsed, Limits(**limits), from_module)
 
 
 def expectations(opts: RunOptions, prepared: Prepared, policy: Policy) -> tuple[Expect, tuple[str, ...]]:
@@ -280,7 +288,7 @@ def expectations(opts: RunOptions, prepared: Prepared, policy: Policy) -> tuple[
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from stockade.errors import WorkloadRejected
-    from stockade.package import Package, load_public_key, verify_signatures
+    from stockade.package import load_public_key, verify_signatures
     from stockade.package.signing import raw_public_key
     from stockade.wire.messages import Expect
 
@@ -322,7 +330,7 @@ def expectations(opts: RunOptions, prepared: Prepared, policy: Policy) -> tuple[
         )
     notes: list[str] = []
     if keys:
-        verified = verify_signatures(Package.from_bytes(prepared.package), keys, required)
+        verified = verify_signatures(prepared.parsed, keys, required)
         roles = ", ".join(f"{s.role} {s.kid[:16]}…" for s in verified.signers)
         notes.append(f"  signed by    {roles} (checked here, and again in the Keep)")
     if digests:

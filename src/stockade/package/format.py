@@ -272,10 +272,10 @@ def build(directory: Path) -> bytes:
 MODULE_ENTRY = "main.wasm"
 
 
-def wrap_module(wasm: bytes, name: str = "module") -> tuple[bytes, bytes]:
+def wrap_module(wasm: bytes, name: str = "module") -> Package:
     """An unsigned package holding only ``wasm`` (version "0", entry
-    main.wasm) and its content digest: how a bare module is deployed."""
+    main.wasm), with its content digest: how a bare module is deployed."""
     check_module_bytes(wasm)
     manifest = Manifest(name=name or "module", version="0", entry=MODULE_ENTRY)
     files = {MODULE_ENTRY: wasm}
-    return encode(manifest, files), content_digest(manifest.to_map(), files)
+    return Package(manifest, tuple(files.items()), content_digest(manifest.to_map(), files), ())
