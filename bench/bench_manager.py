@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stockade.host.registry import read_stat
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RSS_MIB = 40.0
 TICK = os.sysconf("SC_CLK_TCK")
@@ -51,16 +53,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw.rsplit(")", 1)[1].split()
-
-
 def cpu_seconds(pid: int) -> float:
-    fields = _stat(pid)
+    fields = read_stat(pid)
     return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -85,7 +79,7 @@ def descendants(root: int) -> dict[int, tuple[int, bytes]]:
     """pid -> (parent pid, cmdline) of every live descendant of ``root``."""
     procs: dict[int, tuple[int, bytes]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[0] != "Z":
+        if entry.name.isdigit() and (fields := read_stat(int(entry.name))) and fields[0] != "Z":
             try:
                 cmd = (entry / "cmdline").read_bytes()
             except OSError:

@@ -12,14 +12,12 @@ import pytest
 
 from manager_support import STOCKADE, _free_port, running_server, wait_healthy
 from stockade.client.remote import ManagerClient
+from stockade.host.registry import read_stat
 
 
 def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = read_stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def _wait_dead(pids: list[int], seconds: float) -> list[int]:

@@ -30,6 +30,7 @@ import pytest
 from manager_support import Server, running_server
 from stockade.client.remote import ManagerClient
 from stockade.errors import LimitExceeded, StockadeError
+from stockade.host.registry import read_stat
 
 pytestmark = pytest.mark.slow
 
@@ -92,16 +93,8 @@ def _many(server: Server, jobs: list[tuple[bytes, tuple[str, ...], int]]) -> lis
         return [f.result(timeout=600) for f in futures]
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw.rsplit(")", 1)[1].split()
-
-
 def _alive(pid: int) -> bool:
-    fields = _stat(pid)
+    fields = read_stat(pid)
     return fields is not None and fields[0] != "Z"
 
 
@@ -109,7 +102,7 @@ def _children(pid: int) -> list[int]:
     """Live (non-zombie) child processes of ``pid``."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[1]) == pid:
+        if entry.name.isdigit() and (fields := read_stat(int(entry.name))) and int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
 
@@ -156,7 +149,7 @@ def test_keeps_are_forked_by_the_fork_server_with_limits(server: Server) -> None
         keep = client.create("sim")
         try:
             pid = int(keep["pid"])
-            fields = _stat(pid)
+            fields = read_stat(pid)
             assert fields is not None and int(fields[1]) == zygotes["keep"]
             limits = _limits(pid)
             assert limits["Max core file size"] == "0"
@@ -221,7 +214,7 @@ def test_no_fork_server_starts_fresh_processes_with_limits(
             keep = client.create("sim")
             try:
                 pid = int(keep["pid"])
-                fields = _stat(pid)
+                fields = read_stat(pid)
                 assert fields is not None and int(fields[1]) == srv.proc.pid
                 assert b"stockade.keep" in Path(f"/proc/{pid}/cmdline").read_bytes()
                 assert _limits(pid)["Max core file size"] == "0"

@@ -177,7 +177,7 @@ class ReconcileReport:
 # -- /proc ---------------------------------------------------------------------
 
 
-def _read_stat(pid: int) -> list[str] | None:
+def read_stat(pid: int) -> list[str] | None:
     """Fields 3.. of /proc/<pid>/stat (after the parenthesised comm), or None."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
@@ -195,7 +195,7 @@ def proc_start_time(pid: int) -> int | None:
     /proc/<pid>/stat), or None if there is no such process."""
     if pid <= 0:
         return None
-    fields = _read_stat(pid)
+    fields = read_stat(pid)
     if fields is None or len(fields) < 20:
         return None
     try:
@@ -213,7 +213,7 @@ def proc_is_alive(pid: int, start_time: int | None) -> bool:
     """
     if start_time is None or pid <= 0:
         return False
-    fields = _read_stat(pid)
+    fields = read_stat(pid)
     if fields is None or len(fields) < 20:
         return False
     if fields[0] in ("Z", "X", "x"):  # zombie or dead: it has exited
