@@ -30,3 +30,15 @@ def test_demo_command_deploys_hello_into_a_sim_keep(tmp_path: Path) -> None:
     assert "Keep attested and verified" in err
     assert "NO HARDWARE PROTECTION" in err
     assert "Traceback" not in err
+
+
+def test_security_and_contributing_exist_and_are_linked() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name, must_say in (
+        ("SECURITY.md", ("## Scope", "## How to report", "## What happens next", "## Supported versions")),
+        ("CONTRIBUTING.md", ("./scripts/test.sh", "lint-imports", "mypy")),
+    ):
+        assert f"`{name}`" in readme, f"README must link {name}"
+        text = (ROOT / name).read_text()
+        for phrase in must_say:
+            assert phrase in text, f"{name} lacks {phrase!r}"
