@@ -64,15 +64,33 @@ class ManagerError(StockadeError):
 MAX_WAIT_S: Final = 300.0
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a URL's host part) names this machine's loopback."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
+def _loopback_address(text: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addr = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 zone id is not part of the address
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1
+    return addr.is_loopback  # 127.0.0.0/8, ::1
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a URL's host part) names this machine's loopback:
+    a loopback IP literal (127.0.0.0/8, ::1), or exactly ``localhost`` when
+    every address it resolves to is loopback. Other names are not, not even
+    ``*.localhost``: RFC 6761 (section 6.3) only asks resolvers to keep them
+    on loopback, and a resolver that sends ``foo.localhost`` to DNS would
+    carry the token off this machine."""
+    host = host.strip("[]").lower()
+    if _loopback_address(host):
+        return True
+    if host != "localhost":
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(_loopback_address(str(info[4][0])) for info in infos)
 
 
 def tls_context(cacert: str | os.PathLike[str] | None) -> ssl.SSLContext:

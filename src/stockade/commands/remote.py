@@ -15,6 +15,7 @@ was killed or was lost, 124 when the wait timed out (docs/exit-codes.md).
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import os
@@ -22,11 +23,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeVar
 
 import click
 
-from stockade.commands._output import fail
+from stockade.commands._output import fail, safe_text
 from stockade.commands._run import (
     RunOptions,
     deploy_session,
@@ -229,22 +230,27 @@ def ls(connection: _Connection, as_json: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"Keeps on {url}")
+    def cell(value: object, style: str = "") -> Text:
+        # Every field comes from the host: control characters are escaped
+        # and a Text is never parsed for markup ("[bold]" stays literal).
+        return Text(safe_text("" if value is None else value, limit=256), style=style)
+
+    table = Table(title=Text(f"Keeps on {safe_text(url)}"))
     for column in ("id", "state", "backend", "pid", "exit", "created", "detail"):
         table.add_column(column, overflow="fold", no_wrap=column in ("id", "state"))
     style = {"running": "green", "exited": "", "failed": "red", "killed": "yellow", "lost": "red"}
     for d in docs:
         state = str(d.get("state", "?"))
-        colour = style.get(state, "")
         table.add_row(
-            str(d.get("id")),
-            f"[{colour}]{state}[/{colour}]" if colour else state,
-            str(d.get("backend", "")),
-            str(d.get("pid", "")),
-            str(d.get("exit_status", "")),
-            str(d.get("created_at", ""))[:19],
-            str(d.get("detail", "")),
+            cell(d.get("id")),
+            cell(state, style.get(state, "")),
+            cell(d.get("backend", "")),
+            cell(d.get("pid", "")),
+            cell(d.get("exit_status", "")),
+            cell(str(d.get("created_at", ""))[:19]),
+            cell(d.get("detail", "")),
         )
     Console().print(table)
 
@@ -263,7 +269,7 @@ def kill(keep_id: str, connection: _Connection, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(_jsonable(rec), indent=2))
     else:
-        click.echo(f"Keep {rec.get('id')}: {rec.get('state')}")
+        click.echo(f"Keep {safe_text(rec.get('id'))}: {safe_text(rec.get('state'))}")
 
 
 @keeps.command("wait")
@@ -303,9 +309,10 @@ def wait(keep_id: str, connection: _Connection, timeout: float, as_json: bool) -
     if as_json:
         click.echo(json.dumps({**_jsonable(rec), "exit_code": code}, indent=2))
     else:
-        detail = f" ({rec['detail']})" if rec.get("detail") else ""
-        still = f", still {state} after {timeout:g} s" if rec["timed_out"] else f": {state}{detail}"
-        click.echo(f"Keep {rec.get('id')}{still}")
+        detail = f" ({safe_text(rec['detail'])})" if rec.get("detail") else ""
+        shown = safe_text(state)
+        still = f", still {shown} after {timeout:g} s" if rec["timed_out"] else f": {shown}{detail}"
+        click.echo(f"Keep {safe_text(rec.get('id'))}{still}")
     sys.exit(code)
 
 
@@ -327,9 +334,11 @@ def logs(keep_id: str, connection: _Connection, tail: int | None, follow: bool) 
     The log holds the Keep's own events (start, session end, errors) and
     never workload data or secrets. It is read in steps of at most 1 MiB;
     --follow reads on from where it stopped, about once a second, and ends
-    once the Keep has ended.
+    once the Keep has ended. The log is written by the host: on a terminal,
+    control characters and escape sequences in it are shown escaped
+    (\\x1b ...); into a pipe or a file, its bytes are written unchanged.
     """
-    out = sys.stdout.buffer
+    out = _LogOutput(sys.stdout.buffer, sys.stdout.isatty())
     try:
         with connection.client() as client:
 
@@ -354,6 +363,36 @@ def logs(keep_id: str, connection: _Connection, tail: int | None, follow: bool) 
                 offset = drain(offset)
                 follow = not ended
     except StockadeError as err:
+        out.finish()
         fail(err, False)
     except KeyboardInterrupt:
         sys.exit(130)
+    out.finish()
+
+
+class _LogOutput:
+    """Where `keeps logs` writes the host's log bytes: unchanged into a
+    pipe or a file (the exact log, for tools), or decoded as UTF-8 and
+    passed through safe_text (newlines and tabs kept) on a terminal, so
+    that the host cannot move the cursor, rewrite lines or set the title.
+    The decoder is incremental: a character or an escape split between two
+    reads is handled like one in a single read."""
+
+    def __init__(self, stream: BinaryIO, terminal: bool) -> None:
+        self.stream = stream
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if terminal else None
+
+    def write(self, data: bytes, final: bool = False) -> None:
+        if self.decoder is not None:
+            text = self.decoder.decode(data, final)
+            data = safe_text(text, multiline=True, limit=None).encode("utf-8")
+        if data:
+            self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """Write what the decoder still holds (an incomplete character)."""
+        self.write(b"", final=True)
+        self.stream.flush()
