@@ -41,9 +41,13 @@ from stockade.errors import KeepDied, StockadeError, UsageError
 if TYPE_CHECKING:
     from stockade.client.remote import ManagerClient
 
-SIM_ROOT_NOTE = (
-    "  sim root     fetched from the host (--allow-sim): a host-supplied sim root gives NO protection at all"
+#: Why a remote sim deploy needs a sim root from the deployer's side.
+NEED_SIM_ROOT = (
+    "a sim Keep on a remote host is verified only against a sim root you got from the host's "
+    "operator, never one the host serves: pass --sim-root FILE, or pin its SHA-256 in a policy "
+    "([sim] root_sha256 = \"...\"); the operator prints both with `stockade host sim-root` on the host"
 )
+
 
 #: Exit status of `stockade keeps wait` when the Keep did not end in time
 #: (the value coreutils' timeout(1) uses).
@@ -129,25 +133,45 @@ def _token(token_file: Path | None) -> str:
 @_host_options
 @workload_options
 @click.option(
+    "--sim-root",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The host's sim root certificate (PEM or DER), from its operator's `stockade host sim-root`; "
+    "needed to verify a sim Keep unless the policy pins it ([sim] root_sha256).",
+)
+@click.option(
+    "--crl",
+    "crls",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="CRL (DER or PEM) to check the Keep's certificate chain against, e.g. AMD's KDS CRL, "
+    "or the sim chip's from `stockade host sim-root --crl`.",
+)
+@click.option(
     "--stage-on-host",
     is_flag=True,
     help="Upload the package to the host, which hands it to the Keep (untrusted: the Keep "
     "loads it only if its digest matches, and attests what it loaded).",
 )
-def deploy(connection: _Connection, **kwargs: Any) -> None:
+def deploy(connection: _Connection, sim_root: Path | None, crls: tuple[Path, ...], **kwargs: Any) -> None:
     """Run a module or package in a fresh Keep on a remote host, after verifying its attestation.
 
     Like `stockade run`, but the Keep is started by the keep manager at
     --host and reached through its relay. The attested TLS session is end
-    to end: the host relays ciphertext only. With --allow-sim, the sim root
-    is fetched from that host, which gives NO protection (sim never does).
-    An https:// --host protects the API token and the Keep's metadata on
-    the way; the workload and its secrets are protected by the attested
-    session either way.
+    to end: the host relays ciphertext only. A sim Keep (--allow-sim, or a
+    policy that lists sim) is verified against the sim root of --sim-root,
+    or against the one the host serves only if its SHA-256 is the one the
+    policy pins ([sim] root_sha256); sim gives NO hardware protection
+    either way. --crl gives CRLs to check the Keep's certificate chain
+    against; the summary says whether revocation was checked. An https://
+    --host protects the API token and the Keep's metadata on the way; the
+    workload and its secrets are protected by the attested session either
+    way.
     """
     opts = RunOptions(backend="sim", state_dir=None, **kwargs)
     try:
-        _deploy(connection, opts)
+        _deploy(connection, opts, sim_root, tuple(_read_crl(path) for path in crls))
     except StockadeError as err:
         fail(err, opts.as_json, exit_code_source="stockade")
     except KeyboardInterrupt:
@@ -155,18 +179,74 @@ def deploy(connection: _Connection, **kwargs: Any) -> None:
         sys.exit(130)
 
 
-def _deploy(connection: _Connection, opts: RunOptions) -> None:
+def _read_crl(path: Path) -> bytes:
+    """The DER of the CRL in ``path`` (DER or PEM); UsageError if none."""
+    from cryptography import x509
+
+    from stockade.commands._files import read_input
+
+    data = read_input(path, "--crl")
+    try:
+        if data.lstrip().startswith(b"-----"):
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            return x509.load_pem_x509_crl(data).public_bytes(Encoding.DER)
+        x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise UsageError(f"--crl {path}: not a CRL (DER or PEM): {exc}") from None
+    return data
+
+
+def _client_sim_root(
+    client: ManagerClient, opts: RunOptions, sim_root_file: Path | None
+) -> tuple[bytes | None, tuple[str, ...]]:
+    """The sim root this deploy verifies sim evidence against, and a line
+    for the summary: the one of ``--sim-root``, or the one the host serves
+    if the policy pins its SHA-256; never a root only the host vouches for
+    (it owns the sim chip's keys and could forge sim evidence)."""
+    import hashlib
+
+    from stockade.commands._files import read_sim_root
+    from stockade.errors import VerificationFailed
+    from stockade.policy import load_policy
+
+    policy = load_policy(opts.policy) if opts.policy is not None else None
+    pins = policy.sim_roots if policy is not None else ()
+    allows_sim = opts.allow_sim or (policy is not None and "sim" in policy.platforms)
+    if sim_root_file is not None:
+        der = read_sim_root(sim_root_file)
+        digest = hashlib.sha256(der).digest()
+        if pins and digest not in pins:
+            raise UsageError(
+                f"--sim-root {sim_root_file}: its SHA-256 {digest.hex()} is not a [sim] root_sha256 "
+                f"of the policy {opts.policy}"
+            )
+        return der, (f"  sim root     {digest.hex()[:16]}… from --sim-root {sim_root_file}",)
+    if pins:
+        der = client.sim_root()
+        digest = hashlib.sha256(der).digest()
+        if digest not in pins:
+            raise VerificationFailed(
+                f"the host serves a sim root with SHA-256 {digest.hex()}, which is not the "
+                f"[sim] root_sha256 of the policy {opts.policy}: refusing its Keeps"
+            )
+        return der, (f"  sim root     served by the host; SHA-256 {digest.hex()[:16]}… pinned by the policy",)
+    if allows_sim:
+        raise UsageError(NEED_SIM_ROOT)
+    return None, ()
+
+
+def _deploy(
+    connection: _Connection, opts: RunOptions, sim_root_file: Path | None, crls: tuple[bytes, ...]
+) -> None:
     from stockade.client.deploy import send_hello
     from stockade.wire.launch import keep_measurement
 
     prepared = prepare(opts)
     limits = prepared.limits_map()
     with connection.client() as client:
-        sim_root = None
-        extra: tuple[str, ...] = ()
-        if opts.allow_sim:
-            sim_root = client.sim_root()
-            extra = (SIM_ROOT_NOTE,)
+        # Before anything is created on the host: a refusal costs it nothing.
+        sim_root, extra = _client_sim_root(client, opts, sim_root_file)
         keep = client.create(opts.backend, limits)
         keep_id = str(keep["id"])
 
@@ -194,6 +274,7 @@ def _deploy(connection: _Connection, opts: RunOptions) -> None:
                 hello,
                 extra,
                 staged=opts.stage_on_host,
+                crls=crls,
             )
         except KeepDied as err:
             raise KeepDied(f"{err.detail}; Keep {keep_id} on {client.url}") from None
