@@ -99,7 +99,16 @@ def one_line_error(err: str) -> str:
 
 def test_deploy_over_https_and_wss_with_cacert(server: Server, certs: tuple[Path, Path]) -> None:
     code, out, err = cli(
-        server, "deploy", "--host", server.url, "--cacert", str(certs[0]), "--allow-sim", *sim_root(server), "--json", str(HELLO)
+        server,
+        "deploy",
+        "--host",
+        server.url,
+        "--cacert",
+        str(certs[0]),
+        "--allow-sim",
+        *sim_root(server),
+        "--json",
+        str(HELLO),
     )
     assert code == 0, err
     doc = json.loads(out)

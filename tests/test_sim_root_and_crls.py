@@ -185,7 +185,11 @@ def test_deploy_checks_revocation_with_the_crl_given(server: Server, files: dict
 def run_cli(state: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "STOCKADE_STATE_DIR": str(state)}
     return subprocess.run(
-        [sys.executable, "-m", "stockade", "run", *args], capture_output=True, timeout=120, env=env, check=False
+        [sys.executable, "-m", "stockade", "run", *args],
+        capture_output=True,
+        timeout=120,
+        env=env,
+        check=False,
     )
 
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 NEED_SIM_ROOT = (
     "a sim Keep on a remote host is verified only against a sim root you got from the host's "
     "operator, never one the host serves: pass --sim-root FILE, or pin its SHA-256 in a policy "
-    "([sim] root_sha256 = \"...\"); the operator prints both with `stockade host sim-root` on the host"
+    '([sim] root_sha256 = "..."); the operator prints both with `stockade host sim-root` on the host'
 )
 
 

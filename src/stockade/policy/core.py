@@ -108,7 +108,6 @@ class Policy:
                     return True
         return False
 
-
     @property
     def sim_roots(self) -> tuple[bytes, ...]:
         """The sim roots (SHA-256 of the root certificate's DER) that the
