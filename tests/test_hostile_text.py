@@ -10,6 +10,7 @@ same ``fail`` and are checked here directly.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -228,3 +229,22 @@ def test_keeps_logs_on_a_terminal_are_escaped(hostile: str) -> None:
     assert_clean(out)
     assert out.startswith(b"line one\n") and out.endswith(b"\nend\n")
     assert b"\\x0d\\x1b[2K\\x1b]0;pwned\\x07" in out
+
+
+def test_policy_check_of_a_hostile_claims_file_prints_no_raw_escape(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from stockade.commands.policy import policy
+    from stockade.testing.claims import make_claims
+
+    claims = tmp_path / "claims.json"
+    claims.write_text(json.dumps(make_claims(product="Milan" + HOSTILE).to_json()))
+    milan = tmp_path / "milan.toml"
+    milan.write_text('version = 1\nplatforms = ["snp"]\n\n[snp]\nproducts = ["Milan"]\n')
+    result = CliRunner().invoke(
+        policy, ["check", "--policy", str(milan), "--claims", str(claims)], env={"COLUMNS": "400"}
+    )
+    assert result.exit_code == 112, result.output
+    out = result.stdout_bytes + result.stderr_bytes
+    assert_clean(out)
+    assert b"[bold]markup[/bold]" in out  # shown as text, not parsed as markup

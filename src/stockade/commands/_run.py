@@ -345,11 +345,14 @@ def expectations(opts: RunOptions, prepared: Prepared, policy: Policy) -> tuple[
 
 
 def identity_summary(identity: WorkloadIdentity) -> str:
-    signers = ", ".join(f"{role} {kid[:16]}…" for role, kid in identity.signers) or "none checked"
+    from stockade.commands._output import safe_text
+
+    # Names and roles are the package's text, as the Keep reported them.
+    signers = ", ".join(f"{safe_text(role)} {kid[:16]}…" for role, kid in identity.signers) or "none checked"
     return "\n".join(
         [
             "stockade: workload identity attested; releasing secrets",
-            f"  package      {identity.package_name} {identity.package_digest.hex()}",
+            f"  package      {safe_text(identity.package_name)} {identity.package_digest.hex()}",
             f"  signatures   {signers}",
             f"  event log    {len(identity.events)} events, register {identity.register.hex()[:32]}…",
         ]
