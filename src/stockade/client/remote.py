@@ -9,8 +9,10 @@ only relays its bytes.
 
 Nothing the manager says is trusted: a Keep's measurement reported by the
 API is informational, the policy pins what the evidence must show, and a
-sim root fetched from the host protects nothing (the host owns the sim
-chip's keys).
+sim root fetched from the host is used only when the deployer's policy pins
+its SHA-256 (``stockade deploy`` takes it from ``--sim-root`` otherwise).
+Text in its answers (problem details, Keep fields, logs) is the host's:
+the CLI prints it through ``stockade.commands._output.safe_text``.
 
 Transport: ``https://`` URLs are verified against the system CA store, or
 against ``cacert`` alone when given (like curl's --cacert); the relay then
@@ -274,8 +276,9 @@ class ManagerClient:
         self._request("PUT", f"/v1/keeps/{keep_id}/package", raw=(PACKAGE_MEDIA_TYPE, package))
 
     def sim_root(self) -> bytes:
-        """The sim ARK of the host. Trusting it gives NO protection: the
-        host that hands it over owns the sim chip's keys."""
+        """The sim ARK the host serves. Not to be trusted on its own: the
+        host could serve the root of a chip it made up. Callers compare its
+        SHA-256 with one the deployer pinned ([sim] root_sha256)."""
         der = self._call("GET", "/v1/sim/root").get("ark")
         if not isinstance(der, bytes):
             raise ManagerError("GET /v1/sim/root: expected the ARK as a byte string")
