@@ -25,7 +25,7 @@ from stockade.errors import StockadeError
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 #: The longest host-supplied text printed in one piece (a problem detail, a
 #: field of `keeps ls`); longer text is cut and says so.
-MAX_TEXT = 4096
+MAX_TEXT = 16384
 
 
 def _escape(ch: str) -> str:
