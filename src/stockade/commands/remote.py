@@ -203,7 +203,9 @@ def _client_sim_root(
     """The sim root this deploy verifies sim evidence against, and a line
     for the summary: the one of ``--sim-root``, or the one the host serves
     if the policy pins its SHA-256; never a root only the host vouches for
-    (it owns the sim chip's keys and could forge sim evidence)."""
+    (it could serve the root of a chip it just made up, and forge sim
+    evidence under it). This pins which sim chip; whoever holds that chip's
+    keys can still forge its evidence: sim never protects anything."""
     import hashlib
 
     from stockade.commands._files import read_sim_root
