@@ -142,6 +142,11 @@ def problem_of(resp: httpx.Response) -> dict[object, object]:
 
 
 def deploy(server: Server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """``stockade deploy --host URL --token-file FILE ARGS``; with
+    --allow-sim and no --sim-root, --sim-root is the server's sim root (as
+    its operator would hand it over: `stockade host sim-root`)."""
+    if "--allow-sim" in args and "--sim-root" not in args:
+        args = ("--sim-root", str(server.state / "sim" / "chip" / "ark.der"), *args)
     return _cli(
         "deploy", "--host", server.url, "--token-file", str(server.token_file), *args, timeout=timeout
     )

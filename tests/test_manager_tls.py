@@ -86,6 +86,11 @@ def cli(server: Server, *args: str, env: dict[str, str] | None = None) -> tuple[
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
+def sim_root(server: Server) -> tuple[str, str]:
+    """--sim-root with the server's sim root, as its operator hands it over."""
+    return ("--sim-root", str(server.state / "sim" / "chip" / "ark.der"))
+
+
 def one_line_error(err: str) -> str:
     assert "Traceback" not in err
     assert err.count("\n") == 1, err
@@ -94,7 +99,16 @@ def one_line_error(err: str) -> str:
 
 def test_deploy_over_https_and_wss_with_cacert(server: Server, certs: tuple[Path, Path]) -> None:
     code, out, err = cli(
-        server, "deploy", "--host", server.url, "--cacert", str(certs[0]), "--allow-sim", "--json", str(HELLO)
+        server,
+        "deploy",
+        "--host",
+        server.url,
+        "--cacert",
+        str(certs[0]),
+        "--allow-sim",
+        *sim_root(server),
+        "--json",
+        str(HELLO),
     )
     assert code == 0, err
     doc = json.loads(out)
@@ -114,7 +128,7 @@ def test_without_the_ca_the_certificate_does_not_verify(server: Server) -> None:
     assert code == 1
     assert "did not verify (self-signed certificate)" in one_line_error(err)
     assert "--cacert" in err
-    code, out, err = cli(server, "deploy", "--host", server.url, "--allow-sim", str(HELLO))
+    code, out, err = cli(server, "deploy", "--host", server.url, "--allow-sim", *sim_root(server), str(HELLO))
     assert code == 1 and out == ""
     assert "did not verify" in one_line_error(err)
 

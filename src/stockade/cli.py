@@ -86,7 +86,8 @@ def _run(opts: RunOptions) -> None:
         # The nonce goes out at once: the Keep attests while we get ready.
         hello = send_hello(handle.conn)
         # The local sim root is used to *verify* sim evidence; acceptance is
-        # the policy's decision (the default policy refuses sim).
+        # the policy's decision (the default policy refuses sim). The local
+        # sim chip's CRL is the revocation collateral this client holds.
         result, out = deploy_session(
             handle.conn,
             handle.measurement,
@@ -95,6 +96,7 @@ def _run(opts: RunOptions) -> None:
             opts,
             chip.sim_root(sdir),
             hello,
+            crls=_local_crls(sdir),
         )
     except KeepDied as err:
         # The host-side log of the Keep process (never workload data) says why.
@@ -104,6 +106,18 @@ def _run(opts: RunOptions) -> None:
     if opts.as_json:
         print_json(result, out)
     exit_now(result.exit_code)
+
+
+def _local_crls(sdir: Path) -> tuple[bytes, ...]:
+    """The sim chip's CRL, issued here (it holds the sim ARK's key); none
+    when it cannot be issued (the summary then says revocation was not
+    checked)."""
+    from stockade.evidence.sim import chip
+
+    try:
+        return (chip.sim_crl(sdir),)
+    except (OSError, ValueError):
+        return ()
 
 
 def _register() -> None:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from stockade.errors import MalformedEvidence, PolicyRejected, VerificationFailed
 from stockade.evidence.claims import VerifiedClaims
 from stockade.evidence.snp.abi import Product
-from stockade.evidence.snp.verify import TrustAnchor, amd_anchors, verify_report
+from stockade.evidence.snp.verify import TrustAnchor, VerifiedReport, amd_anchors, verify_report
 from stockade.policy import Decision, Policy
 from stockade.policy import appraise as policy_appraise
 from stockade.wire.binding import report_data_for
@@ -35,12 +35,41 @@ class TrustConfig:
     ``sim_root`` is the sim ARK used to *verify* sim evidence (verification
     says nothing about acceptance); whether sim, a measurement, debug etc.
     are acceptable is the ``policy``'s decision (None: the built-in default,
-    which refuses sim).
+    which refuses sim). ``crls`` are DER CRLs the client holds (the sim
+    chip's, or AMD's KDS CRLs); those of the evidence's chain are applied,
+    and :attr:`Appraisal.revocation` says whether revocation was checked.
     """
 
     sim_root: bytes | None = None
     policy: Policy | None = None
     at: datetime | None = None
+    crls: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """Whether the evidence's certificate chain was checked against a CRL
+    of its root, and if not, why."""
+
+    checked: bool
+    crl_issuers: tuple[str, ...] = ()
+    reason: str = ""
+
+    @classmethod
+    def of(cls, verified: VerifiedReport, crls_given: int) -> Revocation:
+        if verified.revocation_checked:
+            return cls(True, verified.crl_issuers)
+        if crls_given:
+            return cls(False, verified.crl_issuers, "no CRL of this evidence's root among the CRLs given")
+        return cls(False, (), "no CRL available")
+
+    def summary(self) -> str:
+        if self.checked:
+            return f"checked: not revoked (CRL of {self.crl_issuers[0]})"
+        return f"not checked ({self.reason})"
+
+    def to_json(self) -> dict[str, object]:
+        return {"checked": self.checked, "crl_issuers": list(self.crl_issuers), "reason": self.reason or None}
 
 
 @dataclass(frozen=True)
@@ -50,6 +79,7 @@ class Appraisal:
     decision: Decision | None = None
     #: DER SubjectPublicKeyInfo of the Keep's TLS key the evidence binds.
     tls_spki: bytes = b""
+    revocation: Revocation = field(default_factory=lambda: Revocation(False, (), "no CRL available"))
 
 
 def _evidence_of(cert: x509.Certificate) -> EvidenceBundle:
@@ -80,8 +110,13 @@ def appraise(cert_der: bytes, nonce: bytes, trust: TrustConfig) -> Appraisal:
         raise VerificationFailed("the Keep's certificate is not self-signed by its own key") from None
 
     bundle = _evidence_of(cert)
-    claims = verify_bundle(bundle, trust, at)
-    checks: list[str] = ["report signature and certificate chain"]
+    verified = verify_bundle_report(bundle, trust, at)
+    claims = verified.claims
+    revocation = Revocation.of(verified, len(trust.crls))
+    checks: list[str] = [
+        "report signature and certificate chain",
+        f"revocation {revocation.summary()}",
+    ]
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if claims.report_data != report_data_for(nonce, spki):
         raise VerificationFailed(
@@ -92,12 +127,20 @@ def appraise(cert_der: bytes, nonce: bytes, trust: TrustConfig) -> Appraisal:
 
     decision = policy_appraise(claims, trust.policy, at)
     checks.append(f"policy {decision.policy_name!r} accepted the claims")
-    return Appraisal(claims=claims, checks=tuple(checks), decision=decision, tls_spki=spki)
+    return Appraisal(
+        claims=claims, checks=tuple(checks), decision=decision, tls_spki=spki, revocation=revocation
+    )
 
 
 def verify_bundle(bundle: EvidenceBundle, trust: TrustConfig, at: datetime) -> VerifiedClaims:
     """Verify the evidence of a bundle against the roots for its platform
     (says nothing about acceptance: that is the policy's job)."""
+    return verify_bundle_report(bundle, trust, at).claims
+
+
+def verify_bundle_report(bundle: EvidenceBundle, trust: TrustConfig, at: datetime) -> VerifiedReport:
+    """:func:`verify_bundle`, with what the verifier found about revocation
+    (the CRLs of ``trust.crls`` that belong to the chain are applied)."""
     if bundle.platform not in ("sim", "snp"):
         raise VerificationFailed(f"verification of {bundle.platform} evidence is not implemented yet")
     anchors: list[TrustAnchor] = []
@@ -113,4 +156,4 @@ def verify_bundle(bundle: EvidenceBundle, trust: TrustConfig, at: datetime) -> V
     vcek, ask = bundle.cert("vcek"), bundle.cert("ask")
     if vcek is None or ask is None:
         raise MalformedEvidence("evidence lacks the VCEK and ASK certificates")
-    return verify_report(bundle.report, vcek, ask, anchors, at).claims
+    return verify_report(bundle.report, vcek, ask, anchors, at, crls=trust.crls)

@@ -9,8 +9,10 @@ only relays its bytes.
 
 Nothing the manager says is trusted: a Keep's measurement reported by the
 API is informational, the policy pins what the evidence must show, and a
-sim root fetched from the host protects nothing (the host owns the sim
-chip's keys).
+sim root fetched from the host is used only when the deployer's policy pins
+its SHA-256 (``stockade deploy`` takes it from ``--sim-root`` otherwise).
+Text in its answers (problem details, Keep fields, logs) is the host's:
+the CLI prints it through ``stockade.commands._output.safe_text``.
 
 Transport: ``https://`` URLs are verified against the system CA store, or
 against ``cacert`` alone when given (like curl's --cacert); the relay then
@@ -64,15 +66,33 @@ class ManagerError(StockadeError):
 MAX_WAIT_S: Final = 300.0
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a URL's host part) names this machine's loopback."""
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
+def _loopback_address(text: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addr = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 zone id is not part of the address
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1
+    return addr.is_loopback  # 127.0.0.0/8, ::1
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a URL's host part) names this machine's loopback:
+    a loopback IP literal (127.0.0.0/8, ::1), or exactly ``localhost`` when
+    every address it resolves to is loopback. Other names are not, not even
+    ``*.localhost``: RFC 6761 (section 6.3) only asks resolvers to keep them
+    on loopback, and a resolver that sends ``foo.localhost`` to DNS would
+    carry the token off this machine."""
+    host = host.strip("[]").lower()
+    if _loopback_address(host):
+        return True
+    if host != "localhost":
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(_loopback_address(str(info[4][0])) for info in infos)
 
 
 def tls_context(cacert: str | os.PathLike[str] | None) -> ssl.SSLContext:
@@ -256,8 +276,9 @@ class ManagerClient:
         self._request("PUT", f"/v1/keeps/{keep_id}/package", raw=(PACKAGE_MEDIA_TYPE, package))
 
     def sim_root(self) -> bytes:
-        """The sim ARK of the host. Trusting it gives NO protection: the
-        host that hands it over owns the sim chip's keys."""
+        """The sim ARK the host serves. Not to be trusted on its own: the
+        host could serve the root of a chip it made up. Callers compare its
+        SHA-256 with one the deployer pinned ([sim] root_sha256)."""
         der = self._call("GET", "/v1/sim/root").get("ark")
         if not isinstance(der, bytes):
             raise ManagerError("GET /v1/sim/root: expected the ARK as a byte string")

@@ -37,6 +37,27 @@ def read_input(path: Path, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
+def read_sim_root(path: Path, what: str = "--sim-root") -> bytes:
+    """The DER of the sim root certificate in ``path`` (PEM or DER), as
+    `stockade host sim-root` prints it; UsageError if it is not one."""
+    from stockade.evidence.x509util import der_of, load_der, load_pem_chain
+
+    blob = read_input(path, "sim root")
+    try:
+        if blob.lstrip().startswith(b"-----"):
+            certs = load_pem_chain(blob, f"{what} {path}")
+            if len(certs) != 1:
+                raise UsageError(f"{what} {path}: expected one certificate, found {len(certs)}")
+            return der_of(certs[0])
+        load_der(blob, f"{what} {path}")
+    except MalformedEvidence as exc:
+        raise UsageError(
+            f"{exc.detail}; expected the sim root certificate (PEM or DER) that "
+            "`stockade host sim-root` prints on the host"
+        ) from None
+    return blob
+
+
 def parse_time(text: str | None) -> datetime:
     if text is None:
         return datetime.now(UTC)
@@ -111,11 +132,7 @@ def _verify_snp(
     crls = [read_input(p, "CRL") for p in sorted(certs.glob("*.crl"))]
     anchors = list(amd_anchors())
     if sim_root is not None:
-        from cryptography import x509
-
-        blob = read_input(sim_root, "sim root")
-        root = der_of(x509.load_pem_x509_certificate(blob)) if blob.startswith(b"-----") else blob
-        anchors.append(TrustAnchor("sim", Product.MILAN, root))
+        anchors.append(TrustAnchor("sim", Product.MILAN, read_sim_root(sim_root)))
     verified = verify_report(report, endorsement, intermediate, anchors, at, hint, crls=crls)
     root_name = "sim root" if verified.claims.platform == "sim" else "AMD root"
     checks = [

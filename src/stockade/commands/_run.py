@@ -149,6 +149,7 @@ def summary(appraisal: Appraisal, policy_note: str, extra: tuple[str, ...] = ())
         f"  tcb          {tcb} (firmware {c.firmware}, report v{c.report_version})",
         f"  signer       {c.signer} -> {'sim root' if c.platform == 'sim' else 'AMD root'} "
         f"{c.root_fingerprint[:16]}…",
+        f"  revocation   {appraisal.revocation.summary()}",
         "  freshness    report binds this session's nonce and the Keep's TLS key",
         f"  debug        {'ALLOWED' if c.debug else 'disabled'}",
         f"  policy       {policy_note}",
@@ -344,11 +345,14 @@ def expectations(opts: RunOptions, prepared: Prepared, policy: Policy) -> tuple[
 
 
 def identity_summary(identity: WorkloadIdentity) -> str:
-    signers = ", ".join(f"{role} {kid[:16]}…" for role, kid in identity.signers) or "none checked"
+    from stockade.commands._output import safe_text
+
+    # Names and roles are the package's text, as the Keep reported them.
+    signers = ", ".join(f"{safe_text(role)} {kid[:16]}…" for role, kid in identity.signers) or "none checked"
     return "\n".join(
         [
             "stockade: workload identity attested; releasing secrets",
-            f"  package      {identity.package_name} {identity.package_digest.hex()}",
+            f"  package      {safe_text(identity.package_name)} {identity.package_digest.hex()}",
             f"  signatures   {signers}",
             f"  event log    {len(identity.events)} events, register {identity.register.hex()[:32]}…",
         ]
@@ -365,11 +369,13 @@ def deploy_session(
     hello: SentHello,
     extra_summary: tuple[str, ...] = (),
     staged: bool = False,
+    crls: tuple[bytes, ...] = (),
 ) -> tuple[DeployResult, dict[int, bytearray]]:
     """Build the deploy plan from ``opts``, choose the policy, and run one
     deploy session over ``conn`` (a stream to a fresh Keep, the hello
     already sent). ``runtime_measurement`` is what the measurement is pinned
-    to unless ``opts`` says otherwise."""
+    to unless ``opts`` says otherwise; ``crls`` (DER) are the CRLs the
+    client holds, applied to the Keep's evidence chain."""
     from stockade.client.attest import TrustConfig
     from stockade.client.deploy import DeployPlan, Steps, deploy
     from stockade.wire.messages import Config
@@ -406,7 +412,7 @@ def deploy_session(
     )
     # The sim root is used to *verify* sim evidence; acceptance is the
     # policy's decision (the default policy refuses sim).
-    trust = TrustConfig(sim_root=sim_root, policy=policy)
+    trust = TrustConfig(sim_root=sim_root, policy=policy, crls=crls)
     out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
 
     def on_output(fd: int, data: bytes) -> None:
@@ -448,6 +454,7 @@ def print_json(result: DeployResult, out: dict[int, bytearray], **extra: Any) ->
         "attestation": {
             **result.appraisal.claims.to_json(),
             "checks": list(result.appraisal.checks),
+            "revocation": result.appraisal.revocation.to_json(),
         },
         "policy": result.appraisal.decision.to_json() if result.appraisal.decision else None,
         "timing_ms": result.timing_ms,

@@ -11,13 +11,14 @@ from typing import Any
 
 import click
 
-from stockade.commands._output import fail
+from stockade.commands._output import fail, safe_text
 from stockade.errors import StockadeError
 
 
 def _print_table(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"verified {doc['evidence']}", show_header=True)
     table.add_column("claim")
@@ -32,7 +33,7 @@ def _print_table(doc: dict[str, Any]) -> None:
             text = ", ".join(map(str, value)) or "-"
         if value is None or text == "-":
             continue  # fields of other platforms
-        table.add_row(key, text)
+        table.add_row(key, Text(safe_text(text)))  # never markup, never escapes
     console = Console()
     console.print(table)
     for check in doc["checks"]:

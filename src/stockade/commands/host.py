@@ -285,3 +285,63 @@ def serve(
             spawner.close()
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE: it logged why (port in use, ...)
+
+
+@host.command("sim-root")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Manager state directory (default: $STOCKADE_STATE_DIR or ~/.local/state/stockade).",
+)
+@click.option("--fingerprint", is_flag=True, help="Print only the SHA-256 of the root certificate (hex).")
+@click.option(
+    "--crl",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also write the sim chip's current CRL (DER) to FILE, for `deploy --crl`.",
+)
+def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None) -> None:
+    """Print this host's sim root certificate (PEM) and its SHA-256.
+
+    Run it ON the host, as its operator, and hand the output to deployers
+    over a channel they trust: `stockade deploy --host URL --allow-sim
+    --sim-root FILE`, or `[sim] root_sha256 = "HEX"` in their policy. A
+    client never trusts a sim root that the host serves over its API
+    unless its SHA-256 is pinned so. The sim chip is created if this state
+    directory has none (as `stockade host serve` does). sim gives NO
+    hardware protection: the host's root user holds the sim chip's keys.
+    """
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from stockade.commands._output import fail
+    from stockade.errors import UsageError
+    from stockade.evidence.sim.chip import ensure_chip, sim_crl
+    from stockade.evidence.sim.chip import sim_root as chip_root
+    from stockade.evidence.x509util import load_der
+
+    sdir = state_dir or state_dir_default()
+    try:
+        if ensure_chip(sdir):
+            click.echo(f"stockade: created the sim chip in {sdir} (sim: NO HARDWARE PROTECTION)", err=True)
+        der = chip_root(sdir)
+        crl_der = sim_crl(sdir) if crl is not None else b""
+    except OSError as exc:
+        fail(UsageError(f"cannot read the sim chip in {sdir}: {exc.strerror or exc}"), False)
+    digest = hashlib.sha256(der).hexdigest()
+    if crl is not None:
+        try:
+            crl.write_bytes(crl_der)
+        except OSError as exc:
+            fail(UsageError(f"--crl: cannot write {crl}: {exc.strerror}"), False)
+    if fingerprint:
+        click.echo(digest)
+        return
+    click.echo(load_der(der, "sim root").public_bytes(Encoding.PEM).decode(), nl=False)
+    click.echo(
+        f"stockade: sim root of {sdir}: SHA-256 {digest}\n"
+        f'  for a policy: [sim] root_sha256 = "{digest}"\n'
+        "  sim gives NO HARDWARE PROTECTION: the host's root user holds the sim chip's keys",
+        err=True,
+    )

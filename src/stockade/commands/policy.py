@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stockade import __version__
-from stockade.commands._output import fail
+from stockade.commands._output import fail, safe_text
 from stockade.errors import StockadeError, UsageError
 
 if TYPE_CHECKING:
@@ -73,10 +73,10 @@ def _print_table(decision: Decision, claims_label: str) -> None:
         if parents and name.startswith(parents[-1]) and name[len(parents[-1]) : len(parents[-1]) + 1] in ".[":
             name = name[len(parents[-1]) :].lstrip(".")  # nested: shown relative to its parent row
         parents.append(row.rule)
-        table.add_row(
-            Text("  " * row.depth + name),
-            row.expected,
-            row.actual,
+        table.add_row(  # claims may come from a --claims file: never markup, never escapes
+            Text("  " * row.depth + safe_text(name)),
+            Text(safe_text(row.expected)),
+            Text(safe_text(row.actual)),
             Text(row.verdict.value, style=_VERDICT_STYLE[row.verdict.value]),
         )
     style = "" if "NOT verified" not in claims_label else "bold yellow"
@@ -92,7 +92,7 @@ def _print_table(decision: Decision, claims_label: str) -> None:
     else:
         console.print(Text(f"refused by policy {decision.policy_name!r}:", style="bold red"))
         for row in decision.failures():
-            console.print(f"  - {row.sentence()}", highlight=False, soft_wrap=True)
+            console.print(Text(f"  - {safe_text(row.sentence())}"), highlight=False, soft_wrap=True)
         if decision.hint:
             console.print(f"hint: {decision.hint}", highlight=False, soft_wrap=True)
 

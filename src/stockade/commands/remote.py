@@ -15,6 +15,7 @@ was killed or was lost, 124 when the wait timed out (docs/exit-codes.md).
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import os
@@ -22,11 +23,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeVar
 
 import click
 
-from stockade.commands._output import fail
+from stockade.commands._output import fail, safe_text
 from stockade.commands._run import (
     RunOptions,
     deploy_session,
@@ -40,9 +41,13 @@ from stockade.errors import KeepDied, StockadeError, UsageError
 if TYPE_CHECKING:
     from stockade.client.remote import ManagerClient
 
-SIM_ROOT_NOTE = (
-    "  sim root     fetched from the host (--allow-sim): a host-supplied sim root gives NO protection at all"
+#: Why a remote sim deploy needs a sim root from the deployer's side.
+NEED_SIM_ROOT = (
+    "a sim Keep on a remote host is verified only against a sim root you got from the host's "
+    "operator, never one the host serves: pass --sim-root FILE, or pin its SHA-256 in a policy "
+    '([sim] root_sha256 = "..."); the operator prints both with `stockade host sim-root` on the host'
 )
+
 
 #: Exit status of `stockade keeps wait` when the Keep did not end in time
 #: (the value coreutils' timeout(1) uses).
@@ -128,25 +133,45 @@ def _token(token_file: Path | None) -> str:
 @_host_options
 @workload_options
 @click.option(
+    "--sim-root",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The host's sim root certificate (PEM or DER), from its operator's `stockade host sim-root`; "
+    "needed to verify a sim Keep unless the policy pins it ([sim] root_sha256).",
+)
+@click.option(
+    "--crl",
+    "crls",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="CRL (DER or PEM) to check the Keep's certificate chain against, e.g. AMD's KDS CRL, "
+    "or the sim chip's from `stockade host sim-root --crl`.",
+)
+@click.option(
     "--stage-on-host",
     is_flag=True,
     help="Upload the package to the host, which hands it to the Keep (untrusted: the Keep "
     "loads it only if its digest matches, and attests what it loaded).",
 )
-def deploy(connection: _Connection, **kwargs: Any) -> None:
+def deploy(connection: _Connection, sim_root: Path | None, crls: tuple[Path, ...], **kwargs: Any) -> None:
     """Run a module or package in a fresh Keep on a remote host, after verifying its attestation.
 
     Like `stockade run`, but the Keep is started by the keep manager at
     --host and reached through its relay. The attested TLS session is end
-    to end: the host relays ciphertext only. With --allow-sim, the sim root
-    is fetched from that host, which gives NO protection (sim never does).
-    An https:// --host protects the API token and the Keep's metadata on
-    the way; the workload and its secrets are protected by the attested
-    session either way.
+    to end: the host relays ciphertext only. A sim Keep (--allow-sim, or a
+    policy that lists sim) is verified against the sim root of --sim-root,
+    or against the one the host serves only if its SHA-256 is the one the
+    policy pins ([sim] root_sha256); sim gives NO hardware protection
+    either way. --crl gives CRLs to check the Keep's certificate chain
+    against; the summary says whether revocation was checked. An https://
+    --host protects the API token and the Keep's metadata on the way; the
+    workload and its secrets are protected by the attested session either
+    way.
     """
     opts = RunOptions(backend="sim", state_dir=None, **kwargs)
     try:
-        _deploy(connection, opts)
+        _deploy(connection, opts, sim_root, tuple(_read_crl(path) for path in crls))
     except StockadeError as err:
         fail(err, opts.as_json, exit_code_source="stockade")
     except KeyboardInterrupt:
@@ -154,18 +179,76 @@ def deploy(connection: _Connection, **kwargs: Any) -> None:
         sys.exit(130)
 
 
-def _deploy(connection: _Connection, opts: RunOptions) -> None:
+def _read_crl(path: Path) -> bytes:
+    """The DER of the CRL in ``path`` (DER or PEM); UsageError if none."""
+    from cryptography import x509
+
+    from stockade.commands._files import read_input
+
+    data = read_input(path, "--crl")
+    try:
+        if data.lstrip().startswith(b"-----"):
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            return x509.load_pem_x509_crl(data).public_bytes(Encoding.DER)
+        x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise UsageError(f"--crl {path}: not a CRL (DER or PEM): {exc}") from None
+    return data
+
+
+def _client_sim_root(
+    client: ManagerClient, opts: RunOptions, sim_root_file: Path | None
+) -> tuple[bytes | None, tuple[str, ...]]:
+    """The sim root this deploy verifies sim evidence against, and a line
+    for the summary: the one of ``--sim-root``, or the one the host serves
+    if the policy pins its SHA-256; never a root only the host vouches for
+    (it could serve the root of a chip it just made up, and forge sim
+    evidence under it). This pins which sim chip; whoever holds that chip's
+    keys can still forge its evidence: sim never protects anything."""
+    import hashlib
+
+    from stockade.commands._files import read_sim_root
+    from stockade.errors import VerificationFailed
+    from stockade.policy import load_policy
+
+    policy = load_policy(opts.policy) if opts.policy is not None else None
+    pins = policy.sim_roots if policy is not None else ()
+    allows_sim = opts.allow_sim or (policy is not None and "sim" in policy.platforms)
+    if sim_root_file is not None:
+        der = read_sim_root(sim_root_file)
+        digest = hashlib.sha256(der).digest()
+        if pins and digest not in pins:
+            raise UsageError(
+                f"--sim-root {sim_root_file}: its SHA-256 {digest.hex()} is not a [sim] root_sha256 "
+                f"of the policy {opts.policy}"
+            )
+        return der, (f"  sim root     {digest.hex()[:16]}… from --sim-root {sim_root_file}",)
+    if pins:
+        der = client.sim_root()
+        digest = hashlib.sha256(der).digest()
+        if digest not in pins:
+            raise VerificationFailed(
+                f"the host serves a sim root with SHA-256 {digest.hex()}, which is not the "
+                f"[sim] root_sha256 of the policy {opts.policy}: refusing its Keeps"
+            )
+        return der, (f"  sim root     served by the host; SHA-256 {digest.hex()[:16]}… pinned by the policy",)
+    if allows_sim:
+        raise UsageError(NEED_SIM_ROOT)
+    return None, ()
+
+
+def _deploy(
+    connection: _Connection, opts: RunOptions, sim_root_file: Path | None, crls: tuple[bytes, ...]
+) -> None:
     from stockade.client.deploy import send_hello
     from stockade.wire.launch import keep_measurement
 
     prepared = prepare(opts)
     limits = prepared.limits_map()
     with connection.client() as client:
-        sim_root = None
-        extra: tuple[str, ...] = ()
-        if opts.allow_sim:
-            sim_root = client.sim_root()
-            extra = (SIM_ROOT_NOTE,)
+        # Before anything is created on the host: a refusal costs it nothing.
+        sim_root, extra = _client_sim_root(client, opts, sim_root_file)
         keep = client.create(opts.backend, limits)
         keep_id = str(keep["id"])
 
@@ -193,6 +276,7 @@ def _deploy(connection: _Connection, opts: RunOptions) -> None:
                 hello,
                 extra,
                 staged=opts.stage_on_host,
+                crls=crls,
             )
         except KeepDied as err:
             raise KeepDied(f"{err.detail}; Keep {keep_id} on {client.url}") from None
@@ -229,22 +313,27 @@ def ls(connection: _Connection, as_json: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"Keeps on {url}")
+    def cell(value: object, style: str = "") -> Text:
+        # Every field comes from the host: control characters are escaped
+        # and a Text is never parsed for markup ("[bold]" stays literal).
+        return Text(safe_text("" if value is None else value, limit=256), style=style)
+
+    table = Table(title=Text(f"Keeps on {safe_text(url)}"))
     for column in ("id", "state", "backend", "pid", "exit", "created", "detail"):
         table.add_column(column, overflow="fold", no_wrap=column in ("id", "state"))
     style = {"running": "green", "exited": "", "failed": "red", "killed": "yellow", "lost": "red"}
     for d in docs:
         state = str(d.get("state", "?"))
-        colour = style.get(state, "")
         table.add_row(
-            str(d.get("id")),
-            f"[{colour}]{state}[/{colour}]" if colour else state,
-            str(d.get("backend", "")),
-            str(d.get("pid", "")),
-            str(d.get("exit_status", "")),
-            str(d.get("created_at", ""))[:19],
-            str(d.get("detail", "")),
+            cell(d.get("id")),
+            cell(state, style.get(state, "")),
+            cell(d.get("backend", "")),
+            cell(d.get("pid", "")),
+            cell(d.get("exit_status", "")),
+            cell(str(d.get("created_at", ""))[:19]),
+            cell(d.get("detail", "")),
         )
     Console().print(table)
 
@@ -263,7 +352,7 @@ def kill(keep_id: str, connection: _Connection, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(_jsonable(rec), indent=2))
     else:
-        click.echo(f"Keep {rec.get('id')}: {rec.get('state')}")
+        click.echo(f"Keep {safe_text(rec.get('id'))}: {safe_text(rec.get('state'))}")
 
 
 @keeps.command("wait")
@@ -303,9 +392,10 @@ def wait(keep_id: str, connection: _Connection, timeout: float, as_json: bool) -
     if as_json:
         click.echo(json.dumps({**_jsonable(rec), "exit_code": code}, indent=2))
     else:
-        detail = f" ({rec['detail']})" if rec.get("detail") else ""
-        still = f", still {state} after {timeout:g} s" if rec["timed_out"] else f": {state}{detail}"
-        click.echo(f"Keep {rec.get('id')}{still}")
+        detail = f" ({safe_text(rec['detail'])})" if rec.get("detail") else ""
+        shown = safe_text(state)
+        still = f", still {shown} after {timeout:g} s" if rec["timed_out"] else f": {shown}{detail}"
+        click.echo(f"Keep {safe_text(rec.get('id'))}{still}")
     sys.exit(code)
 
 
@@ -327,9 +417,11 @@ def logs(keep_id: str, connection: _Connection, tail: int | None, follow: bool) 
     The log holds the Keep's own events (start, session end, errors) and
     never workload data or secrets. It is read in steps of at most 1 MiB;
     --follow reads on from where it stopped, about once a second, and ends
-    once the Keep has ended.
+    once the Keep has ended. The log is written by the host: on a terminal,
+    control characters and escape sequences in it are shown escaped
+    (\\x1b ...); into a pipe or a file, its bytes are written unchanged.
     """
-    out = sys.stdout.buffer
+    out = _LogOutput(sys.stdout.buffer, sys.stdout.isatty())
     try:
         with connection.client() as client:
 
@@ -354,6 +446,36 @@ def logs(keep_id: str, connection: _Connection, tail: int | None, follow: bool) 
                 offset = drain(offset)
                 follow = not ended
     except StockadeError as err:
+        out.finish()
         fail(err, False)
     except KeyboardInterrupt:
         sys.exit(130)
+    out.finish()
+
+
+class _LogOutput:
+    """Where `keeps logs` writes the host's log bytes: unchanged into a
+    pipe or a file (the exact log, for tools), or decoded as UTF-8 and
+    passed through safe_text (newlines and tabs kept) on a terminal, so
+    that the host cannot move the cursor, rewrite lines or set the title.
+    The decoder is incremental: a character or an escape split between two
+    reads is handled like one in a single read."""
+
+    def __init__(self, stream: BinaryIO, terminal: bool) -> None:
+        self.stream = stream
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if terminal else None
+
+    def write(self, data: bytes, final: bool = False) -> None:
+        if self.decoder is not None:
+            text = self.decoder.decode(data, final)
+            data = safe_text(text, multiline=True, limit=None).encode("utf-8")
+        if data:
+            self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """Write what the decoder still holds (an incomplete character)."""
+        self.write(b"", final=True)
+        self.stream.flush()

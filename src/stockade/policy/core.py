@@ -15,7 +15,17 @@ from datetime import UTC, datetime
 
 from stockade.evidence.claims import VerifiedClaims
 from stockade.policy.model import Decision, RefusedByPolicy, Row, Verdict
-from stockade.policy.rules import BytesIn, Context, Debug, PlatformIn, RegisterIn, Rule, conjunction
+from stockade.policy.rules import (
+    BytesIn,
+    Context,
+    Debug,
+    Not,
+    PlatformIn,
+    RegisterIn,
+    RootIn,
+    Rule,
+    conjunction,
+)
 
 #: Platforms a policy may name. ``sim`` is accepted only where named.
 PLATFORMS = ("snp", "tdx", "sgx", "sim")
@@ -97,6 +107,25 @@ class Policy:
                 ):
                     return True
         return False
+
+    @property
+    def sim_roots(self) -> tuple[bytes, ...]:
+        """The sim roots (SHA-256 of the root certificate's DER) that the
+        ``[sim] root_sha256`` rules of this policy accept, outside ``not``
+        tables; empty when the policy pins none."""
+        out: list[bytes] = []
+
+        def visit(rule: Rule) -> None:
+            if isinstance(rule, Not):
+                return
+            if isinstance(rule, RootIn):
+                out.extend(v for v in rule.values if v not in out)
+            for child in getattr(rule, "rules", ()) or getattr(rule, "alternatives", ()):
+                visit(child)
+
+        for top in self.rules:
+            visit(top)
+        return tuple(out)
 
 
 def evaluate(claims: VerifiedClaims, policy: Policy, at: datetime | None = None) -> Decision:

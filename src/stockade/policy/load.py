@@ -47,6 +47,7 @@ from stockade.policy.rules import (
     PlatformIn,
     ProductIn,
     RegisterIn,
+    RootIn,
     Rule,
     SignerIn,
     TcbStatusIn,
@@ -112,7 +113,7 @@ ALLOWED_KEYS: dict[str, tuple[str, ...]] = {
     "top": (*_TOP_ONLY, *_GENERIC),
     "generic": _GENERIC,
     "snp": _SNP_KEYS,
-    "sim": _SNP_KEYS,
+    "sim": (*_SNP_KEYS[:-3], "root_sha256", *_COMBINATORS),
     "tdx": (*_INTEL_KEYS, *TDX_REGISTERS, "td_attributes", *_COMBINATORS),
     "sgx": (*_INTEL_KEYS, *SGX_REGISTERS, "attributes", *_COMBINATORS),
 }
@@ -438,6 +439,11 @@ def _chip_ids(ld: _Loader, v: Any, p: Path, label: str) -> list[Rule]:
     return [BytesIn(label, "chip_id", ld.hexes(v, p, (64,)), "instance-identity", UNRECOGNIZED_INSTANCE)]
 
 
+def _root_sha256(ld: _Loader, v: Any, p: Path, label: str) -> list[Rule]:
+    """``[sim] root_sha256``: one hex string or an array of them."""
+    return [RootIn(label, ld.hexes([v] if isinstance(v, str) else v, p, (32,)))]
+
+
 def _vmpl(ld: _Loader, v: Any, p: Path, label: str) -> list[Rule]:
     items = ld.array(v, p, "integers")
     vmpls: list[int] = []
@@ -515,6 +521,7 @@ for _kind in ("snp", "sim"):
             (_kind, "guest_policy"): _flags("snp"),
         }
     )
+_HANDLERS[("sim", "root_sha256")] = _root_sha256
 for _kind, _size, _registers in (("tdx", 48, TDX_REGISTERS), ("sgx", 32, SGX_REGISTERS)):
     _HANDLERS.update(
         {

@@ -322,6 +322,27 @@ class BytesIn(Check):
 
 
 @dataclass(frozen=True)
+class RootIn(Check):
+    """The root the evidence's certificate chain ends in (its
+    ``root_fingerprint``: SHA-256 of the root certificate's DER) is one of
+    ``values``. Written ``[sim] root_sha256``: it names the sim chip a
+    deployer trusts, so that a sim root handed over by a host is refused
+    unless it is that one."""
+
+    rule: str
+    values: tuple[bytes, ...]
+    category = "hardware"
+    failure_value = UNRECOGNIZED_HW
+
+    def expected(self) -> str:
+        return _one_of(v.hex() for v in self.values)
+
+    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+        actual = claims.root_fingerprint.lower()
+        return _verdict(actual in {v.hex() for v in self.values}), actual or "absent"
+
+
+@dataclass(frozen=True)
 class RegisterIn(Check):
     """A named measurement register (TDX mrtd/rtmr0-3/mrseam/mrsignerseam,
     SGX mrenclave/mrsigner) equals one of ``values``."""

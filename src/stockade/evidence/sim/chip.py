@@ -260,6 +260,73 @@ def sim_root(state_dir: Path) -> bytes:
     return (sim_dir(state_dir) / "chip" / "ark.der").read_bytes()
 
 
+#: How long a CRL issued by :func:`sim_crl` is valid (its nextUpdate);
+#: a new one is issued once less than CRL_RENEW is left.
+CRL_VALIDITY = timedelta(days=7)
+CRL_RENEW = timedelta(days=1)
+
+
+def issue_crl(
+    state_dir: Path,
+    now: datetime,
+    revoked: Sequence[int] = (),
+    validity: timedelta = CRL_VALIDITY,
+) -> bytes:
+    """A DER CRL issued and signed by the sim ARK, built like the CRL AMD's
+    KDS serves at ``/vcek/v1/{product}/crl`` (issuer the ARK, RSASSA-PSS
+    SHA-384 salt 48, a CRL number, thisUpdate and nextUpdate; AMD pub. 57230
+    chapter 4), revoking the certificates the ARK issued with serial numbers
+    in ``revoked`` (the ASK's, for tests)."""
+    chip = sim_dir(state_dir) / "chip"
+    key = serialization.load_pem_private_key((chip / "ark.key").read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("sim ARK key is not an RSA key")
+    ark = load_der((chip / "ark.der").read_bytes(), "sim ARK")
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ark.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + validity)
+        .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
+    )
+    for number in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(number).revocation_date(now).build()
+        builder = builder.add_revoked_certificate(entry)
+    return builder.sign(key, hashes.SHA384(), rsa_padding=_PSS).public_bytes(serialization.Encoding.DER)
+
+
+def sim_crl(state_dir: Path, now: datetime | None = None) -> bytes:
+    """The sim chip's current CRL (``<state dir>/sim/chip/crl.der``): the
+    one stored there while it has more than CRL_RENEW left, else a new one
+    revoking nothing, stored for the next run. Needs the ARK's key, so only
+    the machine that holds the sim chip can issue it."""
+    now = now or datetime.now(UTC)
+    path = sim_dir(state_dir) / "chip" / "crl.der"
+
+    def current() -> bytes | None:
+        try:
+            der = path.read_bytes()
+            crl = x509.load_der_x509_crl(der)
+        except (OSError, ValueError):
+            return None
+        next_update = crl.next_update_utc
+        if next_update is None or next_update - now < CRL_RENEW or crl.last_update_utc > now:
+            return None
+        return der
+
+    der = current()
+    if der is not None:
+        return der
+    with _locked(sim_dir(state_dir)):
+        der = current()
+        if der is None:
+            der = issue_crl(state_dir, now)
+            tmp = path.with_name(f".crl-{secrets.token_hex(8)}")
+            tmp.write_bytes(der)
+            tmp.replace(path)
+    return der
+
+
 def load_chip(state_dir: Path) -> SimChip:
     chip = sim_dir(state_dir) / "chip"
     key = serialization.load_pem_private_key((chip / "vcek.key").read_bytes(), password=None)
