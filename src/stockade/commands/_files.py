@@ -111,10 +111,8 @@ def _verify_snp(
     crls = [read_input(p, "CRL") for p in sorted(certs.glob("*.crl"))]
     anchors = list(amd_anchors())
     if sim_root is not None:
-        from cryptography import x509
-
         blob = read_input(sim_root, "sim root")
-        root = der_of(x509.load_pem_x509_certificate(blob)) if blob.startswith(b"-----") else blob
+        root = der_of(load_pem_chain(blob, "sim root")[0]) if blob.startswith(b"-----") else blob
         anchors.append(TrustAnchor("sim", Product.MILAN, root))
     verified = verify_report(report, endorsement, intermediate, anchors, at, hint, crls=crls)
     root_name = "sim root" if verified.claims.platform == "sim" else "AMD root"
