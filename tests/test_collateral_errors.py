@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,7 @@ def _snp_crl() -> bytes:
 SNP_FILES: dict[str, dict[str, Callable[[bytes], bytes]]] = {
     "vcek.der": DER_MUTATIONS,
     "ask_ark.pem": PEM_MUTATIONS,
+    "ask.der": DER_MUTATIONS,  # used instead of ask_ark.pem when that is absent
     "ark.crl": DER_MUTATIONS,
 }
 
@@ -240,6 +242,10 @@ def _mutate(platform: str, name: str, mutation: str, tmp: Path) -> tuple[Path, s
     evidence, coll, at = _copy(platform, tmp)
     files = SNP_FILES if platform == "snp" else INTEL_FILES
     path = coll / name
+    if name == "ask.der":
+        pem = coll / "ask_ark.pem"
+        path.write_bytes(_pem_blocks(pem.read_bytes())[0][1])
+        pem.unlink()
     path.write_bytes(files[name][mutation](path.read_bytes()))
     return evidence, at
 
@@ -312,6 +318,30 @@ def test_the_unused_pck_crl_issuer_chain_is_not_parsed(tmp_path: Path) -> None:
     evidence, coll, at = _copy("tdx", tmp_path)
     (coll / "pck_crl_issuer_chain.pem").write_bytes(b"garbage")
     assert verify_file(evidence, _at(at)).claims.platform == "tdx"
+
+
+def test_ask_der_alone_verifies(tmp_path: Path) -> None:
+    evidence, coll, at = _copy("snp", tmp_path)
+    (coll / "ark.crl").unlink()
+    (coll / "ask.der").write_bytes(_pem_blocks((coll / "ask_ark.pem").read_bytes())[0][1])
+    (coll / "ask_ark.pem").unlink()
+    assert verify_file(evidence, _at(at)).claims.platform == "snp"
+
+
+@pytest.mark.parametrize(
+    "mutation", ["cert-bad-version", "cert-bad-date", "cert-truncated", "truncated-text", "bad-base64"]
+)
+def test_a_malformed_sim_root_is_malformed_evidence(mutation: str, tmp_path: Path) -> None:
+    """A PEM sim root that does not parse (a file not starting with PEM is
+    taken as a DER root, used only for sim evidence)."""
+    evidence, coll, at = _copy("snp", tmp_path)
+    (coll / "ark.crl").unlink()
+    ark = _pem_blocks((coll / "ask_ark.pem").read_bytes())[-1][1]
+    root = tmp_path / "sim_root.pem"
+    root.write_bytes(PEM_MUTATIONS[mutation](_pem(b"CERTIFICATE", ark)))
+    assert root.read_bytes().startswith(b"-----")
+    with pytest.raises(MalformedEvidence, match="sim root"):
+        verify_file(evidence, _at(at), sim_root=root)
 
 
 # --- as a subprocess: the reported case and one per platform ---------------------------
@@ -405,8 +435,6 @@ _FIELDS = ("tcb_info", "qe_identity", "tcb_signing_chain", "root_ca_crl", "pck_c
 )
 def test_random_collateral_bytes_give_stockade_errors(field: str, data: bytes) -> None:
     quote, collateral, now = _fake_case()
-    from dataclasses import replace
-
     with pytest.raises(StockadeError):
         verify_quote(quote, replace(collateral, **{field: data}), now, root_der=shared_pki().root_der)
 
@@ -419,7 +447,5 @@ def test_byte_flips_in_a_crl_give_stockade_errors_or_pass(pos: int, mask: int) -
     quote, collateral, now = _fake_case()
     crl = bytearray(collateral.pck_crl or b"")
     crl[pos % len(crl)] ^= mask
-    from dataclasses import replace
-
     with pytest.raises(StockadeError):
         verify_quote(quote, replace(collateral, pck_crl=bytes(crl)), now, root_der=shared_pki().root_der)
