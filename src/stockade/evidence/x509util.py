@@ -40,7 +40,6 @@ from stockade.errors import MalformedEvidence, VerificationFailed
 #: as a traceback this way (issue 13). Every parse goes through these.
 PARSE_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
-    TypeError,
     x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
