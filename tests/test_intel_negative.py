@@ -286,7 +286,7 @@ def test_expired_tcb_signing_certificate() -> None:
 
 
 def test_garbage_tcb_signing_chain(case: Case) -> None:
-    with pytest.raises(MalformedEvidence, match="TCB signing chain: not a PEM certificate list"):
+    with pytest.raises(MalformedEvidence, match="TCB signing chain: not a valid PEM certificate list"):
         case.verify(collateral=replace(case.collateral, tcb_signing_chain=b"not pem"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import stat
@@ -17,11 +18,13 @@ from stockade.errors import StockadeError, UsageError, VerificationFailed, Workl
 from stockade.package import (
     SIGNED_PREFIX,
     Package,
+    Signature,
     VerifiedPackage,
     build,
     content_digest,
     key_id,
     sign,
+    signed_bytes,
     verify_signatures,
 )
 
@@ -270,8 +273,56 @@ def test_signature_covers_the_documented_bytes(app: Path) -> None:
     pkg = Package.from_bytes(sign(build(app), key, "author"))
     (s,) = pkg.signatures
     assert (s.alg, s.role, s.kid) == ("Ed25519", "author", key_id(key.public_key()))
-    key.public_key().verify(s.sig, b"stockade-package-signature/v1\x00" + pkg.digest)
-    assert SIGNED_PREFIX == b"stockade-package-signature/v1\x00"
+    key.public_key().verify(s.sig, b"stockade-package-signature/v2\x00author\x00" + pkg.digest)
+    assert SIGNED_PREFIX == b"stockade-package-signature/v2\x00"
+
+
+# --- the role is signed (issue 13 item 7) -------------------------------------------------
+
+
+def _swap_role(data: bytes) -> bytes:
+    """``data`` with its only signature's role changed and nothing else."""
+    return reencode(
+        data,
+        lambda t: t["signatures"][0].__setitem__(
+            "role", "reviewer" if t["signatures"][0]["role"] == "author" else "author"
+        ),
+    )
+
+
+@pytest.mark.parametrize("role", ["author", "reviewer"])
+def test_a_changed_role_breaks_the_signature(app: Path, role: str) -> None:
+    key = Ed25519PrivateKey.generate()
+    signed = sign(build(app), key, role)
+    assert verify_signatures(Package.from_bytes(signed), [key.public_key()]).signers[0].role == role
+    tampered = Package.from_bytes(_swap_role(signed))
+    assert tampered.digest == Package.from_bytes(signed).digest  # the role is outside the digest
+    other = "reviewer" if role == "author" else "author"
+    with pytest.raises(VerificationFailed, match=f"does not verify over role {other} and digest"):
+        verify_signatures(tampered, [key.public_key()])
+
+
+def test_a_v1_signature_is_refused_with_a_clear_message(app: Path) -> None:
+    """v1 signed the digest only; such a signature no longer counts, and the
+    message says why and what to do."""
+    key = Ed25519PrivateKey.generate()
+    pkg = Package.from_bytes(build(app))
+    old = Signature(
+        alg="Ed25519",
+        kid=key_id(key.public_key()),
+        role="author",
+        sig=key.sign(b"stockade-package-signature/v1\x00" + pkg.digest),
+    )
+    v1 = Package.from_bytes(dataclasses.replace(pkg, signatures=(old,)).to_bytes())
+    with pytest.raises(VerificationFailed) as info:
+        verify_signatures(v1, [key.public_key()])
+    assert "is a v1 signature, which does not sign the role; re-sign the package" in info.value.detail
+    assert "\n" not in info.value.detail
+
+
+def test_signed_bytes_refuses_an_unknown_role() -> None:
+    with pytest.raises(UsageError, match="role 'boss'"):
+        signed_bytes(bytes(32), "boss")
 
 
 def test_untrusted_signer_is_not_counted(app: Path) -> None:

@@ -115,6 +115,7 @@ def test_rows_follow_the_file_and_nest_by_depth() -> None:
     assert [(r.rule, r.depth) for r in rows] == [
         ("platforms", 0),
         ("allow_debug", 0),
+        ("allow_migration_agent", 0),
         ("snp", 0),
         ("snp.products", 1),
         ("snp.any_of", 1),

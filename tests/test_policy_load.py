@@ -158,7 +158,7 @@ def test_load_policy_from_a_file(tmp_path: Path) -> None:
     policy = load_policy(path)
     assert policy.name == "deploy" and policy.source == str(path)
     assert policy.platforms == ("snp", "tdx", "sgx")
-    section = policy.rules[2]
+    section = policy.rules[3]
     assert isinstance(section, OnPlatform) and section.rules[0].products == ("Milan", "Genoa")  # type: ignore[attr-defined]
     path.write_text(HEAD + "\n\n[snp]\nproducts = []\n")
     with pytest.raises(PolicyError, match=rf"^{path}:6: snp.products: empty allow list"):
@@ -181,8 +181,17 @@ def test_compiled_rules_keep_file_order_and_normalise_values() -> None:
         "p.toml",
     )
     kinds = [type(r).__name__ for r in policy.rules]
-    assert kinds == ["PlatformIn", "Debug", "MaxAge", "BytesIn", "OnPlatform", "AnyOf", "Not"]
-    age, measurements, tdx, any_of, negation = policy.rules[2:]
+    assert kinds == [
+        "PlatformIn",
+        "Debug",
+        "MigrationAgent",
+        "MaxAge",
+        "BytesIn",
+        "OnPlatform",
+        "AnyOf",
+        "Not",
+    ]
+    age, measurements, tdx, any_of, negation = policy.rules[3:]
     assert isinstance(age, MaxAge) and age.seconds == 5400
     assert isinstance(measurements, BytesIn) and measurements.values == (bytes.fromhex("ab" * 48),)
     assert isinstance(tdx, OnPlatform) and tdx.rules[0].values == ("00806f050000",)  # type: ignore[attr-defined]

@@ -128,7 +128,7 @@ def test_signed_by_trusted_key(hello: bytes, author: Ed25519PrivateKey) -> None:
     signer = rows(report, "provenance")[f"signer {sig.kid[:16]}…"]
     assert signer[0] is Status.INFO
     assert "author.pub" in signer[1]
-    assert "role is not signed" in signer[1]
+    assert "signed as author (the role is signed" in signer[1]
     # The digest is the unsigned package's: signatures are not part of it.
     assert report.digest == trust_report(hello).digest
 
@@ -184,6 +184,38 @@ def test_bad_signature_by_trusted_key(hello: bytes, author: Ed25519PrivateKey) -
     assert "does NOT verify" in detail
     assert rows(report, "provenance")[f"signer {kid}"][0] is Status.FAIL
     assert "does not verify" in str(report.error())
+
+
+def test_a_changed_role_is_an_integrity_failure(hello: bytes, author: Ed25519PrivateKey) -> None:
+    """The role is signed: relabelling an author's signature as a reviewer's
+    breaks it (issue 13 item 7)."""
+    top = cbor2.loads(sign(hello, author, "author"))
+    top["signatures"][0]["role"] = "reviewer"
+    data = bytes(cbor2.dumps(top, canonical=True))
+    report = trust_report(data, [TrustedKey("author.pub", author.public_key())])
+    assert report.outcome is Outcome.INTEGRITY_FAILED
+    (sig,) = report.signatures
+    status, detail = rows(report, "integrity")[f"signature {sig.kid[:16]}…"]
+    assert status is Status.FAIL and "does NOT verify over role reviewer" in detail
+    assert "does not verify over role reviewer and digest" in str(report.error())
+
+
+def test_a_v1_signature_is_an_integrity_failure_that_says_re_sign(
+    hello: bytes, author: Ed25519PrivateKey
+) -> None:
+    pkg = Package.from_bytes(hello)
+    old = Signature(
+        "Ed25519",
+        key_id(author.public_key()),
+        "author",
+        author.sign(b"stockade-package-signature/v1\x00" + pkg.digest),
+    )
+    data = dataclasses.replace(pkg, signatures=(old,)).to_bytes()
+    report = trust_report(data, [TrustedKey("author.pub", author.public_key())])
+    assert report.outcome is Outcome.INTEGRITY_FAILED
+    status, detail = rows(report, "integrity")[f"signature {old.kid[:16]}…"]
+    assert status is Status.FAIL and "v1 signature, which does not sign the role" in detail
+    assert "re-sign the package" in str(report.error())
 
 
 def test_bad_signature_among_valid_ones_still_fails(hello: bytes, author: Ed25519PrivateKey) -> None:

@@ -577,4 +577,29 @@ def test_cli_flipped_module_byte_breaks_the_signature(stockade, tmp_path: Path, 
     )
     proc = stockade("run", "--allow-sim", "--signer", str(pub), str(bad))
     assert proc.returncode == 110
-    assert b"does not verify over digest" in proc.stderr
+    assert b"does not verify over role author and digest" in proc.stderr
+
+
+# --- the signer role in the event log is signed (issue 13 item 7) -------------------------
+
+
+def _load_with_signer(data: bytes, key: Ed25519PrivateKey) -> Any:
+    from stockade.keep.loading import load
+    from stockade.wire.messages import Load
+
+    expect = Expect(signers=(raw_public_key(key.public_key()),), min_signatures=1)
+    return load(Load(data, Config(), bytes(32), expect), None)
+
+
+@pytest.mark.parametrize("role", ["author", "reviewer"])
+def test_the_keep_logs_the_signed_role_and_refuses_a_changed_one(role: str) -> None:
+    key = Ed25519PrivateKey.generate()
+    signed = sign(make_package(HELLO, "hello"), key, role)
+    loaded = _load_with_signer(signed, key)
+    (signer,) = [e for e in loaded.log.events if e.kind == "signer"]
+    assert (signer.name, signer.digest) == (role, hashlib.sha256(raw_public_key(key.public_key())).digest())
+    top = cbor2.loads(signed)
+    top["signatures"][0]["role"] = "reviewer" if role == "author" else "author"
+    tampered = bytes(cbor2.dumps(top, canonical=True))
+    with pytest.raises(VerificationFailed, match="does not verify over role"):
+        _load_with_signer(tampered, key)

@@ -43,7 +43,7 @@ class WorkloadIdentity:
     package_digest: bytes
     register: bytes
     events: tuple[Event, ...]
-    signers: tuple[tuple[str, str], ...]  # (role, kid hex) verified by the Keep
+    signers: tuple[tuple[str, str], ...]  # (signed role, kid hex) verified by the Keep
     claims: VerifiedClaims
     checks: tuple[str, ...]
 

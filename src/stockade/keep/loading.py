@@ -4,10 +4,14 @@ The Keep trusts nothing about the package bytes it receives: they may come
 from the client inside the attested channel, or be *staged* by the host
 (untrusted), in which case a hostile host may have swapped them. Loading:
 
-1. parses the package strictly and recomputes its content digest
+1. trusted boot: if the load request pins digests, computes the content
+   digest from the raw bytes *before parsing them*
+   (stockade.package.prehash: item headers only, nothing decoded) and
+   refuses any other digest, or bytes without the layout of a package;
+2. parses the package strictly and recomputes its content digest
    (stockade.package.format: a flipped byte, a dropped, added or reordered
-   file, a manifest naming another entry are refused);
-2. trusted boot: if the load request pins digests, refuses any other;
+   file, a manifest naming another entry are refused); with pinned digests
+   it must equal the one computed in step 1;
 3. if the load request names trusted signers, verifies their signatures
    over the digest and requires ``min_signatures`` of them;
 4. measures into the event log, in this order: the runtime, the package
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from stockade import __version__
 from stockade.errors import WorkloadRejected
 from stockade.package.format import Package
+from stockade.package.prehash import Unhashable, content_digest
 from stockade.package.signing import verify_signatures
 from stockade.wire.eventlog import MAX_EVENTS, EventLog
 from stockade.wire.messages import FileEntry, Load, Workload
@@ -53,33 +59,62 @@ class Loaded:
 
 
 def read_staged(scratch: Path | None) -> bytes:
+    """The staged package, refused unread when the file is larger than
+    MAX_STAGED. Read once, into memory: the host could change the file
+    between two reads, so the bytes that are hashed (check_pinned) are the
+    bytes that are parsed."""
     if scratch is None:
         raise WorkloadRejected("the client asked for a staged package, but this Keep has no staging area")
     path = scratch / STAGED_NAME
+    too_large = WorkloadRejected(f"the staged package is larger than {MAX_STAGED} bytes")
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_STAGED + 1)
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_STAGED:
+                raise too_large
+            data = f.read(size + 1)
+            if len(data) > size:  # the file grew since fstat: the rest, bounded
+                data += f.read(MAX_STAGED + 1 - len(data))
+            if len(data) > MAX_STAGED:
+                raise too_large
     except FileNotFoundError:
         raise WorkloadRejected("the client asked for a staged package, but the host staged none") from None
     except OSError as exc:
         raise WorkloadRejected(f"the staged package cannot be read ({exc.strerror})") from None
-    if len(data) > MAX_STAGED:
-        raise WorkloadRejected(f"the staged package is larger than {MAX_STAGED} bytes")
     return data
+
+
+def check_pinned(data: bytes, digests: tuple[bytes, ...], origin: str) -> bytes:
+    """Trusted boot, before any parsing: the content digest of ``data``
+    (stockade.package.prehash) must be one of ``digests``; returns it."""
+    try:
+        digest = content_digest(data)
+    except Unhashable as exc:
+        raise WorkloadRejected(
+            f"trusted boot: the package {origin} has none of the {len(digests)} pinned digest(s): "
+            f"it is not laid out as a package ({exc.reason}); refusing it without parsing it"
+        ) from None
+    if digest not in digests:
+        raise WorkloadRejected(
+            f"trusted boot: the package {origin} has digest {digest.hex()}, "
+            f"which is not among the {len(digests)} pinned digest(s); refusing to run it"
+        )
+    return digest
 
 
 def load(request: Load, scratch: Path | None) -> Loaded:
     data = request.package if request.package is not None else read_staged(scratch)
     origin = "staged by the host" if request.staged else "sent by the client"
+    expect = request.expect
+    pinned = check_pinned(data, expect.digests, origin) if expect.digests else None
     try:
         package = Package.from_bytes(data)
     except WorkloadRejected as exc:
         raise WorkloadRejected(f"package {origin}: {exc.detail}") from None
-    expect = request.expect
-    if expect.digests and package.digest not in expect.digests:
+    if pinned is not None and package.digest != pinned:  # the strict parse makes them equal
         raise WorkloadRejected(
-            f"trusted boot: the package {origin} has digest {package.digest.hex()}, "
-            f"which is not among the {len(expect.digests)} pinned digest(s); refusing to run it"
+            f"trusted boot: the package {origin} parsed to digest {package.digest.hex()}, not the "
+            f"pinned {pinned.hex()} computed from its bytes; refusing to run it"
         )
     # runtime, package, signers, entry, files, config: all must fit the log.
     if 3 + len(expect.signers) + len(package.files) > MAX_EVENTS:
@@ -122,4 +157,4 @@ def load(request: Load, scratch: Path | None) -> Loaded:
     return Loaded(workload=workload, log=log, package=package)
 
 
-__all__ = ["STAGED_NAME", "Loaded", "load", "read_staged", "runtime_name"]
+__all__ = ["STAGED_NAME", "Loaded", "check_pinned", "load", "read_staged", "runtime_name"]

@@ -1,10 +1,15 @@
-"""Detached Ed25519 signatures over a package's content digest.
+"""Detached Ed25519 signatures over a package's content digest and the
+signer's role.
 
-The signed bytes are exactly ``SIGNED_PREFIX + digest`` (the ASCII label,
-one zero byte, then the 32-byte SHA-256 content digest); docs/package.md.
-The ``role`` label of a signature is *not* signed: it says what the signer
-claims to be, and a verifier that cares about roles must bind them to keys
-in its own trust configuration.
+The signed bytes are exactly ``SIGNED_PREFIX + role + b"\0" + digest``:
+the ASCII label ``stockade-package-signature/v2``, one zero byte, the role
+(``author`` or ``reviewer``, ASCII, never containing a zero byte), one zero
+byte, then the 32-byte SHA-256 content digest; docs/package.md. The role is
+signed (since v2, issue 13): it is what the key holder says it signed as,
+and nobody else can change it, so the Keep's event log and the deploy
+summary may show it as attested. Whether a key *may* sign as a reviewer is
+still the verifier's trust configuration. A v1 signature (the role outside
+the signed bytes) is refused with a message saying to re-sign.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from stockade.errors import UsageError, VerificationFailed
 from stockade.package.format import ROLES, SIG_ALG, Package, Signature
 
-SIGNED_PREFIX = b"stockade-package-signature/v1\x00"
+SIGNED_PREFIX = b"stockade-package-signature/v2\x00"
+#: The v1 label: signatures over the digest only, the role outside them.
+#: Only recognised, to say why such a signature is refused.
+LEGACY_V1_PREFIX = b"stockade-package-signature/v1\x00"
 
 
 class SignatureRejected(VerificationFailed):
@@ -36,8 +44,31 @@ class SignatureRejected(VerificationFailed):
 _VERIFIED = object()
 
 
-def signed_bytes(digest: bytes) -> bytes:
-    return SIGNED_PREFIX + digest
+def signed_bytes(digest: bytes, role: str) -> bytes:
+    """What a signature entry with ``role`` signs for a package of content
+    digest ``digest``."""
+    if role not in ROLES:
+        raise UsageError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    return SIGNED_PREFIX + role.encode("ascii") + b"\x00" + digest
+
+
+def is_legacy_v1(public_key: Ed25519PublicKey, sig: Signature, digest: bytes) -> bool:
+    """True if ``sig`` is a valid v1 signature (digest only, role unsigned)."""
+    try:
+        public_key.verify(sig.sig, LEGACY_V1_PREFIX + digest)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def rejection_reason(public_key: Ed25519PublicKey, sig: Signature, digest: bytes) -> str:
+    """Why a trusted key's signature entry does not verify, in words."""
+    if is_legacy_v1(public_key, sig, digest):
+        return (
+            "is a v1 signature, which does not sign the role; re-sign the package with this "
+            "version of stockade (stockade package sign)"
+        )
+    return f"does not verify over role {sig.role} and digest {digest.hex()}"
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -60,13 +91,15 @@ def sign(package_bytes: bytes, private_key: Ed25519PrivateKey, role: str = "auth
         raise UsageError(f"role {role!r} is not one of {', '.join(ROLES)}")
     pkg = Package.from_bytes(package_bytes)
     kid = key_id(private_key.public_key())
-    new = Signature(alg=SIG_ALG, kid=kid, role=role, sig=private_key.sign(signed_bytes(pkg.digest)))
+    new = Signature(alg=SIG_ALG, kid=kid, role=role, sig=private_key.sign(signed_bytes(pkg.digest, role)))
     others = tuple(s for s in pkg.signatures if s.kid != kid)
     return dataclasses.replace(pkg, signatures=(*others, new)).to_bytes()
 
 
 @dataclass(frozen=True)
 class Signer:
+    """A trusted key whose signature verified, and the role it signed."""
+
     kid: str
     role: str
 
@@ -101,18 +134,17 @@ def verify_signatures(
     trusted = {key_id(k): k for k in trusted_public_keys}
     signers: list[Signer] = []
     untrusted: list[str] = []
-    message = signed_bytes(package.digest)
     for sig in package.signatures:
         key = trusted.get(sig.kid)
         if key is None:
             untrusted.append(sig.kid)
             continue
         try:
-            key.verify(sig.sig, message)
+            key.verify(sig.sig, signed_bytes(package.digest, sig.role))
         except InvalidSignature:
             raise SignatureRejected(
-                f"package: signature by trusted key {sig.kid[:16]}… ({sig.role}) does not verify "
-                f"over digest {package.digest.hex()}"
+                f"package: signature by trusted key {sig.kid[:16]}… ({sig.role}) "
+                f"{rejection_reason(key, sig, package.digest)}"
             ) from None
         signers.append(Signer(kid=sig.kid, role=sig.role))
     if len(signers) < required:

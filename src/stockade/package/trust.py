@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from stockade.errors import StockadeError, VerificationFailed, WorkloadRejected
 from stockade.package.format import Package, build
-from stockade.package.signing import key_id, signed_bytes
+from stockade.package.signing import is_legacy_v1, key_id, signed_bytes
 
 SCHEMA = "stockade-trust/v1"
 AREAS = ("build", "integrity", "provenance", "not_knowable_offline")
@@ -326,7 +326,6 @@ def _integrity_checks(
         ),
     ]
     by_kid = {t.kid: t for t in trusted}
-    message = signed_bytes(pkg.digest)
     sigs: list[SignatureCheck] = []
     failure: str | None = None
     for s in pkg.signatures:
@@ -339,27 +338,29 @@ def _integrity_checks(
                     "integrity",
                     name,
                     Status.UNKNOWN,
-                    f"claims role {s.role}; its key (kid {s.kid}) is not among the trusted keys given "
-                    "with --signer, so it cannot be checked.",
+                    f"role {s.role}; its key (kid {s.kid}) is not among the trusted keys given "
+                    "with --signer, so its signature and role cannot be checked.",
                 )
             )
             continue
         try:
-            t.key.verify(s.sig, message)
+            t.key.verify(s.sig, signed_bytes(pkg.digest, s.role))
         except InvalidSignature:
+            legacy = is_legacy_v1(t.key, s, pkg.digest)
             sigs.append(SignatureCheck(s.kid, s.role, False, True, t.label))
-            rows.append(
-                Check(
-                    "integrity",
-                    name,
-                    Status.FAIL,
-                    f"does NOT verify over the digest, though its key {t.label} is trusted "
-                    f"(claimed role {s.role}).",
-                )
+            why = (
+                "is a v1 signature, which does not sign the role: re-sign the package"
+                if legacy
+                else f"does NOT verify over role {s.role} and the digest"
             )
+            rows.append(Check("integrity", name, Status.FAIL, f"{why}, though its key {t.label} is trusted."))
             failure = failure or (
-                f"package: signature by trusted key {t.label} ({_short(s.kid)}) does not verify over "
-                f"digest {pkg.digest.hex()}"
+                f"package: signature by trusted key {t.label} ({_short(s.kid)}) "
+                + (
+                    "is a v1 signature, which does not sign the role; re-sign the package"
+                    if legacy
+                    else f"does not verify over role {s.role} and digest {pkg.digest.hex()}"
+                )
             )
             continue
         sigs.append(SignatureCheck(s.kid, s.role, True, True, t.label))
@@ -368,7 +369,7 @@ def _integrity_checks(
                 "integrity",
                 name,
                 Status.PASS,
-                f"valid over the digest, by trusted key {t.label} (claimed role {s.role}).",
+                f"valid over the digest and role {s.role}, by trusted key {t.label}.",
             )
         )
     valid = sum(1 for s in sigs if s.valid)
@@ -446,7 +447,10 @@ def _provenance_checks(pkg: Package, sigs: Sequence[SignatureCheck]) -> list[Che
         rows.append(Check("provenance", "signers", Status.UNKNOWN, "no signer: the package is unsigned."))
     for s in sigs:
         if s.valid:
-            who = f"key {s.key} (kid {s.kid}) signed; it claims role {s.role}, and the role is not signed."
+            who = (
+                f"key {s.key} (kid {s.kid}) signed as {s.role} (the role is signed; whether this key "
+                "may act in that role is your trust configuration's call)."
+            )
             rows.append(Check("provenance", f"signer {_short(s.kid)}", Status.INFO, who))
         elif s.valid is False:
             rows.append(
@@ -464,7 +468,7 @@ def _provenance_checks(pkg: Package, sigs: Sequence[SignatureCheck]) -> list[Che
                     "provenance",
                     f"signer {_short(s.kid)}",
                     Status.UNKNOWN,
-                    f"kid {s.kid}, claiming role {s.role}: who holds this key is not known here.",
+                    f"kid {s.kid}, role {s.role} (unchecked): who holds this key is not known here.",
                 )
             )
     return rows

@@ -4,7 +4,8 @@ what is enforced).
 
 - :func:`default_policy`: what ``stockade run`` enforces without
   ``--policy``: real hardware only (snp, tdx, sgx), never sim, never debug,
-  and, when the client knows it, the expected Keep measurement.
+  no SEV-SNP migration agent, and, when the client knows it, the expected
+  Keep measurement.
 - :func:`development_policy`: the equivalent of ``--allow-sim``: the same,
   plus sim, with the measurement pinned (to this installation's Keep
   runtime, ``stockade.wire.launch.keep_measurement()``, in ``stockade run``).
@@ -24,7 +25,9 @@ DEVELOPMENT_NAME = "built-in development (--allow-sim)"
 def default_policy_toml(measurement: bytes | None = None) -> str:
     lines = [
         "# stockade's built-in default policy (used when no --policy is given).",
-        "# Debugging is refused because allow_debug is not set.",
+        "# Debugging is refused because allow_debug is not set; an SEV-SNP guest policy",
+        "# that allows a migration agent (bit 18, MIGRATE_MA) is refused because",
+        "# allow_migration_agent is not set.",
         "version = 1",
         f'name = "{DEFAULT_NAME}"',
         'platforms = ["snp", "tdx", "sgx"]   # never sim: it gives no hardware protection',
@@ -39,7 +42,8 @@ def development_policy_toml(measurement: bytes) -> str:
         "\n".join(
             [
                 "# stockade's built-in development policy (stockade run --allow-sim).",
-                "# sim gives NO hardware protection. Debugging is refused.",
+                "# sim gives NO hardware protection. Debugging and a migration agent",
+                "# (SEV-SNP guest policy bit 18, MIGRATE_MA) are refused.",
                 "version = 1",
                 f'name = "{DEVELOPMENT_NAME}"',
                 'platforms = ["snp", "tdx", "sgx", "sim"]',

@@ -19,6 +19,7 @@ from stockade.policy.rules import (
     BytesIn,
     Context,
     Debug,
+    MigrationAgent,
     Not,
     PlatformIn,
     RegisterIn,
@@ -55,14 +56,16 @@ class Policy:
     """A deployment trust policy: an all-of over ``rules``.
 
     Build one from TOML with :func:`stockade.policy.load_policy`, or in
-    Python with :meth:`Policy.of`. ``platforms`` and ``allow_debug`` repeat
-    what the first two rules check, for hints and tools.
+    Python with :meth:`Policy.of`. ``platforms``, ``allow_debug`` and
+    ``allow_migration_agent`` repeat what the first three rules check, for
+    hints and tools.
     """
 
     name: str
     rules: tuple[Rule, ...]
     platforms: tuple[str, ...]
     allow_debug: bool = False
+    allow_migration_agent: bool = False
     source: str = "<python>"
     digest: str = ""
     builtin: bool = False
@@ -75,19 +78,28 @@ class Policy:
         platforms: tuple[str, ...],
         *rules: Rule,
         allow_debug: bool = False,
+        allow_migration_agent: bool = False,
     ) -> Policy:
-        """A policy with the two rules every policy has (platforms, debug)
-        followed by ``rules``."""
+        """A policy with the three rules every policy has (platforms, debug,
+        migration agent) followed by ``rules``."""
         unknown = [p for p in platforms if p not in PLATFORMS]
         if unknown or not platforms:
             raise ValueError(f"platforms must be a non-empty subset of {PLATFORMS}, got {platforms}")
         base: tuple[Rule, ...] = (
             PlatformIn("platforms", platforms),
             Debug("allow_debug", allowed=allow_debug),
+            MigrationAgent("allow_migration_agent", allowed=allow_migration_agent),
         )
         all_rules = base + rules
         digest = hashlib.sha256(repr((name, all_rules)).encode()).hexdigest()
-        return cls(name=name, rules=all_rules, platforms=platforms, allow_debug=allow_debug, digest=digest)
+        return cls(
+            name=name,
+            rules=all_rules,
+            platforms=platforms,
+            allow_debug=allow_debug,
+            allow_migration_agent=allow_migration_agent,
+            digest=digest,
+        )
 
     @property
     def policy_id(self) -> str:

@@ -10,8 +10,9 @@ code 2) naming the file, the line and the key, e.g.::
     (allowed here: bootloader, tee, snp, microcode, fmc)
 
 Compilation keeps the file's order; the rules every policy has come first:
-``platforms`` (required) and ``allow_debug`` (default false: debugging is
-refused).
+``platforms`` (required), ``allow_debug`` (default false: debugging is
+refused) and ``allow_migration_agent`` (default false: an SEV-SNP guest
+policy that allows a migration agent is refused).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from stockade.policy.rules import (
     FmspcIn,
     GuestPolicyFlag,
     MaxAge,
+    MigrationAgent,
     MinFirmware,
     MinTcb,
     Not,
@@ -84,7 +86,7 @@ SGX_REGISTERS = ("mrenclave", "mrsigner")
 REGISTER_SIZES = {**dict.fromkeys(TDX_REGISTERS, 48), **dict.fromkeys(SGX_REGISTERS, 32)}
 
 _COMBINATORS = ("all_of", "any_of", "not")
-_TOP_ONLY = ("version", "name", "description", "allow_debug", "workload")
+_TOP_ONLY = ("version", "name", "description", "allow_debug", "allow_migration_agent", "workload")
 _WORKLOAD_KEYS = ("signers", "min_signatures", "digests")
 _GENERIC = ("platforms", "measurements", "max_age", *PLATFORMS, *_COMBINATORS)
 _SNP_KEYS = (
@@ -344,9 +346,15 @@ class _Loader:
         if "description" in doc and not isinstance(doc["description"], str):
             self.wrong_type(("description",), "a string", doc["description"])
         allow_debug = self.boolean(doc["allow_debug"], ("allow_debug",)) if "allow_debug" in doc else False
+        allow_ma = (
+            self.boolean(doc["allow_migration_agent"], ("allow_migration_agent",))
+            if "allow_migration_agent" in doc
+            else False
+        )
         rules: tuple[Rule, ...] = (
             PlatformIn("platforms", self.platforms),
             Debug("allow_debug", allowed=allow_debug),
+            MigrationAgent("allow_migration_agent", allowed=allow_ma),
             *self.compile(doc, (), "top"),
         )
         return Policy(
@@ -354,6 +362,7 @@ class _Loader:
             rules=rules,
             platforms=self.platforms,
             allow_debug=allow_debug,
+            allow_migration_agent=allow_ma,
             source=self.source,
             digest=hashlib.sha256(self.text.encode()).hexdigest(),
             workload=self.workload(doc["workload"]) if "workload" in doc else None,

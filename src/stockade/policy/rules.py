@@ -212,6 +212,49 @@ class Debug(Check):
         return _verdict(self.allowed or not claims.debug), actual
 
 
+#: Platforms whose evidence carries the SEV-SNP guest policy (sim is SNP-shaped).
+MIGRATION_AGENT_PLATFORMS = ("snp", "sim")
+
+
+@dataclass(frozen=True)
+class MigrationAgent(Check):
+    """SEV-SNP guest policy bit 18, MIGRATE_MA, must be clear unless
+    ``allowed`` (allow_migration_agent = true).
+
+    AMD SEV Secure Nested Paging Firmware ABI Specification (pub. 56860),
+    "Guest Policy" structure: MIGRATE_MA, bit 18, "0: Association with a
+    migration agent is disallowed. 1: Association with a migration agent is
+    allowed." A migration agent is another guest that the firmware lets
+    handle this guest's migration, that is export its memory and state (the
+    spec's live-migration chapter): a Keep whose launch policy allows one has
+    its memory readable by code that this report does not measure. The
+    guest policy is fixed at launch and signed in the report, so the bit is
+    as trustworthy as the report. Other platforms have no such bit in their
+    claims (TDX's MIGRATABLE TD attribute: ``[tdx] td_attributes``): n/a."""
+
+    rule: str
+    allowed: bool = False
+    category = "configuration"
+    failure_value = UNSAFE_CONFIG
+
+    def expected(self) -> str:
+        if self.allowed:
+            return "any (allow_migration_agent = true)"
+        return "no migration agent (allow_migration_agent = false)"
+
+    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+        if claims.platform not in MIGRATION_AGENT_PLATFORMS:
+            return Verdict.NA, f"{claims.platform} evidence: no SEV-SNP guest policy"
+        flags = dict(claims.policy_flags)
+        if "migrate_ma" not in flags:
+            return Verdict.FAIL, "absent (the claims carry no guest policy flag migrate_ma)"
+        if flags["migrate_ma"]:
+            actual = "guest policy bit 18 (MIGRATE_MA) set: a migration agent may export the Keep's memory"
+        else:
+            actual = "guest policy bit 18 (MIGRATE_MA) clear: no migration agent"
+        return _verdict(self.allowed or not flags["migrate_ma"]), actual
+
+
 @dataclass(frozen=True)
 class ProductIn(Check):
     """claims.product is (``deny`` False) or is not (``deny`` True) one of

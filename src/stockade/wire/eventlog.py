@@ -20,7 +20,7 @@ Event kinds (docs/package.md, "Workload identity"):
 
 ``runtime``  name: the Keep runtime and engine versions; digest: SHA-256 of the name
 ``package``  name: "<manifest name> <version>"; digest: the package content digest
-``signer``   name: the signature role; digest: the key id (SHA-256 of the raw key)
+``signer``   name: the signature role (signed with the digest); digest: the key id (SHA-256 of the raw key)
 ``entry``    name: the entry module's path; digest: SHA-256 of the module
 ``file``     name: a packaged file's path; digest: SHA-256 of its bytes
 ``config``   name: "deploy"; digest: SHA-256 of the deterministic CBOR of the

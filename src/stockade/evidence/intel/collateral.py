@@ -41,6 +41,7 @@ from stockade.errors import CollateralUnavailable, MalformedEvidence
 from stockade.evidence.intel.abi import HEADER_SIZE, INTEL_QE_VENDOR_ID, Quote, TeeType
 from stockade.evidence.intel.tcbinfo import parse_enclave_identity, parse_tcb_info, split_signed_body
 from stockade.evidence.intel.verify import Collateral, VerifiedQuote, verify_quote
+from stockade.evidence.x509util import load_crl, load_pem_chain
 
 FILES = {
     "tcb_info": "tcb_info.json",
@@ -163,9 +164,9 @@ def _chain_header(headers: Any, names: tuple[str, ...], url: str) -> bytes:
         if value:
             pem = urllib.parse.unquote(value).encode("ascii", "replace")
             try:
-                if x509.load_pem_x509_certificates(pem):
+                if load_pem_chain(pem, f"the {name} header"):
                     return pem
-            except ValueError:
+            except MalformedEvidence:
                 pass
             raise CollateralUnavailable(f"{url}: the {name} header is not a PEM certificate chain")
     raise CollateralUnavailable(f"{url}: response lacks the {names[0]} header")
@@ -178,11 +179,7 @@ def _next_update_json(body: bytes, name: str) -> datetime:
 
 
 def _next_update_crl(der: bytes) -> datetime:
-    try:
-        crl = x509.load_der_x509_crl(der)
-        next_update = crl.next_update_utc
-    except ValueError as exc:
-        raise MalformedEvidence(f"not a DER CRL ({exc})") from None
+    next_update = load_crl(der, "CRL").next_update_utc
     if next_update is None:
         raise MalformedEvidence("CRL has no nextUpdate")
     return next_update

@@ -78,7 +78,7 @@ from stockade.evidence.intel.tcbinfo import (
 )
 from stockade.evidence.sgx.abi import EnclaveReport
 from stockade.evidence.tdx.abi import TdReport
-from stockade.evidence.x509util import check_validity, load_der
+from stockade.evidence.x509util import check_validity, load_crl, load_der, load_pem_chain
 
 CN = x509.NameOID.COMMON_NAME
 ROOT_CN = "Intel SGX Root CA"
@@ -238,19 +238,11 @@ class _Crl:
 @functools.lru_cache(maxsize=64)
 def _crl(data: bytes, issuer_der: bytes, what: str) -> _Crl:
     """Parse ``data`` (DER or PEM) and check its issuer and signature."""
-    try:
-        crl = (
-            x509.load_pem_x509_crl(data)
-            if data.lstrip().startswith(b"-----BEGIN")
-            else x509.load_der_x509_crl(data)
-        )
-        revoked = frozenset(entry.serial_number for entry in crl)
-        next_update = crl.next_update_utc
-        this_update = crl.last_update_utc
-        algorithm = crl.signature_algorithm_oid
-        _ = crl.extensions
-    except ValueError as exc:
-        raise MalformedEvidence(f"{what}: not a valid CRL ({exc})") from None
+    crl = load_crl(data, what)
+    revoked = frozenset(entry.serial_number for entry in crl)
+    next_update = crl.next_update_utc
+    this_update = crl.last_update_utc
+    algorithm = crl.signature_algorithm_oid
     issuer = _cert(issuer_der, f"issuer of {what}")
     if crl.issuer != issuer.subject:
         raise VerificationFailed(
@@ -437,10 +429,7 @@ def _check_revocation(
 def _tcb_signer_der(chain_pem: bytes, root_der: bytes) -> bytes:
     """The TCB Signing certificate of ``chain_pem`` after its structure, CN
     and signature checks (everything but time, which the caller checks)."""
-    try:
-        certs = x509.load_pem_x509_certificates(chain_pem)
-    except ValueError as exc:
-        raise MalformedEvidence(f"TCB signing chain: not a PEM certificate list ({exc})") from None
+    certs = load_pem_chain(chain_pem, "TCB signing chain")
     ders = [c.public_bytes(Encoding.DER) for c in certs]
     if not 1 <= len(ders) <= 2 or (len(ders) == 2 and ders[1] != root_der):
         raise VerificationFailed(

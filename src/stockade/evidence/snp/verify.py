@@ -39,7 +39,7 @@ from datetime import datetime
 from importlib import resources
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -50,6 +50,7 @@ from stockade.evidence.claims import _VERIFIED, VerifiedClaims
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey
 from stockade.evidence.snp.certs import EndorsementExtensions, read_extensions
 from stockade.evidence.x509util import (
+    PARSE_ERRORS,
     check_validity,
     check_window,
     der_of,
@@ -143,13 +144,7 @@ _KNOWN_CRL_EXTENSIONS = {
     x509.oid.ExtensionOID.ISSUING_DISTRIBUTION_POINT,
 }
 #: What pyca raises, eagerly or on first access, for a CRL that does not parse.
-CRL_PARSE_ERRORS = (
-    ValueError,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-    UnsupportedAlgorithm,
-)
+CRL_PARSE_ERRORS = PARSE_ERRORS
 
 
 @dataclass(frozen=True)
