@@ -159,7 +159,9 @@ def _deploy(connection: _Connection, opts: RunOptions) -> None:
     from stockade.wire.launch import keep_measurement
 
     prepared = prepare(opts)
-    limits = prepared.limits_map()
+    # The manager records the limits it knows (its API predates disk_bytes,
+    # which the Keep alone enforces from the attested load request).
+    limits = {k: v for k, v in prepared.limits_map().items() if k != "disk_bytes"}
     with connection.client() as client:
         sim_root = None
         extra: tuple[str, ...] = ()

@@ -25,6 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch", type=Path)
     args = parser.parse_args(argv)
 
+    # First, while the process has one thread: the private tmpfs for the
+    # workload's files and secrets (stockade.keep.sandbox), and a shared
+    # lock on the scratch directory so that no sweep of stale scratch
+    # removes it while this Keep lives (stockade.host.loader).
+    from stockade.keep import sandbox as _sandbox
+
+    if args.scratch is not None:
+        lock_scratch(args.scratch)
+    box = _sandbox.enter(args.scratch)
+    print(f"keep[{os.getpid()}]: workload disk: {box.mode}", file=sys.stderr, flush=True)
+
     from stockade.keep.runner import make_engine
     from stockade.keep.session import serve, warm_engine
 
@@ -34,7 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     from stockade.evidence.sim.attester import SimAttester
 
     attester = SimAttester(socket.socket(fileno=args.psp_fd))
-    return serve(socket.socket(fileno=args.conn_fd), attester, engine, args.scratch)
+    return serve(socket.socket(fileno=args.conn_fd), attester, engine, args.scratch, box)
+
+
+def lock_scratch(scratch: Path) -> None:
+    """Hold a shared flock on the scratch directory for the life of the
+    process (the descriptor is never closed; it closes when the Keep ends)."""
+    import fcntl
+
+    try:
+        fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError as exc:
+        print(f"keep[{os.getpid()}]: cannot lock the scratch directory ({exc.strerror})", file=sys.stderr)
 
 
 if __name__ == "__main__":

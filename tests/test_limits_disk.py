@@ -1,0 +1,173 @@
+"""The disk limit (issue 13 item 3) and the whole-workload memory limits
+(item 2) below the CLI: the manifest default, the ``--disk`` flag, the
+engine's disabled features, and the Keep's fallback when it cannot make a
+private tmpfs (run in a subprocess: the fallback lowers RLIMIT_FSIZE)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stockade.commands._run import DEFAULT_LIMITS, RunOptions, prepare
+from stockade.errors import UsageError, WorkloadRejected
+from stockade.keep.runner import MAX_TABLES, compile_error, make_engine, table_elements_for
+from stockade.package.manifest import Manifest, ManifestError
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "hello" / "hello.wasm"
+
+
+def options(wasm: Path, **kw: object) -> RunOptions:
+    base: dict[str, object] = {
+        "wasm": wasm,
+        "args": (),
+        "backend": "sim",
+        "allow_sim": True,
+        "policy": None,
+        "env": (),
+        "stdin": None,
+        "files": (),
+        "secret_refs": (),
+        "timeout": None,
+        "memory": None,
+        "max_output": None,
+        "disk": None,
+        "expect_measurement": None,
+        "signers": (),
+        "min_signatures": None,
+        "expect_digests": (),
+        "as_json": False,
+        "quiet": True,
+        "state_dir": None,
+    }
+    base.update(kw)
+    return RunOptions(**base)  # type: ignore[arg-type]
+
+
+def test_default_disk_limit() -> None:
+    assert prepare(options(HELLO)).limits.disk_bytes == DEFAULT_LIMITS["disk_bytes"] == 256 << 20
+
+
+def test_disk_flag() -> None:
+    assert prepare(options(HELLO, disk="8M")).limits.disk_bytes == 8 << 20
+
+
+@pytest.mark.parametrize("value", ["0", "-1M", "lots"])
+def test_bad_disk_flag(value: str) -> None:
+    with pytest.raises(UsageError, match="--disk"):
+        prepare(options(HELLO, disk=value))
+
+
+def test_manifest_disk_limit_and_flag_override(tmp_path: Path) -> None:
+    from stockade.package.format import build
+
+    app = tmp_path / "app"
+    (app / "bin").mkdir(parents=True)
+    (app / "bin" / "hello.wasm").write_bytes(HELLO.read_bytes())
+    (app / "Stockade.toml").write_text(
+        'name = "hello"\nversion = "1.0.0"\nentry = "bin/hello.wasm"\n\n[limits]\ndisk_bytes = 4194304\n'
+    )
+    pkg = tmp_path / "hello.stockade"
+    pkg.write_bytes(build(app))
+    assert prepare(options(pkg)).limits.disk_bytes == 4 << 20
+    assert prepare(options(pkg, disk="1M")).limits.disk_bytes == 1 << 20
+
+
+def test_manifest_disk_limit_must_be_positive() -> None:
+    doc = {"name": "x", "version": "1", "entry": "a.wasm", "limits": {"disk_bytes": 0}}
+    with pytest.raises(ManifestError, match="disk_bytes"):
+        Manifest.from_map(doc)
+
+
+def test_table_budget_is_a_quarter_of_the_memory_limit() -> None:
+    assert table_elements_for(1 << 20) == 10_000  # the floor
+    assert MAX_TABLES * table_elements_for(256 << 20) * 8 == (256 << 20) // 4
+
+
+@pytest.mark.parametrize(
+    ("wat", "feature"),
+    [
+        ('(module (memory 1) (memory 1) (func (export "_start")))', "multi-memory"),
+        ('(module (memory i64 1) (func (export "_start")))', "memory64"),
+        ('(module (memory 1 1 shared) (func (export "_start")))', "threads"),
+        ('(module (table 1 externref) (func (export "_start")))', "GC"),
+    ],
+)
+def test_engine_refuses_features_by_name(wat: str, feature: str) -> None:
+    import wasmtime
+
+    with pytest.raises(wasmtime.WasmtimeError) as info:
+        wasmtime.Module(make_engine(), wasmtime.wat2wasm(wat))
+    err = compile_error(info.value)
+    assert isinstance(err, WorkloadRejected)
+    assert f"uses the WebAssembly {feature}" in err.detail
+
+
+def test_engine_still_compiles_the_examples() -> None:
+    import wasmtime
+
+    engine = make_engine()
+    for path in sorted((ROOT / "examples").glob("*/*.wasm")):
+        wasmtime.Module(engine, path.read_bytes())
+
+
+FALLBACK = textwrap.dedent(
+    """
+    import ctypes, sys, wasmtime
+    from pathlib import Path
+    from stockade.errors import LimitExceeded
+    from stockade.keep import sandbox
+    from stockade.keep.runner import Runner, make_engine
+    from stockade.wire.messages import FileEntry, Limits, Workload
+
+    class NoNamespaces:  # a kernel that refuses unshare (EPERM)
+        def unshare(self, flags):
+            ctypes.set_errno(1)
+            return -1
+
+    sandbox._libc = NoNamespaces
+    scratch = Path(sys.argv[1])
+    box = sandbox.enter(scratch)
+    print("mode", box.private, box.reason)
+    wasm = wasmtime.wat2wasm(Path(sys.argv[2]).read_text())
+    work = Workload(
+        wasm=wasm,
+        files=(FileEntry("/", None),),
+        limits=Limits(disk_bytes=4 << 20, timeout_ms=20000),
+        secrets=(("token", b"CANARY-FALLBACK"),),
+    )
+    try:
+        Runner(make_engine(), lambda fd, data: None, box).run(work)
+        print("no limit")
+    except LimitExceeded as exc:
+        print("limit", exc.limit, exc.detail)
+    box.cleanup()
+    print("left", sorted(p.name for p in scratch.rglob("*")))
+    """
+)
+
+
+def test_fallback_without_namespaces_still_bounds_disk(tmp_path: Path) -> None:
+    script = tmp_path / "fallback.py"
+    script.write_text(FALLBACK)
+    wat = tmp_path / "fill.wat"
+    wat.write_text((ROOT / "tests" / "data" / "hostile" / "fill.wat").read_text().replace("CHUNKS", "16"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = subprocess.run(
+        [sys.executable, str(script), str(scratch), str(wat)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "mode False unshare(CLONE_NEWNS): Operation not permitted"
+    assert lines[1].startswith("limit disk workload failed at its disk limit"), lines
+    assert lines[2] == "left ['private']"  # the workload's files and secrets are gone
