@@ -201,7 +201,7 @@ def enter(scratch: Path | None, namespaces: bool = True) -> Sandbox:
     namespaces gives)."""
     owned = scratch is None
     if scratch is None:
-        mountpoint = Path(tempfile.mkdtemp(prefix="stockade-keep-private-"))
+        mountpoint = Path(tempfile.mkdtemp(prefix="stockade-private-"))
     else:
         mountpoint = scratch / PRIVATE_NAME
         mountpoint.mkdir(mode=0o700, exist_ok=True)
