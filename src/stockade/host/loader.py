@@ -107,10 +107,11 @@ class PopenSpawner:
     ``stockade host serve --no-fork-server``). rlimits are set with
     prlimit(2) right after the start, before the Keep reads its hello.
 
-    ``die_with_parent`` (local runs): the children get PR_SET_PDEATHSIG
-    (SIGKILL), so a killed ``stockade run`` does not leave its Keep running
-    (the signal follows the *thread* that started the child: start Keeps
-    from a thread that outlives them, as ``stockade run``'s main thread).
+    ``die_with_parent`` (local runs): the Keep sets PR_SET_PDEATHSIG
+    (SIGKILL) first thing (``--die-with-parent``), so a killed ``stockade
+    run`` does not leave its Keep running (the signal follows the *thread*
+    that started the child: start Keeps from a thread that outlives them,
+    as ``stockade run``'s main thread does).
     The keep manager does not set it: its Keeps outlive a manager restart."""
 
     def __init__(self, limits: ResourceLimits = DEFAULT_LIMITS, die_with_parent: bool = False) -> None:
@@ -126,7 +127,6 @@ class PopenSpawner:
             stderr=log_fd,
             env=_child_env(),
             close_fds=True,
-            preexec_fn=_die_with(os.getpid()) if self.die_with_parent else None,  # noqa: PLW1509
         )
 
     def keep(
@@ -135,6 +135,8 @@ class PopenSpawner:
         cmd = ["stockade.keep", "--backend", backend, "--conn-fd", str(conn_fd), "--psp-fd", str(psp_fd)]
         if scratch is not None:
             cmd += ["--scratch", str(scratch)]
+        if self.die_with_parent:
+            cmd += ["--die-with-parent", str(os.getpid())]
         return self._limited(self._start(cmd, (conn_fd, psp_fd), log_fd))
 
     def _limited(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
@@ -190,25 +192,6 @@ class KeepHandle:
                 proc.wait()
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    """A preexec_fn: SIGKILL this child when its parent dies (prctl(2)),
-    and end it at once if the parent is already gone."""
-    import ctypes
-    import signal
-
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
-
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
 
 
 #: Scratch directories of the loader: stockade-keep-<id>-<mkdtemp suffix>.

@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["sim"], required=True)
     parser.add_argument("--psp-fd", type=int)
     parser.add_argument("--scratch", type=Path)
+    parser.add_argument("--die-with-parent", type=int, metavar="PID")
     args = parser.parse_args(argv)
+    if args.die_with_parent is not None:
+        die_with_parent(args.die_with_parent)
 
     # First, while the process has one thread: the private tmpfs for the
     # workload's files and secrets (stockade.keep.sandbox), and a shared
@@ -46,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
 
     attester = SimAttester(socket.socket(fileno=args.psp_fd))
     return serve(socket.socket(fileno=args.conn_fd), attester, engine, args.scratch, box)
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this Keep when the process that started it dies
+    (PR_SET_PDEATHSIG, prctl(2)); end now if it is already gone."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def lock_scratch(scratch: Path) -> None:
