@@ -5,6 +5,8 @@ private tmpfs (run in a subprocess: the fallback lowers RLIMIT_FSIZE)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -171,3 +173,48 @@ def test_fallback_without_namespaces_still_bounds_disk(tmp_path: Path) -> None:
     assert lines[0] == "mode False unshare(CLONE_NEWNS): Operation not permitted"
     assert lines[1].startswith("limit disk workload failed at its disk limit"), lines
     assert lines[2] == "left ['private']"  # the workload's files and secrets are gone
+
+
+SETPRIV = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+UNPRIVILEGED = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from stockade.keep import sandbox
+    box = sandbox.enter(Path(sys.argv[1]))
+    print(box.private, box.reason or "-", os.getuid())
+    box.set_limit(1 << 20)
+    try:
+        (box.root / "x").write_bytes(b"0" * (2 << 20))
+    except OSError as exc:
+        print(exc.strerror)
+    print(box.usage()[0])
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_private_tmpfs_as_an_unprivileged_user() -> None:
+    """Not root: the Keep makes a user namespace (its uid mapped to 0) with
+    its mount namespace; the host sees the mount point empty."""
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="stockade-test-userns-"))  # pytest's tmp is root-only
+    try:
+        scratch.chmod(0o777)
+        check_unprivileged(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_unprivileged(scratch: Path) -> None:
+    out = subprocess.run(
+        [*SETPRIV, sys.executable, "-I", "-c", UNPRIVILEGED, str(scratch)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["True - 0", "No space left on device", str(1 << 20)]
+    assert list((scratch / "private").iterdir()) == []  # the file was in the Keep's tmpfs only

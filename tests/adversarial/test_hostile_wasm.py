@@ -170,11 +170,19 @@ def fill(chunks: int) -> str:
 
 
 @pytest.mark.parametrize(
-    ("name", "chunks"),
-    [("many-files", 16), ("one-big-file", 1 << 30), ("empty-files", 0)],
+    ("name", "chunks", "message"),
+    [
+        ("many-files", 16, "its files fill the 8388608-byte limit"),
+        ("one-big-file", 1 << 30, "its files fill the 8388608-byte limit"),
+        (
+            "empty-files",
+            0,
+            "no file entry left: at most 1024 files and directories under the 8388608-byte limit",
+        ),
+    ],
 )
 def test_disk_fill_stops_at_the_disk_limit(
-    stockade, module, peak_rss, tmp_path: Path, name: str, chunks: int
+    stockade, module, peak_rss, tmp_path: Path, name: str, chunks: int, message: str
 ) -> None:
     empty = tmp_path / "root"
     empty.mkdir()
@@ -182,7 +190,7 @@ def test_disk_fill_stops_at_the_disk_limit(
         stockade, "--memory", "16M", "--disk", "8M", "--file", f"{empty}:/", str(module(name, fill(chunks)))
     )
     assert proc.returncode == 116, proc.stderr
-    assert "workload failed at its disk limit (its files fill the 8388608-byte limit)" in problem(proc)
+    assert f"workload failed at its disk limit ({message})" in problem(proc)
     # The files were in the Keep's tmpfs, charged to nobody's RSS; the Keep
     # itself stays near its runtime footprint.
     rss = peak_rss()

@@ -48,7 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stockade.errors import LimitExceeded, WorkloadRejected, WorkloadTrapped
-from stockade.keep.sandbox import MONITOR_INTERVAL_S, Sandbox
+from stockade.keep.sandbox import MONITOR_INTERVAL_S, Sandbox, inodes_for
 from stockade.package.format import check_module_bytes
 from stockade.wire.messages import STDERR, STDOUT, Workload
 
@@ -293,10 +293,18 @@ class Runner:
         if self.limit_hit == "output":
             raise LimitExceeded("workload exceeded its output limit and was stopped", "output")
         disk = self._sandbox.limit
-        if self.limit_hit == "disk" or (disk is not None and self._sandbox.full(min(DISK_SLACK, disk // 8))):
-            raise LimitExceeded(
-                f"workload failed at its disk limit (its files fill the {disk}-byte limit)", "disk"
-            )
+        if disk is not None:
+            used, no_inodes = self._sandbox.usage()
+            if no_inodes:
+                raise LimitExceeded(
+                    f"workload failed at its disk limit (no file entry left: at most "
+                    f"{inodes_for(disk)} files and directories under the {disk}-byte limit)",
+                    "disk",
+                )
+            if self.limit_hit == "disk" or used + min(DISK_SLACK, disk // 8) >= disk:
+                raise LimitExceeded(
+                    f"workload failed at its disk limit (its files fill the {disk}-byte limit)", "disk"
+                )
         memory_used = instance_memory_size(store, instance)
         if memory_used and memory_used + min(MEMORY_SLACK, memory_limit // 8) >= memory_limit:
             raise LimitExceeded(

@@ -149,13 +149,6 @@ class Sandbox:
             return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_files > 0 and st.f_ffree == 0
         return tree_size(self.root), False
 
-    def full(self, slack: int) -> bool:
-        """Whether the workload's files reached the limit (within ``slack``)."""
-        if self.limit is None:
-            return False
-        used, no_inodes = self.usage()
-        return no_inodes or used + slack >= self.limit
-
     def monitor(self, interval: float, on_over: Callable[[], None], stop: threading.Event) -> None:
         """Fallback mode: call ``on_over`` once the files exceed the limit."""
         if self.private or self.limit is None:
