@@ -197,3 +197,68 @@ def test_keep_scratch_is_locked_while_the_keep_lives(state_dir: Path, wasm, tmp_
     finally:
         client.kill()
         client.wait()
+
+
+def test_keep_manager_keep_ended_by_its_watchdog_leaves_no_canary(
+    state_dir: Path, tmp_path_factory: pytest.TempPathFactory, wasm, tmp_path: Path
+) -> None:
+    """The finding's own scenario: a deploy through the keep manager, the
+    client killed mid-run, the Keep (forked by the fork server) ending
+    through its watchdog (os._exit): no canary anywhere afterwards."""
+    from manager_support import STOCKADE, running_server
+    from stockade.client.remote import ManagerClient
+
+    secret = b"secret-canary-" + secrets.token_hex(16).encode()
+    stdin = b"stdin-canary-" + secrets.token_hex(16).encode()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "token").write_bytes(secret)
+    (inputs / "stdin").write_bytes(stdin)
+    with (
+        running_server(state_dir, tmp_path_factory) as server,
+        ManagerClient(server.url, server.token) as api,
+    ):
+        client = subprocess.Popen(
+            [
+                *STOCKADE,
+                "deploy",
+                "--host",
+                server.url,
+                "--token-file",
+                str(server.token_file),
+                "--allow-sim",
+                "-q",
+                "--timeout",
+                "2",
+                "--secret",
+                f"token=@{inputs / 'token'}",
+                "--stdin",
+                str(inputs / "stdin"),
+                str(wasm("sleep")),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline() == b"sleeping\n"
+            (keep,) = api.list()
+            needles = [secret, stdin]
+            skip = {inputs}
+            assert find_canaries([Path("/dev/shm"), Path("/tmp")], needles, skip) == []
+            client.send_signal(signal.SIGKILL)
+            client.wait(10)
+            deadline = time.monotonic() + 20
+            while (rec := api.get(keep["id"]))["state"] == "running" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert rec["state"] != "running"
+            assert not _alive(keep["pid"])
+            log, _ = api.logs(keep["id"])
+            assert b"watchdog ends the Keep" in log  # the path that left the secret file before
+            assert b"workload disk: private tmpfs" in log
+            found = find_canaries([Path("/dev/shm"), Path("/tmp"), server.state], needles, skip)
+            assert found == []
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
