@@ -218,3 +218,46 @@ def check_unprivileged(scratch: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["True - 0", "No space left on device", str(1 << 20)]
     assert list((scratch / "private").iterdir()) == []  # the file was in the Keep's tmpfs only
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ("instance", "instance count too high"),
+        ("memory", "memory count too high"),
+    ],
+)
+def test_store_limits_on_instances_and_memories(second: str, message: str) -> None:
+    """One instance and one memory per store: core Wasm cannot reach these
+    (no module instantiates another; multi-memory is refused at compile
+    time), so they are checked here through the embedder's API (a second
+    instance; a two-memory module on an engine with multi-memory turned back
+    on: defence in depth), with the message the Keep maps to the memory
+    limit."""
+    import wasmtime
+
+    from stockade.errors import LimitExceeded
+    from stockade.keep.runner import Runner, store_limits
+    from stockade.keep.sandbox import Sandbox
+
+    engine = make_engine()
+    store = wasmtime.Store(engine)
+    store.set_limits(**store_limits(16 << 20))
+    if second == "instance":
+        module = wasmtime.Module(engine, wasmtime.wat2wasm('(module (func (export "_start")))'))
+        wasmtime.Instance(store, module, [])
+    else:
+        config = wasmtime.Config()
+        config.wasm_multi_memory = True
+        engine = wasmtime.Engine(config)
+        store = wasmtime.Store(engine)
+        store.set_limits(**store_limits(16 << 20))
+        module = wasmtime.Module(engine, wasmtime.wat2wasm("(module (memory 1) (memory 1))"))
+    with pytest.raises(wasmtime.WasmtimeError) as info:
+        wasmtime.Instance(store, module, [])
+    assert message in str(info.value)
+    runner = Runner(engine, lambda fd, data: None, Sandbox(Path("/nonexistent"), private=False))
+    with pytest.raises(LimitExceeded) as limit:
+        runner._instantiation_limit(str(info.value), 16 << 20)
+    assert limit.value.limit == "memory"
+    assert "at most 4 tables, 1 memory, 1 instance" in limit.value.detail

@@ -70,8 +70,9 @@ TABLE_ELEMENT_BYTES = 8
 #: each either holds memory outside the single limited linear memory
 #: (several memories, 64-bit memories, shared memories, GC heap objects and
 #: externref tables) or is not needed and widens what the Keep must bound.
-#: Kept on: SIMD, bulk memory, multi-value, reference types (funcref tables;
-#: rustc and LLVM 19+ emit the reference-types encoding), tail calls.
+#: Kept on: SIMD and relaxed SIMD, bulk memory, multi-value, reference types
+#: (funcref tables; rustc and LLVM 19+ emit the reference-types encoding),
+#: tail calls.
 DISABLED_FEATURES = (
     "wasm_multi_memory",
     "wasm_memory64",
@@ -122,6 +123,19 @@ def make_engine() -> Any:
 def table_elements_for(memory_bytes: int) -> int:
     """Elements allowed in each table under a memory limit."""
     return max(MIN_TABLE_ELEMENTS, memory_bytes // (4 * MAX_TABLES * TABLE_ELEMENT_BYTES))
+
+
+def store_limits(memory_bytes: int) -> dict[str, int]:
+    """wasmtime store limits of a workload under a memory limit: one linear
+    memory of that size, one instance (core Wasm cannot make more; WASI
+    functions are host functions), MAX_TABLES tables."""
+    return {
+        "memory_size": memory_bytes,
+        "table_elements": table_elements_for(memory_bytes),
+        "instances": 1,
+        "tables": MAX_TABLES,
+        "memories": 1,
+    }
 
 
 def compile_error(exc: Exception) -> WorkloadRejected:
@@ -224,13 +238,7 @@ class Runner:
         try:
             wasi, stdin_fd = self._wasi_config(workload, base)
             store.set_wasi(wasi)
-            store.set_limits(
-                memory_size=limits.memory_bytes,
-                table_elements=table_elements_for(limits.memory_bytes),
-                instances=1,
-                tables=MAX_TABLES,
-                memories=1,
-            )
+            store.set_limits(**store_limits(limits.memory_bytes))
             store.set_epoch_deadline(1)
             linker = wasmtime.Linker(self.engine)
             linker.define_wasi()
