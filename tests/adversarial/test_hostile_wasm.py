@@ -160,6 +160,29 @@ def test_linear_memory_growth(stockade, wasm, peak_rss) -> None:
     assert rss < RUNTIME_RSS + 32 * MiB, f"peak RSS {rss >> 20} MiB"
 
 
+TOUCHING_GROWTH = """
+(module
+  (memory (export "memory") 1)
+  (func (export "_start") (local $page i32)
+    (loop $grow
+      (local.set $page (memory.grow (i32.const 1)))
+      (if (i32.ne (local.get $page) (i32.const -1))
+        (then
+          ;; fill the new page so that all of it is resident
+          (memory.fill (i32.mul (local.get $page) (i32.const 65536)) (i32.const 255) (i32.const 65536))
+          (br $grow))))
+    unreachable))
+"""
+
+
+def test_linear_memory_growth_touching_every_page(stockade, module, peak_rss) -> None:
+    proc = run(stockade, "--memory", "32M", str(module("touch", TOUCHING_GROWTH)))
+    assert proc.returncode == 116, proc.stderr
+    assert "workload failed at its memory limit (33554432 of 33554432 bytes" in problem(proc)
+    rss = peak_rss()
+    assert rss < RUNTIME_RSS + 32 * MiB, f"peak RSS {rss >> 20} MiB"
+
+
 # -- disk: the Keep's private tmpfs, sized to --disk
 
 FILL = Path(__file__).resolve().parent.parent / "data" / "hostile" / "fill.wat"
