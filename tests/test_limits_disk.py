@@ -175,6 +175,49 @@ def test_fallback_without_namespaces_still_bounds_disk(tmp_path: Path) -> None:
     assert lines[2] == "left ['private']"  # the workload's files and secrets are gone
 
 
+HUGE = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from stockade.keep import sandbox
+    box = sandbox.enter(Path(sys.argv[1]))
+    assert box.private, box.reason
+    box.set_limit(2**64 - 1)
+    st = os.statvfs(box.root)
+    print(st.f_blocks * st.f_frsize, st.f_files)
+    """
+)
+
+
+def test_a_huge_disk_limit_stays_a_limit(tmp_path: Path) -> None:
+    """size=2**64-1 wraps to 0 in tmpfs, which means no limit at all: the
+    Keep caps the size at 2**62 instead."""
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", HUGE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(1 << 62), str((1 << 62) // 8192)]
+
+
+def test_a_disk_limit_the_keep_cannot_apply_is_a_clear_refusal(tmp_path: Path) -> None:
+    from stockade.keep.runner import Runner
+    from stockade.keep.sandbox import Sandbox, SandboxUnavailable
+    from stockade.wire.messages import Workload
+
+    class Broken(Sandbox):
+        def set_limit(self, disk_bytes: int) -> None:
+            raise SandboxUnavailable("mount private: Invalid argument")
+
+    wasm = HELLO.read_bytes()
+    runner = Runner(make_engine(), lambda fd, data: None, Broken(tmp_path, private=True))
+    with pytest.raises(WorkloadRejected, match=r"cannot apply the 268435456-byte disk limit \(mount private"):
+        runner.run(Workload(wasm=wasm))
+
+
 SETPRIV = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 UNPRIVILEGED = textwrap.dedent(
     """

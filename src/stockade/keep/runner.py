@@ -48,7 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stockade.errors import LimitExceeded, WorkloadRejected, WorkloadTrapped
-from stockade.keep.sandbox import MONITOR_INTERVAL_S, Sandbox, inodes_for
+from stockade.keep.sandbox import MONITOR_INTERVAL_S, Sandbox, SandboxUnavailable, inodes_for
 from stockade.package.format import check_module_bytes
 from stockade.wire.messages import STDERR, STDOUT, Workload
 
@@ -228,7 +228,12 @@ class Runner:
 
         limits = workload.limits
         self._output_left = limits.output_bytes
-        self._sandbox.set_limit(limits.disk_bytes)
+        try:
+            self._sandbox.set_limit(limits.disk_bytes)
+        except (SandboxUnavailable, OSError) as exc:
+            raise WorkloadRejected(
+                f"the Keep cannot apply the {limits.disk_bytes}-byte disk limit ({exc})"
+            ) from None
         base = Path(tempfile.mkdtemp(prefix="keep-", dir=self._sandbox.root))
         store = wasmtime.Store(self.engine)
         timer = threading.Timer(limits.timeout_ms / 1000, self._interrupt, args=("time",))

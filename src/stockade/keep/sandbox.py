@@ -61,6 +61,11 @@ MONITOR_INTERVAL_S = 0.05
 INITIAL_SIZE = 1 << 20
 
 
+#: Largest tmpfs size the Keep asks for: tmpfs rounds ``size=`` up to whole
+#: pages, and a value near 2**64 wraps to 0, which tmpfs reads as no limit.
+MAX_SIZE = 1 << 62
+
+
 def inodes_for(disk_bytes: int) -> int:
     """Inode limit of the tmpfs: each inode costs kernel memory, so empty
     files are bounded too (one per 8 KiB of the limit, at least 1024)."""
@@ -88,6 +93,7 @@ def _mount(
 
 
 def _tmpfs_options(size: int) -> bytes:
+    size = min(size, MAX_SIZE)
     return f"size={size},nr_inodes={inodes_for(size)},mode=0700".encode()
 
 
