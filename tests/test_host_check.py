@@ -71,6 +71,7 @@ def deny(*denied: str) -> Callable[[Path, int], bool]:
 
 
 def run_check(root: Path, tmp_path: Path, **kw: Any) -> HostReport:
+    kw.setdefault("probe_disk", lambda: None)
     env = Environment(root=root, state_dir=tmp_path / "state", user="keeper", **kw)
     return check_host(env)
 
@@ -203,6 +204,7 @@ def test_plain_machine_has_only_sim(root: Path, tmp_path: Path) -> None:
         "state dir": "ok",
         "/dev/shm": "ok",
         "keep limits": "warn",  # no cgroup v2 in the fake tree: rlimits only
+        "keep disk": "ok",
     }
     assert "Delegate=" in by_name(sim.checks, "keep limits").hint
     kvm = report.backend("kvm")
@@ -241,6 +243,22 @@ def test_cgroup_v1_is_a_warning(root: Path, tmp_path: Path) -> None:
     make_tree(root, files={"proc/self/cgroup": "4:memory:/x\n0::/\n"})
     check = by_name(run_check(root, tmp_path).backend("sim").checks, "keep limits")
     assert check.status == "warn" and "cgroup v1 or hybrid" in check.detail
+
+
+def test_keep_disk_without_namespaces_is_a_warning(root: Path, tmp_path: Path) -> None:
+    make_tree(root)
+    report = run_check(root, tmp_path, probe_disk=lambda: "unshare(CLONE_NEWNS): Operation not permitted")
+    check = by_name(report.backend("sim").checks, "keep disk")
+    assert check.status == "warn"
+    assert "Operation not permitted" in check.detail and "weaker" in check.detail
+    assert "user namespaces" in check.hint
+    assert report.backend("sim").usable
+
+
+def test_keep_disk_probe_on_this_machine() -> None:
+    from stockade.host.diagnostics import probe_private_disk
+
+    assert probe_private_disk() is None  # CI runs as root or with user namespaces
 
 
 def test_no_configfs_mounted(root: Path, tmp_path: Path) -> None:

@@ -261,7 +261,7 @@ def nested_mutations(t: str, m: dict[Any, Any]) -> Iterator[tuple[str, dict[Any,
         yield "file-data-text", _set(m, ("config", "files"), [{"path": "a", "data": "x"}])
         yield "file-dir-false", _set(m, ("config", "files"), [{"path": "a", "dir": False}])
         yield "file-dir-int", _set(m, ("config", "files"), [{"path": "a", "dir": 1}])
-        for key in ("timeout_ms", "memory_bytes", "output_bytes"):
+        for key in ("timeout_ms", "memory_bytes", "output_bytes", "disk_bytes"):
             yield f"limits-missing-{key}", _drop(m, ("config", "limits", key))
             yield f"limits-{key}-zero", _set(m, ("config", "limits", key), 0)
             yield f"limits-{key}-negative", _set(m, ("config", "limits", key), -1)

@@ -237,9 +237,19 @@ def test_missing_message_type() -> None:
         (LOAD, ("config", "limits", "timeout_ms")),
         (LOAD, ("config", "limits", "memory_bytes")),
         (LOAD, ("config", "limits", "output_bytes")),
+        (LOAD, ("config", "limits", "disk_bytes")),
         (LOAD, ("expect", "min_signatures")),
     ],
-    ids=["output-fd", "exit-code", "exit-timing", "timeout", "memory", "output-bytes", "min-signatures"],
+    ids=[
+        "output-fd",
+        "exit-code",
+        "exit-timing",
+        "timeout",
+        "memory",
+        "output-bytes",
+        "disk-bytes",
+        "min-signatures",
+    ],
 )
 def test_bool_is_not_an_int(msg: Message, path: tuple[str, ...]) -> None:
     m = as_map(msg)
@@ -620,6 +630,12 @@ FIELD_ERRORS: list[Any] = [
     ),
     pytest.param(
         LOAD, ("config", "limits", "memory_bytes"), 0, "memory_bytes must be a positive", id="limits-zero"
+    ),
+    pytest.param(
+        LOAD, ("config", "limits", "disk_bytes"), DROP, "missing field 'disk_bytes'", id="limits-disk-missing"
+    ),
+    pytest.param(
+        LOAD, ("config", "limits", "disk_bytes"), 0, "disk_bytes must be a positive", id="limits-disk-zero"
     ),
     # identity
     pytest.param(

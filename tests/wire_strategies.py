@@ -52,6 +52,7 @@ limits = st.builds(
     timeout_ms=st.integers(1, U64_MAX),
     memory_bytes=st.integers(1, U64_MAX),
     output_bytes=st.integers(1, U64_MAX),
+    disk_bytes=st.integers(1, U64_MAX),
 )
 file_entries = st.builds(FileEntry, path=texts, data=st.none() | small_bytes)
 configs = st.builds(
@@ -156,7 +157,7 @@ LOAD_TYPICAL = Load(
             FileEntry("data/in.txt", b"line\n"),
             FileEntry("empty", b""),
         ),
-        limits=Limits(timeout_ms=1, memory_bytes=65536, output_bytes=1),
+        limits=Limits(timeout_ms=1, memory_bytes=65536, output_bytes=1, disk_bytes=1),
     ),
     nonce=bytes(range(100, 132)),
 )
@@ -194,7 +195,9 @@ REPRESENTATIVE: list[tuple[str, Message]] = [
                 args=tuple(f"a{i}" for i in range(300)),
                 env=tuple(sorted((f"K{i}", "v" * 300) for i in range(50))),
                 files=tuple(FileEntry(f"f/{i}\u00e9", bytes([i]) * i) for i in range(200)),
-                limits=Limits(timeout_ms=U64_MAX, memory_bytes=U64_MAX, output_bytes=U64_MAX),
+                limits=Limits(
+                    timeout_ms=U64_MAX, memory_bytes=U64_MAX, output_bytes=U64_MAX, disk_bytes=U64_MAX
+                ),
             ),
             nonce=b"\x80" * 32,
         ),

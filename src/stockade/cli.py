@@ -66,7 +66,7 @@ def run(**kwargs: Any) -> None:
 
 def _run(opts: RunOptions) -> None:
     from stockade.evidence.sim.local import chip_exists, serve_in_thread
-    from stockade.host.loader import start_keep
+    from stockade.host.loader import PopenSpawner, start_keep
 
     prepared = prepare(opts)
     sdir = state_dir(opts.state_dir)
@@ -78,7 +78,13 @@ def _run(opts: RunOptions) -> None:
         chip.ensure_chip(sdir)
 
     # Start the Keep first: its start-up overlaps everything below.
-    handle = start_keep(opts.backend, sdir, psp=lambda measurement: serve_in_thread(sdir, measurement))
+    # die_with_parent: a killed `stockade run` takes its Keep along.
+    handle = start_keep(
+        opts.backend,
+        sdir,
+        psp=lambda measurement: serve_in_thread(sdir, measurement),
+        spawner=PopenSpawner(die_with_parent=True),
+    )
     try:
         from stockade.client.deploy import send_hello
         from stockade.evidence.sim import chip

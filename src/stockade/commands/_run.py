@@ -172,6 +172,7 @@ class RunOptions:
     timeout: float | None
     memory: str | None
     max_output: str | None
+    disk: str | None
     expect_measurement: str | None
     signers: tuple[Path, ...]
     min_signatures: int | None
@@ -210,7 +211,12 @@ def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy,
     return default_policy(expected), f"built-in default; measurement pinned to {pinned}"
 
 
-DEFAULT_LIMITS = {"timeout_ms": 30_000, "memory_bytes": 256 * 1024**2, "output_bytes": 64 * 1024**2}
+DEFAULT_LIMITS = {
+    "timeout_ms": 30_000,
+    "memory_bytes": 256 * 1024**2,
+    "output_bytes": 64 * 1024**2,
+    "disk_bytes": 256 * 1024**2,
+}
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,8 @@ def prepare(opts: RunOptions) -> Prepared:
         limits["memory_bytes"] = parse_size(opts.memory, "--memory")
     if opts.max_output is not None:
         limits["output_bytes"] = parse_size(opts.max_output, "--max-output")
+    if opts.disk is not None:
+        limits["disk_bytes"] = parse_size(opts.disk, "--disk")
     if limits["timeout_ms"] > MAX_TIMEOUT_S * 1000:
         raise WorkloadRejected(f"the package's timeout_ms exceeds {MAX_TIMEOUT_S} seconds")
     return Prepared(package, parsed, Limits(**limits), from_module)
@@ -500,6 +508,11 @@ def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--memory", help="Linear memory limit [default: the package's, else 256M]."),
         click.option("--max-output", help="Limit on stdout+stderr bytes [default: the package's, else 64M]."),
+        click.option(
+            "--disk",
+            help="Limit on the workload's files (package, --file/--dir, secrets, what it writes) "
+            "[default: the package's, else 256M].",
+        ),
         click.option(
             "--signer",
             "signers",

@@ -245,7 +245,9 @@ def _deploy(
     from stockade.wire.launch import keep_measurement
 
     prepared = prepare(opts)
-    limits = prepared.limits_map()
+    # The manager records the limits it knows (its API predates disk_bytes,
+    # which the Keep alone enforces from the attested load request).
+    limits = {k: v for k, v in prepared.limits_map().items() if k != "disk_bytes"}
     with connection.client() as client:
         # Before anything is created on the host: a refusal costs it nothing.
         sim_root, extra = _client_sim_root(client, opts, sim_root_file)

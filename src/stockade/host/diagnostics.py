@@ -181,6 +181,41 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
+_DISK_PROBE = (
+    "import sys, pathlib\n"
+    "from stockade.keep import sandbox\n"
+    "box = sandbox.enter(pathlib.Path(sys.argv[1]))\n"
+    "print('' if box.private else box.reason)\n"
+)
+
+
+def probe_private_disk() -> str | None:
+    """None when a Keep can make its private tmpfs here (a size-limited
+    tmpfs in its own mount namespace: stockade.keep.sandbox), else why not.
+    Tried in a throw-away ``python -I`` child, as a Keep would."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="stockade-check-")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-I", "-c", _DISK_PROBE, scratch],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"the probe did not run ({type(exc).__name__})"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if out.returncode != 0:
+        return f"the probe failed (exit status {out.returncode})"
+    return out.stdout.strip() or None
+
+
 @dataclass(frozen=True)
 class Environment:
     """What the checks look at. Every path is taken relative to ``root``;
@@ -198,6 +233,8 @@ class Environment:
     #: Create (and remove) a configfs-tsm entry to learn the provider when
     #: none exists yet.
     probe_tsm: bool = True
+    #: Whether a Keep gets its private, size-limited tmpfs (None) or why not.
+    probe_disk: Callable[[], str | None] = probe_private_disk
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -608,11 +645,33 @@ def _sim(p: _Probe, f: _Facts) -> BackendReport:
     else:
         checks.append(Check("/dev/shm", OK, "writable (Keep scratch files stay in memory)"))
     checks.append(_cgroup_check(env))
+    checks.append(_disk_check(env))
     usable = all(c.status != FAIL for c in checks)
     summary = (
         "simulated SEV-SNP: NO HARDWARE PROTECTION (development only)" if usable else "sim cannot run here"
     )
     return BackendReport("sim", usable, summary, tuple(checks))
+
+
+def _disk_check(env: Environment) -> Check:
+    """The workload disk limit: kernel-enforced in a private tmpfs, or the
+    Keep's weaker fallback (docs/limitations.md)."""
+    reason = env.probe_disk()
+    if reason is None:
+        return Check(
+            "keep disk",
+            OK,
+            "private tmpfs per Keep (own mount namespace): the disk limit is kernel-enforced, "
+            "workload files and secrets are invisible to the host and vanish with the Keep",
+        )
+    return Check(
+        "keep disk",
+        WARN,
+        f"no private tmpfs ({reason}): Keeps bound disk use with RLIMIT_FSIZE and a monitor "
+        "(weaker), and workload files and secrets sit in the host-visible scratch directory while they run",
+        "allow user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
+        "user.max_user_namespaces > 0) or run the manager as root",
+    )
 
 
 def _cgroup_check(env: Environment) -> Check:

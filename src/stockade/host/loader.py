@@ -22,7 +22,9 @@ Either way each gets the per-Keep rlimits of :class:`ResourceLimits`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -30,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +105,18 @@ class Spawner(Protocol):
 class PopenSpawner:
     """A fresh ``python -I`` interpreter per process (local runs, and
     ``stockade host serve --no-fork-server``). rlimits are set with
-    prlimit(2) right after the start, before the Keep reads its hello."""
+    prlimit(2) right after the start, before the Keep reads its hello.
 
-    def __init__(self, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
+    ``die_with_parent`` (local runs): the Keep sets PR_SET_PDEATHSIG
+    (SIGKILL) first thing (``--die-with-parent``), so a killed ``stockade
+    run`` does not leave its Keep running (the signal follows the *thread*
+    that started the child: start Keeps from a thread that outlives them,
+    as ``stockade run``'s main thread does).
+    The keep manager does not set it: its Keeps outlive a manager restart."""
+
+    def __init__(self, limits: ResourceLimits = DEFAULT_LIMITS, die_with_parent: bool = False) -> None:
         self.limits = limits
+        self.die_with_parent = die_with_parent
 
     def _start(self, cmd: list[str], fds: tuple[int, ...], log_fd: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -124,6 +135,8 @@ class PopenSpawner:
         cmd = ["stockade.keep", "--backend", backend, "--conn-fd", str(conn_fd), "--psp-fd", str(psp_fd)]
         if scratch is not None:
             cmd += ["--scratch", str(scratch)]
+        if self.die_with_parent:
+            cmd += ["--die-with-parent", str(os.getpid())]
         return self._limited(self._start(cmd, (conn_fd, psp_fd), log_fd))
 
     def _limited(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
@@ -181,6 +194,56 @@ class KeepHandle:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+#: Scratch directories of the loader: stockade-keep-<id>-<mkdtemp suffix>.
+SCRATCH_PREFIX = "stockade-keep-"
+_SCRATCH_NAME = re.compile(r"stockade-keep-[A-Za-z0-9]{1,64}-[A-Za-z0-9_]{8}")
+#: A scratch directory younger than this is never swept (its Keep may not
+#: have locked it yet).
+STALE_AFTER_S = 600.0
+
+
+def scratch_bases() -> list[Path]:
+    """Where the loader makes scratch directories: /dev/shm when writable,
+    else the temporary directory."""
+    shm = Path("/dev/shm")
+    bases = [shm] if shm.is_dir() and os.access(shm, os.W_OK) else []
+    return [*bases, Path(tempfile.gettempdir())]
+
+
+def sweep_stale_scratch(bases: list[Path] | None = None, older_than: float = STALE_AFTER_S) -> list[Path]:
+    """Remove scratch directories left by Keeps that are gone (a Keep ended
+    by SIGKILL, a loader killed before it cleaned up). A live Keep holds a
+    shared flock on its scratch directory (stockade.keep.__main__), so a
+    directory whose exclusive lock is free and that is older than
+    ``older_than`` seconds belongs to nobody. Returns what was removed."""
+    removed: list[Path] = []
+    now = time.time()
+    for base in bases if bases is not None else scratch_bases():
+        try:
+            entries = list(os.scandir(base))
+        except OSError:
+            continue
+        for entry in entries:
+            if not _SCRATCH_NAME.fullmatch(entry.name):
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False) or now - entry.stat().st_mtime < older_than:
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live Keep holds it
+            else:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+            finally:
+                os.close(fd)
+    return removed
+
+
 def _child_env() -> dict[str, str]:
     keep = ("PATH", "LANG", "LC_ALL", "TMPDIR")
     return {k: v for k, v in os.environ.items() if k in keep}
@@ -214,12 +277,15 @@ def start_keep(
     spawner = spawner or PopenSpawner()
     owned_scratch = None
     if scratch is None:
-        # Per-Keep scratch directory for the workload's files and secrets,
-        # preferably in memory (/dev/shm); the loader removes it when the Keep
-        # is gone, even if the Keep was killed.
-        shm = Path("/dev/shm")
-        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-        scratch = owned_scratch = Path(tempfile.mkdtemp(prefix=f"stockade-keep-{keep_id}-", dir=base))
+        # Per-Keep scratch directory, preferably in memory (/dev/shm): the
+        # mount point of the Keep's private tmpfs (the workload's files and
+        # secrets live there, unseen by the host) and the host's staged
+        # package. The loader removes it when the Keep is gone, even if the
+        # Keep was killed; directories of Keeps that died with their loader
+        # are swept here (and when the keep manager starts).
+        sweep_stale_scratch()
+        base = scratch_bases()[0]
+        scratch = owned_scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{keep_id}-", dir=base))
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"keep-{keep_id}.log"

@@ -82,7 +82,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stockade.errors import ProtocolError
-from stockade.host.loader import BACKENDS, KeepHandle, start_keep
+from stockade.host.loader import BACKENDS, KeepHandle, start_keep, sweep_stale_scratch
 from stockade.host.registry import (
     FINAL_STATES,
     STATES,
@@ -334,6 +334,9 @@ class Manager:
             len(report.lost),
             len(report.exited),
         )
+        swept = await self._db(sweep_stale_scratch)
+        if swept:
+            log.info("removed %d stale Keep scratch director(ies) of Keeps that are gone", len(swept))
 
     def begin_shutdown(self) -> None:
         """The server is about to stop: answer open waits now (timed out)

@@ -23,7 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["sim"], required=True)
     parser.add_argument("--psp-fd", type=int)
     parser.add_argument("--scratch", type=Path)
+    parser.add_argument("--die-with-parent", type=int, metavar="PID")
     args = parser.parse_args(argv)
+    if args.die_with_parent is not None:
+        die_with_parent(args.die_with_parent)
+
+    # First, while the process has one thread: the private tmpfs for the
+    # workload's files and secrets (stockade.keep.sandbox), and a shared
+    # lock on the scratch directory so that no sweep of stale scratch
+    # removes it while this Keep lives (stockade.host.loader).
+    from stockade.keep import sandbox as _sandbox
+
+    if args.scratch is not None:
+        lock_scratch(args.scratch)
+    box = _sandbox.enter(args.scratch)
+    print(f"keep[{os.getpid()}]: workload disk: {box.mode}", file=sys.stderr, flush=True)
 
     from stockade.keep.runner import make_engine
     from stockade.keep.session import serve, warm_engine
@@ -34,7 +48,31 @@ def main(argv: list[str] | None = None) -> int:
     from stockade.evidence.sim.attester import SimAttester
 
     attester = SimAttester(socket.socket(fileno=args.psp_fd))
-    return serve(socket.socket(fileno=args.conn_fd), attester, engine, args.scratch)
+    return serve(socket.socket(fileno=args.conn_fd), attester, engine, args.scratch, box)
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this Keep when the process that started it dies
+    (PR_SET_PDEATHSIG, prctl(2)); end now if it is already gone."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def lock_scratch(scratch: Path) -> None:
+    """Hold a shared flock on the scratch directory for the life of the
+    process (the descriptor is never closed; it closes when the Keep ends)."""
+    import fcntl
+
+    try:
+        fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError as exc:
+        print(f"keep[{os.getpid()}]: cannot lock the scratch directory ({exc.strerror})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,24 @@ Limits (all from the client's Workload message):
   epoch) traps running Wasm code; a call blocked in the host (a sleep in
   ``poll_oneoff``) is not interrupted by that, so the Keep also runs a process
   watchdog (keep/session.py) that ends the process;
-* linear memory: store limits make ``memory.grow`` fail beyond the limit; the
-  guest then usually aborts. When a workload ends abnormally with its memory
-  within min(``MEMORY_SLACK``, limit/8) of the limit, this is reported as the memory limit
-  (wasmtime-py exposes no hook on the failed grow itself);
+* memory, the whole workload's: the engine refuses the WebAssembly features
+  that would let a module hold memory outside one linear memory (multi-memory,
+  memory64, threads and shared memory, GC and externref, exceptions, ...;
+  see ``DISABLED_FEATURES``), and store limits bound the linear memory
+  (``memory.grow`` fails beyond the limit), the number of memories (1),
+  instances (1), tables (``MAX_TABLES``) and the elements of each table
+  (:func:`table_elements_for`: all tables together hold at most a quarter
+  of the memory limit). A module using a disabled feature is rejected at
+  compile time with a message naming the feature. When a workload ends
+  abnormally with its linear memory, or an exported table, within
+  min(``MEMORY_SLACK``, limit/8) of its limit, this is reported as the
+  memory limit (wasmtime-py exposes no hook on the failed grow itself, so a
+  single grow far past the limit, which leaves the memory small, reads as
+  the workload's own failure; the memory stays bounded either way);
+* disk: the workload's files live in the Keep's private tmpfs
+  (stockade.keep.sandbox) sized to the disk limit; a workload that ends
+  abnormally with its files within min(``DISK_SLACK``, limit/8) of the limit
+  (or with no inode left) is reported as the disk limit;
 * output: bytes written to stdout+stderr; past the limit output is dropped
   and the workload interrupted through the same epoch mechanism.
 
@@ -20,8 +34,10 @@ is always closed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -32,10 +48,62 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stockade.errors import LimitExceeded, WorkloadRejected, WorkloadTrapped
+from stockade.keep.sandbox import MONITOR_INTERVAL_S, Sandbox, SandboxUnavailable, inodes_for
 from stockade.package.format import check_module_bytes
 from stockade.wire.messages import STDERR, STDOUT, Workload
 
 MEMORY_SLACK = 16 * 1024 * 1024
+DISK_SLACK = 1024 * 1024
+#: Tables a module may have (clang and rustc emit one).
+MAX_TABLES = 4
+#: Table elements always allowed, whatever the memory limit (large Rust
+#: programs have indirect-function tables of some thousands of entries).
+MIN_TABLE_ELEMENTS = 10_000
+#: A table element costs at most 8 bytes in wasmtime (a pointer: funcref;
+#: externref is refused with GC), so MAX_TABLES tables of
+#: table_elements_for(m) elements hold at most m/4 bytes.
+TABLE_ELEMENT_BYTES = 8
+
+#: WebAssembly features a Keep turns off (wasmtime.Config attributes,
+#: wasmtime-py 50; https://docs.wasmtime.dev/api/wasmtime/struct.Config.html):
+#: none is needed by WASI preview 1 modules that clang or rustc build, and
+#: each either holds memory outside the single limited linear memory
+#: (several memories, 64-bit memories, shared memories, GC heap objects and
+#: externref tables) or is not needed and widens what the Keep must bound.
+#: Kept on: SIMD and relaxed SIMD, bulk memory, multi-value, reference types
+#: (funcref tables; rustc and LLVM 19+ emit the reference-types encoding),
+#: tail calls.
+DISABLED_FEATURES = (
+    "wasm_multi_memory",
+    "wasm_memory64",
+    "wasm_threads",
+    "shared_memory",
+    "wasm_gc",
+    "gc_support",
+    "wasm_function_references",
+    "wasm_exceptions",
+    "wasm_stack_switching",
+    "wasm_custom_page_sizes",
+    "wasm_component_model",
+    "wasm_wide_arithmetic",
+)
+
+#: Validation messages of wasmtime for modules that use a disabled feature
+#: (substring -> the feature's name in the WebAssembly proposals).
+_FEATURE_ERRORS = (
+    ("multiple memories", "multi-memory"),
+    ("memory64", "memory64"),
+    ("threads", "threads (shared memory and atomics)"),
+    ("shared memor", "threads (shared memory and atomics)"),
+    ("requires gc", "GC (externref and other GC references)"),
+    ("gc types", "GC (externref and other GC references)"),
+    ("gc proposal", "GC (externref and other GC references)"),
+    ("function references", "function references"),
+    ("exceptions", "exception handling"),
+    ("custom page sizes", "custom page sizes"),
+    ("stack switching", "stack switching"),
+    ("wide arithmetic", "wide arithmetic"),
+)
 SECRETS_GUEST_DIR = "/secrets"
 MAX_TRAP_MESSAGE = 2000
 
@@ -45,9 +113,44 @@ def make_engine() -> Any:
 
     config = wasmtime.Config()
     config.epoch_interruption = True
+    for feature in DISABLED_FEATURES:
+        setattr(config, feature, False)
     # No compile cache: Module.deserialize accepts tampered blobs, so a cache
     # would need authentication with a Keep-held key (DESIGN.md, known traps).
     return wasmtime.Engine(config)
+
+
+def table_elements_for(memory_bytes: int) -> int:
+    """Elements allowed in each table under a memory limit."""
+    return max(MIN_TABLE_ELEMENTS, memory_bytes // (4 * MAX_TABLES * TABLE_ELEMENT_BYTES))
+
+
+def store_limits(memory_bytes: int) -> dict[str, int]:
+    """wasmtime store limits of a workload under a memory limit: one linear
+    memory of that size, one instance (core Wasm cannot make more; WASI
+    functions are host functions), MAX_TABLES tables."""
+    return {
+        "memory_size": memory_bytes,
+        "table_elements": table_elements_for(memory_bytes),
+        "instances": 1,
+        "tables": MAX_TABLES,
+        "memories": 1,
+    }
+
+
+def compile_error(exc: Exception) -> WorkloadRejected:
+    """A clear refusal for a module wasmtime does not compile: names the
+    feature when the module uses one the Keep turns off."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    cause = lines[-1] if lines else "invalid module"
+    cause = re.sub(r"^\d+: ", "", cause)
+    lowered = cause.lower()
+    for needle, feature in _FEATURE_ERRORS:
+        if needle in lowered:
+            return WorkloadRejected(
+                f"the module uses the WebAssembly {feature} feature, which a Keep does not enable ({cause})"
+            )
+    return WorkloadRejected(f"invalid WebAssembly module: {cause}")
 
 
 def _guest_path(path: str) -> PurePosixPath:
@@ -71,10 +174,10 @@ class RunOutcome:
 class Runner:
     """Executes a Workload; ``emit(fd, data)`` is called as output is written."""
 
-    def __init__(self, engine: Any, emit: Callable[[int, bytes], None], scratch: Path | None = None) -> None:
+    def __init__(self, engine: Any, emit: Callable[[int, bytes], None], sandbox: Sandbox) -> None:
         self.engine = engine
         self._emit = emit
-        self._scratch = scratch
+        self._sandbox = sandbox
         self._output_left = 0
         self.limit_hit: str | None = None
         self._lock = threading.Lock()
@@ -112,8 +215,7 @@ class Runner:
         try:
             module = wasmtime.Module(self.engine, workload.wasm)
         except wasmtime.WasmtimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid module"
-            raise WorkloadRejected(f"invalid WebAssembly module: {first}") from None
+            raise compile_error(exc) from None
         start = next((e for e in module.exports if e.name == "_start"), None)
         if start is None or not isinstance(start.type, wasmtime.FuncType):
             raise WorkloadRejected("module has no _start function: not a WASI command")
@@ -126,19 +228,28 @@ class Runner:
 
         limits = workload.limits
         self._output_left = limits.output_bytes
-        base = Path(tempfile.mkdtemp(prefix="keep-", dir=self._scratch))
+        try:
+            self._sandbox.set_limit(limits.disk_bytes)
+        except (SandboxUnavailable, OSError) as exc:
+            raise WorkloadRejected(
+                f"the Keep cannot apply the {limits.disk_bytes}-byte disk limit ({exc})"
+            ) from None
+        base = Path(tempfile.mkdtemp(prefix="keep-", dir=self._sandbox.root))
         store = wasmtime.Store(self.engine)
         timer = threading.Timer(limits.timeout_ms / 1000, self._interrupt, args=("time",))
         timer.daemon = True
+        stop_monitor = threading.Event()
+        stdin_fd: int | None = None
         try:
-            wasi = self._wasi_config(workload, base)
+            wasi, stdin_fd = self._wasi_config(workload, base)
             store.set_wasi(wasi)
-            store.set_limits(memory_size=limits.memory_bytes)
+            store.set_limits(**store_limits(limits.memory_bytes))
             store.set_epoch_deadline(1)
             linker = wasmtime.Linker(self.engine)
             linker.define_wasi()
             t1 = time.perf_counter()
             timer.start()
+            self._sandbox.monitor(MONITOR_INTERVAL_S, lambda: self._interrupt("disk"), stop_monitor)
             instance = None
             try:
                 instance = linker.instantiate(store, module)
@@ -150,37 +261,92 @@ class Runner:
             except wasmtime.ExitTrap as exc:
                 code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                if "exceeds memory limits" in str(exc):
-                    raise LimitExceeded(
-                        f"the module's initial memory is larger than the {limits.memory_bytes}-byte limit",
-                        "memory",
-                    ) from None
-                self._raise_for_limit(instance_memory_size(store, instance), limits.memory_bytes)
+                if instance is None:
+                    self._instantiation_limit(str(exc), limits.memory_bytes)
+                self._raise_for_limit(store, instance, limits.memory_bytes)
                 raise WorkloadTrapped(trap_summary(exc)) from None
             finally:
                 timer.cancel()
+                stop_monitor.set()
                 timing["run"] = int((time.perf_counter() - t1) * 1e6)
-            if self.limit_hit in ("time", "output"):
-                self._raise_for_limit(0, limits.memory_bytes)
+            if self.limit_hit in ("time", "output", "disk"):
+                self._raise_for_limit(store, None, limits.memory_bytes)
             if code != 0:
-                self._raise_for_limit(instance_memory_size(store, instance), limits.memory_bytes)
+                self._raise_for_limit(store, instance, limits.memory_bytes)
             return RunOutcome(exit_code=code, workload_sha256=digest, timing_us=timing)
         finally:
             store.close()
+            if stdin_fd is not None:
+                os.close(stdin_fd)
             shutil.rmtree(base, ignore_errors=True)
 
-    def _raise_for_limit(self, memory_used: int, memory_limit: int) -> None:
+    def _instantiation_limit(self, text: str, memory_limit: int) -> None:
+        """The module asks at instantiation for more than the limits allow."""
+        if "exceeds memory limits" in text:
+            raise LimitExceeded(
+                f"the module's initial memory is larger than the {memory_limit}-byte limit", "memory"
+            )
+        if "exceeds table limits" in text:
+            raise LimitExceeded(
+                f"the module's initial table is larger than the {table_elements_for(memory_limit)} elements "
+                f"a table may have under the {memory_limit}-byte memory limit",
+                "memory",
+            )
+        if "resource limit exceeded" in text:
+            what = text.split("resource limit exceeded:", 1)[1].strip().splitlines()[0]
+            raise LimitExceeded(
+                f"the module exceeds the Keep's limits on tables, memories and instances ({what}; "
+                f"at most {MAX_TABLES} tables, 1 memory, 1 instance)",
+                "memory",
+            )
+
+    def _raise_for_limit(self, store: Any, instance: Any, memory_limit: int) -> None:
         if self.limit_hit == "time":
             raise LimitExceeded("workload exceeded its wall-clock time limit and was stopped", "time")
         if self.limit_hit == "output":
             raise LimitExceeded("workload exceeded its output limit and was stopped", "output")
+        disk = self._sandbox.limit
+        if disk is not None:
+            used, no_inodes = self._sandbox.usage()
+            if no_inodes:
+                raise LimitExceeded(
+                    f"workload failed at its disk limit (no file entry left: at most "
+                    f"{inodes_for(disk)} files and directories under the {disk}-byte limit)",
+                    "disk",
+                )
+            if self.limit_hit == "disk" or used + min(DISK_SLACK, disk // 8) >= disk:
+                raise LimitExceeded(
+                    f"workload failed at its disk limit (its files fill the {disk}-byte limit)", "disk"
+                )
+        memory_used = instance_memory_size(store, instance)
         if memory_used and memory_used + min(MEMORY_SLACK, memory_limit // 8) >= memory_limit:
             raise LimitExceeded(
                 f"workload failed at its memory limit ({memory_used} of {memory_limit} bytes of linear memory)",
                 "memory",
             )
+        elements = table_elements_for(memory_limit)
+        largest = largest_table(store, instance)
+        if largest and largest + min(MEMORY_SLACK // TABLE_ELEMENT_BYTES, elements // 8) >= elements:
+            raise LimitExceeded(
+                f"workload failed at its memory limit (a table of {largest} of the {elements} elements "
+                f"allowed under the {memory_limit}-byte limit)",
+                "memory",
+            )
 
-    def _wasi_config(self, workload: Workload, base: Path) -> Any:
+    def _wasi_config(self, workload: Workload, base: Path) -> tuple[Any, int]:
+        """The WASI configuration and the memfd that holds stdin (the
+        caller closes it after the run)."""
+        try:
+            return self._wasi_config_files(workload, base)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise LimitExceeded(
+                    f"the workload's files and secrets do not fit its {self._sandbox.limit}-byte disk limit",
+                    "disk",
+                ) from None
+            raise
+
+    def _wasi_config_files(self, workload: Workload, base: Path) -> tuple[Any, int]:
         import wasmtime
 
         wasi = wasmtime.WasiConfig()
@@ -188,9 +354,6 @@ class Runner:
         wasi.env = [[k, v] for k, v in workload.env]
         wasi.stdout_custom = self._writer(STDOUT)
         wasi.stderr_custom = self._writer(STDERR)
-        stdin = base / "stdin"
-        stdin.write_bytes(workload.stdin)
-        wasi.stdin_file = str(stdin)
         if workload.files:
             root = base / "root"
             root.mkdir()
@@ -212,7 +375,18 @@ class Runner:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(value)
             wasi.preopen_dir(str(secrets_dir), SECRETS_GUEST_DIR, fs_mutable=False)
-        return wasi
+        # stdin in memory (a memfd), never in a file: wasmtime opens the path.
+        stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(workload.stdin)
+            while view:
+                view = view[os.write(stdin_fd, view) :]
+            os.lseek(stdin_fd, 0, os.SEEK_SET)
+            wasi.stdin_file = f"/proc/self/fd/{stdin_fd}"
+        except BaseException:
+            os.close(stdin_fd)
+            raise
+        return wasi, stdin_fd
 
 
 def trap_summary(exc: Exception) -> str:
@@ -251,3 +425,19 @@ def instance_memory_size(store: Any, instance: Any) -> int:
     except Exception:
         return 0
     return 0
+
+
+def largest_table(store: Any, instance: Any) -> int:
+    """Elements of the instance's largest exported table (0 when unknown;
+    tables that are not exported cannot be seen from the host API)."""
+    import wasmtime
+
+    if instance is None:
+        return 0
+    try:
+        sizes = [
+            int(t.size(store)) for t in instance.exports(store).values() if isinstance(t, wasmtime.Table)
+        ]
+    except Exception:
+        return 0
+    return max(sizes, default=0)

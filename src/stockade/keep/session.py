@@ -6,6 +6,7 @@ I/O lives here; the protocol rules live in wire.protocol.KeepSession.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -20,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from stockade.errors import LimitExceeded, ProtocolError, StockadeError, WorkloadRejected
 from stockade.keep import identity
+from stockade.keep.sandbox import Sandbox
 from stockade.wire.binding import identity_report_data, report_data_for
 from stockade.wire.evidence import EvidenceBundle
 from stockade.wire.framing import HEADER
@@ -58,12 +60,18 @@ def _log(message: str) -> None:
 
 class KeepServer:
     def __init__(
-        self, sock: socket.socket, attester: Attester, engine: Future[Any], scratch: Path | None
+        self,
+        sock: socket.socket,
+        attester: Attester,
+        engine: Future[Any],
+        scratch: Path | None,
+        sandbox: Sandbox,
     ) -> None:
         self.sock = sock
         self.attester = attester
         self.engine = engine
         self.scratch = scratch
+        self.sandbox = sandbox
         self.session = KeepSession()
         self._send_lock = threading.Lock()
         self._conn: Any = None
@@ -157,7 +165,7 @@ class KeepServer:
         def emit(fd: int, data: bytes) -> None:
             self._send(self.session.output(fd, data))
 
-        runner = Runner(self.engine.result(), emit, self.scratch)
+        runner = Runner(self.engine.result(), emit, self.sandbox)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
         done = threading.Event()
         watchdog = threading.Thread(
@@ -194,6 +202,7 @@ class KeepServer:
                 self._conn.shutdown()
         except Exception:  # noqa: S110 - best effort, we exit anyway
             pass
+        finish(self.sandbox)
         os._exit(EXIT_WATCHDOG)
 
     def fail(self, err: StockadeError) -> None:
@@ -222,9 +231,35 @@ def _preload() -> None:
     runtime_name()
 
 
-def serve(sock: socket.socket, attester: Attester, engine: Future[Any], scratch: Path | None) -> int:
+def peak_rss_kib() -> int:
+    """The Keep process's peak resident set (VmHWM), KiB; 0 if unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
+
+
+def finish(sandbox: Sandbox) -> None:
+    """On every exit path the Keep controls: remove what the workload left
+    on disk (a fallback directory is on host storage) and log the peak RSS
+    (the host can read it from /proc anyway; it names no workload data)."""
+    with contextlib.suppress(Exception):  # best effort on the way out
+        sandbox.cleanup()
+    _log(f"peak RSS {peak_rss_kib()} KiB")
+
+
+def serve(
+    sock: socket.socket,
+    attester: Attester,
+    engine: Future[Any],
+    scratch: Path | None,
+    sandbox: Sandbox,
+) -> int:
     threading.Thread(target=_preload, daemon=True, name="preload").start()
-    server = KeepServer(sock, attester, engine, scratch)
+    server = KeepServer(sock, attester, engine, scratch, sandbox)
     t0 = time.perf_counter()
     try:
         server.attest()
@@ -248,6 +283,7 @@ def serve(sock: socket.socket, attester: Attester, engine: Future[Any], scratch:
         return 2
     finally:
         server.close()
+        finish(sandbox)
 
 
 def warm_engine(make: Callable[[], Any]) -> Future[Any]:

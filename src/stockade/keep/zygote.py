@@ -56,6 +56,7 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "stockade.keep.runner",
         "stockade.keep.identity",
         "stockade.keep.loading",
+        "stockade.keep.sandbox",
         "stockade.evidence.sim.attester",
         "wasmtime",
         "OpenSSL.SSL",

@@ -19,7 +19,7 @@ from stockade.errors import UsageError
 
 _UINT64_LIMIT = 1 << 64
 TOP_KEYS = ("name", "version", "entry", "args", "env", "files", "secrets", "limits", "source", "build")
-LIMIT_KEYS = ("timeout_ms", "memory_bytes", "output_bytes")
+LIMIT_KEYS = ("timeout_ms", "memory_bytes", "output_bytes", "disk_bytes")
 SOURCE_KEYS = ("repository", "commit")
 BUILD_KEYS = ("recipe", "toolchain")
 _TABLES = {"limits": LIMIT_KEYS, "source": SOURCE_KEYS, "build": BUILD_KEYS}

@@ -113,9 +113,12 @@ class Limits:
     timeout_ms: int = 30_000
     memory_bytes: int = 256 * 1024 * 1024
     output_bytes: int = 64 * 1024 * 1024
+    #: Bytes of files (the package's, deploy-time files, secrets and what
+    #: the workload writes) in the Keep's private tmpfs.
+    disk_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("timeout_ms", "memory_bytes", "output_bytes"):
+        for name in ("timeout_ms", "memory_bytes", "output_bytes", "disk_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < _UINT64_LIMIT:
                 raise ProtocolError(f"limits: {name} must be a positive integer below 2**64")
@@ -125,17 +128,19 @@ class Limits:
             "timeout_ms": self.timeout_ms,
             "memory_bytes": self.memory_bytes,
             "output_bytes": self.output_bytes,
+            "disk_bytes": self.disk_bytes,
         }
 
     @classmethod
     def from_map(cls, m: Any) -> Limits:
         if not isinstance(m, dict):
             raise ProtocolError("limits: must be a map")
-        _only(m, {"timeout_ms", "memory_bytes", "output_bytes"}, "limits")
+        _only(m, {"timeout_ms", "memory_bytes", "output_bytes", "disk_bytes"}, "limits")
         return cls(
             timeout_ms=_need(m, "timeout_ms", int, "limits"),
             memory_bytes=_need(m, "memory_bytes", int, "limits"),
             output_bytes=_need(m, "output_bytes", int, "limits"),
+            disk_bytes=_need(m, "disk_bytes", int, "limits"),
         )
 
 
