@@ -227,6 +227,8 @@ def test_keep_manager_keep_ended_by_its_watchdog_leaves_no_canary(
                 "--token-file",
                 str(server.token_file),
                 "--allow-sim",
+                "--sim-root",
+                str(server.state / "sim" / "chip" / "ark.der"),
                 "-q",
                 "--timeout",
                 "2",
