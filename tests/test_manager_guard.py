@@ -218,15 +218,15 @@ def test_plan_fits_connections_burst_and_keeps() -> None:
     assert plan.max_connections == guard.DEFAULT_MAX_CONNECTIONS
     assert plan.keep_reserve == guard.BASE_RESERVE + 16 * guard.PER_KEEP_RESERVE
     small = guard.plan_descriptors(1024, 16, 128, None)
-    assert small.max_connections + small.backlog + small.keep_reserve <= 1024
-    assert guard.plan_descriptors(1024, 16, 128, 500).max_connections == 500
+    assert small.max_connections + guard.ACCEPT_PIPELINE * small.backlog + small.keep_reserve <= 1024
+    assert guard.plan_descriptors(1024, 16, 128, 200).max_connections == 200
 
 
 def test_plan_refuses_what_does_not_fit() -> None:
-    with pytest.raises(UsageError, match=r"--max-connections 900 does not fit .* limit 1024"):
-        guard.plan_descriptors(1024, 16, 128, 900)
+    with pytest.raises(UsageError, match=r"--max-connections 300 does not fit .* limit 1024"):
+        guard.plan_descriptors(1024, 16, 128, 300)
     with pytest.raises(UsageError, match="raise LimitNOFILE"):
-        guard.plan_descriptors(1024, 100, 128, None)  # 100 Keeps' reserve leaves nothing
+        guard.plan_descriptors(1024, 60, 128, None)  # 60 Keeps' reserve leaves too little
 
 
 def test_serve_refuses_a_cap_over_the_fd_limit(tmp_path: Path) -> None:

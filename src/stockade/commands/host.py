@@ -209,7 +209,7 @@ def _parse_listen(text: str) -> tuple[str, int]:
     default=128,
     show_default=True,
     metavar="N",
-    help="Listen backlog; also the most sockets accepted in one burst (counted in the fd budget).",
+    help="Listen backlog; also the most sockets accepted in one burst (4 bursts count in the fd budget).",
 )
 @click.option(
     "--header-timeout",

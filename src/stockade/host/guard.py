@@ -33,12 +33,11 @@ This module bounds that, in the manager process:
   in the last 10 s"), so that a flood cannot fill the host's disk with logs.
 
 * :func:`plan_descriptors`: the file-descriptor budget. Connections,
-  sockets accepted in one burst (asyncio accepts up to ``backlog`` sockets
-  per readiness event before any protocol sees them:
-  ``selector_events._accept_connection``) and a reserve for Keeps (their
-  stream socket, pidfds, log files, fork-server sockets) must fit in the
-  soft ``RLIMIT_NOFILE``, so that Keep creation and health keep working
-  under a flood.
+  the sockets in the accept pipeline (ACCEPT_PIPELINE bursts of
+  ``backlog``, see there) and a reserve for Keeps (their stream socket,
+  pidfds, log files, fork-server sockets) must fit in the soft
+  ``RLIMIT_NOFILE``, so that Keep creation and health keep working under a
+  flood.
 
 What it does not do: limit the rate of connections or requests per peer
 address, time out a slow request body, or stop a flood that saturates the
@@ -80,6 +79,16 @@ BASE_RESERVE: Final = 128
 #: Keep's stream socket, the watcher's pidfd, the fork-server child's pidfd,
 #: the PSP's, the log file while the loader opens it, with margin.
 PER_KEEP_RESERVE: Final = 8
+#: Sockets beyond the connection cap that the accept path can hold, in
+#: bursts of ``backlog``. asyncio accepts up to ``backlog`` sockets per
+#: event-loop iteration in which the listening socket is readable
+#: (``selector_events._accept_connection``); a socket accepted in iteration
+#: i reaches ``connection_made`` (where the cap is applied) in i+2 (task
+#: step, then the transport's call_soon), and the connection it evicts is
+#: closed in i+3 (``_call_connection_lost``). So up to four bursts are in
+#: flight on top of the cap: measured, a cap + 1 x backlog budget ran out
+#: of descriptors under a flood (tests/adversarial/test_manager_flood.py).
+ACCEPT_PIPELINE: Final = 4
 #: Interval of the log summaries.
 SUMMARY_INTERVAL_S: Final = 10.0
 
@@ -111,8 +120,9 @@ class DescriptorPlan:
 
     def describe(self) -> str:
         return (
-            f"at most {self.max_connections} connections, backlog {self.backlog}; "
-            f"file descriptors: soft limit {self.nofile}, {self.keep_reserve} reserved for Keeps"
+            f"at most {self.max_connections} connections, backlog {self.backlog}; file descriptors: "
+            f"soft limit {self.nofile}, {ACCEPT_PIPELINE * self.backlog} for the accept path, "
+            f"{self.keep_reserve} reserved for Keeps"
         )
 
 
@@ -138,20 +148,23 @@ def plan_descriptors(
     MIN_CONNECTIONS, is a UsageError that says what to change.
     """
     reserve = BASE_RESERVE + PER_KEEP_RESERVE * max_keeps
-    room = nofile - reserve - backlog
+    accepting = ACCEPT_PIPELINE * backlog
+    room = nofile - reserve - accepting
     if max_connections is None:
         max_connections = min(DEFAULT_MAX_CONNECTIONS, room)
         if max_connections < MIN_CONNECTIONS:
             raise UsageError(
                 f"the file-descriptor limit {nofile} leaves {max(room, 0)} for connections after "
-                f"{reserve} reserved for {max_keeps} Keep(s) (the tokens' quotas) and backlog {backlog}; "
+                f"{reserve} reserved for {max_keeps} Keep(s) (the tokens' quotas) and {accepting} for the "
+                f"accept path ({ACCEPT_PIPELINE} x backlog {backlog}); "
                 "raise LimitNOFILE (ulimit -n) or lower --backlog"
             )
     elif max_connections > room:
         raise UsageError(
             f"--max-connections {max_connections} does not fit in the file-descriptor limit {nofile}: "
-            f"{reserve} are reserved for {max_keeps} Keep(s) (the tokens' quotas) and {backlog} for the "
-            f"accept backlog, leaving {max(room, 0)}; lower --max-connections or raise LimitNOFILE"
+            f"{reserve} are reserved for {max_keeps} Keep(s) (the tokens' quotas) and {accepting} for the "
+            f"accept path ({ACCEPT_PIPELINE} x backlog {backlog}), leaving {max(room, 0)}; "
+            "lower --max-connections or --backlog, or raise LimitNOFILE"
         )
     return DescriptorPlan(nofile, max_connections, backlog, reserve)
 
