@@ -188,6 +188,32 @@ def test_cap_evicts_the_oldest_waiting_connection(served: tuple[int, _App, list[
 
 
 @pytest.mark.parametrize("served", [30.0], indirect=True)
+def test_kept_alive_connections_go_after_fresh_ones(served: tuple[int, _App, list[str]]) -> None:
+    """A client that was served and idles between requests is closed for
+    room only when no never-served connection is left to close."""
+    port, _, shed = served
+    kept = _connect(port)
+    fresh: list[socket.socket] = []
+    try:
+        _get(kept)
+        fresh = [_connect(port) for _ in range(CAP - 1)]  # the cap is full
+        newer = [_connect(port) for _ in range(CAP - 1)]  # each evicts one fresh one
+        time.sleep(0.3)
+        assert all(_closed_within(sock, 2) == b"" for sock in fresh)
+        assert _closed_within(kept, 0.05) is None
+        assert _get(kept).endswith(b"ok")  # still served
+        fresh += newer
+        with _connect(port) as last:  # evicts the oldest of the newer ones, not kept
+            assert _closed_within(kept, 0.2) is None
+            assert _get(last).endswith(b"ok")
+        assert shed.count("evicted") == CAP
+    finally:
+        kept.close()
+        for sock in fresh:
+            sock.close()
+
+
+@pytest.mark.parametrize("served", [30.0], indirect=True)
 def test_busy_connections_are_not_evicted_and_a_new_one_is_refused(
     served: tuple[int, _App, list[str]],
 ) -> None:

@@ -83,6 +83,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stockade.errors import ProtocolError
+from stockade.host.guard import SHED_REASONS
 from stockade.host.loader import BACKENDS, KeepHandle, start_keep
 from stockade.host.registry import (
     FINAL_STATES,
@@ -218,7 +219,7 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        for reason in ("header-timeout", "evicted", "refused"):  # stockade.host.guard.SHED_REASONS
+        for reason in SHED_REASONS:
             self.connections_shed.labels(reason)
         for outcome in ("ok", "quota-exceeded", "loader-failed"):
             self.creates.labels(outcome)
