@@ -6,9 +6,9 @@ guard, 2 x 10,000 idle connections exhaust the manager's file descriptors
 ``accept()``), and a peer that sends half a request head holds its
 connection forever: uvicorn's h11 protocol times out idle keep-alive
 connections only, not a connection that never completes its request head
-(uvicorn 0.30-0.55 ``protocols/http/h11_impl.py``: ``data_received``
-cancels the keep-alive timer and nothing re-arms one until a response is
-complete; ``connection_made`` arms none).
+(uvicorn 0.55 ``protocols/http/h11_impl.py``, read for this module:
+``connection_made`` arms no timer, ``data_received`` cancels the
+keep-alive timer and nothing re-arms one until a response is complete).
 
 This module bounds that, in the manager process:
 
@@ -40,8 +40,10 @@ This module bounds that, in the manager process:
   flood.
 
 What it does not do: limit the rate of connections or requests per peer
-address, time out a slow request body, or stop a flood that saturates the
-network or the CPU. An internet-facing manager belongs behind a reverse
+address, time out a slow request body, count connections still in their
+TLS handshake (asyncio calls ``connection_made`` only once the handshake
+is done, ``asyncio/sslproto.py``; its 60 s handshake timeout bounds them),
+or stop a flood that saturates the network or the CPU. An internet-facing manager belongs behind a reverse
 proxy (docs/host-api.md, "Running behind a reverse proxy").
 """
 
