@@ -270,7 +270,7 @@ def serve(
         tokens = load_tokens(sdir)
     except StockadeError as err:
         fail(err, False)
-    # Connections, one accept burst and the Keeps' descriptors must fit in
+    # Connections, the accept path and the Keeps' descriptors must fit in
     # the soft RLIMIT_NOFILE, or a flood of connections starves Keep
     # creation and health (stockade.host.guard).
     try:
