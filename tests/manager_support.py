@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +89,11 @@ def running_server(
     *,
     quota: int = 16,
     serve_args: tuple[str, ...] = (),
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[Server]:
     """A live manager; the ``main`` token has ``quota``; ``extra_args`` and
-    ``serve_args`` go to ``stockade host serve``."""
+    ``serve_args`` go to ``stockade host serve``; ``preexec_fn`` runs in the
+    server process before exec (e.g. to lower its rlimits)."""
     base = tmp_path_factory.mktemp("manager")
     state = base / "state"
     state.mkdir(mode=0o700)
@@ -120,6 +122,7 @@ def running_server(
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - tests only: setrlimit, before any thread
         )
     url = f"{scheme}://127.0.0.1:{port}"
     wait_healthy(url, proc, log, cacert=cacert)

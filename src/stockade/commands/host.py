@@ -195,6 +195,30 @@ def _parse_listen(text: str) -> tuple[str, int]:
     is_flag=True,
     help="Start every Keep as a fresh Python process instead of forking it from the Keep fork server.",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(16, 1_000_000),
+    default=None,
+    metavar="N",
+    help="Open connections at most (HTTP and relays). Beyond it the oldest connection waiting for "
+    "a request head is closed. [default: 1024, or what the file-descriptor limit leaves]",
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(1, 65_535),
+    default=128,
+    show_default=True,
+    metavar="N",
+    help="Listen backlog; also the most sockets accepted in one burst (4 bursts count in the fd budget).",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection that has not sent a complete request head within this long.",
+)
 def serve(
     listen: str,
     state_dir: Path | None,
@@ -203,6 +227,9 @@ def serve(
     idle_timeout: float,
     watchdog_grace: float,
     no_fork_server: bool,
+    max_connections: int | None,
+    backlog: int,
+    header_timeout: float,
 ) -> None:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
@@ -213,6 +240,11 @@ def serve(
     the metadata; the manager never sees workloads or secrets in clear
     either way: it relays the attested TLS stream between each client and
     its Keep.
+
+    Connection floods: at most --max-connections connections, a request
+    head within --header-timeout seconds, file descriptors kept for Keeps,
+    and peer-driven log lines summarised every 10 s. For a host on the
+    internet, put a reverse proxy in front (docs/host-api.md).
     """
     import logging
     import ssl
@@ -221,6 +253,7 @@ def serve(
 
     from stockade.commands._output import fail
     from stockade.errors import StockadeError, UsageError
+    from stockade.host import guard
     from stockade.host.manager import create_app
     from stockade.host.tokens import load_tokens
 
@@ -235,6 +268,15 @@ def serve(
     sdir = state_dir or state_dir_default()
     try:
         tokens = load_tokens(sdir)
+    except StockadeError as err:
+        fail(err, False)
+    # Connections, the accept path and the Keeps' descriptors must fit in
+    # the soft RLIMIT_NOFILE, or a flood of connections starves Keep
+    # creation and health (stockade.host.guard).
+    try:
+        plan = guard.plan_descriptors(
+            guard.raise_nofile(), sum(t.quota for t in tokens.entries), backlog, max_connections
+        )
     except StockadeError as err:
         fail(err, False)
     from stockade.evidence.sim.chip import ensure_chip
@@ -254,10 +296,23 @@ def serve(
         sdir, tokens, idle_timeout=idle_timeout or None, starter=starter, watchdog_grace=watchdog_grace
     )
 
+    limiter = guard.LogRateLimit()
+    shed_counter = app.state.metrics.connections_shed
+
+    def on_shed(reason: str) -> None:
+        shed_counter.labels(reason).inc()
+        limiter.note(guard.shed_kind(reason))
+
+    limits = guard.ConnectionLimits(plan.max_connections, plan.backlog, header_timeout)
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             app.state.manager.begin_shutdown()  # open waits answer now
             super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            limiter.flush()  # the summaries of peer-driven log lines
+            return await super().on_tick(counter)
 
     config = uvicorn.Config(
         app,
@@ -275,12 +330,27 @@ def serve(
         # busy client that sends its next request just then gets the
         # connection closed under it. 30 s makes that window rare.
         timeout_keep_alive=30,
+        # Connection-flood guard: the connection cap and request-head
+        # timeout live in the protocol class; uvicorn's own limit counts
+        # the connection making the request too, so N + 1 leaves the cap to
+        # the guard and bounds requests in flight (those whose client left
+        # included).
+        http=guard.guarded_protocol(limits, on_shed),
+        limit_concurrency=plan.max_connections + 1,
+        backlog=plan.backlog,
+    )
+    # After uvicorn configured its loggers: one line per kind and interval
+    # for what a peer can make it log at will (accept errors, bad requests).
+    guard.attach_log_limit(limiter)
+    logging.getLogger("stockade.host.guard").info(
+        "connection limits: %s; request head within %g s", plan.describe(), header_timeout
     )
     server = Server(config)
     try:
         with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run does
             server.run()
     finally:
+        limiter.flush(force=True)
         if spawner is not None:
             spawner.close()
     if not server.started:

@@ -351,10 +351,6 @@ def _raise_nofile(want: int = 65536) -> None:
     client's WebSocket, pidfds of the Keep and its PSP, the watcher's
     pidfd): raise the soft limit (1024 under systemd by default) toward
     the hard one. The manager's children get their own lower limits."""
-    import resource
+    from stockade.host.guard import raise_nofile
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    raise_nofile(want)

@@ -60,6 +60,7 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import time
 from collections import Counter as _Tally
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -82,6 +83,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stockade.errors import ProtocolError
+from stockade.host.guard import SHED_REASONS
 from stockade.host.loader import BACKENDS, KeepHandle, start_keep, sweep_stale_scratch
 from stockade.host.registry import (
     FINAL_STATES,
@@ -211,6 +213,14 @@ class Metrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self.connections_shed = Counter(
+            "stockade_connections_shed",
+            "Connections the flood guard closed (stockade.host.guard), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in SHED_REASONS:
+            self.connections_shed.labels(reason)
         for outcome in ("ok", "quota-exceeded", "loader-failed"):
             self.creates.labels(outcome)
         for direction in ("to_keep", "to_client"):
@@ -913,19 +923,40 @@ def create_app(
         too_large = ApiProblem(413, "too-large", "package too large", f"at most {MAX_STAGED} bytes")
         if declared is not None and declared.isdigit() and int(declared) > MAX_STAGED:
             raise too_large
+
         # Untrusted bytes for the Keep to measure: streamed to a temporary
-        # file, renamed into place only once complete.
-        tmp = scratch / (STAGED_NAME + ".part")
+        # file of its own (two PUTs never share one), renamed into place only
+        # once complete; the last complete upload wins.
+        def failed(exc: OSError | None) -> ApiProblem:
+            if mgr.live.get(keep_id) is not live or live.kill_requested:  # deleted or ended meanwhile
+                return ApiProblem(
+                    409, "conflict", "Keep not running", f"Keep {keep_id} ended during the upload"
+                )
+            reason = exc.strerror if exc is not None else "unknown error"
+            return ApiProblem(
+                500, "staging-failed", "cannot stage the package", f"the host cannot store it: {reason}"
+            )
+
+        tmp: Path | None = None
         size = 0
-        with open(tmp, "wb") as out:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_STAGED:
-                    out.close()
-                    tmp.unlink(missing_ok=True)
-                    raise too_large
-                await anyio.to_thread.run_sync(out.write, chunk)
-        os.replace(tmp, scratch / STAGED_NAME)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=STAGED_NAME + ".", suffix=".part", dir=scratch)
+            tmp = Path(tmp_name)
+            with open(fd, "wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_STAGED:
+                        raise too_large
+                    await anyio.to_thread.run_sync(out.write, chunk)
+            if mgr.live.get(keep_id) is not live or live.kill_requested:
+                raise failed(None)
+            os.replace(tmp, scratch / STAGED_NAME)
+            tmp = None
+        except OSError as exc:  # the scratch dir is gone (the Keep ended), disk full, ...
+            raise failed(exc) from None
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         log.info("Keep %s: %d-byte package staged", keep_id, size)
         return Response(status_code=204)
 
