@@ -18,11 +18,14 @@ ADR 0013.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
+from stockade.errors import UnmeasuredCode
+from stockade.wire import sitecheck
 from stockade.wire.keep_modules import MODULES
 
 #: Set by record_only(); a list so that no ``global`` statement is needed.
@@ -53,9 +56,17 @@ class MeasuredImportsOnly:
 
 
 def install(allowed: frozenset[str] = MODULES) -> None:
-    """Put the guard first in ``sys.meta_path`` (once)."""
+    """Put the guard first in ``sys.meta_path`` (once). A ``.pth`` file that
+    ran code at this interpreter's start-up ends the process (exit 120): that
+    code is not measured, so this Keep must not serve a session."""
     if _recording or any(isinstance(f, MeasuredImportsOnly) for f in sys.meta_path):
         return
+    try:
+        sitecheck.check()
+    except UnmeasuredCode as err:
+        print(f"stockade keep: refusing to start: {err}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(err.exit_code)
     sys.meta_path.insert(0, MeasuredImportsOnly(allowed))
 
 

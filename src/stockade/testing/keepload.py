@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         target = Path(keep_modules.__file__)
         target.write_text(render(modules, sorted(set(libraries))))
+        # The project's formatter, so that a regenerated file diffs cleanly.
+        subprocess.run([sys.executable, "-m", "ruff", "format", "-q", str(target)], check=False)
         print(f"keepload: wrote {target}")
         return 0
     missing = sorted(n for n in modules if launch.recordable(n) and n not in keep_modules.MODULES)

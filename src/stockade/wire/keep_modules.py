@@ -253,6 +253,7 @@ MODULES: frozenset[str] = frozenset(
         "stockade.wire.keep_modules",
         "stockade.wire.messages",
         "stockade.wire.protocol",
+        "stockade.wire.sitecheck",
         "stockade.wire.staging",
         "string",
         "struct",
