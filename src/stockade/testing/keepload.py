@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,21 @@ def _exit(code, _real=_real_exit, _out=_out):
     try:
         with open("/proc/self/maps") as f:
             maps = sorted({line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6})
-        with open(_out, "a") as f:
-            f.write("".join("M " + n + "\\n" for n in sorted(sys.modules)))
-            f.write("".join("F " + p + "\\n" for p in maps if p.startswith("/")))
-            f.write("E %d\\n" % os.getpid())
+        # Entry modules run as __main__: their own names come from __spec__.
+        names = set(sys.modules)
+        names.update(m.__spec__.name for m in list(sys.modules.values()) if getattr(m, "__spec__", None))
+        lines = ["M " + n for n in sorted(names)]
+        lines += ["F " + p for p in maps if p.startswith("/")]
+        for m in list(sys.modules.values()):
+            spec = getattr(m, "__spec__", None)
+            if spec is not None and spec.has_location and spec.origin:
+                lines.append("O " + spec.name + "\\t" + spec.origin)
+        lines.append("E %d" % os.getpid())
+        # One write(2) on an O_APPEND file: records of processes ending
+        # together do not interleave.
+        fd = os.open(_out, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, ("\\n".join(lines) + "\\n").encode("utf-8", "surrogateescape"))
+        os.close(fd)
     finally:
         _real(code)
 os._exit = _exit
@@ -178,19 +190,25 @@ def scenarios(work: Path) -> list[tuple[list[str], bytes]]:
     ]
 
 
-def record_runs(record: Path, work: Path, fork_server: bool) -> None:
+def run_cli(
+    record: Path, args: list[str], stdin: bytes = b"", fork_server: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """One ``stockade ARGS`` run in a fresh process whose Keeps record what
+    they load into ``record``. With ``fork_server``, wait (bounded) for the
+    fork server to end and record too."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    mode = "fork" if fork_server else "popen"
+    cmd = [sys.executable, "-m", "stockade.testing.keepload", "--cli", str(record), mode, *args]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, env=env, check=False)
+    deadline = time.monotonic() + 10
+    while fork_server and _zygotes_running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+def record_runs(record: Path, work: Path, fork_server: bool) -> None:
     for args, stdin in scenarios(work):
-        cmd = [
-            sys.executable,
-            "-m",
-            "stockade.testing.keepload",
-            "--cli",
-            str(record),
-            "fork" if fork_server else "popen",
-            *args,
-        ]
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=120, env=env, check=False)
+        proc = run_cli(record, args, stdin, fork_server)
         last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
         print(
             f"keepload: exit {proc.returncode:3d} {' '.join(args[5:])[:70]} | {last[0][:90]}", file=sys.stderr
@@ -205,34 +223,38 @@ def _zygotes_running() -> bool:
     return False
 
 
-def parse(record: Path) -> tuple[set[str], set[str], int]:
-    """(module names, mapped file paths, number of processes) in a record file."""
-    modules: set[str] = set()
-    files: set[str] = set()
-    procs = 0
+@dataclass
+class Record:
+    """What the recorded Keep-side processes loaded."""
+
+    modules: set[str] = field(default_factory=set)  # names in sys.modules
+    files: set[str] = field(default_factory=set)  # files mapped into the process
+    origins: set[tuple[str, str]] = field(default_factory=set)  # (module name, file it was loaded from)
+    processes: int = 0
+
+
+def parse(record: Path) -> Record:
+    out = Record()
     for line in record.read_text().splitlines():
         tag, _, value = line.partition(" ")
         if tag == "M":
-            modules.add(value)
+            out.modules.add(value)
         elif tag == "F":
-            files.add(value)
+            out.files.add(value)
+        elif tag == "O":
+            name, _, origin = value.partition("\t")
+            out.origins.add((name, origin))
         elif tag == "E":
-            procs += 1
-    return modules, files, procs
+            out.processes += 1
+    return out
 
 
-def collect(work: Path) -> tuple[set[str], set[str], int]:
-    """Record every scenario, both ways of starting Keeps; wait for the fork
-    servers (which record when they end) to be gone."""
+def collect(work: Path) -> Record:
+    """Record every scenario, both ways of starting Keeps."""
     record = work / "record.txt"
     record.touch()
     for fork_server in (False, True):
         record_runs(record, work, fork_server)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        if not _zygotes_running():
-            break
     return parse(record)
 
 
@@ -279,9 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     from stockade.wire import keep_modules, launch
 
     with tempfile.TemporaryDirectory(prefix="stockade-keepload-") as tmp:
-        modules, files, procs = collect(Path(tmp))
-    libraries = launch.ctypes_libraries(files)
-    print(f"keepload: {procs} Keep-side processes, {len(modules)} modules, {len(libraries)} ctypes libraries")
+        rec = collect(Path(tmp))
+    modules = rec.modules
+    libraries = launch.ctypes_libraries(rec.files)
+    print(
+        f"keepload: {rec.processes} Keep-side processes, {len(modules)} modules, {len(libraries)} ctypes libraries"
+    )
     if args.write:
         target = Path(keep_modules.__file__)
         target.write_text(render(modules, sorted(set(libraries))))

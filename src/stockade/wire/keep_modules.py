@@ -240,6 +240,7 @@ MODULES: frozenset[str] = frozenset(
         "stockade.keep.loading",
         "stockade.keep.runner",
         "stockade.keep.session",
+        "stockade.keep.zygote",
         "stockade.package",
         "stockade.package.format",
         "stockade.package.manifest",
