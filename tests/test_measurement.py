@@ -239,13 +239,13 @@ def test_the_list_is_generated_and_sorted() -> None:
 def test_hash_cache_sees_a_same_size_rewrite_with_the_old_mtime(tmp_path: Path) -> None:
     f = tmp_path / "mod.py"
     f.write_bytes(b"X = 1\n")
-    first = launch.file_sha384(str(f))
-    assert launch.file_sha384(str(f)) == first  # cached
+    first = launch.file_sha256(str(f))
+    assert launch.file_sha256(str(f)) == first  # cached
     st = f.stat()
     time.sleep(0.05)  # past the coarse clock tick of the first write's ctime
     f.write_bytes(b"X = 2\n")
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime and size as before; ctime moves
-    assert launch.file_sha384(str(f)) != first
+    assert launch.file_sha256(str(f)) != first
 
 
 def test_measurement_cold_and_warm_in_one_process() -> None:

@@ -248,7 +248,7 @@ def _check(
 
 @policy.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with --files: every measured file).")
-@click.option("--files", is_flag=True, help="List every measured file: SHA-384, kind, name, path.")
+@click.option("--files", is_flag=True, help="List every measured file: SHA-256, kind, name, path.")
 def reference(as_json: bool, files: bool) -> None:
     """Print the expected Keep measurement of this installation on sim.
 
@@ -289,7 +289,7 @@ def reference(as_json: bool, files: bool) -> None:
                     "label": m.label,
                     "kind": m.kind,
                     "path": str(m.path) if m.path else None,
-                    "sha384": m.sha384.hex() if m.sha384 else None,
+                    "sha256": m.sha256.hex() if m.sha256 else None,
                 }
                 for m in entries
             ]
@@ -297,10 +297,10 @@ def reference(as_json: bool, files: bool) -> None:
     elif files:
         click.echo(f"# {len(entries)} entries of the Keep measurement {measurement}")
         click.echo(
-            "# sha384 (- : no file of its own: built into the interpreter, or absent)  kind  name  path"
+            "# sha256 (- : no file of its own: built into the interpreter, or absent)  kind  name  path"
         )
         for m in entries:
-            click.echo(f"{m.sha384.hex() or '-'}  {m.kind}  {m.label}  {m.path or '-'}")
+            click.echo(f"{m.sha256.hex() or '-'}  {m.kind}  {m.label}  {m.path or '-'}")
     else:
         click.echo(snippet)
 
