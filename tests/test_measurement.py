@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -106,17 +107,37 @@ def test_measurement_refuses_a_pth_that_runs_code(venv_with_code_pth: tuple[str,
     assert proc.stdout.startswith(f"120 {evil} line 1 runs code"), (proc.stdout, proc.stderr)
 
 
-def test_policy_reference_refuses_a_pth_that_runs_code(venv_with_code_pth: tuple[str, Path]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["policy", "reference"],
+        ["policy", "reference", "--json", "--files"],
+        ["policy", "default", "--allow-sim"],
+        ["run", "--allow-sim", str(HELLO)],
+        ["host", "serve", "--listen", "127.0.0.1:PORT"],
+    ],
+    ids=["policy-reference", "policy-reference-json", "policy-default", "run", "host-serve"],
+)
+def test_commands_refuse_a_pth_that_runs_code(
+    venv_with_code_pth: tuple[str, Path], state_dir: Path, tmp_path: Path, command: list[str]
+) -> None:
     python, evil = venv_with_code_pth
+    sdir = state_dir if command[0] == "run" else tmp_path
+    if command[-1] == "127.0.0.1:PORT":  # a free loopback port (refused before it binds)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            command = [*command[:-1], f"127.0.0.1:{s.getsockname()[1]}"]
     proc = subprocess.run(
-        [python, "-m", "stockade", "policy", "reference"],
+        [python, "-m", "stockade", *command],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, "STOCKADE_STATE_DIR": str(sdir)},
     )
-    assert proc.returncode == UnmeasuredCode.exit_code, proc.stderr
-    assert str(evil) in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == UnmeasuredCode.exit_code, (proc.stdout, proc.stderr)
+    assert f"{evil} line 1 runs code" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("entry", ["stockade.keep", "stockade.keep.zygote"])

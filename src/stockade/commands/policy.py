@@ -312,7 +312,10 @@ def default(allow_sim: bool) -> None:
     from stockade.policy.builtin import default_policy_toml, development_policy_toml
     from stockade.wire.launch import keep_measurement
 
-    measurement = keep_measurement()
+    try:
+        measurement = keep_measurement()
+    except StockadeError as err:
+        fail(err, False)
     if allow_sim:
         click.echo(development_policy_toml(measurement), nl=False)
     else:

@@ -156,8 +156,10 @@ def deploy(connection: _Connection, **kwargs: Any) -> None:
 
 def _deploy(connection: _Connection, opts: RunOptions) -> None:
     from stockade.client.deploy import send_hello
-    from stockade.wire.launch import keep_measurement
+    from stockade.wire.launch import measure_in_background
 
+    # The pin: this installation's Keep runtime, hashed while we talk to the host.
+    keep_measurement = measure_in_background()
     prepared = prepare(opts)
     limits = prepared.limits_map()
     with connection.client() as client:

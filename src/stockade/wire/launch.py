@@ -42,8 +42,8 @@ import os
 import sys
 import sysconfig
 import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,3 +286,20 @@ def launch_digest(entries: Iterable[tuple[str, bytes]]) -> bytes:
 def keep_measurement(files: list[MeasuredFile] | None = None) -> bytes:
     """The measurement of this installation's Keep runtime (or of ``files``)."""
     return launch_digest(m.entry() for m in (measured_files() if files is None else files))
+
+
+def measure_in_background() -> Callable[[], bytes]:
+    """Start :func:`keep_measurement` in a daemon thread; the returned
+    callable waits for the digest (and raises what the measurement raised).
+    For callers that have other work to do first (a cold measurement hashes
+    tens of MB)."""
+    result: Future[bytes] = Future()
+
+    def run() -> None:
+        try:
+            result.set_result(keep_measurement())
+        except BaseException as exc:  # handed to the caller of result()
+            result.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True, name="keep-measurement").start()
+    return result.result
