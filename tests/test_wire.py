@@ -1521,8 +1521,12 @@ def _swap(label: str, new: tuple[str, bytes]) -> list[tuple[str, bytes]]:
 @pytest.mark.parametrize(
     "files",
     [
-        _swap("module:stockade.keep.main\x00source", ("module:stockade.keep.main\x00source", _d(b"print(2)\n"))),
-        _swap("module:stockade.keep.main\x00source", ("module:stockade.keep.Main\x00source", _d(b"print(1)\n"))),
+        _swap(
+            "module:stockade.keep.main\x00source", ("module:stockade.keep.main\x00source", _d(b"print(2)\n"))
+        ),
+        _swap(
+            "module:stockade.keep.main\x00source", ("module:stockade.keep.Main\x00source", _d(b"print(1)\n"))
+        ),
         _swap("module:sys\x00builtin", ("module:sys\x00source", _d(b""))),
         _swap("module:sys\x00builtin", ("module:sys\x00builtin", b"\x00")),
         FILES[:-1],
