@@ -200,6 +200,7 @@ def test_keep_entry_points_refuse_a_planted_module(tmp_path: Path, entry: str, a
     proc = isolated(code)
     assert "planted code ran" not in proc.stdout
     assert "ModuleNotFoundError: stockade keep: import of 'planted' refused" in proc.stderr, proc.stderr
+    assert f"found at {tmp_path / 'planted.py'}" in proc.stderr  # the log line
 
 
 # == real Keeps load nothing outside the measurement ===================================================

@@ -9,8 +9,8 @@ measured" holds by construction: a module outside the list cannot be
 imported, whatever file a host plants on the Keep's ``sys.path``.
 
 A refusal raises ModuleNotFoundError (code that probes optional modules
-behaves as if the module were absent) and writes one line to the Keep's
-log. Modules imported before the guard (interpreter start-up, ``stockade``,
+behaves as if the module were absent); when a file for the name exists on
+the path (a planted module), it also writes one line to the Keep's log. Modules imported before the guard (interpreter start-up, ``stockade``,
 ``stockade.keep`` and this module) are in the list too, and a test checks
 ``sys.modules`` of real Keeps against it (tests/test_measurement.py).
 ADR 0013.
@@ -48,8 +48,27 @@ class MeasuredImportsOnly:
             f"stockade keep: import of {name!r} refused: it is not part of the measured Keep runtime "
             "(stockade.wire.keep_modules, ADR 0013)"
         )
-        print(message, file=sys.stderr)
+        # Libraries probe for optional modules (cryptography tries bcrypt,
+        # copy tries Jython's org): refused quietly when nothing would be
+        # found anyway; logged when a file is there, planted or not.
+        found = self._found_by_others(name, path, target)
+        if found is not None:
+            print(f"{message}; found at {found}", file=sys.stderr)
         raise ModuleNotFoundError(message, name=name)
+
+    def _found_by_others(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None
+    ) -> str | None:
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            try:
+                spec = finder.find_spec(name, path, target)
+            except Exception:  # noqa: S112 (a broken finder: the refusal stands either way)
+                continue
+            if spec is not None:
+                return str(spec.origin)
+        return None
 
     def invalidate_caches(self) -> None:
         pass
