@@ -134,7 +134,7 @@ def _cli(argv: list[str]) -> None:
     os._exit(code)
 
 
-def scenarios(work: Path) -> list[tuple[list[str], bytes]]:
+def scenarios(work: Path, state: Path | None = None) -> list[tuple[list[str], bytes]]:
     """CLI runs (args, stdin) covering success and the error paths a Keep meets."""
     root = Path(__file__).resolve().parents[3]
     examples = root / "examples"
@@ -162,7 +162,7 @@ def scenarios(work: Path) -> list[tuple[list[str], bytes]]:
             ["package", "sign", "--key", str(key), str(pkg)],
         ):
             subprocess.run([sys.executable, "-m", "stockade", *args], check=True, capture_output=True)
-    common = ["run", "--allow-sim", "-q", "--state-dir", str(work / "state")]
+    common = ["run", "--allow-sim", "-q", "--state-dir", str(state or work / "state")]
     return [
         ([*common, str(hello), "--", "Alice"], b""),
         (
@@ -206,8 +206,8 @@ def run_cli(
     return proc
 
 
-def record_runs(record: Path, work: Path, fork_server: bool) -> None:
-    for args, stdin in scenarios(work):
+def record_runs(record: Path, work: Path, fork_server: bool, state: Path | None = None) -> None:
+    for args, stdin in scenarios(work, state):
         proc = run_cli(record, args, stdin, fork_server)
         last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
         print(
@@ -249,12 +249,12 @@ def parse(record: Path) -> Record:
     return out
 
 
-def collect(work: Path) -> Record:
+def collect(work: Path, state: Path | None = None) -> Record:
     """Record every scenario, both ways of starting Keeps."""
     record = work / "record.txt"
     record.touch()
     for fork_server in (False, True):
-        record_runs(record, work, fork_server)
+        record_runs(record, work, fork_server, state)
     return parse(record)
 
 
@@ -297,11 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", action="store_true", help="regenerate stockade/wire/keep_modules.py")
     group.add_argument("--check", action="store_true", help="fail if a Keep loads anything unmeasured")
+    parser.add_argument("--state-dir", type=Path, help="state directory with a sim chip (default: a new one)")
     args = parser.parse_args(argv)
     from stockade.wire import keep_modules, launch
 
     with tempfile.TemporaryDirectory(prefix="stockade-keepload-") as tmp:
-        rec = collect(Path(tmp))
+        rec = collect(Path(tmp), args.state_dir)
     modules = rec.modules
     libraries = launch.ctypes_libraries(rec.files)
     print(
