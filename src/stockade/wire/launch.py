@@ -124,12 +124,12 @@ def resolve(
         return hit[0], hit[1]
     parent, _, _ = name.rpartition(".")
     locations: list[str] | None
+    frozen = importlib.machinery.FrozenImporter.find_spec(name)
     if not parent and name in sys.builtin_module_names:
         kind, origin, locations = "builtin", None, None
-    elif importlib.machinery.FrozenImporter.find_spec(name) is not None:
-        kind, origin, locations = "frozen", None, None
-        spec = importlib.machinery.FrozenImporter.find_spec(name)
-        locations = list(spec.submodule_search_locations or []) if spec is not None else None
+    elif frozen is not None:  # its code object is in the interpreter (libpython)
+        kind, origin = "frozen", None
+        locations = list(frozen.submodule_search_locations or []) or None
     else:
         if parent:
             resolve(parent, search_path, _cache)
