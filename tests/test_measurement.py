@@ -203,6 +203,26 @@ def test_keep_entry_points_refuse_a_planted_module(tmp_path: Path, entry: str, a
     assert f"found at {tmp_path / 'planted.py'}" in proc.stderr  # the log line
 
 
+def test_guard_refuses_to_start_after_unmeasured_early_imports() -> None:
+    """A module loaded before the guard (by a sitecustomize, say) that is not
+    in the measured set: the Keep must not serve a session."""
+    assert "xml.dom.minidom" not in keep_modules.MODULES
+    proc = isolated(
+        "import xml.dom.minidom\nfrom stockade.keep import guard\nguard.install()\nprint('served')"
+    )
+    assert proc.returncode == UnmeasuredCode.exit_code, proc.stderr
+    assert "served" not in proc.stdout
+    assert "modules loaded before the import guard are not in the measured set: xml" in proc.stderr
+
+
+def test_startup_hooks_are_always_measured() -> None:
+    """site imports sitecustomize (Debian's python3.11 ships one) before any
+    Keep code: its bytes, or its absence, are in the digest."""
+    assert launch.STARTUP_HOOKS <= keep_modules.MODULES
+    labels = {m.label for m in launch.measured_files()}
+    assert {"module:sitecustomize", "module:usercustomize"} <= labels
+
+
 # == real Keeps load nothing outside the measurement ===================================================
 
 

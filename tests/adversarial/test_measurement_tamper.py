@@ -181,6 +181,18 @@ def test_a_planted_module_changes_the_measurement(tree: Tree) -> None:
     assert tree.measure() == before
 
 
+def test_a_planted_sitecustomize_changes_the_measurement(tree: Tree) -> None:
+    """site runs sitecustomize before any Keep code; it is always measured."""
+    modules = tree.modules | launch.STARTUP_HOOKS
+    before = tree.measure(modules)
+    planted = Path(tree.search_path[-1]) / "sitecustomize.py"
+    try:
+        planted.write_text("import os  # runs in every start-up\n")
+        assert tree.measure(modules) != before
+    finally:
+        planted.unlink()
+
+
 def test_a_module_added_to_the_list_changes_the_measurement(tree: Tree) -> None:
     assert tree.measure(tree.modules | {"json"}) != tree.measure()
 

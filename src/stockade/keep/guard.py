@@ -76,12 +76,21 @@ class MeasuredImportsOnly:
 
 def install(allowed: frozenset[str] = MODULES) -> None:
     """Put the guard first in ``sys.meta_path`` (once). A ``.pth`` file that
-    ran code at this interpreter's start-up ends the process (exit 120): that
-    code is not measured, so this Keep must not serve a session."""
+    ran code at this interpreter's start-up, or a module already loaded that
+    is not in the measured set (imported by a sitecustomize, say), ends the
+    process (exit 120): that code is not measured, so this Keep must not
+    serve a session."""
     if _recording or any(isinstance(f, MeasuredImportsOnly) for f in sys.meta_path):
         return
     try:
         sitecheck.check()
+        # What ran before this point (interpreter start-up, site, a
+        # sitecustomize, the entry module's own imports) must be measured too.
+        early = sorted(n for n in sys.modules if n not in allowed and n not in ("__main__", "__mp_main__"))
+        if early:
+            raise UnmeasuredCode(
+                f"modules loaded before the import guard are not in the measured set: {', '.join(early[:10])}"
+            )
     except UnmeasuredCode as err:
         print(f"stockade keep: refusing to start: {err}", file=sys.stderr)
         sys.stderr.flush()

@@ -259,9 +259,9 @@ def collect(work: Path, state: Path | None = None) -> Record:
 
 
 def render(modules: set[str], libraries: list[tuple[str, str]]) -> str:
-    from stockade.wire.launch import recordable
+    from stockade.wire.launch import STARTUP_HOOKS, recordable
 
-    names = sorted(n for n in modules if recordable(n))
+    names = sorted({n for n in modules if recordable(n)} | STARTUP_HOOKS)
     lines = [
         '"""The modules and libraries the Keep runtime loads: its measured set (ADR 0013).',
         "",

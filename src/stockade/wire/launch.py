@@ -51,6 +51,12 @@ from stockade.wire.sitecheck import pth_paths, site_dirs
 
 DOMAIN = b"stockade-launch/v2\x00"
 
+#: Modules ``site`` imports at every start-up if they exist on the path,
+#: before any Keep code runs (Lib/site.py execsitecustomize/execusercustomize;
+#: Debian's python3.11 ships a sitecustomize.py). Always in the measured list,
+#: so that their bytes, or their absence, are measured.
+STARTUP_HOOKS = frozenset({"sitecustomize", "usercustomize"})
+
 #: Module kinds. "source"/"extension" have a file; the others do not.
 FILE_KINDS = ("source", "extension", "sourceless")
 
@@ -188,15 +194,35 @@ def clear_cache() -> None:
 
 def interpreter_files(executable: str | None = None) -> list[tuple[str, str]]:
     """(label, path) of the interpreter's code files: the executable, and
-    libpython when Python is built shared (Py_ENABLE_SHARED)."""
+    libpython when the executable runs from it. That is read from this
+    process's own mappings (the Keep runs this same executable):
+    ``Py_ENABLE_SHARED`` is not enough, since Debian's python3.11 ships a
+    libpython for embedding but its ``/usr/bin/python3.11`` is linked
+    statically."""
     files = [("interpreter:executable", os.path.realpath(executable or sys.executable))]
-    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        libdir = sysconfig.get_config_var("LIBDIR") or ""
-        soname = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY") or ""
-        lib = os.path.join(libdir, soname)
-        if soname and os.path.exists(lib):
-            files.append(("interpreter:libpython", os.path.realpath(lib)))
+    libpython = _mapped_libpython()
+    if libpython is not None:
+        files.append(("interpreter:libpython", libpython))
     return files
+
+
+def _mapped_libpython() -> str | None:
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and os.path.basename(fields[5].strip()).startswith("libpython"):
+                    return os.path.realpath(fields[5].strip())
+        return None
+    except OSError:
+        pass
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):  # no /proc: what the build says
+        lib = os.path.join(
+            sysconfig.get_config_var("LIBDIR") or "", sysconfig.get_config_var("INSTSONAME") or ""
+        )
+        if os.path.isfile(lib):
+            return os.path.realpath(lib)
+    return None
 
 
 def ctypes_libraries(mapped: Iterable[str], search_path: list[str] | None = None) -> list[tuple[str, str]]:
