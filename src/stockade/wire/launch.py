@@ -57,7 +57,7 @@ DOMAIN = b"stockade-launch/v2\x00"
 #: so that their bytes, or their absence, are measured.
 STARTUP_HOOKS = frozenset({"sitecustomize", "usercustomize"})
 
-#: Module kinds. "source"/"extension" have a file; the others do not.
+#: Module kinds that have a file of their own (hashed); the others do not.
 FILE_KINDS = ("source", "extension", "sourceless")
 
 
