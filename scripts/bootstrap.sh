@@ -30,3 +30,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
     echo "$want" > "$stamp"
 fi
+# setuptools' distutils-precedence.pth (in every Python 3.11 venv) runs code,
+# "import _distutils_hack", in every start-up, the Keep's included; the Keep's
+# launch measurement refuses site-packages .pth files that run code (ADR 0013).
+# Nothing stockade runs needs it: the editable install builds in an isolated
+# environment, and its own .pth is a plain path line.
+rm -f .venv/lib/python3*/site-packages/distutils-precedence.pth

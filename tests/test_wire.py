@@ -11,7 +11,6 @@ import functools
 import hashlib
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -31,7 +30,7 @@ from stockade.wire.binding import DOMAIN, NONCE_SIZE, report_data_for
 from stockade.wire.eventlog import MAX_EVENTS, Event
 from stockade.wire.evidence import MEDIA_TYPE, EvidenceBundle, bundle_from_extension, extension_value
 from stockade.wire.framing import HEADER, MAX_FRAME, FrameDecoder, encode_frame
-from stockade.wire.launch import keep_measurement, launch_digest, runtime_files
+from stockade.wire.launch import keep_measurement, launch_digest
 from stockade.wire.messages import (
     MAX_DEPTH,
     Config,
@@ -1500,108 +1499,75 @@ def test_report_data_wrong_nonce_size(size: int) -> None:
 
 
 # == launch digest ===================================================================================
+# The measured set itself (module resolution, .pth refusal, tampered copies): tests/test_measurement.py
+# and tests/adversarial/test_measurement_tamper.py.
 
-FILES = [("keep/__init__.py", b""), ("keep/main.py", b"print(1)\n"), ("wire/messages.py", b"X = 1\n")]
-VERSIONS = {"python": "3.11.7", "wasmtime": "50.0.1", "cbor2": "6.3.0"}
+
+def _d(content: bytes) -> bytes:
+    return hashlib.sha384(content).digest()
+
+
+FILES = [
+    ("module:stockade.keep\x00source", _d(b"")),
+    ("module:stockade.keep.main\x00source", _d(b"print(1)\n")),
+    ("module:sys\x00builtin", b""),
+    ("interpreter:executable\x00executable", _d(b"ELF")),
+]
 
 
 def test_launch_digest_is_sha384_sized_and_deterministic() -> None:
-    d = launch_digest(FILES, VERSIONS)
+    d = launch_digest(FILES)
     assert len(d) == 48
-    assert launch_digest(list(FILES), dict(VERSIONS)) == d
+    assert launch_digest(list(FILES)) == d
 
 
 def test_launch_digest_is_order_independent() -> None:
-    d = launch_digest(FILES, VERSIONS)
+    d = launch_digest(FILES)
     rng = random.Random(7)
     for _ in range(10):
         files = FILES[:]
         rng.shuffle(files)
-        keys = list(VERSIONS)
-        rng.shuffle(keys)
-        assert launch_digest(iter(files), {k: VERSIONS[k] for k in keys}) == d
+        assert launch_digest(iter(files)) == d
+
+
+def _swap(label: str, new: tuple[str, bytes]) -> list[tuple[str, bytes]]:
+    return [new if n == label else (n, c) for n, c in FILES]
 
 
 @pytest.mark.parametrize(
-    ("files", "versions"),
+    "files",
     [
-        ([(n, c + b" ") if n == "keep/main.py" else (n, c) for n, c in FILES], VERSIONS),
-        ([("keep/Main.py", c) if n == "keep/main.py" else (n, c) for n, c in FILES], VERSIONS),
-        (FILES[:-1], VERSIONS),
-        ([*FILES, ("evidence/x.py", b"")], VERSIONS),
-        (FILES, {**VERSIONS, "python": "3.11.8"}),
-        (FILES, {**VERSIONS, "pyOpenSSL": "25.0.0"}),
-        (FILES, {k: v for k, v in VERSIONS.items() if k != "cbor2"}),
-        (FILES, {**{k: v for k, v in VERSIONS.items() if k != "cbor2"}, "cbor": "6.3.0"}),
-        ([("keep/main.p", b"yprint(1)\n") if n == "keep/main.py" else (n, c) for n, c in FILES], VERSIONS),
+        _swap(
+            "module:stockade.keep.main\x00source", ("module:stockade.keep.main\x00source", _d(b"print(2)\n"))
+        ),
+        _swap(
+            "module:stockade.keep.main\x00source", ("module:stockade.keep.Main\x00source", _d(b"print(1)\n"))
+        ),
+        _swap("module:sys\x00builtin", ("module:sys\x00source", _d(b""))),
+        _swap("module:sys\x00builtin", ("module:sys\x00builtin", b"\x00")),
+        FILES[:-1],
+        [*FILES, ("module:evil\x00absent", b"")],
     ],
-    ids=[
-        "content",
-        "name",
-        "file-removed",
-        "file-added",
-        "version",
-        "dist-added",
-        "dist-removed",
-        "dist-renamed",
-        "name-content-boundary",
-    ],
+    ids=["content", "name", "kind", "empty-vs-byte", "file-removed", "entry-added"],
 )
-def test_launch_digest_changes(files: list[tuple[str, bytes]], versions: dict[str, str]) -> None:
-    assert launch_digest(files, versions) != launch_digest(FILES, VERSIONS)
+def test_launch_digest_changes(files: list[tuple[str, bytes]]) -> None:
+    assert launch_digest(files) != launch_digest(FILES)
+
+
+def test_launch_digest_label_digest_boundary() -> None:
+    assert launch_digest([("ab", b"c")]) != launch_digest([("a", b"bc")])
 
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.dictionaries(st.text(min_size=1, max_size=12), st.binary(max_size=16), max_size=6),
+    st.dictionaries(st.text(min_size=1, max_size=12), st.binary(max_size=48), max_size=6),
     st.randoms(use_true_random=False),
 )
 def test_launch_digest_permutation_property(files: dict[str, bytes], rng: random.Random) -> None:
     items = list(files.items())
     shuffled = items[:]
     rng.shuffle(shuffled)
-    assert launch_digest(items, VERSIONS) == launch_digest(shuffled, VERSIONS)
-
-
-def _fake_root(root: Path) -> Path:
-    for rel, content in [
-        ("__init__.py", b""),
-        ("errors.py", b"E = 1\n"),
-        ("keep/__init__.py", b""),
-        ("keep/main.py", b"M = 1\n"),
-        ("keep/sub/deep.py", b"D = 1\n"),
-        ("wire/messages.py", b"W = 1\n"),
-        ("evidence/sim/psp.py", b"P = 1\n"),
-        ("cli.py", b"not part of the Keep\n"),
-        ("keep/README.md", b"not python\n"),
-        ("keep/__pycache__/main.cpython-311.py", b"cache\n"),
-    ]:
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    return root
-
-
-def test_runtime_files_and_keep_measurement(tmp_path: Path) -> None:
-    root = _fake_root(tmp_path / "stockade")
-    names = [n for n, _ in runtime_files(root)]
-    assert names == sorted(
-        [
-            "__init__.py",
-            "errors.py",
-            "keep/__init__.py",
-            "keep/main.py",
-            "keep/sub/deep.py",
-            "wire/messages.py",
-            "evidence/sim/psp.py",
-        ]
-    )
-    before = keep_measurement(root)
-    assert len(before) == 48
-    (root / "cli.py").write_bytes(b"changed, but outside the Keep\n")
-    assert keep_measurement(root) == before
-    (root / "keep" / "sub" / "deep.py").write_bytes(b"D = 2\n")
-    assert keep_measurement(root) != before
+    assert launch_digest(items) == launch_digest(shuffled)
 
 
 def test_installed_keep_measurement_is_stable() -> None:

@@ -108,6 +108,16 @@ class WorkloadTrapped(StockadeError):
     title = "workload trapped"
 
 
+class UnmeasuredCode(StockadeError):
+    """Code would run in the Keep that its launch measurement does not cover
+    (a ``.pth`` file that runs code in every start-up). Host-side only: the
+    loader refuses to measure and start a Keep; never sent as a problem."""
+
+    exit_code = 120
+    problem_type = "unmeasured-code"
+    title = "unmeasured code"
+
+
 ERROR_CLASSES: tuple[type[StockadeError], ...] = (
     UsageError,
     VerificationFailed,

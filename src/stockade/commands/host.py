@@ -267,6 +267,9 @@ def serve(
             fail(UsageError(f"--tls-cert/--tls-key: cannot load {tls_cert} and {tls_key}: {exc}"), False)
     sdir = state_dir or state_dir_default()
     try:
+        from stockade.wire import sitecheck
+
+        sitecheck.check()  # a .pth that runs code: no Keep could be measured (ADR 0013)
         tokens = load_tokens(sdir)
     except StockadeError as err:
         fail(err, False)

@@ -247,17 +247,23 @@ def _check(
 
 
 @policy.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def reference(as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with --files: every measured file).")
+@click.option("--files", is_flag=True, help="List every measured file: SHA-256, kind, name, path.")
+def reference(as_json: bool, files: bool) -> None:
     """Print the expected Keep measurement of this installation on sim.
 
     It is computed by the same launch-digest code the keep loader uses
-    (stockade.wire.launch.keep_measurement). For the launch measurement of a
-    real SNP Keep image, and for TDX/SGX, see docs/policy.md.
+    (stockade.wire.launch.keep_measurement): the bytes of every module and
+    library the Keep loads and of the interpreter (ADR 0013). For the launch
+    measurement of a real SNP Keep image, and for TDX/SGX, see docs/policy.md.
     """
-    from stockade.wire.launch import keep_measurement, package_root
+    from stockade.wire.launch import keep_measurement, measured_files, package_root
 
-    measurement = keep_measurement().hex()
+    try:
+        entries = measured_files()
+    except StockadeError as err:
+        fail(err, as_json)
+    measurement = keep_measurement(entries).hex()
     snippet = "\n".join(
         [
             f"# Keep runtime of stockade {__version__} at {package_root()}",
@@ -270,14 +276,31 @@ def reference(as_json: bool) -> None:
         ]
     )
     if as_json:
-        doc = {
+        doc: dict[str, Any] = {
             "stockade_version": __version__,
             "platform": "sim",
             "hardware_protection": False,
             "measurement": measurement,
             "policy_snippet": snippet + "\n",
         }
+        if files:
+            doc["files"] = [
+                {
+                    "label": m.label,
+                    "kind": m.kind,
+                    "path": str(m.path) if m.path else None,
+                    "sha256": m.sha256.hex() if m.sha256 else None,
+                }
+                for m in entries
+            ]
         click.echo(json.dumps(doc, indent=2))
+    elif files:
+        click.echo(f"# {len(entries)} entries of the Keep measurement {measurement}")
+        click.echo(
+            "# sha256 (- : no file of its own: built into the interpreter, or absent)  kind  name  path"
+        )
+        for m in entries:
+            click.echo(f"{m.sha256.hex() or '-'}  {m.kind}  {m.label}  {m.path or '-'}")
     else:
         click.echo(snippet)
 
@@ -289,7 +312,10 @@ def default(allow_sim: bool) -> None:
     from stockade.policy.builtin import default_policy_toml, development_policy_toml
     from stockade.wire.launch import keep_measurement
 
-    measurement = keep_measurement()
+    try:
+        measurement = keep_measurement()
+    except StockadeError as err:
+        fail(err, False)
     if allow_sim:
         click.echo(development_policy_toml(measurement), nl=False)
     else:

@@ -242,8 +242,10 @@ def _deploy(
     connection: _Connection, opts: RunOptions, sim_root_file: Path | None, crls: tuple[bytes, ...]
 ) -> None:
     from stockade.client.deploy import send_hello
-    from stockade.wire.launch import keep_measurement
+    from stockade.wire.launch import measure_in_background
 
+    # The pin: this installation's Keep runtime, hashed while we talk to the host.
+    keep_measurement = measure_in_background()
     prepared = prepare(opts)
     # The manager records the limits it knows (its API predates disk_bytes,
     # which the Keep alone enforces from the attested load request).

@@ -32,8 +32,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -249,9 +251,18 @@ def _child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in keep}
 
 
-#: Starts a PSP for a Keep with the given launch digest and returns the
-#: Keep's end of its channel (used to run the sim PSP in the caller's process).
-PspStarter = Callable[[bytes], socket.socket]
+def _measure_into(spawner: Spawner, out: Future[bytes]) -> None:
+    try:
+        out.set_result(spawner.measurement())
+    except BaseException as exc:  # handed to whoever waits for the digest
+        out.set_exception(exc)
+
+
+#: Starts a PSP for a Keep and returns the Keep's end of its channel (used to
+#: run the sim PSP in the caller's process). Its argument returns the launch
+#: digest, blocking until the loader has computed it: the loader hashes the
+#: Keep's files while the Keep's interpreter starts (ADR 0013).
+PspStarter = Callable[[Callable[[], bytes]], socket.socket]
 
 
 def start_keep(
@@ -289,14 +300,24 @@ def start_keep(
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"keep-{keep_id}.log"
-    measurement = spawner.measurement()
+    measuring: Future[bytes] | None = None
+    if psp is not None:
+        # Hash the Keep's files (tens of MB on a cold start, ADR 0013) while
+        # its interpreter starts: the in-process PSP waits for the digest
+        # before it answers the Keep's first report request.
+        measuring = Future()
+        threading.Thread(target=_measure_into, args=(spawner, measuring), daemon=True, name="measure").start()
+        measurement = b""
+    else:
+        measurement = spawner.measurement()
     client_end, keep_end = socket.socketpair()
     psp_proc: KeepProcess | None = None
+    keep: KeepProcess | None = None
     to_close = [keep_end]
     try:
         with open(log_path, "ab") as log:
-            if psp is not None:
-                psp_keep_end = psp(measurement)
+            if psp is not None and measuring is not None:
+                psp_keep_end = psp(measuring.result)
             else:
                 psp_host_end, psp_keep_end = socket.socketpair()
                 to_close.append(psp_host_end)
@@ -305,8 +326,13 @@ def start_keep(
             keep = spawner.keep(
                 keep_id, backend, log.fileno(), keep_end.fileno(), psp_keep_end.fileno(), scratch
             )
+        if measuring is not None:
+            measurement = measuring.result()
     except BaseException:
         client_end.close()
+        if keep is not None:
+            keep.kill()
+            keep.wait()
         if psp_proc is not None:
             psp_proc.kill()
             psp_proc.wait()

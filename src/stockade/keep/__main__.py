@@ -18,6 +18,9 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stockade.keep import guard
+
+    guard.install()  # first: only measured modules may be imported (ADR 0013)
     parser = argparse.ArgumentParser(prog="stockade-keep")
     parser.add_argument("--conn-fd", type=int, required=True)
     parser.add_argument("--backend", choices=["sim"], required=True)

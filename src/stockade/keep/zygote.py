@@ -353,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", choices=sorted(PRELOAD), required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.role == "keep":
+        from stockade.keep import guard
+
+        guard.install()  # before any preload: only measured modules (ADR 0013)
     control = socket.socket(fileno=args.control_fd)
     preload(args.role)
     if _thread_count() != 1:

@@ -6,33 +6,72 @@ SNP_LAUNCH_UPDATE; the PSP (or the sim PSP) records the result in the
 MEASUREMENT field. ``stockade policy reference`` computes the same value, so a
 deployer can pin the expected measurement of a given stockade release.
 
-The digest covers every Python file of the packages the Keep runtime loads
-(``keep``, ``wire``, ``evidence``) and the top-level modules it needs, each as
-(relative path, SHA-384 of content), plus the versions of the Python
-interpreter and of the libraries whose code runs inside the Keep. Changing any
-of them changes the measurement.
+What is measured (ADR 0013): the BYTES of everything the Keep loads.
+
+* every module the Keep may import, listed in :mod:`stockade.wire.keep_modules`
+  (generated from real runs of the Keep entry points, and enforced inside the
+  Keep by :mod:`stockade.keep.guard`): stockade's own modules, third-party
+  modules and extension modules, stdlib modules and ``lib-dynload``
+  extensions. Each name is resolved to its file the way the Keep's import
+  system will resolve it (``importlib.machinery.PathFinder`` over the Keep's
+  ``sys.path``), without importing it. Built-in and frozen modules have no
+  file of their own: their code is in the interpreter, measured below;
+* the shared libraries the Keep loads without the import system (ctypes:
+  wasmtime's ``_libwasmtime.so``), listed in the same module;
+* the interpreter executable and, if Python is built as a shared library,
+  ``libpython``.
+
+Each entry is (label, SHA-256 of the file's bytes: the digest wheel RECORD
+files use, and 1.5x faster than SHA-384 with the SHA extensions of x86
+CPUs; the launch digest over the entries is SHA-384); labels are module names
+and package-relative paths, never absolute paths, so the same files give the
+same digest in any directory. Changing a byte of any of them, a module that
+resolves to a different kind of file (a planted ``foo.py`` where there was
+none), or the list itself, changes the measurement.
+
+Before measuring, the ``.pth`` files of the Keep's site directories are
+checked: a line that ``site`` would execute (one starting with ``import``)
+refuses the measurement with :class:`stockade.errors.UnmeasuredCode`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import re
+import importlib.machinery
+import os
 import sys
-from collections.abc import Iterable
+import sysconfig
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-DOMAIN = b"stockade-launch/v1\x00"
-RUNTIME_PACKAGES = ("keep", "wire", "evidence")
-RUNTIME_MODULES = ("__init__.py", "errors.py")
-#: distribution name -> top-level module, for the libraries whose code runs
-#: inside the Keep.
-RUNTIME_DISTRIBUTIONS = {
-    "wasmtime": "wasmtime",
-    "cryptography": "cryptography",
-    "cbor2": "cbor2",
-    "pyOpenSSL": "OpenSSL",
-}
+from stockade.wire.sitecheck import pth_paths, site_dirs
+
+DOMAIN = b"stockade-launch/v2\x00"
+
+#: Modules ``site`` imports at every start-up if they exist on the path,
+#: before any Keep code runs (Lib/site.py execsitecustomize/execusercustomize;
+#: Debian's python3.11 ships a sitecustomize.py). Always in the measured list,
+#: so that their bytes, or their absence, are measured.
+STARTUP_HOOKS = frozenset({"sitecustomize", "usercustomize"})
+
+#: Module kinds that have a file of their own (hashed); the others do not.
+FILE_KINDS = ("source", "extension", "sourceless")
+
+
+@dataclass(frozen=True)
+class MeasuredFile:
+    """One entry of the launch digest."""
+
+    label: str  # "module:NAME", "library:PKG/REL", "interpreter:executable", "interpreter:libpython"
+    kind: str  # source, extension, sourceless, builtin, frozen, namespace, absent, library, executable
+    path: Path | None
+    sha256: bytes  # of the file's bytes; b"" when there is no file
+
+    def entry(self) -> tuple[str, bytes]:
+        return f"{self.label}\x00{self.kind}", self.sha256
 
 
 def package_root() -> Path:
@@ -40,55 +79,253 @@ def package_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def runtime_files(root: Path | None = None) -> list[tuple[str, bytes]]:
-    """(relative path, content) of every file that makes up the Keep runtime."""
-    root = root or package_root()
-    paths: list[Path] = [root / name for name in RUNTIME_MODULES]
-    for pkg in RUNTIME_PACKAGES:
-        paths.extend(p for p in (root / pkg).rglob("*.py") if "__pycache__" not in p.parts)
-    return sorted((p.relative_to(root).as_posix(), p.read_bytes()) for p in paths)
+# == the Keep's sys.path and its .pth files ============================================================
 
 
-def _dist_info(dist: str, module: str) -> tuple[str, bytes]:
-    """(version, RECORD bytes) of an installed distribution, found next to
-    its top-level module without importing it (importlib.metadata alone
-    costs tens of milliseconds at start-up). RECORD lists the SHA-256 of
-    every installed file, so hashing it binds the exact build installed."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"{dist} is not installed")
-    site = Path(next(iter(spec.submodule_search_locations))).parent
-    norm = re.sub(r"[-_.]+", "_", dist).lower()
-    for entry in site.glob("*.dist-info"):
-        name, _, version = entry.name.removesuffix(".dist-info").partition("-")
-        if re.sub(r"[-_.]+", "_", name).lower() == norm:
-            record = entry / "RECORD"
-            return version, record.read_bytes() if record.exists() else b""
-    raise RuntimeError(f"no dist-info for {dist} in {site}")
+def stdlib_path() -> list[str]:
+    """The interpreter's own entries of ``sys.path`` (zip, stdlib, lib-dynload),
+    as Modules/getpath.py computes them; independent of PYTHONPATH."""
+    # In a venv, sys.base_prefix is the installation the stdlib comes from.
+    base = {"installed_base": sys.base_prefix, "base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    stdlib = sysconfig.get_path("stdlib", vars=base)
+    platstdlib = sysconfig.get_path("platstdlib", vars=base)
+    zipname = f"python{sys.version_info[0]}{sys.version_info[1]}.zip"
+    zipped = os.path.join(os.path.dirname(stdlib), zipname)
+    return [zipped, stdlib, os.path.join(platstdlib, "lib-dynload")]
 
 
-def runtime_versions() -> dict[str, str]:
-    """Interpreter and library versions, each library with the SHA-384 of
-    its installed-files RECORD."""
-    versions = {"python": ".".join(map(str, sys.version_info[:3])), "implementation": sys.implementation.name}
-    for dist, module in RUNTIME_DISTRIBUTIONS.items():
-        version, record = _dist_info(dist, module)
-        versions[dist] = f"{version} record-sha384:{hashlib.sha384(record).hexdigest()}"
-    return versions
+def keep_sys_path() -> list[str]:
+    """``sys.path`` of ``python -I -m stockade.keep`` started with this
+    interpreter: no script directory (``-I`` implies ``-P``), no PYTHONPATH,
+    no user site; the stdlib, then each site directory followed by the paths
+    its ``.pth`` files add. Refuses ``.pth`` files that run code."""
+    path: list[str] = []
+    for entry in stdlib_path():
+        if entry not in path:
+            path.append(entry)
+    for site_dir in site_dirs():
+        for entry in [site_dir, *pth_paths(site_dir)]:
+            if entry not in path:
+                path.append(entry)
+    return path
 
 
-def launch_digest(files: Iterable[tuple[str, bytes]], versions: dict[str, str]) -> bytes:
-    """SHA-384 launch digest (48 bytes, the size of SNP MEASUREMENT)."""
+# == resolving a module name to its file, without importing it ==========================================
+
+
+def recordable(name: str) -> bool:
+    """Names that belong in the measured list: not ``__main__`` (the entry
+    module under another name), not ``__mp_main__``."""
+    return name not in ("__main__", "__mp_main__")
+
+
+def resolve(
+    name: str, search_path: list[str], _cache: dict[str, tuple[str, str | None, list[str] | None]]
+) -> tuple[str, str | None]:
+    """(kind, file) of module ``name`` as the Keep's import system would find
+    it: built-in, frozen, then the path finder (the default ``sys.meta_path``
+    order), the parent package's ``__path__`` for submodules."""
+    hit = _cache.get(name)
+    if hit is not None:
+        return hit[0], hit[1]
+    parent, _, _ = name.rpartition(".")
+    locations: list[str] | None
+    frozen = importlib.machinery.FrozenImporter.find_spec(name)
+    if not parent and name in sys.builtin_module_names:
+        kind, origin, locations = "builtin", None, None
+    elif frozen is not None:  # its code object is in the interpreter (libpython)
+        kind, origin = "frozen", None
+        locations = list(frozen.submodule_search_locations or []) or None
+    else:
+        if parent:
+            resolve(parent, search_path, _cache)
+            where = _cache[parent][2]
+        else:
+            where = search_path
+        spec = importlib.machinery.PathFinder.find_spec(name, where) if where is not None else None
+        if spec is None:
+            kind, origin, locations = "absent", None, None
+        else:
+            locations = list(spec.submodule_search_locations) if spec.submodule_search_locations else None
+            loader = spec.loader
+            if spec.origin is None or loader is None:
+                kind, origin = "namespace", None
+            elif isinstance(loader, importlib.machinery.ExtensionFileLoader):
+                kind, origin = "extension", spec.origin
+            elif isinstance(loader, importlib.machinery.SourcelessFileLoader):
+                kind, origin = "sourceless", spec.origin
+            else:
+                kind, origin = "source", spec.origin
+    _cache[name] = (kind, origin, locations)
+    return kind, origin
+
+
+# == hashing, with a per-process cache ====================================================================
+
+_HASHES: dict[tuple[str, int, int, int, int, int], bytes] = {}
+_HASHES_LOCK = threading.Lock()
+
+
+def file_sha256(path: str) -> bytes:
+    """SHA-256 of a file's bytes, cached in this process keyed on (path,
+    st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): a file written or
+    replaced since gets a new key (a write sets ctime, which a user cannot
+    set back)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with _HASHES_LOCK:
+            hit = _HASHES.get(key)
+        if hit is not None:
+            return hit
+        digest = hashlib.file_digest(f, "sha256").digest()
+    with _HASHES_LOCK:
+        _HASHES[key] = digest
+    return digest
+
+
+def clear_cache() -> None:
+    with _HASHES_LOCK:
+        _HASHES.clear()
+
+
+# == the measured set ====================================================================================
+
+
+def interpreter_files(executable: str | None = None) -> list[tuple[str, str]]:
+    """(label, path) of the interpreter's code files: the executable, and
+    libpython when the executable runs from it. That is read from this
+    process's own mappings (the Keep runs this same executable):
+    ``Py_ENABLE_SHARED`` is not enough, since Debian's python3.11 ships a
+    libpython for embedding but its ``/usr/bin/python3.11`` is linked
+    statically."""
+    files = [("interpreter:executable", os.path.realpath(executable or sys.executable))]
+    libpython = _mapped_libpython()
+    if libpython is not None:
+        files.append(("interpreter:libpython", libpython))
+    return files
+
+
+def _mapped_libpython() -> str | None:
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and os.path.basename(fields[5].strip()).startswith("libpython"):
+                    return os.path.realpath(fields[5].strip())
+        return None
+    except OSError:
+        pass
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):  # no /proc: what the build says
+        lib = os.path.join(
+            sysconfig.get_config_var("LIBDIR") or "", sysconfig.get_config_var("INSTSONAME") or ""
+        )
+        if os.path.isfile(lib):
+            return os.path.realpath(lib)
+    return None
+
+
+def ctypes_libraries(mapped: Iterable[str], search_path: list[str] | None = None) -> list[tuple[str, str]]:
+    """(top-level directory, relative path) of the files in ``mapped`` (paths
+    from /proc/PID/maps) that live in the Keep's search path and are not the
+    file of an importable module: shared libraries loaded with ctypes."""
+    search_path = search_path if search_path is not None else keep_sys_path()
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    found: list[tuple[str, str]] = []
+    longest_first = sorted(search_path, key=len, reverse=True)  # lib-dynload lies inside the stdlib
+    for path in mapped:
+        for entry in longest_first:
+            if not path.startswith(entry.rstrip("/") + "/"):
+                continue
+            rel = Path(path).relative_to(entry)
+            if len(rel.parts) < 2:
+                break  # a top-level extension module (e.g. _cffi_backend...so): a module
+            name = rel.name
+            stem = next((name[: -len(s)] for s in suffixes if name.endswith(s)), None)
+            module = ".".join([*rel.parts[:-1], stem]) if stem else None
+            if module is not None and module.isascii() and all(p.isidentifier() for p in module.split(".")):
+                _, origin = resolve(module, search_path, {})
+                if origin is not None and os.path.realpath(origin) == os.path.realpath(path):
+                    break  # an extension module: measured as a module
+            found.append((rel.parts[0], Path(*rel.parts[1:]).as_posix()))
+            break
+    return sorted(set(found))
+
+
+def measured_files(
+    modules: Iterable[str] | None = None,
+    libraries: Iterable[tuple[str, str]] | None = None,
+    search_path: list[str] | None = None,
+    interpreter: list[tuple[str, str]] | None = None,
+) -> list[MeasuredFile]:
+    """Every entry of the launch measurement, sorted by label. The defaults
+    are this installation's Keep: the generated list, the Keep's sys.path
+    (after the .pth check) and this interpreter; tests pass a copied tree."""
+    if modules is None or libraries is None:
+        from stockade.wire import keep_modules
+
+        modules = keep_modules.MODULES if modules is None else modules
+        libraries = keep_modules.LIBRARIES if libraries is None else libraries
+    search_path = keep_sys_path() if search_path is None else search_path
+    interpreter = interpreter_files() if interpreter is None else interpreter
+    cache: dict[str, tuple[str, str | None, list[str] | None]] = {}
+    found: list[tuple[str, str, str | None]] = []  # (label, kind, file to hash)
+    for name in sorted(set(modules)):
+        kind, origin = resolve(name, search_path, cache)
+        found.append((f"module:{name}", kind, origin if kind in FILE_KINDS else None))
+    for top, rel in sorted(set(libraries)):
+        path = _find_library(top, rel, search_path)
+        found.append((f"library:{top}/{rel}", "library" if path else "absent", str(path) if path else None))
+    found.extend((label, "executable", file) for label, file in interpreter)
+    # hashlib releases the GIL while hashing: two threads use both cores on
+    # a cold start (most of the bytes are three files: libwasmtime, libpython
+    # and cryptography's Rust extension).
+    files = [file for _, _, file in found if file is not None]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = dict(zip(files, pool.map(file_sha256, files), strict=True))
+    out = [
+        MeasuredFile(label, kind, Path(file) if file else None, digests[file] if file else b"")
+        for label, kind, file in found
+    ]
+    return sorted(out, key=lambda m: m.label)
+
+
+def _find_library(top: str, rel: str, search_path: list[str]) -> Path | None:
+    for entry in search_path:
+        candidate = Path(entry, top, rel)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def launch_digest(entries: Iterable[tuple[str, bytes]]) -> bytes:
+    """SHA-384 launch digest (48 bytes, the size of SNP MEASUREMENT) over
+    (label, file digest) pairs, order-independent, each field length-prefixed."""
     h = hashlib.sha384(DOMAIN)
-    for name, content in sorted(files):
-        encoded = name.encode()
+    for label, digest in sorted(entries):
+        encoded = label.encode("utf-8", "surrogateescape")
         h.update(len(encoded).to_bytes(4, "big") + encoded)
-        h.update(hashlib.sha384(content).digest())
-    for key in sorted(versions):
-        h.update(f"{key}={versions[key]}\n".encode())
+        h.update(len(digest).to_bytes(1, "big") + digest)
     return h.digest()
 
 
-def keep_measurement(root: Path | None = None) -> bytes:
-    """The measurement of the Keep runtime installed at ``root``."""
-    return launch_digest(runtime_files(root), runtime_versions())
+def keep_measurement(files: list[MeasuredFile] | None = None) -> bytes:
+    """The measurement of this installation's Keep runtime (or of ``files``)."""
+    return launch_digest(m.entry() for m in (measured_files() if files is None else files))
+
+
+def measure_in_background() -> Callable[[], bytes]:
+    """Start :func:`keep_measurement` in a daemon thread; the returned
+    callable waits for the digest (and raises what the measurement raised).
+    For callers that have other work to do first (a cold measurement hashes
+    tens of MB)."""
+    result: Future[bytes] = Future()
+
+    def run() -> None:
+        try:
+            result.set_result(keep_measurement())
+        except BaseException as exc:  # handed to the caller of result()
+            result.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True, name="keep-measurement").start()
+    return result.result

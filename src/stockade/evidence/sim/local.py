@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+
+from stockade.errors import StockadeError
 
 
 def chip_exists(state_dir: Path) -> bool:
@@ -19,16 +22,23 @@ def chip_exists(state_dir: Path) -> bool:
     return (state_dir / "sim" / "chip" / "chip.json").exists()
 
 
-def serve_in_thread(state_dir: Path, measurement: bytes) -> socket.socket:
-    """Start a sim PSP for one Keep in a daemon thread; return the Keep's end."""
+def serve_in_thread(state_dir: Path, measurement: bytes | Callable[[], bytes]) -> socket.socket:
+    """Start a sim PSP for one Keep in a daemon thread; return the Keep's end.
+
+    ``measurement`` may be a callable that blocks until the loader has the
+    launch digest (stockade.host.loader hashes the Keep's files while the Keep
+    starts): the PSP answers no report before it has it. If it fails (the
+    loader refuses to measure), the PSP closes the channel."""
     host_end, keep_end = socket.socketpair()
 
     def run() -> None:
         from stockade.evidence.sim import chip
         from stockade.evidence.sim.psp import SimPsp
 
-        with host_end, contextlib.suppress(OSError):
-            SimPsp(chip.load_chip(state_dir), measurement).serve(host_end)
+        with host_end, contextlib.suppress(OSError, StockadeError):
+            loaded = chip.load_chip(state_dir)
+            digest = measurement if isinstance(measurement, bytes) else measurement()
+            SimPsp(loaded, digest).serve(host_end)
 
     threading.Thread(target=run, daemon=True, name="sim-psp").start()
     return keep_end
