@@ -55,6 +55,9 @@ TAMPER_REASONS = frozenset(
         "BAD_LENGTH",
         "LENGTH_MISMATCH",
         "DIGEST_CHECK_FAILED",
+        # A ServerHello whose legacy_session_id_echo is not this ClientHello's
+        # (RFC 8446 section 4.1.3): a Keep handshake replayed from another session.
+        "INVALID_SESSION_ID",
         "SSLV3_ALERT_BAD_RECORD_MAC",
         "SSLV3_ALERT_UNEXPECTED_MESSAGE",
         "TLSV1_ALERT_DECRYPTION_FAILED",
