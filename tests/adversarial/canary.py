@@ -100,31 +100,37 @@ class Canaries:
                         self.findings.append(finding)
 
     def scan_tree(self, root: Path) -> None:
+        """Files under ``root`` (or ``root`` itself if it is a file)."""
+        if root.is_file() and not root.is_symlink():
+            self._scan_file(str(root))
+            return
         if not root.is_dir():
             return
-        since = self.started - SLACK_S
         count = 0
+        # onerror: directories of another user, or that vanish, are skipped.
         for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: None):
-            # Another user's directories, or ones that vanish: skip quietly.
             for name in filenames:
                 count += 1
                 if count > MAX_FILES:
                     return
                 path = os.path.join(dirpath, name)
-                if os.path.realpath(path) in self.client_files:
-                    continue
-                try:
-                    st = os.lstat(path)
-                    if not os.path.isfile(path) or os.path.islink(path):
-                        continue
-                    if max(st.st_ctime, st.st_mtime) < since or st.st_size > MAX_FILE_BYTES:
-                        continue
-                    with open(path, "rb") as f:
-                        data = f.read(MAX_FILE_BYTES)
-                except OSError:
-                    continue
-                self._scan(data, path)
+                self._scan_file(path)
             dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+
+    def _scan_file(self, path: str) -> None:
+        if self.client_files and os.path.realpath(path) in self.client_files:
+            return
+        try:
+            st = os.lstat(path)
+            if not os.path.isfile(path) or os.path.islink(path):
+                return
+            if max(st.st_ctime, st.st_mtime) < self.started - SLACK_S or st.st_size > MAX_FILE_BYTES:
+                return
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES)
+        except OSError:
+            return
+        self._scan(data, path)
 
     def scan_proc(self) -> None:
         try:

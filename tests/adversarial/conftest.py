@@ -6,11 +6,12 @@ takes its secrets and stdin from :meth:`Canaries.new` (fixture ``canaries``),
 unique random strings; after the test, the sweep looks for each of them, as
 bytes and in hex and base64, in:
 
-- files changed since the test began under the directories the test used
-  (the session ``state_dir``: Keep logs, sim chip; ``tmp_path``; any
-  directory registered with :meth:`Canaries.sweep_dir`: a keep manager's
-  state directory and registry database, ...), ``/dev/shm``, ``/tmp`` and
-  ``$TMPDIR``;
+- files changed since the test began under the places the test used: every
+  fixture value that is a Path or has Path attributes named in
+  :data:`PATH_ATTRIBUTES` (the session ``state_dir`` with the Keep logs,
+  ``tmp_path``, a keep manager ``Server``'s state directory with its
+  registry database, and its log), anything registered with
+  :meth:`Canaries.sweep_dir`, and ``/dev/shm``, ``/tmp`` and ``$TMPDIR``;
 - ``/proc/*/cmdline`` and ``/proc/*/environ`` of every process this user can
   read, at the end of the test and, while the test runs, every
   :data:`canary.PROC_INTERVAL_S` seconds (processes that came and went mid-test).
@@ -57,13 +58,33 @@ def canaries() -> Canaries:
     return Canaries()
 
 
+#: Attributes of a fixture value that name host-side places to sweep
+#: (manager_support.Server: ``state``, ``log``; KeepHandle: ``log_path``, ...).
+PATH_ATTRIBUTES = ("state", "state_dir", "log", "log_path", "scratch", "path")
+
+
+def paths_of(value: object) -> list[Path]:
+    """Host-side paths a fixture value names: itself if it is a Path, or its
+    Path-valued attributes among PATH_ATTRIBUTES (one level deep)."""
+    if isinstance(value, Path):
+        return [value]
+    found = []
+    for name in PATH_ATTRIBUTES:
+        attr = getattr(value, name, None) if not isinstance(value, type) else None
+        if isinstance(attr, Path):
+            found.append(attr)
+    return found
+
+
 @pytest.fixture(autouse=True)
 def _canary_sweep(request: pytest.FixtureRequest, canaries: Canaries) -> Iterator[None]:
-    extra: list[Path] = []
-    for name in ("state_dir", "tmp_path"):
-        if name in request.fixturenames:  # the test uses it: resolve it now, while it is alive
-            extra.append(Path(request.getfixturevalue(name)))
     yield
+    # Every fixture value of the test is still in funcargs here: sweep the
+    # directories and files they name (state_dir, tmp_path, a manager's state
+    # directory and log, ...).
+    extra: list[Path] = []
+    for value in getattr(request.node, "funcargs", {}).values():
+        extra.extend(paths_of(value))
     findings = canaries.sweep(extra)
     if findings:
         pytest.fail("secret left the client: " + "; ".join(map(str, findings)), pytrace=False)

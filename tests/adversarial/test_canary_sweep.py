@@ -124,3 +124,70 @@ def test_sweep_without_canaries_is_free() -> None:
 
 def test_suite_is_marked_adversarial(request: pytest.FixtureRequest) -> None:
     assert request.node.get_closest_marker("adversarial") is not None
+
+
+def test_fixture_values_name_the_places_to_sweep(tmp_path: Path) -> None:
+    """The autouse sweep reads the test's fixture values: Paths, and the
+    Path attributes of objects such as a keep manager ``Server``."""
+    from dataclasses import dataclass
+
+    from adversarial.conftest import paths_of
+
+    @dataclass
+    class Server:
+        url: str
+        state: Path
+        log: Path
+
+    server = Server("http://127.0.0.1:1", tmp_path / "state", tmp_path / "server.log")
+    assert paths_of(server) == [server.state, server.log]
+    assert paths_of(tmp_path) == [tmp_path]
+    assert paths_of("text") == [] and paths_of(Server) == []
+    # A single file is swept too (a manager's log).
+    c = Canaries()
+    server.log.write_bytes(b"log line " + c.new())
+    c.sweep([server.log])
+    assert [f.where for f in c.findings] == [str(server.log)]
+    server.log.unlink()
+
+
+LEAKY_TESTS = """
+import os
+from pathlib import Path
+
+def test_leaks_to_shm(canaries):
+    secret = canaries.new("secret")
+    path = Path("/dev/shm") / f"stockade-leak-{os.getpid()}"
+    path.write_bytes(b"host log: " + secret)
+    canaries.sweep_dir(Path("/nonexistent"))
+
+def test_clean(canaries):
+    canaries.new("secret")
+"""
+
+
+def test_the_autouse_sweep_fails_a_leaking_test(tmp_path: Path) -> None:
+    """End to end: a test that writes its canary to /dev/shm fails in
+    teardown with the place named; a clean one passes."""
+    (tmp_path / "conftest.py").write_text(
+        "from adversarial.conftest import _canary_sweep, canaries  # noqa: F401\n"
+    )
+    (tmp_path / "test_leaky.py").write_text(LEAKY_TESTS)
+    tests_dir = Path(__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rE", str(tmp_path)],
+            capture_output=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tests_dir)},
+            check=False,
+        )
+    finally:
+        for leaked in SHM.glob("stockade-leak-*"):
+            leaked.unlink(missing_ok=True)
+    out = proc.stdout.decode()
+    assert proc.returncode == 1, out
+    assert "2 passed, 1 error" in out, out  # the leaky test passes its call, errors in teardown
+    assert "ERROR at teardown of test_leaks_to_shm" in out
+    assert "secret left the client: canary 'secret' (raw) found in /dev/shm/stockade-leak-" in out
