@@ -23,6 +23,7 @@ the canaries.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import ssl
@@ -98,6 +99,8 @@ class Outcome:
     relay: TamperRelay
     released: list[Any]
     keep_log: bytes
+    #: Sizes of the load frames the client framed for TLS in this session.
+    loads: list[int]
 
     def sent_after_handshake(self, phase: str) -> bytes:
         return b"".join(u.data for u in self.relay.units(UP, phase))
@@ -109,6 +112,7 @@ class Harness:
     canaries: Any
     released: list[Any]
     relays: list[TamperRelay]
+    loads: list[int]
 
     def plan(self, package: bytes | None = None, digest: bytes | None = None, **kw: Any) -> DeployPlan:
         """wordcount over /secrets/token, stdin and a 40 KiB file (so that
@@ -155,7 +159,7 @@ class Harness:
         else:
             conn, close, log_path = keep()
             measurement = _runtime_measurement()
-        before = len(self.released)
+        before, loads_before = len(self.released), len(self.loads)
         relay = TamperRelay(conn, policy)
         self.relays.append(relay)
         out = bytearray()
@@ -172,7 +176,9 @@ class Harness:
             relay.join()
             close()
         keep_log = log_path.read_bytes() if log_path is not None and log_path.exists() else b""
-        return Outcome(result, error, bytes(out), relay, self.released[before:], keep_log)
+        return Outcome(
+            result, error, bytes(out), relay, self.released[before:], keep_log, self.loads[loads_before:]
+        )
 
 
 def _package(wasm: Path, name: str) -> bytes:
@@ -188,8 +194,13 @@ def _runtime_measurement() -> bytes:
 
 @pytest.fixture
 def harness(state_dir: Path, canaries: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    h = Harness(state_dir, canaries, [], [])
-    original = ClientSession.release
+    h = Harness(state_dir, canaries, [], [], [])
+    original, original_load = ClientSession.release, ClientSession.load
+
+    def load_spy(self: ClientSession, load: Any) -> bytes:
+        frame = original_load(self, load)
+        h.loads.append(len(frame))
+        return frame
 
     def spy(self: ClientSession, release: Any) -> bytes:
         h.released.append(release)
@@ -198,15 +209,37 @@ def harness(state_dir: Path, canaries: Any, monkeypatch: pytest.MonkeyPatch) -> 
         return original(self, release)
 
     monkeypatch.setattr(ClientSession, "release", spy)
+    monkeypatch.setattr(ClientSession, "load", load_spy)
     yield h
 
 
+#: TLS 1.3 record overhead with AES-GCM or ChaCha20-Poly1305: 5-byte header,
+#: 1 byte of inner content type, 16-byte tag (RFC 8446, section 5.2); records
+#: carry at most 2^14 bytes of plaintext (OpenSSL fills them, adds no padding).
+RECORD_OVERHEAD = 5 + 1 + 16
+MAX_PLAINTEXT = 1 << 14
+#: An encrypted alert the client's TLS may send when it gives up (2 bytes).
+ALERT_RECORD = RECORD_OVERHEAD + 2
+
+
+def record_sizes(plaintext: int) -> list[int]:
+    """Sizes of the TLS records that carry ``plaintext`` bytes sent at once."""
+    full, rest = divmod(plaintext, MAX_PLAINTEXT)
+    return [MAX_PLAINTEXT + RECORD_OVERHEAD] * full + ([rest + RECORD_OVERHEAD] if rest else [])
+
+
 def assert_nothing_released(o: Outcome) -> None:
-    """The release never left the client: never framed for TLS, and nothing
-    went up after the load request."""
+    """The release never left the client: it was never framed for TLS
+    (the spy on ClientSession.release), and after the handshake the client
+    sent nothing but records of its load request (all of them, or the first
+    ones when the Keep hung up mid-way) and at most a closing alert."""
     assert o.released == []
-    assert o.sent_after_handshake("run") == b""
     assert o.result is None
+    after = [len(u.data) for u in o.relay.received if u.direction == UP and u.phase in ("load", "run")]
+    load = [size for n in o.loads for size in record_sizes(n)]
+    if after and after[-1] == ALERT_RECORD and after != load[: len(after)]:
+        after = after[:-1]
+    assert after == load[: len(after)], (after, load)
 
 
 def assert_refused_output(o: Outcome) -> None:
@@ -226,6 +259,10 @@ def test_clean_session_through_the_relay(harness: Harness) -> None:
     assert len([u for u in o.relay.units(UP, "load") if u.content_type == APPLICATION_DATA]) >= 2
     assert any(len(u.data) > 1000 for u in o.relay.units(DOWN, "load"))  # the identity
     assert len(o.relay.units(DOWN, "run")) >= 2  # output, exit
+    # The byte-level check of assert_nothing_released sees the release
+    # records of a session that sent one, even without the spy.
+    with pytest.raises(AssertionError):
+        assert_nothing_released(dataclasses.replace(o, released=[], result=None))
     # The secrets and stdin crossed the host only as TLS ciphertext.
     for value in (*[v for _, v in o.released[0].secrets], o.released[0].stdin):
         assert value not in o.relay.sent[UP]
@@ -318,6 +355,20 @@ def test_tamper_after_release(harness: Harness, policy: Callable[[], Tamper]) ->
     assert b"fake" not in o.stdout
 
 
+def test_host_rewrites_the_clear_text_nonce(harness: Harness) -> None:
+    """The hello travels in clear (the nonce is public): a host that changes
+    it makes the genuine Keep attest another nonce, which the client refuses
+    before it sends anything inside TLS."""
+    pol = Flip(Target(UP, "hello", 0, app_data_only=False), offset=-1)
+    o = harness.run(pol)
+    assert pol.acted
+    assert isinstance(o.error, VerificationFailed), o.error
+    assert o.error.exit_code == 110
+    assert str(o.error).startswith("report data does not bind this session's nonce")
+    assert_nothing_released(o)
+    assert o.relay.units(UP, "load") == []
+
+
 def test_replay_of_a_recorded_keep_session(harness: Harness) -> None:
     """Session A runs clean; in session B (another nonce, another client key
     share) the host answers with A's recorded Keep records from the
@@ -396,6 +447,8 @@ def test_fake_keep_with_evidence_from_another_chip(harness: Harness, other_chip:
     o = harness.run(keep=_fake_keep(harness.state_dir, attester.evidence))
     assert isinstance(o.error, VerificationFailed), o.error
     assert o.error.exit_code == 110
+    # The other chip's ASK does not chain to the client's sim root.
+    assert str(o.error).startswith("intermediate certificate (ASK/ASVK) signature does not verify under")
     assert "\n" not in str(o.error)
     assert_nothing_released(o)
     assert o.relay.units(UP, "load") == []  # not even the package left
@@ -408,7 +461,8 @@ def test_fake_keep_reuses_an_old_report_with_a_fresh_key(harness: Harness) -> No
     old = _attester(harness.state_dir).evidence(os.urandom(64))
     o = harness.run(keep=_fake_keep(harness.state_dir, lambda report_data: old))
     assert isinstance(o.error, VerificationFailed), o.error
-    assert "REPORT_DATA" in str(o.error) or "report data" in str(o.error).lower()
+    assert o.error.exit_code == 110
+    assert str(o.error).startswith("report data does not bind this session's nonce and the Keep's TLS key")
     assert_nothing_released(o)
     assert o.relay.units(UP, "load") == []
 
