@@ -67,6 +67,12 @@ TAMPER_REASONS = frozenset(
     }
 )
 
+#: Plainer words for reasons whose OpenSSL names mislead.
+_REASON_TEXT = {
+    "WRONG_VERSION_NUMBER": "a record that is not TLS: wrong version number",
+    "INVALID_SESSION_ID": "a server hello that answers another session: invalid session id",
+}
+
 
 def channel_failure(exc: OSError, during: str, died: Callable[[str], KeepDied]) -> StockadeError:
     """The error for a failed read or write on the attested channel (the one
@@ -74,7 +80,7 @@ def channel_failure(exc: OSError, during: str, died: Callable[[str], KeepDied]) 
     TLS says a record failed its integrity check, else :class:`KeepDied`."""
     reason = getattr(exc, "reason", None)
     if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError) and reason in TAMPER_REASONS:
-        text = reason.lower().replace("_", " ")
+        text = _REASON_TEXT.get(reason, reason.lower().replace("_", " "))
         for prefix in ("sslv3 alert ", "tlsv1 alert "):
             if text.startswith(prefix):
                 text = f"the Keep reported {text.removeprefix(prefix)}"
