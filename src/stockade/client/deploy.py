@@ -32,11 +32,13 @@ HANDSHAKE_TIMEOUT_S = 60.0
 #: attested channel did not authenticate or did not belong in the stream:
 #: someone between client and Keep changed, dropped, duplicated, reordered,
 #: replayed or injected bytes. ``*_ALERT_*`` are the same findings reported
-#: by the Keep's end as a TLS alert (RFC 8446 section 6.2: bad_record_mac,
-#: decode_error, unexpected_message, decrypt_error, record_overflow). Reason
-#: names are OpenSSL's (include/openssl/sslerr.h). A stream that merely ends
-#: (EOF, reset, a truncated last record: ``ssl.SSLEOFError``) is not in this
-#: list: it cannot be told apart from a Keep that died.
+#: by the other end as a TLS alert (RFC 8446 section 6.2: bad_record_mac,
+#: decode_error, unexpected_message, decrypt_error, record_overflow): the
+#: Keep, or, before the handshake keys exist, a host forging a clear-text
+#: alert. Reason names are OpenSSL's (include/openssl/sslerr.h). A stream
+#: that merely ends (EOF, reset, a truncated last record:
+#: ``ssl.SSLEOFError``) is not in this list: it cannot be told apart from a
+#: Keep that died.
 TAMPER_REASONS = frozenset(
     {
         "DECRYPTION_FAILED_OR_BAD_RECORD_MAC",
@@ -83,7 +85,7 @@ def channel_failure(exc: OSError, during: str, died: Callable[[str], KeepDied]) 
         text = _REASON_TEXT.get(reason, reason.lower().replace("_", " "))
         for prefix in ("sslv3 alert ", "tlsv1 alert "):
             if text.startswith(prefix):
-                text = f"the Keep reported {text.removeprefix(prefix)}"
+                text = f"the other end reported {text.removeprefix(prefix)}"
         return ChannelTampered(
             f"a TLS record failed its integrity check {during} ({text}): bytes between this client "
             "and the Keep were changed, dropped, replayed or injected; nothing more was sent"
