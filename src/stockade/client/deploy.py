@@ -43,10 +43,9 @@ TAMPER_REASONS = frozenset(
     {
         "DECRYPTION_FAILED_OR_BAD_RECORD_MAC",
         "DECRYPTION_FAILED",
-        "BAD_RECORD_MAC",
-        "BAD_DECRYPT",
         "WRONG_VERSION_NUMBER",  # a record header that is not TLS: clear text injected
         "UNEXPECTED_RECORD",
+        "BAD_RECORD_TYPE",
         "UNEXPECTED_MESSAGE",
         "UNEXPECTED_CCS_MESSAGE",
         "RECORD_LENGTH_MISMATCH",
