@@ -16,9 +16,20 @@ bytes and in hex and base64, in:
   read, at the end of the test and, while the test runs, every
   :data:`canary.PROC_INTERVAL_S` seconds (processes that came and went mid-test).
 
-A hit fails the test. The test process itself keeps secrets in memory only;
-a test that must let a process of its own hold a canary in its arguments or
-environment says so with :meth:`Canaries.allow_pid`.
+A hit fails the test (an error in its teardown, naming the canary, its form
+and where it was found). The test process itself keeps secrets in memory
+only. The client's own files are the one legitimate place for a secret:
+write them with :meth:`Canaries.client_file` (e.g. for ``stockade run
+--secret NAME=@FILE``), which leaves them out of the sweep. A test that must
+let a process of its own hold a canary in its arguments or environment says
+so with :meth:`Canaries.allow_pid`.
+
+Usage::
+
+    def test_something(canaries, tmp_path, stockade):
+        secret_file, secret = canaries.client_file(tmp_path / "token")
+        stdin = canaries.new("stdin")
+        ...  # deploy; the sweep runs after the test
 
 Bounds, so that the sweep stays cheap: files larger than
 :data:`canary.MAX_FILE_BYTES` and files not changed (ctime) since the test began
