@@ -506,7 +506,7 @@ real = loader.start_keep
 
 def start_keep(*args, **kwargs):
     handle = real(*args, **kwargs)
-    tap = relay.TamperRelay(handle.conn, relay.Flip(relay.Target(relay.UP, "load", 0)))
+    tap = relay.TamperRelay(handle.conn, {policy})
     handle.conn = tap.client
     return handle
 
@@ -516,16 +516,36 @@ main()
 """
 
 
-def test_cli_reports_tampering_with_exit_118(state_dir: Path, tmp_path: Path, canaries: Any) -> None:
+CLI_CASES = [
+    pytest.param(
+        'relay.Flip(relay.Target(relay.UP, "load", 0))',
+        118,
+        f"stockade: attested channel broken: {TAMPERED} while loading the package",
+        id="flip-118",
+    ),
+    pytest.param(
+        'relay.Truncate(relay.Target(relay.DOWN, "load", 0, min_size=1000))',
+        115,
+        "stockade: Keep died: the Keep closed the connection while loading the package",
+        id="truncate-115",
+    ),
+]
+
+
+@pytest.mark.parametrize(("policy", "code", "line"), CLI_CASES)
+def test_cli_exit_code_and_one_line(
+    state_dir: Path, tmp_path: Path, canaries: Any, policy: str, code: int, line: str
+) -> None:
     """``stockade run`` on a host whose relay flips a bit: exit 118 and one
-    line that says the channel was broken, not that the Keep died."""
+    line that says the channel was broken, not that the Keep died; a host
+    that cuts the stream: 115, Keep died."""
     secret_file, _ = canaries.client_file(tmp_path / "token")
     stdin_file, _ = canaries.client_file(tmp_path / "stdin", "stdin")
     proc = subprocess.run(
         [
             sys.executable,
             "-c",
-            PATCHED_HOST.format(here=str(Path(__file__).parent)),
+            PATCHED_HOST.format(here=str(Path(__file__).parent), policy=policy),
             "run",
             "--allow-sim",
             "-q",
@@ -544,12 +564,12 @@ def test_cli_reports_tampering_with_exit_118(state_dir: Path, tmp_path: Path, ca
         check=False,
     )
     err = proc.stderr.decode()
-    assert proc.returncode == 118, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert "NO HARDWARE PROTECTION" in lines[0]  # -q keeps the sim label
-    assert lines[-1].startswith(f"stockade: attested channel broken: {TAMPERED} while loading the package")
-    assert sum("attested channel broken" in line for line in lines) == 1, err
+    assert lines[-1].startswith(line), err
+    assert sum(line.startswith("stockade: ") for line in lines[1:]) == 1, err
     assert proc.stdout == b""
 
 
