@@ -158,6 +158,7 @@ class Reorder(Tamper):
             return [unit.data, held]
         if self.target.hit(unit):
             self._held = unit.data
+            self.acted = True  # holding is already a change (and may stall both ends)
             return []
         return [unit.data]
 

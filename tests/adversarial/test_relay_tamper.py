@@ -24,6 +24,7 @@ the canaries.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import socket
 import ssl
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adversarial.relay import (
     APPLICATION_DATA,
@@ -52,6 +55,7 @@ from adversarial.relay import (
     TamperRelay,
     Target,
     Truncate,
+    Unit,
 )
 from stockade.client.attest import TrustConfig
 from stockade.client.deploy import (
@@ -89,6 +93,8 @@ TAMPERED = "a TLS record failed its integrity check"
 SWAPPED = "bytes between this client and the Keep were changed, dropped, replayed or injected"
 
 pytestmark = pytest.mark.slow
+#: Examples of the hypothesis tests (as in test_fuzz_parsers.py).
+FUZZ_EXAMPLES = int(os.environ.get("STOCKADE_FUZZ_EXAMPLES") or (100 if os.environ.get("CI") else 200))
 
 
 @dataclass
@@ -141,6 +147,7 @@ class Harness:
         plan: DeployPlan | None = None,
         staged: bytes | None = None,
         keep: Callable[[], tuple[socket.socket, Callable[[], None], Path | None]] | None = None,
+        idle_close: float = 5.0,
     ) -> Outcome:
         """One deploy session against a real sim Keep (or ``keep()``: a fake
         one) through a relay running ``policy``."""
@@ -160,7 +167,7 @@ class Harness:
             conn, close, log_path = keep()
             measurement = _runtime_measurement()
         before, loads_before = len(self.released), len(self.loads)
-        relay = TamperRelay(conn, policy)
+        relay = TamperRelay(conn, policy, idle_close=idle_close)
         self.relays.append(relay)
         out = bytearray()
         trust = TrustConfig(sim_root=chip.sim_root(self.state_dir), policy=development_policy(measurement))
@@ -367,6 +374,85 @@ def test_host_rewrites_the_clear_text_nonce(harness: Harness) -> None:
     assert str(o.error).startswith("report data does not bind this session's nonce")
     assert_nothing_released(o)
     assert o.relay.units(UP, "load") == []
+
+
+# ------------------------------------------------- any single tampering
+
+
+@st.composite
+def tampers(draw: st.DrawFn) -> Tamper:
+    """One tampering anywhere in a session: any direction and phase, any
+    unit (TLS record or the clear-text hello, any content type), any of
+    the operations, at any byte."""
+    direction = draw(st.sampled_from([UP, DOWN]))
+    phases = ["hello", "handshake", "load", "run"] if direction == UP else ["handshake", "load", "run"]
+    phase = draw(st.sampled_from(phases))
+    target = Target(direction, phase, draw(st.integers(0, 3)), app_data_only=False)
+    op = draw(st.sampled_from(["flip", "drop", "duplicate", "reorder", "truncate", "inject"]))
+    if op == "flip":
+        return Flip(target, offset=draw(st.integers(-300, 300)), mask=1 << draw(st.integers(0, 7)))
+    if op == "truncate":
+        return Truncate(target, keep=draw(st.integers(0, 40)))
+    if op == "inject":
+        payload = draw(st.one_of(st.binary(min_size=1, max_size=40), st.just(_clear_frame())))
+        return Inject(target, payload)
+    return {"drop": Drop, "duplicate": Duplicate, "reorder": Reorder}[op](target)
+
+
+def _genuine_stdout(o: Outcome) -> bytes:
+    """How wordcount's report of the secret the session released begins
+    (its hash: what only the genuine workload, given the secret, can print)."""
+    ((_, secret),) = o.released[0].secrets
+    words = len(secret.split())
+    lines = secret.count(b"\n")
+    digest = hashlib.sha256(secret).hexdigest()
+    line = f"/secrets/token: lines={lines} words={words} bytes={len(secret)} sha256={digest}\n"
+    return line.encode() + b"top words:\n"
+
+
+class _Safe(Tamper):
+    """Wraps a policy: an offset past the end of a short record wraps."""
+
+    def __init__(self, inner: Tamper) -> None:
+        self.inner = inner
+
+    @property
+    def acted(self) -> bool:  # type: ignore[override]
+        return self.inner.acted
+
+    def on_unit(self, unit: Unit) -> list[bytes]:
+        inner = self.inner
+        if isinstance(inner, Flip) and not -len(unit.data) <= inner.offset < len(unit.data):
+            inner.offset %= len(unit.data)
+        return inner.on_unit(unit)
+
+
+@settings(
+    max_examples=max(5, FUZZ_EXAMPLES // 10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(tampers())
+def test_any_single_tampering_is_refused_or_harmless(harness: Harness, policy: Tamper) -> None:
+    """Whatever one change the host makes, the client either gets the
+    genuine result (some changes are harmless by design: TLS 1.3 ignores a
+    duplicated change_cipher_spec and the ClientHello's record version) or
+    a stockade error, never a traceback; secrets leave only after a
+    verified identity, and tampered output is never accepted."""
+    wrapped = _Safe(policy)
+    o = harness.run(wrapped, idle_close=1.0)
+    if o.error is None:
+        assert o.result is not None and o.result.exit_code == 0
+        assert o.stdout.startswith(_genuine_stdout(o)), o.stdout
+        return
+    assert wrapped.acted, f"failed without tampering: {o.error!r}"
+    assert o.error.exit_code in (110, 111, 113, 115, 118), repr(o.error)
+    assert "\n" not in str(o.error)
+    if o.released:
+        # Only after a verified identity; and the release crossed only encrypted.
+        assert_refused_output(o)
+    else:
+        assert_nothing_released(o)
 
 
 def test_replay_of_a_recorded_keep_session(harness: Harness) -> None:
