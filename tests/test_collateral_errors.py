@@ -38,7 +38,13 @@ from evidence_support import VECTORS
 from intel_support import shared_pck, shared_pki
 from stockade.cli import main
 from stockade.commands._files import verify_file
-from stockade.errors import CollateralUnavailable, MalformedEvidence, StockadeError, VerificationFailed
+from stockade.errors import (
+    CollateralUnavailable,
+    MalformedEvidence,
+    StockadeError,
+    UsageError,
+    VerificationFailed,
+)
 from stockade.evidence.intel.verify import Collateral, verify_quote
 
 pytestmark = pytest.mark.filterwarnings("ignore:Attribute's length must be:UserWarning")
@@ -331,16 +337,17 @@ def test_ask_der_alone_verifies(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "mutation", ["cert-bad-version", "cert-bad-date", "cert-truncated", "truncated-text", "bad-base64"]
 )
-def test_a_malformed_sim_root_is_malformed_evidence(mutation: str, tmp_path: Path) -> None:
-    """A PEM sim root that does not parse (a file not starting with PEM is
-    taken as a DER root, used only for sim evidence)."""
+def test_a_malformed_sim_root_is_a_usage_error(mutation: str, tmp_path: Path) -> None:
+    """A PEM sim root that does not parse is a bad local input file given on
+    the command line (`--sim-root`): a usage error naming the file and what
+    was expected, like every other `--sim-root` defect (read_sim_root)."""
     evidence, coll, at = _copy("snp", tmp_path)
     (coll / "ark.crl").unlink()
     ark = _pem_blocks((coll / "ask_ark.pem").read_bytes())[-1][1]
     root = tmp_path / "sim_root.pem"
     root.write_bytes(PEM_MUTATIONS[mutation](_pem(b"CERTIFICATE", ark)))
     assert root.read_bytes().startswith(b"-----")
-    with pytest.raises(MalformedEvidence, match="sim root"):
+    with pytest.raises(UsageError, match=r"--sim-root .*: .*expected the sim root certificate"):
         verify_file(evidence, _at(at), sim_root=root)
 
 

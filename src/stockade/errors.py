@@ -100,6 +100,18 @@ class WorkloadRejected(StockadeError):
     title = "workload rejected"
 
 
+class ChannelTampered(StockadeError):
+    """The attested TLS channel to the Keep failed an integrity check: a
+    record did not authenticate (bad record MAC, decryption failure), came
+    out of order or in clear, or the Keep reported such a record (alert).
+    Someone between the client and the Keep changed the stream; a clean
+    end of the stream is :class:`KeepDied` instead."""
+
+    exit_code = 118
+    problem_type = "channel-integrity"
+    title = "attested channel broken"
+
+
 class WorkloadTrapped(StockadeError):
     """The workload trapped (unreachable, out-of-bounds access, ...)."""
 
@@ -128,6 +140,7 @@ ERROR_CLASSES: tuple[type[StockadeError], ...] = (
     KeepDied,
     LimitExceeded,
     WorkloadRejected,
+    ChannelTampered,
     WorkloadTrapped,
 )
 

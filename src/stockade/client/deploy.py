@@ -20,13 +20,76 @@ from dataclasses import dataclass, field
 
 from stockade.client.attest import Appraisal, TrustConfig, appraise
 from stockade.client.identity import WorkloadIdentity, appraise_identity
-from stockade.errors import KeepDied, ProtocolError, WorkloadRejected
+from stockade.errors import ChannelTampered, KeepDied, ProtocolError, StockadeError, WorkloadRejected
 from stockade.wire.messages import Config, Exit, Expect, Identity, Load, Message, Output, Problem, Release
 from stockade.wire.protocol import ClientSession
 
 #: Time beyond the workload's own limit that the client waits for the Keep.
 CLIENT_GRACE_S = 10.0
 HANDSHAKE_TIMEOUT_S = 60.0
+
+#: OpenSSL reasons (``ssl.SSLError.reason``) that mean a TLS record of the
+#: attested channel did not authenticate or did not belong in the stream:
+#: someone between client and Keep changed, dropped, duplicated, reordered,
+#: replayed or injected bytes. ``*_ALERT_*`` are the same findings reported
+#: by the other end as a TLS alert (RFC 8446 section 6.2: bad_record_mac,
+#: decode_error, unexpected_message, decrypt_error, record_overflow): the
+#: Keep, or, before the handshake keys exist, a host forging a clear-text
+#: alert. Reason names are OpenSSL's (include/openssl/sslerr.h). A stream
+#: that merely ends (EOF, reset, a truncated last record:
+#: ``ssl.SSLEOFError``) is not in this list: it cannot be told apart from a
+#: Keep that died.
+TAMPER_REASONS = frozenset(
+    {
+        "DECRYPTION_FAILED_OR_BAD_RECORD_MAC",
+        "DECRYPTION_FAILED",
+        "WRONG_VERSION_NUMBER",  # a record header that is not TLS: clear text injected
+        "UNEXPECTED_RECORD",
+        "BAD_RECORD_TYPE",
+        "UNEXPECTED_MESSAGE",
+        "UNEXPECTED_CCS_MESSAGE",
+        "RECORD_LENGTH_MISMATCH",
+        "PACKET_LENGTH_TOO_LONG",
+        "ENCRYPTED_LENGTH_TOO_LONG",
+        "DATA_LENGTH_TOO_LONG",
+        "RECORD_TOO_SMALL",
+        "BAD_LENGTH",
+        "LENGTH_MISMATCH",
+        "DIGEST_CHECK_FAILED",
+        # A ServerHello whose legacy_session_id_echo is not this ClientHello's
+        # (RFC 8446 section 4.1.3): a Keep handshake replayed from another session.
+        "INVALID_SESSION_ID",
+        "SSLV3_ALERT_BAD_RECORD_MAC",
+        "SSLV3_ALERT_UNEXPECTED_MESSAGE",
+        "TLSV1_ALERT_DECRYPTION_FAILED",
+        "TLSV1_ALERT_DECODE_ERROR",
+        "TLSV1_ALERT_DECRYPT_ERROR",
+        "TLSV1_ALERT_RECORD_OVERFLOW",
+    }
+)
+
+#: Plainer words for reasons whose OpenSSL names mislead.
+_REASON_TEXT = {
+    "WRONG_VERSION_NUMBER": "a record that is not TLS: wrong version number",
+    "INVALID_SESSION_ID": "a server hello that answers another session: invalid session id",
+}
+
+
+def channel_failure(exc: OSError, during: str, died: Callable[[str], KeepDied]) -> StockadeError:
+    """The error for a failed read or write on the attested channel (the one
+    place where TLS failures are classified): :class:`ChannelTampered` when
+    TLS says a record failed its integrity check, else :class:`KeepDied`."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError) and reason in TAMPER_REASONS:
+        text = _REASON_TEXT.get(reason, reason.lower().replace("_", " "))
+        for prefix in ("sslv3 alert ", "tlsv1 alert "):
+            if text.startswith(prefix):
+                text = f"the other end reported {text.removeprefix(prefix)}"
+        return ChannelTampered(
+            f"a TLS record failed its integrity check {during} ({text}): bytes between this client "
+            "and the Keep were changed, dropped, replayed or injected; nothing more was sent"
+        )
+    return died(f"{during} ({type(exc).__name__})")
 
 
 @dataclass(frozen=True)
@@ -143,8 +206,8 @@ def deploy(
     ctx.verify_mode = ssl.CERT_NONE
     try:
         tls = ctx.wrap_socket(sock, server_hostname=None)
-    except (ssl.SSLError, OSError) as exc:
-        raise died(f"during the TLS handshake ({type(exc).__name__})") from None
+    except OSError as exc:  # ssl.SSLError is an OSError
+        raise channel_failure(exc, "during the TLS handshake", died) from None
     try:
         return _session(tls, session, nonce, plan, trust, on_output, on_verified, on_identity, died, steps)
     finally:
@@ -186,7 +249,7 @@ def _session(
     try:
         tls.sendall(session.load(load))
     except OSError as exc:
-        raise died(f"while receiving the package ({type(exc).__name__})") from None
+        raise channel_failure(exc, "while receiving the package", died) from None
     steps.mark("transfer")
     identity: WorkloadIdentity | None = None
     while identity is None:
@@ -204,7 +267,7 @@ def _session(
     try:
         tls.sendall(session.release(Release(secrets=plan.secrets, stdin=plan.stdin)))
     except OSError as exc:
-        raise died(f"while receiving the release ({type(exc).__name__})") from None
+        raise channel_failure(exc, "while receiving the release", died) from None
     tls.settimeout(plan.config.limits.timeout_ms / 1000 + CLIENT_GRACE_S)
     while True:
         for msg in _receive(tls, session, died, "while the workload ran"):
@@ -229,8 +292,8 @@ def _receive(
         if during.endswith("ran"):
             raise KeepDied("the Keep stopped responding past the workload's time limit") from None
         raise KeepDied(f"the Keep stopped responding {during}") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise died(f"{during} ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise channel_failure(exc, during, died) from None
     if not data:
         raise died("before reporting the workload's exit status" if during.endswith("ran") else during)
     return session.receive(data)

@@ -110,7 +110,9 @@ class Package:
         if not isinstance(top, dict):
             raise WorkloadRejected("package: expected a CBOR map")
         if set(top) != set(_TOP):
-            raise WorkloadRejected(f"package: expected exactly the keys {', '.join(_TOP)}, got {sorted(top)}")
+            raise WorkloadRejected(
+                f"package: expected exactly the keys {', '.join(_TOP)}, got {sorted(top, key=repr)}"
+            )
         if type(top["v"]) is not int or top["v"] != FORMAT_VERSION:
             raise WorkloadRejected(f"package: unsupported format version {top['v']!r} (expected 1)")
         raw_manifest, raw_files, raw_sigs = top["manifest"], top["files"], top["signatures"]
