@@ -186,7 +186,7 @@ def test_concurrent_uploads_use_their_own_temporary_files(
     with ManagerClient(url, token) as client:
         keep_id = client.create("sim")["id"]
         (scratch,) = tmp_path.glob("keep-*")
-        both_open = threading.Event()
+        both_seen = threading.Barrier(2, timeout=10)
         first_done = threading.Event()
         seen: list[list[Path]] = []
 
@@ -194,7 +194,10 @@ def test_concurrent_uploads_use_their_own_temporary_files(
             yield tag * 1000
             _until(lambda: len(_parts(scratch)) == 2, "two uploads did not run at once")
             seen.append(_parts(scratch))
-            both_open.set()
+            # Neither upload ends before both have seen the two files (else the
+            # first could finish before the second looked, and the second would
+            # wait for two files forever).
+            both_seen.wait()
             if wait_for is not None:
                 assert wait_for.wait(10)
             yield tag * 1000

@@ -493,6 +493,7 @@ def _fake_keep(
     """A Keep run by the host itself in a thread: the genuine Keep session
     code with its own fresh TLS key, but ``evidence`` decides what report it
     presents. It never gets a workload engine: the client must refuse it."""
+    from stockade.keep.sandbox import enter as enter_sandbox
     from stockade.keep.session import serve
 
     class Forged:
@@ -504,12 +505,16 @@ def _fake_keep(
     def start() -> tuple[socket.socket, Callable[[], None], Path | None]:
         client_end, keep_end = socket.socketpair()
         engine: Future[Any] = Future()
-        thread = threading.Thread(target=serve, args=(keep_end, Forged(), engine, None), daemon=True)
+        # A thread cannot enter its own mount namespace: the fallback disk
+        # (the fake Keep never gets as far as a workload anyway).
+        disk = enter_sandbox(None, namespaces=False)
+        thread = threading.Thread(target=serve, args=(keep_end, Forged(), engine, None, disk), daemon=True)
         thread.start()
 
         def close() -> None:
             client_end.close()
             thread.join(10)
+            disk.cleanup()
 
         return client_end, close, None
 
