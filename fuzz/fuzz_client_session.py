@@ -7,6 +7,7 @@ from _common import Loaded, main
 
 
 def load() -> Loaded:
+    from stockade.binding.reportdata import report_data_for
     from stockade.errors import ProtocolError
     from stockade.wire.messages import Config, Load
     from stockade.wire.protocol import ClientSession
@@ -14,7 +15,7 @@ def load() -> Loaded:
     def target(data: bytes) -> None:
         session = ClientSession()
         session.hello(bytes(32))
-        session.evidence_verified()
+        session.evidence_verified(report_data_for(bytes(32), b"spki"), b"spki")
         session.load(Load(package=b"p", staged=False, config=Config(), nonce=bytes(32)))
         half = len(data) // 2
         session.receive(data[:half])

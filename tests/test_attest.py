@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from stockade.binding.reportdata import report_data_for
 from stockade.client.attest import Appraisal, TrustConfig, appraise
 from stockade.errors import MalformedEvidence, PolicyRejected, VerificationFailed
 from stockade.evidence.sim import chip as simchip
@@ -30,7 +31,6 @@ from stockade.evidence.sim.psp import SimPsp
 from stockade.evidence.snp.abi import REPORT_SIZE
 from stockade.keep import identity
 from stockade.policy import default_policy, development_policy
-from stockade.wire.binding import report_data_for
 from stockade.wire.evidence import EvidenceBundle
 
 MEASUREMENT = bytes.fromhex("5a" * 48)

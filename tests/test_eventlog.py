@@ -1,5 +1,5 @@
-"""The Keep's event log (stockade.wire.eventlog) and the identity binding
-(stockade.wire.binding.identity_report_data).
+"""The Keep's event log (stockade.binding.eventlog) and the identity binding
+(stockade.binding.reportdata.identity_report_data).
 
 The expected registers and report data are computed here from the formulas
 in docs/protocol.cddl with hashlib and cbor2 (and, for one event, with CBOR
@@ -18,15 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stockade.errors import ProtocolError
-from stockade.wire.binding import (
-    DOMAIN,
-    IDENTITY_DOMAIN,
-    NONCE_SIZE,
-    identity_report_data,
-    report_data_for,
-)
-from stockade.wire.eventlog import (
+from stockade.binding.eventlog import (
     INITIAL_REGISTER,
     KINDS,
     MAX_EVENTS,
@@ -38,6 +30,14 @@ from stockade.wire.eventlog import (
     replay,
     sha256,
 )
+from stockade.binding.reportdata import (
+    DOMAIN,
+    IDENTITY_DOMAIN,
+    NONCE_SIZE,
+    identity_report_data,
+    report_data_for,
+)
+from stockade.errors import ProtocolError
 from wire_strategies import events as event_strategy
 
 D = [bytes([i]) * 32 for i in range(8)]

@@ -19,7 +19,7 @@ import pytest
 from stockade.host import cgroups as cg
 from stockade.host.forkserver import ForkServer, ForkServerError, ForkSpawner, ZygoteChild
 from stockade.host.loader import KeepHandle, ResourceLimits, start_keep
-from stockade.wire.launch import keep_measurement
+from stockade.measure.launch import keep_measurement
 
 pytestmark = pytest.mark.slow
 

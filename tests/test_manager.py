@@ -266,8 +266,8 @@ def test_secret_never_reaches_the_host(server: Server, tmp_path: Path) -> None:
     from stockade.client.deploy import DeployPlan, send_hello
     from stockade.client.deploy import deploy as run_session
     from stockade.client.remote import ManagerClient
+    from stockade.measure.launch import keep_measurement
     from stockade.policy import development_policy
-    from stockade.wire.launch import keep_measurement
     from stockade.wire.messages import Config, Limits
 
     canary = ("canary-" + secrets.token_hex(16)).encode()

@@ -96,9 +96,9 @@ def test_hostile_host_swaps_the_staged_package(
     from stockade.client.deploy import DeployPlan, send_hello
     from stockade.client.deploy import deploy as run_session
     from stockade.errors import WorkloadRejected
+    from stockade.measure.launch import keep_measurement
     from stockade.package import Package
     from stockade.policy import development_policy
-    from stockade.wire.launch import keep_measurement
     from stockade.wire.messages import Config, Expect, Release
     from stockade.wire.protocol import ClientSession
 

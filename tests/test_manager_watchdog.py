@@ -19,8 +19,8 @@ from stockade.client.attest import TrustConfig
 from stockade.client.deploy import DeployPlan, deploy, send_hello
 from stockade.client.remote import ManagerClient
 from stockade.errors import KeepDied
+from stockade.measure.launch import keep_measurement
 from stockade.policy import development_policy
-from stockade.wire.launch import keep_measurement
 from stockade.wire.messages import Config, Limits
 
 pytestmark = pytest.mark.slow

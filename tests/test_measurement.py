@@ -27,8 +27,8 @@ import pytest
 
 from stockade.errors import UnmeasuredCode
 from stockade.keep import guard
+from stockade.measure import keep_modules, launch, sitecheck
 from stockade.testing import keepload
-from stockade.wire import keep_modules, launch, sitecheck
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
@@ -99,7 +99,7 @@ def venv_with_code_pth(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, P
 def test_measurement_refuses_a_pth_that_runs_code(venv_with_code_pth: tuple[str, Path]) -> None:
     python, evil = venv_with_code_pth
     proc = isolated(
-        "from stockade.wire.launch import keep_measurement\n"
+        "from stockade.measure.launch import keep_measurement\n"
         "from stockade.errors import UnmeasuredCode\n"
         "try:\n    keep_measurement()\nexcept UnmeasuredCode as e:\n    print(e.exit_code, e)\n",
         python=python,
@@ -285,7 +285,7 @@ def test_the_list_is_generated_and_names_the_finding() -> None:
     for required in (
         "stockade.package.format",
         "stockade.keep.guard",
-        "stockade.wire.keep_modules",
+        "stockade.measure.keep_modules",
         "_cffi_backend",
     ):
         assert required in keep_modules.MODULES

@@ -12,10 +12,10 @@ from click.testing import CliRunner, Result
 
 from snp_support import SNP, VERIFY_AT
 from stockade.commands.policy import policy
+from stockade.measure.launch import keep_measurement
 from stockade.policy import loads_policy
 from stockade.policy.builtin import default_policy_toml, development_policy_toml
 from stockade.testing.claims import make_claims
-from stockade.wire.launch import keep_measurement
 
 AT = ["--at", VERIFY_AT.isoformat()]
 MILAN_ONLY = 'version = 1\nname = "milan only"\nplatforms = ["snp"]\n\n[snp]\nproducts = ["Milan"]\n'

@@ -26,10 +26,10 @@ import pycddl
 import pytest
 from hypothesis import given, settings
 
+from stockade.binding.eventlog import KINDS, MAX_EVENTS, Event
 from stockade.errors import MalformedEvidence, ProtocolError
 from stockade.evidence.sim.channel import ReportRequest, ReportResponse, error_response
 from stockade.wire import der
-from stockade.wire.eventlog import KINDS, MAX_EVENTS, Event
 from stockade.wire.evidence import MEDIA_TYPE, EvidenceBundle, bundle_from_extension, extension_value
 from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE, Identity, Message, decode
 from wire_strategies import REPRESENTATIVE, REPRESENTATIVE_BUNDLES, bundles, messages
@@ -114,14 +114,14 @@ def test_every_message_class_has_a_rule() -> None:
 
 
 def test_event_kinds_match_the_event_log() -> None:
-    from stockade.wire.eventlog import KINDS
+    from stockade.binding.eventlog import KINDS
 
     line = next(line for line in CDDL.splitlines() if line.startswith("event-kind = "))
     assert line == "event-kind = " + " / ".join(f'"{k}"' for k in KINDS)
 
 
 def test_schema_states_the_binding_formulas() -> None:
-    from stockade.wire.binding import DOMAIN, IDENTITY_DOMAIN
+    from stockade.binding.reportdata import DOMAIN, IDENTITY_DOMAIN
 
     for domain in (DOMAIN, IDENTITY_DOMAIN):
         label = domain.rstrip(b"\x00").decode()

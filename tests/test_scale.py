@@ -64,8 +64,8 @@ def deploy_through_manager(
     it; the workload's output and exit code, or the error it ended with."""
     from stockade.client.attest import TrustConfig
     from stockade.client.deploy import DeployPlan, deploy
+    from stockade.measure.launch import keep_measurement
     from stockade.policy import development_policy
-    from stockade.wire.launch import keep_measurement
     from stockade.wire.messages import Config, Limits
 
     with ManagerClient(server.url, server.token, timeout=120) as client:

@@ -18,19 +18,22 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from stockade.binding.eventlog import MAX_EVENTS, Event
+from stockade.binding.reportdata import DOMAIN, NONCE_SIZE, report_data_for
 from stockade.errors import (
     ERROR_CLASSES,
     LimitExceeded,
     MalformedEvidence,
     ProtocolError,
+    ProtocolMisuse,
+    StockadeError,
     WorkloadTrapped,
+    error_class_for,
 )
+from stockade.measure.launch import keep_measurement, launch_digest
 from stockade.wire import der, framing, protocol
-from stockade.wire.binding import DOMAIN, NONCE_SIZE, report_data_for
-from stockade.wire.eventlog import MAX_EVENTS, Event
 from stockade.wire.evidence import MEDIA_TYPE, EvidenceBundle, bundle_from_extension, extension_value
 from stockade.wire.framing import HEADER, MAX_FRAME, FrameDecoder, encode_frame
-from stockade.wire.launch import keep_measurement, launch_digest
 from stockade.wire.messages import (
     MAX_DEPTH,
     Config,
@@ -49,7 +52,14 @@ from stockade.wire.messages import (
     decode,
     decode_map,
 )
-from stockade.wire.protocol import ClientSession, ClientState, KeepSession, KeepState
+from stockade.wire.protocol import (
+    CLIENT_ACTIONS,
+    KEEP_ACTIONS,
+    ClientSession,
+    ClientState,
+    KeepSession,
+    KeepState,
+)
 from wire_strategies import (
     IDENTITY_TYPICAL,
     LOAD_STAGED,
@@ -931,10 +941,16 @@ def test_load_repr_never_contains_package_bytes(load: Load) -> None:
 # == sans-I/O state machines =========================================================================
 
 
+#: A TLS key and the report data of evidence that binds it to NONCE: what
+#: the client passes to evidence_verified() once the evidence verified.
+TLS_SPKI = b"the Keep's TLS key"
+EVIDENCE = (report_data_for(NONCE, TLS_SPKI), TLS_SPKI)
+
+
 def client_awaiting_identity() -> ClientSession:
     c = ClientSession()
     c.hello(NONCE)
-    c.evidence_verified()
+    c.evidence_verified(*EVIDENCE)
     c.load(LOAD)
     return c
 
@@ -942,7 +958,7 @@ def client_awaiting_identity() -> ClientSession:
 def client_identified() -> ClientSession:
     c = client_awaiting_identity()
     assert c.receive(frame(IDENTITY)) == [IDENTITY]
-    c.identity_verified()
+    c.identity_verified(IDENTITY)
     return c
 
 
@@ -982,7 +998,7 @@ def test_full_session_between_client_and_keep() -> None:
     assert k.receive_hello(hello) == HELLO
     assert (c.state, k.state) == (ClientState.AWAIT_EVIDENCE, KeepState.ATTESTING)
     k.channel_ready()
-    c.evidence_verified()
+    c.evidence_verified(*EVIDENCE)
     assert (c.state, k.state) == (ClientState.VERIFIED, KeepState.AWAIT_LOAD)
     assert k.receive_load(c.load(LOAD)) == LOAD
     assert (c.state, k.state) == (ClientState.AWAIT_IDENTITY, KeepState.LOADING)
@@ -991,7 +1007,7 @@ def test_full_session_between_client_and_keep() -> None:
     got = [m for i in range(len(data)) for m in c.receive(data[i : i + 1])]
     assert got == [IDENTITY]
     assert c.state is ClientState.AWAIT_IDENTITY
-    c.identity_verified()
+    c.identity_verified(IDENTITY)
     assert c.state is ClientState.IDENTIFIED
     assert k.receive_release(c.release(RELEASE)) == RELEASE
     assert (c.state, k.state) == (ClientState.RUNNING, KeepState.RUNNING)
@@ -1005,7 +1021,7 @@ def test_staged_load_session() -> None:
     c, k = ClientSession(), KeepSession()
     k.receive_hello(c.hello(NONCE))
     k.channel_ready()
-    c.evidence_verified()
+    c.evidence_verified(*EVIDENCE)
     got = k.receive_load(c.load(STAGED))
     assert got == STAGED
     assert got is not None and got.package is None
@@ -1013,16 +1029,16 @@ def test_staged_load_session() -> None:
 
 def test_client_cannot_send_load_before_evidence_is_verified() -> None:
     c = ClientSession()
-    with pytest.raises(ProtocolError, match="send the load request in state start"):
+    with pytest.raises(ProtocolMisuse, match="send the load request in state start"):
         c.load(LOAD)
     c.hello(NONCE)
-    with pytest.raises(ProtocolError, match="send the load request in state await-evidence"):
+    with pytest.raises(ProtocolMisuse, match="send the load request in state await-evidence"):
         c.load(LOAD)
     assert c.state is ClientState.AWAIT_EVIDENCE
-    c.evidence_verified()
+    c.evidence_verified(*EVIDENCE)
     assert c.load(LOAD) == frame(LOAD)
     assert c.state is ClientState.AWAIT_IDENTITY
-    with pytest.raises(ProtocolError, match="send the load request"):
+    with pytest.raises(ProtocolMisuse, match="send the load request"):
         c.load(LOAD)  # only once
 
 
@@ -1033,14 +1049,14 @@ def _client_in(state: ClientState) -> ClientSession:
     c.hello(NONCE)
     if state is ClientState.AWAIT_EVIDENCE:
         return c
-    c.evidence_verified()
+    c.evidence_verified(*EVIDENCE)
     if state is ClientState.VERIFIED:
         return c
     c.load(LOAD)
     if state is ClientState.AWAIT_IDENTITY:
         return c
     c.receive(frame(IDENTITY))
-    c.identity_verified()
+    c.identity_verified(IDENTITY)
     if state is ClientState.IDENTIFIED:
         return c
     c.release(RELEASE)
@@ -1057,7 +1073,7 @@ def _client_in(state: ClientState) -> ClientSession:
 def test_client_cannot_release_secrets_unless_identified(state: ClientState) -> None:
     c = _client_in(state)
     assert c.state is state
-    with pytest.raises(ProtocolError, match=f"release secrets in state {state.value}"):
+    with pytest.raises(ProtocolMisuse, match=f"release secrets in state {state.value}"):
         c.release(RELEASE)
     assert c.state is state
 
@@ -1065,47 +1081,47 @@ def test_client_cannot_release_secrets_unless_identified(state: ClientState) -> 
 def test_client_cannot_release_after_receiving_an_unverified_identity() -> None:
     c = client_awaiting_identity()
     assert c.receive(frame(IDENTITY)) == [IDENTITY]
-    with pytest.raises(ProtocolError, match="release secrets in state await-identity"):
+    with pytest.raises(ProtocolMisuse, match="release secrets in state await-identity"):
         c.release(RELEASE)  # the identity arrived, but nobody checked it
 
 
 def test_identity_verified_only_after_the_identity_arrived_and_once() -> None:
     for state in (ClientState.START, ClientState.AWAIT_EVIDENCE, ClientState.VERIFIED):
-        with pytest.raises(ProtocolError, match="accept the workload identity"):
-            _client_in(state).identity_verified()
+        with pytest.raises(ProtocolMisuse, match="accept the workload identity"):
+            _client_in(state).identity_verified(IDENTITY)
     c = client_awaiting_identity()
-    with pytest.raises(ProtocolError, match="identity not received yet"):
-        c.identity_verified()
+    with pytest.raises(ProtocolMisuse, match="identity not received yet"):
+        c.identity_verified(IDENTITY)
     assert c.state is ClientState.AWAIT_IDENTITY
     data = frame(IDENTITY)
     assert c.receive(data[:-1]) == []
-    with pytest.raises(ProtocolError, match="identity not received yet"):
-        c.identity_verified()  # a partial identity is no identity
+    with pytest.raises(ProtocolMisuse, match="identity not received yet"):
+        c.identity_verified(IDENTITY)  # a partial identity is no identity
     assert c.receive(data[-1:]) == [IDENTITY]
-    c.identity_verified()
+    c.identity_verified(IDENTITY)
     assert c.state is ClientState.IDENTIFIED
-    with pytest.raises(ProtocolError, match="accept the workload identity in state identified"):
-        c.identity_verified()
+    with pytest.raises(ProtocolMisuse, match="accept the workload identity in state identified"):
+        c.identity_verified(IDENTITY)
 
 
 def test_client_cannot_send_hello_twice() -> None:
     c = ClientSession()
     c.hello(NONCE)
-    with pytest.raises(ProtocolError, match="send hello"):
+    with pytest.raises(ProtocolMisuse, match="send hello"):
         c.hello(NONCE)
-    c.evidence_verified()
-    with pytest.raises(ProtocolError):
+    c.evidence_verified(*EVIDENCE)
+    with pytest.raises(ProtocolMisuse):
         c.hello(NONCE)
 
 
 def test_evidence_verified_only_after_hello_and_once() -> None:
     c = ClientSession()
-    with pytest.raises(ProtocolError, match="accept evidence"):
-        c.evidence_verified()
+    with pytest.raises(ProtocolMisuse, match="accept evidence"):
+        c.evidence_verified(*EVIDENCE)
     c.hello(NONCE)
-    c.evidence_verified()
-    with pytest.raises(ProtocolError):
-        c.evidence_verified()
+    c.evidence_verified(*EVIDENCE)
+    with pytest.raises(ProtocolMisuse):
+        c.evidence_verified(*EVIDENCE)
 
 
 def test_failed_hello_does_not_advance_the_client() -> None:
@@ -1113,8 +1129,8 @@ def test_failed_hello_does_not_advance_the_client() -> None:
     with pytest.raises(ProtocolError):
         c.hello(b"short nonce")
     assert c.state is ClientState.START
-    with pytest.raises(ProtocolError):
-        c.evidence_verified()  # no hello went out, so no evidence can be accepted
+    with pytest.raises(ProtocolMisuse):
+        c.evidence_verified(*EVIDENCE)  # no hello went out, so no evidence can be accepted
     c.hello(NONCE)
 
 
@@ -1122,7 +1138,7 @@ def test_failed_load_encoding_does_not_advance_the_client(monkeypatch: pytest.Mo
     monkeypatch.setattr(protocol, "encode_frame", functools.partial(framing.encode_frame, max_frame=200))
     c = ClientSession()
     c.hello(NONCE)
-    c.evidence_verified()
+    c.evidence_verified(*EVIDENCE)
     with pytest.raises(ProtocolError, match="exceeds"):
         c.load(Load(package=b"x" * 300, config=Config(), nonce=NONCE))
     assert c.state is ClientState.VERIFIED
@@ -1173,9 +1189,9 @@ def test_client_accepts_a_problem_instead_of_the_identity() -> None:
     problem = Problem.from_error(WorkloadTrapped("package refused"))
     assert c.receive(frame(problem)) == [problem]
     assert c.state is ClientState.DONE
-    with pytest.raises(ProtocolError):
-        c.identity_verified()
-    with pytest.raises(ProtocolError, match="release secrets"):
+    with pytest.raises(ProtocolMisuse):
+        c.identity_verified(IDENTITY)
+    with pytest.raises(ProtocolMisuse, match="release secrets"):
         c.release(RELEASE)
     with pytest.raises(ProtocolError):
         c.receive(frame(IDENTITY))
@@ -1196,7 +1212,7 @@ def test_client_refuses_data_after_the_identity_before_the_release(after: Messag
         c.receive(frame(after))
     c = client_awaiting_identity()
     c.receive(frame(IDENTITY))
-    c.identity_verified()
+    c.identity_verified(IDENTITY)
     with pytest.raises(ProtocolError, match="Keep sent data in state identified"):
         c.receive(frame(after))
 
@@ -1211,7 +1227,7 @@ def test_client_refuses_a_partial_frame_after_the_identity(split: str) -> None:
         else:
             c.receive(frame(IDENTITY))
             c.receive(early[:3])
-        c.identity_verified()
+        c.identity_verified(IDENTITY)
         c.release(RELEASE)
         c.receive(early[3:])
 
@@ -1291,24 +1307,24 @@ def test_keep_hello_frame_must_come_alone(extra: bytes) -> None:
 
 def test_keep_load_only_after_channel_ready() -> None:
     k = KeepSession()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolMisuse):
         k.channel_ready()
-    with pytest.raises(ProtocolError, match="unexpected data in state await-hello"):
+    with pytest.raises(ProtocolMisuse, match="cannot receive the load request in state await-hello"):
         k.receive_load(frame(LOAD))
     k.receive_hello(frame(HELLO))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolMisuse):
         k.receive_hello(frame(HELLO))
-    with pytest.raises(ProtocolError, match="unexpected data in state attesting"):
+    with pytest.raises(ProtocolMisuse, match="cannot receive the load request in state attesting"):
         k.receive_load(frame(LOAD))
     k.channel_ready()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolMisuse):
         k.channel_ready()
     data = frame(LOAD)
     assert k.receive_load(data[:100]) is None
     assert k.state is KeepState.AWAIT_LOAD
     assert k.receive_load(data[100:]) == LOAD
     assert k.state is KeepState.LOADING
-    with pytest.raises(ProtocolError, match="unexpected data in state loading"):
+    with pytest.raises(ProtocolMisuse, match="cannot receive the load request in state loading"):
         k.receive_load(frame(LOAD))
 
 
@@ -1348,9 +1364,9 @@ def test_keep_refuses_data_after_the_load(extra: bytes) -> None:
 
 def test_keep_refuses_the_release_before_it_sent_the_identity() -> None:
     k = keep_at(KeepState.LOADING)
-    with pytest.raises(ProtocolError, match="unexpected data in state loading"):
+    with pytest.raises(ProtocolMisuse, match="cannot receive the release in state loading"):
         k.receive_release(frame(RELEASE))
-    with pytest.raises(ProtocolError, match="unexpected data in state loading"):
+    with pytest.raises(ProtocolMisuse, match="cannot receive the release in state loading"):
         k.receive_release(b"\x00")
     assert k.state is KeepState.LOADING
 
@@ -1361,7 +1377,7 @@ def test_keep_refuses_data_after_the_release(extra: bytes) -> None:
     with pytest.raises(ProtocolError, match="after the release"):
         k.receive_release(frame(RELEASE) + extra)
     k = keep_running()
-    with pytest.raises(ProtocolError, match="unexpected data in state running"):
+    with pytest.raises(ProtocolMisuse, match="cannot receive the release in state running"):
         k.receive_release(extra)
 
 
@@ -1382,7 +1398,7 @@ def test_keep_release_split_byte_by_byte() -> None:
 )
 def test_keep_sends_the_identity_only_while_loading(stage: KeepState) -> None:
     k = keep_at(stage)
-    with pytest.raises(ProtocolError, match=f"cannot send the identity in state {stage.value}"):
+    with pytest.raises(ProtocolMisuse, match=f"cannot send the identity in state {stage.value}"):
         k.identity(IDENTITY)
     assert k.state is stage
 
@@ -1390,7 +1406,7 @@ def test_keep_sends_the_identity_only_while_loading(stage: KeepState) -> None:
 def test_keep_identity_frame() -> None:
     k = keep_at(KeepState.LOADING)
     assert k.identity(IDENTITY) == frame(IDENTITY)
-    with pytest.raises(ProtocolError, match="cannot send the identity in state await-release"):
+    with pytest.raises(ProtocolMisuse, match="cannot send the identity in state await-release"):
         k.identity(IDENTITY)  # only once
 
 
@@ -1401,9 +1417,9 @@ def test_keep_identity_frame() -> None:
 )
 def test_keep_output_and_exit_never_before_the_release(stage: KeepState) -> None:
     k = keep_at(stage)
-    with pytest.raises(ProtocolError, match="cannot send output"):
+    with pytest.raises(ProtocolMisuse, match="cannot send output"):
         k.output(1, b"x")
-    with pytest.raises(ProtocolError, match="cannot send exit"):
+    with pytest.raises(ProtocolMisuse, match="cannot send exit"):
         k.exit(EXIT)
     assert k.state is stage
 
@@ -1414,9 +1430,9 @@ def test_keep_output_and_exit_only_while_running() -> None:
     with pytest.raises(ProtocolError):
         k.output(3, b"x")
     assert k.exit(EXIT) == frame(EXIT)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolMisuse):
         k.output(1, b"x")
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolMisuse):
         k.exit(EXIT)
 
 
@@ -1427,21 +1443,137 @@ def test_keep_problem_allowed_until_done(stage: KeepState) -> None:
     (payload,) = FrameDecoder().feed(data)
     assert decode(payload) == Problem.from_error(WorkloadTrapped("trap"))
     assert k.state is KeepState.DONE
-    with pytest.raises(ProtocolError, match="after the final message"):
+    with pytest.raises(ProtocolMisuse, match="cannot send a problem in state done"):
         k.problem(WorkloadTrapped("again"))
-    with pytest.raises(ProtocolError, match="cannot send the identity"):
+    with pytest.raises(ProtocolMisuse, match="cannot send the identity"):
         k.identity(IDENTITY)
 
 
 def test_keep_problem_after_exit_is_refused() -> None:
     k = keep_running()
     k.exit(EXIT)
-    with pytest.raises(ProtocolError, match="after the final message"):
+    with pytest.raises(ProtocolMisuse, match="cannot send a problem in state done"):
         k.problem(LimitExceeded("late"))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolMisuse):
         k.receive_release(b"\x00")
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolMisuse):
         k.receive_load(b"\x00")
+
+
+# == local misuse vs the peer's violation ============================================================
+
+
+def test_misuse_and_peer_violation_are_two_classes() -> None:
+    """Our own bug is ProtocolMisuse (exit 1, internal error); only the
+    peer's bytes are ProtocolError (exit 113). A peer that reports an
+    internal error is still a ProtocolError to us."""
+    assert not issubclass(ProtocolMisuse, ProtocolError)
+    assert not issubclass(ProtocolError, ProtocolMisuse)
+    assert issubclass(ProtocolMisuse, StockadeError)
+    assert (ProtocolMisuse.exit_code, ProtocolError.exit_code) == (1, 113)
+    assert ProtocolMisuse.problem_type == "internal-error"
+    assert ProtocolMisuse not in ERROR_CLASSES
+    assert error_class_for(ProtocolMisuse.problem_type) is ProtocolError
+    c = client_awaiting_identity()
+    with pytest.raises(ProtocolMisuse):
+        c.release(RELEASE)  # our code's step out of order
+    with pytest.raises(ProtocolError):
+        c.receive(frame(EXIT))  # the Keep's bytes out of order
+
+
+def _client_actions(c: ClientSession) -> dict[str, Callable[[], object]]:
+    return {
+        "send hello": lambda: c.hello(NONCE),
+        "accept evidence": lambda: c.evidence_verified(*EVIDENCE),
+        "send the load request": lambda: c.load(LOAD),
+        "accept the workload identity": lambda: c.identity_verified(IDENTITY),
+        "release secrets": lambda: c.release(RELEASE),
+    }
+
+
+def test_client_action_table_names_every_action() -> None:
+    assert {action for _, action in CLIENT_ACTIONS} == set(_client_actions(ClientSession()))
+
+
+@pytest.mark.parametrize("state", list(ClientState), ids=lambda s: s.value)
+@pytest.mark.parametrize("action", list(_client_actions(ClientSession())))
+def test_client_steps_outside_the_table_are_misuse(state: ClientState, action: str) -> None:
+    c = _client_in(state)
+    if (state, action) in CLIENT_ACTIONS:
+        if action == "accept the workload identity":
+            c.receive(frame(IDENTITY))
+        _client_actions(c)[action]()
+        assert c.state is CLIENT_ACTIONS[state, action]
+        return
+    with pytest.raises(ProtocolMisuse, match=f"cannot {action} in state {state.value}"):
+        _client_actions(c)[action]()
+    assert c.state is state
+
+
+def _keep_actions(k: KeepSession) -> dict[str, Callable[[], object]]:
+    return {
+        "receive the hello": lambda: k.receive_hello(frame(HELLO)),
+        "open the TLS channel": k.channel_ready,
+        "receive the load request": lambda: k.receive_load(frame(LOAD)),
+        "send the identity": lambda: k.identity(IDENTITY),
+        "receive the release": lambda: k.receive_release(frame(RELEASE)),
+        "send output": lambda: k.output(1, b"x"),
+        "send exit": lambda: k.exit(EXIT),
+        "send a problem": lambda: k.problem(WorkloadTrapped("trap")),
+    }
+
+
+def test_keep_action_table_names_every_action() -> None:
+    assert {action for _, action in KEEP_ACTIONS} == set(_keep_actions(KeepSession()))
+
+
+@pytest.mark.parametrize("state", list(KeepState), ids=lambda s: s.value)
+@pytest.mark.parametrize("action", list(_keep_actions(KeepSession())))
+def test_keep_steps_outside_the_table_are_misuse(state: KeepState, action: str) -> None:
+    k = keep_at(state)
+    if (state, action) in KEEP_ACTIONS:
+        _keep_actions(k)[action]()
+        assert k.state is KEEP_ACTIONS[state, action]
+        return
+    with pytest.raises(ProtocolMisuse, match=f"cannot {action} in state {state.value}"):
+        _keep_actions(k)[action]()
+    assert k.state is state
+
+
+def test_evidence_verified_must_bind_this_sessions_nonce() -> None:
+    """The evidence accepted must be the evidence of this session: its report
+    data binds the hello's nonce and the TLS key it came with."""
+    other_nonce = bytes(32)
+    wrong = [
+        (report_data_for(other_nonce, TLS_SPKI), TLS_SPKI),  # another session's evidence
+        (report_data_for(NONCE, TLS_SPKI), b"another key"),  # the key of another channel
+        (bytes(64), TLS_SPKI),
+    ]
+    for report_data, spki in wrong:
+        c = _client_in(ClientState.AWAIT_EVIDENCE)
+        with pytest.raises(ProtocolMisuse, match="does not bind this session's hello nonce"):
+            c.evidence_verified(report_data, spki)
+        assert c.state is ClientState.AWAIT_EVIDENCE
+        with pytest.raises(ProtocolMisuse, match="send the load request"):
+            c.load(LOAD)
+    c = _client_in(ClientState.AWAIT_EVIDENCE)
+    c.evidence_verified(*EVIDENCE)
+    assert c.state is ClientState.VERIFIED
+
+
+def test_identity_verified_must_be_the_identity_received() -> None:
+    other = dataclasses.replace(IDENTITY, evidence=IDENTITY.evidence + b"x")
+    c = client_awaiting_identity()
+    assert c.receive(frame(IDENTITY)) == [IDENTITY]
+    with pytest.raises(ProtocolMisuse, match="not the one the Keep sent"):
+        c.identity_verified(other)
+    assert c.state is ClientState.AWAIT_IDENTITY
+    with pytest.raises(ProtocolMisuse, match="release secrets"):
+        c.release(RELEASE)
+    received = c.receive(b"")
+    assert received == []
+    c.identity_verified(IDENTITY)  # an equal decoded copy is the same message
+    assert c.state is ClientState.IDENTIFIED
 
 
 # == binding =========================================================================================

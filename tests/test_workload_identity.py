@@ -26,6 +26,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from stockade.binding import eventlog
+from stockade.binding.eventlog import Event
+from stockade.binding.reportdata import identity_report_data, report_data_for
 from stockade.client.attest import Appraisal, TrustConfig, appraise
 from stockade.client.deploy import DeployPlan, DeployResult, deploy, send_hello
 from stockade.client.identity import appraise_identity
@@ -36,14 +39,11 @@ from stockade.evidence.sim.local import serve_in_thread
 from stockade.host.loader import start_keep
 from stockade.keep import identity as keep_identity
 from stockade.keep.loading import STAGED_NAME
+from stockade.measure.launch import keep_measurement
 from stockade.package import Manifest, sign
 from stockade.package.format import Package, encode
 from stockade.package.signing import raw_public_key
 from stockade.policy import development_policy
-from stockade.wire import eventlog
-from stockade.wire.binding import identity_report_data, report_data_for
-from stockade.wire.eventlog import Event
-from stockade.wire.launch import keep_measurement
 from stockade.wire.messages import Config, Expect, Identity, Limits
 from stockade.wire.protocol import ClientSession
 

@@ -12,8 +12,8 @@ from typing import TypeVar
 import cbor2
 from hypothesis import strategies as st
 
+from stockade.binding.eventlog import KINDS, Event
 from stockade.errors import ERROR_CLASSES, LimitExceeded, ProtocolError, WorkloadTrapped
-from stockade.wire.eventlog import KINDS, Event
 from stockade.wire.evidence import PLATFORMS, EvidenceBundle
 from stockade.wire.messages import (
     Config,

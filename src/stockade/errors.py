@@ -64,6 +64,19 @@ class ProtocolError(StockadeError):
     title = "protocol error"
 
 
+class ProtocolMisuse(StockadeError):
+    """Stockade's own code drove a protocol state machine out of order
+    (released secrets before accepting the identity, sent output before the
+    release...). A bug in stockade, not a fault of the peer: the peer's
+    violations are :class:`ProtocolError` (113). Exit 1, the generic
+    failure status; never in :data:`ERROR_CLASSES`, so a peer that reports
+    ``internal-error`` is still a :class:`ProtocolError` to us."""
+
+    exit_code = 1
+    problem_type = "internal-error"
+    title = "internal error (a bug in stockade)"
+
+
 class CollateralUnavailable(StockadeError):
     """Certificates, CRLs or TCB data needed for verification are missing."""
 

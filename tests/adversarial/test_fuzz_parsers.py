@@ -30,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stockade.binding.reportdata import report_data_for
 from stockade.errors import MalformedEvidence, ProtocolError, StockadeError, WorkloadRejected
 from stockade.evidence.intel.abi import Quote
 from stockade.evidence.snp.abi import AttestationReport
@@ -233,11 +234,12 @@ def streams(draw: st.DrawFn) -> list[bytes]:
 @given(streams(), st.booleans())
 def test_client_session_raises_only_protocol_errors(chunks: list[bytes], released: bool) -> None:
     """Whatever a Keep (or a host that broke TLS) sends, the client's state
-    machine yields messages or ProtocolError; secrets stay locked until the
+    machine yields messages or ProtocolError (never ProtocolMisuse: a peer's
+    bytes are never blamed on our code); secrets stay locked until the
     identity is verified."""
     session = ClientSession()
     session.hello(b"n" * 32)
-    session.evidence_verified()
+    session.evidence_verified(report_data_for(b"n" * 32, b"spki"), b"spki")
     from stockade.wire.messages import Config, Load, Release
 
     session.load(Load(package=b"p", staged=False, config=Config(), nonce=b"n" * 32))
@@ -245,7 +247,7 @@ def test_client_session_raises_only_protocol_errors(chunks: list[bytes], release
         for chunk in chunks:
             for msg in session.receive(chunk):
                 if isinstance(msg, Identity) and released:
-                    session.identity_verified()
+                    session.identity_verified(msg)
                     session.release(Release(secrets=(), stdin=b""))
     except ProtocolError:
         pass

@@ -4,7 +4,7 @@ changes the launch measurement (issue 13, ADR 0013).
 Works on a COPY: a temporary tree laid out like an installation (stdlib,
 lib-dynload, site-packages with stockade and third-party code, the
 interpreter and libpython), measured with the same code the loader uses
-(stockade.wire.launch.measured_files with that tree's search path). The real
+(stockade.measure.launch.measured_files with that tree's search path). The real
 installed files are only read. One byte of each kind of Keep-loaded file
 is flipped: a stockade.package module (the unmeasured code of the finding),
 a stockade.keep module, a third-party .py, a stdlib module, an extension
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from stockade.errors import UnmeasuredCode
-from stockade.wire import keep_modules, launch, sitecheck
+from stockade.measure import keep_modules, launch, sitecheck
 
 
 @dataclass

@@ -18,13 +18,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from stockade.binding.reportdata import report_data_for
 from stockade.errors import MalformedEvidence, PolicyRejected, VerificationFailed
 from stockade.evidence.claims import VerifiedClaims
 from stockade.evidence.snp.abi import Product
 from stockade.evidence.snp.verify import TrustAnchor, VerifiedReport, amd_anchors, verify_report
 from stockade.policy import Decision, Policy
 from stockade.policy import appraise as policy_appraise
-from stockade.wire.binding import report_data_for
 from stockade.wire.evidence import EVIDENCE_OID, EvidenceBundle, bundle_from_extension
 
 

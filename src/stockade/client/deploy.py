@@ -234,7 +234,7 @@ def _session(
     if not cert:
         raise ProtocolError("the Keep presented no certificate")
     appraisal = appraise(cert, nonce, trust)
-    session.evidence_verified()
+    session.evidence_verified(appraisal.claims.report_data, appraisal.tls_spki)
     steps.mark("verify")
     on_verified(appraisal)
 
@@ -260,7 +260,7 @@ def _session(
                 identity = appraise_identity(
                     msg, appraisal, load_nonce, plan.digest, plan.config.digest(), plan.expect, trust
                 )
-    session.identity_verified()
+                session.identity_verified(msg)
     steps.mark("identity")
     on_identity(identity)
 

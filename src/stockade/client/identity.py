@@ -4,7 +4,7 @@ After the first attestation (the Keep, its platform, its TLS key), the
 client sends a load request with a fresh nonce; the Keep checks and measures
 the package into its event log and answers with fresh evidence whose report
 data binds that nonce, the same TLS key and the final register
-(stockade.wire.binding.identity_report_data). :func:`appraise_identity`
+(stockade.binding.reportdata.identity_report_data). :func:`appraise_identity`
 checks, over the received bytes:
 
 1. the evidence verifies against the same roots, on the same platform, chip
@@ -25,12 +25,12 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from stockade.binding.eventlog import Event, replay
+from stockade.binding.reportdata import identity_report_data
 from stockade.client.attest import Appraisal, TrustConfig, verify_bundle
 from stockade.errors import VerificationFailed
 from stockade.evidence.claims import VerifiedClaims
 from stockade.policy import appraise as policy_appraise
-from stockade.wire.binding import identity_report_data
-from stockade.wire.eventlog import Event, replay
 from stockade.wire.evidence import EvidenceBundle
 from stockade.wire.messages import Expect, Identity
 

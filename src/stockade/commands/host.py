@@ -267,7 +267,7 @@ def serve(
             fail(UsageError(f"--tls-cert/--tls-key: cannot load {tls_cert} and {tls_key}: {exc}"), False)
     sdir = state_dir or state_dir_default()
     try:
-        from stockade.wire import sitecheck
+        from stockade.measure import sitecheck
 
         sitecheck.check()  # a .pth that runs code: no Keep could be measured (ADR 0013)
         tokens = load_tokens(sdir)

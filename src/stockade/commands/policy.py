@@ -253,11 +253,11 @@ def reference(as_json: bool, files: bool) -> None:
     """Print the expected Keep measurement of this installation on sim.
 
     It is computed by the same launch-digest code the keep loader uses
-    (stockade.wire.launch.keep_measurement): the bytes of every module and
+    (stockade.measure.launch.keep_measurement): the bytes of every module and
     library the Keep loads and of the interpreter (ADR 0013). For the launch
     measurement of a real SNP Keep image, and for TDX/SGX, see docs/policy.md.
     """
-    from stockade.wire.launch import keep_measurement, measured_files, package_root
+    from stockade.measure.launch import keep_measurement, measured_files, package_root
 
     try:
         entries = measured_files()
@@ -309,8 +309,8 @@ def reference(as_json: bool, files: bool) -> None:
 @click.option("--allow-sim", is_flag=True, help="Show the development policy (what --allow-sim means).")
 def default(allow_sim: bool) -> None:
     """Print the built-in policy that `stockade run` enforces without --policy."""
+    from stockade.measure.launch import keep_measurement
     from stockade.policy.builtin import default_policy_toml, development_policy_toml
-    from stockade.wire.launch import keep_measurement
 
     try:
         measurement = keep_measurement()

@@ -242,7 +242,7 @@ def _deploy(
     connection: _Connection, opts: RunOptions, sim_root_file: Path | None, crls: tuple[bytes, ...]
 ) -> None:
     from stockade.client.deploy import send_hello
-    from stockade.wire.launch import measure_in_background
+    from stockade.measure.launch import measure_in_background
 
     # The pin: this installation's Keep runtime, hashed while we talk to the host.
     keep_measurement = measure_in_background()

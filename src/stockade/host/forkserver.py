@@ -42,7 +42,7 @@ from typing import Any
 from stockade.host.cgroups import Cgroups
 from stockade.host.loader import DEFAULT_LIMITS, KeepHandle, KeepProcess, ResourceLimits, start_keep
 from stockade.host.registry import proc_start_time
-from stockade.wire.launch import keep_measurement
+from stockade.measure.launch import keep_measurement
 
 log = logging.getLogger("stockade.host.forkserver")
 

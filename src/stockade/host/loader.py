@@ -4,7 +4,7 @@ The loader is host code: it imports ``stockade.wire`` only and never sees
 plaintext workload data or secrets. For the ``sim`` backend it
 
 1. computes the launch digest of the Keep runtime it is about to start
-   (wire.launch), as a hypervisor measures guest pages at launch;
+   (measure.launch), as a hypervisor measures guest pages at launch;
 2. starts the sim PSP process with that digest and one end of a socket pair
    (the Keep gets the other end: its /dev/sev-guest);
 3. starts the Keep runtime process with one end of a second socket pair,
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from stockade.wire.launch import keep_measurement
+from stockade.measure.launch import keep_measurement
 
 BACKENDS = ("sim",)
 

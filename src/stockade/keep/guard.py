@@ -3,8 +3,8 @@
 Installed first thing by the Keep entry points (``python -I -m
 stockade.keep`` and the fork server ``stockade.keep.zygote``): a finder at
 the front of ``sys.meta_path`` that refuses any module whose name is not in
-the measured set (stockade.wire.keep_modules, the list the launch
-measurement resolves and hashes, stockade.wire.launch). So "loaded ⊆
+the measured set (stockade.measure.keep_modules, the list the launch
+measurement resolves and hashes, stockade.measure.launch). So "loaded ⊆
 measured" holds by construction: a module outside the list cannot be
 imported, whatever file a host plants on the Keep's ``sys.path``.
 
@@ -25,8 +25,8 @@ from importlib.machinery import ModuleSpec
 from types import ModuleType
 
 from stockade.errors import UnmeasuredCode
-from stockade.wire import sitecheck
-from stockade.wire.keep_modules import MODULES
+from stockade.measure import sitecheck
+from stockade.measure.keep_modules import MODULES
 
 #: Set by record_only(); a list so that no ``global`` statement is needed.
 _recording: list[bool] = []
@@ -46,7 +46,7 @@ class MeasuredImportsOnly:
             return None
         message = (
             f"stockade keep: import of {name!r} refused: it is not part of the measured Keep runtime "
-            "(stockade.wire.keep_modules, ADR 0013)"
+            "(stockade.measure.keep_modules, ADR 0013)"
         )
         # Libraries probe for optional modules (cryptography tries bcrypt,
         # copy tries Jython's org): refused quietly when nothing would be

@@ -33,11 +33,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from stockade import __version__
+from stockade.binding.eventlog import MAX_EVENTS, EventLog
 from stockade.errors import WorkloadRejected
 from stockade.package.format import Package
 from stockade.package.prehash import Unhashable, content_digest
 from stockade.package.signing import verify_signatures
-from stockade.wire.eventlog import MAX_EVENTS, EventLog
 from stockade.wire.messages import FileEntry, Load, Workload
 from stockade.wire.staging import MAX_STAGED, STAGED_NAME
 

@@ -19,10 +19,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from stockade.binding.reportdata import identity_report_data, report_data_for
 from stockade.errors import LimitExceeded, ProtocolError, StockadeError, WorkloadRejected
 from stockade.keep import identity
 from stockade.keep.sandbox import Sandbox
-from stockade.wire.binding import identity_report_data, report_data_for
 from stockade.wire.evidence import EvidenceBundle
 from stockade.wire.framing import HEADER
 from stockade.wire.messages import Exit, Identity, Message, Workload

@@ -8,7 +8,7 @@ what is enforced).
   Keep measurement.
 - :func:`development_policy`: the equivalent of ``--allow-sim``: the same,
   plus sim, with the measurement pinned (to this installation's Keep
-  runtime, ``stockade.wire.launch.keep_measurement()``, in ``stockade run``).
+  runtime, ``stockade.measure.launch.keep_measurement()``, in ``stockade run``).
 """
 
 from __future__ import annotations

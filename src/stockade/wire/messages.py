@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import cbor2
 
+from stockade.binding.eventlog import MAX_EVENTS, Event, events_from_list
 from stockade.errors import ProtocolError, StockadeError, error_class_for
-from stockade.wire.eventlog import MAX_EVENTS, Event, events_from_list
 
 VERSION = 1
 

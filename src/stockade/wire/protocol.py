@@ -19,18 +19,33 @@ Session, as seen by both sides::
     [client verifies the identity: the workload it asked for]
     Release (in TLS)       --->    secrets, stdin
                            <---    Output* then Exit | Problem
+
+The legal orders are tables (as h11's ``_state.py``): for each side, what its
+own code may do in each state and what the peer may send in each state. Two
+kinds of refusal, two error classes (ADR 0015):
+
+* the PEER sent bytes the table does not allow (a message out of order, data
+  after the final message, a bad frame): :class:`~stockade.errors.ProtocolError`,
+  exit 113, a fault of the other side or of the host between;
+* OUR code asked for a step the table does not allow (release before the
+  identity was accepted, output before the release, accepting an identity
+  that is not the one received): :class:`~stockade.errors.ProtocolMisuse`, a
+  bug in stockade, exit 1. The state does not change.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import TypeVar
 
-from stockade.errors import ProtocolError, StockadeError
+from stockade.binding.reportdata import report_data_for
+from stockade.errors import ProtocolError, ProtocolMisuse, StockadeError
 from stockade.wire.framing import FrameDecoder, encode_frame
 from stockade.wire.messages import Exit, Hello, Identity, Load, Message, Output, Problem, Release, decode
 
 M = TypeVar("M", bound=Message)
+S = TypeVar("S", bound=enum.Enum)
 
 
 class ClientState(enum.Enum):
@@ -53,74 +68,146 @@ class KeepState(enum.Enum):
     DONE = "done"
 
 
+# == the tables ======================================================================================
+
+#: The client's own steps: (state, action) -> next state. Any other step is
+#: a ProtocolMisuse. "accept the workload identity" further needs the
+#: identity to have arrived (and be the one passed in).
+CLIENT_ACTIONS: Mapping[tuple[ClientState, str], ClientState] = {
+    (ClientState.START, "send hello"): ClientState.AWAIT_EVIDENCE,
+    (ClientState.AWAIT_EVIDENCE, "accept evidence"): ClientState.VERIFIED,
+    (ClientState.VERIFIED, "send the load request"): ClientState.AWAIT_IDENTITY,
+    (ClientState.AWAIT_IDENTITY, "accept the workload identity"): ClientState.IDENTIFIED,
+    (ClientState.IDENTIFIED, "release secrets"): ClientState.RUNNING,
+}
+
+#: What the Keep may send the client: (state, message type) -> next state.
+#: Anything else is a ProtocolError. The identity keeps the client in
+#: AWAIT_IDENTITY (holding the message) until its own code accepts it; from
+#: then until the release, the Keep may send nothing.
+CLIENT_RECEIVES: Mapping[tuple[ClientState, type[Message]], ClientState] = {
+    (ClientState.AWAIT_IDENTITY, Identity): ClientState.AWAIT_IDENTITY,
+    (ClientState.AWAIT_IDENTITY, Problem): ClientState.DONE,
+    (ClientState.RUNNING, Output): ClientState.RUNNING,
+    (ClientState.RUNNING, Exit): ClientState.DONE,
+    (ClientState.RUNNING, Problem): ClientState.DONE,
+}
+
+#: The Keep's own steps: (state, action) -> next state; receiving a message
+#: is a step too (its code asks for the next message). Any other step is a
+#: ProtocolMisuse; a received message of another type, or bytes after it,
+#: a ProtocolError. "send a problem" is allowed in every state but DONE.
+KEEP_ACTIONS: Mapping[tuple[KeepState, str], KeepState] = {
+    (KeepState.AWAIT_HELLO, "receive the hello"): KeepState.ATTESTING,
+    (KeepState.ATTESTING, "open the TLS channel"): KeepState.AWAIT_LOAD,
+    (KeepState.AWAIT_LOAD, "receive the load request"): KeepState.LOADING,
+    (KeepState.LOADING, "send the identity"): KeepState.AWAIT_RELEASE,
+    (KeepState.AWAIT_RELEASE, "receive the release"): KeepState.RUNNING,
+    (KeepState.RUNNING, "send output"): KeepState.RUNNING,
+    (KeepState.RUNNING, "send exit"): KeepState.DONE,
+    **{(s, "send a problem"): KeepState.DONE for s in KeepState if s is not KeepState.DONE},
+}
+
+
+def _next(table: Mapping[tuple[S, str], S], state: S, action: str) -> S:
+    """The state after ``action``; ProtocolMisuse if the table has no such step."""
+    try:
+        return table[state, action]
+    except KeyError:
+        raise ProtocolMisuse(f"cannot {action} in state {state.value}") from None
+
+
+# == the two ends ====================================================================================
+
+
 class ClientSession:
     def __init__(self) -> None:
         self.state = ClientState.START
         self._decoder = FrameDecoder()
-        self._identity_pending = True
+        self._nonce = b""
+        self._identity: Identity | None = None  # the identity received, until accepted
+
+    def _step(self, action: str) -> ClientState:
+        return _next(CLIENT_ACTIONS, self.state, action)
 
     def hello(self, nonce: bytes) -> bytes:
-        self._expect(ClientState.START, "send hello")
+        nxt = self._step("send hello")
         frame = encode_frame(Hello(nonce=nonce).to_cbor())  # may raise: state stays
-        self.state = ClientState.AWAIT_EVIDENCE
+        self._nonce = nonce
+        self.state = nxt
         return frame
 
-    def evidence_verified(self) -> None:
-        """Record the verifier's verdict; only this unlocks the load request."""
-        self._expect(ClientState.AWAIT_EVIDENCE, "accept evidence")
-        self.state = ClientState.VERIFIED
+    def evidence_verified(self, report_data: bytes, spki_der: bytes) -> None:
+        """Record the verifier's verdict; only this unlocks the load request.
+
+        ``report_data`` is the report data of the evidence that verified and
+        ``spki_der`` the TLS key it was presented with: they must bind the
+        nonce of this session's hello (stockade.binding.reportdata), or the
+        caller is accepting evidence that speaks of another session."""
+        nxt = self._step("accept evidence")
+        if report_data != report_data_for(self._nonce, spki_der):
+            raise ProtocolMisuse("the evidence accepted does not bind this session's hello nonce and TLS key")
+        self.state = nxt
 
     def load(self, load: Load) -> bytes:
-        self._expect(ClientState.VERIFIED, "send the load request")
+        nxt = self._step("send the load request")
         frame = encode_frame(load.to_cbor())  # may raise (too large): state stays
-        self.state = ClientState.AWAIT_IDENTITY
+        self.state = nxt
         return frame
 
-    def identity_verified(self) -> None:
-        """Record that the workload identity checked out; only this unlocks
-        releasing secrets."""
-        self._expect(ClientState.AWAIT_IDENTITY, "accept the workload identity")
-        if self._identity_pending:
-            raise ProtocolError("identity not received yet")
-        self.state = ClientState.IDENTIFIED
+    def identity_verified(self, identity: Identity) -> None:
+        """Record that ``identity``, the workload identity the Keep sent,
+        checked out; only this unlocks releasing secrets."""
+        nxt = self._step("accept the workload identity")
+        if self._identity is None:
+            raise ProtocolMisuse("identity not received yet")
+        if identity != self._identity:
+            raise ProtocolMisuse("the identity accepted is not the one the Keep sent")
+        self._identity = None
+        self.state = nxt
 
     def release(self, release: Release) -> bytes:
-        self._expect(ClientState.IDENTIFIED, "release secrets")
+        nxt = self._step("release secrets")
         frame = encode_frame(release.to_cbor())
-        self.state = ClientState.RUNNING
+        self.state = nxt
         return frame
 
+    def _refusal(self, midstream: bool) -> str | None:
+        """Why the Keep may send nothing now (None: it may). ``midstream``:
+        after a frame of the same chunk."""
+        if midstream and self.state is ClientState.DONE:
+            return "Keep sent data after the final message"
+        if self._identity is not None:
+            return "Keep sent data after its identity, before the release"
+        if not any(state is self.state for state, _ in CLIENT_RECEIVES):
+            return f"Keep sent data in state {self.state.value}"
+        return None
+
     def receive(self, data: bytes) -> list[Message]:
-        if self.state not in (ClientState.AWAIT_IDENTITY, ClientState.RUNNING) and data:
-            raise ProtocolError(f"Keep sent data in state {self.state.value}")
-        if self.state is ClientState.AWAIT_IDENTITY and not self._identity_pending and data:
-            raise ProtocolError("Keep sent data after its identity, before the release")
+        """Feed bytes from the Keep; returns the complete messages. Bytes the
+        table does not allow raise ProtocolError (the Keep's fault)."""
+        why = self._refusal(midstream=False)
+        if data and why:
+            raise ProtocolError(why)
         out: list[Message] = []
         for frame in self._decoder.feed(data):
-            if self.state is ClientState.DONE:
-                raise ProtocolError("Keep sent data after the final message")
-            if self.state is ClientState.AWAIT_IDENTITY and not self._identity_pending:
-                raise ProtocolError("Keep sent data after its identity, before the release")
+            why = self._refusal(midstream=True)
+            if why:
+                raise ProtocolError(why)
             msg = decode(frame)
-            if self.state is ClientState.AWAIT_IDENTITY:
-                if not isinstance(msg, Identity | Problem):
+            nxt = CLIENT_RECEIVES.get((self.state, type(msg)))
+            if nxt is None:
+                if self.state is ClientState.AWAIT_IDENTITY:
                     raise ProtocolError(f"Keep sent {msg.TYPE!r} where its identity was expected")
-                if isinstance(msg, Identity):
-                    self._identity_pending = False
-            elif not isinstance(msg, Output | Exit | Problem):
                 raise ProtocolError(f"Keep sent an unexpected {msg.TYPE!r} message")
-            if isinstance(msg, Exit | Problem):
-                self.state = ClientState.DONE
+            if isinstance(msg, Identity):
+                self._identity = msg
+            self.state = nxt
             out.append(msg)
-        if self.state is ClientState.DONE and self._decoder.pending:
-            raise ProtocolError("Keep sent data after the final message")
-        if self.state is ClientState.AWAIT_IDENTITY and not self._identity_pending and self._decoder.pending:
-            raise ProtocolError("Keep sent data after its identity, before the release")
+        why = self._refusal(midstream=True)
+        if why and self._decoder.pending:
+            raise ProtocolError(why)
         return out
-
-    def _expect(self, state: ClientState, action: str) -> None:
-        if self.state is not state:
-            raise ProtocolError(f"cannot {action} in state {self.state.value}")
 
 
 class KeepSession:
@@ -128,76 +215,56 @@ class KeepSession:
         self.state = KeepState.AWAIT_HELLO
         self._decoder = FrameDecoder()
 
-    def receive_hello(self, data: bytes) -> Hello | None:
-        """Feed clear-text bytes; returns the Hello once complete."""
-        if self.state is not KeepState.AWAIT_HELLO:
-            raise ProtocolError(f"unexpected clear-text data in state {self.state.value}")
+    def _step(self, action: str) -> KeepState:
+        return _next(KEEP_ACTIONS, self.state, action)
+
+    def _one(self, data: bytes, action: str, kind: type[M], where: str) -> M | None:
+        """Feed bytes towards one message of type ``kind``; ProtocolError if
+        the client sends another type or anything after it."""
+        nxt = self._step(action)
         frames = self._decoder.feed(data)
         if not frames:
             return None
         if len(frames) > 1 or self._decoder.pending:
-            raise ProtocolError("client sent data after hello before the TLS handshake")
-        msg = decode(frames[0])
-        if not isinstance(msg, Hello):
-            raise ProtocolError(f"expected hello, got {msg.TYPE!r}")
-        self.state = KeepState.ATTESTING
-        return msg
-
-    def channel_ready(self) -> None:
-        if self.state is not KeepState.ATTESTING:
-            raise ProtocolError(f"TLS channel ready in state {self.state.value}")
-        self.state = KeepState.AWAIT_LOAD
-
-    def _one(self, data: bytes, state: KeepState, kind: type[M]) -> M | None:
-        if self.state is not state:
-            raise ProtocolError(f"unexpected data in state {self.state.value}")
-        frames = self._decoder.feed(data)
-        if not frames:
-            return None
-        if len(frames) > 1 or self._decoder.pending:
-            raise ProtocolError(f"client sent data after the {kind.TYPE}")
+            raise ProtocolError(f"client sent data after {where}")
         msg = decode(frames[0])
         if not isinstance(msg, kind):
             raise ProtocolError(f"expected {kind.TYPE}, got {msg.TYPE!r}")
+        self.state = nxt
         return msg
+
+    def receive_hello(self, data: bytes) -> Hello | None:
+        """Feed clear-text bytes; returns the Hello once complete."""
+        return self._one(data, "receive the hello", Hello, "hello before the TLS handshake")
+
+    def channel_ready(self) -> None:
+        self.state = self._step("open the TLS channel")
 
     def receive_load(self, data: bytes) -> Load | None:
-        msg = self._one(data, KeepState.AWAIT_LOAD, Load)
-        if msg is None:
-            return None
-        self.state = KeepState.LOADING
-        return msg
+        return self._one(data, "receive the load request", Load, "the load")
 
     def identity(self, message: Identity) -> bytes:
-        if self.state is not KeepState.LOADING:
-            raise ProtocolError(f"cannot send the identity in state {self.state.value}")
+        nxt = self._step("send the identity")
         frame = encode_frame(message.to_cbor())
-        self.state = KeepState.AWAIT_RELEASE
+        self.state = nxt
         return frame
 
     def receive_release(self, data: bytes) -> Release | None:
-        msg = self._one(data, KeepState.AWAIT_RELEASE, Release)
-        if msg is None:
-            return None
-        self.state = KeepState.RUNNING
-        return msg
+        return self._one(data, "receive the release", Release, "the release")
 
     def output(self, fd: int, data: bytes) -> bytes:
-        if self.state is not KeepState.RUNNING:
-            raise ProtocolError(f"cannot send output in state {self.state.value}")
+        self._step("send output")
         return encode_frame(Output(fd=fd, data=data).to_cbor())
 
     def exit(self, message: Exit) -> bytes:
-        if self.state is not KeepState.RUNNING:
-            raise ProtocolError(f"cannot send exit in state {self.state.value}")
+        nxt = self._step("send exit")
         frame = encode_frame(message.to_cbor())
-        self.state = KeepState.DONE
+        self.state = nxt
         return frame
 
     def problem(self, err: StockadeError) -> bytes:
         """A final error message; allowed in any state but DONE."""
-        if self.state is KeepState.DONE:
-            raise ProtocolError("cannot send a problem after the final message")
+        nxt = self._step("send a problem")
         frame = encode_frame(Problem.from_error(err).to_cbor())
-        self.state = KeepState.DONE
+        self.state = nxt
         return frame

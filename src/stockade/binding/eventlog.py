@@ -9,7 +9,7 @@ file, the deploy-time configuration)::
     event_i    = deterministic CBOR of [kind, name, digest]
 
 and then answers with fresh evidence whose report data binds the final
-register (stockade.wire.binding.identity_report_data). The client receives
+register (stockade.binding.reportdata.identity_report_data). The client receives
 the events, replays them and compares: the register proves that exactly
 these events, in this order, were measured. Removing, adding, changing or
 reordering an event changes the register. The construction is the one of a

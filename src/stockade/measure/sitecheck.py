@@ -2,7 +2,7 @@
 
 ``site`` runs at every interpreter start-up, ``python -I`` included, and
 executes each ``.pth`` line that starts with ``import``: code that no module
-list covers. The loader refuses to measure (stockade.wire.launch), and the
+list covers. The loader refuses to measure (stockade.measure.launch), and the
 Keep refuses to start (stockade.keep.guard), when such a line exists. Kept
 apart from launch.py so that the Keep imports only ``os`` and ``site`` (both
 already loaded at start-up) for this check. ADR 0013.

@@ -8,7 +8,7 @@ deployer can pin the expected measurement of a given stockade release.
 
 What is measured (ADR 0013): the BYTES of everything the Keep loads.
 
-* every module the Keep may import, listed in :mod:`stockade.wire.keep_modules`
+* every module the Keep may import, listed in :mod:`stockade.measure.keep_modules`
   (generated from real runs of the Keep entry points, and enforced inside the
   Keep by :mod:`stockade.keep.guard`): stockade's own modules, third-party
   modules and extension modules, stdlib modules and ``lib-dynload``
@@ -47,7 +47,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from stockade.wire.sitecheck import pth_paths, site_dirs
+from stockade.measure.sitecheck import pth_paths, site_dirs
 
 DOMAIN = b"stockade-launch/v2\x00"
 
@@ -262,7 +262,7 @@ def measured_files(
     are this installation's Keep: the generated list, the Keep's sys.path
     (after the .pth check) and this interpreter; tests pass a copied tree."""
     if modules is None or libraries is None:
-        from stockade.wire import keep_modules
+        from stockade.measure import keep_modules
 
         modules = keep_modules.MODULES if modules is None else modules
         libraries = keep_modules.LIBRARIES if libraries is None else libraries

@@ -30,7 +30,7 @@ def identity_report_data(nonce: bytes, spki_der: bytes, register: bytes) -> byte
     SHA-512(IDENTITY_DOMAIN || nonce || SHA-256(SPKI DER) || register)
 
     ``nonce`` is the fresh one the client sent with the load request,
-    ``register`` the final event-log register (stockade.wire.eventlog). The
+    ``register`` the final event-log register (stockade.binding.eventlog). The
     same TLS key as the first attestation is bound, so both reports speak
     of the one Keep at the end of this TLS session.
     """
