@@ -61,7 +61,7 @@ def _print_report(report: HostReport, verbose: bool) -> None:
     console.print(table)
     if report.usable:
         console.print(f"usable backends: [bold]{', '.join(report.usable)}[/bold]")
-        if report.usable == ("sim",):
+        if all(b.startswith("sim") for b in report.usable):
             console.print("[yellow]only sim: NO HARDWARE PROTECTION (development only)[/yellow]")
     else:
         console.print("[red]no backend is usable on this machine[/red]")
@@ -283,9 +283,14 @@ def serve(
     except StockadeError as err:
         fail(err, False)
     from stockade.evidence.sim.chip import ensure_chip
+    from stockade.evidence.sim.tdx_chip import ensure_tdx_chip
 
     if ensure_chip(sdir):
         click.echo(f"stockade: created the sim chip in {sdir} (sim: NO HARDWARE PROTECTION)", err=True)
+    if ensure_tdx_chip(sdir):
+        click.echo(
+            f"stockade: created the sim TDX chip in {sdir} (sim-tdx: NO HARDWARE PROTECTION)", err=True
+        )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     from stockade.host.loader import start_keep
 
