@@ -259,3 +259,17 @@ def test_keep_with_backend_sim_tdx_serves_verifying_evidence(state: Path, in_thr
         assert claims.report_data == report_data_for(hello.nonce, spki)
         assert claims.measurement == measurement
         assert claims.platform == "sim-tdx" and not claims.hardware_protected
+
+
+def test_host_sim_root_tdx_prints_the_sim_tdx_root(stockade, state_dir: Path) -> None:
+    out = stockade("host", "sim-root", "--tdx", "--fingerprint")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().strip() == hashlib.sha256(tdx_chip.sim_tdx_root(state_dir)).hexdigest()
+    pem = stockade("host", "sim-root", "--tdx")
+    assert pem.returncode == 0
+    assert x509.load_pem_x509_certificate(pem.stdout).public_bytes(
+        serialization.Encoding.DER
+    ) == tdx_chip.sim_tdx_root(state_dir)
+    assert b"sim-tdx \xe2\x80\x94 NO HARDWARE PROTECTION" in pem.stderr
+    refused = stockade("host", "sim-root", "--tdx", "--crl", str(state_dir / "crl.der"))
+    assert refused.returncode == 2 and b"carries its CRLs" in refused.stderr
