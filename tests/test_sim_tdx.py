@@ -236,29 +236,63 @@ def _keep(state: Path, in_thread: bool) -> Iterator[tuple[socket.socket, bytes]]
         handle.close()
 
 
+def _keep_evidence(conn: socket.socket) -> tuple[EvidenceBundle, bytes, bytes]:
+    """Say hello to a Keep, complete the TLS handshake and return the
+    evidence bundle of its certificate, the nonce and its TLS key (SPKI)."""
+    conn.settimeout(60)
+    hello = send_hello(conn)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with ctx.wrap_socket(conn, server_hostname=None) as tls:
+        cert_der = tls.getpeercert(binary_form=True)
+    assert cert_der
+    cert = x509.load_der_x509_certificate(cert_der)
+    ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(EVIDENCE_OID)).value
+    assert isinstance(ext, x509.UnrecognizedExtension)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return bundle_from_extension(ext.value), hello.nonce, spki
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("in_thread", [True, False], ids=["qe-thread", "qe-process"])
 def test_keep_with_backend_sim_tdx_serves_verifying_evidence(state: Path, in_thread: bool) -> None:
     with _keep(state, in_thread) as (conn, measurement):
-        conn.settimeout(60)
-        hello = send_hello(conn)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        with ctx.wrap_socket(conn, server_hostname=None) as tls:
-            cert_der = tls.getpeercert(binary_form=True)
-        assert cert_der
-        cert = x509.load_der_x509_certificate(cert_der)
-        ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(EVIDENCE_OID)).value
-        assert isinstance(ext, x509.UnrecognizedExtension)
-        got = bundle_from_extension(ext.value)
-        assert got.platform == "sim-tdx"
-        claims = verify_sim_tdx(got, tdx_chip.sim_tdx_root(state), now()).claims
-        spki = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        assert claims.report_data == report_data_for(hello.nonce, spki)
-        assert claims.measurement == measurement
-        assert claims.platform == "sim-tdx" and not claims.hardware_protected
+        got, nonce, spki = _keep_evidence(conn)
+    assert got.platform == "sim-tdx"
+    claims = verify_sim_tdx(got, tdx_chip.sim_tdx_root(state), now()).claims
+    assert claims.report_data == report_data_for(nonce, spki)
+    assert claims.measurement == measurement
+    assert claims.platform == "sim-tdx" and not claims.hardware_protected
+    with pytest.raises(RefusedByPolicy):
+        policy_appraise(claims)
+
+
+@pytest.mark.slow
+def test_keep_manager_offers_sim_tdx(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from manager_support import running_server
+    from stockade.client.remote import ManagerClient
+
+    with (
+        running_server(state_dir, tmp_path_factory) as server,
+        ManagerClient(server.url, server.token) as client,
+    ):
+        keep = client.create("sim-tdx")
+        assert keep["backend"] == "sim-tdx"
+        try:
+            got, nonce, spki = _keep_evidence(client.connect(keep["id"]))
+        finally:
+            client.kill(keep["id"])
+        root = tdx_chip.sim_tdx_root(server.state)  # created by `host serve`
+        claims = verify_sim_tdx(got, root, now()).claims
+        assert claims.report_data == report_data_for(nonce, spki)
+        assert claims.platform == "sim-tdx"
+        other = tmp_path_factory.mktemp("other-tdx-chip")
+        tdx_chip.ensure_tdx_chip(other)
+        with pytest.raises(VerificationFailed):  # not this host's sim TDX root
+            verify_sim_tdx(got, tdx_chip.sim_tdx_root(other), now())
 
 
 def test_host_sim_root_tdx_prints_the_sim_tdx_root(stockade, state_dir: Path) -> None:
