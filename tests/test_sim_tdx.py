@@ -307,3 +307,24 @@ def test_host_sim_root_tdx_prints_the_sim_tdx_root(stockade, state_dir: Path) ->
     assert b"sim-tdx \xe2\x80\x94 NO HARDWARE PROTECTION" in pem.stderr
     refused = stockade("host", "sim-root", "--tdx", "--crl", str(state_dir / "crl.der"))
     assert refused.returncode == 2 and b"carries its CRLs" in refused.stderr
+
+
+def test_unknown_sim_flavour_is_refused(state: Path) -> None:
+    from stockade.evidence.sim.psp import signer_for
+    from stockade.keep.zygote import SpawnError, _child_main
+
+    with pytest.raises(ValueError, match="flavour"):
+        signer_for("sgx", state, MEASUREMENT)
+    with pytest.raises(SpawnError, match="flavour"):
+        _child_main(
+            "sim-psp", {"state": str(state), "measurement": MEASUREMENT.hex(), "flavour": "sgx"}, [1, 2]
+        )
+    with pytest.raises(SpawnError, match="backend"):
+        _child_main("keep", {"backend": "tdx"}, [1, 2, 3])
+    _child_main("keep", {"backend": "sim-tdx"}, [1, 2, 3])  # accepted (not run)
+    _child_main("sim-psp", {"state": str(state), "measurement": MEASUREMENT.hex(), "flavour": "tdx"}, [1, 2])
+
+
+def test_sim_qe_refuses_a_wrong_size_measurement(state: Path) -> None:
+    with pytest.raises(ValueError, match="48 bytes"):
+        tdx_chip.SimQe(tdx_chip.load_tdx_chip(state), bytes(32))
