@@ -91,7 +91,7 @@ def root(tmp_path: Path) -> Path:
 def test_snp_guest_with_configfs_tsm(root: Path, tmp_path: Path) -> None:
     make_tree(root, flags="sev sev_es sev_snp", files={**tsm_files("sev_guest"), "dev/sev-guest": ""})
     report = run_check(root, tmp_path)
-    assert report.usable == ("snp", "sim")
+    assert report.usable == ("snp", "sim", "sim-tdx")
     snp = report.backend("snp")
     assert "configfs-tsm" in snp.summary
     assert by_name(snp.checks, "configfs-tsm").status == "ok"
@@ -121,7 +121,7 @@ def test_snp_guest_with_only_the_device_on_an_old_kernel(root: Path, tmp_path: P
 def test_tdx_guest(root: Path, tmp_path: Path) -> None:
     make_tree(root, vendor=INTEL, flags="tdx_guest", files={**tsm_files("tdx_guest"), "dev/tdx_guest": ""})
     report = run_check(root, tmp_path)
-    assert report.usable == ("tdx", "sim")
+    assert report.usable == ("tdx", "sim", "sim-tdx")
     tdx = report.backend("tdx")
     assert by_name(tdx.checks, "configfs-tsm").status == "ok"
     assert by_name(tdx.checks, "/dev/tdx_guest").status == "ok"
@@ -152,7 +152,7 @@ def test_sgx_host(root: Path, tmp_path: Path) -> None:
         files={"dev/sgx_enclave": "", "dev/sgx_provision": "", "var/run/aesmd/aesm.socket": ""},
     )
     report = run_check(root, tmp_path)
-    assert report.usable == ("sgx", "sim")
+    assert report.usable == ("sgx", "sim", "sim-tdx")
     sgx = report.backend("sgx")
     assert all(c.status in ("ok", "n/a") for c in sgx.checks), sgx.checks
     assert by_name(sgx.checks, "gramine /dev/attestation").status == "n/a"
@@ -189,7 +189,7 @@ def test_plain_machine_has_only_sim(root: Path, tmp_path: Path) -> None:
     mounts = "sysfs /sys sysfs rw 0 0\nconfigfs /sys/kernel/config configfs rw 0 0\n"
     make_tree(root, dirs=("sys/kernel/config",), files={"proc/mounts": mounts})
     report = run_check(root, tmp_path)
-    assert report.usable == ("sim",)
+    assert report.usable == ("sim", "sim-tdx")
     for name in ("snp", "tdx", "sgx"):
         b = report.backend(name)
         assert not b.usable
@@ -378,8 +378,8 @@ def test_report_is_frozen_and_json_ready(root: Path, tmp_path: Path) -> None:
     with pytest.raises(AttributeError):
         report.kernel = "x"  # type: ignore[misc]
     doc = json.loads(json.dumps(report.to_json()))
-    assert doc["usable"] == ["sim"]
-    assert [b["backend"] for b in doc["backends"]] == ["snp", "tdx", "sgx", "sim", "kvm"]
+    assert doc["usable"] == ["sim", "sim-tdx"]
+    assert [b["backend"] for b in doc["backends"]] == ["snp", "tdx", "sgx", "sim", "sim-tdx", "kvm"]
     for b in doc["backends"]:
         for c in b["checks"]:
             assert c["status"] in ("ok", "warn", "fail", "n/a")

@@ -61,7 +61,7 @@ def _print_report(report: HostReport, verbose: bool) -> None:
     console.print(table)
     if report.usable:
         console.print(f"usable backends: [bold]{', '.join(report.usable)}[/bold]")
-        if report.usable == ("sim",):
+        if all(b.startswith("sim") for b in report.usable):
             console.print("[yellow]only sim: NO HARDWARE PROTECTION (development only)[/yellow]")
     else:
         console.print("[red]no backend is usable on this machine[/red]")
@@ -283,9 +283,14 @@ def serve(
     except StockadeError as err:
         fail(err, False)
     from stockade.evidence.sim.chip import ensure_chip
+    from stockade.evidence.sim.tdx_chip import ensure_tdx_chip
 
     if ensure_chip(sdir):
         click.echo(f"stockade: created the sim chip in {sdir} (sim: NO HARDWARE PROTECTION)", err=True)
+    if ensure_tdx_chip(sdir):
+        click.echo(
+            f"stockade: created the sim TDX chip in {sdir} (sim-tdx: NO HARDWARE PROTECTION)", err=True
+        )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     from stockade.host.loader import start_keep
 
@@ -373,7 +378,12 @@ def serve(
     metavar="FILE",
     help="Also write the sim chip's current CRL (DER) to FILE, for `deploy --crl`.",
 )
-def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None) -> None:
+@click.option(
+    "--tdx",
+    is_flag=True,
+    help="The sim TDX chip's root (fake Intel SGX Root CA, backend sim-tdx) instead of the sim ARK.",
+)
+def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None, tdx: bool) -> None:
     """Print this host's sim root certificate (PEM) and its SHA-256.
 
     Run it ON the host, as its operator, and hand the output to deployers
@@ -383,6 +393,9 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None) -> Non
     unless its SHA-256 is pinned so. The sim chip is created if this state
     directory has none (as `stockade host serve` does). sim gives NO
     hardware protection: the host's root user holds the sim chip's keys.
+    With --tdx: the root of the sim TDX chip (sim-tdx — NO HARDWARE
+    PROTECTION (simulated TDX, for development only)); its CRLs travel in
+    the evidence, so --crl does not apply.
     """
     import hashlib
 
@@ -395,6 +408,11 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None) -> Non
     from stockade.evidence.x509util import load_der
 
     sdir = state_dir or state_dir_default()
+    if tdx:
+        if crl is not None:
+            fail(UsageError("--crl applies to the sim SNP chip; sim-tdx evidence carries its CRLs"), False)
+        _sim_tdx_root(sdir, fingerprint)
+        return
     try:
         if ensure_chip(sdir):
             click.echo(f"stockade: created the sim chip in {sdir} (sim: NO HARDWARE PROTECTION)", err=True)
@@ -418,3 +436,27 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None) -> Non
         "  sim gives NO HARDWARE PROTECTION: the host's root user holds the sim chip's keys",
         err=True,
     )
+
+
+def _sim_tdx_root(sdir: Path, fingerprint: bool) -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from stockade.commands._output import fail
+    from stockade.errors import UsageError
+    from stockade.evidence.sim.tdx_chip import LABEL, ensure_tdx_chip, sim_tdx_root
+    from stockade.evidence.x509util import load_der
+
+    try:
+        if ensure_tdx_chip(sdir):
+            click.echo(f"stockade: created the sim TDX chip in {sdir} ({LABEL})", err=True)
+        der = sim_tdx_root(sdir)
+    except OSError as exc:
+        fail(UsageError(f"cannot read the sim TDX chip in {sdir}: {exc.strerror or exc}"), False)
+    digest = hashlib.sha256(der).hexdigest()
+    if fingerprint:
+        click.echo(digest)
+        return
+    click.echo(load_der(der, "sim TDX root").public_bytes(Encoding.PEM).decode(), nl=False)
+    click.echo(f"stockade: sim TDX root of {sdir}: SHA-256 {digest}\n  {LABEL}", err=True)

@@ -13,11 +13,14 @@ from datetime import datetime
 from typing import Any
 
 _VERIFIED = object()
+#: Platforms that give no hardware protection (the sim backends: "sim" is
+#: simulated SEV-SNP, "sim-tdx" simulated TDX).
+SIM_PLATFORMS = ("sim", "sim-tdx")
 
 
 @dataclass(frozen=True)
 class VerifiedClaims:
-    platform: str  # "snp", "tdx", "sgx" or "sim"
+    platform: str  # "snp", "tdx", "sgx", "sim" or "sim-tdx"
     product: str  # e.g. "Milan"
     signer: str  # e.g. "VCEK", "VLEK"
     measurement: bytes
@@ -49,7 +52,7 @@ class VerifiedClaims:
 
     @property
     def hardware_protected(self) -> bool:
-        return self.platform != "sim"
+        return self.platform not in SIM_PLATFORMS
 
     def to_json(self) -> dict[str, Any]:
         return {

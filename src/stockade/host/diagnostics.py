@@ -648,9 +648,21 @@ def _sim(p: _Probe, f: _Facts) -> BackendReport:
     checks.append(_disk_check(env))
     usable = all(c.status != FAIL for c in checks)
     summary = (
-        "simulated SEV-SNP: NO HARDWARE PROTECTION (development only)" if usable else "sim cannot run here"
+        "simulated SEV-SNP (also as sim-snp): NO HARDWARE PROTECTION (development only)"
+        if usable
+        else "sim cannot run here"
     )
     return BackendReport("sim", usable, summary, tuple(checks))
+
+
+def _sim_tdx(sim: BackendReport) -> BackendReport:
+    """The sim TDX flavour: same process, same requirements as ``sim``."""
+    summary = (
+        "sim-tdx \N{EM DASH} NO HARDWARE PROTECTION (simulated TDX, for development only)"
+        if sim.usable
+        else "sim-tdx cannot run here"
+    )
+    return BackendReport("sim-tdx", sim.usable, summary, sim.checks)
 
 
 def _disk_check(env: Environment) -> Check:
@@ -803,11 +815,13 @@ def check_host(env: Environment | None = None) -> HostReport:
         ),
         Check("user", OK, env.user),
     )
+    sim = _sim(probe, facts)
     backends = (
         _sev_snp(probe, facts),
         _tdx(probe, facts),
         _sgx(probe, facts),
-        _sim(probe, facts),
+        sim,
+        _sim_tdx(sim),
         _kvm(probe, facts),
     )
     return HostReport(

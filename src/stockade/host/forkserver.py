@@ -301,10 +301,13 @@ class ForkSpawner:
                 Cgroups.remove(group)
             raise
 
-    def psp(self, state_dir: Path, log_fd: int, channel_fd: int, measurement: bytes) -> KeepProcess:
+    def psp(
+        self, state_dir: Path, log_fd: int, channel_fd: int, measurement: bytes, flavour: str = "snp"
+    ) -> KeepProcess:
         params = {
             "state": str(state_dir),
             "measurement": measurement.hex(),
+            "flavour": flavour,
             "rlimits": self.limits.rlimits(),
         }
         return self._server("sim-psp").spawn(params, [log_fd, channel_fd])

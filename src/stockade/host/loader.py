@@ -42,7 +42,13 @@ from typing import Protocol
 
 from stockade.measure.launch import keep_measurement
 
-BACKENDS = ("sim",)
+#: Keep backends this loader starts. "sim" and its alias "sim-snp": a
+#: simulated SEV-SNP PSP; "sim-tdx": a simulated TDX quoting enclave. All
+#: sim: NO HARDWARE PROTECTION.
+BACKENDS = ("sim", "sim-snp", "sim-tdx")
+#: Keep backend -> flavour of its host-side sim signer
+#: (stockade.evidence.sim.psp --flavour).
+SIM_FLAVOUR = {"sim": "snp", "sim-snp": "snp", "sim-tdx": "tdx"}
 
 
 class KeepProcess(Protocol):
@@ -97,7 +103,9 @@ class Spawner(Protocol):
         self, keep_id: str, backend: str, log_fd: int, conn_fd: int, psp_fd: int, scratch: Path | None
     ) -> KeepProcess: ...
 
-    def psp(self, state_dir: Path, log_fd: int, channel_fd: int, measurement: bytes) -> KeepProcess: ...
+    def psp(
+        self, state_dir: Path, log_fd: int, channel_fd: int, measurement: bytes, flavour: str = "snp"
+    ) -> KeepProcess: ...
 
     def measurement(self) -> bytes:
         """Launch digest of the Keep runtime this spawner runs."""
@@ -150,7 +158,9 @@ class PopenSpawner:
     def measurement(self) -> bytes:
         return keep_measurement()  # the files the fresh interpreter is about to load
 
-    def psp(self, state_dir: Path, log_fd: int, channel_fd: int, measurement: bytes) -> KeepProcess:
+    def psp(
+        self, state_dir: Path, log_fd: int, channel_fd: int, measurement: bytes, flavour: str = "snp"
+    ) -> KeepProcess:
         cmd = [
             "stockade.evidence.sim.psp",
             "--state",
@@ -159,6 +169,8 @@ class PopenSpawner:
             str(channel_fd),
             "--measurement",
             measurement.hex(),
+            "--flavour",
+            flavour,
         ]
         return self._limited(self._start(cmd, (channel_fd,), log_fd))
 
@@ -321,7 +333,9 @@ def start_keep(
             else:
                 psp_host_end, psp_keep_end = socket.socketpair()
                 to_close.append(psp_host_end)
-                psp_proc = spawner.psp(state_dir, log.fileno(), psp_host_end.fileno(), measurement)
+                psp_proc = spawner.psp(
+                    state_dir, log.fileno(), psp_host_end.fileno(), measurement, SIM_FLAVOUR[backend]
+                )
             to_close.append(psp_keep_end)
             keep = spawner.keep(
                 keep_id, backend, log.fileno(), keep_end.fileno(), psp_keep_end.fileno(), scratch

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     guard.install()  # first: only measured modules may be imported (ADR 0013)
     parser = argparse.ArgumentParser(prog="stockade-keep")
     parser.add_argument("--conn-fd", type=int, required=True)
-    parser.add_argument("--backend", choices=["sim"], required=True)
+    parser.add_argument("--backend", choices=["sim", "sim-snp", "sim-tdx"], required=True)
     parser.add_argument("--psp-fd", type=int)
     parser.add_argument("--scratch", type=Path)
     parser.add_argument("--die-with-parent", type=int, metavar="PID")
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = warm_engine(make_engine)
     if args.psp_fd is None:
-        parser.error("--backend sim needs --psp-fd")
+        parser.error(f"--backend {args.backend} needs --psp-fd")
     from stockade.evidence.sim.attester import SimAttester
 
-    attester = SimAttester(socket.socket(fileno=args.psp_fd))
+    attester = SimAttester(socket.socket(fileno=args.psp_fd), args.backend)
     return serve(socket.socket(fileno=args.conn_fd), attester, engine, args.scratch, box)
 
 

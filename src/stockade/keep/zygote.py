@@ -69,6 +69,7 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     "sim-psp": (
         "stockade.evidence.sim.psp",
         "stockade.evidence.sim.chip",
+        "stockade.evidence.sim.tdx_chip",
         "argparse",
     ),
 }
@@ -117,7 +118,7 @@ def _child_main(role: str, params: dict[str, Any], fds: list[int]) -> Callable[[
         if len(fds) != 3:
             raise SpawnError("a keep spawn passes 3 fds: log, conn, psp")
         backend = params.get("backend")
-        if backend != "sim":
+        if backend not in ("sim", "sim-snp", "sim-tdx"):
             raise SpawnError(f"unsupported backend {backend!r}")
         argv = ["--backend", backend, "--conn-fd", "3", "--psp-fd", "4"]
         scratch = params.get("scratch")
@@ -138,7 +139,10 @@ def _child_main(role: str, params: dict[str, Any], fds: list[int]) -> Callable[[
     state, measurement = params.get("state"), params.get("measurement")
     if not isinstance(state, str) or not isinstance(measurement, str):
         raise SpawnError("a sim-psp spawn needs state and measurement")
-    argv = ["--state", state, "--fd", "3", "--measurement", measurement]
+    flavour = params.get("flavour", "snp")
+    if flavour not in ("snp", "tdx"):
+        raise SpawnError(f"unsupported sim flavour {flavour!r}")
+    argv = ["--state", state, "--fd", "3", "--measurement", measurement, "--flavour", flavour]
 
     def run_psp() -> int:
         from stockade.evidence.sim.psp import main

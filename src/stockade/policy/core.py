@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from stockade.evidence.claims import VerifiedClaims
+from stockade.evidence.claims import SIM_PLATFORMS, VerifiedClaims
 from stockade.policy.model import Decision, RefusedByPolicy, Row, Verdict
 from stockade.policy.rules import (
     BytesIn,
@@ -150,11 +150,13 @@ def evaluate(claims: VerifiedClaims, policy: Policy, at: datetime | None = None)
     rows: tuple[Row, ...] = tuple(r for o in outcomes for r in o.rows)
     accepted = verdict is not Verdict.FAIL
     hint = ""
-    if not accepted and claims.platform == "sim" and "sim" not in policy.platforms:
+    if not accepted and claims.platform in SIM_PLATFORMS and claims.platform not in policy.platforms:
         hint = ("this is stockade's built-in default policy; " if policy.builtin else "") + SIM_HINT
     notes: list[str] = []
     if claims.platform == "sim":
         notes.append("sim: NO hardware protection (simulated SEV-SNP, for development only)")
+    elif claims.platform == "sim-tdx":
+        notes.append("sim-tdx \N{EM DASH} NO HARDWARE PROTECTION (simulated TDX, for development only)")
     if not policy.pins_measurement:
         notes.append("this policy pins no Keep measurement: any Keep image on an allowed platform passes it")
     return Decision(

@@ -184,7 +184,7 @@ class PlatformIn(Check):
         return text if "sim" in self.platforms else f"{text} (sim only when named)"
 
     def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
-        actual = claims.platform + (" (NO hardware protection)" if claims.platform == "sim" else "")
+        actual = claims.platform + (" (NO hardware protection)" if not claims.hardware_protected else "")
         return _verdict(claims.platform in self.platforms), actual
 
 

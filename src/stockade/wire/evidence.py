@@ -21,7 +21,9 @@ from stockade.wire.messages import VERSION, decode_map, loads_strict
 
 EVIDENCE_OID = "2.23.133.5.4.9"
 MEDIA_TYPE = "application/vnd.stockade.evidence+cbor; v=1"
-PLATFORMS = ("sim", "snp", "tdx", "sgx")
+#: "sim-tdx": a TDX quote from the sim QE (stockade.evidence.sim.tdx_chip),
+#: with its collateral as the certs; NO HARDWARE PROTECTION.
+PLATFORMS = ("sim", "snp", "tdx", "sgx", "sim-tdx")
 
 
 @dataclass(frozen=True)

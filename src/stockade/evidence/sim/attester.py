@@ -2,7 +2,10 @@
 
 The counterpart of reading /dev/sev-guest or configfs-tsm on real SNP: the
 Keep sends 64 bytes of report data over its inherited PSP socket and gets the
-signed report plus the certificate table (VCEK, ASK, ARK).
+signed report plus the certificate table (VCEK, ASK, ARK). For the sim-tdx
+backend the host-side end is the sim TDX QE instead: the same request gets
+a TDX v4 quote and its collateral (stockade.evidence.sim.tdx_chip), which
+this attester labels platform "sim-tdx".
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from stockade.evidence.sim.channel import ReportRequest, ReportResponse
 from stockade.wire.evidence import EvidenceBundle
 from stockade.wire.framing import FrameDecoder, encode_frame
 
+#: Keep backend -> evidence platform of its bundles.
+BUNDLE_PLATFORM = {"sim": "sim", "sim-snp": "sim", "sim-tdx": "sim-tdx"}
+
 
 class SimAttester:
-    platform = "sim"
-
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, backend: str = "sim") -> None:
+        self.platform = BUNDLE_PLATFORM[backend]
         self._sock = sock
         self._decoder = FrameDecoder(max_frame=1 << 20)
 
@@ -31,4 +36,4 @@ class SimAttester:
             frames = self._decoder.feed(data)
             if frames:
                 response = ReportResponse.from_cbor(frames[0])
-                return EvidenceBundle(platform="sim", report=response.report, certs=response.certs)
+                return EvidenceBundle(platform=self.platform, report=response.report, certs=response.certs)

@@ -22,23 +22,24 @@ def chip_exists(state_dir: Path) -> bool:
     return (state_dir / "sim" / "chip" / "chip.json").exists()
 
 
-def serve_in_thread(state_dir: Path, measurement: bytes | Callable[[], bytes]) -> socket.socket:
+def serve_in_thread(
+    state_dir: Path, measurement: bytes | Callable[[], bytes], flavour: str = "snp"
+) -> socket.socket:
     """Start a sim PSP for one Keep in a daemon thread; return the Keep's end.
 
     ``measurement`` may be a callable that blocks until the loader has the
     launch digest (stockade.host.loader hashes the Keep's files while the Keep
     starts): the PSP answers no report before it has it. If it fails (the
-    loader refuses to measure), the PSP closes the channel."""
+    loader refuses to measure), the PSP closes the channel. ``flavour``
+    ``tdx`` serves the sim TDX QE instead (backend sim-tdx)."""
     host_end, keep_end = socket.socketpair()
 
     def run() -> None:
-        from stockade.evidence.sim import chip
-        from stockade.evidence.sim.psp import SimPsp
+        from stockade.evidence.sim.psp import serve_reports, signer_for
 
-        with host_end, contextlib.suppress(OSError, StockadeError):
-            loaded = chip.load_chip(state_dir)
+        with host_end, contextlib.suppress(OSError, ValueError, StockadeError):
             digest = measurement if isinstance(measurement, bytes) else measurement()
-            SimPsp(loaded, digest).serve(host_end)
+            serve_reports(host_end, signer_for(flavour, state_dir, digest))
 
     threading.Thread(target=run, daemon=True, name="sim-psp").start()
     return keep_end

@@ -8,7 +8,11 @@ byte-exact ATTESTATION_REPORT version 3 signed by the sim VCEK. The VCEK
 private key lives only in this process and the state directory, never in
 the Keep.
 
-Usage: python -m stockade.evidence.sim.psp --state DIR --fd N --measurement HEX
+With ``--flavour tdx`` the same process is the sim TDX QE instead
+(:class:`stockade.evidence.sim.tdx_chip.SimQe`): it answers the same
+report requests with a TDX v4 quote and its collateral (backend sim-tdx).
+
+Usage: python -m stockade.evidence.sim.psp --state DIR --fd N --measurement HEX [--flavour snp|tdx]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -88,18 +93,42 @@ class SimPsp:
 
     def serve(self, sock: socket.socket) -> None:
         """Answer requests until the Keep closes its end."""
-        decoder = FrameDecoder(max_frame=4096)
-        while True:
-            data = sock.recv(4096)
-            if not data:
-                return
-            for frame in decoder.feed(data):
-                try:
-                    reply = self.report(ReportRequest.from_cbor(frame)).to_cbor()
-                    self.served += 1
-                except StockadeError as exc:
-                    reply = error_response(str(exc))
-                sock.sendall(encode_frame(reply))
+        serve_reports(sock, self)
+
+
+class ReportSigner(Protocol):
+    """A sim PSP or sim QE: answers report requests, counts them."""
+
+    served: int
+
+    def report(self, request: ReportRequest) -> ReportResponse: ...
+
+
+def serve_reports(sock: socket.socket, signer: ReportSigner) -> None:
+    """Answer report requests on ``sock`` until the Keep closes its end."""
+    decoder = FrameDecoder(max_frame=4096)
+    while True:
+        data = sock.recv(4096)
+        if not data:
+            return
+        for frame in decoder.feed(data):
+            try:
+                reply = signer.report(ReportRequest.from_cbor(frame)).to_cbor()
+                signer.served += 1
+            except StockadeError as exc:
+                reply = error_response(str(exc))
+            sock.sendall(encode_frame(reply))
+
+
+def signer_for(flavour: str, state: Path, measurement: bytes, host_data: bytes = bytes(32)) -> ReportSigner:
+    """The sim PSP (``snp``) or the sim TDX QE (``tdx``) for one Keep."""
+    if flavour == "tdx":
+        from stockade.evidence.sim import tdx_chip
+
+        return tdx_chip.SimQe(tdx_chip.load_tdx_chip(state), measurement)
+    if flavour != "snp":
+        raise ValueError(f"unknown sim flavour {flavour!r} (snp or tdx)")
+    return SimPsp(simchip.load_chip(state), measurement, host_data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,16 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", required=True, type=int)
     parser.add_argument("--measurement", required=True)
     parser.add_argument("--host-data", default="00" * 32)
+    parser.add_argument("--flavour", choices=["snp", "tdx"], default="snp")
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
-    psp: SimPsp | None = None
+    psp: ReportSigner | None = None
     try:
-        psp = SimPsp(
-            simchip.load_chip(args.state),
-            bytes.fromhex(args.measurement),
-            bytes.fromhex(args.host_data),
+        psp = signer_for(
+            args.flavour, args.state, bytes.fromhex(args.measurement), bytes.fromhex(args.host_data)
         )
-        psp.serve(sock)
+        serve_reports(sock, psp)
     except (OSError, ValueError, StockadeError) as exc:
         print(f"sim PSP: {exc}", file=sys.stderr)
         return 1
