@@ -18,6 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from stockade.binding.reportdata import report_data_for
 from stockade.client.deploy import send_hello
 from stockade.errors import MalformedEvidence, VerificationFailed
 from stockade.evidence.intel.verify import intel_root_der, verify_quote
@@ -29,7 +30,6 @@ from stockade.evidence.sim.tdx_verify import collateral_of, verify_sim_tdx, veri
 from stockade.host.loader import start_keep
 from stockade.policy import appraise as policy_appraise
 from stockade.policy.model import RefusedByPolicy
-from stockade.wire.binding import report_data_for
 from stockade.wire.evidence import EVIDENCE_OID, EvidenceBundle, bundle_from_extension
 
 MEASUREMENT = hashlib.sha384(b"a Keep").digest()
