@@ -248,6 +248,7 @@ MODULES: frozenset[str] = frozenset(
         "stockade.package.manifest",
         "stockade.package.prehash",
         "stockade.package.signing",
+        "stockade.procfs",
         "stockade.wire",
         "stockade.wire.binding",
         "stockade.wire.der",
