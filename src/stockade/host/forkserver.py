@@ -41,7 +41,7 @@ from typing import Any
 
 from stockade.host.cgroups import Cgroups
 from stockade.host.loader import DEFAULT_LIMITS, KeepHandle, KeepProcess, ResourceLimits, start_keep
-from stockade.host.registry import proc_start_time
+from stockade.procfs import start_time as proc_start_time
 from stockade.wire.launch import keep_measurement
 
 log = logging.getLogger("stockade.host.forkserver")
@@ -317,7 +317,7 @@ class ForkSpawner:
 
 
 def fork_starter(spawner: ForkSpawner) -> Callable[..., KeepHandle]:
-    """A ``starter`` for stockade.host.manager.Manager / create_app."""
+    """A ``starter`` for stockade.host.manager.Supervisor / create_app."""
     return functools.partial(start_keep, spawner=spawner)
 
 
