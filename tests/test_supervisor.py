@@ -56,8 +56,11 @@ class StandIns:
 
     def __call__(self, backend: str, state_dir: Path, **kw: Any) -> KeepHandle:
         mine, theirs = socket.socketpair()
+        # The child may write to its end (argv[1]) to say it is ready.
+        proc = subprocess.Popen(
+            [sys.executable, "-c", self.code, str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+        )
         theirs.close()
-        proc = subprocess.Popen([sys.executable, "-c", self.code])
         scratch = Path(tempfile.mkdtemp(prefix="keep-", dir=state_dir)) if self.scratch else None
         log = state_dir / "logs" / f"keep-{kw['keep_id']}.log"
         handle = KeepHandle(kw["keep_id"], backend, mine, proc, None, bytes(48), log, scratch)
@@ -274,11 +277,16 @@ def test_one_client_per_keep(tmp_path: Path) -> None:
 
 
 def test_a_keep_being_killed_refuses_its_client(tmp_path: Path) -> None:
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    stubborn = (
+        "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "os.write(int(sys.argv[1]), b'r'); time.sleep(60)"
+    )
 
     async def scenario(sup: Supervisor) -> None:
         rec = await sup.create(ALICE, "sim", Limits())
-        await asyncio.sleep(0.5)  # the child ignores SIGTERM by now
+        conn = sup.live[rec.keep_id].handle.conn
+        conn.settimeout(20)
+        assert await asyncio.to_thread(conn.recv, 1) == b"r"  # SIGTERM is ignored from now on
         kill = asyncio.ensure_future(sup.kill(rec))
         await asyncio.sleep(0.2)
         with pytest.raises(KeepNotRunning, match="being killed"):
@@ -458,3 +466,29 @@ def test_a_full_disk_is_a_staging_failure(tmp_path: Path, monkeypatch: pytest.Mo
         assert scratch is not None and list(scratch.iterdir()) == []
 
     run(tmp_path, scenario)
+
+
+def test_timer_decisions_when_they_fire_late(tmp_path: Path) -> None:
+    """A timer that fires after its Keep was claimed, killed or replaced
+    does nothing (the callbacks run on the loop, possibly late)."""
+
+    async def scenario(sup: Supervisor) -> None:
+        rec = await sup.create(ALICE, "sim", Limits(timeout_ms=1))
+        live = await sup.claim(rec.keep_id, ALICE.token_id)
+        sup._idle(rec.keep_id, live)  # the client came first
+        assert not live.kill_requested
+        other = await sup.create(ALICE, "sim", Limits())
+        stale = sup.live.pop(other.keep_id)
+        sup._idle(other.keep_id, stale)  # not (or no longer) this Keep's live entry
+        sup._overdue(other.keep_id, stale, 1.0)
+        assert not stale.kill_requested
+        sup.live[other.keep_id] = stale
+        live.kill_requested, live.kill_reason = True, "killed on request"
+        sup._overdue(rec.keep_id, live, 1.0)  # an earlier kill keeps its reason
+        assert live.kill_reason == "killed on request"
+        live.kill_requested = False
+        sup._overdue(rec.keep_id, live, 1.0)  # overdue: killed by the watchdog
+        done = await ended(sup, rec.keep_id)
+        assert done.detail == "killed: still running 1 s after its client connected (host watchdog)"
+
+    run(tmp_path, scenario, idle_timeout=30, watchdog_grace=30)
