@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stockade.host.registry import read_stat
+from stockade.procfs import read_stat
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RSS_MIB = 40.0

@@ -116,7 +116,8 @@ def test_every_rule_compiles(rule: str) -> None:
 
 
 def test_problem_types_are_the_managers() -> None:
-    source = (Path(__file__).resolve().parent.parent / "src/stockade/host/manager.py").read_text()
+    package = Path(__file__).resolve().parent.parent / "src/stockade/host/manager"
+    source = "\n".join(p.read_text() for p in sorted(package.glob("*.py")))
     raised = set(re.findall(r'ApiProblem\(\s*(?:\d{3}|exc\.status_code),\s*"([a-z-]+)"', source))
     listed = set(re.findall(r'^\s*(?:[=/]\s*)?"([a-z-]+)"\s*;', CDDL.split("host-problem-type =")[1], re.M))
     assert raised == listed
@@ -429,7 +430,7 @@ def test_metrics_expose_no_ids_or_tokens(server: Server) -> None:
 
 def test_the_manager_parses_the_line_the_sim_psp_writes(tmp_path: Path) -> None:
     from stockade.evidence.sim.psp import SERVED_LINE
-    from stockade.host.manager import _reports_served
+    from stockade.host.manager.logs import reports_served as _reports_served
 
     log = tmp_path / "keep.log"
     log.write_text("keep[1]: session ended\n" + SERVED_LINE.format(3) + "\n")

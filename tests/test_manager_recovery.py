@@ -12,7 +12,7 @@ import pytest
 
 from manager_support import STOCKADE, _free_port, running_server, wait_healthy
 from stockade.client.remote import ManagerClient
-from stockade.host.registry import read_stat
+from stockade.procfs import read_stat
 
 
 def _alive(pid: int) -> bool:

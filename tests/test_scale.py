@@ -30,7 +30,7 @@ import pytest
 from manager_support import Server, running_server
 from stockade.client.remote import ManagerClient
 from stockade.errors import LimitExceeded, StockadeError
-from stockade.host.registry import read_stat
+from stockade.procfs import read_stat
 
 pytestmark = pytest.mark.slow
 

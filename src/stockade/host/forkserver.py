@@ -41,8 +41,8 @@ from typing import Any
 
 from stockade.host.cgroups import Cgroups
 from stockade.host.loader import DEFAULT_LIMITS, KeepHandle, KeepProcess, ResourceLimits, start_keep
-from stockade.host.registry import proc_start_time
 from stockade.measure.launch import keep_measurement
+from stockade.procfs import start_time as proc_start_time
 
 log = logging.getLogger("stockade.host.forkserver")
 
@@ -320,7 +320,7 @@ class ForkSpawner:
 
 
 def fork_starter(spawner: ForkSpawner) -> Callable[..., KeepHandle]:
-    """A ``starter`` for stockade.host.manager.Manager / create_app."""
+    """A ``starter`` for stockade.host.manager.Supervisor / create_app."""
     return functools.partial(start_keep, spawner=spawner)
 
 

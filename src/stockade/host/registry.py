@@ -1,7 +1,7 @@
 """Keep registry of the keep manager: which Keeps exist and what became of them.
 
-Host code (untrusted side): it imports only the standard library and
-``stockade.errors``. The registry is one SQLite file in the manager's state
+Host code (untrusted side): it imports only the standard library,
+``stockade.errors`` and ``stockade.procfs`` (the one /proc reader). The registry is one SQLite file in the manager's state
 directory, in WAL mode, written with ``synchronous=FULL``:
 
 * one row per Keep: id, backend, state, owner (token id), limits, pid and the
@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Final
 
 from stockade.errors import StockadeError
+from stockade.procfs import is_alive as proc_is_alive
+from stockade.procfs import start_time as proc_start_time
 
 __all__ = [
     "ACTIVE_STATES",
@@ -172,56 +174,6 @@ class ReconcileReport:
     @property
     def changed(self) -> tuple[str, ...]:
         return self.lost + self.exited
-
-
-# -- /proc ---------------------------------------------------------------------
-
-
-def read_stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (after the parenthesised comm), or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
-        return None
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    _, sep, rest = raw.rpartition(b")")
-    if not sep:
-        return None
-    return rest.decode("ascii", "replace").split()
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Start time of process ``pid`` in clock ticks after boot (field 22 of
-    /proc/<pid>/stat), or None if there is no such process."""
-    if pid <= 0:
-        return None
-    fields = read_stat(pid)
-    if fields is None or len(fields) < 20:
-        return None
-    try:
-        return int(fields[19])  # field 22; fields[0] is field 3
-    except ValueError:
-        return None
-
-
-def proc_is_alive(pid: int, start_time: int | None) -> bool:
-    """True if ``pid`` is a live (not zombie) process started at ``start_time``.
-
-    An unknown recorded start time never matches: without it a reused pid
-    cannot be told from the original process, and adopting a stranger is
-    worse than reporting a Keep lost.
-    """
-    if start_time is None or pid <= 0:
-        return False
-    fields = read_stat(pid)
-    if fields is None or len(fields) < 20:
-        return False
-    if fields[0] in ("Z", "X", "x"):  # zombie or dead: it has exited
-        return False
-    try:
-        return int(fields[19]) == start_time
-    except ValueError:
-        return False
 
 
 # -- schema --------------------------------------------------------------------

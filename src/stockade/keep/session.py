@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from stockade import procfs
 from stockade.binding.reportdata import identity_report_data, report_data_for
 from stockade.errors import LimitExceeded, ProtocolError, StockadeError, WorkloadRejected
 from stockade.keep import identity
@@ -233,13 +234,7 @@ def _preload() -> None:
 
 def peak_rss_kib() -> int:
     """The Keep process's peak resident set (VmHWM), KiB; 0 if unknown."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return 0
+    return procfs.status_number("VmHWM") or 0
 
 
 def finish(sandbox: Sandbox) -> None:

@@ -48,6 +48,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stockade import procfs
+
 #: Modules imported before any fork, per role: what the child's main needs.
 PRELOAD: dict[str, tuple[str, ...]] = {
     "keep": (
@@ -91,10 +93,8 @@ class SpawnError(Exception):
 
 
 def _thread_count() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return threading.active_count()  # pragma: no cover - Linux has /proc
+    count = procfs.status_number("Threads")
+    return threading.active_count() if count is None else count  # no /proc: best guess
 
 
 def preload(role: str) -> None:
@@ -240,7 +240,7 @@ class Zygote:
             for fd in fds:
                 os.close(fd)  # the child has its copies
         self.children.add(pid)
-        self.send({"op": "spawned", "id": rid, "pid": pid, "start_time": _start_time(pid)})
+        self.send({"op": "spawned", "id": rid, "pid": pid, "start_time": procfs.start_time(pid)})
 
     def _fork(
         self, target: Callable[[], int], fds: list[int], rlimits: dict[str, int], cgroup: str | None
@@ -341,15 +341,6 @@ class Zygote:
                         self.send({"op": "error", "id": req.get("id"), "detail": "unknown request"})
             self.reap()
         return 0
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return int(fields[19])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -254,6 +254,7 @@ MODULES: frozenset[str] = frozenset(
         "stockade.package.manifest",
         "stockade.package.prehash",
         "stockade.package.signing",
+        "stockade.procfs",
         "stockade.wire",
         "stockade.wire.der",
         "stockade.wire.evidence",

@@ -1,0 +1,136 @@
+"""Prometheus metrics of the keep manager (``GET /metrics``).
+
+Only counts: no Keep ids, token ids, owners or workload data appear in any
+label or value. Each app has its own CollectorRegistry (:class:`Metrics`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter as _Tally
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stockade.host.guard import SHED_REASONS
+from stockade.host.registry import STATES
+
+
+class _KeepStates(Collector):
+    """stockade_keeps{state}: Keeps in the registry per state, read at
+    scrape time (the scrape runs in a worker thread; the registry is
+    thread-safe)."""
+
+    def __init__(self, states: Callable[[], Iterable[str]]) -> None:
+        self._states = states
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("stockade_keeps", "Keeps in the registry, by state", labels=["state"])
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        counts: _Tally[str] = _Tally(self._states())
+        for state in STATES:
+            family.add_metric([state], counts[state])
+        yield family
+
+
+class Metrics:
+    """The Prometheus metrics of one manager app, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.create_seconds = Histogram(
+            "stockade_keep_create_seconds",
+            "Time to create and start a Keep (successful creates)",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.creates = Counter(
+            "stockade_keep_creates",
+            "Keep creation attempts, by outcome (ok, quota-exceeded, loader-failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.relay_bytes = Counter(
+            "stockade_relay_bytes",
+            "Bytes relayed between clients and Keeps (TLS ciphertext after the hello)",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.evidence = Counter(
+            "stockade_evidence_requests",
+            "Attestation reports the sim PSP processes signed for Keeps (counted when a Keep ends)",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "stockade_api_requests",
+            "API requests, by route template and response status (101: WebSocket accepted)",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.connections_shed = Counter(
+            "stockade_connections_shed",
+            "Connections the flood guard closed (stockade.host.guard), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in SHED_REASONS:
+            self.connections_shed.labels(reason)
+        for outcome in ("ok", "quota-exceeded", "loader-failed"):
+            self.creates.labels(outcome)
+        for direction in ("to_keep", "to_client"):
+            self.relay_bytes.labels(direction)
+        self.evidence.labels("sim")
+
+    def watch(self, states: Callable[[], Iterable[str]]) -> None:
+        """Expose stockade_keeps{state} from ``states()`` (the state of every
+        Keep in the registry, read at scrape time)."""
+        self.registry.register(_KeepStates(states))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware: count every HTTP and WebSocket request by route
+    template (never the concrete path, which holds Keep ids) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        status: int | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if status is None:
+                if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                    status = int(message["status"])
+                elif message["type"] == "websocket.accept":
+                    status = 101
+                elif message["type"] == "websocket.close":
+                    status = 403  # closed before accepting: the server's handshake denial
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException:
+            if status is None:
+                status = 500
+            raise
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) if route is not None else None
+            self.metrics.requests.labels(template or "unmatched", str(status or 0)).inc()
