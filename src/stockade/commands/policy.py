@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stockade import __version__
-from stockade.commands._output import fail, safe_text
-from stockade.errors import StockadeError, UsageError
+from stockade.commands._output import json_option, safe_text
+from stockade.errors import UsageError
 
 if TYPE_CHECKING:
     from stockade.evidence.claims import VerifiedClaims
@@ -145,7 +145,7 @@ def policy() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also trust this sim ARK (DER or PEM), e.g. $STOCKADE_STATE_DIR/sim/chip/ark.der.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@json_option("Print the decision as JSON.", indent=2)
 @click.option("--ear-json", metavar="FILE|-", help="Write the decision as an (unsigned) EAR, JSON.")
 @click.option("--ear-cbor", metavar="FILE|-", help="Write the decision as an (unsigned) EAR, CBOR.")
 def check(
@@ -159,25 +159,22 @@ def check(
     as_json: bool,
     ear_json: str | None,
     ear_cbor: str | None,
-) -> None:
+) -> int:
     """Check EVIDENCE (an SEV-SNP report or a TDX/SGX quote) against a policy and explain
     every verdict. Exit status: 0 accepted, 112 refused, 110/111 evidence
     does not verify / parse, 2 usage error."""
-    try:
-        _check(
-            evidence,
-            policy_file,
-            claims_file,
-            certs,
-            collateral,
-            at_text,
-            sim_root,
-            as_json,
-            ear_json,
-            ear_cbor,
-        )
-    except StockadeError as err:
-        fail(err, as_json, indent=2)
+    return _check(
+        evidence,
+        policy_file,
+        claims_file,
+        certs,
+        collateral,
+        at_text,
+        sim_root,
+        as_json,
+        ear_json,
+        ear_cbor,
+    )
 
 
 def _check(
@@ -191,8 +188,8 @@ def _check(
     as_json: bool,
     ear_json: str | None,
     ear_cbor: str | None,
-) -> None:
-    from stockade.errors import PolicyRejected
+) -> int:
+    from stockade.errors import ExitStatus, PolicyRejected
     from stockade.policy import default_policy, ear, evaluate, load_policy
 
     if (evidence is None) == (claims_file is None):
@@ -242,12 +239,12 @@ def _check(
             click.echo(json.dumps(doc, indent=2))
     elif ear_json != "-" and ear_cbor != "-":
         _print_table(decision, label)
-    if not decision.accepted:
-        sys.exit(PolicyRejected.exit_code)
+    # A refusal is an outcome here, not an error: the decision was printed.
+    return ExitStatus.OK if decision.accepted else PolicyRejected.exit_code
 
 
 @policy.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (with --files: every measured file).")
+@json_option("Print JSON (with --files: every measured file).")
 @click.option("--files", is_flag=True, help="List every measured file: SHA-256, kind, name, path.")
 def reference(as_json: bool, files: bool) -> None:
     """Print the expected Keep measurement of this installation on sim.
@@ -259,10 +256,7 @@ def reference(as_json: bool, files: bool) -> None:
     """
     from stockade.wire.launch import keep_measurement, measured_files, package_root
 
-    try:
-        entries = measured_files()
-    except StockadeError as err:
-        fail(err, as_json)
+    entries = measured_files()
     measurement = keep_measurement(entries).hex()
     snippet = "\n".join(
         [
@@ -312,10 +306,7 @@ def default(allow_sim: bool) -> None:
     from stockade.policy.builtin import default_policy_toml, development_policy_toml
     from stockade.wire.launch import keep_measurement
 
-    try:
-        measurement = keep_measurement()
-    except StockadeError as err:
-        fail(err, False)
+    measurement = keep_measurement()
     if allow_sim:
         click.echo(development_policy_toml(measurement), nl=False)
     else:
