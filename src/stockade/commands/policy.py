@@ -26,8 +26,8 @@ from stockade.commands._output import json_option, safe_text
 from stockade.errors import UsageError
 
 if TYPE_CHECKING:
-    from stockade.evidence.claims import VerifiedClaims
     from stockade.policy import Decision, Policy
+    from stockade.policy.claims import Claims, UnverifiedClaims
 
 _VERDICT_STYLE = {"pass": "green", "fail": "bold red", "n/a": "dim"}
 SIM_LABEL = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
@@ -40,14 +40,14 @@ def _read(path: Path, what: str) -> bytes:
         raise UsageError(f"{what}: cannot read {path}: {exc.strerror}") from None
 
 
-def _load_claims(path: Path) -> VerifiedClaims:
-    from stockade.testing.claims import claims_from_json
+def _load_claims(path: Path) -> UnverifiedClaims:
+    from stockade.policy.claims import UnverifiedClaims
 
     try:
         doc = json.loads(_read(path, "--claims"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"--claims {path}: not JSON: {exc}") from None
-    return claims_from_json(doc, f"--claims {path}")
+    return UnverifiedClaims.from_json(doc, f"--claims {path}")
 
 
 def _print_table(decision: Decision, claims_label: str) -> None:
@@ -206,10 +206,10 @@ def _check(
     from stockade.commands._files import parse_time
 
     at = parse_time(at_text)
+    claims: Claims
     if claims_file is not None:
         claims = _load_claims(claims_file)
         label = f"claims from file {claims_file}, NOT verified"
-        verified = False
     else:
         assert evidence is not None
         from stockade.commands._files import verify_file
@@ -221,7 +221,6 @@ def _check(
         label = (
             f"verified {kind[verified_file.kind]} {evidence} at {at.isoformat()} ({claims.signer} -> {root})"
         )
-        verified = True
     decision = evaluate(claims, pol, at)
     if ear_json:
         _write(ear_json, (ear.ear_json(decision) + "\n").encode())
@@ -231,7 +230,7 @@ def _check(
         doc: dict[str, Any] = {
             "exit_code": 0 if decision.accepted else PolicyRejected.exit_code,
             "claims_source": label,
-            "claims_verified": verified,
+            "claims_verified": decision.claims_verified,
             "decision": decision.to_json(),
             "claims": claims.to_json(),
         }

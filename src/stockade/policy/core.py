@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from stockade.evidence.claims import VerifiedClaims
 from stockade.policy.builtin import default_policy
+from stockade.policy.claims import NOT_VERIFIED_NOTE, Claims
 from stockade.policy.model import Decision, RefusedByPolicy, Row, Verdict
 from stockade.policy.rules import Context, conjunction
 from stockade.policy.types import PLATFORMS, Policy, WorkloadRequirements
@@ -27,9 +28,11 @@ SIM_HINT = (
 )
 
 
-def evaluate(claims: VerifiedClaims, policy: Policy, at: datetime | None = None) -> Decision:
+def evaluate(claims: Claims, policy: Policy, at: datetime | None = None) -> Decision:
     """Judge ``claims`` under ``policy`` at time ``at`` (default: now, UTC).
-    Never raises for a refusal: see :func:`appraise`."""
+    Never raises for a refusal: see :func:`appraise`. Claims read from a
+    document (:class:`~stockade.policy.claims.UnverifiedClaims`) give a
+    decision labelled as such (``claims_verified`` False, and a note)."""
     at = at or datetime.now(UTC)
     ctx = Context(at=at)
     outcomes = [rule.evaluate(claims, ctx, 0, True) for rule in policy.rules]
@@ -39,7 +42,8 @@ def evaluate(claims: VerifiedClaims, policy: Policy, at: datetime | None = None)
     hint = ""
     if not accepted and claims.platform == "sim" and "sim" not in policy.platforms:
         hint = ("this is stockade's built-in default policy; " if policy.builtin else "") + SIM_HINT
-    notes: list[str] = []
+    verified = isinstance(claims, VerifiedClaims)
+    notes: list[str] = [] if verified else [NOT_VERIFIED_NOTE]
     if claims.platform == "sim":
         notes.append("sim: NO hardware protection (simulated SEV-SNP, for development only)")
     if not policy.pins_measurement:
@@ -56,6 +60,7 @@ def evaluate(claims: VerifiedClaims, policy: Policy, at: datetime | None = None)
         debug=claims.debug,
         hint=hint,
         notes=tuple(notes),
+        claims_verified=verified,
     )
 
 
@@ -63,7 +68,10 @@ def appraise(claims: VerifiedClaims, policy: Policy | None = None, at: datetime 
     """Evaluate ``claims`` under ``policy`` (``None``: the built-in default
     policy, which refuses sim, debug and unknown platforms) and return the
     decision if it accepts; raise :class:`RefusedByPolicy` (exit code 112,
-    carrying the decision) if it refuses."""
+    carrying the decision) if it refuses. Only verified claims are
+    appraised: a TypeError for anything else (a programming error)."""
+    if not isinstance(claims, VerifiedClaims):
+        raise TypeError(f"appraise takes VerifiedClaims, not {type(claims).__name__}")
     if policy is None:
         policy = default_policy()
     decision = evaluate(claims, policy, at)
