@@ -32,6 +32,9 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 def state_dir(explicit: Path | None = None) -> Path:
+    """The local state directory (sim chip, Keep logs, manager state):
+    ``explicit``, else $STOCKADE_STATE_DIR, else $XDG_STATE_HOME/stockade
+    or ~/.local/state/stockade."""
     if explicit is not None:
         return explicit
     env = os.environ.get("STOCKADE_STATE_DIR")
