@@ -25,8 +25,8 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from stockade.commands._output import MAX_TEXT, fail, safe_text
-from stockade.errors import KeepDied, WorkloadTrapped
+from stockade.commands._output import MAX_TEXT, json_option, safe_text
+from stockade.errors import KeepDied, StockadeError, WorkloadTrapped
 from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE
 
 HELLO = Path(__file__).resolve().parent.parent / "examples" / "hello" / "hello.wasm"
@@ -133,16 +133,32 @@ def test_safe_text_escapes_controls_escapes_and_bidi() -> None:
     assert long.startswith("x" * MAX_TEXT) and long.endswith("… (10 more characters)")
 
 
+def _through_the_boundary(err: StockadeError, as_json: bool) -> tuple[int, bytes]:
+    """Exit code and output of a command that raises ``err``, under the
+    CLI's error boundary."""
+    import click
+    from click.testing import CliRunner
+
+    from stockade.cli import StockadeGroup
+
+    @click.group(cls=StockadeGroup)
+    def root() -> None:
+        pass
+
+    @root.command()
+    @json_option("JSON.")
+    def raises(as_json: bool) -> None:
+        raise err
+
+    result = CliRunner().invoke(root, ["raises", *(["--json"] if as_json else [])])
+    return result.exit_code, result.stdout_bytes + result.stderr_bytes
+
+
 @pytest.mark.parametrize("as_json", [False, True])
-def test_problems_relayed_from_a_keep_are_printed_escaped(
-    as_json: bool, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_problems_relayed_from_a_keep_are_printed_escaped(as_json: bool) -> None:
     for err in (KeepDied(HOSTILE), WorkloadTrapped("trap: " + HOSTILE)):
-        with pytest.raises(SystemExit) as info:
-            fail(err, as_json)
-        assert info.value.code == err.exit_code
-        captured = capsys.readouterr()
-        out = (captured.out + captured.err).encode()
+        code, out = _through_the_boundary(err, as_json)
+        assert code == err.exit_code
         assert_clean(out)
         assert b"Keep attested and verified" in out  # shown, as the text it is, on the same line
         assert out.count(b"\n") == 1
@@ -234,7 +250,7 @@ def test_keeps_logs_on_a_terminal_are_escaped(hostile: str) -> None:
 def test_policy_check_of_a_hostile_claims_file_prints_no_raw_escape(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from stockade.commands.policy import policy
+    from stockade.cli import main
     from stockade.testing.claims import make_claims
 
     claims = tmp_path / "claims.json"
@@ -242,7 +258,7 @@ def test_policy_check_of_a_hostile_claims_file_prints_no_raw_escape(tmp_path: Pa
     milan = tmp_path / "milan.toml"
     milan.write_text('version = 1\nplatforms = ["snp"]\n\n[snp]\nproducts = ["Milan"]\n')
     result = CliRunner().invoke(
-        policy, ["check", "--policy", str(milan), "--claims", str(claims)], env={"COLUMNS": "400"}
+        main, ["policy", "check", "--policy", str(milan), "--claims", str(claims)], env={"COLUMNS": "400"}
     )
     assert result.exit_code == 112, result.output
     out = result.stdout_bytes + result.stderr_bytes

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stockade.commands._run import DEFAULT_LIMITS, RunOptions, prepare
+from stockade.client.plan import DEFAULT_LIMITS, RunOptions, prepare
 from stockade.errors import UsageError, WorkloadRejected
 from stockade.keep.runner import MAX_TABLES, compile_error, make_engine, table_elements_for
 from stockade.package.manifest import Manifest, ManifestError

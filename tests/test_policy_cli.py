@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from snp_support import SNP, VERIFY_AT
-from stockade.commands.policy import policy
+from stockade.cli import main
 from stockade.measure.launch import keep_measurement
 from stockade.policy import loads_policy
 from stockade.policy.builtin import default_policy_toml, development_policy_toml
@@ -22,7 +22,9 @@ MILAN_ONLY = 'version = 1\nname = "milan only"\nplatforms = ["snp"]\n\n[snp]\npr
 
 
 def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(policy, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "200"})
+    return CliRunner().invoke(
+        main, ["policy", *(str(a) for a in args)], catch_exceptions=False, env={"COLUMNS": "200"}
+    )
 
 
 @pytest.fixture

@@ -1,150 +1,100 @@
-"""The ``stockade`` command line: parse arguments, call the library, map
-errors to exit codes (docs/exit-codes.md). Heavy modules are imported inside
-the commands so that start-up stays fast.
+"""The ``stockade`` command line: the root group, its one error boundary,
+and the sub-commands, loaded on demand from :mod:`stockade.commands`.
+
+The boundary (:class:`StockadeGroup`) is the only place that turns an
+outcome into an exit status, as sigstore-python's ``_cli.py`` ``main()``
+wraps every sub-command in one ``except Error: e.log_and_exit()``
+(https://github.com/sigstore/sigstore-python, sigstore/_cli.py):
+
+- a :class:`~stockade.errors.StockadeError` from any command is printed in
+  one line (or as the command's ``--json`` error document,
+  :func:`stockade.commands._output.print_error`) and exits with the class's
+  code;
+- Ctrl-C prints one line and exits 130 (:class:`~stockade.errors.ExitStatus`);
+- a command's return value is its exit status: ``None`` (0), an
+  :class:`~stockade.errors.ExitStatus`, or a
+  :class:`~stockade.errors.WorkloadExit` (the workload's code, passed
+  through as is; the process then ends without interpreter teardown).
+
+Every exit code is defined in :mod:`stockade.errors` (docs/exit-codes.md).
+Command modules import their heavy dependencies inside their functions, and
+this module imports a command module only when that command runs (or
+``--help`` lists it), so that ``stockade run`` starts its Keep early.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from stockade import __version__
-from stockade.commands._output import fail
-from stockade.commands._run import (
-    RunOptions,
-    deploy_session,
-    exit_now,
-    prepare,
-    print_json,
-    state_dir,
-    workload_options,
-)
-from stockade.errors import KeepDied, StockadeError
+from stockade.errors import ExitStatus, StockadeError, WorkloadExit
+
+#: Sub-command name -> "module:attribute" of its click command or group.
+COMMANDS: dict[str, str] = {
+    "deploy": "stockade.commands.remote:deploy",
+    "evidence": "stockade.commands.evidence:evidence",
+    "host": "stockade.commands.host:host",
+    "keeps": "stockade.commands.remote:keeps",
+    "key": "stockade.commands.package:key",
+    "package": "stockade.commands.package:package",
+    "policy": "stockade.commands.policy:policy",
+    "run": "stockade.commands.run:run",
+    "trust": "stockade.commands.trust:trust",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def exit_now(code: int) -> NoReturn:
+    """Exit without interpreter teardown (saves tens of ms after a run);
+    everything the user sees has been written and is flushed here."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class StockadeGroup(click.Group):
+    """The root group: loads sub-commands on demand and is the CLI's one
+    error boundary (module docstring)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in COMMANDS:
+            module, _, attr = COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from stockade.commands._output import ERROR_FORMAT, ErrorFormat, print_error
+
+        try:
+            status = super().invoke(ctx)
+        except StockadeError as err:
+            print_error(err, ctx.meta.get(ERROR_FORMAT) or ErrorFormat())
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("stockade: interrupted", err=True)
+            sys.exit(ExitStatus.INTERRUPTED)
+        if isinstance(status, WorkloadExit):
+            exit_now(status)
+        if status:
+            sys.exit(int(status))
+        return status
+
+
+@click.group(cls=StockadeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="stockade")
 def main() -> None:
     """Run WebAssembly workloads in attested TEE Keeps."""
 
-
-@main.command(context_settings={"ignore_unknown_options": False})
-@click.argument("wasm", metavar="WASM|PACKAGE", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("args", nargs=-1)
-@click.option(
-    "--backend",
-    type=click.Choice(["sim"]),
-    default="sim",
-    show_default=True,
-    help="Keep backend on this host.",
-)
-@workload_options
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
-def run(**kwargs: Any) -> None:
-    """Run a module or package in a fresh Keep after verifying its attestation.
-
-    WASM|PACKAGE is a WebAssembly module or a package (`stockade package
-    build`). Arguments after it (use -- before options meant for the
-    workload) are passed to the workload. Nothing of the workload leaves
-    this machine before the Keep's evidence is verified and accepted by the
-    policy; secrets and stdin leave only after a second attestation proves
-    which package the Keep loaded. The exit status is the workload's own,
-    or a stockade failure code (docs/exit-codes.md).
-    """
-    opts = RunOptions(**kwargs)
-    try:
-        _run(opts)
-    except StockadeError as err:
-        fail(err, opts.as_json, exit_code_source="stockade")
-    except KeyboardInterrupt:
-        click.echo("stockade: interrupted", err=True)
-        sys.exit(130)
-
-
-def _run(opts: RunOptions) -> None:
-    from stockade.evidence.sim.local import chip_exists, serve_in_thread
-    from stockade.host.loader import PopenSpawner, start_keep
-
-    prepared = prepare(opts)
-    sdir = state_dir(opts.state_dir)
-    if not chip_exists(sdir):
-        from stockade.evidence.sim import chip
-
-        if not opts.quiet and not opts.as_json:
-            click.echo("stockade: creating the sim chip key chain (first use, a few seconds)", err=True)
-        chip.ensure_chip(sdir)
-
-    # Start the Keep first: its start-up overlaps everything below.
-    # die_with_parent: a killed `stockade run` takes its Keep along.
-    handle = start_keep(
-        opts.backend,
-        sdir,
-        psp=lambda measurement: serve_in_thread(sdir, measurement),
-        spawner=PopenSpawner(die_with_parent=True),
-    )
-    try:
-        from stockade.client.deploy import send_hello
-        from stockade.evidence.sim import chip
-
-        # The nonce goes out at once: the Keep attests while we get ready.
-        hello = send_hello(handle.conn)
-        # The local sim root is used to *verify* sim evidence; acceptance is
-        # the policy's decision (the default policy refuses sim). The local
-        # sim chip's CRL is the revocation collateral this client holds.
-        result, out = deploy_session(
-            handle.conn,
-            handle.measurement,
-            lambda: handle.wait(0.5),
-            prepared,
-            opts,
-            chip.sim_root(sdir),
-            hello,
-            crls=_local_crls(sdir),
-        )
-    except KeepDied as err:
-        # The host-side log of the Keep process (never workload data) says why.
-        raise KeepDied(f"{err.detail}; Keep log: {handle.log_path}") from None
-    finally:
-        handle.close()
-    if opts.as_json:
-        print_json(result, out)
-    exit_now(result.exit_code)
-
-
-def _local_crls(sdir: Path) -> tuple[bytes, ...]:
-    """The sim chip's CRL, issued here (it holds the sim ARK's key); none
-    when it cannot be issued (the summary then says revocation was not
-    checked)."""
-    from stockade.evidence.sim import chip
-
-    try:
-        return (chip.sim_crl(sdir),)
-    except (OSError, ValueError):
-        return ()
-
-
-def _register() -> None:
-    from stockade.commands.evidence import evidence
-    from stockade.commands.host import host
-    from stockade.commands.package import key, package
-    from stockade.commands.policy import policy
-    from stockade.commands.remote import deploy, keeps
-    from stockade.commands.trust import trust
-
-    main.add_command(evidence)
-    main.add_command(host)
-    main.add_command(key)
-    main.add_command(package)
-    main.add_command(policy)
-    main.add_command(deploy)
-    main.add_command(keeps)
-    main.add_command(trust)
-
-
-_register()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

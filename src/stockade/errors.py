@@ -8,6 +8,8 @@ line, name what was expected and what was found, and never contain secrets.
 
 from __future__ import annotations
 
+import enum
+
 
 class StockadeError(Exception):
     """Base of every error stockade raises on purpose."""
@@ -141,6 +143,44 @@ class UnmeasuredCode(StockadeError):
     exit_code = 120
     problem_type = "unmeasured-code"
     title = "unmeasured code"
+
+
+class ManagerError(StockadeError):
+    """The keep manager refused a request or could not be reached."""
+
+    exit_code = 1
+    problem_type = "host-manager"
+    title = "keep manager error"
+
+    def __init__(self, detail: str, status: int | None = None, manager_type: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.manager_type = manager_type
+
+
+class ExitStatus(enum.IntEnum):
+    """The CLI's exit statuses that are not a StockadeError (each of those
+    carries its own ``exit_code`` above). A command returns one of these,
+    or a :class:`WorkloadExit`; the error boundary (``stockade.cli``) exits
+    with it (docs/exit-codes.md)."""
+
+    OK = 0
+    #: ``stockade host check``: no Keep backend is usable on this machine.
+    NO_BACKEND = 1
+    #: ``stockade host serve``: uvicorn's STARTUP_FAILURE (it logged why:
+    #: port in use, ...).
+    SERVER_STARTUP_FAILED = 3
+    #: ``stockade keeps wait``: the Keep was still active after --timeout
+    #: (the value coreutils' timeout(1) uses).
+    WAIT_TIMED_OUT = 124
+    #: Ctrl-C (SIGINT): 128 + 2, the shell's convention.
+    INTERRUPTED = 130
+
+
+class WorkloadExit(int):
+    """The workload's own exit code, passed through as is by ``stockade
+    run`` and ``deploy --host``: the boundary exits with it at once, without
+    interpreter teardown (everything the user sees is flushed first)."""
 
 
 ERROR_CLASSES: tuple[type[StockadeError], ...] = (

@@ -37,7 +37,11 @@ from typing import Any, Final
 import cbor2
 import httpx
 
-from stockade.errors import StockadeError, UsageError
+from stockade.errors import (
+    ManagerError,
+    StockadeError,
+    UsageError,
+)
 from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE, loads_strict
 from stockade.wire.staging import PACKAGE_MEDIA_TYPE
 
@@ -47,19 +51,6 @@ PROBLEM: Final = "application/concise-problem-details+cbor"
 #: Called with ("up", bytes) for bytes sent to the Keep and ("down", bytes)
 #: for bytes received from it, exactly as relayed (tests use it as a tap).
 Tap = Callable[[str, bytes], None]
-
-
-class ManagerError(StockadeError):
-    """The keep manager refused a request or could not be reached."""
-
-    exit_code = 1
-    problem_type = "host-manager"
-    title = "keep manager error"
-
-    def __init__(self, detail: str, status: int | None = None, manager_type: str | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.manager_type = manager_type
 
 
 #: The longest wait the manager grants per request (docs/host-api.md).

@@ -1,6 +1,8 @@
-"""Sub-command groups of the ``stockade`` CLI, one module per area.
+"""Sub-commands of the ``stockade`` CLI, one module per area.
 
-Each module defines one click group and imports its heavy dependencies
-inside the command functions, so that ``stockade --help`` and ``stockade
-run`` stay fast. ``stockade.cli`` registers them.
+Each module defines one click command or group and imports its heavy
+dependencies inside the command functions. ``stockade.cli`` loads a module
+only when its command runs (or ``--help`` lists it) and is the one error
+boundary: commands raise a StockadeError or return an exit status
+(``stockade.errors.ExitStatus`` / ``WorkloadExit``), and never exit.
 """

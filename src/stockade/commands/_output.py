@@ -1,6 +1,8 @@
 """How every ``stockade`` command reports a StockadeError: one line
 ``stockade: <title>: <detail>`` on stderr, or with ``--json`` an error
-document on stdout; then it exits with the error's code (docs/exit-codes.md).
+document on stdout (:func:`print_error`); the one error boundary,
+:class:`stockade.cli.StockadeGroup`, then exits with the error's code
+(docs/exit-codes.md). Commands raise; they never print errors or exit.
 
 :func:`safe_text` is the one function that makes text from outside this
 machine (the keep manager, the Keep, evidence) safe to print on a terminal.
@@ -9,13 +11,16 @@ Every string a host can choose goes through it before it is printed."""
 from __future__ import annotations
 
 import json
-import sys
 import unicodedata
-from typing import NoReturn
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import click
 
 from stockade.errors import StockadeError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Unicode categories escaped by safe_text: control characters (C0, DEL and
 #: C1, which include ESC, CSI and OSC), format characters (bidi embeddings,
@@ -55,17 +60,45 @@ def safe_text(text: object, *, multiline: bool = False, limit: int | None = MAX_
     return "".join(out) + cut
 
 
-def fail(err: StockadeError, as_json: bool, *, indent: int | None = None, **extra: object) -> NoReturn:
-    """Print ``err`` and exit with its code. The JSON document is
-    ``{"exit_code", **extra, "error": {type, title, detail, exit_code}}``,
-    printed with ``indent`` (None: one line). Title and detail may carry
-    text from the host (relayed problems, certificate names): both go
-    through :func:`safe_text`."""
+#: Key in ``click.Context.meta`` (shared by every context of one command
+#: line) under which the running command says how its errors are printed.
+ERROR_FORMAT = "stockade.error_format"
+
+
+@dataclass(frozen=True)
+class ErrorFormat:
+    """How the CLI's error boundary (:class:`stockade.cli.StockadeGroup`)
+    prints a StockadeError for the running command: one line on stderr, or
+    with ``--json`` an error document on stdout with ``extra`` keys,
+    printed with ``indent``."""
+
+    as_json: bool = False
+    indent: int | None = None
+    extra: tuple[tuple[str, object], ...] = ()
+
+
+def json_option(help: str, *, indent: int | None = None, **extra: object) -> Callable[[F], F]:
+    """The ``--json`` flag (parameter ``as_json``) of a command: also tells
+    the error boundary to print an error as a JSON document (with ``extra``
+    keys, e.g. ``exit_code_source``) when it is given."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        ctx.meta[ERROR_FORMAT] = ErrorFormat(bool(value), indent, tuple(extra.items()))
+        return value
+
+    return click.option("--json", "as_json", is_flag=True, help=help, callback=remember)
+
+
+def print_error(err: StockadeError, fmt: ErrorFormat) -> None:
+    """Print ``err`` as ``fmt`` says. The JSON document is ``{"exit_code",
+    **extra, "error": {type, title, detail, exit_code}}``. Title and detail
+    may carry text from the host (relayed problems, certificate names):
+    both go through :func:`safe_text`. Exiting is the boundary's job."""
     title, detail = safe_text(err.title), safe_text(err.detail)
-    if as_json:
+    if fmt.as_json:
         doc = {
             "exit_code": err.exit_code,
-            **extra,
+            **dict(fmt.extra),
             "error": {
                 "type": safe_text(err.problem_type),
                 "title": title,
@@ -73,7 +106,6 @@ def fail(err: StockadeError, as_json: bool, *, indent: int | None = None, **extr
                 "exit_code": err.exit_code,
             },
         }
-        click.echo(json.dumps(doc, indent=indent))
+        click.echo(json.dumps(doc, indent=fmt.indent))
     else:
         click.echo(f"stockade: {title}: {detail}", err=True)
-    sys.exit(err.exit_code)

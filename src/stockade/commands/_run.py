@@ -1,141 +1,30 @@
 """Pieces shared by ``stockade run`` (a local Keep) and ``stockade deploy
---host`` (a Keep on a remote keep manager): argument parsing, the workload,
-the policy choice, the verification summary and the deploy session."""
+--host`` (a Keep on a remote keep manager): the shared options, the
+verification summary, the deploy session's printing and the JSON result.
+What to deploy and under which policy is decided in
+:mod:`stockade.client.plan`."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from stockade.errors import UsageError
+from stockade.client.plan import RunOptions
+from stockade.commands._output import json_option
 
 if TYPE_CHECKING:
     from stockade.client.attest import Appraisal
     from stockade.client.deploy import DeployResult, SentHello
     from stockade.client.identity import WorkloadIdentity
-    from stockade.package import Manifest, Package
-    from stockade.policy import Policy
-    from stockade.wire.messages import Expect, FileEntry, Limits
+    from stockade.client.plan import Prepared
 
 SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
-MAX_TIMEOUT_S = 7 * 24 * 3600
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
-
-
-def state_dir(explicit: Path | None = None) -> Path:
-    if explicit is not None:
-        return explicit
-    env = os.environ.get("STOCKADE_STATE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
-    return base / "stockade"
-
-
-def parse_size(text: str, what: str) -> int:
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
-    number = t[:-1] if unit else t
-    try:
-        value = int(float(number) * _SIZE_UNITS[unit])
-    except ValueError:
-        raise UsageError(f"{what}: {text!r} is not a size (examples: 512K, 64M, 1G)") from None
-    if value <= 0:
-        raise UsageError(f"{what} must be positive")
-    return value
-
-
-def parse_env(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    env: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
-        env[key] = value
-    return tuple(sorted(env.items()))
-
-
-def _read(path: Path, item: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--file {item!r}: cannot read {path}: {exc.strerror}") from None
-
-
-def parse_files(items: tuple[str, ...]) -> tuple[FileEntry, ...]:
-    """``HOST[:GUEST]`` items to file entries. Directories are sent
-    recursively (symbolic links to files are followed, like ``cp -rL``);
-    a guest path of ``/`` mounts a directory's content as the root."""
-    from stockade.wire.messages import FileEntry
-
-    entries: dict[str, FileEntry] = {}
-    for item in items:
-        host, guest = item, None
-        if ":" in item:
-            head, _, tail = item.rpartition(":")
-            if tail.startswith("/"):
-                host, guest = head, tail
-        src = Path(host)
-        if not src.exists():
-            raise UsageError(f"--file {item!r}: {host} does not exist")
-        guest = guest or "/" + src.name
-        guest = "/" + guest.strip("/") if guest.strip("/") else "/"
-        if src.is_dir():
-            entries[guest] = FileEntry(guest, None)
-            for path in sorted(src.rglob("*")):
-                rel = path.relative_to(src).as_posix()
-                target = (guest.rstrip("/") + "/" + rel) if guest != "/" else "/" + rel
-                if path.is_dir():
-                    entries[target] = FileEntry(target, None)
-                elif path.exists():
-                    entries[target] = FileEntry(target, _read(path, item))
-                else:
-                    raise UsageError(f"--file {item!r}: {path} is a dangling symbolic link")
-        else:
-            if guest == "/":
-                raise UsageError(f"--file {item!r}: a file cannot be mounted as /")
-            entries[guest] = FileEntry(guest, _read(src, item))
-    return tuple(entries[k] for k in sorted(entries))
-
-
-def parse_secrets(items: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
-    out: dict[str, bytes] = {}
-    for item in items:
-        name, sep, ref = item.partition("=")
-        if not sep or not name:
-            raise UsageError("--secret: expected NAME=@FILE")
-        if not ref.startswith("@"):
-            # Never echo the value: it may be the secret itself.
-            raise UsageError(
-                f"--secret {name}: values are read from files (NAME=@FILE) so that "
-                "they never appear in process arguments"
-            )
-        if "/" in name or name in (".", ".."):
-            raise UsageError(f"--secret {name}: the name must be a plain file name")
-        path = Path(ref[1:])
-        try:
-            out[name] = path.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"--secret {name}: cannot read {path}: {exc.strerror}") from None
-    return tuple(sorted(out.items()))
-
-
-def exit_now(code: int) -> NoReturn:
-    """Exit without interpreter teardown (saves tens of ms after a run);
-    everything the user sees has been written and is flushed here."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def summary(appraisal: Appraisal, policy_note: str, extra: tuple[str, ...] = ()) -> str:
@@ -156,200 +45,6 @@ def summary(appraisal: Appraisal, policy_note: str, extra: tuple[str, ...] = ())
         *extra,
     ]
     return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    wasm: Path
-    args: tuple[str, ...]
-    backend: str
-    allow_sim: bool
-    policy: Path | None
-    env: tuple[str, ...]
-    stdin: str | None
-    files: tuple[str, ...]
-    secret_refs: tuple[str, ...]
-    timeout: float | None
-    memory: str | None
-    max_output: str | None
-    disk: str | None
-    expect_measurement: str | None
-    signers: tuple[Path, ...]
-    min_signatures: int | None
-    expect_digests: tuple[str, ...]
-    as_json: bool
-    quiet: bool
-    state_dir: Path | None
-    #: Only ``stockade deploy --host``: the package is uploaded to the keep
-    #: manager and the Keep loads it from there (docs/package.md, staged).
-    stage_on_host: bool = False
-
-
-def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy, str]:
-    """The policy for this run and a one-line note for the summary."""
-    from stockade.policy import default_policy, development_policy, load_policy
-
-    expected = runtime_measurement
-    pinned = "this installation's Keep runtime"
-    if opts.expect_measurement:
-        try:
-            expected = bytes.fromhex(opts.expect_measurement)
-        except ValueError:
-            expected = b""
-        if len(expected) != 48:
-            raise UsageError("--expect-measurement must be 96 hex digits (a 48-byte launch digest)")
-        pinned = "--expect-measurement"
-    if opts.policy is not None:
-        if opts.expect_measurement:
-            raise UsageError("--expect-measurement and --policy: put the measurements in the policy file")
-        policy = load_policy(opts.policy)
-        if opts.allow_sim and "sim" not in policy.platforms:
-            raise UsageError(f"--allow-sim: the policy {opts.policy} does not list sim in platforms")
-        return policy, f"{policy.name!r} ({opts.policy}) accepted the claims"
-    if opts.allow_sim:
-        return development_policy(expected), f"development (--allow-sim); measurement pinned to {pinned}"
-    return default_policy(expected), f"built-in default; measurement pinned to {pinned}"
-
-
-DEFAULT_LIMITS = {
-    "timeout_ms": 30_000,
-    "memory_bytes": 256 * 1024**2,
-    "output_bytes": 64 * 1024**2,
-    "disk_bytes": 256 * 1024**2,
-}
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The workload to deploy, as a package (a bare module is wrapped in an
-    unsigned in-memory package): its bytes and their parsed form, parsed
-    once; with the limits that apply to it."""
-
-    package: bytes
-    parsed: Package
-    limits: Limits
-    from_module: bool
-
-    @property
-    def digest(self) -> bytes:
-        return self.parsed.digest
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.parsed.manifest
-
-    def limits_map(self) -> dict[str, int]:
-        return self.limits.to_map()
-
-
-def prepare(opts: RunOptions) -> Prepared:
-    """Read WASM (a module or a package), check it and compute the limits:
-    command-line flags override the package manifest's, which override the
-    defaults."""
-    import math
-
-    from stockade.errors import WorkloadRejected
-    from stockade.package import Package
-    from stockade.package.format import wrap_module
-    from stockade.wire.messages import Limits
-
-    try:
-        data = opts.wasm.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {opts.wasm}: {exc.strerror}") from None
-    if data[:4] == b"\0asm":
-        parsed = wrap_module(data, opts.wasm.stem)
-        package, from_module = parsed.to_bytes(), True
-    else:
-        try:
-            parsed = Package.from_bytes(data)
-        except WorkloadRejected as exc:
-            if data[:1] and 0xA0 <= data[0] <= 0xBF:  # a CBOR map: meant as a package
-                raise WorkloadRejected(f"{opts.wasm}: {exc.detail}") from None
-            raise WorkloadRejected(
-                f"{opts.wasm} is not a WebAssembly module (no \\0asm magic number) "
-                f"nor a valid stockade package ({exc.detail})"
-            ) from None
-        package, from_module = data, False
-    if opts.timeout is not None and (
-        not math.isfinite(opts.timeout) or not 0 < opts.timeout <= MAX_TIMEOUT_S
-    ):
-        raise UsageError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
-    limits = {**DEFAULT_LIMITS, **dict(parsed.manifest.limits)}
-    if opts.timeout is not None:
-        limits["timeout_ms"] = max(1, int(opts.timeout * 1000))
-    if opts.memory is not None:
-        limits["memory_bytes"] = parse_size(opts.memory, "--memory")
-    if opts.max_output is not None:
-        limits["output_bytes"] = parse_size(opts.max_output, "--max-output")
-    if opts.disk is not None:
-        limits["disk_bytes"] = parse_size(opts.disk, "--disk")
-    if limits["timeout_ms"] > MAX_TIMEOUT_S * 1000:
-        raise WorkloadRejected(f"the package's timeout_ms exceeds {MAX_TIMEOUT_S} seconds")
-    return Prepared(package, parsed, Limits(**limits), from_module)
-
-
-def expectations(opts: RunOptions, prepared: Prepared, policy: Policy) -> tuple[Expect, tuple[str, ...]]:
-    """What the Keep must enforce (pinned digests: trusted boot; trusted
-    signers), from the policy's ``[workload]`` table or from --expect-digest
-    and --signer; checked here first so that a bad package fails before it
-    leaves; and lines for the summary."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from stockade.errors import WorkloadRejected
-    from stockade.package import load_public_key, verify_signatures
-    from stockade.package.signing import raw_public_key
-    from stockade.wire.messages import Expect
-
-    flags = opts.signers or opts.expect_digests or opts.min_signatures is not None
-    if policy.workload is not None and flags:
-        raise UsageError(
-            "--signer, --min-signatures and --expect-digest cannot be combined with a policy that has a "
-            "[workload] table: put the signers and digests in the policy file"
-        )
-    digests: list[bytes] = []
-    keys: list[Ed25519PublicKey] = []
-    required = 0
-    if policy.workload is not None:
-        digests = list(policy.workload.digests)
-        keys = [Ed25519PublicKey.from_public_bytes(raw) for raw in policy.workload.signers]
-        required = policy.workload.min_signatures
-        pin_source = f"the [workload] digests of policy {policy.source}"
-    else:
-        for text in opts.expect_digests:
-            try:
-                value = bytes.fromhex(text.removeprefix("sha256:"))
-            except ValueError:
-                value = b""
-            if len(value) != 32:
-                raise UsageError(
-                    f"--expect-digest {text!r}: expected 64 hex digits (a package content digest)"
-                )
-            digests.append(value)
-        keys = [load_public_key(path) for path in opts.signers]
-        required = opts.min_signatures if opts.min_signatures is not None else min(1, len(keys))
-        if opts.min_signatures is not None and not 1 <= required <= len(keys):
-            raise UsageError(
-                f"--min-signatures must be between 1 and the number of --signer keys ({len(keys)})"
-            )
-        pin_source = "the --expect-digest values"
-    if digests and prepared.digest not in digests:
-        raise WorkloadRejected(
-            f"{opts.wasm} has digest {prepared.digest.hex()}, which is not among {pin_source}"
-        )
-    notes: list[str] = []
-    if keys:
-        verified = verify_signatures(prepared.parsed, keys, required)
-        roles = ", ".join(f"{s.role} {s.kid[:16]}…" for s in verified.signers)
-        notes.append(f"  signed by    {roles} (checked here, and again in the Keep)")
-    if digests:
-        notes.append("  trusted boot the Keep refuses any package but the pinned digest(s)")
-    expect = Expect(
-        digests=tuple(sorted(set(digests))),
-        signers=tuple(sorted({raw_public_key(k) for k in keys})),
-        min_signatures=required if keys else 0,
-    )
-    return expect, tuple(notes)
 
 
 def identity_summary(identity: WorkloadIdentity) -> str:
@@ -379,48 +74,22 @@ def deploy_session(
     staged: bool = False,
     crls: tuple[bytes, ...] = (),
 ) -> tuple[DeployResult, dict[int, bytearray]]:
-    """Build the deploy plan from ``opts``, choose the policy, and run one
-    deploy session over ``conn`` (a stream to a fresh Keep, the hello
-    already sent). ``runtime_measurement`` is what the measurement is pinned
-    to unless ``opts`` says otherwise; ``crls`` (DER) are the CRLs the
-    client holds, applied to the Keep's evidence chain."""
+    """Plan the deploy from ``opts`` (:func:`stockade.client.plan.plan_deploy`)
+    and run one deploy session over ``conn`` (a stream to a fresh Keep, the
+    hello already sent), printing the summary and the workload's output.
+    ``runtime_measurement`` is what the measurement is pinned to unless
+    ``opts`` says otherwise; ``crls`` (DER) are the CRLs the client holds,
+    applied to the Keep's evidence chain."""
     from stockade.client.attest import TrustConfig
-    from stockade.client.deploy import DeployPlan, Steps, deploy
-    from stockade.wire.messages import Config
+    from stockade.client.deploy import Steps, deploy
+    from stockade.client.plan import plan_deploy
 
     steps = Steps()
-    policy, note = choose_policy(opts, runtime_measurement)
-    expect, notes = expectations(opts, prepared, policy)
-    if staged and prepared.digest not in expect.digests:
-        # The host provides the bytes: pin what we mean, so that the Keep
-        # itself refuses a swapped package (the identity check catches it too).
-        expect = dataclasses.replace(expect, digests=tuple(sorted({*expect.digests, prepared.digest})))
-        notes = (
-            *notes,
-            "  staged       package uploaded to the host; the Keep loads it only if its digest matches",
-        )
-    stdin_bytes = b""
-    if opts.stdin == "-":
-        stdin_bytes = sys.stdin.buffer.read()
-    elif opts.stdin is not None:
-        try:
-            stdin_bytes = Path(opts.stdin).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"--stdin: cannot read {opts.stdin}: {exc.strerror}") from None
-    plan = DeployPlan(
-        package=None if staged else prepared.package,
-        digest=prepared.digest,
-        config=Config(
-            args=opts.args, env=parse_env(opts.env), files=parse_files(opts.files), limits=prepared.limits
-        ),
-        expect=expect,
-        secrets=parse_secrets(opts.secret_refs),
-        stdin=stdin_bytes,
-        required_secrets=prepared.manifest.secrets,
-    )
+    planned = plan_deploy(opts, prepared, runtime_measurement, staged=staged)
+    note, notes = planned.policy_note, planned.notes
     # The sim root is used to *verify* sim evidence; acceptance is the
     # policy's decision (the default policy refuses sim).
-    trust = TrustConfig(sim_root=sim_root, policy=policy, crls=crls)
+    trust = TrustConfig(sim_root=sim_root, policy=planned.policy, crls=crls)
     out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
 
     def on_output(fd: int, data: bytes) -> None:
@@ -446,7 +115,15 @@ def deploy_session(
 
     steps.mark("client_prepare")
     result = deploy(
-        conn, plan, trust, on_output, on_verified, keep_exit_status, steps, hello, on_identity=on_identity
+        conn,
+        planned.plan,
+        trust,
+        on_output,
+        on_verified,
+        keep_exit_status,
+        steps,
+        hello,
+        on_identity=on_identity,
     )
     return result, out
 
@@ -538,7 +215,7 @@ def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
             metavar="HEX",
             help="Pin the Keep measurement (default: this installation's Keep runtime).",
         ),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON result document on stdout."),
+        json_option("Print one JSON result document on stdout.", exit_code_source="stockade"),
         click.option("--quiet", "-q", is_flag=True, help="Do not print the verification summary."),
     ]
     for option in reversed(options):

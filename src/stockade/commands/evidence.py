@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-from stockade.commands._output import fail, safe_text
-from stockade.errors import StockadeError
+from stockade.commands._output import json_option, safe_text
 
 
 def _print_table(doc: dict[str, Any]) -> None:
@@ -63,7 +62,7 @@ def evidence() -> None:
 )
 @click.option("--allow-trailing-bytes", is_flag=True, help="TDX/SGX: accept non-zero bytes after the quote.")
 @click.option("--no-revocation-check", is_flag=True, help="TDX/SGX: verify without CRLs (reported).")
-@click.option("--json", "as_json", is_flag=True, help="Print the verified claims as JSON.")
+@json_option("Print the verified claims as JSON.")
 def verify(
     path: Path,
     certs: Path | None,
@@ -78,18 +77,15 @@ def verify(
     offline and print the verified claims."""
     from stockade.commands._files import parse_time, verify_file
 
-    try:
-        verified = verify_file(
-            path,
-            parse_time(at_text),
-            certs=certs,
-            collateral=collateral,
-            product=product,
-            allow_trailing=allow_trailing_bytes,
-            check_revocation=not no_revocation_check,
-        )
-    except StockadeError as err:
-        fail(err, as_json)
+    verified = verify_file(
+        path,
+        parse_time(at_text),
+        certs=certs,
+        collateral=collateral,
+        product=product,
+        allow_trailing=allow_trailing_bytes,
+        check_revocation=not no_revocation_check,
+    )
     doc: dict[str, Any] = {"evidence": verified.kind, **verified.claims.to_json(), "checks": verified.checks}
     if no_revocation_check and verified.kind != "sev-snp-report":
         doc["checks"].append("revocation NOT checked (--no-revocation-check)")

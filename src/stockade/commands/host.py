@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +22,9 @@ if TYPE_CHECKING:
 
     from stockade.host.diagnostics import HostReport
 
-from stockade.commands._run import state_dir as state_dir_default
+from stockade.client.plan import state_dir as state_dir_default
+from stockade.commands._output import json_option
+from stockade.errors import ExitStatus
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "n/a": "dim"}
 
@@ -73,7 +74,7 @@ def host() -> None:
 
 
 @host.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+@json_option("Print the report as one JSON document.")
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -87,7 +88,7 @@ def host() -> None:
     hidden=True,
     help="Look at this directory tree instead of / (tests).",
 )
-def check(as_json: bool, state_dir: Path | None, verbose: bool, root: Path) -> None:
+def check(as_json: bool, state_dir: Path | None, verbose: bool, root: Path) -> ExitStatus:
     """Check which Keep backends (snp, tdx, sgx, sim) this machine can run.
 
     For each backend: the attestation interfaces, devices and permissions,
@@ -101,12 +102,13 @@ def check(as_json: bool, state_dir: Path | None, verbose: bool, root: Path) -> N
     from stockade.host.diagnostics import Environment, check_host
 
     report = check_host(Environment(root=root, state_dir=state_dir or state_dir_default()))
+    status = ExitStatus.OK if report.usable else ExitStatus.NO_BACKEND
     if as_json:
-        doc = {**report.to_json(), "exit_code": 0 if report.usable else 1}
+        doc = {**report.to_json(), "exit_code": int(status)}
         click.echo(json.dumps(doc, indent=2))
     else:
         _print_report(report, verbose)
-    sys.exit(0 if report.usable else 1)
+    return status
 
 
 @host.command()
@@ -129,16 +131,10 @@ def init(state_dir: Path | None, quota: int) -> None:
     STATE_DIR/tokens.json (mode 0600), with a token id and a quota of
     concurrent Keeps. Running it again adds another token.
     """
-    from stockade.errors import StockadeError
     from stockade.host.tokens import add_token, tokens_path
 
     sdir = state_dir or state_dir_default()
-    try:
-        token, entry = add_token(sdir, quota)
-    except StockadeError as err:
-        from stockade.commands._output import fail
-
-        fail(err, False)
+    token, entry = add_token(sdir, quota)
     click.echo(token)
     click.echo(
         f"stockade: token {entry.token_id} (quota {entry.quota}) added to {tokens_path(sdir)}; "
@@ -230,7 +226,7 @@ def serve(
     max_connections: int | None,
     backlog: int,
     header_timeout: float,
-) -> None:
+) -> ExitStatus:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
     Clients need a token from `stockade host init`. Without --tls-cert and
@@ -251,37 +247,30 @@ def serve(
 
     import uvicorn
 
-    from stockade.commands._output import fail
-    from stockade.errors import StockadeError, UsageError
+    from stockade.errors import UsageError
     from stockade.host import guard
     from stockade.host.manager import create_app
     from stockade.host.tokens import load_tokens
 
     host_name, port = _parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
-        fail(UsageError("--tls-cert and --tls-key go together"), False)
+        raise UsageError("--tls-cert and --tls-key go together")
     if tls_cert is not None and tls_key is not None:
         try:  # fail here in one line, not in uvicorn with a traceback
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls_cert, tls_key)
         except (OSError, ssl.SSLError) as exc:
-            fail(UsageError(f"--tls-cert/--tls-key: cannot load {tls_cert} and {tls_key}: {exc}"), False)
+            raise UsageError(f"--tls-cert/--tls-key: cannot load {tls_cert} and {tls_key}: {exc}") from None
     sdir = state_dir or state_dir_default()
-    try:
-        from stockade.measure import sitecheck
+    from stockade.measure import sitecheck
 
-        sitecheck.check()  # a .pth that runs code: no Keep could be measured (ADR 0013)
-        tokens = load_tokens(sdir)
-    except StockadeError as err:
-        fail(err, False)
+    sitecheck.check()  # a .pth that runs code: no Keep could be measured (ADR 0013)
+    tokens = load_tokens(sdir)
     # Connections, the accept path and the Keeps' descriptors must fit in
     # the soft RLIMIT_NOFILE, or a flood of connections starves Keep
     # creation and health (stockade.host.guard).
-    try:
-        plan = guard.plan_descriptors(
-            guard.raise_nofile(), sum(t.quota for t in tokens.entries), backlog, max_connections
-        )
-    except StockadeError as err:
-        fail(err, False)
+    plan = guard.plan_descriptors(
+        guard.raise_nofile(), sum(t.quota for t in tokens.entries), backlog, max_connections
+    )
     from stockade.evidence.sim.chip import ensure_chip
     from stockade.evidence.sim.tdx_chip import ensure_tdx_chip
 
@@ -362,7 +351,8 @@ def serve(
         if spawner is not None:
             spawner.close()
     if not server.started:
-        sys.exit(3)  # uvicorn's STARTUP_FAILURE: it logged why (port in use, ...)
+        return ExitStatus.SERVER_STARTUP_FAILED  # uvicorn logged why (port in use, ...)
+    return ExitStatus.OK
 
 
 @host.command("sim-root")
@@ -401,7 +391,6 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None, tdx: b
 
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from stockade.commands._output import fail
     from stockade.errors import UsageError
     from stockade.evidence.sim.chip import ensure_chip, sim_crl
     from stockade.evidence.sim.chip import sim_root as chip_root
@@ -410,7 +399,7 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None, tdx: b
     sdir = state_dir or state_dir_default()
     if tdx:
         if crl is not None:
-            fail(UsageError("--crl applies to the sim SNP chip; sim-tdx evidence carries its CRLs"), False)
+            raise UsageError("--crl applies to the sim SNP chip; sim-tdx evidence carries its CRLs")
         _sim_tdx_root(sdir, fingerprint)
         return
     try:
@@ -419,13 +408,13 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None, tdx: b
         der = chip_root(sdir)
         crl_der = sim_crl(sdir) if crl is not None else b""
     except OSError as exc:
-        fail(UsageError(f"cannot read the sim chip in {sdir}: {exc.strerror or exc}"), False)
+        raise UsageError(f"cannot read the sim chip in {sdir}: {exc.strerror or exc}") from None
     digest = hashlib.sha256(der).hexdigest()
     if crl is not None:
         try:
             crl.write_bytes(crl_der)
         except OSError as exc:
-            fail(UsageError(f"--crl: cannot write {crl}: {exc.strerror}"), False)
+            raise UsageError(f"--crl: cannot write {crl}: {exc.strerror}") from None
     if fingerprint:
         click.echo(digest)
         return
@@ -443,7 +432,6 @@ def _sim_tdx_root(sdir: Path, fingerprint: bool) -> None:
 
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from stockade.commands._output import fail
     from stockade.errors import UsageError
     from stockade.evidence.sim.tdx_chip import LABEL, ensure_tdx_chip, sim_tdx_root
     from stockade.evidence.x509util import load_der
@@ -453,7 +441,7 @@ def _sim_tdx_root(sdir: Path, fingerprint: bool) -> None:
             click.echo(f"stockade: created the sim TDX chip in {sdir} ({LABEL})", err=True)
         der = sim_tdx_root(sdir)
     except OSError as exc:
-        fail(UsageError(f"cannot read the sim TDX chip in {sdir}: {exc.strerror or exc}"), False)
+        raise UsageError(f"cannot read the sim TDX chip in {sdir}: {exc.strerror or exc}") from None
     digest = hashlib.sha256(der).hexdigest()
     if fingerprint:
         click.echo(digest)

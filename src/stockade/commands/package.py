@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from stockade.commands._output import fail
-from stockade.errors import StockadeError, UsageError
+from stockade.commands._output import json_option
+from stockade.errors import UsageError
 
 if TYPE_CHECKING:
     from stockade.package import Package
@@ -60,25 +60,22 @@ def package() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Package file to write (default: NAME.stockade in the current directory).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 def build(directory: Path, out: Path | None, as_json: bool) -> None:
     """Build a package from DIRECTORY/Stockade.toml (unsigned)."""
     from stockade.package import Package
     from stockade.package import build as build_package
 
-    try:
-        if not (directory / "Stockade.toml").is_file():
-            raise UsageError(f"{directory}: no Stockade.toml")
-        data = build_package(directory)
-        pkg = Package.from_bytes(data)
-        if out is None:
-            name = pkg.manifest.name
-            if "/" in name or "\x00" in name or name.startswith("."):
-                raise UsageError(f"the package name {name!r} is not usable as a file name; give -o FILE")
-            out = Path(f"{name}.stockade")
-        _write_atomic(out, data)
-    except StockadeError as err:
-        fail(err, as_json)
+    if not (directory / "Stockade.toml").is_file():
+        raise UsageError(f"{directory}: no Stockade.toml")
+    data = build_package(directory)
+    pkg = Package.from_bytes(data)
+    if out is None:
+        name = pkg.manifest.name
+        if "/" in name or "\x00" in name or name.startswith("."):
+            raise UsageError(f"the package name {name!r} is not usable as a file name; give -o FILE")
+        out = Path(f"{name}.stockade")
+    _write_atomic(out, data)
     if as_json:
         click.echo(json.dumps({"package": str(out), "digest": pkg.digest.hex(), "size": len(data)}))
     else:
@@ -87,16 +84,13 @@ def build(directory: Path, out: Path | None, as_json: bool) -> None:
 
 @package.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option("Print as JSON.")
 def inspect(path: Path, as_json: bool) -> None:
     """Show a package's manifest, files, digest and signatures (signatures
     are listed, not verified: use `stockade package verify`)."""
     from stockade.package import Package
 
-    try:
-        pkg = Package.from_bytes(_read(path))
-    except StockadeError as err:
-        fail(err, as_json)
+    pkg = Package.from_bytes(_read(path))
     doc = _doc(pkg)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
@@ -143,20 +137,17 @@ def inspect(path: Path, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the signed package here (default: replace PATH).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 def sign(path: Path, key_path: Path, role: str, out: Path | None, as_json: bool) -> None:
     """Add a signature over PATH's content digest (replacing an earlier one
     by the same key)."""
     from stockade.package import Package, key_id, load_private_key
     from stockade.package import sign as sign_package
 
-    try:
-        key = load_private_key(key_path)
-        data = sign_package(_read(path), key, role)
-        pkg = Package.from_bytes(data)
-        _write_atomic(out or path, data)
-    except StockadeError as err:
-        fail(err, as_json)
+    key = load_private_key(key_path)
+    data = sign_package(_read(path), key, role)
+    pkg = Package.from_bytes(data)
+    _write_atomic(out or path, data)
     kid = key_id(key.public_key())
     if as_json:
         click.echo(
@@ -184,20 +175,17 @@ def sign(path: Path, key_path: Path, role: str, out: Path | None, as_json: bool)
     show_default=True,
     help="How many valid signatures by distinct trusted keys are needed.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 def verify(path: Path, signers: tuple[Path, ...], required: int, as_json: bool) -> None:
     """Check PATH's structure, digest and signatures against trusted keys."""
     from stockade.package import Package, key_id, load_public_key, verify_signatures
 
-    try:
-        keys = [load_public_key(p) for p in signers]
-        names = {key_id(k): str(p) for k, p in zip(keys, signers, strict=True)}
-        if required > len(names):
-            raise UsageError(f"--require {required} but only {len(names)} distinct trusted key(s) given")
-        pkg = Package.from_bytes(_read(path))
-        verified = verify_signatures(pkg, keys, required)
-    except StockadeError as err:
-        fail(err, as_json)
+    keys = [load_public_key(p) for p in signers]
+    names = {key_id(k): str(p) for k, p in zip(keys, signers, strict=True)}
+    if required > len(names):
+        raise UsageError(f"--require {required} but only {len(names)} distinct trusted key(s) given")
+    pkg = Package.from_bytes(_read(path))
+    verified = verify_signatures(pkg, keys, required)
     signer_docs = [{"kid": s.kid, "role": s.role, "key": names[s.kid]} for s in verified.signers]
     doc: dict[str, Any] = {
         "package": str(path),
@@ -230,18 +218,15 @@ def key() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Private key file to create (mode 0600); the public key goes to OUT.pub.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 def generate(out: Path, as_json: bool) -> None:
     """Generate an Ed25519 signing key pair."""
     from stockade.package import generate_key, key_id, load_public_key
     from stockade.package.signing import raw_public_key
 
-    try:
-        priv, pub = generate_key(out)
-        public = load_public_key(pub)
-        kid, raw = key_id(public), raw_public_key(public).hex()
-    except StockadeError as err:
-        fail(err, as_json)
+    priv, pub = generate_key(out)
+    public = load_public_key(pub)
+    kid, raw = key_id(public), raw_public_key(public).hex()
     if as_json:
         click.echo(
             json.dumps({"private_key": str(priv), "public_key": str(pub), "kid": kid, "raw_public_key": raw})

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stockade import __version__
-from stockade.commands._output import fail, safe_text
-from stockade.errors import StockadeError, UsageError
+from stockade.commands._output import json_option, safe_text
+from stockade.errors import UsageError
 
 if TYPE_CHECKING:
-    from stockade.evidence.claims import VerifiedClaims
     from stockade.policy import Decision, Policy
+    from stockade.policy.claims import Claims, UnverifiedClaims
 
 _VERDICT_STYLE = {"pass": "green", "fail": "bold red", "n/a": "dim"}
 SIM_LABEL = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
@@ -40,14 +40,14 @@ def _read(path: Path, what: str) -> bytes:
         raise UsageError(f"{what}: cannot read {path}: {exc.strerror}") from None
 
 
-def _load_claims(path: Path) -> VerifiedClaims:
-    from stockade.testing.claims import claims_from_json
+def _load_claims(path: Path) -> UnverifiedClaims:
+    from stockade.policy.claims import UnverifiedClaims
 
     try:
         doc = json.loads(_read(path, "--claims"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"--claims {path}: not JSON: {exc}") from None
-    return claims_from_json(doc, f"--claims {path}")
+    return UnverifiedClaims.from_json(doc, f"--claims {path}")
 
 
 def _print_table(decision: Decision, claims_label: str) -> None:
@@ -145,7 +145,7 @@ def policy() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also trust this sim ARK (DER or PEM), e.g. $STOCKADE_STATE_DIR/sim/chip/ark.der.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@json_option("Print the decision as JSON.", indent=2)
 @click.option("--ear-json", metavar="FILE|-", help="Write the decision as an (unsigned) EAR, JSON.")
 @click.option("--ear-cbor", metavar="FILE|-", help="Write the decision as an (unsigned) EAR, CBOR.")
 def check(
@@ -159,25 +159,22 @@ def check(
     as_json: bool,
     ear_json: str | None,
     ear_cbor: str | None,
-) -> None:
+) -> int:
     """Check EVIDENCE (an SEV-SNP report or a TDX/SGX quote) against a policy and explain
     every verdict. Exit status: 0 accepted, 112 refused, 110/111 evidence
     does not verify / parse, 2 usage error."""
-    try:
-        _check(
-            evidence,
-            policy_file,
-            claims_file,
-            certs,
-            collateral,
-            at_text,
-            sim_root,
-            as_json,
-            ear_json,
-            ear_cbor,
-        )
-    except StockadeError as err:
-        fail(err, as_json, indent=2)
+    return _check(
+        evidence,
+        policy_file,
+        claims_file,
+        certs,
+        collateral,
+        at_text,
+        sim_root,
+        as_json,
+        ear_json,
+        ear_cbor,
+    )
 
 
 def _check(
@@ -191,8 +188,8 @@ def _check(
     as_json: bool,
     ear_json: str | None,
     ear_cbor: str | None,
-) -> None:
-    from stockade.errors import PolicyRejected
+) -> int:
+    from stockade.errors import ExitStatus, PolicyRejected
     from stockade.policy import default_policy, ear, evaluate, load_policy
 
     if (evidence is None) == (claims_file is None):
@@ -209,10 +206,10 @@ def _check(
     from stockade.commands._files import parse_time
 
     at = parse_time(at_text)
+    claims: Claims
     if claims_file is not None:
         claims = _load_claims(claims_file)
         label = f"claims from file {claims_file}, NOT verified"
-        verified = False
     else:
         assert evidence is not None
         from stockade.commands._files import verify_file
@@ -224,7 +221,6 @@ def _check(
         label = (
             f"verified {kind[verified_file.kind]} {evidence} at {at.isoformat()} ({claims.signer} -> {root})"
         )
-        verified = True
     decision = evaluate(claims, pol, at)
     if ear_json:
         _write(ear_json, (ear.ear_json(decision) + "\n").encode())
@@ -234,7 +230,7 @@ def _check(
         doc: dict[str, Any] = {
             "exit_code": 0 if decision.accepted else PolicyRejected.exit_code,
             "claims_source": label,
-            "claims_verified": verified,
+            "claims_verified": decision.claims_verified,
             "decision": decision.to_json(),
             "claims": claims.to_json(),
         }
@@ -242,12 +238,12 @@ def _check(
             click.echo(json.dumps(doc, indent=2))
     elif ear_json != "-" and ear_cbor != "-":
         _print_table(decision, label)
-    if not decision.accepted:
-        sys.exit(PolicyRejected.exit_code)
+    # A refusal is an outcome here, not an error: the decision was printed.
+    return ExitStatus.OK if decision.accepted else PolicyRejected.exit_code
 
 
 @policy.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (with --files: every measured file).")
+@json_option("Print JSON (with --files: every measured file).")
 @click.option("--files", is_flag=True, help="List every measured file: SHA-256, kind, name, path.")
 def reference(as_json: bool, files: bool) -> None:
     """Print the expected Keep measurement of this installation on sim.
@@ -259,10 +255,7 @@ def reference(as_json: bool, files: bool) -> None:
     """
     from stockade.measure.launch import keep_measurement, measured_files, package_root
 
-    try:
-        entries = measured_files()
-    except StockadeError as err:
-        fail(err, as_json)
+    entries = measured_files()
     measurement = keep_measurement(entries).hex()
     snippet = "\n".join(
         [
@@ -312,10 +305,7 @@ def default(allow_sim: bool) -> None:
     from stockade.measure.launch import keep_measurement
     from stockade.policy.builtin import default_policy_toml, development_policy_toml
 
-    try:
-        measurement = keep_measurement()
-    except StockadeError as err:
-        fail(err, False)
+    measurement = keep_measurement()
     if allow_sim:
         click.echo(development_policy_toml(measurement), nl=False)
     else:

@@ -27,16 +27,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeVar
 
 import click
 
-from stockade.commands._output import fail, safe_text
-from stockade.commands._run import (
-    RunOptions,
-    deploy_session,
-    exit_now,
-    prepare,
-    print_json,
-    workload_options,
-)
-from stockade.errors import KeepDied, StockadeError, UsageError
+from stockade.client.plan import RunOptions, prepare
+from stockade.commands._output import json_option, safe_text
+from stockade.commands._run import deploy_session, print_json, workload_options
+from stockade.errors import ExitStatus, KeepDied, StockadeError, UsageError, WorkloadExit
 
 if TYPE_CHECKING:
     from stockade.client.remote import ManagerClient
@@ -49,9 +43,8 @@ NEED_SIM_ROOT = (
 )
 
 
-#: Exit status of `stockade keeps wait` when the Keep did not end in time
-#: (the value coreutils' timeout(1) uses).
-WAIT_TIMED_OUT: Final = 124
+#: Exit status of `stockade keeps wait` when the Keep did not end in time.
+WAIT_TIMED_OUT: Final = ExitStatus.WAIT_TIMED_OUT
 #: How long `keeps logs --follow` waits for the Keep's end between log reads.
 FOLLOW_POLL_S: Final = 1.0
 
@@ -154,7 +147,9 @@ def _token(token_file: Path | None) -> str:
     help="Upload the package to the host, which hands it to the Keep (untrusted: the Keep "
     "loads it only if its digest matches, and attests what it loaded).",
 )
-def deploy(connection: _Connection, sim_root: Path | None, crls: tuple[Path, ...], **kwargs: Any) -> None:
+def deploy(
+    connection: _Connection, sim_root: Path | None, crls: tuple[Path, ...], **kwargs: Any
+) -> WorkloadExit:
     """Run a module or package in a fresh Keep on a remote host, after verifying its attestation.
 
     Like `stockade run`, but the Keep is started by the keep manager at
@@ -170,13 +165,7 @@ def deploy(connection: _Connection, sim_root: Path | None, crls: tuple[Path, ...
     way.
     """
     opts = RunOptions(backend="sim", state_dir=None, **kwargs)
-    try:
-        _deploy(connection, opts, sim_root, tuple(_read_crl(path) for path in crls))
-    except StockadeError as err:
-        fail(err, opts.as_json, exit_code_source="stockade")
-    except KeyboardInterrupt:
-        click.echo("stockade: interrupted", err=True)
-        sys.exit(130)
+    return _deploy(connection, opts, sim_root, tuple(_read_crl(path) for path in crls))
 
 
 def _read_crl(path: Path) -> bytes:
@@ -240,7 +229,7 @@ def _client_sim_root(
 
 def _deploy(
     connection: _Connection, opts: RunOptions, sim_root_file: Path | None, crls: tuple[bytes, ...]
-) -> None:
+) -> WorkloadExit:
     from stockade.client.deploy import send_hello
     from stockade.measure.launch import measure_in_background
 
@@ -288,7 +277,7 @@ def _deploy(
             sock.close()
     if opts.as_json:
         print_json(result, out, keep_id=keep_id, host=connection.url)
-    exit_now(result.exit_code)
+    return WorkloadExit(result.exit_code)
 
 
 @click.group()
@@ -302,15 +291,12 @@ def _jsonable(doc: dict[Any, Any]) -> dict[Any, Any]:
 
 @keeps.command("ls")
 @_host_options
-@click.option("--json", "as_json", is_flag=True, help="Print the Keeps as one JSON document.")
+@json_option("Print the Keeps as one JSON document.")
 def ls(connection: _Connection, as_json: bool) -> None:
     """List this token's Keeps on the host."""
     url = connection.url
-    try:
-        with connection.client() as client:
-            records = client.list()
-    except StockadeError as err:
-        fail(err, as_json)
+    with connection.client() as client:
+        records = client.list()
     docs = [_jsonable(r) for r in records]
     if as_json:
         click.echo(json.dumps({"keeps": docs}, indent=2))
@@ -345,14 +331,11 @@ def ls(connection: _Connection, as_json: bool) -> None:
 @keeps.command("kill")
 @click.argument("keep_id")
 @_host_options
-@click.option("--json", "as_json", is_flag=True, help="Print the Keep as one JSON document.")
+@json_option("Print the Keep as one JSON document.")
 def kill(keep_id: str, connection: _Connection, as_json: bool) -> None:
     """Kill a Keep (SIGTERM, then SIGKILL after a grace period)."""
-    try:
-        with connection.client() as client:
-            rec = client.kill(keep_id)
-    except StockadeError as err:
-        fail(err, as_json)
+    with connection.client() as client:
+        rec = client.kill(keep_id)
     if as_json:
         click.echo(json.dumps(_jsonable(rec), indent=2))
     else:
@@ -370,8 +353,8 @@ def kill(keep_id: str, connection: _Connection, as_json: bool) -> None:
     metavar="SECONDS",
     help="Give up after this long (exit 124).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the Keep and timed_out as one JSON document.")
-def wait(keep_id: str, connection: _Connection, timeout: float, as_json: bool) -> None:
+@json_option("Print the Keep and timed_out as one JSON document.")
+def wait(keep_id: str, connection: _Connection, timeout: float, as_json: bool) -> int:
     """Wait until a Keep has ended (exited, failed, killed or lost).
 
     Exit status: 0 if the Keep exited (its process ended with status 0: a
@@ -380,19 +363,15 @@ def wait(keep_id: str, connection: _Connection, timeout: float, as_json: bool) -
     124 if it was still active after --timeout seconds.
     """
     deadline = time.monotonic() + timeout
-    try:
-        with connection.client() as client:
-            while True:  # the manager grants at most 300 s per request
-                rec = client.wait(keep_id, max(0.0, deadline - time.monotonic()))
-                if not rec["timed_out"] or time.monotonic() >= deadline:
-                    break
-    except StockadeError as err:
-        fail(err, as_json)
-    except KeyboardInterrupt:
-        click.echo("stockade: interrupted", err=True)
-        sys.exit(130)
+    with connection.client() as client:
+        while True:  # the manager grants at most 300 s per request
+            rec = client.wait(keep_id, max(0.0, deadline - time.monotonic()))
+            if not rec["timed_out"] or time.monotonic() >= deadline:
+                break
     state = str(rec.get("state"))
-    code = WAIT_TIMED_OUT if rec["timed_out"] else 0 if state == "exited" else KeepDied.exit_code
+    # An outcome, not an error: 115 (the class of KeepDied) when the Keep
+    # ended other than by exiting; the Keep document is printed either way.
+    code = WAIT_TIMED_OUT if rec["timed_out"] else ExitStatus.OK if state == "exited" else KeepDied.exit_code
     if as_json:
         click.echo(json.dumps({**_jsonable(rec), "exit_code": code}, indent=2))
     else:
@@ -400,7 +379,7 @@ def wait(keep_id: str, connection: _Connection, timeout: float, as_json: bool) -
         shown = safe_text(state)
         still = f", still {shown} after {timeout:g} s" if rec["timed_out"] else f": {shown}{detail}"
         click.echo(f"Keep {safe_text(rec.get('id'))}{still}")
-    sys.exit(code)
+    return code
 
 
 @keeps.command("logs")
@@ -426,7 +405,7 @@ def logs(keep_id: str, connection: _Connection, tail: int | None, follow: bool) 
     (\\x1b ...); into a pipe or a file, its bytes are written unchanged.
     """
     out = _LogOutput(sys.stdout.buffer, sys.stdout.isatty())
-    try:
+    try:  # on an error too: what the decoder holds is written first
         with connection.client() as client:
 
             def drain(offset: int) -> int:
@@ -449,12 +428,8 @@ def logs(keep_id: str, connection: _Connection, tail: int | None, follow: bool) 
                 ended = not client.wait(keep_id, FOLLOW_POLL_S)["timed_out"]
                 offset = drain(offset)
                 follow = not ended
-    except StockadeError as err:
+    finally:
         out.finish()
-        fail(err, False)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    out.finish()
 
 
 class _LogOutput:

@@ -11,14 +11,13 @@ file or key, a rebuild directory that does not build)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from stockade.commands._output import fail
-from stockade.errors import StockadeError, UsageError
+from stockade.commands._output import json_option
+from stockade.errors import UsageError
 
 if TYPE_CHECKING:
     from stockade.package.trust import TrustReport
@@ -79,8 +78,8 @@ def _print_report(path: Path, report: TrustReport) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Rebuild the package from this directory (with Stockade.toml) and compare digests.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema stockade-trust/v1).")
-def trust(path: Path, signers: tuple[Path, ...], rebuild_dir: Path | None, as_json: bool) -> None:
+@json_option("Print the report as JSON (schema stockade-trust/v1).")
+def trust(path: Path, signers: tuple[Path, ...], rebuild_dir: Path | None, as_json: bool) -> int:
     """Report what can be checked offline about the package PATH: build,
     integrity, provenance, and what cannot be known offline.
 
@@ -89,14 +88,11 @@ def trust(path: Path, signers: tuple[Path, ...], rebuild_dir: Path | None, as_js
     from stockade.package import load_public_key
     from stockade.package.trust import TrustedKey, trust_report
 
-    try:
-        keys = [TrustedKey(str(p), load_public_key(p)) for p in signers]
-        data = _read(path)
-        if rebuild_dir is not None and not (rebuild_dir / "Stockade.toml").is_file():
-            raise UsageError(f"--rebuild {rebuild_dir}: no Stockade.toml there")
-        report = trust_report(data, keys, rebuild_dir)
-    except StockadeError as err:
-        fail(err, as_json)
+    keys = [TrustedKey(str(p), load_public_key(p)) for p in signers]
+    data = _read(path)
+    if rebuild_dir is not None and not (rebuild_dir / "Stockade.toml").is_file():
+        raise UsageError(f"--rebuild {rebuild_dir}: no Stockade.toml there")
+    report = trust_report(data, keys, rebuild_dir)
     problem = report.error()
     if as_json:
         doc = {"package": str(path), **report.to_map()}
@@ -112,4 +108,4 @@ def trust(path: Path, signers: tuple[Path, ...], rebuild_dir: Path | None, as_js
         _print_report(path, report)
         if problem is not None:
             click.echo(f"stockade: {problem.title}: {problem.detail}", err=True)
-    sys.exit(report.exit_code)
+    return report.exit_code

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from stockade.policy.core import Policy
 from stockade.policy.load import loads_policy
+from stockade.policy.types import Policy
 
 DEFAULT_NAME = "built-in default"
 DEVELOPMENT_NAME = "built-in development (--allow-sim)"

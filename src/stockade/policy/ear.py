@@ -105,7 +105,11 @@ def status(decision: Decision, vector: dict[str, int] | None = None) -> str:
 
 
 def ear_document(decision: Decision, *, nonce: bytes | None = None, iat: int | None = None) -> dict[str, Any]:
-    """The EAR claims-set in its JSON form."""
+    """The EAR claims-set in its JSON form. An EAR reports an appraisal of
+    verified evidence: a decision on unverified claims (read from a
+    document) raises ValueError."""
+    if not decision.claims_verified:
+        raise ValueError("an EAR reports an appraisal of verified evidence; these claims were not verified")
     vector = trustworthiness_vector(decision)
     appraisal: dict[str, Any] = {
         "ear.status": status(decision, vector),

@@ -1,4 +1,4 @@
-"""Policy files: TOML in, a compiled :class:`~stockade.policy.core.Policy` out.
+"""Policy files: TOML in, a compiled :class:`~stockade.policy.types.Policy` out.
 
 The format is specified key by key in docs/policy.md. Loading is strict:
 an unknown key, a value of the wrong type, hex of the wrong length, an
@@ -27,7 +27,6 @@ from pathlib import Path as FsPath
 from typing import Any, NoReturn
 
 from stockade.policy._locate import Path, dotted, key_lines, line_of
-from stockade.policy.core import PLATFORMS, Policy, WorkloadRequirements
 from stockade.policy.model import PolicyError
 from stockade.policy.rules import (
     FLAG_TABLES,
@@ -56,6 +55,7 @@ from stockade.policy.rules import (
     VmplIn,
     parse_version,
 )
+from stockade.policy.types import PLATFORMS, Policy, WorkloadRequirements
 
 VERSION = 1
 SNP_PRODUCTS = ("Milan", "Genoa", "Turin")

@@ -95,6 +95,10 @@ class Decision:
     debug: bool = False
     hint: str = ""
     notes: tuple[str, ...] = ()
+    #: False when the claims came from a document, not from a verifier
+    #: (stockade.policy.claims.UnverifiedClaims): the decision vouches for
+    #: nothing, and its notes say so.
+    claims_verified: bool = True
 
     @property
     def outcome(self) -> str:

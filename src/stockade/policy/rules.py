@@ -29,7 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from stockade.evidence.claims import VerifiedClaims
+from stockade.evidence.claims import SIM_PLATFORMS
+from stockade.policy.claims import Claims
 from stockade.policy.model import Row, Verdict
 
 # AR4SI trustworthiness values (draft-ietf-rats-ar4si, as used by EAR) that a
@@ -115,9 +116,7 @@ class Rule:
 
     rule: str
 
-    def evaluate(
-        self, claims: VerifiedClaims, ctx: Context, depth: int = 0, positive: bool = True
-    ) -> Outcome:
+    def evaluate(self, claims: Claims, ctx: Context, depth: int = 0, positive: bool = True) -> Outcome:
         """Judge ``claims``; ``depth`` and ``positive`` only label the rows."""
         raise NotImplementedError
 
@@ -137,13 +136,11 @@ class Check(Rule):
     def expected(self) -> str:
         raise NotImplementedError
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         """The verdict and the actual value, in words."""
         raise NotImplementedError
 
-    def evaluate(
-        self, claims: VerifiedClaims, ctx: Context, depth: int = 0, positive: bool = True
-    ) -> Outcome:
+    def evaluate(self, claims: Claims, ctx: Context, depth: int = 0, positive: bool = True) -> Outcome:
         verdict, actual = self.judge(claims, ctx)
         row = Row(
             rule=self.rule,
@@ -183,8 +180,8 @@ class PlatformIn(Check):
         text = _one_of(self.platforms)
         return text if "sim" in self.platforms else f"{text} (sim only when named)"
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
-        actual = claims.platform + (" (NO hardware protection)" if not claims.hardware_protected else "")
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
+        actual = claims.platform + (" (NO hardware protection)" if claims.platform in SIM_PLATFORMS else "")
         return _verdict(claims.platform in self.platforms), actual
 
 
@@ -203,7 +200,7 @@ class Debug(Check):
             return "any (allow_debug = true)"
         return "debugging disabled (allow_debug = false)"
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         switch = DEBUG_SWITCH.get(claims.platform, "debug flag")
         if claims.debug:
             actual = f"{switch} set: debugging allowed, the host can read and change the Keep's memory"
@@ -242,7 +239,7 @@ class MigrationAgent(Check):
             return "any (allow_migration_agent = true)"
         return "no migration agent (allow_migration_agent = false)"
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         if claims.platform not in MIGRATION_AGENT_PLATFORMS:
             return Verdict.NA, f"{claims.platform} evidence: no SEV-SNP guest policy"
         flags = dict(claims.policy_flags)
@@ -269,7 +266,7 @@ class ProductIn(Check):
     def expected(self) -> str:
         return _none_of(self.products) if self.deny else _one_of(self.products)
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         listed = claims.product in self.products
         return _verdict(listed != self.deny), claims.product or "absent"
 
@@ -284,7 +281,7 @@ class SignerIn(Check):
     def expected(self) -> str:
         return _one_of(self.signers)
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         return _verdict(claims.signer in self.signers), claims.signer or "absent"
 
 
@@ -302,7 +299,7 @@ class MinTcb(Check):
     def expected(self) -> str:
         return f">= {self.minimum}"
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         tcb = dict(claims.tcb)
         if self.component not in tcb:
             return Verdict.NA, f"no {self.component} component in the {claims.product} TCB"
@@ -328,7 +325,7 @@ class MinFirmware(Check):
     def expected(self) -> str:
         return ">= " + ".".join(map(str, self.minimum))
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         actual = parse_version(claims.firmware)
         if actual is None:
             return Verdict.FAIL, f"{claims.firmware or 'absent'} (not a version number)"
@@ -359,7 +356,7 @@ class BytesIn(Check):
     def expected(self) -> str:
         return _one_of(v.hex() for v in self.values)
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         value: bytes = getattr(claims, self.claim)
         return _verdict(value in self.values), value.hex() or "absent"
 
@@ -380,7 +377,7 @@ class RootIn(Check):
     def expected(self) -> str:
         return _one_of(v.hex() for v in self.values)
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         actual = claims.root_fingerprint.lower()
         return _verdict(actual in {v.hex() for v in self.values}), actual or "absent"
 
@@ -399,7 +396,7 @@ class RegisterIn(Check):
     def expected(self) -> str:
         return _one_of(v.hex() for v in self.values)
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         registers = dict(claims.registers)
         if self.name not in registers:
             return Verdict.FAIL, f"absent (the claims carry no {self.name})"
@@ -419,7 +416,7 @@ class VmplIn(Check):
     def expected(self) -> str:
         return _one_of(map(str, self.vmpls))
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         if claims.vmpl is None:
             return Verdict.FAIL, "absent (the claims carry no VMPL)"
         return _verdict(claims.vmpl in self.vmpls), str(claims.vmpl)
@@ -449,7 +446,7 @@ class GuestPolicyFlag(Check):
     def expected(self) -> str:
         return self._bit(self.required)
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         flags = dict(claims.policy_flags)
         if self.flag not in flags:
             what = FLAG_TABLES[self.table][0]
@@ -472,7 +469,7 @@ class FmspcIn(Check):
     def expected(self) -> str:
         return _none_of(self.values) if self.deny else _one_of(self.values)
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         if not claims.fmspc:
             return Verdict.FAIL, "absent (the claims carry no FMSPC)"
         fmspc = claims.fmspc.lower()
@@ -491,7 +488,7 @@ class TcbStatusIn(Check):
     def expected(self) -> str:
         return _one_of(self.statuses)
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         if claims.tcb_status is None:
             return Verdict.FAIL, "absent (the claims carry no Intel TCB status)"
         return _verdict(claims.tcb_status in self.statuses), claims.tcb_status
@@ -510,7 +507,7 @@ class AdvisoriesDenied(Check):
     def expected(self) -> str:
         return _none_of(self.advisories)
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         present = [a.upper() for a in claims.advisory_ids]
         hits = [a for a in present if a in self.advisories]
         if not present:
@@ -543,7 +540,7 @@ class MaxAge(Check):
     def expected(self) -> str:
         return f"verified at most {human_duration(self.seconds)} before evaluation"
 
-    def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         age = (ctx.at - claims.verified_at).total_seconds()
         when = f"verified {claims.verified_at.isoformat()}"
         if age < 0:
@@ -587,9 +584,7 @@ class AllOf(Rule):
         for r in self.rules:
             yield from r.walk()
 
-    def evaluate(
-        self, claims: VerifiedClaims, ctx: Context, depth: int = 0, positive: bool = True
-    ) -> Outcome:
+    def evaluate(self, claims: Claims, ctx: Context, depth: int = 0, positive: bool = True) -> Outcome:
         outcomes = [r.evaluate(claims, ctx, depth + 1, positive) for r in self.rules]
         verdict = conjunction(o.verdict for o in outcomes)
         failed = _failed(outcomes)
@@ -625,9 +620,7 @@ class AnyOf(Rule):
         for r in self.alternatives:
             yield from r.walk()
 
-    def evaluate(
-        self, claims: VerifiedClaims, ctx: Context, depth: int = 0, positive: bool = True
-    ) -> Outcome:
+    def evaluate(self, claims: Claims, ctx: Context, depth: int = 0, positive: bool = True) -> Outcome:
         outcomes = [r.evaluate(claims, ctx, depth + 1, False) for r in self.alternatives]
         verdict = disjunction(o.verdict for o in outcomes)
         because = ""
@@ -659,9 +652,7 @@ class Not(Rule):
         for r in self.rules:
             yield from r.walk()
 
-    def evaluate(
-        self, claims: VerifiedClaims, ctx: Context, depth: int = 0, positive: bool = True
-    ) -> Outcome:
+    def evaluate(self, claims: Claims, ctx: Context, depth: int = 0, positive: bool = True) -> Outcome:
         outcomes = [r.evaluate(claims, ctx, depth + 1, False) for r in self.rules]
         inner = conjunction(o.verdict for o in outcomes)
         verdict = {Verdict.PASS: Verdict.FAIL, Verdict.FAIL: Verdict.PASS, Verdict.NA: Verdict.NA}[inner]
@@ -698,9 +689,7 @@ class OnPlatform(Rule):
         for r in self.rules:
             yield from r.walk()
 
-    def evaluate(
-        self, claims: VerifiedClaims, ctx: Context, depth: int = 0, positive: bool = True
-    ) -> Outcome:
+    def evaluate(self, claims: Claims, ctx: Context, depth: int = 0, positive: bool = True) -> Outcome:
         expected = f"{self.platform} evidence meets {_rules(len(self.rules))}"
         if claims.platform != self.platform:
             actual = f"{claims.platform} evidence: not applicable"

@@ -13,8 +13,8 @@ so that you can test a policy file against any combination of values::
 Never use these functions on a path that decides whether to trust a Keep:
 claims made here vouch for nothing. :func:`claims_from_json` reads a claims
 document (``VerifiedClaims.to_json()``, or the ``attestation`` object of
-``stockade run --json``) for ``stockade policy check --claims``, which
-labels its output "claims from file, not verified".
+``stockade run --json``) as forged VerifiedClaims, for tests; ``stockade
+policy check --claims`` reads :class:`stockade.policy.claims.UnverifiedClaims`.
 
 Defaults describe a plausible Keep: SNP on a Milan chip with the TCB of the
 sim chip (bootloader 4, tee 0, snp 24, microcode 219), firmware 1.55.29,
@@ -31,8 +31,8 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from stockade.errors import UsageError
 from stockade.evidence.claims import _VERIFIED, VerifiedClaims
+from stockade.policy.claims import UnverifiedClaims
 
 #: SHA-256 of AMD's Milan ARK (the root the default claims name).
 AMD_MILAN_ROOT_SHA256 = "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd"
@@ -160,104 +160,14 @@ def make_claims(**overrides: Any) -> VerifiedClaims:
     return VerifiedClaims(**fields, _token=_VERIFIED)
 
 
-_JSON_KEYS = {
-    "platform",
-    "hardware_protection",
-    "product",
-    "signer",
-    "measurement",
-    "report_data",
-    "host_data",
-    "debug",
-    "vmpl",
-    "chip_id",
-    "tcb",
-    "firmware",
-    "policy_flags",
-    "report_version",
-    "root_sha256",
-    "verified_at",
-    "registers",
-    "tcb_status",
-    "advisory_ids",
-    "fmspc",
-    "checks",  # stockade run --json adds the list of checks performed
-}
-_OPTIONAL = {"registers", "tcb_status", "advisory_ids", "fmspc", "hardware_protection", "checks"}
-
-
 def claims_from_json(doc: Any, source: str = "claims") -> VerifiedClaims:
-    """Claims from a claims document (the inverse of ``to_json``). TEST AND
-    INSPECTION ONLY: the result was not verified by anything. Raises
+    """Claims from a claims document (the inverse of ``to_json``), forged
+    as VerifiedClaims. TEST ONLY: the result was not verified by anything
+    (``stockade policy check --claims`` uses
+    :class:`stockade.policy.claims.UnverifiedClaims` instead). Raises
     UsageError naming the key for malformed documents."""
-    if isinstance(doc, dict) and isinstance(doc.get("attestation"), dict):
-        doc = doc["attestation"]
-    if not isinstance(doc, dict):
-        raise UsageError(f"{source}: expected a JSON object of claims")
-    unknown = sorted(set(doc) - _JSON_KEYS)
-    if unknown:
-        raise UsageError(f"{source}: unknown claim key(s): {', '.join(unknown)}")
-    missing = sorted(_JSON_KEYS - _OPTIONAL - set(doc))
-    if missing:
-        raise UsageError(f"{source}: missing claim key(s): {', '.join(missing)}")
-
-    def typed(key: str, kind: type | tuple[type, ...]) -> Any:
-        value = doc[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UsageError(f"{source}: {key}: wrong type {type(value).__name__}")
-        return value
-
-    def hexbytes(key: str, value: Any) -> bytes:
-        try:
-            return bytes.fromhex(value)
-        except (TypeError, ValueError):
-            raise UsageError(f"{source}: {key}: not hex") from None
-
-    try:
-        verified_at = datetime.fromisoformat(typed("verified_at", str))
-    except ValueError:
-        raise UsageError(f"{source}: verified_at: not an ISO 8601 time") from None
-    if verified_at.tzinfo is None:
-        raise UsageError(f"{source}: verified_at: needs a time zone")
-    tcb = typed("tcb", dict)
-    flags = typed("policy_flags", dict)
-    registers = doc.get("registers")
-    registers = {} if registers is None else registers
-    if not isinstance(registers, dict):
-        raise UsageError(f"{source}: registers: expected an object")
-    vmpl = doc["vmpl"]
-    if vmpl is not None and (isinstance(vmpl, bool) or not isinstance(vmpl, int)):
-        raise UsageError(f"{source}: vmpl: expected an integer or null")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in tcb.values()):
-        raise UsageError(f"{source}: tcb: expected integer values")
-    if not all(isinstance(v, bool) for v in flags.values()):
-        raise UsageError(f"{source}: policy_flags: expected true/false values")
-    advisories = doc.get("advisory_ids")
-    advisories = [] if advisories is None else advisories
-    if not isinstance(advisories, list) or not all(isinstance(a, str) for a in advisories):
-        raise UsageError(f"{source}: advisory_ids: expected a list of strings")
-    for key in ("tcb_status", "fmspc"):
-        if doc.get(key) is not None and not isinstance(doc[key], str):
-            raise UsageError(f"{source}: {key}: expected a string or null")
+    unverified = UnverifiedClaims.from_json(doc, source)
     return VerifiedClaims(
-        platform=typed("platform", str),
-        product=typed("product", str),
-        signer=typed("signer", str),
-        measurement=hexbytes("measurement", doc["measurement"]),
-        report_data=hexbytes("report_data", doc["report_data"]),
-        host_data=hexbytes("host_data", doc["host_data"]),
-        debug=typed("debug", bool),
-        vmpl=vmpl,
-        chip_id=hexbytes("chip_id", doc["chip_id"]),
-        tcb=tuple(tcb.items()),
-        firmware=typed("firmware", str),
-        policy_flags=tuple(flags.items()),
-        report_version=typed("report_version", int),
-        root_fingerprint=typed("root_sha256", str),
-        verified_at=verified_at,
-        registers=tuple((k, hexbytes(f"registers.{k}", v)) for k, v in registers.items()),
-        tcb_status=doc.get("tcb_status"),
-        advisory_ids=tuple(advisories),
-        fmspc=doc.get("fmspc"),
+        **{f.name: getattr(unverified, f.name) for f in dataclasses.fields(UnverifiedClaims)},
         _token=_VERIFIED,
     )

@@ -1,0 +1,99 @@
+"""``stockade run``: a module or package in a fresh local Keep, after its
+attestation is verified and accepted by the policy (the remote counterpart
+is ``stockade deploy --host``, :mod:`stockade.commands.remote`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stockade.client.plan import RunOptions, prepare, state_dir
+from stockade.commands._run import deploy_session, print_json, workload_options
+from stockade.errors import KeepDied, WorkloadExit
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("wasm", metavar="WASM|PACKAGE", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("args", nargs=-1)
+@click.option(
+    "--backend",
+    type=click.Choice(["sim"]),
+    default="sim",
+    show_default=True,
+    help="Keep backend on this host.",
+)
+@workload_options
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
+def run(**kwargs: Any) -> WorkloadExit:
+    """Run a module or package in a fresh Keep after verifying its attestation.
+
+    WASM|PACKAGE is a WebAssembly module or a package (`stockade package
+    build`). Arguments after it (use -- before options meant for the
+    workload) are passed to the workload. Nothing of the workload leaves
+    this machine before the Keep's evidence is verified and accepted by the
+    policy; secrets and stdin leave only after a second attestation proves
+    which package the Keep loaded. The exit status is the workload's own,
+    or a stockade failure code (docs/exit-codes.md).
+    """
+    opts = RunOptions(**kwargs)
+    from stockade.evidence.sim.local import chip_exists, serve_in_thread
+    from stockade.host.loader import PopenSpawner, start_keep
+
+    prepared = prepare(opts)
+    sdir = state_dir(opts.state_dir)
+    if not chip_exists(sdir):
+        from stockade.evidence.sim import chip
+
+        if not opts.quiet and not opts.as_json:
+            click.echo("stockade: creating the sim chip key chain (first use, a few seconds)", err=True)
+        chip.ensure_chip(sdir)
+
+    # Start the Keep first: its start-up overlaps everything below.
+    # die_with_parent: a killed `stockade run` takes its Keep along.
+    handle = start_keep(
+        opts.backend,
+        sdir,
+        psp=lambda measurement: serve_in_thread(sdir, measurement),
+        spawner=PopenSpawner(die_with_parent=True),
+    )
+    try:
+        from stockade.client.deploy import send_hello
+        from stockade.evidence.sim import chip
+
+        # The nonce goes out at once: the Keep attests while we get ready.
+        hello = send_hello(handle.conn)
+        # The local sim root is used to *verify* sim evidence; acceptance is
+        # the policy's decision (the default policy refuses sim). The local
+        # sim chip's CRL is the revocation collateral this client holds.
+        result, out = deploy_session(
+            handle.conn,
+            handle.measurement,
+            lambda: handle.wait(0.5),
+            prepared,
+            opts,
+            chip.sim_root(sdir),
+            hello,
+            crls=_local_crls(sdir),
+        )
+    except KeepDied as err:
+        # The host-side log of the Keep process (never workload data) says why.
+        raise KeepDied(f"{err.detail}; Keep log: {handle.log_path}") from None
+    finally:
+        handle.close()
+    if opts.as_json:
+        print_json(result, out)
+    return WorkloadExit(result.exit_code)
+
+
+def _local_crls(sdir: Path) -> tuple[bytes, ...]:
+    """The sim chip's CRL, issued here (it holds the sim ARK's key); none
+    when it cannot be issued (the summary then says revocation was not
+    checked)."""
+    from stockade.evidence.sim import chip
+
+    try:
+        return (chip.sim_crl(sdir),)
+    except (OSError, ValueError):
+        return ()
