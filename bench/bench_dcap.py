@@ -95,7 +95,7 @@ def _clear_caches() -> None:
         "_qe_report_signed",
     ):
         getattr(intel_verify, name).cache_clear()
-    from stockade.evidence import x509util
+    from stockade.evidence import pki as x509util
     from stockade.evidence.intel import abi
 
     abi.parse_pem_chain.cache_clear()

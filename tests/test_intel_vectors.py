@@ -17,11 +17,11 @@ from stockade.evidence.intel.abi import Quote, TeeType
 from stockade.evidence.intel.pck import read_sgx_extension
 from stockade.evidence.intel.tcb import TcbLevelNotSupported, TcbStatus
 from stockade.evidence.intel.verify import check_quote, intel_root_der, verify_quote
+from stockade.evidence.pki import load_der
 from stockade.evidence.sgx.abi import EnclaveReport
 from stockade.evidence.sgx.verify import verify_sgx_quote
 from stockade.evidence.tdx.abi import TdReport
 from stockade.evidence.tdx.verify import verify_tdx_quote
-from stockade.evidence.x509util import load_der
 
 ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 ALL = samples()

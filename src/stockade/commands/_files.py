@@ -40,7 +40,7 @@ def read_input(path: Path, what: str) -> bytes:
 def read_sim_root(path: Path, what: str = "--sim-root") -> bytes:
     """The DER of the sim root certificate in ``path`` (PEM or DER), as
     `stockade host sim-root` prints it; UsageError if it is not one."""
-    from stockade.evidence.x509util import der_of, load_der, load_pem_chain
+    from stockade.evidence.pki import der_of, load_der, load_pem_chain
 
     blob = read_input(path, "sim root")
     try:
@@ -103,10 +103,10 @@ def verify_file(
 def _verify_snp(
     report: bytes, certs: Path, at: datetime, product: str | None, sim_root: Path | None
 ) -> VerifiedFile:
+    from stockade.evidence.pki import der_of, load_der, load_pem_chain
     from stockade.evidence.snp.abi import AttestationReport, Product
     from stockade.evidence.snp.certs import read_extensions
     from stockade.evidence.snp.verify import TrustAnchor, amd_anchors, bundled_intermediate, verify_report
-    from stockade.evidence.x509util import der_of, load_der, load_pem_chain
 
     endorsement = next(
         (

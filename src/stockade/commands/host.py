@@ -390,9 +390,9 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None) -> Non
 
     from stockade.commands._output import fail
     from stockade.errors import UsageError
+    from stockade.evidence.pki import load_der
     from stockade.evidence.sim.chip import ensure_chip, sim_crl
     from stockade.evidence.sim.chip import sim_root as chip_root
-    from stockade.evidence.x509util import load_der
 
     sdir = state_dir or state_dir_default()
     try:

@@ -41,7 +41,7 @@ from stockade.errors import CollateralUnavailable, MalformedEvidence
 from stockade.evidence.intel.abi import HEADER_SIZE, INTEL_QE_VENDOR_ID, Quote, TeeType
 from stockade.evidence.intel.tcbinfo import parse_enclave_identity, parse_tcb_info, split_signed_body
 from stockade.evidence.intel.verify import Collateral, VerifiedQuote, verify_quote
-from stockade.evidence.x509util import load_crl, load_pem_chain
+from stockade.evidence.pki import load_crl, load_pem_chain
 
 FILES = {
     "tcb_info": "tcb_info.json",
@@ -141,7 +141,7 @@ class CollateralKey:
     @classmethod
     def for_quote(cls, quote_bytes: bytes) -> CollateralKey:
         from stockade.evidence.intel.pck import read_sgx_extension
-        from stockade.evidence.x509util import load_der
+        from stockade.evidence.pki import load_der
 
         quote = Quote.from_bytes(quote_bytes, allow_trailing=True)
         if len(quote.pck_chain) < 2:
@@ -179,10 +179,7 @@ def _next_update_json(body: bytes, name: str) -> datetime:
 
 
 def _next_update_crl(der: bytes) -> datetime:
-    next_update = load_crl(der, "CRL").next_update_utc
-    if next_update is None:
-        raise MalformedEvidence("CRL has no nextUpdate")
-    return next_update
+    return load_crl(der, "CRL").next_update  # pki refuses a CRL without nextUpdate
 
 
 class PcsClient:

@@ -43,7 +43,6 @@ import hashlib
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,10 +50,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.utils import CryptographyDeprecationWarning
-
 from stockade.errors import CollateralUnavailable, MalformedEvidence
+from stockade.evidence.pki import der_of, load_crl, load_der, load_pem_chain
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey, TcbVersion
 from stockade.evidence.snp.certtable import (
     ARK_GUID,
@@ -65,8 +62,7 @@ from stockade.evidence.snp.certtable import (
     build_cert_table,
     parse_cert_table,
 )
-from stockade.evidence.snp.verify import CRL_PARSE_ERRORS, HWID_LENGTH
-from stockade.evidence.x509util import der_of, load_der, load_pem_chain
+from stockade.evidence.snp.verify import HWID_LENGTH
 
 if TYPE_CHECKING:
     import httpx
@@ -184,17 +180,7 @@ class CollateralCache:
 
 
 def _crl_next_update(der: bytes) -> datetime:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            crl = x509.load_der_x509_crl(der)
-            next_update = crl.next_update_utc
-            _ = crl.issuer, crl.last_update_utc
-    except CRL_PARSE_ERRORS as exc:
-        raise MalformedEvidence(f"not a valid DER CRL ({exc})") from None
-    if next_update is None:
-        raise MalformedEvidence("CRL has no nextUpdate")
-    return next_update
+    return load_crl(der, "CRL").next_update  # pki refuses a CRL without nextUpdate
 
 
 def split_cert_chain(pem: bytes, what: str = "cert_chain") -> tuple[bytes, bytes]:
