@@ -41,10 +41,11 @@ To test a policy against hand-made claims, use
 from __future__ import annotations
 
 from stockade.policy.builtin import default_policy, development_policy
-from stockade.policy.core import PLATFORMS, Policy, WorkloadRequirements, appraise, evaluate
+from stockade.policy.core import Policy, WorkloadRequirements, appraise, evaluate
 from stockade.policy.ear import ear_cbor, ear_document, ear_json
 from stockade.policy.load import load_policy, loads_policy
 from stockade.policy.model import Decision, PolicyError, RefusedByPolicy, Row, Verdict
+from stockade.wire.platform import PLATFORMS
 
 __all__ = [
     "PLATFORMS",

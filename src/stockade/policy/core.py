@@ -27,9 +27,9 @@ from stockade.policy.rules import (
     Rule,
     conjunction,
 )
+from stockade.wire.platform import PLATFORMS
 
 #: Platforms a policy may name. ``sim`` is accepted only where named.
-PLATFORMS = ("snp", "tdx", "sgx", "sim")
 
 SIM_HINT = (
     "sim gives NO hardware protection and is accepted only by a policy that names it: "

@@ -27,7 +27,7 @@ from pathlib import Path as FsPath
 from typing import Any, NoReturn
 
 from stockade.policy._locate import Path, dotted, key_lines, line_of
-from stockade.policy.core import PLATFORMS, Policy, WorkloadRequirements
+from stockade.policy.core import Policy, WorkloadRequirements
 from stockade.policy.model import PolicyError
 from stockade.policy.rules import (
     FLAG_TABLES,
@@ -56,6 +56,7 @@ from stockade.policy.rules import (
     VmplIn,
     parse_version,
 )
+from stockade.wire.platform import PLATFORMS
 
 VERSION = 1
 SNP_PRODUCTS = ("Milan", "Genoa", "Turin")

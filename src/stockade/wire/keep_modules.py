@@ -256,6 +256,7 @@ MODULES: frozenset[str] = frozenset(
         "stockade.wire.framing",
         "stockade.wire.keep_modules",
         "stockade.wire.messages",
+        "stockade.wire.platform",
         "stockade.wire.protocol",
         "stockade.wire.sitecheck",
         "stockade.wire.staging",
