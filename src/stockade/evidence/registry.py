@@ -161,7 +161,9 @@ def snp_verifier(platform: Platform, roots: Callable[[Trust], tuple[object, ...]
     """An SEV-SNP report verifier (evidence/snp/verify.py) trusting the
     anchors ``roots(trust)`` returns (snp.verify.TrustAnchor)."""
 
-    def verify_snp(evidence: Evidence, trust: Trust, at: datetime, collateral: Collateral) -> VerifiedEvidence:
+    def verify_snp(
+        evidence: Evidence, trust: Trust, at: datetime, collateral: Collateral
+    ) -> VerifiedEvidence:
         from stockade.evidence.snp.abi import Product
         from stockade.evidence.snp.verify import TrustAnchor, verify_report
 
@@ -226,7 +228,9 @@ def dcap_verifier(tee: str, root: Callable[[Trust], bytes | None]) -> Verifier:
     ``tee`` ("tdx" or "sgx"), trusting the root ``root(trust)`` returns
     (None: Intel's, shipped in the package)."""
 
-    def verify_dcap(evidence: Evidence, trust: Trust, at: datetime, collateral: Collateral) -> VerifiedEvidence:
+    def verify_dcap(
+        evidence: Evidence, trust: Trust, at: datetime, collateral: Collateral
+    ) -> VerifiedEvidence:
         from dataclasses import replace
 
         from stockade.evidence.intel.abi import TeeType
@@ -283,7 +287,9 @@ def platform_of(text: str) -> Platform:
     try:
         return Platform(text)
     except ValueError:
-        raise UsageError(f"unknown platform {text!r} (one of {', '.join(p.value for p in Platform)})") from None
+        raise UsageError(
+            f"unknown platform {text!r} (one of {', '.join(p.value for p in Platform)})"
+        ) from None
 
 
 __all__ = [
