@@ -132,11 +132,20 @@ class Crl:
         issuer, or the certificateIssuer of an indirect entry), as RFC 5280
         5.3.3 defines: a serial alone is not enough (every AMD VCEK has
         serial 0)."""
-        number = serial(cert)
-        for issuer, revoked, when in self.entries:
-            if revoked == number and issuer == cert.issuer:
+        for issuer, when in self._by_serial().get(serial(cert), ()):
+            if issuer == cert.issuer:
                 return when
         return None
+
+    def _by_serial(self) -> dict[int, tuple[tuple[x509.Name, datetime], ...]]:
+        index = self.__dict__.get("_index")
+        if index is None:
+            grouped: dict[int, list[tuple[x509.Name, datetime]]] = {}
+            for issuer, number, when in self.entries:
+                grouped.setdefault(number, []).append((issuer, when))
+            index = {k: tuple(v) for k, v in grouped.items()}
+            object.__setattr__(self, "_index", index)  # a cache of the frozen entries
+        return index
 
 
 def _crl_entries(crl: x509.CertificateRevocationList) -> Iterator[tuple[x509.Name, int, datetime]]:
@@ -347,11 +356,17 @@ def fingerprint(cert: x509.Certificate) -> str:
     return _fingerprint(CertKey(cert))
 
 
-def serial(cert: x509.Certificate) -> int:
-    """The serial number, without the serial-0 warning reaching users."""
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _serial(key: CertKey) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        return cert.serial_number
+        return key.cert.serial_number
+
+
+def serial(cert: x509.Certificate) -> int:
+    """The serial number, without the serial-0 warning reaching users
+    (catching warnings costs microseconds: cached by certificate)."""
+    return _serial(CertKey(cert))
 
 
 def check_window(what: str, at: datetime, start: datetime, end: datetime, start_label: str) -> None:
@@ -379,5 +394,6 @@ def cache_clear() -> None:
         _signed_by_cached,
         _crl_signed_by_cached,
         _fingerprint,
+        _serial,
     ):
         cached.cache_clear()
