@@ -32,6 +32,7 @@ class VerifiedFile:
     kind: str  # "sev-snp-report", "tdx-quote", "sgx-quote"
     claims: VerifiedClaims
     checks: list[str] = field(default_factory=list)
+    revocation_checked: bool = False
 
 
 def read_input(path: Path, what: str) -> bytes:
@@ -114,7 +115,7 @@ def verify_file(
         default = registry.Revocation.REQUIRE if check_revocation else registry.Revocation.IF_GIVEN
         bundle = registry.Collateral(intel=load_collateral_dir(directory), revocation=revocation or default)
     verified = registry.verify(evidence, trust, at, bundle)
-    return VerifiedFile(verified.kind, verified.claims, list(verified.checks))
+    return VerifiedFile(verified.kind, verified.claims, list(verified.checks), verified.revocation_checked)
 
 
 def _snp_inputs(
