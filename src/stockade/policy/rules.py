@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from stockade.evidence.claims import VerifiedClaims
+from stockade.evidence.sgx.abi import ATTRIBUTE_FLAG_BITS
+from stockade.evidence.snp.abi import POLICY_BITS
+from stockade.evidence.tdx.abi import TD_ATTRIBUTE_BITS
 from stockade.policy.model import Row, Verdict
 
 # AR4SI trustworthiness values (draft-ietf-rats-ar4si, as used by EAR) that a
@@ -42,42 +45,10 @@ UNSUPPORTABLE_CONFIG = 96
 UNRECOGNIZED_RT = 33
 UNRECOGNIZED_INSTANCE = 97
 
-#: SEV-SNP guest policy flags (claims.policy_flags names) and their bits
-#: (AMD SEV-SNP ABI spec pub. 56860, "Guest Policy Structure").
-SNP_POLICY_BITS: dict[str, tuple[int, str]] = {
-    "smt_allowed": (16, "SMT"),
-    "migrate_ma": (18, "MIGRATE_MA"),
-    "debug": (19, "DEBUG"),
-    "single_socket": (20, "SINGLE_SOCKET"),
-    "cxl_allowed": (21, "CXL_ALLOW"),
-    "mem_aes_256_xts": (22, "MEM_AES_256_XTS"),
-    "rapl_disabled": (23, "RAPL_DIS"),
-    "ciphertext_hiding": (24, "CIPHERTEXT_HIDING"),
-    "page_swap_disabled": (25, "PAGE_SWAP_DISABLE"),
-}
-
-#: Intel TDX TD attributes (claims.policy_flags names on TDX) and their bits
-#: (Intel TDX Module ABI specification, TDATTRIBUTES).
-TDX_ATTRIBUTE_BITS: dict[str, tuple[int, str]] = {
-    "debug": (0, "DEBUG"),
-    "sept_ve_disable": (28, "SEPT_VE_DISABLE"),
-    "migratable": (29, "MIGRATABLE"),
-    "pks": (30, "PKS"),
-    "key_locker": (31, "KL"),
-    "perfmon": (63, "PERFMON"),
-}
-
-#: Intel SGX enclave attribute flags (SECS ATTRIBUTES.FLAGS).
-SGX_ATTRIBUTE_BITS: dict[str, tuple[int, str]] = {
-    "init": (0, "INIT"),
-    "debug": (1, "DEBUG"),
-    "mode64bit": (2, "MODE64BIT"),
-    "provisionkey": (4, "PROVISIONKEY"),
-    "einittokenkey": (5, "EINITTOKENKEY"),
-    "cet": (6, "CET"),
-    "kss": (7, "KSS"),
-    "aexnotify": (10, "AEXNOTIFY"),
-}
+#: The flag-bit tables are the abi modules' own (name -> (bit, spec name)).
+SNP_POLICY_BITS = POLICY_BITS
+TDX_ATTRIBUTE_BITS = TD_ATTRIBUTE_BITS
+SGX_ATTRIBUTE_BITS = ATTRIBUTE_FLAG_BITS
 
 FLAG_TABLES: dict[str, tuple[str, dict[str, tuple[int, str]]]] = {
     "snp": ("guest policy", SNP_POLICY_BITS),
