@@ -9,7 +9,8 @@
   decides whether it needs them).
 * :class:`PcsClient`: fetches that collateral from Intel's Provisioning
   Certification Service (API v4) or any PCS-shaped service (a PCCS, the fake
-  one in :mod:`stockade.testing.pcs`), through an on-disk cache. An item is
+  one in :mod:`stockade.testing.pcs`), through the one on-disk collateral
+  cache (evidence/collateral.py). An item is
   served from the cache while its own nextUpdate is after ``now``;
   everything fetched is parsed before it is cached (never signature-checked
   here: that is verification's job, at verification time), and garbage,
@@ -26,9 +27,7 @@ Endpoints (PCS API v4): ``/{sgx|tdx}/certification/v4/tcb?fmspc=`` (header
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +37,7 @@ from typing import Any
 from cryptography import x509
 
 from stockade.errors import CollateralUnavailable, MalformedEvidence
+from stockade.evidence.collateral import CollateralCache, write_atomic
 from stockade.evidence.intel.abi import HEADER_SIZE, INTEL_QE_VENDOR_ID, Quote, TeeType
 from stockade.evidence.intel.tcbinfo import parse_enclave_identity, parse_tcb_info, split_signed_body
 from stockade.evidence.intel.verify import Collateral, VerifiedQuote, verify_quote
@@ -85,23 +85,11 @@ def load_collateral_dir(path: Path) -> Collateral:
     return Collateral(**values)  # type: ignore[arg-type]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_collateral_dir(collateral: Collateral, path: Path) -> None:
     for field, name in FILES.items():
         value = getattr(collateral, field)
         if value is not None:
-            _write_atomic(path / name, value)
+            write_atomic(path / name, value)
 
 
 def verify_quote_files(
@@ -201,6 +189,8 @@ class PcsClient:
         transport: Any = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
+        #: The one collateral cache (evidence/collateral.py), laid out by name.
+        self.cache = CollateralCache(self.cache_dir)
         self.base_url = base_url.rstrip("/")
         self.root_crl_url = root_crl_url
         self.timeout = timeout
@@ -236,16 +226,14 @@ class PcsClient:
     ) -> tuple[bytes, bytes | None]:
         """(body, issuer chain) from the cache while fresh, else fetched,
         checked to parse, and cached."""
-        chain_path = path.with_name(path.name + ".issuer_chain.pem")
-        if path.exists() and (not chain_headers or chain_path.exists()):
-            body = path.read_bytes()
-            chain = chain_path.read_bytes() if chain_headers else None
-            try:
-                fresh = next_update(body) > now
-            except MalformedEvidence:
-                fresh = False
-            if fresh or offline:
-                return body, chain
+        name = path.relative_to(self.cache_dir).as_posix()
+        chain_name = name + ".issuer_chain.pem"
+        body = self.cache.get(name)
+        chain = self.cache.get(chain_name) if chain_headers else None
+        whole = body is not None and (not chain_headers or chain is not None)
+        if whole and (offline or self.cache.fresh(name, next_update, now) is not None):
+            assert body is not None
+            return body, chain
         if offline:
             raise CollateralUnavailable(f"{path.name} is not cached and fetching is off")
         body, headers = self._get(url)
@@ -257,8 +245,8 @@ class PcsClient:
             raise CollateralUnavailable(f"{url}: PCS returned collateral that expired at {nu.isoformat()}")
         chain = _chain_header(headers, chain_headers, url) if chain_headers else None
         if chain is not None:
-            _write_atomic(chain_path, chain)
-        _write_atomic(path, body)
+            self.cache.put(chain_name, chain)
+        self.cache.put(name, body)
         return body, chain
 
     def collateral(self, key: CollateralKey, now: datetime, *, offline: bool = False) -> Collateral:

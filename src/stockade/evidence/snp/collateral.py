@@ -31,26 +31,22 @@ at once rather than burning the budget), no retry on other statuses. Every
 failure is CollateralUnavailable naming the URL and what happened. A 200
 whose body is not what the endpoint serves is CollateralUnavailable too (the
 source is broken; the evidence is not at fault). The optional on-disk cache
-is keyed by URL; VCEKs and chains are kept until evicted, a cached CRL is
+(evidence/collateral.py, the one cache of every platform) is keyed by URL; VCEKs and chains are kept until evicted, a cached CRL is
 refreshed once ``now`` is past its nextUpdate.
 """
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
-import hashlib
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from stockade.errors import CollateralUnavailable, MalformedEvidence
+from stockade.evidence.collateral import CollateralCache
 from stockade.evidence.pki import der_of, load_crl, load_der, load_pem_chain
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey, TcbVersion
 from stockade.evidence.snp.certtable import (
@@ -137,43 +133,6 @@ def vcek_url_for_report(
 
 
 # --- cache -----------------------------------------------------------------------------------
-
-
-class CollateralCache:
-    """A directory of responses keyed by URL (SHA-256 of the URL as file
-    name). Writes are atomic (temporary file, fsync, rename), so readers see
-    a whole old or a whole new entry; a corrupted entry is just a miss for
-    the fetcher, which parses everything it reads."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-
-    def path(self, url: str) -> Path:
-        return self.directory / (hashlib.sha256(url.encode()).hexdigest() + ".bin")
-
-    def get(self, url: str) -> bytes | None:
-        try:
-            return self.path(url).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def put(self, url: str, data: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path(url))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-    def discard(self, url: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(url).unlink()
 
 
 # --- parsing what KDS serves -------------------------------------------------------------------
