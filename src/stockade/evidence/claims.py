@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from stockade.wire.platform import Platform
+
 _VERIFIED = object()
 
 
 @dataclass(frozen=True)
 class VerifiedClaims:
-    platform: str  # "snp", "tdx", "sgx" or "sim"
+    platform: str  # a Platform value (wire/platform.py): "snp", "tdx", "sgx" or "sim"
     product: str  # e.g. "Milan"
     signer: str  # e.g. "VCEK", "VLEK"
     measurement: bytes
@@ -49,7 +51,7 @@ class VerifiedClaims:
 
     @property
     def hardware_protected(self) -> bool:
-        return self.platform != "sim"
+        return self.platform != Platform.SIM
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -27,7 +27,7 @@ from stockade.policy.rules import (
     Rule,
     conjunction,
 )
-from stockade.wire.platform import PLATFORMS
+from stockade.wire.platform import PLATFORMS, Platform
 
 #: Platforms a policy may name. ``sim`` is accepted only where named.
 
@@ -150,10 +150,10 @@ def evaluate(claims: VerifiedClaims, policy: Policy, at: datetime | None = None)
     rows: tuple[Row, ...] = tuple(r for o in outcomes for r in o.rows)
     accepted = verdict is not Verdict.FAIL
     hint = ""
-    if not accepted and claims.platform == "sim" and "sim" not in policy.platforms:
+    if not accepted and claims.platform == Platform.SIM and Platform.SIM not in policy.platforms:
         hint = ("this is stockade's built-in default policy; " if policy.builtin else "") + SIM_HINT
     notes: list[str] = []
-    if claims.platform == "sim":
+    if claims.platform == Platform.SIM:
         notes.append("sim: NO hardware protection (simulated SEV-SNP, for development only)")
     if not policy.pins_measurement:
         notes.append("this policy pins no Keep measurement: any Keep image on an allowed platform passes it")

@@ -34,6 +34,7 @@ from stockade.evidence.sgx.abi import ATTRIBUTE_FLAG_BITS
 from stockade.evidence.snp.abi import POLICY_BITS
 from stockade.evidence.tdx.abi import TD_ATTRIBUTE_BITS
 from stockade.policy.model import Row, Verdict
+from stockade.wire.platform import Platform
 
 # AR4SI trustworthiness values (draft-ietf-rats-ar4si, as used by EAR) that a
 # failed rule maps to; see stockade.policy.ear.
@@ -51,17 +52,17 @@ TDX_ATTRIBUTE_BITS = TD_ATTRIBUTE_BITS
 SGX_ATTRIBUTE_BITS = ATTRIBUTE_FLAG_BITS
 
 FLAG_TABLES: dict[str, tuple[str, dict[str, tuple[int, str]]]] = {
-    "snp": ("guest policy", SNP_POLICY_BITS),
-    "tdx": ("TD attribute", TDX_ATTRIBUTE_BITS),
-    "sgx": ("enclave attribute", SGX_ATTRIBUTE_BITS),
+    Platform.SNP: ("guest policy", SNP_POLICY_BITS),
+    Platform.TDX: ("TD attribute", TDX_ATTRIBUTE_BITS),
+    Platform.SGX: ("enclave attribute", SGX_ATTRIBUTE_BITS),
 }
 
 #: Where each platform keeps its debug switch, for explanations.
-DEBUG_SWITCH = {
-    "snp": "guest policy bit 19 (DEBUG)",
-    "sim": "guest policy bit 19 (DEBUG)",
-    "tdx": "TD attribute bit 0 (DEBUG)",
-    "sgx": "enclave attribute bit 1 (DEBUG)",
+DEBUG_SWITCH: dict[str, str] = {
+    Platform.SNP: "guest policy bit 19 (DEBUG)",
+    Platform.SIM: "guest policy bit 19 (DEBUG)",
+    Platform.TDX: "TD attribute bit 0 (DEBUG)",
+    Platform.SGX: "enclave attribute bit 1 (DEBUG)",
 }
 
 
@@ -152,10 +153,10 @@ class PlatformIn(Check):
 
     def expected(self) -> str:
         text = _one_of(self.platforms)
-        return text if "sim" in self.platforms else f"{text} (sim only when named)"
+        return text if Platform.SIM in self.platforms else f"{text} (sim only when named)"
 
     def judge(self, claims: VerifiedClaims, ctx: Context) -> tuple[Verdict, str]:
-        actual = claims.platform + (" (NO hardware protection)" if claims.platform == "sim" else "")
+        actual = claims.platform + (" (NO hardware protection)" if claims.platform == Platform.SIM else "")
         return _verdict(claims.platform in self.platforms), actual
 
 
@@ -184,7 +185,7 @@ class Debug(Check):
 
 
 #: Platforms whose evidence carries the SEV-SNP guest policy (sim is SNP-shaped).
-MIGRATION_AGENT_PLATFORMS = ("snp", "sim")
+MIGRATION_AGENT_PLATFORMS = (Platform.SNP.value, Platform.SIM.value)
 
 
 @dataclass(frozen=True)

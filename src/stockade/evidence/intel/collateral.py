@@ -42,6 +42,7 @@ from stockade.evidence.intel.abi import HEADER_SIZE, INTEL_QE_VENDOR_ID, Quote, 
 from stockade.evidence.intel.tcbinfo import parse_enclave_identity, parse_tcb_info, split_signed_body
 from stockade.evidence.intel.verify import Collateral, VerifiedQuote, verify_quote
 from stockade.evidence.pki import load_crl, load_pem_chain
+from stockade.wire.platform import Platform
 
 FILES = {
     "tcb_info": "tcb_info.json",
@@ -67,7 +68,7 @@ def detect_quote(data: bytes) -> str | None:
     version, key_type, tee = struct.unpack_from("<HHI", data, 0)
     if version not in (3, 4, 5) or key_type != 2 or data[12:28] != INTEL_QE_VENDOR_ID:
         return None
-    return {int(TeeType.SGX): "sgx", int(TeeType.TDX): "tdx"}.get(int(tee))
+    return {int(TeeType.SGX): Platform.SGX.value, int(TeeType.TDX): Platform.TDX.value}.get(int(tee))
 
 
 def load_collateral_dir(path: Path) -> Collateral:
@@ -142,7 +143,7 @@ class CollateralKey:
         )
         if kind is None:
             raise MalformedEvidence("PCK CA certificate is neither the PCK Platform CA nor the Processor CA")
-        tee = "tdx" if quote.tee_type is TeeType.TDX else "sgx"
+        tee = Platform.TDX.value if quote.tee_type is TeeType.TDX else Platform.SGX.value
         return cls(tee=tee, fmspc=read_sgx_extension(leaf).fmspc.hex(), ca=kind)
 
 
@@ -254,7 +255,7 @@ class PcsClient:
         possible; with ``offline``, only from the cache, fresh or not)."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        if key.tee not in ("tdx", "sgx") or key.ca not in ("platform", "processor"):
+        if key.tee not in (Platform.TDX, Platform.SGX) or key.ca not in ("platform", "processor"):
             raise ValueError(f"bad collateral key {key}")
         try:
             return self._collateral(key, now, offline)

@@ -89,6 +89,7 @@ from stockade.evidence.pki import (
 )
 from stockade.evidence.sgx.abi import EnclaveReport
 from stockade.evidence.tdx.abi import TdReport
+from stockade.wire.platform import Platform
 
 CN = x509.NameOID.COMMON_NAME
 ROOT_CN = "Intel SGX Root CA"
@@ -528,7 +529,7 @@ def _claims(
         tcb += zip(_TEE_SVN_NAMES, body.tee_tcb_svn, strict=True)
         module = ev.module_id or "TDX 1.0 module"
         return VerifiedClaims(
-            platform="tdx",
+            platform=Platform.TDX.value,
             product="Intel TDX",
             signer=f"PCK-{pck.ca.capitalize()}",
             measurement=body.mr_td,
@@ -552,7 +553,7 @@ def _claims(
     assert isinstance(body, EnclaveReport)
     tcb += [("isv_prod_id", body.isv_prod_id), ("isv_svn", body.isv_svn), ("config_svn", body.config_svn)]
     return VerifiedClaims(
-        platform="sgx",
+        platform=Platform.SGX.value,
         product="Intel SGX",
         signer=f"PCK-{pck.ca.capitalize()}",
         measurement=body.mr_enclave,

@@ -13,10 +13,11 @@ from stockade.errors import ProtocolError
 from stockade.evidence.sim.channel import ReportRequest, ReportResponse
 from stockade.wire.evidence import EvidenceBundle
 from stockade.wire.framing import FrameDecoder, encode_frame
+from stockade.wire.platform import Platform
 
 
 class SimAttester:
-    platform = "sim"
+    platform = Platform.SIM.value
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -31,4 +32,6 @@ class SimAttester:
             frames = self._decoder.feed(data)
             if frames:
                 response = ReportResponse.from_cbor(frames[0])
-                return EvidenceBundle(platform="sim", report=response.report, certs=response.certs)
+                return EvidenceBundle(
+                    platform=Platform.SIM.value, report=response.report, certs=response.certs
+                )

@@ -64,6 +64,7 @@ from stockade.evidence.tsm import (
     TsmFiles,
 )
 from stockade.wire.evidence import EvidenceBundle
+from stockade.wire.platform import Platform
 
 #: The sev-guest driver's misc device (drivers/virt/coco/sev-guest).
 SEV_GUEST_DEVICE = Path("/dev/sev-guest")
@@ -284,7 +285,7 @@ class SnpAttester:
     ask the device for the certificate table (SNP_GET_EXT_REPORT).
     """
 
-    platform = "snp"
+    platform = Platform.SNP.value
 
     def __init__(
         self,
@@ -314,7 +315,7 @@ class SnpAttester:
             raise ValueError(f"report data must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}")
         report, table = self._raw(report_data)
         self._check(report, report_data)
-        return EvidenceBundle(platform="snp", report=report, certs=bundle_certs(table))
+        return EvidenceBundle(platform=Platform.SNP.value, report=report, certs=bundle_certs(table))
 
     def _raw(self, report_data: bytes) -> tuple[bytes, bytes]:
         tsm_failure = f"{self.tsm_root} does not exist"

@@ -61,6 +61,7 @@ from stockade.evidence.pki import (
 )
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey
 from stockade.evidence.snp.certs import EndorsementExtensions, read_extensions
+from stockade.wire.platform import Platform
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def amd_anchors() -> tuple[TrustAnchor, ...]:
     for product in Product:
         pem = (resources.files(__package__) / "roots" / f"ask_ark_{product.value.lower()}.pem").read_bytes()
         ark = load_pem_chain(pem, f"bundled {product.value} chain")[-1]
-        anchors.append(TrustAnchor("snp", product, der_of(ark)))
+        anchors.append(TrustAnchor(Platform.SNP.value, product, der_of(ark)))
     return tuple(anchors)
 
 

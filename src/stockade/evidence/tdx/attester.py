@@ -23,13 +23,14 @@ from stockade.evidence.intel.abi import TeeType
 from stockade.evidence.intel.devfs import DeviceFiles, check_report_data, checked_quote
 from stockade.evidence.tsm import TSM_REPORT_ROOT, tsm_report
 from stockade.wire.evidence import EvidenceBundle
+from stockade.wire.platform import Platform
 
 TSM_REPORT_DIR = TSM_REPORT_ROOT
 PROVIDER = "tdx_guest"
 
 
 class TdxAttester:
-    platform = "tdx"
+    platform = Platform.TDX.value
 
     def __init__(
         self, report_dir: Path = TSM_REPORT_DIR, *, files: DeviceFiles | None = None, attempts: int = 3
@@ -49,4 +50,4 @@ class TdxAttester:
             not_this="this is not a TDX guest",
         )
         quote = checked_quote(raw, TeeType.TDX, report_data, "configfs-tsm")
-        return EvidenceBundle(platform="tdx", report=quote)
+        return EvidenceBundle(platform=Platform.TDX.value, report=quote)
