@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import struct
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import Any
 from cryptography import x509
 
 from stockade.errors import CollateralUnavailable, MalformedEvidence
-from stockade.evidence.collateral import CollateralCache, write_atomic
+from stockade.evidence.collateral import CollateralCache, HttpFetcher, write_atomic
 from stockade.evidence.intel.abi import HEADER_SIZE, INTEL_QE_VENDOR_ID, Quote, TeeType
 from stockade.evidence.intel.tcbinfo import parse_enclave_identity, parse_tcb_info, split_signed_body
 from stockade.evidence.intel.verify import Collateral, VerifiedQuote, verify_quote
@@ -187,6 +188,7 @@ class PcsClient:
         base_url: str = PCS_URL,
         root_crl_url: str = ROOT_CRL_URL,
         timeout: float = 10.0,
+        retries: int = 0,
         transport: Any = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
@@ -196,25 +198,22 @@ class PcsClient:
         self.root_crl_url = root_crl_url
         self.timeout = timeout
         self.transport = transport
-        self._http: Any = None
+        self.retries = retries
+        self._http: HttpFetcher | None = None
+        self._http_client: Any = None
 
-    def _get(self, url: str) -> tuple[bytes, Any]:
-        import httpx
+    def _get(self, url: str) -> tuple[bytes, Mapping[str, str]]:
+        """Through the one HTTP fetcher (evidence/collateral.py); one
+        connection pool per collateral() call, made on first need."""
+        if self._http is None:
+            import httpx
 
-        if self._http is None:  # one connection pool per collateral() call, made on first need
-            self._http = httpx.Client(timeout=self.timeout, transport=self.transport)
-        try:
-            with self._http.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise CollateralUnavailable(f"{url}: PCS answered HTTP {response.status_code}")
-                body = b""
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE:
-                        raise CollateralUnavailable(f"{url}: response larger than {MAX_RESPONSE} bytes")
-                return body, response.headers
-        except httpx.HTTPError as exc:
-            raise CollateralUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
+            client = httpx.Client(timeout=self.timeout, transport=self.transport)
+            self._http = HttpFetcher(
+                timeout=self.timeout, retries=self.retries, client=client, max_body=MAX_RESPONSE
+            )
+            self._http_client = client
+        return self._http.fetch(url)
 
     def _item(
         self,
@@ -261,7 +260,7 @@ class PcsClient:
             return self._collateral(key, now, offline)
         finally:
             if self._http is not None:
-                self._http.close()
+                self._http_client.close()
                 self._http = None
 
     def _collateral(self, key: CollateralKey, now: datetime, offline: bool) -> Collateral:
