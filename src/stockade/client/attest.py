@@ -113,10 +113,8 @@ def appraise(cert_der: bytes, nonce: bytes, trust: TrustConfig) -> Appraisal:
     verified = verify_bundle_report(bundle, trust, at)
     claims = verified.claims
     revocation = Revocation.of(verified, len(trust.crls))
-    checks: list[str] = [
-        "report signature and certificate chain",
-        f"revocation {revocation.summary()}",
-    ]
+    # What the platform's verifier checked (evidence/registry.py), then revocation.
+    checks: list[str] = [*verified.checks, f"revocation {revocation.summary()}"]
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if claims.report_data != report_data_for(nonce, spki):
         raise VerificationFailed(
