@@ -84,8 +84,6 @@ def _cert_check(child: x509.Certificate, issuer: x509.Certificate) -> Callable[[
 def _clear_caches() -> None:
     for name in (
         "_cert",
-        "_signed_by",
-        "_crl",
         "_tcb_info",
         "_qe_identity",
         "_tcb_signer_der",
@@ -95,14 +93,11 @@ def _clear_caches() -> None:
         "_qe_report_signed",
     ):
         getattr(intel_verify, name).cache_clear()
-    from stockade.evidence import x509util
+    from stockade.evidence import pki
     from stockade.evidence.intel import abi
 
     abi.parse_pem_chain.cache_clear()
-
-    loader = getattr(x509util, "_load_der_cached", None)
-    if loader is not None:
-        loader.cache_clear()
+    pki.cache_clear()  # certificates, CRLs, signatures, fingerprints
 
 
 def main() -> int:

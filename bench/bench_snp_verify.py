@@ -33,9 +33,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from stockade.evidence.pki import der_of, load_der, load_pem_chain
 from stockade.evidence.snp.abi import AttestationReport
 from stockade.evidence.snp.verify import VerifiedReport, amd_anchors, verify_report
-from stockade.evidence.x509util import der_of, load_der, load_pem_chain
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "data" / "vectors" / "snp" / "milan-v3-oak"

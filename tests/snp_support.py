@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from evidence_support import VECTORS, VectorSample
+from stockade.evidence.pki import der_of, load_der, load_pem_chain
 from stockade.evidence.sim import chip as simchip
 from stockade.evidence.snp import certs as amd
 from stockade.evidence.snp.abi import SIGNED_SIZE, Product, with_signature
 from stockade.evidence.snp.verify import TrustAnchor
-from stockade.evidence.x509util import der_of, load_der, load_pem_chain
 from stockade.wire import der
 
 SNP = VECTORS / "snp"

@@ -122,3 +122,34 @@ def test_missing_crls_are_collateral_unavailable() -> None:
     proc = run(str(sample.path / "quote.bin"), "--at", sample.verify_at.isoformat())
     assert proc.returncode == 114
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- revocation, every platform
+
+
+def test_revocation_require_applies_to_snp_too() -> None:
+    """--revocation means the same on every platform: an SNP report without
+    a CRL of its root is refused (114) when CRLs are required."""
+    d = VECTORS / SAMPLES[0]
+    proc = run(str(d / "report.bin"), "--certs", str(d), "--at", AT, "--revocation", "require", "--json")
+    assert proc.returncode == 114, proc.stdout + proc.stderr
+    assert "no CRL issued by" in json.loads(proc.stdout)["error"]["detail"]
+    ok = run(str(d / "report.bin"), "--certs", str(d), "--at", AT, "--json")
+    assert ok.returncode == 0
+    assert "revocation NOT checked (no CRL given)" in json.loads(ok.stdout)["checks"]
+
+
+def test_revocation_skip_on_intel_is_reported() -> None:
+    sample = next(s for s in INTEL if s.has_crls and not s.expect_not_supported and not s.trailing_nonzero)
+    args = [str(sample.path / "quote.bin"), "--at", sample.verify_at.isoformat(), "--json"]
+    checked = json.loads(run(*args).stdout)["checks"]
+    assert "root CA and PCK CRLs: signature, validity, revocation" in checked
+    proc = run(*args, "--revocation", "skip")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "revocation NOT checked (--revocation skip)" in json.loads(proc.stdout)["checks"]
+
+
+def test_contradicting_revocation_flags_are_a_usage_error() -> None:
+    d = VECTORS / SAMPLES[0]
+    proc = run(str(d / "report.bin"), "--certs", str(d), "--revocation", "require", "--no-revocation-check")
+    assert proc.returncode == 2 and "contradicts" in proc.stderr

@@ -103,7 +103,7 @@ def test_http_errors(pcs: FakePcs, tmp_path: Path, status: int) -> None:
     key = serve_real(pcs)
     pcs.fail(status, path="/tdx/certification/v4/qe")
     c = client(pcs, tmp_path)
-    with pytest.raises(CollateralUnavailable, match=f"qe/identity: PCS answered HTTP {status}"):
+    with pytest.raises(CollateralUnavailable, match=f"qe/identity: HTTP {status}"):
         c.collateral(key, sample(AZURE).verify_at)
     assert not (tmp_path / "tdx" / "qe_identity.json").exists()
     c.collateral(key, sample(AZURE).verify_at)  # the fault was one-off
@@ -111,7 +111,7 @@ def test_http_errors(pcs: FakePcs, tmp_path: Path, status: int) -> None:
 
 def test_unknown_fmspc(pcs: FakePcs, tmp_path: Path) -> None:
     serve_real(pcs)
-    with pytest.raises(CollateralUnavailable, match=r"tcb\?fmspc=00A06D080000: PCS answered HTTP 404"):
+    with pytest.raises(CollateralUnavailable, match=r"tcb\?fmspc=00A06D080000: HTTP 404"):
         client(pcs, tmp_path).collateral(
             CollateralKey("tdx", "00a06d080000", "platform"), sample(AZURE).verify_at
         )
@@ -179,7 +179,7 @@ def test_tcb_info_for_another_fmspc_is_refused(pcs: FakePcs, tmp_path: Path) -> 
 def test_server_down_and_timeouts(pcs: FakePcs, tmp_path: Path) -> None:
     key = serve_real(pcs)
     pcs.delay(1.0, path="/tdx")
-    with pytest.raises(CollateralUnavailable, match="ReadTimeout"):
+    with pytest.raises(CollateralUnavailable, match=r"timed out after 0\.2 s"):
         client(pcs, tmp_path, timeout=0.2).collateral(key, sample(AZURE).verify_at)
     url = pcs.base_url
     pcs.stop()

@@ -33,7 +33,7 @@ from evidence_support import flip, mutation_outcomes
 from intel_support import Sample, sample, samples
 from stockade.evidence.intel.abi import Quote
 from stockade.evidence.intel.verify import check_quote, verify_quote
-from stockade.evidence.x509util import load_der
+from stockade.evidence.pki import load_der
 
 pytestmark = pytest.mark.filterwarnings("ignore:Attribute's length must be:UserWarning")
 

@@ -12,16 +12,16 @@ from cryptography import x509
 
 from intel_support import COLLECTED, COMMON_INTEL, Sample, sample, samples, with_collateral
 from stockade.errors import CollateralUnavailable, MalformedEvidence, VerificationFailed
+from stockade.evidence import registry
 from stockade.evidence.intel import detect_quote, verify_quote_files
 from stockade.evidence.intel.abi import Quote, TeeType
 from stockade.evidence.intel.pck import read_sgx_extension
 from stockade.evidence.intel.tcb import TcbLevelNotSupported, TcbStatus
 from stockade.evidence.intel.verify import check_quote, intel_root_der, verify_quote
+from stockade.evidence.pki import load_der
+from stockade.evidence.registry import VerifiedEvidence
 from stockade.evidence.sgx.abi import EnclaveReport
-from stockade.evidence.sgx.verify import verify_sgx_quote
 from stockade.evidence.tdx.abi import TdReport
-from stockade.evidence.tdx.verify import verify_tdx_quote
-from stockade.evidence.x509util import load_der
 
 ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 ALL = samples()
@@ -246,13 +246,25 @@ def test_files_api_gives_the_same_verdict(s: Sample) -> None:
 
 
 def test_platform_specific_entry_points() -> None:
+    """The TDX and SGX halves of the one DCAP verifier, as the registry
+    finds them (docs/adr/0014-one-evidence-core.md): each refuses the other
+    TEE's quotes."""
+
+    def verify_as(tee: str, s: Sample) -> VerifiedEvidence:
+        return registry.verify(
+            registry.Evidence(tee, s.quote),
+            registry.Trust(),
+            s.verify_at,
+            registry.Collateral(intel=s.collateral),
+        )
+
     tdx, sgx = sample("v4-b0c06f-dcap-qvl"), sample("v3-00a067-dcap-qvl")
-    assert verify_tdx_quote(tdx.quote, tdx.collateral, tdx.verify_at).claims.platform == "tdx"
-    assert verify_sgx_quote(sgx.quote, sgx.collateral, sgx.verify_at).claims.platform == "sgx"
+    assert verify_as("tdx", tdx).claims.platform == "tdx"
+    assert verify_as("sgx", sgx).claims.platform == "sgx"
     with pytest.raises(VerificationFailed, match="expected a SGX quote, got TDX"):
-        verify_sgx_quote(tdx.quote, tdx.collateral, tdx.verify_at)
+        verify_as("sgx", tdx)
     with pytest.raises(VerificationFailed, match="expected a TDX quote, got SGX"):
-        verify_tdx_quote(sgx.quote, sgx.collateral, sgx.verify_at)
+        verify_as("tdx", sgx)
 
 
 # --- trailing bytes (docs/adr/0006, "Trailing bytes") ---------------------------------

@@ -15,13 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from snp_support import VERIFY_AT, sample
 from stockade.errors import VerificationFailed
+from stockade.evidence.pki import fingerprint, load_der
 from stockade.evidence.sim import chip as simchip
 from stockade.evidence.sim.channel import ReportRequest, ReportResponse
 from stockade.evidence.sim.psp import SimPsp
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey
 from stockade.evidence.snp.certs import read_extensions
 from stockade.evidence.snp.verify import TrustAnchor, amd_anchors, verify_report
-from stockade.evidence.x509util import fingerprint, load_der
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 MEASUREMENT = bytes.fromhex("ab" * 48)

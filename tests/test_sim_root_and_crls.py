@@ -28,8 +28,8 @@ import pytest
 
 from manager_support import HELLO, Server, _cli, deploy, running_server
 from stockade.client.remote import ManagerClient
+from stockade.evidence.pki import load_der, serial
 from stockade.evidence.sim import chip
-from stockade.evidence.x509util import load_der, serial
 
 pytestmark = pytest.mark.slow
 

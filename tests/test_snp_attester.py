@@ -24,6 +24,7 @@ from stockade.evidence.snp.abi import AttestationReport, Product
 from stockade.evidence.snp.attester import SnpAttester, SnpGuestError
 from stockade.evidence.snp.certtable import VCEK_GUID, build_cert_table
 from stockade.evidence.snp.verify import TrustAnchor, verify_report
+from stockade.evidence.tsm import OsConfigfs
 from stockade.testing.configfs import FakeSevGuest, FakeTsm, encode_cert_table, sim_signer
 from stockade.wire.evidence import EvidenceBundle
 
@@ -214,7 +215,7 @@ def test_report_data_must_be_64_bytes(tsm: FakeTsm, tmp_path: Path) -> None:
 
 
 def test_real_file_operations_do_not_create_missing_attributes(tmp_path: Path) -> None:
-    ops = snp.OsConfigfs()
+    ops = OsConfigfs()
     with pytest.raises(FileNotFoundError):
         ops.write(tmp_path / "privlevel", b"0\n")
     assert not (tmp_path / "privlevel").exists()

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from snp_support import VERIFY_AT, report_samples, sample
 from stockade.errors import CollateralUnavailable, MalformedEvidence
+from stockade.evidence.pki import der_of, load_der, load_pem_chain
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey, TcbVersion
 from stockade.evidence.snp.certs import read_extensions
 from stockade.evidence.snp.collateral import (
@@ -39,7 +40,6 @@ from stockade.evidence.snp.collateral import (
     vcek_url_for_report,
 )
 from stockade.evidence.snp.verify import amd_anchors, bundled_intermediate, verify_report
-from stockade.evidence.x509util import der_of, load_der, load_pem_chain
 from stockade.testing.amd import FakeAmdPki, FakeEndorsement
 from stockade.testing.kds import FakeKds
 

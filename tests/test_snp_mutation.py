@@ -19,11 +19,11 @@ import pytest
 
 from evidence_support import flip, mutation_outcomes
 from snp_support import VERIFY_AT, SimKeys, report_samples, sample
+from stockade.evidence.pki import load_der
 from stockade.evidence.sim.channel import ReportRequest
 from stockade.evidence.sim.psp import SimPsp
 from stockade.evidence.snp.abi import REPORT_SIZE
 from stockade.evidence.snp.verify import TrustAnchor, amd_anchors, verify_report
-from stockade.evidence.x509util import load_der
 
 Case = tuple[bytes, bytes, bytes, tuple[TrustAnchor, ...], datetime]
 

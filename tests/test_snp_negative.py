@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from snp_support import VERIFY_AT, SimKeys, patch, sample, sign
 from stockade.errors import MalformedEvidence, StockadeError, VerificationFailed
+from stockade.evidence.pki import der_of, load_der
 from stockade.evidence.sim.channel import ReportRequest
 from stockade.evidence.sim.psp import SimPsp
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey, TcbVersion
@@ -25,7 +26,6 @@ from stockade.evidence.snp.verify import (
     bundled_intermediate,
     verify_report,
 )
-from stockade.evidence.x509util import der_of, load_der
 
 OAK = "milan-v3-oak"  # a Milan v3 VCEK report valid 2025-01-15 .. 2032-01-15
 MEASUREMENT = bytes(range(48))

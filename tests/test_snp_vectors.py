@@ -20,6 +20,7 @@ from snp_support import (
     samples,
 )
 from stockade.errors import MalformedEvidence, VerificationFailed
+from stockade.evidence.pki import der_of, fingerprint, load_der, serial
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey
 from stockade.evidence.snp.certs import read_extensions
 from stockade.evidence.snp.verify import (
@@ -28,7 +29,6 @@ from stockade.evidence.snp.verify import (
     bundled_intermediate,
     verify_report,
 )
-from stockade.evidence.x509util import der_of, fingerprint, load_der, serial
 
 REPORTS = report_samples()
 IDS = [s.name for s in REPORTS]

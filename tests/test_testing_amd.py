@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from stockade.errors import VerificationFailed
+from stockade.evidence.pki import load_der, serial
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey
 from stockade.evidence.snp.certs import read_extensions
 from stockade.evidence.snp.collateral import split_cert_chain
 from stockade.evidence.snp.verify import amd_anchors, verify_report
-from stockade.evidence.x509util import load_der, serial
 from stockade.testing.amd import (
     CPUID,
     DEFAULT_TCB,

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.binding.reportdata import report_data_for
-from stockade.errors import MalformedEvidence, PolicyRejected, VerificationFailed
+from stockade.errors import MalformedEvidence, VerificationFailed
+from stockade.evidence import registry
 from stockade.evidence.claims import VerifiedClaims
-from stockade.evidence.snp.abi import Product
-from stockade.evidence.snp.verify import TrustAnchor, VerifiedReport, amd_anchors, verify_report
+from stockade.evidence.registry import VerifiedEvidence
 from stockade.policy import Decision, Policy
 from stockade.policy import appraise as policy_appraise
 from stockade.wire.evidence import EVIDENCE_OID, EvidenceBundle, bundle_from_extension
@@ -56,7 +56,7 @@ class Revocation:
     reason: str = ""
 
     @classmethod
-    def of(cls, verified: VerifiedReport, crls_given: int) -> Revocation:
+    def of(cls, verified: VerifiedEvidence, crls_given: int) -> Revocation:
         if verified.revocation_checked:
             return cls(True, verified.crl_issuers)
         if crls_given:
@@ -113,10 +113,8 @@ def appraise(cert_der: bytes, nonce: bytes, trust: TrustConfig) -> Appraisal:
     verified = verify_bundle_report(bundle, trust, at)
     claims = verified.claims
     revocation = Revocation.of(verified, len(trust.crls))
-    checks: list[str] = [
-        "report signature and certificate chain",
-        f"revocation {revocation.summary()}",
-    ]
+    # What the platform's verifier checked (evidence/registry.py), then revocation.
+    checks: list[str] = [*verified.checks, f"revocation {revocation.summary()}"]
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if claims.report_data != report_data_for(nonce, spki):
         raise VerificationFailed(
@@ -138,22 +136,15 @@ def verify_bundle(bundle: EvidenceBundle, trust: TrustConfig, at: datetime) -> V
     return verify_bundle_report(bundle, trust, at).claims
 
 
-def verify_bundle_report(bundle: EvidenceBundle, trust: TrustConfig, at: datetime) -> VerifiedReport:
+def verify_bundle_report(bundle: EvidenceBundle, trust: TrustConfig, at: datetime) -> VerifiedEvidence:
     """:func:`verify_bundle`, with what the verifier found about revocation
-    (the CRLs of ``trust.crls`` that belong to the chain are applied)."""
-    if bundle.platform not in ("sim", "snp"):
-        raise VerificationFailed(f"verification of {bundle.platform} evidence is not implemented yet")
-    anchors: list[TrustAnchor] = []
-    if bundle.platform == "snp":
-        anchors.extend(amd_anchors())
-    if bundle.platform == "sim":
-        if trust.sim_root is None:
-            raise PolicyRejected(
-                "the Keep runs on the sim backend, which gives NO hardware protection, and no sim "
-                "root is configured; for development run `stockade run --allow-sim ...`"
-            )
-        anchors.append(TrustAnchor("sim", Product.MILAN, trust.sim_root))
-    vcek, ask = bundle.cert("vcek"), bundle.cert("ask")
-    if vcek is None or ask is None:
-        raise MalformedEvidence("evidence lacks the VCEK and ASK certificates")
-    return verify_report(bundle.report, vcek, ask, anchors, at, crls=trust.crls)
+    (the CRLs of ``trust.crls`` that belong to the chain are applied). The
+    verifier is the one registered for the bundle's platform
+    (evidence/registry.py)."""
+    evidence = registry.Evidence(bundle.platform, bundle.report, bundle.certs)
+    return registry.verify(
+        evidence,
+        registry.Trust(sim_root=trust.sim_root),
+        at,
+        registry.Collateral(crls=trust.crls, revocation=registry.Revocation.IF_GIVEN),
+    )

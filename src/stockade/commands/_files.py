@@ -1,8 +1,9 @@
 """Evidence files on disk -> verified claims; shared by ``stockade evidence``
 and ``stockade policy``.
 
-Detection: a 0x4A0-byte file is an SEV-SNP ATTESTATION_REPORT; a file whose
-header is a DCAP quote header is a TDX or SGX quote. SNP certificates come
+Detection is the registry's (evidence/registry.py ``sniff``): a 0x4A0-byte
+file is an SEV-SNP ATTESTATION_REPORT; a file whose header is a DCAP quote
+header is a TDX or SGX quote. SNP certificates come
 from ``--certs DIR`` (``vcek.der`` or ``vlek.der``; ``ask_ark.pem`` or
 ``ask.der``, else the intermediate shipped in the package; ``*.crl``), Intel
 collateral from ``--collateral DIR`` (PCS response bodies and DER CRLs, see
@@ -16,11 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stockade.errors import MalformedEvidence, UsageError
 from stockade.evidence.claims import VerifiedClaims
+from stockade.wire.platform import Platform
 
-SNP_REPORT_SIZE = 0x4A0
+if TYPE_CHECKING:
+    from stockade.evidence.registry import Evidence, Revocation
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class VerifiedFile:
     kind: str  # "sev-snp-report", "tdx-quote", "sgx-quote"
     claims: VerifiedClaims
     checks: list[str] = field(default_factory=list)
+    revocation_checked: bool = False
 
 
 def read_input(path: Path, what: str) -> bytes:
@@ -40,7 +45,7 @@ def read_input(path: Path, what: str) -> bytes:
 def read_sim_root(path: Path, what: str = "--sim-root") -> bytes:
     """The DER of the sim root certificate in ``path`` (PEM or DER), as
     `stockade host sim-root` prints it; UsageError if it is not one."""
-    from stockade.evidence.x509util import der_of, load_der, load_pem_chain
+    from stockade.evidence.pki import der_of, load_der, load_pem_chain
 
     blob = read_input(path, "sim root")
     try:
@@ -78,35 +83,53 @@ def verify_file(
     sim_root: Path | None = None,
     allow_trailing: bool = False,
     check_revocation: bool = True,
+    revocation: Revocation | None = None,
 ) -> VerifiedFile:
-    data = read_input(path, "evidence")
-    if len(data) == SNP_REPORT_SIZE:
-        return _verify_snp(data, certs if certs is not None else path.parent, at, product, sim_root)
-    from stockade.evidence.intel import detect_quote
+    """Turn the files into evidence + collateral and verify them through the
+    registry (evidence/registry.py), which detects the platform.
 
-    tee = detect_quote(data)
-    if tee is None:
+    ``revocation``: the mode for every platform; None keeps each platform's
+    offline default (SNP: CRLs checked if given; TDX/SGX: required, or only
+    if given when ``check_revocation`` is false)."""
+    from stockade.evidence import registry
+
+    data = read_input(path, "evidence")
+    platform = registry.sniff(data)
+    if platform is None:
         raise MalformedEvidence(
-            f"{path} is neither an SEV-SNP report ({SNP_REPORT_SIZE} bytes) nor a TDX/SGX quote "
+            f"{path} is neither an SEV-SNP report ({registry.SNP_REPORT_SIZE} bytes) nor a TDX/SGX quote "
             f"({len(data)} bytes)"
         )
-    return _verify_intel(
-        data,
-        tee,
-        collateral if collateral is not None else path.parent / "collateral",
-        at,
-        allow_trailing,
-        check_revocation,
-    )
+    sim_der = read_sim_root(sim_root) if sim_root is not None else None
+    trust = registry.Trust(sim_root=sim_der)
+    if platform is Platform.SNP:
+        evidence, crls = _snp_inputs(data, certs if certs is not None else path.parent, product, sim_der)
+        bundle = registry.Collateral(crls=crls, revocation=revocation or registry.Revocation.IF_GIVEN)
+    else:
+        directory = collateral if collateral is not None else path.parent / "collateral"
+        if not directory.is_dir():
+            raise UsageError(f"no collateral directory {directory}: pass --collateral DIR")
+        from stockade.evidence.intel.collateral import load_collateral_dir
+
+        evidence = registry.Evidence(platform, data, allow_trailing=allow_trailing)
+        default = registry.Revocation.REQUIRE if check_revocation else registry.Revocation.IF_GIVEN
+        bundle = registry.Collateral(intel=load_collateral_dir(directory), revocation=revocation or default)
+    verified = registry.verify(evidence, trust, at, bundle)
+    return VerifiedFile(verified.kind, verified.claims, list(verified.checks), verified.revocation_checked)
 
 
-def _verify_snp(
-    report: bytes, certs: Path, at: datetime, product: str | None, sim_root: Path | None
-) -> VerifiedFile:
+def _snp_inputs(
+    report: bytes, certs: Path, product: str | None, sim_root: bytes | None
+) -> tuple[Evidence, tuple[bytes, ...]]:
+    """The SNP report with its endorsement and intermediate certificates and
+    the CRLs found in ``certs``. The evidence is sim evidence when a sim root
+    is given and it issued the intermediate (the verifier picks the root by
+    the intermediate's issuer in the same way)."""
+    from stockade.evidence import registry
+    from stockade.evidence.pki import der_of, load_der, load_pem_chain
     from stockade.evidence.snp.abi import AttestationReport, Product
     from stockade.evidence.snp.certs import read_extensions
-    from stockade.evidence.snp.verify import TrustAnchor, amd_anchors, bundled_intermediate, verify_report
-    from stockade.evidence.x509util import der_of, load_der, load_pem_chain
+    from stockade.evidence.snp.verify import bundled_intermediate
 
     endorsement = next(
         (
@@ -129,40 +152,13 @@ def _verify_snp(
         parsed = AttestationReport.from_bytes(report)
         cert_product = read_extensions(load_der(endorsement, "endorsement certificate")).product
         intermediate = bundled_intermediate(parsed.product(hint or cert_product), parsed.signing_key)
-    crls = [read_input(p, "CRL") for p in sorted(certs.glob("*.crl"))]
-    anchors = list(amd_anchors())
+    crls = tuple(read_input(p, "CRL") for p in sorted(certs.glob("*.crl")))
+    platform = Platform.SNP
     if sim_root is not None:
-        anchors.append(TrustAnchor("sim", Product.MILAN, read_sim_root(sim_root)))
-    verified = verify_report(report, endorsement, intermediate, anchors, at, hint, crls=crls)
-    root_name = "sim root" if verified.claims.platform == "sim" else "AMD root"
-    checks = [
-        "report structure, reserved fields and version",
-        f"certificate chain to the {root_name} (RSASSA-PSS SHA-384), validity at {at.isoformat()}",
-        "endorsement TCB = REPORTED_TCB, hwID = CHIP_ID, signer kind and product",
-        "ECDSA P-384 signature over bytes 0x000-0x29F",
-    ]
-    if verified.revocation_checked:
-        checks.append("CRL signature, validity and revocation")
-    return VerifiedFile("sev-snp-report", verified.claims, checks)
-
-
-def _verify_intel(
-    quote: bytes, tee: str, collateral: Path, at: datetime, allow_trailing: bool, check_revocation: bool
-) -> VerifiedFile:
-    from stockade.evidence.intel import verify_quote_files
-
-    if not collateral.is_dir():
-        raise UsageError(f"no collateral directory {collateral}: pass --collateral DIR")
-    verified = verify_quote_files(
-        quote, collateral, at, allow_trailing=allow_trailing, check_revocation=check_revocation
+        issuer = load_der(intermediate, "intermediate certificate").issuer
+        if issuer == load_der(sim_root, "sim root").subject:
+            platform = Platform.SIM
+    evidence = registry.Evidence(
+        platform, report, (("vcek", endorsement), ("ask", intermediate)), product_hint=product
     )
-    checks = [
-        "quote structure, version, TEE and key type",
-        "attestation-key signature over header and body; QE report signed by the PCK key",
-        "QE report data binds the attestation key and QE authentication data",
-        f"PCK chain to the Intel SGX Root CA, validity at {at.isoformat()}",
-        f"TCB info and QE identity signatures and validity; TCB status {verified.tcb_status}",
-    ]
-    if verified.revocation_checked:
-        checks.append("root CA and PCK CRLs: signature, validity, revocation")
-    return VerifiedFile(f"{tee}-quote", verified.claims, checks)
+    return evidence, crls

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from stockade.commands._output import json_option, safe_text
+from stockade.errors import UsageError
 
 
 def _print_table(doc: dict[str, Any]) -> None:
@@ -61,7 +62,13 @@ def evidence() -> None:
     "--product", type=click.Choice(["milan", "genoa", "turin"]), help="SNP product hint (for v2 reports)."
 )
 @click.option("--allow-trailing-bytes", is_flag=True, help="TDX/SGX: accept non-zero bytes after the quote.")
-@click.option("--no-revocation-check", is_flag=True, help="TDX/SGX: verify without CRLs (reported).")
+@click.option(
+    "--revocation",
+    type=click.Choice(["require", "if-given", "skip"]),
+    help="CRL checking on every platform: require the chain's CRLs, check those given, or skip them "
+    "(default: if-given for SNP, require for TDX/SGX).",
+)
+@click.option("--no-revocation-check", is_flag=True, help="Same as --revocation if-given (reported).")
 @json_option("Print the verified claims as JSON.")
 def verify(
     path: Path,
@@ -70,13 +77,18 @@ def verify(
     at_text: str | None,
     product: str | None,
     allow_trailing_bytes: bool,
+    revocation: str | None,
     no_revocation_check: bool,
     as_json: bool,
 ) -> None:
     """Verify the evidence in PATH (an SEV-SNP report, a TDX or SGX quote)
     offline and print the verified claims."""
     from stockade.commands._files import parse_time, verify_file
+    from stockade.evidence.registry import Revocation
 
+    if no_revocation_check and revocation not in (None, "if-given"):
+        raise UsageError("--no-revocation-check contradicts --revocation " + revocation)
+    mode = Revocation(revocation) if revocation else Revocation.IF_GIVEN if no_revocation_check else None
     verified = verify_file(
         path,
         parse_time(at_text),
@@ -85,10 +97,13 @@ def verify(
         product=product,
         allow_trailing=allow_trailing_bytes,
         check_revocation=not no_revocation_check,
+        revocation=mode,
     )
     doc: dict[str, Any] = {"evidence": verified.kind, **verified.claims.to_json(), "checks": verified.checks}
-    if no_revocation_check and verified.kind != "sev-snp-report":
-        doc["checks"].append("revocation NOT checked (--no-revocation-check)")
+    if not verified.revocation_checked:
+        doc["checks"].append(
+            f"revocation NOT checked ({'--revocation skip' if revocation == 'skip' else 'no CRL given'})"
+        )
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:

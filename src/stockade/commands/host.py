@@ -392,9 +392,9 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None, tdx: b
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from stockade.errors import UsageError
+    from stockade.evidence.pki import load_der
     from stockade.evidence.sim.chip import ensure_chip, sim_crl
     from stockade.evidence.sim.chip import sim_root as chip_root
-    from stockade.evidence.x509util import load_der
 
     sdir = state_dir or state_dir_default()
     if tdx:
@@ -433,8 +433,8 @@ def _sim_tdx_root(sdir: Path, fingerprint: bool) -> None:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from stockade.errors import UsageError
+    from stockade.evidence.pki import load_der
     from stockade.evidence.sim.tdx_chip import LABEL, ensure_tdx_chip, sim_tdx_root
-    from stockade.evidence.x509util import load_der
 
     try:
         if ensure_tdx_chip(sdir):

@@ -12,15 +12,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from stockade.wire.platform import Platform
+
 _VERIFIED = object()
 #: Platforms that give no hardware protection (the sim backends: "sim" is
 #: simulated SEV-SNP, "sim-tdx" simulated TDX).
-SIM_PLATFORMS = ("sim", "sim-tdx")
+SIM_PLATFORMS: tuple[str, ...] = (Platform.SIM.value, Platform.SIM_TDX.value)
 
 
 @dataclass(frozen=True)
 class VerifiedClaims:
-    platform: str  # "snp", "tdx", "sgx", "sim" or "sim-tdx"
+    platform: str  # a Platform value (wire/platform.py): "snp", "tdx", "sgx", "sim" or "sim-tdx"
     product: str  # e.g. "Milan"
     signer: str  # e.g. "VCEK", "VLEK"
     measurement: bytes

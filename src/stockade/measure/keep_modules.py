@@ -260,6 +260,7 @@ MODULES: frozenset[str] = frozenset(
         "stockade.wire.evidence",
         "stockade.wire.framing",
         "stockade.wire.messages",
+        "stockade.wire.platform",
         "stockade.wire.protocol",
         "stockade.wire.staging",
         "string",

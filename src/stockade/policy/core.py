@@ -18,6 +18,7 @@ from stockade.policy.claims import NOT_VERIFIED_NOTE, Claims
 from stockade.policy.model import Decision, RefusedByPolicy, Row, Verdict
 from stockade.policy.rules import Context, conjunction
 from stockade.policy.types import PLATFORMS, Policy, WorkloadRequirements
+from stockade.wire.platform import Platform
 
 __all__ = ["PLATFORMS", "Policy", "WorkloadRequirements", "appraise", "evaluate"]
 
@@ -44,7 +45,7 @@ def evaluate(claims: Claims, policy: Policy, at: datetime | None = None) -> Deci
         hint = ("this is stockade's built-in default policy; " if policy.builtin else "") + SIM_HINT
     verified = isinstance(claims, VerifiedClaims)
     notes: list[str] = [] if verified else [NOT_VERIFIED_NOTE]
-    if claims.platform == "sim":
+    if claims.platform == Platform.SIM:
         notes.append("sim: NO hardware protection (simulated SEV-SNP, for development only)")
     elif claims.platform == "sim-tdx":
         notes.append("sim-tdx \N{EM DASH} NO HARDWARE PROTECTION (simulated TDX, for development only)")

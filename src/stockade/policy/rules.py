@@ -30,8 +30,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from stockade.evidence.claims import SIM_PLATFORMS
+from stockade.evidence.sgx.abi import ATTRIBUTE_FLAG_BITS
+from stockade.evidence.snp.abi import POLICY_BITS
+from stockade.evidence.tdx.abi import TD_ATTRIBUTE_BITS
 from stockade.policy.claims import Claims
 from stockade.policy.model import Row, Verdict
+from stockade.wire.platform import Platform
 
 # AR4SI trustworthiness values (draft-ietf-rats-ar4si, as used by EAR) that a
 # failed rule maps to; see stockade.policy.ear.
@@ -43,55 +47,23 @@ UNSUPPORTABLE_CONFIG = 96
 UNRECOGNIZED_RT = 33
 UNRECOGNIZED_INSTANCE = 97
 
-#: SEV-SNP guest policy flags (claims.policy_flags names) and their bits
-#: (AMD SEV-SNP ABI spec pub. 56860, "Guest Policy Structure").
-SNP_POLICY_BITS: dict[str, tuple[int, str]] = {
-    "smt_allowed": (16, "SMT"),
-    "migrate_ma": (18, "MIGRATE_MA"),
-    "debug": (19, "DEBUG"),
-    "single_socket": (20, "SINGLE_SOCKET"),
-    "cxl_allowed": (21, "CXL_ALLOW"),
-    "mem_aes_256_xts": (22, "MEM_AES_256_XTS"),
-    "rapl_disabled": (23, "RAPL_DIS"),
-    "ciphertext_hiding": (24, "CIPHERTEXT_HIDING"),
-    "page_swap_disabled": (25, "PAGE_SWAP_DISABLE"),
-}
-
-#: Intel TDX TD attributes (claims.policy_flags names on TDX) and their bits
-#: (Intel TDX Module ABI specification, TDATTRIBUTES).
-TDX_ATTRIBUTE_BITS: dict[str, tuple[int, str]] = {
-    "debug": (0, "DEBUG"),
-    "sept_ve_disable": (28, "SEPT_VE_DISABLE"),
-    "migratable": (29, "MIGRATABLE"),
-    "pks": (30, "PKS"),
-    "key_locker": (31, "KL"),
-    "perfmon": (63, "PERFMON"),
-}
-
-#: Intel SGX enclave attribute flags (SECS ATTRIBUTES.FLAGS).
-SGX_ATTRIBUTE_BITS: dict[str, tuple[int, str]] = {
-    "init": (0, "INIT"),
-    "debug": (1, "DEBUG"),
-    "mode64bit": (2, "MODE64BIT"),
-    "provisionkey": (4, "PROVISIONKEY"),
-    "einittokenkey": (5, "EINITTOKENKEY"),
-    "cet": (6, "CET"),
-    "kss": (7, "KSS"),
-    "aexnotify": (10, "AEXNOTIFY"),
-}
+#: The flag-bit tables are the abi modules' own (name -> (bit, spec name)).
+SNP_POLICY_BITS = POLICY_BITS
+TDX_ATTRIBUTE_BITS = TD_ATTRIBUTE_BITS
+SGX_ATTRIBUTE_BITS = ATTRIBUTE_FLAG_BITS
 
 FLAG_TABLES: dict[str, tuple[str, dict[str, tuple[int, str]]]] = {
-    "snp": ("guest policy", SNP_POLICY_BITS),
-    "tdx": ("TD attribute", TDX_ATTRIBUTE_BITS),
-    "sgx": ("enclave attribute", SGX_ATTRIBUTE_BITS),
+    Platform.SNP: ("guest policy", SNP_POLICY_BITS),
+    Platform.TDX: ("TD attribute", TDX_ATTRIBUTE_BITS),
+    Platform.SGX: ("enclave attribute", SGX_ATTRIBUTE_BITS),
 }
 
 #: Where each platform keeps its debug switch, for explanations.
-DEBUG_SWITCH = {
-    "snp": "guest policy bit 19 (DEBUG)",
-    "sim": "guest policy bit 19 (DEBUG)",
-    "tdx": "TD attribute bit 0 (DEBUG)",
-    "sgx": "enclave attribute bit 1 (DEBUG)",
+DEBUG_SWITCH: dict[str, str] = {
+    Platform.SNP: "guest policy bit 19 (DEBUG)",
+    Platform.SIM: "guest policy bit 19 (DEBUG)",
+    Platform.TDX: "TD attribute bit 0 (DEBUG)",
+    Platform.SGX: "enclave attribute bit 1 (DEBUG)",
 }
 
 
@@ -178,7 +150,7 @@ class PlatformIn(Check):
 
     def expected(self) -> str:
         text = _one_of(self.platforms)
-        return text if "sim" in self.platforms else f"{text} (sim only when named)"
+        return text if Platform.SIM in self.platforms else f"{text} (sim only when named)"
 
     def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
         actual = claims.platform + (" (NO hardware protection)" if claims.platform in SIM_PLATFORMS else "")
@@ -210,7 +182,7 @@ class Debug(Check):
 
 
 #: Platforms whose evidence carries the SEV-SNP guest policy (sim is SNP-shaped).
-MIGRATION_AGENT_PLATFORMS = ("snp", "sim")
+MIGRATION_AGENT_PLATFORMS = (Platform.SNP.value, Platform.SIM.value)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,11 @@ from stockade.policy.rules import (
     RootIn,
     Rule,
 )
+from stockade.wire.platform import PLATFORMS as WIRE_PLATFORMS
 
-#: Platforms a policy may name. ``sim`` is accepted only where named.
-PLATFORMS = ("snp", "tdx", "sgx", "sim")
+#: Platforms a policy may name (one list, wire/platform.py); ``sim`` and
+#: ``sim-tdx`` are accepted only where named.
+PLATFORMS = WIRE_PLATFORMS
 
 
 @dataclass(frozen=True)

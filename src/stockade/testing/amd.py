@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from stockade.evidence.pki import der_of, load_der, serial
 from stockade.evidence.sim import chip as builders
 from stockade.evidence.snp.abi import (
     SIGNED_SIZE,
@@ -49,7 +50,6 @@ from stockade.evidence.snp.abi import (
     with_signature,
 )
 from stockade.evidence.snp.verify import HWID_LENGTH, TrustAnchor
-from stockade.evidence.x509util import der_of, load_der, serial
 
 FAKE_ORG = "Fake AMD (stockade.testing) - NOT AMD"
 

@@ -43,6 +43,7 @@ from stockade.evidence.sim.psp import SimPsp
 from stockade.evidence.snp import attester as snp
 from stockade.evidence.snp.abi import REPORT_SIZE
 from stockade.evidence.snp.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, build_cert_table
+from stockade.evidence.tsm import OsConfigfs
 
 #: ``sign(report_data, vmpl) -> (report, certs)``: certs as (name, DER) pairs
 #: with names "vcek", "vlek", "ask", "ark".
@@ -116,7 +117,7 @@ class FakeTsm:
     #: (operation, attribute or entry name) of every call, in order.
     log: list[tuple[str, str]] = field(default_factory=list)
     _entries: dict[Path, _Entry] = field(default_factory=dict)
-    _os: snp.OsConfigfs = field(default_factory=snp.OsConfigfs)
+    _os: OsConfigfs = field(default_factory=OsConfigfs)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -18,12 +18,10 @@ import cbor2
 from stockade.errors import MalformedEvidence, ProtocolError
 from stockade.wire import der
 from stockade.wire.messages import VERSION, decode_map, loads_strict
+from stockade.wire.platform import PLATFORMS
 
 EVIDENCE_OID = "2.23.133.5.4.9"
 MEDIA_TYPE = "application/vnd.stockade.evidence+cbor; v=1"
-#: "sim-tdx": a TDX quote from the sim QE (stockade.evidence.sim.tdx_chip),
-#: with its collateral as the certs; NO HARDWARE PROTECTION.
-PLATFORMS = ("sim", "snp", "tdx", "sgx", "sim-tdx")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@
   decides whether it needs them).
 * :class:`PcsClient`: fetches that collateral from Intel's Provisioning
   Certification Service (API v4) or any PCS-shaped service (a PCCS, the fake
-  one in :mod:`stockade.testing.pcs`), through an on-disk cache. An item is
+  one in :mod:`stockade.testing.pcs`), through the one on-disk collateral
+  cache (evidence/collateral.py). An item is
   served from the cache while its own nextUpdate is after ``now``;
   everything fetched is parsed before it is cached (never signature-checked
   here: that is verification's job, at verification time), and garbage,
@@ -26,10 +27,9 @@ Endpoints (PCS API v4): ``/{sgx|tdx}/certification/v4/tcb?fmspc=`` (header
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,10 +38,12 @@ from typing import Any
 from cryptography import x509
 
 from stockade.errors import CollateralUnavailable, MalformedEvidence
+from stockade.evidence.collateral import CollateralCache, HttpFetcher, write_atomic
 from stockade.evidence.intel.abi import HEADER_SIZE, INTEL_QE_VENDOR_ID, Quote, TeeType
 from stockade.evidence.intel.tcbinfo import parse_enclave_identity, parse_tcb_info, split_signed_body
 from stockade.evidence.intel.verify import Collateral, VerifiedQuote, verify_quote
-from stockade.evidence.x509util import load_crl, load_pem_chain
+from stockade.evidence.pki import load_crl, load_pem_chain
+from stockade.wire.platform import Platform
 
 FILES = {
     "tcb_info": "tcb_info.json",
@@ -67,7 +69,7 @@ def detect_quote(data: bytes) -> str | None:
     version, key_type, tee = struct.unpack_from("<HHI", data, 0)
     if version not in (3, 4, 5) or key_type != 2 or data[12:28] != INTEL_QE_VENDOR_ID:
         return None
-    return {int(TeeType.SGX): "sgx", int(TeeType.TDX): "tdx"}.get(int(tee))
+    return {int(TeeType.SGX): Platform.SGX.value, int(TeeType.TDX): Platform.TDX.value}.get(int(tee))
 
 
 def load_collateral_dir(path: Path) -> Collateral:
@@ -85,23 +87,11 @@ def load_collateral_dir(path: Path) -> Collateral:
     return Collateral(**values)  # type: ignore[arg-type]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_collateral_dir(collateral: Collateral, path: Path) -> None:
     for field, name in FILES.items():
         value = getattr(collateral, field)
         if value is not None:
-            _write_atomic(path / name, value)
+            write_atomic(path / name, value)
 
 
 def verify_quote_files(
@@ -141,7 +131,7 @@ class CollateralKey:
     @classmethod
     def for_quote(cls, quote_bytes: bytes) -> CollateralKey:
         from stockade.evidence.intel.pck import read_sgx_extension
-        from stockade.evidence.x509util import load_der
+        from stockade.evidence.pki import load_der
 
         quote = Quote.from_bytes(quote_bytes, allow_trailing=True)
         if len(quote.pck_chain) < 2:
@@ -154,7 +144,7 @@ class CollateralKey:
         )
         if kind is None:
             raise MalformedEvidence("PCK CA certificate is neither the PCK Platform CA nor the Processor CA")
-        tee = "tdx" if quote.tee_type is TeeType.TDX else "sgx"
+        tee = Platform.TDX.value if quote.tee_type is TeeType.TDX else Platform.SGX.value
         return cls(tee=tee, fmspc=read_sgx_extension(leaf).fmspc.hex(), ca=kind)
 
 
@@ -179,10 +169,7 @@ def _next_update_json(body: bytes, name: str) -> datetime:
 
 
 def _next_update_crl(der: bytes) -> datetime:
-    next_update = load_crl(der, "CRL").next_update_utc
-    if next_update is None:
-        raise MalformedEvidence("CRL has no nextUpdate")
-    return next_update
+    return load_crl(der, "CRL").next_update  # pki refuses a CRL without nextUpdate
 
 
 class PcsClient:
@@ -201,32 +188,32 @@ class PcsClient:
         base_url: str = PCS_URL,
         root_crl_url: str = ROOT_CRL_URL,
         timeout: float = 10.0,
+        retries: int = 0,
         transport: Any = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
+        #: The one collateral cache (evidence/collateral.py), laid out by name.
+        self.cache = CollateralCache(self.cache_dir)
         self.base_url = base_url.rstrip("/")
         self.root_crl_url = root_crl_url
         self.timeout = timeout
         self.transport = transport
-        self._http: Any = None
+        self.retries = retries
+        self._http: HttpFetcher | None = None
+        self._http_client: Any = None
 
-    def _get(self, url: str) -> tuple[bytes, Any]:
-        import httpx
+    def _get(self, url: str) -> tuple[bytes, Mapping[str, str]]:
+        """Through the one HTTP fetcher (evidence/collateral.py); one
+        connection pool per collateral() call, made on first need."""
+        if self._http is None:
+            import httpx
 
-        if self._http is None:  # one connection pool per collateral() call, made on first need
-            self._http = httpx.Client(timeout=self.timeout, transport=self.transport)
-        try:
-            with self._http.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise CollateralUnavailable(f"{url}: PCS answered HTTP {response.status_code}")
-                body = b""
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE:
-                        raise CollateralUnavailable(f"{url}: response larger than {MAX_RESPONSE} bytes")
-                return body, response.headers
-        except httpx.HTTPError as exc:
-            raise CollateralUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
+            client = httpx.Client(timeout=self.timeout, transport=self.transport)
+            self._http = HttpFetcher(
+                timeout=self.timeout, retries=self.retries, client=client, max_body=MAX_RESPONSE
+            )
+            self._http_client = client
+        return self._http.fetch(url)
 
     def _item(
         self,
@@ -239,16 +226,14 @@ class PcsClient:
     ) -> tuple[bytes, bytes | None]:
         """(body, issuer chain) from the cache while fresh, else fetched,
         checked to parse, and cached."""
-        chain_path = path.with_name(path.name + ".issuer_chain.pem")
-        if path.exists() and (not chain_headers or chain_path.exists()):
-            body = path.read_bytes()
-            chain = chain_path.read_bytes() if chain_headers else None
-            try:
-                fresh = next_update(body) > now
-            except MalformedEvidence:
-                fresh = False
-            if fresh or offline:
-                return body, chain
+        name = path.relative_to(self.cache_dir).as_posix()
+        chain_name = name + ".issuer_chain.pem"
+        body = self.cache.get(name)
+        chain = self.cache.get(chain_name) if chain_headers else None
+        whole = body is not None and (not chain_headers or chain is not None)
+        if whole and (offline or self.cache.fresh(name, next_update, now) is not None):
+            assert body is not None
+            return body, chain
         if offline:
             raise CollateralUnavailable(f"{path.name} is not cached and fetching is off")
         body, headers = self._get(url)
@@ -260,8 +245,8 @@ class PcsClient:
             raise CollateralUnavailable(f"{url}: PCS returned collateral that expired at {nu.isoformat()}")
         chain = _chain_header(headers, chain_headers, url) if chain_headers else None
         if chain is not None:
-            _write_atomic(chain_path, chain)
-        _write_atomic(path, body)
+            self.cache.put(chain_name, chain)
+        self.cache.put(name, body)
         return body, chain
 
     def collateral(self, key: CollateralKey, now: datetime, *, offline: bool = False) -> Collateral:
@@ -269,13 +254,13 @@ class PcsClient:
         possible; with ``offline``, only from the cache, fresh or not)."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        if key.tee not in ("tdx", "sgx") or key.ca not in ("platform", "processor"):
+        if key.tee not in (Platform.TDX, Platform.SGX) or key.ca not in ("platform", "processor"):
             raise ValueError(f"bad collateral key {key}")
         try:
             return self._collateral(key, now, offline)
         finally:
             if self._http is not None:
-                self._http.close()
+                self._http_client.close()
                 self._http = None
 
     def _collateral(self, key: CollateralKey, now: datetime, offline: bool) -> Collateral:

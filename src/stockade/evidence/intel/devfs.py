@@ -6,7 +6,8 @@ trees whose files act when written or read: writing report data makes the
 next read return a quote. :class:`DeviceFiles` does plain file I/O; tests
 replace it with a subclass that plays the kernel's or Gramine's part on a
 temporary directory (tests/test_tdx_attester.py, tests/test_sgx_attester.py).
-Every OS error becomes :class:`IntelGuestError`: the platform's attestation
+Every OS error becomes :class:`IntelGuestError` (the one guest-interface
+error class, evidence/tsm.py ``GuestInterfaceError``): the platform's attestation
 interface is missing or did not follow its protocol. Bytes that are not the
 quote asked for are MalformedEvidence.
 """
@@ -16,19 +17,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from stockade.errors import MalformedEvidence, StockadeError
+from stockade.errors import MalformedEvidence
 from stockade.evidence.intel.abi import Quote, TeeType
+from stockade.evidence.tsm import GuestInterfaceError
 
 REPORT_DATA_SIZE = 64
 
 
-class IntelGuestError(StockadeError):
-    """The TDX (configfs-tsm) or SGX (Gramine) attestation interface is
-    absent here, or it failed. Like the SNP attester's error, it shares the
-    generic exit code and problem type of StockadeError: the Keep meets it,
-    not a deploying client."""
-
-    title = "Intel TDX/SGX guest interface error"
+#: The one guest-interface error class of every attester (evidence/tsm.py).
+IntelGuestError = GuestInterfaceError
 
 
 class DeviceFiles:

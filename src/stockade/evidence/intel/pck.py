@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from stockade.errors import MalformedEvidence
+from stockade.wire.der import elements, only, tlv, unsigned
+from stockade.wire.der import oid as read_oid
 
 SGX_EXTENSION_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
 _ARC = "1.2.840.113741.1.13.1"
@@ -35,69 +37,11 @@ _SEQUENCE, _INTEGER, _OCTETS, _OID, _ENUM, _BOOL, _BITS = 0x30, 0x02, 0x04, 0x06
 _ECDSA_SHA256_ALGID = bytes.fromhex("300a06082a8648ce3d040302")
 
 
-def _tlv(data: bytes, pos: int, what: str) -> tuple[int, bytes, int]:
-    """(tag, value, next position) of the DER element at ``pos``."""
-    if pos + 2 > len(data):
-        raise MalformedEvidence(f"{what}: truncated DER")
-    tag, length = data[pos], data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        n = length & 0x7F
-        if n == 0 or n > 3 or pos + n > len(data):
-            raise MalformedEvidence(f"{what}: bad DER length")
-        length = int.from_bytes(data[pos : pos + n], "big")
-        if length < 0x80 or data[pos] == 0:
-            raise MalformedEvidence(f"{what}: non-minimal DER length")
-        pos += n
-    if pos + length > len(data):
-        raise MalformedEvidence(f"{what}: DER value overruns its container")
-    return tag, data[pos : pos + length], pos + length
-
-
-def _elements(data: bytes, what: str) -> list[tuple[int, bytes]]:
-    out = []
-    pos = 0
-    while pos < len(data):
-        tag, value, pos = _tlv(data, pos, what)
-        out.append((tag, value))
-    return out
-
-
-def _only(data: bytes, tag: int, what: str) -> bytes:
-    got, value, end = _tlv(data, 0, what)
-    if got != tag or end != len(data):
-        raise MalformedEvidence(f"{what}: expected one DER element with tag 0x{tag:02x}")
-    return value
-
-
-def _oid(value: bytes, what: str) -> str:
-    if not value or value[-1] & 0x80:
-        raise MalformedEvidence(f"{what}: bad OBJECT IDENTIFIER")
-    arcs: list[int] = []
-    acc = 0
-    for b in value:
-        if acc == 0 and b == 0x80:
-            raise MalformedEvidence(f"{what}: non-minimal OBJECT IDENTIFIER arc")
-        acc = acc << 7 | b & 0x7F
-        if not b & 0x80:
-            if not arcs:
-                first = min(acc // 40, 2)
-                arcs += [first, acc - 40 * first]
-            else:
-                arcs.append(acc)
-            acc = 0
-    return ".".join(map(str, arcs))
-
-
 def _uint(tag_value: tuple[int, bytes], tag: int, what: str, limit: int) -> int:
     got, body = tag_value
     if got != tag or not body:
         raise MalformedEvidence(f"{what}: expected DER tag 0x{tag:02x}")
-    if body[0] & 0x80:
-        raise MalformedEvidence(f"{what}: negative integer")
-    if len(body) > 1 and body[0] == 0 and not body[1] & 0x80:
-        raise MalformedEvidence(f"{what}: non-minimal integer")
-    value = int.from_bytes(body, "big")
+    value = unsigned(body, what)
     if value > limit:
         raise MalformedEvidence(f"{what}: {value} is larger than {limit}")
     return value
@@ -121,13 +65,13 @@ def _pairs(data: bytes, prefix: str, what: str) -> dict[str, tuple[int, bytes]]:
     """A SEQUENCE OF SEQUENCE {OID, value} as {sub-arc: (tag, value)}, every
     OID under ``prefix`` and none twice."""
     out: dict[str, tuple[int, bytes]] = {}
-    for tag, item in _elements(data, what):
+    for tag, item in elements(data, what):
         if tag != _SEQUENCE:
             raise MalformedEvidence(f"{what}: expected a SEQUENCE")
-        parts = _elements(item, what)
+        parts = elements(item, what)
         if len(parts) != 2 or parts[0][0] != _OID:
             raise MalformedEvidence(f"{what}: expected (OID, value)")
-        oid = _oid(parts[0][1], what)
+        oid = read_oid(parts[0][1], what)
         if not oid.startswith(prefix + "."):
             raise MalformedEvidence(f"{what}: unexpected OID {oid}")
         arc = oid[len(prefix) + 1 :]
@@ -160,7 +104,7 @@ _REQUIRED = {"1", "2", "3", "4", "5"}
 
 def parse_sgx_extension(value: bytes) -> PckExtensions:
     what = "PCK SGX extension"
-    items = _pairs(_only(value, _SEQUENCE, what), _ARC, what)
+    items = _pairs(only(value, _SEQUENCE, what), _ARC, what)
     if not set(items) <= _KNOWN or not set(items) >= _REQUIRED:
         raise MalformedEvidence(f"{what}: has fields {sorted(items)} (expected 1-5, optionally 6 and 7)")
     tag, tcb_raw = items["2"]
@@ -211,21 +155,21 @@ def check_envelope(der: bytes, what: str) -> None:
     """Certificate ::= SEQUENCE { tbs, signatureAlgorithm, signatureValue }
     with both algorithm identifiers exactly ecdsa-with-SHA256 (no
     parameters) and a BIT STRING with no unused bits."""
-    tag, cert, end = _tlv(der, 0, what)
+    tag, cert, end = tlv(der, 0, what)
     if tag != _SEQUENCE or end != len(der):
         raise MalformedEvidence(f"{what}: not a single DER SEQUENCE")
-    tag, tbs, pos = _tlv(cert, 0, what)
+    tag, tbs, pos = tlv(cert, 0, what)
     if tag != _SEQUENCE:
         raise MalformedEvidence(f"{what}: TBSCertificate is not a SEQUENCE")
     if cert[pos : pos + len(_ECDSA_SHA256_ALGID)] != _ECDSA_SHA256_ALGID:
         raise MalformedEvidence(f"{what}: not signed with ecdsa-with-SHA256")
-    tag, bits, end = _tlv(cert, pos + len(_ECDSA_SHA256_ALGID), what)
+    tag, bits, end = tlv(cert, pos + len(_ECDSA_SHA256_ALGID), what)
     if tag != _BITS or end != len(cert) or not bits or bits[0] != 0:
         raise MalformedEvidence(f"{what}: malformed signature BIT STRING")
     # Inside the TBS: [0] version, serial, then the signature AlgorithmIdentifier.
-    tag, _, p = _tlv(tbs, 0, what)
+    tag, _, p = tlv(tbs, 0, what)
     if tag != 0xA0:
         raise MalformedEvidence(f"{what}: not an X.509 v3 certificate")
-    tag, _, p = _tlv(tbs, p, what)
+    tag, _, p = tlv(tbs, p, what)
     if tbs[p : p + len(_ECDSA_SHA256_ALGID)] != _ECDSA_SHA256_ALGID:
         raise MalformedEvidence(f"{what}: TBS signature algorithm is not ecdsa-with-SHA256")

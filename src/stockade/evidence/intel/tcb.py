@@ -30,52 +30,26 @@ text (``Verifiers/Checks/TcbLevelCheck.cpp``, ``TdxModuleCheck.cpp``,
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from stockade.errors import VerificationFailed
+from stockade.evidence.intel.tcbinfo import (
+    EnclaveIdentity,
+    EnclaveTcbLevel,
+    ModuleTcbLevel,
+    TcbInfo,
+    TcbLevel,
+    TdxModuleIdentity,
+)
+from stockade.evidence.intel.tcbstatus import TcbStatus
 
 if TYPE_CHECKING:
-    from stockade.evidence.intel.tcbinfo import (
-        EnclaveIdentity,
-        EnclaveTcbLevel,
-        ModuleTcbLevel,
-        TcbInfo,
-        TcbLevel,
-        TdxModuleIdentity,
-    )
     from stockade.evidence.tdx.abi import TdReport
 
 
-class TcbStatus(enum.Enum):
-    UP_TO_DATE = "UpToDate"
-    SW_HARDENING_NEEDED = "SWHardeningNeeded"
-    CONFIGURATION_NEEDED = "ConfigurationNeeded"
-    CONFIGURATION_AND_SW_HARDENING_NEEDED = "ConfigurationAndSWHardeningNeeded"
-    OUT_OF_DATE = "OutOfDate"
-    OUT_OF_DATE_CONFIGURATION_NEEDED = "OutOfDateConfigurationNeeded"
-    REVOKED = "Revoked"
-    # Computed by the TD relaunch check (TD report 1.5 only), never in TCB info:
-    TD_RELAUNCH_ADVISED = "TDRelaunchAdvised"
-    TD_RELAUNCH_ADVISED_CONFIGURATION_NEEDED = "TDRelaunchAdvisedConfigurationNeeded"
-
-
 S = TcbStatus
-PLATFORM_STATUSES = frozenset(
-    {
-        S.UP_TO_DATE,
-        S.SW_HARDENING_NEEDED,
-        S.CONFIGURATION_NEEDED,
-        S.CONFIGURATION_AND_SW_HARDENING_NEEDED,
-        S.OUT_OF_DATE,
-        S.OUT_OF_DATE_CONFIGURATION_NEEDED,
-        S.REVOKED,
-    }
-)
-MODULE_STATUSES = frozenset({S.UP_TO_DATE, S.OUT_OF_DATE, S.REVOKED})
-ENCLAVE_STATUSES = frozenset({S.UP_TO_DATE, S.OUT_OF_DATE, S.REVOKED})
 _CONFIGURATION = frozenset(
     {
         S.CONFIGURATION_NEEDED,
@@ -339,3 +313,19 @@ def evaluate(
         ),
         level=tdx_level,
     )
+
+
+__all__ = [
+    "TcbEvaluation",
+    "TcbLevelNotSupported",
+    "TcbStatus",
+    "converge_with_module",
+    "converge_with_qe",
+    "evaluate",
+    "match_levels",
+    "module_identity_id",
+    "qe_level",
+    "relaunch",
+    "select_module",
+    "tdx_components_start",
+]

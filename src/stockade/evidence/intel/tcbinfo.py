@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from stockade.errors import MalformedEvidence
-from stockade.evidence.intel.tcb import (
+from stockade.evidence.intel.tcbstatus import (
     ENCLAVE_STATUSES,
     MODULE_STATUSES,
     PLATFORM_STATUSES,

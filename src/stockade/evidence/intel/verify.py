@@ -55,7 +55,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from stockade.errors import CollateralUnavailable, MalformedEvidence, VerificationFailed
 from stockade.evidence.claims import _VERIFIED, VerifiedClaims
@@ -76,16 +75,27 @@ from stockade.evidence.intel.tcbinfo import (
     parse_tcb_info,
     split_signed_body,
 )
+from stockade.evidence.pki import (
+    SigAlg,
+    check_crl,
+    check_validity,
+    check_window,
+    der_of,
+    fingerprint,
+    load_crl,
+    load_der,
+    load_pem_chain,
+    signed_by,
+)
 from stockade.evidence.sgx.abi import EnclaveReport
 from stockade.evidence.tdx.abi import TdReport
-from stockade.evidence.x509util import check_validity, load_crl, load_der, load_pem_chain
+from stockade.wire.platform import Platform
 
 CN = x509.NameOID.COMMON_NAME
 ROOT_CN = "Intel SGX Root CA"
 PCK_CN = "Intel SGX PCK Certificate"
 PCK_CA_CNS = {"Intel SGX PCK Platform CA": "platform", "Intel SGX PCK Processor CA": "processor"}
 TCB_SIGNING_CN = "Intel SGX TCB Signing"
-_ECDSA_SHA256 = x509.oid.SignatureAlgorithmOID.ECDSA_WITH_SHA256
 
 
 @functools.lru_cache(maxsize=1)
@@ -203,22 +213,11 @@ def _cn(cert: x509.Certificate) -> str:
     return str(attrs[0].value) if len(attrs) == 1 else ""
 
 
-@functools.lru_cache(maxsize=256)
 def _signed_by(child_der: bytes, issuer_der: bytes, what: str) -> None:
-    """``child`` is signed by ``issuer`` (ECDSA P-256, SHA-256) and names it
-    as issuer. Cached by exact DER: a hit means these bytes verified."""
+    """``child`` is signed by ``issuer`` (ecdsa-with-SHA256 on P-256, pinned)
+    and names it as issuer (pki.signed_by, cached by certificate)."""
     child, issuer = _cert(child_der, what), _cert(issuer_der, f"issuer of {what}")
-    if child.issuer != issuer.subject:
-        raise VerificationFailed(
-            f"{what} issuer {child.issuer.rfc4514_string()} is not {issuer.subject.rfc4514_string()}"
-        )
-    key = _ec_key(issuer, f"issuer of {what}")
-    try:
-        key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise VerificationFailed(
-            f"{what} signature does not verify under {issuer.subject.rfc4514_string()}"
-        ) from None
+    signed_by(child, issuer, SigAlg.ECDSA_P256_SHA256, what)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -226,37 +225,6 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
-
-
-@dataclass(frozen=True)
-class _Crl:
-    this_update: datetime
-    next_update: datetime
-    revoked: frozenset[int]
-
-
-@functools.lru_cache(maxsize=64)
-def _crl(data: bytes, issuer_der: bytes, what: str) -> _Crl:
-    """Parse ``data`` (DER or PEM) and check its issuer and signature."""
-    crl = load_crl(data, what)
-    revoked = frozenset(entry.serial_number for entry in crl)
-    next_update = crl.next_update_utc
-    this_update = crl.last_update_utc
-    algorithm = crl.signature_algorithm_oid
-    issuer = _cert(issuer_der, f"issuer of {what}")
-    if crl.issuer != issuer.subject:
-        raise VerificationFailed(
-            f"{what} is issued by {crl.issuer.rfc4514_string()}, not {issuer.subject.rfc4514_string()}"
-        )
-    if algorithm != _ECDSA_SHA256 or not crl.is_signature_valid(_ec_key(issuer, f"issuer of {what}")):
-        raise VerificationFailed(f"{what} signature does not verify under {issuer.subject.rfc4514_string()}")
-    if next_update is None:
-        raise VerificationFailed(f"{what} has no nextUpdate")
-    return _Crl(this_update, next_update, revoked)
-
-
-def _crl_at(crl: _Crl, what: str, at: datetime) -> None:
-    _window(what, crl.this_update, crl.next_update, at, "thisUpdate")
 
 
 @functools.lru_cache(maxsize=64)
@@ -275,19 +243,10 @@ def _qe_identity(body: bytes, signer_der: bytes) -> EnclaveIdentity:
     return parse_enclave_identity(signed.value)
 
 
-def _window(
-    what: str, issue: datetime, next_update: datetime, at: datetime, issue_label: str = "issued"
-) -> None:
-    """Intel's collateral window (TCB info, QE identity, CRLs): issued (or
-    thisUpdate) <= at <= nextUpdate. Certificates use x509util.check_validity."""
-    if at < issue:
-        raise VerificationFailed(
-            f"{what} is not yet valid at {at.isoformat()} ({issue_label} {issue.isoformat()})"
-        )
-    if at > next_update:
-        raise VerificationFailed(
-            f"{what} expired: nextUpdate {next_update.isoformat()} is before {at.isoformat()}"
-        )
+def _window(what: str, issue: datetime, next_update: datetime, at: datetime) -> None:
+    """Intel's collateral window (TCB info, QE identity): issued <= at <=
+    nextUpdate (pki.check_window; CRLs go through pki.check_crl)."""
+    check_window(what, at, issue, next_update, "issued")
 
 
 # --- the checks --------------------------------------------------------------------
@@ -409,16 +368,17 @@ def _check_revocation(
             f"no {' and no '.join(missing)} in the collateral: revocation cannot be checked"
         )
     if collateral.root_ca_crl is not None:
-        root_crl = _crl(collateral.root_ca_crl, root_der, "root CA CRL")
-        _crl_at(root_crl, "root CA CRL", at)
-        if _cert(pck.ca_der, "PCK CA certificate").serial_number in root_crl.revoked:
+        root = _cert(root_der, "Intel SGX Root CA")
+        root_crl = load_crl(collateral.root_ca_crl, "root CA CRL")
+        check_crl(root_crl, root, SigAlg.ECDSA_P256_SHA256, "root CA CRL", at)
+        if root_crl.revoked(_cert(pck.ca_der, "PCK CA certificate")) is not None:
             raise VerificationFailed("PCK CA certificate is revoked by the root CA CRL")
-        if _cert(signer_der, "TCB Signing certificate").serial_number in root_crl.revoked:
+        if root_crl.revoked(_cert(signer_der, "TCB Signing certificate")) is not None:
             raise VerificationFailed("TCB Signing certificate is revoked by the root CA CRL")
     if collateral.pck_crl is not None:
-        pck_crl = _crl(collateral.pck_crl, pck.ca_der, "PCK CRL")
-        _crl_at(pck_crl, "PCK CRL", at)
-        if pck.leaf.serial_number in pck_crl.revoked:
+        pck_crl = load_crl(collateral.pck_crl, "PCK CRL")
+        check_crl(pck_crl, _cert(pck.ca_der, "PCK CA certificate"), SigAlg.ECDSA_P256_SHA256, "PCK CRL", at)
+        if pck_crl.revoked(pck.leaf) is not None:
             raise VerificationFailed(
                 f"PCK certificate (serial 0x{pck.leaf.serial_number:x}) is revoked by the PCK CRL"
             )
@@ -430,7 +390,7 @@ def _tcb_signer_der(chain_pem: bytes, root_der: bytes) -> bytes:
     """The TCB Signing certificate of ``chain_pem`` after its structure, CN
     and signature checks (everything but time, which the caller checks)."""
     certs = load_pem_chain(chain_pem, "TCB signing chain")
-    ders = [c.public_bytes(Encoding.DER) for c in certs]
+    ders = [der_of(c) for c in certs]
     if not 1 <= len(ders) <= 2 or (len(ders) == 2 and ders[1] != root_der):
         raise VerificationFailed(
             "TCB signing chain must be the TCB Signing certificate, then the trusted root"
@@ -546,9 +506,8 @@ def verify_quote(
     )
 
 
-@functools.lru_cache(maxsize=8)
 def _fingerprint(der: bytes) -> str:
-    return hashlib.sha256(der).hexdigest()
+    return fingerprint(_cert(der, "Intel SGX Root CA"))
 
 
 _SGX_COMP_NAMES = tuple(f"sgx_tcb_comp{i:02d}" for i in range(1, 17))
@@ -570,7 +529,7 @@ def _claims(
         tcb += zip(_TEE_SVN_NAMES, body.tee_tcb_svn, strict=True)
         module = ev.module_id or "TDX 1.0 module"
         return VerifiedClaims(
-            platform="tdx",
+            platform=Platform.TDX.value,
             product="Intel TDX",
             signer=f"PCK-{pck.ca.capitalize()}",
             measurement=body.mr_td,
@@ -594,7 +553,7 @@ def _claims(
     assert isinstance(body, EnclaveReport)
     tcb += [("isv_prod_id", body.isv_prod_id), ("isv_svn", body.isv_svn), ("config_svn", body.config_svn)]
     return VerifiedClaims(
-        platform="sgx",
+        platform=Platform.SGX.value,
         product="Intel SGX",
         signer=f"PCK-{pck.ca.capitalize()}",
         measurement=body.mr_enclave,

@@ -36,16 +36,18 @@ _FIELDS: tuple[tuple[str, int, int], ...] = (
 FIELD_SPANS = {name: (off, off + n) for name, off, n in _FIELDS}
 _RESERVED = ((20, 32), (96, 128), (160, 192), (262, 304))
 
-# ATTRIBUTES.FLAGS bits (SDM Vol. 3D, "ATTRIBUTES").
-_FLAG_BITS = {
-    "init": 0,
-    "debug": 1,
-    "mode64bit": 2,
-    "provisionkey": 4,
-    "einittokenkey": 5,
-    "cet": 6,
-    "kss": 7,
-    "aexnotify": 10,
+#: SECS ATTRIBUTES.FLAGS bits (Intel SDM Vol. 3D, "ATTRIBUTES"):
+#: claims.policy_flags name -> (bit, spec name). Policy explanations use
+#: this table too (policy/rules.py).
+ATTRIBUTE_FLAG_BITS: dict[str, tuple[int, str]] = {
+    "init": (0, "INIT"),
+    "debug": (1, "DEBUG"),
+    "mode64bit": (2, "MODE64BIT"),
+    "provisionkey": (4, "PROVISIONKEY"),
+    "einittokenkey": (5, "EINITTOKENKEY"),
+    "cet": (6, "CET"),
+    "kss": (7, "KSS"),
+    "aexnotify": (10, "AEXNOTIFY"),
 }
 
 
@@ -109,10 +111,10 @@ class EnclaveReport:
 
     @property
     def debug(self) -> bool:
-        return bool(self.flags >> _FLAG_BITS["debug"] & 1)
+        return bool(self.flags >> ATTRIBUTE_FLAG_BITS["debug"][0] & 1)
 
     def attribute_flags(self) -> dict[str, bool]:
-        return {name: bool(self.flags >> bit & 1) for name, bit in _FLAG_BITS.items()}
+        return {name: bool(self.flags >> bit & 1) for name, (bit, _) in ATTRIBUTE_FLAG_BITS.items()}
 
 
 def with_fields(body: bytes, **fields: bytes | int) -> bytes:

@@ -19,12 +19,13 @@ from pathlib import Path
 from stockade.evidence.intel.abi import TeeType
 from stockade.evidence.intel.devfs import DeviceFiles, IntelGuestError, check_report_data, checked_quote
 from stockade.wire.evidence import EvidenceBundle
+from stockade.wire.platform import Platform
 
 ATTESTATION_DIR = Path("/dev/attestation")
 
 
 class SgxAttester:
-    platform = "sgx"
+    platform = Platform.SGX.value
 
     def __init__(self, attestation_dir: Path = ATTESTATION_DIR, *, files: DeviceFiles | None = None) -> None:
         self.dir = Path(attestation_dir)
@@ -38,4 +39,4 @@ class SgxAttester:
         self.files.write(self.dir / "user_report_data", report_data)
         raw = self.files.read(self.dir / "quote")
         quote = checked_quote(raw, TeeType.SGX, report_data, "Gramine /dev/attestation/quote")
-        return EvidenceBundle(platform="sgx", report=quote)
+        return EvidenceBundle(platform=Platform.SGX.value, report=quote)

@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from stockade.evidence.pki import der_of, load_der
 from stockade.evidence.snp import certs as amd
 from stockade.evidence.snp.abi import Product, TcbVersion
-from stockade.evidence.x509util import der_of, load_der
 from stockade.wire import der
 
 PRODUCT = Product.MILAN

@@ -72,6 +72,22 @@ class TcbVersion:
         return self.raw.to_bytes(8, "little").hex()
 
 
+#: Guest policy flags: claims.policy_flags name -> (bit, name in AMD SEV-SNP
+#: ABI spec pub. 56860, "Guest Policy Structure"). Policy explanations use
+#: this table too (policy/rules.py).
+POLICY_BITS: dict[str, tuple[int, str]] = {
+    "smt_allowed": (16, "SMT"),
+    "migrate_ma": (18, "MIGRATE_MA"),
+    "debug": (19, "DEBUG"),
+    "single_socket": (20, "SINGLE_SOCKET"),
+    "cxl_allowed": (21, "CXL_ALLOW"),
+    "mem_aes_256_xts": (22, "MEM_AES_256_XTS"),
+    "rapl_disabled": (23, "RAPL_DIS"),
+    "ciphertext_hiding": (24, "CIPHERTEXT_HIDING"),
+    "page_swap_disabled": (25, "PAGE_SWAP_DISABLE"),
+}
+
+
 @dataclass(frozen=True)
 class GuestPolicy:
     """The guest policy (ABI spec "Guest Policy Structure")."""
@@ -91,17 +107,7 @@ class GuestPolicy:
     page_swap_disabled = property(lambda self: bool(self.raw >> 25 & 1))
 
     def flags(self) -> dict[str, bool]:
-        return {
-            "smt_allowed": self.smt_allowed,
-            "migrate_ma": self.migrate_ma,
-            "debug": self.debug,
-            "single_socket": self.single_socket,
-            "cxl_allowed": self.cxl_allowed,
-            "mem_aes_256_xts": self.mem_aes_256_xts,
-            "rapl_disabled": self.rapl_disabled,
-            "ciphertext_hiding": self.ciphertext_hiding,
-            "page_swap_disabled": self.page_swap_disabled,
-        }
+        return {name: bool(self.raw >> bit & 1) for name, (bit, _) in POLICY_BITS.items()}
 
 
 # (name, offset, struct format or byte length). The single table of offsets.

@@ -43,24 +43,29 @@ bytes they return do not have the required structure.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
 import os
-import secrets
 import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from stockade.errors import MalformedEvidence, StockadeError
+from stockade.errors import MalformedEvidence
+from stockade.evidence import tsm
 from stockade.evidence.snp.abi import REPORT_SIZE, AttestationReport
 from stockade.evidence.snp.certtable import parse_cert_table
+from stockade.evidence.tsm import (
+    TSM_REPORT_ROOT,
+    GuestInterfaceError,
+    OsConfigfs,
+    TsmEntryUnavailable,
+    TsmFiles,
+)
 from stockade.wire.evidence import EvidenceBundle
+from stockade.wire.platform import Platform
 
-#: configfs-tsm report directory (Documentation/ABI/testing/configfs-tsm).
-TSM_REPORT_ROOT = Path("/sys/kernel/config/tsm/report")
 #: The sev-guest driver's misc device (drivers/virt/coco/sev-guest).
 SEV_GUEST_DEVICE = Path("/dev/sev-guest")
 #: The configfs-tsm ``provider`` of the SEV guest driver (its KBUILD_MODNAME).
@@ -68,14 +73,8 @@ TSM_PROVIDER = "sev_guest"
 REPORT_DATA_SIZE = 64
 
 
-class SnpGuestError(StockadeError):
-    """The SEV-SNP guest interface is absent here, or it failed.
-
-    Shares the generic exit code and problem type of StockadeError: it is
-    met by the Keep (on the host's logs), not by a deploying client.
-    """
-
-    title = "SEV-SNP guest interface error"
+#: The one guest-interface error class of every attester (evidence/tsm.py).
+SnpGuestError = GuestInterfaceError
 
 
 # --- certificate table --------------------------------------------------------------
@@ -240,125 +239,12 @@ def device_report(
 # --- configfs-tsm --------------------------------------------------------------------
 
 
-class ConfigfsOps(Protocol):
-    """The file operations the configfs-tsm path needs (injectable so that a
-    fake kernel can watch them; OsConfigfs is the real one)."""
+class ConfigfsOps(TsmFiles, Protocol):
+    """The file operations of the configfs-tsm path (tsm.TsmFiles) and the
+    check whether the tree exists (injectable so that a fake kernel can
+    watch them; tsm.OsConfigfs is the real one)."""
 
     def is_dir(self, path: Path) -> bool: ...
-    def mkdir(self, path: Path) -> None: ...
-    def rmdir(self, path: Path) -> None: ...
-    def read(self, path: Path) -> bytes: ...
-    def write(self, path: Path, data: bytes) -> None: ...
-
-
-class OsConfigfs:
-    """Plain system calls. Attributes are opened without O_CREAT, so a
-    missing attribute fails instead of being created; a configfs binary
-    attribute takes the bytes written before close as one value."""
-
-    def is_dir(self, path: Path) -> bool:
-        return path.is_dir()
-
-    def mkdir(self, path: Path) -> None:
-        os.mkdir(path)
-
-    def rmdir(self, path: Path) -> None:
-        os.rmdir(path)
-
-    def read(self, path: Path) -> bytes:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
-
-    def write(self, path: Path, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-
-
-class _GenerationChanged(Exception):
-    def __init__(self, expected: int, found: int) -> None:
-        super().__init__(f"generation {found}, expected {expected}")
-        self.expected, self.found = expected, found
-
-
-class TsmEntryUnavailable(SnpGuestError):
-    """No configfs-tsm report entry could be created (no permission, no TSM
-    provider registered); the attester then falls back to the device."""
-
-
-def _read_int(fs: ConfigfsOps, path: Path) -> int:
-    text = _read_attr(fs, path).decode("ascii", "replace").strip()
-    if not text.isdigit():
-        raise SnpGuestError(f"{path} holds {text!r}, not a number")
-    return int(text)
-
-
-def _read_attr(fs: ConfigfsOps, path: Path) -> bytes:
-    try:
-        return fs.read(path)
-    except FileNotFoundError:
-        raise SnpGuestError(
-            f"{path} does not exist: not a configfs-tsm report entry (Linux >= 6.7)"
-        ) from None
-    except OSError as exc:
-        raise SnpGuestError(f"reading {path} failed: {exc.strerror} (errno {exc.errno})") from None
-
-
-def _write_attr(fs: ConfigfsOps, path: Path, data: bytes) -> None:
-    try:
-        fs.write(path, data)
-    except FileNotFoundError:
-        raise SnpGuestError(f"{path} does not exist: this TSM does not offer it") from None
-    except OSError as exc:
-        raise SnpGuestError(f"writing {path} failed: {exc.strerror} (errno {exc.errno})") from None
-
-
-def _tsm_once(fs: ConfigfsOps, root: Path, report_data: bytes, vmpl: int | None) -> tuple[bytes, bytes]:
-    entry = root / f"stockade-{os.getpid()}-{secrets.token_hex(8)}"
-    try:
-        fs.mkdir(entry)
-    except OSError as exc:
-        raise TsmEntryUnavailable(f"cannot create {entry}: {exc.strerror} (errno {exc.errno})") from None
-    try:
-        provider = _read_attr(fs, entry / "provider").decode("ascii", "replace").strip()
-        if provider != TSM_PROVIDER:
-            raise SnpGuestError(
-                f"configfs-tsm provider is {provider!r}, not {TSM_PROVIDER!r}: this is not an SEV-SNP guest"
-            )
-        before = _read_int(fs, entry / "generation")
-        writes = 0
-        if vmpl is not None:
-            _write_attr(fs, entry / "privlevel", f"{vmpl}\n".encode())
-            writes += 1
-        _write_attr(fs, entry / "inblob", report_data)
-        writes += 1
-        outblob = _read_attr(fs, entry / "outblob")
-        try:
-            auxblob = fs.read(entry / "auxblob")
-        except FileNotFoundError:
-            auxblob = b""  # optional (ABI: "visibility depends on TSM")
-        except OSError as exc:
-            raise SnpGuestError(
-                f"reading {entry / 'auxblob'} failed: {exc.strerror} (errno {exc.errno})"
-            ) from None
-        after = _read_int(fs, entry / "generation")
-        if after != before + writes:
-            raise _GenerationChanged(before + writes, after)
-        return outblob, auxblob
-    finally:
-        # A leftover entry holds only the (public) report data and report.
-        with contextlib.suppress(OSError):
-            fs.rmdir(entry)
 
 
 def tsm_report(
@@ -369,21 +255,20 @@ def tsm_report(
     fs: ConfigfsOps | None = None,
     attempts: int = 3,
 ) -> tuple[bytes, bytes]:
-    """(outblob, auxblob) from configfs-tsm, each from a private entry whose
-    generation grew by exactly our writes. Raises TsmEntryUnavailable when no
-    entry can be created (the caller may fall back to the device)."""
+    """(outblob, auxblob) from configfs-tsm (evidence/tsm.py), with
+    ``privlevel`` written first when a VMPL is asked for. Raises
+    TsmEntryUnavailable when no entry can be created (the caller may fall
+    back to the device)."""
     _check_request(report_data, 0 if vmpl is None else vmpl)
-    ops = fs or OsConfigfs()
-    last: _GenerationChanged | None = None
-    for _ in range(attempts):
-        try:
-            return _tsm_once(ops, root, report_data, vmpl)
-        except _GenerationChanged as exc:
-            last = exc
-    assert last is not None
-    raise SnpGuestError(
-        f"configfs-tsm entries under {root} were written by someone else during each of {attempts} "
-        f"attempts (last: generation {last.found}, expected {last.expected}); refusing the report"
+    return tsm.tsm_report(
+        fs or OsConfigfs(),
+        root,
+        TSM_PROVIDER,
+        report_data,
+        attributes=() if vmpl is None else (("privlevel", f"{vmpl}\n".encode()),),
+        auxblob=True,
+        attempts=attempts,
+        not_this="this is not an SEV-SNP guest",
     )
 
 
@@ -400,7 +285,7 @@ class SnpAttester:
     ask the device for the certificate table (SNP_GET_EXT_REPORT).
     """
 
-    platform = "snp"
+    platform = Platform.SNP.value
 
     def __init__(
         self,
@@ -430,7 +315,7 @@ class SnpAttester:
             raise ValueError(f"report data must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}")
         report, table = self._raw(report_data)
         self._check(report, report_data)
-        return EvidenceBundle(platform="snp", report=report, certs=bundle_certs(table))
+        return EvidenceBundle(platform=Platform.SNP.value, report=report, certs=bundle_certs(table))
 
     def _raw(self, report_data: bytes) -> tuple[bytes, bytes]:
         tsm_failure = f"{self.tsm_root} does not exist"

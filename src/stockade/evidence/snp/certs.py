@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from stockade.errors import MalformedEvidence
+from stockade.evidence.pki import CACHE_SIZE, CertKey
 from stockade.evidence.snp.abi import Product
-from stockade.evidence.x509util import CACHE_SIZE, CertKey
 from stockade.wire import der as _der
 
 AMD = "1.3.6.1.4.1.3704.1"

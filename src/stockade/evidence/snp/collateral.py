@@ -31,30 +31,21 @@ at once rather than burning the budget), no retry on other statuses. Every
 failure is CollateralUnavailable naming the URL and what happened. A 200
 whose body is not what the endpoint serves is CollateralUnavailable too (the
 source is broken; the evidence is not at fault). The optional on-disk cache
-is keyed by URL; VCEKs and chains are kept until evicted, a cached CRL is
+(evidence/collateral.py, the one cache of every platform) is keyed by URL; VCEKs and chains are kept until evicted, a cached CRL is
 refreshed once ``now`` is past its nextUpdate.
 """
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
-import hashlib
-import os
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.utils import CryptographyDeprecationWarning
-
 from stockade.errors import CollateralUnavailable, MalformedEvidence
+from stockade.evidence.collateral import RETRYABLE_STATUS, CollateralCache, HttpFetcher
+from stockade.evidence.pki import der_of, load_crl, load_der, load_pem_chain
 from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey, TcbVersion
 from stockade.evidence.snp.certtable import (
     ARK_GUID,
@@ -65,15 +56,12 @@ from stockade.evidence.snp.certtable import (
     build_cert_table,
     parse_cert_table,
 )
-from stockade.evidence.snp.verify import CRL_PARSE_ERRORS, HWID_LENGTH
-from stockade.evidence.x509util import der_of, load_der, load_pem_chain
+from stockade.evidence.snp.verify import HWID_LENGTH
 
 if TYPE_CHECKING:
     import httpx
 
 DEFAULT_KDS = "https://kdsintf.amd.com"
-#: Statuses worth another attempt: rate limiting and server-side trouble.
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 # --- URLs --------------------------------------------------------------------------------
@@ -143,58 +131,11 @@ def vcek_url_for_report(
 # --- cache -----------------------------------------------------------------------------------
 
 
-class CollateralCache:
-    """A directory of responses keyed by URL (SHA-256 of the URL as file
-    name). Writes are atomic (temporary file, fsync, rename), so readers see
-    a whole old or a whole new entry; a corrupted entry is just a miss for
-    the fetcher, which parses everything it reads."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-
-    def path(self, url: str) -> Path:
-        return self.directory / (hashlib.sha256(url.encode()).hexdigest() + ".bin")
-
-    def get(self, url: str) -> bytes | None:
-        try:
-            return self.path(url).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def put(self, url: str, data: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path(url))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-    def discard(self, url: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(url).unlink()
-
-
 # --- parsing what KDS serves -------------------------------------------------------------------
 
 
 def _crl_next_update(der: bytes) -> datetime:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            crl = x509.load_der_x509_crl(der)
-            next_update = crl.next_update_utc
-            _ = crl.issuer, crl.last_update_utc
-    except CRL_PARSE_ERRORS as exc:
-        raise MalformedEvidence(f"not a valid DER CRL ({exc})") from None
-    if next_update is None:
-        raise MalformedEvidence("CRL has no nextUpdate")
-    return next_update
+    return load_crl(der, "CRL").next_update  # pki refuses a CRL without nextUpdate
 
 
 def split_cert_chain(pem: bytes, what: str = "cert_chain") -> tuple[bytes, bytes]:
@@ -230,24 +171,10 @@ class SnpCollateral:
 # --- fetcher -------------------------------------------------------------------------------------
 
 
-def _retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-class KdsFetcher:
-    """Fetch VCEKs, certificate chains and CRLs from a KDS (or a mirror).
+class KdsFetcher(HttpFetcher):
+    """Fetch VCEKs, certificate chains and CRLs from a KDS (or a mirror),
+    through the one HTTP fetcher (evidence/collateral.py: timeouts, bounded
+    retries, Retry-After, body cap) and the one cache.
 
     ``timeout``: seconds per attempt (connect, each read, and the whole
     response). ``retries``: extra attempts after a retryable failure.
@@ -270,96 +197,21 @@ class KdsFetcher:
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        if retries < 0 or timeout <= 0 or max_retry_after < 0:
-            raise ValueError("retries and max_retry_after must be >= 0 and timeout > 0")
+        super().__init__(
+            timeout=timeout,
+            retries=retries,
+            max_retry_after=max_retry_after,
+            backoff=backoff,
+            client=client,
+            max_body=max_body,
+            sleep=sleep,
+            now=now,
+        )
         self.base_url = _base(base_url)
-        self.timeout = timeout
-        self.retries = retries
-        self.max_retry_after = max_retry_after
-        self.backoff = backoff
         self.cache = cache
-        self.max_body = max_body
-        self._sleep = sleep
-        self._now = now
-        self._own_client = client is None
-        if client is None:
-            import httpx  # lazily: importing this module must stay cheap
-
-            client = httpx.Client(
-                timeout=httpx.Timeout(timeout),
-                follow_redirects=True,
-                headers={"User-Agent": "stockade"},
-            )
-        self._client = client
-
-    def close(self) -> None:
-        if self._own_client:
-            self._client.close()
 
     def __enter__(self) -> KdsFetcher:
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    # --- raw GET with retries ---
-
-    def _attempt(self, url: str) -> tuple[int, str, str | None, bytes]:
-        """One GET: (status, reason, Retry-After, body); raises httpx errors
-        and CollateralUnavailable for an oversized body."""
-        import httpx
-
-        deadline = time.monotonic() + self.timeout
-        with self._client.stream("GET", url) as response:
-            body = bytearray()
-            if response.status_code == 200:
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > self.max_body:
-                        raise CollateralUnavailable(f"{url}: response larger than {self.max_body} bytes")
-                    if time.monotonic() > deadline:
-                        raise httpx.ReadTimeout("response took too long", request=response.request)
-            return (
-                response.status_code,
-                response.reason_phrase,
-                response.headers.get("Retry-After"),
-                bytes(body),
-            )
-
-    def get(self, url: str) -> bytes:
-        """The body of a 200 answer for ``url``, after at most ``retries``
-        retries; else CollateralUnavailable naming the URL and the failure."""
-        import httpx
-
-        attempt = 0
-        while True:
-            retry_after: float | None = None
-            try:
-                status, reason, retry_header, body = self._attempt(url)
-            except httpx.TimeoutException:
-                failure = f"timed out after {self.timeout:g} s"
-            except httpx.HTTPError as exc:
-                failure = f"request failed ({type(exc).__name__}: {exc})"
-            else:
-                if status == 200:
-                    return body
-                failure = f"HTTP {status} {reason}".rstrip()
-                if status not in RETRYABLE_STATUS:
-                    raise CollateralUnavailable(f"{url}: {failure}")
-                retry_after = _retry_after(retry_header, self._now())
-            if attempt >= self.retries:
-                tries = "attempt" if attempt == 0 else "attempts"
-                raise CollateralUnavailable(f"{url}: {failure}; gave up after {attempt + 1} {tries}")
-            if retry_after is not None and retry_after > self.max_retry_after:
-                raise CollateralUnavailable(
-                    f"{url}: {failure}; the server asks to retry after {retry_after:g} s, "
-                    f"longer than the {self.max_retry_after:g} s this fetcher waits"
-                )
-            delay = retry_after if retry_after is not None else self.backoff * 2**attempt
-            self._sleep(min(delay, self.max_retry_after))
-            attempt += 1
 
     # --- typed collateral, through the cache ---
 

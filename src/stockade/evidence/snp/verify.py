@@ -32,8 +32,7 @@ signature chain has verified.
 from __future__ import annotations
 
 import functools
-import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -41,26 +40,29 @@ from importlib import resources
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.utils import CryptographyDeprecationWarning
 
 from stockade.errors import CollateralUnavailable, MalformedEvidence, VerificationFailed
 from stockade.evidence.claims import _VERIFIED, VerifiedClaims
-from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey
-from stockade.evidence.snp.certs import EndorsementExtensions, read_extensions
-from stockade.evidence.x509util import (
+from stockade.evidence.pki import (
     PARSE_ERRORS,
+    Crl,
+    SigAlg,
     check_validity,
     check_window,
+    crl_signed_by,
     der_of,
     fingerprint,
+    load_crl,
     load_der,
     load_pem_chain,
     serial,
+    signed_by,
 )
-
-_PSS_OID = x509.oid.SignatureAlgorithmOID.RSASSA_PSS
+from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey
+from stockade.evidence.snp.certs import EndorsementExtensions, read_extensions
+from stockade.wire.platform import Platform
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def amd_anchors() -> tuple[TrustAnchor, ...]:
     for product in Product:
         pem = (resources.files(__package__) / "roots" / f"ask_ark_{product.value.lower()}.pem").read_bytes()
         ark = load_pem_chain(pem, f"bundled {product.value} chain")[-1]
-        anchors.append(TrustAnchor("snp", product, der_of(ark)))
+        anchors.append(TrustAnchor(Platform.SNP.value, product, der_of(ark)))
     return tuple(anchors)
 
 
@@ -109,141 +111,23 @@ def bundled_intermediate(product: Product, signer: SigningKey) -> bytes:
 
 @functools.lru_cache(maxsize=256)
 def _pss_signed_by(child_der: bytes, issuer_der: bytes, what: str) -> None:
-    """RSASSA-PSS SHA-384 signature of ``child`` by ``issuer``. Cached by exact
-    DER bytes: a hit means these same bytes verified before."""
+    """RSASSA-PSS SHA-384 (salt 48) signature of ``child`` by ``issuer``
+    (pki.signed_by). Cached by exact DER bytes, as before pki existed: one
+    lookup on the hot path instead of two loads and a signature lookup."""
     child, issuer = load_der(child_der, what), load_der(issuer_der, f"issuer of {what}")
-    if child.signature_algorithm_oid != _PSS_OID:
-        raise VerificationFailed(f"{what} is not signed with RSASSA-PSS")
-    if child.issuer != issuer.subject:
-        raise VerificationFailed(
-            f"{what} issuer {child.issuer.rfc4514_string()} is not {issuer.subject.rfc4514_string()}"
-        )
-    key = issuer.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise VerificationFailed(f"issuer of {what} does not have an RSA key")
-    try:
-        key.verify(
-            child.signature,
-            child.tbs_certificate_bytes,
-            padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
-            hashes.SHA384(),
-        )
-    except InvalidSignature:
-        raise VerificationFailed(
-            f"{what} signature does not verify under {issuer.subject.rfc4514_string()}"
-        ) from None
+    signed_by(child, issuer, SigAlg.RSA_PSS_SHA384, what)
 
 
 # --- CRLs ------------------------------------------------------------------------------
 
-#: CRL extensions understood here; any other critical one makes a CRL unusable
-#: (RFC 5280 5.2). A delta CRL (DeltaCRLIndicator) is refused: KDS serves full CRLs.
-_KNOWN_CRL_EXTENSIONS = {
-    x509.oid.ExtensionOID.CRL_NUMBER,
-    x509.oid.ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
-    x509.oid.ExtensionOID.ISSUING_DISTRIBUTION_POINT,
-}
 #: What pyca raises, eagerly or on first access, for a CRL that does not parse.
 CRL_PARSE_ERRORS = PARSE_ERRORS
 
 
-@dataclass(frozen=True)
-class _Crl:
-    der: bytes
-    issuer: x509.Name
-    this_update: datetime
-    next_update: datetime
-    #: (certificate issuer, serial, revocation date) of every entry.
-    entries: tuple[tuple[x509.Name, int, datetime], ...]
-
-
-def _entries(crl: x509.CertificateRevocationList) -> Iterator[tuple[x509.Name, int, datetime]]:
-    """Entries with their certificate issuer: the CRL issuer, or for an
-    indirect CRL the entry's certificateIssuer extension, which carries over
-    to the following entries (RFC 5280 5.3.3)."""
-    issuer = crl.issuer
-    for entry in crl:
-        try:
-            ext = entry.extensions.get_extension_for_class(x509.CertificateIssuer)
-        except x509.ExtensionNotFound:
-            pass
-        else:
-            names = [n.value for n in ext.value if isinstance(n, x509.DirectoryName)]
-            if len(names) != 1:
-                raise MalformedEvidence("CRL entry certificateIssuer is not one directory name")
-            issuer = names[0]
-        for e in entry.extensions:
-            if e.critical and e.oid != x509.oid.CRLEntryExtensionOID.CERTIFICATE_ISSUER:
-                raise MalformedEvidence(
-                    f"CRL entry has an unsupported critical extension {e.oid.dotted_string}"
-                )
-        yield issuer, entry.serial_number, entry.revocation_date_utc
-
-
-@functools.lru_cache(maxsize=64)
-def _parse_crl(der: bytes) -> _Crl:
-    """Parse every part of a DER CRL (pyca parses lazily); cached by bytes."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            crl = x509.load_der_x509_crl(der)
-            exts = crl.extensions
-            for ext in exts:
-                if ext.oid == x509.oid.ExtensionOID.DELTA_CRL_INDICATOR:
-                    raise MalformedEvidence("CRL is a delta CRL; a full CRL is needed")
-                if ext.critical and ext.oid not in _KNOWN_CRL_EXTENSIONS:
-                    raise MalformedEvidence(
-                        f"CRL has an unsupported critical extension {ext.oid.dotted_string}"
-                    )
-                idp = ext.value
-                if isinstance(idp, x509.IssuingDistributionPoint) and (
-                    idp.only_some_reasons or idp.only_contains_attribute_certs
-                ):
-                    raise MalformedEvidence("CRL covers only some reasons or attribute certificates")
-            next_update = crl.next_update_utc
-            if next_update is None:
-                raise MalformedEvidence("CRL has no nextUpdate (RFC 5280 requires one)")
-            _ = crl.signature_algorithm_oid, crl.signature, crl.tbs_certlist_bytes
-            return _Crl(
-                der=der,
-                issuer=crl.issuer,
-                this_update=crl.last_update_utc,
-                next_update=next_update,
-                entries=tuple(_entries(crl)),
-            )
-    except CRL_PARSE_ERRORS as exc:
-        raise MalformedEvidence(f"CRL: not a valid DER CRL ({exc})") from None
-
-
-@functools.lru_cache(maxsize=64)
-def _crl_signed_by(crl_der: bytes, issuer_der: bytes) -> None:
-    """RSASSA-PSS SHA-384 (salt 48) signature of a CRL by ``issuer``, as AMD's
-    ARK signs the KDS CRLs. Cached by exact DER bytes of both."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        crl = x509.load_der_x509_crl(crl_der)
-    issuer = load_der(issuer_der, "CRL issuer")
-    name = issuer.subject.rfc4514_string()
-    if crl.signature_algorithm_oid != _PSS_OID:
-        raise VerificationFailed(f"CRL of {name} is not signed with RSASSA-PSS")
-    key = issuer.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise VerificationFailed(f"issuer of the CRL of {name} does not have an RSA key")
-    try:
-        key.verify(
-            crl.signature,
-            crl.tbs_certlist_bytes,
-            padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
-            hashes.SHA384(),
-        )
-    except InvalidSignature:
-        raise VerificationFailed(f"CRL signature does not verify under {name}") from None
-
-
 def _check_crls(
     crls: Iterable[bytes],
-    ark: tuple[x509.Certificate, bytes],
-    intermediate: tuple[x509.Certificate, bytes],
+    ark: x509.Certificate,
+    intermediate: x509.Certificate,
     endorsement: x509.Certificate,
     at: datetime,
 ) -> tuple[tuple[str, ...], bool]:
@@ -256,44 +140,39 @@ def _check_crls(
     one used must parse (else MalformedEvidence), carry a valid signature by
     its issuer and satisfy thisUpdate <= at <= nextUpdate (else
     VerificationFailed). Neither the intermediate nor the endorsement
-    certificate may be listed: an entry revokes a certificate when its serial
-    and its certificate issuer (the CRL issuer, or the certificateIssuer of an
-    indirect CRL entry) both match, as RFC 5280 defines. A serial alone is not
-    enough: every AMD VCEK and VLEK has serial 0, so an ARK-issued entry for
-    serial 0 names a certificate of the ARK, not every VCEK.
+    certificate may be listed (pki.Crl.revoked: serial and certificate
+    issuer both match, as RFC 5280 defines; every AMD VCEK and VLEK has
+    serial 0, so a serial alone names nothing).
     """
     crls = tuple(crls)
     if not crls:
         return (), False
-    ark_cert, ark_der = ark
-    inter_cert, inter_der = intermediate
-    signers = {ark_cert.subject: ark_der, inter_cert.subject: inter_der}
-    used: list[_Crl] = []
-    for der in crls:
-        crl = _parse_crl(bytes(der))
+    signers = {ark.subject: ark, intermediate.subject: intermediate}
+    used: list[Crl] = []
+    for data in crls:
+        crl = load_crl(bytes(data), "CRL")
         signer = signers.get(crl.issuer)
         if signer is None:
             continue
-        _crl_signed_by(crl.der, signer)
+        crl_signed_by(crl, signer, SigAlg.RSA_PSS_SHA384, "CRL")
         name = crl.issuer.rfc4514_string()
         check_window(f"CRL of {name}", at, crl.this_update, crl.next_update, "thisUpdate")
         used.append(crl)
     checked = (
-        (inter_cert, "intermediate certificate (ASK/ASVK)"),
+        (intermediate, "intermediate certificate (ASK/ASVK)"),
         (endorsement, "endorsement certificate (VCEK/VLEK)"),
     )
     for crl in used:
         for cert, what in checked:
-            number = serial(cert)
-            for issuer, revoked, when in crl.entries:
-                if revoked == number and issuer == cert.issuer:
-                    raise VerificationFailed(
-                        f"{what} {cert.subject.rfc4514_string()} serial 0x{number:x} is revoked "
-                        f"since {when.isoformat()} (CRL of {crl.issuer.rfc4514_string()})"
-                    )
-    used.sort(key=lambda c: c.issuer != ark_cert.subject)
+            when = crl.revoked(cert)
+            if when is not None:
+                raise VerificationFailed(
+                    f"{what} {cert.subject.rfc4514_string()} serial 0x{serial(cert):x} is revoked "
+                    f"since {when.isoformat()} (CRL of {crl.issuer.rfc4514_string()})"
+                )
+    used.sort(key=lambda c: c.issuer != ark.subject)
     issuers = tuple(dict.fromkeys(c.issuer.rfc4514_string() for c in used))
-    return issuers, any(c.issuer == ark_cert.subject for c in used)
+    return issuers, any(c.issuer == ark.subject for c in used)
 
 
 def _select_anchor(
@@ -369,9 +248,7 @@ def verify_report(
         (endorsement, "endorsement certificate"),
     ):
         check_validity(cert, what, at)
-    crl_issuers, root_crl = _check_crls(
-        crls, (ark, anchor.ark_der), (intermediate, intermediate_der), endorsement, at
-    )
+    crl_issuers, root_crl = _check_crls(crls, ark, intermediate, endorsement, at)
     if require_crl and not root_crl:
         raise CollateralUnavailable(
             f"no CRL issued by {ark.subject.rfc4514_string()} was given and the verification requires one"

@@ -1,4 +1,6 @@
-"""Intel TDX: TD report bodies (abi), quote verification (verify) and the
-configfs-tsm attester (attester). The DCAP parts shared with SGX (quote
+"""Intel TDX: TD report bodies (abi) and the configfs-tsm attester
+(attester). TDX quotes are verified by the one DCAP verifier
+(:mod:`stockade.evidence.intel.verify`, found through
+:mod:`stockade.evidence.registry` as "tdx"; docs/adr/0014). The DCAP parts shared with SGX (quote
 header, signature data, PCK certificates, collateral, TCB levels) are in
 :mod:`stockade.evidence.intel`."""

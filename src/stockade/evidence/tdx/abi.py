@@ -41,15 +41,17 @@ _FIELDS: tuple[tuple[str, int, int], ...] = (
 )
 FIELD_SPANS = {name: (off, off + n) for name, off, n in _FIELDS}
 
-# TD ATTRIBUTES bits (TDX Module ABI spec): TUD.DEBUG, SEC.SEPT_VE_DISABLE,
-# SEC.MIGRATABLE, SEC.PKS, SEC.KL, OTHER.PERFMON.
-_TD_ATTRIBUTE_BITS = {
-    "debug": 0,
-    "sept_ve_disable": 28,
-    "migratable": 29,
-    "pks": 30,
-    "key_locker": 31,
-    "perfmon": 63,
+#: TD ATTRIBUTES bits (Intel TDX Module ABI specification, TDATTRIBUTES:
+#: TUD.DEBUG, SEC.SEPT_VE_DISABLE, SEC.MIGRATABLE, SEC.PKS, SEC.KL,
+#: OTHER.PERFMON): claims.policy_flags name -> (bit, spec name). Policy
+#: explanations use this table too (policy/rules.py).
+TD_ATTRIBUTE_BITS: dict[str, tuple[int, str]] = {
+    "debug": (0, "DEBUG"),
+    "sept_ve_disable": (28, "SEPT_VE_DISABLE"),
+    "migratable": (29, "MIGRATABLE"),
+    "pks": (30, "PKS"),
+    "key_locker": (31, "KL"),
+    "perfmon": (63, "PERFMON"),
 }
 
 
@@ -123,7 +125,7 @@ class TdReport:
 
     def attribute_flags(self) -> dict[str, bool]:
         value = self.td_attributes_int
-        return {name: bool(value >> bit & 1) for name, bit in _TD_ATTRIBUTE_BITS.items()}
+        return {name: bool(value >> bit & 1) for name, (bit, _) in TD_ATTRIBUTE_BITS.items()}
 
     @property
     def module_svn(self) -> int:

@@ -7,7 +7,8 @@ Interface (Linux ``Documentation/ABI/testing/configfs-tsm``, kernel 6.7+):
 quote (the kernel asks the host's Quoting Enclave through the GetQuote
 TDVMCALL); ``generation`` counts writes to the entry, so a reader can tell
 whether another writer changed ``inblob`` between its write and its read.
-``rmdir`` releases the entry.
+``rmdir`` releases the entry. The client is the one the SNP attester uses
+too (evidence/tsm.py).
 
 Untested on real TDX hardware here: there is none on the machines this was
 developed on. tests/test_tdx_attester.py runs it against a fake tree that
@@ -16,20 +17,20 @@ plays the kernel's part (provider, generation, outblob made on write).
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 from stockade.evidence.intel.abi import TeeType
-from stockade.evidence.intel.devfs import DeviceFiles, IntelGuestError, check_report_data, checked_quote
+from stockade.evidence.intel.devfs import DeviceFiles, check_report_data, checked_quote
+from stockade.evidence.tsm import TSM_REPORT_ROOT, tsm_report
 from stockade.wire.evidence import EvidenceBundle
+from stockade.wire.platform import Platform
 
-TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
+TSM_REPORT_DIR = TSM_REPORT_ROOT
 PROVIDER = "tdx_guest"
 
 
 class TdxAttester:
-    platform = "tdx"
+    platform = Platform.TDX.value
 
     def __init__(
         self, report_dir: Path = TSM_REPORT_DIR, *, files: DeviceFiles | None = None, attempts: int = 3
@@ -38,33 +39,15 @@ class TdxAttester:
         self.files = files or DeviceFiles()
         self.attempts = attempts
 
-    def _generation(self, entry: Path) -> int:
-        text = self.files.read(entry / "generation").decode("ascii", "replace").strip()
-        if not text.isdigit():
-            raise IntelGuestError(f"configfs-tsm generation is not a number: {text[:20]!r}")
-        return int(text)
-
     def evidence(self, report_data: bytes) -> EvidenceBundle:
         check_report_data(report_data)
-        entry = self.report_dir / f"stockade-{os.getpid()}-{secrets.token_hex(4)}"
-        self.files.mkdir(entry)
-        try:
-            provider = self.files.read(entry / "provider").decode("ascii", "replace").strip()
-            if provider != PROVIDER:
-                raise IntelGuestError(
-                    f"configfs-tsm provider is {provider!r}, not {PROVIDER!r} (not a TDX guest?)"
-                )
-            for _ in range(self.attempts):
-                before = self._generation(entry)
-                self.files.write(entry / "inblob", report_data)
-                raw = self.files.read(entry / "outblob")
-                if self._generation(entry) == before + 1:
-                    break
-            else:
-                raise IntelGuestError(
-                    f"configfs-tsm entry {entry.name} kept changing under concurrent writers"
-                )
-        finally:
-            self.files.rmdir(entry)
+        raw, _ = tsm_report(
+            self.files,
+            self.report_dir,
+            PROVIDER,
+            report_data,
+            attempts=self.attempts,
+            not_this="this is not a TDX guest",
+        )
         quote = checked_quote(raw, TeeType.TDX, report_data, "configfs-tsm")
-        return EvidenceBundle(platform="tdx", report=quote)
+        return EvidenceBundle(platform=Platform.TDX.value, report=quote)
