@@ -30,11 +30,12 @@ def test_the_fields_are_those_of_verified_claims() -> None:
     assert [(f.name, f.type) for f in dataclasses.fields(UnverifiedClaims)] == verified
 
 
-@pytest.mark.parametrize("platform", ["snp", "tdx", "sgx", "sim"])
+@pytest.mark.parametrize("platform", ["snp", "tdx", "sgx", "sim", "sim-tdx"])
 def test_same_document_and_same_verdicts_as_verified_claims(platform: str) -> None:
     claims = make_claims(platform=platform)
     unverified = _unverified(claims)
     assert unverified.to_json() == claims.to_json()
+    assert unverified.hardware_protected is claims.hardware_protected is (platform not in ("sim", "sim-tdx"))
     assert not isinstance(unverified, VerifiedClaims)
     for policy in (MILAN_ONLY, default_policy()):
         a, b = evaluate(claims, policy), evaluate(unverified, policy)
