@@ -266,3 +266,22 @@ def test_relative_markdown_links_resolve(doc: Path) -> None:
         if not path.exists():
             missing.append(target)
     assert not missing, f"{doc.name}: links to missing files: {missing}"
+
+
+CDDL_NAME = re.compile(r"(?<![\w./:-])(stockade(?:\.[A-Za-z_][A-Za-z0-9_]*)+|(?:src|tests)/[\w/.-]*\w/?)")
+
+
+def test_the_cddl_comments_name_modules_and_files_that_exist() -> None:
+    """`docs/*.cddl` comments name the classes that produce each message: they stay true."""
+    missing = []
+    seen = 0
+    for cddl in sorted((ROOT / "docs").glob("*.cddl")):
+        for number, line in enumerate(cddl.read_text().splitlines(), 1):
+            comment = line.partition(";")[2]
+            for name in CDDL_NAME.findall(comment):
+                seen += 1
+                exists = (ROOT / name).exists() if "/" in name else _resolve_dotted(name)
+                if not exists:
+                    missing.append(f"{_rel(cddl)}:{number}: {name}")
+    assert seen > 10
+    assert not missing, "names in CDDL comments that do not exist:\n" + "\n".join(missing)
