@@ -163,7 +163,7 @@ def _resolve_command(words: list[str]) -> bool:
     """True if the words name a command path of the CLI and every `--option` is one of its options.
 
     `keeps ls|logs|wait` names three commands; `--tls-cert/--tls-key` two options; the first word
-    that is neither a command nor an option is an argument (`stockade run app.wasm`).
+    after a command that is not a group is an argument (`stockade run app.wasm`).
     """
     command: click.Command = cli_main
     ctx = click.Context(cli_main)
@@ -180,9 +180,8 @@ def _resolve_command(words: list[str]) -> bool:
             continue
         subs = [command.get_command(ctx, n) for n in names]
         if any(sub is None for sub in subs):
-            if command is cli_main or len(names) > 1:
-                return False
-            continue
+            # A group takes a command here, not an argument.
+            return False
         last = subs[-1]
         assert last is not None
         command = last
@@ -219,6 +218,7 @@ def test_a_missing_path_module_or_command_is_reported() -> None:
     assert _resolve_dotted("stockade.measure.launch.keep_measurement()")
     assert not _resolve_command(["no-such-command"])
     assert not _resolve_command(["keeps", "ls|no-such"])
+    assert not _resolve_command(["keeps", "no-such", "ID"])
     assert not _resolve_command(["run", "--no-such-option", "app.wasm"])
     assert not _resolve_command(["host", "serve", "--tls-cert/--no-such"])
     assert _resolve_command(["host", "serve", "--tls-cert/--tls-key"])
