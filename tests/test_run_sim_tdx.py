@@ -131,9 +131,7 @@ def _keep_cert(chip_state: Path, nonce: bytes) -> bytes:
 
 def test_appraise_accepts_a_sim_tdx_keep_of_the_trusted_chip(tdx_state: Path) -> None:
     nonce = b"n" * 32
-    trust = TrustConfig(
-        sim_tdx_root=tdx_chip.sim_tdx_root(tdx_state), policy=development_policy(MEASUREMENT)
-    )
+    trust = TrustConfig(sim_tdx_root=tdx_chip.sim_tdx_root(tdx_state), policy=development_policy(MEASUREMENT))
     appraisal = appraise(_keep_cert(tdx_state, nonce), nonce, trust)
     assert appraisal.claims.platform == "sim-tdx" and appraisal.claims.measurement == MEASUREMENT
     assert appraisal.revocation.checked
@@ -154,9 +152,7 @@ def test_development_policy_pins_mrtd(tdx_state: Path) -> None:
 
 def test_a_quote_from_another_sim_tdx_chip_fails(tdx_state: Path, other_chip: Path) -> None:
     nonce = b"n" * 32
-    trust = TrustConfig(
-        sim_tdx_root=tdx_chip.sim_tdx_root(tdx_state), policy=development_policy(MEASUREMENT)
-    )
+    trust = TrustConfig(sim_tdx_root=tdx_chip.sim_tdx_root(tdx_state), policy=development_policy(MEASUREMENT))
     with pytest.raises(VerificationFailed) as err:
         appraise(_keep_cert(other_chip, nonce), nonce, trust)
     assert err.value.exit_code == 110
@@ -169,9 +165,7 @@ def test_sim_tdx_without_its_root_fails(tdx_state: Path) -> None:
 
 
 def test_sim_tdx_evidence_bound_to_another_nonce_fails(tdx_state: Path) -> None:
-    trust = TrustConfig(
-        sim_tdx_root=tdx_chip.sim_tdx_root(tdx_state), policy=development_policy(MEASUREMENT)
-    )
+    trust = TrustConfig(sim_tdx_root=tdx_chip.sim_tdx_root(tdx_state), policy=development_policy(MEASUREMENT))
     with pytest.raises(VerificationFailed, match="report data does not bind"):
         appraise(_keep_cert(tdx_state, b"a" * 32), b"b" * 32, trust)
 
@@ -193,7 +187,9 @@ def test_tdx_deploy_without_any_collateral_source_names_it(tdx_state: Path) -> N
     assert "--collateral DIR" in err.value.detail
 
 
-def test_tdx_deploy_offline_with_an_empty_cache_names_what_is_missing(tdx_state: Path, tmp_path: Path) -> None:
+def test_tdx_deploy_offline_with_an_empty_cache_names_what_is_missing(
+    tdx_state: Path, tmp_path: Path
+) -> None:
     trust = TrustConfig(intel=intel_source(None, tmp_path, offline=True))
     with pytest.raises(CollateralUnavailable) as err:
         verify_bundle_report(_tdx_bundle(tdx_state), trust, _now())
@@ -210,7 +206,7 @@ def test_tdx_deploy_with_an_incomplete_collateral_dir_names_the_file(tdx_state: 
     (tmp_path / "tcb_info.json").write_bytes(items["tcb_info"])
     (tmp_path / "tcb_signing_chain.pem").write_bytes(items["tcb_signing_chain"])
     trust = TrustConfig(intel=intel_source(tmp_path, tmp_path / "state", offline=False))
-    with pytest.raises(CollateralUnavailable, match="has no qe_identity.json") as err:
+    with pytest.raises(CollateralUnavailable, match=r"has no qe_identity\.json") as err:
         verify_bundle_report(_tdx_bundle(tdx_state), trust, _now())
     assert "tcb_signing_chain.pem" in err.value.detail
 

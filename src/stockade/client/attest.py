@@ -83,7 +83,9 @@ class Revocation:
             source = ""
             if verified.kind != "sev-snp-report":
                 carried = verified.claims.platform == Platform.SIM_TDX
-                source = "root CA and PCK CRLs" + (" carried by the evidence" if carried else " of the collateral")
+                source = "root CA and PCK CRLs" + (
+                    " carried by the evidence" if carried else " of the collateral"
+                )
             return cls(True, verified.crl_issuers, source=source)
         if verified.kind != "sev-snp-report":
             return cls(False, (), "the collateral has no root CA and PCK CRLs")

@@ -189,9 +189,7 @@ def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy,
         policy = load_policy(opts.policy)
         platform = SIM_BACKEND_PLATFORM.get(opts.backend, "sim")
         if opts.allow_sim and platform not in policy.platforms:
-            raise UsageError(
-                f"--allow-sim: the policy {opts.policy} does not list {platform} in platforms"
-            )
+            raise UsageError(f"--allow-sim: the policy {opts.policy} does not list {platform} in platforms")
         return policy, f"{policy.name!r} ({opts.policy}) accepted the claims"
     if opts.allow_sim:
         return development_policy(expected), f"development (--allow-sim); measurement pinned to {pinned}"

@@ -76,10 +76,11 @@ def run(**kwargs: Any) -> WorkloadExit:
         # (SNP shape), the local sim chip's CRL is the revocation collateral
         # this client holds; sim-tdx evidence carries its signed collateral
         # and CRLs, verified under the local sim TDX root.
+        crls: tuple[bytes, ...] = ()
         if flavour == "tdx":
             from stockade.evidence.sim import tdx_chip
 
-            sim_root, sim_tdx_root, crls = None, tdx_chip.sim_tdx_root(sdir), ()
+            sim_root, sim_tdx_root = None, tdx_chip.sim_tdx_root(sdir)
         else:
             from stockade.evidence.sim import chip
 
