@@ -81,6 +81,7 @@ def test_run_json_reports_the_tdx_shape(stockade, tdx_state: Path) -> None:
     assert att["tcb_status"] == "UpToDate"
     assert att["registers"]["mrtd"] == att["measurement"]
     assert att["revocation"]["checked"] is True
+    assert att["revocation"]["source"] == "root CA and PCK CRLs carried by the evidence"
     assert att["root_sha256"] == hashlib.sha256(tdx_chip.sim_tdx_root(tdx_state)).hexdigest()
     # The identity step ran on the same platform, PPID, FMSPC and MRTD.
     assert "same platform, root, chip and launch measurement as the first report" in doc["workload"]["checks"]

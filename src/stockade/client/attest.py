@@ -99,12 +99,14 @@ class Revocation:
         return f"not checked ({self.reason})"
 
     def to_json(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "checked": self.checked,
             "crl_issuers": list(self.crl_issuers),
-            "source": self.source or None,
             "reason": self.reason or None,
         }
+        if self.source:  # TDX/SGX: which CRLs (they have no single issuer to name)
+            doc["source"] = self.source
+        return doc
 
 
 @dataclass(frozen=True)
