@@ -25,6 +25,7 @@ from stockade.evidence.sim import tdx_chip
 from stockade.keep.identity import certificate
 from stockade.policy import development_policy
 from stockade.wire.evidence import EvidenceBundle
+from stockade.wire.messages import Identity
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
@@ -275,3 +276,61 @@ def test_deploy_sim_tdx_without_a_root_is_refused(tdx_state: Path, tmp_path: Pat
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr.decode()
     assert "stockade host sim-root --tdx" in proc.stderr.decode()
+
+
+# --- the identity step on sim-tdx ----------------------------------------------------------
+
+
+def _identity(chip_state: Path, measurement: bytes, nonce: bytes, spki: bytes) -> tuple[Identity, tuple]:
+    from stockade.binding import eventlog
+    from stockade.binding.eventlog import Event
+    from stockade.binding.reportdata import identity_report_data
+
+    events = (
+        Event("runtime", "stockade", b"\1" * 32),
+        Event("package", "hello", b"\2" * 32),
+        Event("entry", "hello.wasm", b"\3" * 32),
+        Event("config", "config", b"\4" * 32),
+    )
+    qe = tdx_chip.SimQe(tdx_chip.load_tdx_chip(chip_state), measurement)
+    quote = qe.quote(identity_report_data(nonce, spki, eventlog.replay(events)))
+    bundle = EvidenceBundle(platform="sim-tdx", report=quote, certs=qe.collateral)
+    return Identity(evidence=bundle.to_cbor(), events=events), events
+
+
+@pytest.mark.parametrize(
+    ("chip", "measurement", "error"),
+    [
+        ("same", MEASUREMENT, None),
+        ("same", hashlib.sha384(b"another launch").digest(), "launch measurement differs"),
+        ("other", MEASUREMENT, "PCK|chain|signature|root"),
+    ],
+    ids=["same-chip-and-mrtd", "other-mrtd", "other-chip"],
+)
+def test_identity_on_sim_tdx(
+    tdx_state: Path, other_chip: Path, chip: str, measurement: bytes, error: str | None
+) -> None:
+    from stockade.client.identity import appraise_identity
+    from stockade.wire.messages import Expect
+
+    nonce = b"n" * 32
+    trust = TrustConfig(
+        sim_tdx_root=tdx_chip.sim_tdx_root(tdx_state),
+        policy=development_policy(MEASUREMENT),
+    )
+    first = appraise(_keep_cert(tdx_state, nonce), nonce, trust)
+    load_nonce = b"l" * 32
+    message, events = _identity(
+        tdx_state if chip == "same" else other_chip, measurement, load_nonce, first.tls_spki
+    )
+    run = lambda: appraise_identity(  # noqa: E731
+        message, first, load_nonce, events[1].digest, events[-1].digest, Expect(), trust
+    )
+    if error is None:
+        got = run()
+        assert got.claims.platform == "sim-tdx"
+        assert got.claims.chip_id == first.claims.chip_id and got.claims.fmspc == first.claims.fmspc
+        assert "same platform, root, chip and launch measurement as the first report" in got.checks
+    else:
+        with pytest.raises(VerificationFailed, match=error):
+            run()
