@@ -303,7 +303,7 @@ def _identity(chip_state: Path, measurement: bytes, nonce: bytes, spki: bytes) -
     [
         ("same", MEASUREMENT, None),
         ("same", hashlib.sha384(b"another launch").digest(), "launch measurement differs"),
-        ("other", MEASUREMENT, "PCK|chain|signature|root"),
+        ("other", MEASUREMENT, "PCK chain does not end in the trusted"),
     ],
     ids=["same-chip-and-mrtd", "other-mrtd", "other-chip"],
 )
