@@ -73,7 +73,7 @@ from stockade.errors import (
     VerificationFailed,
     WorkloadRejected,
 )
-from stockade.evidence.sim import chip
+from stockade.evidence.sim import chip, tdx_chip
 from stockade.evidence.sim.attester import SimAttester
 from stockade.evidence.sim.local import serve_in_thread
 from stockade.host.loader import start_keep
@@ -148,12 +148,19 @@ class Harness:
         staged: bytes | None = None,
         keep: Callable[[], tuple[socket.socket, Callable[[], None], Path | None]] | None = None,
         idle_close: float = 5.0,
+        backend: str = "sim",
     ) -> Outcome:
         """One deploy session against a real sim Keep (or ``keep()``: a fake
-        one) through a relay running ``policy``."""
+        one) through a relay running ``policy``; ``backend`` sim-tdx: a sim
+        TDX Keep, verified under the sim TDX root."""
         plan = plan or self.plan()
+        flavour = "tdx" if backend == "sim-tdx" else "snp"
+        if flavour == "tdx":
+            tdx_chip.ensure_tdx_chip(self.state_dir)
         if keep is None:
-            handle = start_keep("sim", self.state_dir, psp=lambda m: serve_in_thread(self.state_dir, m))
+            handle = start_keep(
+                backend, self.state_dir, psp=lambda m: serve_in_thread(self.state_dir, m, flavour=flavour)
+            )
             if staged is not None:
                 assert handle.scratch is not None
                 (handle.scratch / STAGED_NAME).write_bytes(staged)
@@ -170,7 +177,14 @@ class Harness:
         relay = TamperRelay(conn, policy, idle_close=idle_close)
         self.relays.append(relay)
         out = bytearray()
-        trust = TrustConfig(sim_root=chip.sim_root(self.state_dir), policy=development_policy(measurement))
+        if flavour == "tdx":
+            trust = TrustConfig(
+                sim_tdx_root=tdx_chip.sim_tdx_root(self.state_dir), policy=development_policy(measurement)
+            )
+        else:
+            trust = TrustConfig(
+                sim_root=chip.sim_root(self.state_dir), policy=development_policy(measurement)
+            )
         error: StockadeError | None = None
         result = None
         try:
@@ -543,6 +557,46 @@ def test_fake_keep_with_evidence_from_another_chip(harness: Harness, other_chip:
     assert "\n" not in str(o.error)
     assert_nothing_released(o)
     assert o.relay.units(UP, "load") == []  # not even the package left
+
+
+# ------------------------------------------------------------------ sim-tdx
+
+
+@pytest.fixture(scope="module")
+def other_tdx_chip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another sim TDX chip (its own fake Intel PKI): quotes the client must not trust."""
+    path = tmp_path_factory.mktemp("other-tdx-chip")
+    tdx_chip.ensure_tdx_chip(path)
+    return path
+
+
+def test_sim_tdx_session_through_the_relay(harness: Harness) -> None:
+    o = harness.run(backend="sim-tdx")
+    assert o.error is None, o.error
+    assert o.result is not None and o.result.exit_code == 0
+    assert o.result.appraisal.claims.platform == "sim-tdx"
+
+
+def test_sim_tdx_flipped_certificate_record_is_tampering(harness: Harness) -> None:
+    pol = Flip(Target(DOWN, "handshake", 1))
+    o = harness.run(pol, backend="sim-tdx")
+    assert pol.acted
+    assert isinstance(o.error, ChannelTampered), o.error
+    assert_nothing_released(o)
+
+
+def test_fake_keep_with_a_sim_tdx_quote_from_another_chip(harness: Harness, other_tdx_chip: Path) -> None:
+    """A Keep presenting a genuine sim-tdx quote (bound to this session) from
+    a sim TDX chip the client does not trust: 110, nothing leaves."""
+    attester = SimAttester(
+        serve_in_thread(other_tdx_chip, _runtime_measurement(), flavour="tdx"), backend="sim-tdx"
+    )
+    o = harness.run(keep=_fake_keep(harness.state_dir, attester.evidence), backend="sim-tdx")
+    assert isinstance(o.error, VerificationFailed), o.error
+    assert o.error.exit_code == 110
+    assert "\n" not in str(o.error)
+    assert_nothing_released(o)
+    assert o.relay.units(UP, "load") == []
 
 
 def test_fake_keep_reuses_an_old_report_with_a_fresh_key(harness: Harness) -> None:

@@ -10,8 +10,10 @@ Verification runs over the received bytes, with explicit roots and time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -19,13 +21,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.binding.reportdata import report_data_for
-from stockade.errors import MalformedEvidence, VerificationFailed
+from stockade.errors import CollateralUnavailable, MalformedEvidence, VerificationFailed
 from stockade.evidence import registry
 from stockade.evidence.claims import VerifiedClaims
 from stockade.evidence.registry import VerifiedEvidence
 from stockade.policy import Decision, Policy
 from stockade.policy import appraise as policy_appraise
 from stockade.wire.evidence import EVIDENCE_OID, EvidenceBundle, bundle_from_extension
+from stockade.wire.platform import Platform
+
+if TYPE_CHECKING:
+    from stockade.evidence.intel.verify import Collateral as IntelCollateral
+
+    #: Gets the Intel collateral for a quote at a time (CollateralUnavailable
+    #: naming what is missing).
+    IntelSource = Callable[[bytes, datetime], IntelCollateral]
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,14 @@ class TrustConfig:
     policy: Policy | None = None
     at: datetime | None = None
     crls: tuple[bytes, ...] = ()
+    #: Root of the sim TDX chip's Intel-shaped PKI: verifies sim-tdx
+    #: evidence (which carries its own signed collateral and CRLs).
+    sim_tdx_root: bytes | None = None
+    #: Intel collateral for TDX/SGX quotes (TCB info, QE identity, TCB
+    #: signing chain, CRLs), or a callable that gets it for a quote
+    #: (``--collateral DIR`` or the local cache): see
+    #: :func:`stockade.client.collateral.intel_source`.
+    intel: IntelSource | None = None
 
 
 @dataclass(frozen=True)
@@ -55,21 +73,40 @@ class Revocation:
     crl_issuers: tuple[str, ...] = ()
     reason: str = ""
 
+    #: When checked without named issuers: which CRLs (Intel quotes: the
+    #: root CA and PCK CRLs of the collateral).
+    source: str = ""
+
     @classmethod
     def of(cls, verified: VerifiedEvidence, crls_given: int) -> Revocation:
         if verified.revocation_checked:
-            return cls(True, verified.crl_issuers)
+            source = ""
+            if verified.kind != "sev-snp-report":
+                carried = verified.claims.platform == Platform.SIM_TDX
+                source = "root CA and PCK CRLs" + (
+                    " carried by the evidence" if carried else " of the collateral"
+                )
+            return cls(True, verified.crl_issuers, source=source)
+        if verified.kind != "sev-snp-report":
+            return cls(False, (), "the collateral has no root CA and PCK CRLs")
         if crls_given:
             return cls(False, verified.crl_issuers, "no CRL of this evidence's root among the CRLs given")
         return cls(False, (), "no CRL available")
 
     def summary(self) -> str:
         if self.checked:
-            return f"checked: not revoked (CRL of {self.crl_issuers[0]})"
+            return f"checked: not revoked ({self.source or f'CRL of {self.crl_issuers[0]}'})"
         return f"not checked ({self.reason})"
 
     def to_json(self) -> dict[str, object]:
-        return {"checked": self.checked, "crl_issuers": list(self.crl_issuers), "reason": self.reason or None}
+        doc: dict[str, object] = {
+            "checked": self.checked,
+            "crl_issuers": list(self.crl_issuers),
+            "reason": self.reason or None,
+        }
+        if self.source:  # TDX/SGX: which CRLs (they have no single issuer to name)
+            doc["source"] = self.source
+        return doc
 
 
 @dataclass(frozen=True)
@@ -142,9 +179,18 @@ def verify_bundle_report(bundle: EvidenceBundle, trust: TrustConfig, at: datetim
     verifier is the one registered for the bundle's platform
     (evidence/registry.py)."""
     evidence = registry.Evidence(bundle.platform, bundle.report, bundle.certs)
+    intel = None
+    if bundle.platform in (Platform.TDX, Platform.SGX):
+        if trust.intel is None:
+            raise CollateralUnavailable(
+                f"no Intel collateral for the Keep's {bundle.platform.upper()} quote (TCB info, QE identity, "
+                "TCB signing chain, CRLs): pass --collateral DIR, or fill the cache with "
+                "`stockade collateral fetch`"
+            )
+        intel = trust.intel(bundle.report, at)
     return registry.verify(
         evidence,
-        registry.Trust(sim_root=trust.sim_root),
+        registry.Trust(sim_root=trust.sim_root, sim_tdx_root=trust.sim_tdx_root),
         at,
-        registry.Collateral(crls=trust.crls, revocation=registry.Revocation.IF_GIVEN),
+        registry.Collateral(crls=trust.crls, intel=intel, revocation=registry.Revocation.IF_GIVEN),
     )

@@ -8,7 +8,8 @@ data binds that nonce, the same TLS key and the final register
 checks, over the received bytes:
 
 1. the evidence verifies against the same roots, on the same platform, chip
-   and launch measurement as the first attestation, and the policy accepts it;
+   and launch measurement as the first attestation (TDX/SGX: the same PCK
+   PPID and FMSPC, and MRTD / MRENCLAVE), and the policy accepts it;
 2. its report data binds this load's nonce, the TLS key of this session and
    the register that replaying the received events gives;
 3. the events say the Keep loaded exactly the expected package digest, with
@@ -73,16 +74,22 @@ def appraise_identity(
     claims = verify_bundle(bundle, trust, at)
     checks = ["identity report signature and certificate chain"]
     before = first.claims
+    # The same machine and launch on every platform shape: SNP/sim, the
+    # CHIP_ID and the launch MEASUREMENT; TDX/SGX (and sim-tdx), the PCK
+    # leaf's PPID (claims.chip_id), its FMSPC and MRTD (MRENCLAVE for SGX),
+    # the measurement; and on all, the same root (trust is the same).
     for what, a, b in (
         ("platform", before.platform, claims.platform),
+        ("root", before.root_fingerprint, claims.root_fingerprint),
         ("chip id", before.chip_id, claims.chip_id),
+        ("FMSPC", before.fmspc, claims.fmspc),
         ("launch measurement", before.measurement, claims.measurement),
     ):
         if a != b:
             raise VerificationFailed(
                 f"workload identity: the second report's {what} differs from the first's"
             )
-    checks.append("same platform, chip and launch measurement as the first report")
+    checks.append("same platform, root, chip and launch measurement as the first report")
     policy_appraise(claims, trust.policy, at)
 
     register = replay(message.events)

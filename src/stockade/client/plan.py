@@ -158,6 +158,15 @@ class RunOptions:
     #: Only ``stockade deploy --host``: the package is uploaded to the keep
     #: manager and the Keep loads it from there (docs/package.md, staged).
     stage_on_host: bool = False
+    #: TDX/SGX: a directory of Intel collateral (client/collateral.py);
+    #: None: the local collateral cache.
+    collateral: Path | None = None
+    #: Never fetch collateral: only --collateral DIR or the cache.
+    offline: bool = False
+
+
+#: Keep backend -> the platform its evidence claims (the sim backends).
+SIM_BACKEND_PLATFORM = {"sim": "sim", "sim-snp": "sim", "sim-tdx": "sim-tdx"}
 
 
 def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy, str]:
@@ -178,8 +187,9 @@ def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy,
         if opts.expect_measurement:
             raise UsageError("--expect-measurement and --policy: put the measurements in the policy file")
         policy = load_policy(opts.policy)
-        if opts.allow_sim and "sim" not in policy.platforms:
-            raise UsageError(f"--allow-sim: the policy {opts.policy} does not list sim in platforms")
+        platform = SIM_BACKEND_PLATFORM.get(opts.backend, "sim")
+        if opts.allow_sim and platform not in policy.platforms:
+            raise UsageError(f"--allow-sim: the policy {opts.policy} does not list {platform} in platforms")
         return policy, f"{policy.name!r} ({opts.policy}) accepted the claims"
     if opts.allow_sim:
         return development_policy(expected), f"development (--allow-sim); measurement pinned to {pinned}"

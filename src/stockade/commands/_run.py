@@ -25,19 +25,41 @@ if TYPE_CHECKING:
     from stockade.client.plan import Prepared
 
 SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
+SIM_TDX_WARNING = "sim-tdx — NO HARDWARE PROTECTION (simulated TDX, for development only)"
+#: Platform -> (platform line, name of the root in the signer line).
+_LABELS = {
+    "sim": (SIM_WARNING, "sim root"),
+    "sim-tdx": (SIM_TDX_WARNING, "sim TDX root"),
+    "snp": ("", "AMD root"),
+    "tdx": ("", "Intel SGX Root CA"),
+    "sgx": ("", "Intel SGX Root CA"),
+}
 
 
 def summary(appraisal: Appraisal, policy_note: str, extra: tuple[str, ...] = ()) -> str:
     c = appraisal.claims
-    platform = SIM_WARNING if c.platform == "sim" else f"{c.platform} ({c.product})"
-    tcb = " ".join(f"{k}={v}" for k, v in c.tcb)
+    label, root = _LABELS.get(c.platform, ("", "root"))
+    platform = label or f"{c.platform} ({c.product})"
+    intel = c.platform in ("tdx", "sgx", "sim-tdx")
+    if intel:
+        # TDX/SGX shape: MRTD (MRENCLAVE for SGX) is the measurement, the
+        # TCB is judged by Intel's TCB info (status), the signer is the PCK.
+        what = "MRENCLAVE" if c.platform == "sgx" else "MRTD"
+        advisories = f", advisories {', '.join(c.advisory_ids)}" if c.advisory_ids else ""
+        tcb_line = f"  tcb          {c.tcb_status}{advisories} (FMSPC {c.fmspc}, {c.firmware}, quote v{c.report_version})"
+        measurement = f"  measurement  {c.measurement.hex()} ({what})"
+        signer = f"  signer       PCK -> {root} {c.root_fingerprint[:16]}…"
+    else:
+        tcb = " ".join(f"{k}={v}" for k, v in c.tcb)
+        tcb_line = f"  tcb          {tcb} (firmware {c.firmware}, report v{c.report_version})"
+        measurement = f"  measurement  {c.measurement.hex()}"
+        signer = f"  signer       {c.signer} -> {root} {c.root_fingerprint[:16]}…"
     lines = [
         "stockade: Keep attested and verified",
         f"  platform     {platform}",
-        f"  measurement  {c.measurement.hex()}",
-        f"  tcb          {tcb} (firmware {c.firmware}, report v{c.report_version})",
-        f"  signer       {c.signer} -> {'sim root' if c.platform == 'sim' else 'AMD root'} "
-        f"{c.root_fingerprint[:16]}…",
+        measurement,
+        tcb_line,
+        signer,
         f"  revocation   {appraisal.revocation.summary()}",
         "  freshness    report binds this session's nonce and the Keep's TLS key",
         f"  debug        {'ALLOWED' if c.debug else 'disabled'}",
@@ -73,23 +95,36 @@ def deploy_session(
     extra_summary: tuple[str, ...] = (),
     staged: bool = False,
     crls: tuple[bytes, ...] = (),
+    sim_tdx_root: bytes | None = None,
+    state_dir: Path | None = None,
 ) -> tuple[DeployResult, dict[int, bytearray]]:
     """Plan the deploy from ``opts`` (:func:`stockade.client.plan.plan_deploy`)
     and run one deploy session over ``conn`` (a stream to a fresh Keep, the
     hello already sent), printing the summary and the workload's output.
     ``runtime_measurement`` is what the measurement is pinned to unless
     ``opts`` says otherwise; ``crls`` (DER) are the CRLs the client holds,
-    applied to the Keep's evidence chain."""
+    applied to the Keep's evidence chain; ``sim_tdx_root`` verifies sim-tdx
+    evidence; TDX/SGX quotes are verified with the Intel collateral of
+    ``opts.collateral`` or the cache under ``state_dir``
+    (client/collateral.py)."""
     from stockade.client.attest import TrustConfig
+    from stockade.client.collateral import intel_source
     from stockade.client.deploy import Steps, deploy
     from stockade.client.plan import plan_deploy
+    from stockade.client.plan import state_dir as default_state_dir
 
     steps = Steps()
     planned = plan_deploy(opts, prepared, runtime_measurement, staged=staged)
     note, notes = planned.policy_note, planned.notes
     # The sim root is used to *verify* sim evidence; acceptance is the
     # policy's decision (the default policy refuses sim).
-    trust = TrustConfig(sim_root=sim_root, policy=planned.policy, crls=crls)
+    trust = TrustConfig(
+        sim_root=sim_root,
+        policy=planned.policy,
+        crls=crls,
+        sim_tdx_root=sim_tdx_root,
+        intel=intel_source(opts.collateral, default_state_dir(state_dir), opts.offline),
+    )
     out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
 
     def on_output(fd: int, data: bytes) -> None:
@@ -105,9 +140,9 @@ def deploy_session(
             return  # the JSON document carries the appraisal and the label
         if not opts.quiet:
             click.echo(summary(appraisal, note, (*extra_summary, *notes)), err=True)
-        elif appraisal.claims.platform == "sim":
+        elif not appraisal.claims.hardware_protected:
             # sim output is always labelled, even with --quiet.
-            click.echo("stockade: sim Keep: NO HARDWARE PROTECTION", err=True)
+            click.echo(f"stockade: {appraisal.claims.platform} Keep: NO HARDWARE PROTECTION", err=True)
 
     def on_identity(identity: WorkloadIdentity) -> None:
         if not opts.as_json and not opts.quiet and not prepared.from_module:
@@ -209,6 +244,18 @@ def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
             multiple=True,
             metavar="HEX",
             help="Trusted boot: the Keep refuses any package whose digest is not one of these.",
+        ),
+        click.option(
+            "--collateral",
+            type=click.Path(file_okay=False, path_type=Path),
+            metavar="DIR",
+            help="TDX/SGX: directory of Intel collateral (the layout `stockade evidence verify "
+            "--collateral` reads) [default: the local collateral cache].",
+        ),
+        click.option(
+            "--offline",
+            is_flag=True,
+            help="Never fetch collateral: use --collateral DIR or the local cache only.",
         ),
         click.option(
             "--expect-measurement",

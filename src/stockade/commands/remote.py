@@ -43,6 +43,14 @@ NEED_SIM_ROOT = (
 )
 
 
+#: Why a remote sim-tdx deploy needs --sim-root (the host serves only the sim ARK).
+NEED_SIM_TDX_ROOT = (
+    "a sim-tdx Keep on a remote host is verified only against the sim TDX root you got from the "
+    "host's operator: pass --sim-root FILE with the root `stockade host sim-root --tdx` prints on the "
+    "host (a policy may pin its SHA-256 too, [sim] root_sha256); the host does not serve it"
+)
+
+
 #: Exit status of `stockade keeps wait` when the Keep did not end in time.
 WAIT_TIMED_OUT: Final = ExitStatus.WAIT_TIMED_OUT
 #: How long `keeps logs --follow` waits for the Keep's end between log reads.
@@ -126,11 +134,20 @@ def _token(token_file: Path | None) -> str:
 @_host_options
 @workload_options
 @click.option(
+    "--backend",
+    type=click.Choice(["sim", "sim-snp", "sim-tdx"]),
+    default="sim",
+    show_default=True,
+    help="Keep backend on the host: sim (alias sim-snp, simulated SEV-SNP) or sim-tdx (simulated "
+    "TDX); both give NO hardware protection.",
+)
+@click.option(
     "--sim-root",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    help="The host's sim root certificate (PEM or DER), from its operator's `stockade host sim-root`; "
-    "needed to verify a sim Keep unless the policy pins it ([sim] root_sha256).",
+    help="The host's sim root certificate (PEM or DER), from its operator's `stockade host sim-root` "
+    "(`--tdx` for --backend sim-tdx); needed to verify a sim Keep unless the policy pins it "
+    "([sim] root_sha256; sim only).",
 )
 @click.option(
     "--crl",
@@ -164,7 +181,7 @@ def deploy(
     workload and its secrets are protected by the attested session either
     way.
     """
-    opts = RunOptions(backend="sim", state_dir=None, **kwargs)
+    opts = RunOptions(state_dir=None, **kwargs)
     return _deploy(connection, opts, sim_root, tuple(_read_crl(path) for path in crls))
 
 
@@ -197,13 +214,15 @@ def _client_sim_root(
     keys can still forge its evidence: sim never protects anything."""
     import hashlib
 
+    from stockade.client.plan import SIM_BACKEND_PLATFORM
     from stockade.commands._files import read_sim_root
     from stockade.errors import VerificationFailed
     from stockade.policy import load_policy
 
+    platform = SIM_BACKEND_PLATFORM[opts.backend]
     policy = load_policy(opts.policy) if opts.policy is not None else None
     pins = policy.sim_roots if policy is not None else ()
-    allows_sim = opts.allow_sim or (policy is not None and "sim" in policy.platforms)
+    allows_sim = opts.allow_sim or (policy is not None and platform in policy.platforms)
     if sim_root_file is not None:
         der = read_sim_root(sim_root_file)
         digest = hashlib.sha256(der).digest()
@@ -213,6 +232,8 @@ def _client_sim_root(
                 f"of the policy {opts.policy}"
             )
         return der, (f"  sim root     {digest.hex()[:16]}… from --sim-root {sim_root_file}",)
+    if platform == "sim-tdx" and (pins or allows_sim):
+        raise UsageError(NEED_SIM_TDX_ROOT)
     if pins:
         der = client.sim_root()
         digest = hashlib.sha256(der).digest()
@@ -242,6 +263,9 @@ def _deploy(
     with connection.client() as client:
         # Before anything is created on the host: a refusal costs it nothing.
         sim_root, extra = _client_sim_root(client, opts, sim_root_file)
+        # The root verifies evidence of the backend's shape only.
+        sim_tdx_root = sim_root if opts.backend == "sim-tdx" else None
+        sim_root = None if opts.backend == "sim-tdx" else sim_root
         keep = client.create(opts.backend, limits)
         keep_id = str(keep["id"])
 
@@ -270,6 +294,7 @@ def _deploy(
                 extra,
                 staged=opts.stage_on_host,
                 crls=crls,
+                sim_tdx_root=sim_tdx_root,
             )
         except KeepDied as err:
             raise KeepDied(f"{err.detail}; Keep {keep_id} on {client.url}") from None

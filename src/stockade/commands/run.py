@@ -19,10 +19,11 @@ from stockade.errors import KeepDied, WorkloadExit
 @click.argument("args", nargs=-1)
 @click.option(
     "--backend",
-    type=click.Choice(["sim"]),
+    type=click.Choice(["sim", "sim-snp", "sim-tdx"]),
     default="sim",
     show_default=True,
-    help="Keep backend on this host.",
+    help="Keep backend on this host: sim (alias sim-snp) is a simulated SEV-SNP PSP, sim-tdx a "
+    "simulated TDX quoting enclave; both give NO hardware protection.",
 )
 @workload_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
@@ -39,11 +40,18 @@ def run(**kwargs: Any) -> WorkloadExit:
     """
     opts = RunOptions(**kwargs)
     from stockade.evidence.sim.local import chip_exists, serve_in_thread
-    from stockade.host.loader import PopenSpawner, start_keep
+    from stockade.host.loader import SIM_FLAVOUR, PopenSpawner, start_keep
 
     prepared = prepare(opts)
     sdir = state_dir(opts.state_dir)
-    if not chip_exists(sdir):
+    flavour = SIM_FLAVOUR[opts.backend]
+    if flavour == "tdx":
+        from stockade.evidence.sim import tdx_chip
+
+        if not tdx_chip.tdx_chip_exists(sdir) and not opts.quiet and not opts.as_json:
+            click.echo("stockade: creating the sim TDX chip key chain (first use, a few seconds)", err=True)
+        tdx_chip.ensure_tdx_chip(sdir)
+    elif not chip_exists(sdir):
         from stockade.evidence.sim import chip
 
         if not opts.quiet and not opts.as_json:
@@ -55,27 +63,39 @@ def run(**kwargs: Any) -> WorkloadExit:
     handle = start_keep(
         opts.backend,
         sdir,
-        psp=lambda measurement: serve_in_thread(sdir, measurement),
+        psp=lambda measurement: serve_in_thread(sdir, measurement, flavour=flavour),
         spawner=PopenSpawner(die_with_parent=True),
     )
     try:
         from stockade.client.deploy import send_hello
-        from stockade.evidence.sim import chip
 
         # The nonce goes out at once: the Keep attests while we get ready.
         hello = send_hello(handle.conn)
         # The local sim root is used to *verify* sim evidence; acceptance is
-        # the policy's decision (the default policy refuses sim). The local
-        # sim chip's CRL is the revocation collateral this client holds.
+        # the policy's decision (the default policy refuses sim). For sim
+        # (SNP shape), the local sim chip's CRL is the revocation collateral
+        # this client holds; sim-tdx evidence carries its signed collateral
+        # and CRLs, verified under the local sim TDX root.
+        crls: tuple[bytes, ...] = ()
+        if flavour == "tdx":
+            from stockade.evidence.sim import tdx_chip
+
+            sim_root, sim_tdx_root = None, tdx_chip.sim_tdx_root(sdir)
+        else:
+            from stockade.evidence.sim import chip
+
+            sim_root, sim_tdx_root, crls = chip.sim_root(sdir), None, _local_crls(sdir)
         result, out = deploy_session(
             handle.conn,
             handle.measurement,
             lambda: handle.wait(0.5),
             prepared,
             opts,
-            chip.sim_root(sdir),
+            sim_root,
             hello,
-            crls=_local_crls(sdir),
+            crls=crls,
+            sim_tdx_root=sim_tdx_root,
+            state_dir=sdir,
         )
     except KeepDied as err:
         # The host-side log of the Keep process (never workload data) says why.

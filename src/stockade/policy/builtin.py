@@ -42,11 +42,11 @@ def development_policy_toml(measurement: bytes) -> str:
         "\n".join(
             [
                 "# stockade's built-in development policy (stockade run --allow-sim).",
-                "# sim gives NO hardware protection. Debugging and a migration agent",
+                "# sim and sim-tdx give NO hardware protection. Debugging and a migration agent",
                 "# (SEV-SNP guest policy bit 18, MIGRATE_MA) are refused.",
                 "version = 1",
                 f'name = "{DEVELOPMENT_NAME}"',
-                'platforms = ["snp", "tdx", "sgx", "sim"]',
+                'platforms = ["snp", "tdx", "sgx", "sim", "sim-tdx"]',
                 f'measurements = ["{measurement.hex()}"]   # the expected Keep runtime',
             ]
         )

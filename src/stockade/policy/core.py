@@ -43,6 +43,11 @@ def evaluate(claims: Claims, policy: Policy, at: datetime | None = None) -> Deci
     hint = ""
     if not accepted and claims.platform in SIM_PLATFORMS and claims.platform not in policy.platforms:
         hint = ("this is stockade's built-in default policy; " if policy.builtin else "") + SIM_HINT
+        if claims.platform != Platform.SIM:
+            # sim-tdx: name the platform the policy must list.
+            hint = hint.replace('add "sim"', f'add "{claims.platform}"').replace(
+                "sim gives", f"{claims.platform} gives", 1
+            )
     verified = isinstance(claims, VerifiedClaims)
     notes: list[str] = [] if verified else [NOT_VERIFIED_NOTE]
     if claims.platform == Platform.SIM:
