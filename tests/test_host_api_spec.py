@@ -273,7 +273,9 @@ def test_collateral_bodies(server: Server) -> None:
     store = server.state / "collateral" / "snp" / "Milan" / "vcek"
     store.mkdir(parents=True, exist_ok=True)
     (store / "crl.der").write_bytes(b"bytes the host does not parse")
-    listing = body_of(httpx.get(f"{server.url}/v1/collateral", headers=server.headers()), 200, "collateral-list")
+    listing = body_of(
+        httpx.get(f"{server.url}/v1/collateral", headers=server.headers()), 200, "collateral-list"
+    )
     assert {"name": "snp/Milan/vcek/crl.der", "size": 29} in [
         {k: f[k] for k in ("name", "size")} for f in listing["files"]
     ]
