@@ -30,7 +30,7 @@ def test_the_fields_are_those_of_verified_claims() -> None:
     assert [(f.name, f.type) for f in dataclasses.fields(UnverifiedClaims)] == verified
 
 
-@pytest.mark.parametrize("platform", ["snp", "tdx", "sgx", "sim"])
+@pytest.mark.parametrize("platform", ["snp", "tdx", "sgx", "sim", "sim-tdx"])
 def test_same_document_and_same_verdicts_as_verified_claims(platform: str) -> None:
     claims = make_claims(platform=platform)
     unverified = _unverified(claims)

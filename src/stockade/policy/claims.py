@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from stockade.errors import UsageError
-from stockade.evidence.claims import VerifiedClaims
+from stockade.evidence.claims import SIM_PLATFORMS, VerifiedClaims
 
 #: The note on every decision about unverified claims.
 NOT_VERIFIED_NOTE = (
@@ -54,7 +54,7 @@ class UnverifiedClaims:
 
     @property
     def hardware_protected(self) -> bool:
-        return self.platform != "sim"
+        return self.platform not in SIM_PLATFORMS
 
     def to_json(self) -> dict[str, Any]:
         """The same document as ``VerifiedClaims.to_json()``."""
