@@ -26,7 +26,7 @@ from snp_support import VERIFY_AT, sample
 from stockade.errors import CollateralUnavailable, VerificationFailed
 from stockade.evidence.intel.collateral import CollateralKey, PcsClient
 from stockade.evidence.intel.verify import verify_quote
-from stockade.evidence.snp.abi import AttestationReport, Product
+from stockade.evidence.snp.abi import AttestationReport, Product, SigningKey
 from stockade.evidence.snp.verify import HWID_LENGTH, amd_anchors, verify_report
 from stockade.evidence.store import CollateralStore
 from stockade.testing.amd import FakeAmdPki
@@ -142,6 +142,23 @@ def test_tampered_store_content_is_refused_at_use(kds: FakeKds, tmp_path: Path) 
         verify_report(SNP.report, got.endorsement, got.intermediate, amd_anchors(), VERIFY_AT)
 
 
+def test_fetch_for_a_vlek_report_takes_the_vlek_chain_and_crl(tmp_path: Path, fake_milan: FakeAmdPki) -> None:
+    """KDS serves no VLEKs: a VLEK-signed report needs only the ASVK+ARK
+    chain and the CRL from it (the VLEK comes with the evidence)."""
+    vlek = sample("milan-v3-vlek-aws-trustee")
+    with FakeKds() as server:
+        server.set_chain(Product.MILAN, (vlek.path / "ask_ark.pem").read_bytes(), SigningKey.VLEK)
+        server.set_crl(Product.MILAN, fake_milan.crl(), SigningKey.VLEK)
+        args = ["--cache", str(tmp_path), "--kds-url", server.base_url]
+        proc = cli("fetch", str(vlek.path / "report.bin"), *args)
+        assert proc.returncode == 0, proc.stderr
+        assert [r.path for r in server.requests] == ["/vlek/v1/Milan/cert_chain", "/vlek/v1/Milan/crl"]
+    got = CollateralStore(tmp_path).snp_collateral(vlek.report)
+    assert got.endorsement is None
+    verified = verify_report(vlek.report, vlek.vcek_der, got.intermediate, amd_anchors(), VERIFY_AT)
+    assert verified.claims.signer == "VLEK"
+
+
 def test_fetch_by_snp_selectors(kds: FakeKds, tmp_path: Path) -> None:
     report = AttestationReport.from_bytes(SNP.report)
     parts = report.reported_tcb.components(Product.MILAN)
@@ -222,6 +239,20 @@ def test_fetch_for_a_real_tdx_quote_then_verify_from_the_store(pcs: FakePcs, tmp
     verified = verify_quote(TDX.quote, collateral, TDX.verify_at, allow_trailing=TDX.trailing_nonzero)
     assert verified.claims.tcb_status == TDX.overall
     assert verified.revocation_checked
+
+
+def test_fetch_for_a_real_sgx_quote(tmp_path: Path) -> None:
+    sgx = next(s for s in with_collateral("sgx") if s.has_crls and not s.expect_not_supported)
+    key = CollateralKey.for_quote(sgx.quote)
+    with FakePcs() as server:
+        server.add(sgx.tee, key.fmspc, sgx.collateral, ca=key.ca)
+        args = ["--cache", str(tmp_path), "--pcs-url", server.base_url, "--at", sgx.verify_at.isoformat()]
+        proc = cli("fetch", str(sgx.path / "quote.bin"), *args)
+        assert proc.returncode == 0, proc.stderr
+        assert any(r.path == "/sgx/certification/v4/tcb" for r in server.requests)
+    collateral = PcsClient(tmp_path / "intel").collateral(key, sgx.verify_at, offline=True)
+    verified = verify_quote(sgx.quote, collateral, sgx.verify_at, allow_trailing=sgx.trailing_nonzero)
+    assert verified.claims.platform == "sgx" and verified.claims.tcb_status == sgx.overall
 
 
 def test_fetch_by_fmspc(pcs: FakePcs, tmp_path: Path) -> None:
