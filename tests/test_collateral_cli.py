@@ -367,6 +367,11 @@ def test_no_selector_or_two_is_a_usage_error(tmp_path: Path) -> None:
     assert "give one of" in one_line_error(proc, 2)
 
 
+def test_no_crl_is_for_snp_only(tmp_path: Path) -> None:
+    proc = cli("fetch", str(TDX.path / "quote.bin"), "--no-crl", "--cache", str(tmp_path))
+    assert "SEV-SNP collateral only" in one_line_error(proc, 2)
+
+
 def test_evidence_that_is_neither_is_111(tmp_path: Path) -> None:
     bogus = tmp_path / "x.bin"
     bogus.write_bytes(b"\x00" * 100)

@@ -265,6 +265,8 @@ def fetch(
             store, evidence, snp_product, chip_id, tcb, vlek, no_crl, kds_url, retries, timeout, progress
         )
     else:
+        if no_crl:
+            raise UsageError("--no-crl applies to SEV-SNP collateral only")
         names = _fetch_intel(
             store, evidence, fmspc, tee, pck_ca, pcs_url, root_crl_url, retries, timeout, at, progress
         )
