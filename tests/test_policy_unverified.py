@@ -35,6 +35,7 @@ def test_same_document_and_same_verdicts_as_verified_claims(platform: str) -> No
     claims = make_claims(platform=platform)
     unverified = _unverified(claims)
     assert unverified.to_json() == claims.to_json()
+    assert unverified.hardware_protected is claims.hardware_protected is (platform not in ("sim", "sim-tdx"))
     assert not isinstance(unverified, VerifiedClaims)
     for policy in (MILAN_ONLY, default_policy()):
         a, b = evaluate(claims, policy), evaluate(unverified, policy)

@@ -65,30 +65,36 @@ class VerifiedClaims:
         return self.platform not in SIM_PLATFORMS
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "platform": self.platform,
-            "hardware_protection": self.hardware_protected,
-            "product": self.product,
-            "signer": self.signer,
-            "measurement": self.measurement.hex(),
-            "report_data": self.report_data.hex(),
-            "host_data": self.host_data.hex(),
-            "debug": self.debug,
-            "vmpl": self.vmpl,
-            "chip_id": self.chip_id.hex(),
-            "tcb": dict(self.tcb),
-            "firmware": self.firmware,
-            "policy_flags": dict(self.policy_flags),
-            "report_version": self.report_version,
-            "root_sha256": self.root_fingerprint,
-            "verified_at": self.verified_at.isoformat(),
-            "registers": {k: v.hex() for k, v in self.registers},
-            "tcb_status": self.tcb_status,
-            "advisory_ids": list(self.advisory_ids),
-            "fmspc": self.fmspc,
-            "collateral_issued": _iso(self.collateral_issued),
-            "collateral_next_update": _iso(self.collateral_next_update),
-        }
+        return claims_json(self)
+
+
+def claims_json(claims: Any) -> dict[str, Any]:
+    """The claims document of ``claims`` (a VerifiedClaims, or anything with
+    its fields: policy's UnverifiedClaims reads and writes the same one)."""
+    return {
+        "platform": claims.platform,
+        "hardware_protection": claims.platform not in SIM_PLATFORMS,
+        "product": claims.product,
+        "signer": claims.signer,
+        "measurement": claims.measurement.hex(),
+        "report_data": claims.report_data.hex(),
+        "host_data": claims.host_data.hex(),
+        "debug": claims.debug,
+        "vmpl": claims.vmpl,
+        "chip_id": claims.chip_id.hex(),
+        "tcb": dict(claims.tcb),
+        "firmware": claims.firmware,
+        "policy_flags": dict(claims.policy_flags),
+        "report_version": claims.report_version,
+        "root_sha256": claims.root_fingerprint,
+        "verified_at": claims.verified_at.isoformat(),
+        "registers": {k: v.hex() for k, v in claims.registers},
+        "tcb_status": claims.tcb_status,
+        "advisory_ids": list(claims.advisory_ids),
+        "fmspc": claims.fmspc,
+        "collateral_issued": _iso(claims.collateral_issued),
+        "collateral_next_update": _iso(claims.collateral_next_update),
+    }
 
 
 def _iso(when: datetime | None) -> str | None:

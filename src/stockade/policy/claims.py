@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from stockade.errors import UsageError
-from stockade.evidence.claims import SIM_PLATFORMS, VerifiedClaims
+from stockade.evidence.claims import SIM_PLATFORMS, VerifiedClaims, claims_json
 
 #: The note on every decision about unverified claims.
 NOT_VERIFIED_NOTE = (
@@ -58,34 +58,7 @@ class UnverifiedClaims:
 
     def to_json(self) -> dict[str, Any]:
         """The same document as ``VerifiedClaims.to_json()``."""
-        return {
-            "platform": self.platform,
-            "hardware_protection": self.hardware_protected,
-            "product": self.product,
-            "signer": self.signer,
-            "measurement": self.measurement.hex(),
-            "report_data": self.report_data.hex(),
-            "host_data": self.host_data.hex(),
-            "debug": self.debug,
-            "vmpl": self.vmpl,
-            "chip_id": self.chip_id.hex(),
-            "tcb": dict(self.tcb),
-            "firmware": self.firmware,
-            "policy_flags": dict(self.policy_flags),
-            "report_version": self.report_version,
-            "root_sha256": self.root_fingerprint,
-            "verified_at": self.verified_at.isoformat(),
-            "registers": {k: v.hex() for k, v in self.registers},
-            "tcb_status": self.tcb_status,
-            "advisory_ids": list(self.advisory_ids),
-            "fmspc": self.fmspc,
-            "collateral_issued": None
-            if self.collateral_issued is None
-            else self.collateral_issued.isoformat(),
-            "collateral_next_update": (
-                None if self.collateral_next_update is None else self.collateral_next_update.isoformat()
-            ),
-        }
+        return claims_json(self)
 
     @classmethod
     def from_json(cls, doc: Any, source: str = "claims") -> UnverifiedClaims:
