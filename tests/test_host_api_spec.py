@@ -46,6 +46,8 @@ RULES = (
     "keep-list",
     "wait-response",
     "sim-root-response",
+    "collateral-list",
+    "collateral-file",
     "host-problem",
 )
 UNKNOWN_ID = "0123456789abcdef"
@@ -267,6 +269,25 @@ def test_sim_root(server: Server) -> None:
     assert doc["ark"][:1] == b"\x30"  # a DER SEQUENCE
 
 
+def test_collateral_bodies(server: Server) -> None:
+    store = server.state / "collateral" / "snp" / "Milan" / "vcek"
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "crl.der").write_bytes(b"bytes the host does not parse")
+    listing = body_of(
+        httpx.get(f"{server.url}/v1/collateral", headers=server.headers()), 200, "collateral-list"
+    )
+    assert {"name": "snp/Milan/vcek/crl.der", "size": 29} in [
+        {k: f[k] for k in ("name", "size")} for f in listing["files"]
+    ]
+    one = body_of(
+        httpx.get(f"{server.url}/v1/collateral/snp/Milan/vcek/crl.der", headers=server.headers()),
+        200,
+        "collateral-file",
+    )
+    assert one["data"] == b"bytes the host does not parse"
+    problem(httpx.get(f"{server.url}/v1/collateral/snp/nope.der", headers=server.headers()), 404, "not-found")
+
+
 def test_list_for_another_token(server: Server) -> None:
     listed = body_of(
         httpx.get(f"{server.url}/v1/keeps", headers=server.headers(server.small_token)), 200, "keep-list"
@@ -287,6 +308,8 @@ def test_list_for_another_token(server: Server) -> None:
         ("GET", f"/v1/keeps/{UNKNOWN_ID}/wait"),
         ("GET", f"/v1/keeps/{UNKNOWN_ID}/logs"),
         ("GET", "/v1/sim/root"),
+        ("GET", "/v1/collateral"),
+        ("GET", "/v1/collateral/intel/root_ca_crl.der"),
     ],
 )
 def test_401_and_403_on_every_authenticated_route(server: Server, method: str, path: str) -> None:

@@ -36,6 +36,7 @@ from stockade.errors import ExitStatus, StockadeError, WorkloadExit
 
 #: Sub-command name -> "module:attribute" of its click command or group.
 COMMANDS: dict[str, str] = {
+    "collateral": "stockade.commands.collateral:collateral",
     "deploy": "stockade.commands.remote:deploy",
     "evidence": "stockade.commands.evidence:evidence",
     "host": "stockade.commands.host:host",

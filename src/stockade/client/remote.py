@@ -25,6 +25,7 @@ session runs end to end inside the relay either way.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ipaddress
 import os
@@ -274,6 +275,29 @@ class ManagerClient:
         if not isinstance(der, bytes):
             raise ManagerError("GET /v1/sim/root: expected the ARK as a byte string")
         return der
+
+    def collateral_list(self) -> builtins.list[tuple[str, int, bytes]]:
+        """(name, size, SHA-256) of each collateral file the host serves
+        (untrusted: see stockade.client.provision)."""
+        files = self._call("GET", "/v1/collateral").get("files")
+        if not isinstance(files, list):
+            raise ManagerError("GET /v1/collateral: expected a list of files")
+        out = []
+        for f in files:
+            name, size, digest = (
+                (f.get("name"), f.get("size"), f.get("sha256")) if isinstance(f, dict) else (None,) * 3
+            )
+            if not isinstance(name, str) or not isinstance(size, int) or not isinstance(digest, bytes):
+                raise ManagerError("GET /v1/collateral: a file entry lacks name, size or sha256")
+            out.append((name, size, digest))
+        return out
+
+    def collateral_file(self, name: str) -> bytes:
+        """The bytes of one collateral file the host serves."""
+        data = self._call("GET", f"/v1/collateral/{name}").get("data")
+        if not isinstance(data, bytes):
+            raise ManagerError(f"GET /v1/collateral/{name}: expected the file as a byte string")
+        return data
 
     def connect(self, keep_id: str, tap: Tap | None = None) -> socket.socket:
         """Open the relay to ``keep_id``; return a stream socket to the Keep."""

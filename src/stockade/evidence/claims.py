@@ -46,6 +46,14 @@ class VerifiedClaims:
     tcb_status: str | None = None
     advisory_ids: tuple[str, ...] = ()
     fmspc: str | None = None
+    #: The OLDEST issue date of the collateral the verification used (Intel:
+    #: TCB info and QE identity issueDate, CRL thisUpdate; SNP: the
+    #: thisUpdate of the CRLs applied) and the EARLIEST nextUpdate among
+    #: them; None when no dated collateral was used (an SNP report verified
+    #: without a CRL: its VCEK's validity is checked, but a certificate is
+    #: not collateral with an issue/next-update cycle).
+    collateral_issued: datetime | None = None
+    collateral_next_update: datetime | None = None
     _token: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,4 +92,20 @@ def claims_json(claims: Any) -> dict[str, Any]:
         "tcb_status": claims.tcb_status,
         "advisory_ids": list(claims.advisory_ids),
         "fmspc": claims.fmspc,
+        "collateral_issued": _iso(claims.collateral_issued),
+        "collateral_next_update": _iso(claims.collateral_next_update),
     }
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def collateral_dates(
+    dated: list[tuple[datetime, datetime]] | tuple[tuple[datetime, datetime], ...],
+) -> tuple[datetime | None, datetime | None]:
+    """(oldest issue date, earliest next update) of (issued, next_update)
+    pairs; (None, None) for none."""
+    if not dated:
+        return None, None
+    return min(d[0] for d in dated), min(d[1] for d in dated)

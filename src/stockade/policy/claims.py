@@ -49,6 +49,8 @@ class UnverifiedClaims:
     tcb_status: str | None = None
     advisory_ids: tuple[str, ...] = ()
     fmspc: str | None = None
+    collateral_issued: datetime | None = None
+    collateral_next_update: datetime | None = None
 
     @property
     def hardware_protected(self) -> bool:
@@ -90,9 +92,20 @@ _JSON_KEYS = {
     "tcb_status",
     "advisory_ids",
     "fmspc",
+    "collateral_issued",
+    "collateral_next_update",
     "checks",  # stockade run --json adds the list of checks performed
 }
-_OPTIONAL = {"registers", "tcb_status", "advisory_ids", "fmspc", "hardware_protection", "checks"}
+_OPTIONAL = {
+    "registers",
+    "tcb_status",
+    "advisory_ids",
+    "fmspc",
+    "hardware_protection",
+    "checks",
+    "collateral_issued",
+    "collateral_next_update",
+}
 
 
 def _from_json(doc: Any, source: str) -> UnverifiedClaims:
@@ -125,6 +138,21 @@ def _from_json(doc: Any, source: str) -> UnverifiedClaims:
         raise UsageError(f"{source}: verified_at: not an ISO 8601 time") from None
     if verified_at.tzinfo is None:
         raise UsageError(f"{source}: verified_at: needs a time zone")
+    dates: dict[str, datetime | None] = {}
+    for key in ("collateral_issued", "collateral_next_update"):
+        value = doc.get(key)
+        if value is None:
+            dates[key] = None
+            continue
+        if not isinstance(value, str):
+            raise UsageError(f"{source}: {key}: expected an ISO 8601 time or null")
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise UsageError(f"{source}: {key}: not an ISO 8601 time") from None
+        if when.tzinfo is None:
+            raise UsageError(f"{source}: {key}: needs a time zone")
+        dates[key] = when
     tcb = typed("tcb", dict)
     flags = typed("policy_flags", dict)
     registers = doc.get("registers")
@@ -165,4 +193,6 @@ def _from_json(doc: Any, source: str) -> UnverifiedClaims:
         tcb_status=doc.get("tcb_status"),
         advisory_ids=tuple(advisories),
         fmspc=doc.get("fmspc"),
+        collateral_issued=dates["collateral_issued"],
+        collateral_next_update=dates["collateral_next_update"],
     )

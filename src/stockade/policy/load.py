@@ -40,6 +40,7 @@ from stockade.policy.rules import (
     FmspcIn,
     GuestPolicyFlag,
     MaxAge,
+    MaxCollateralAge,
     MigrationAgent,
     MinFirmware,
     MinTcb,
@@ -88,7 +89,7 @@ REGISTER_SIZES = {**dict.fromkeys(TDX_REGISTERS, 48), **dict.fromkeys(SGX_REGIST
 _COMBINATORS = ("all_of", "any_of", "not")
 _TOP_ONLY = ("version", "name", "description", "allow_debug", "allow_migration_agent", "workload")
 _WORKLOAD_KEYS = ("signers", "min_signatures", "digests")
-_GENERIC = ("platforms", "measurements", "max_age", *PLATFORMS, *_COMBINATORS)
+_GENERIC = ("platforms", "measurements", "max_age", "max_collateral_age", *PLATFORMS, *_COMBINATORS)
 _SNP_KEYS = (
     "products",
     "deny_products",
@@ -406,6 +407,10 @@ def _max_age(ld: _Loader, v: Any, p: Path, label: str) -> list[Rule]:
     return [MaxAge(label, ld.duration(v, p))]
 
 
+def _max_collateral_age(ld: _Loader, v: Any, p: Path, label: str) -> list[Rule]:
+    return [MaxCollateralAge(label, ld.duration(v, p))]
+
+
 def _section(platform: str) -> _Handler:
     return lambda ld, v, p, label: ld.section(platform, v, p, label)
 
@@ -513,6 +518,7 @@ _HANDLERS: dict[tuple[str, str], _Handler] = {
     ("generic", "platforms"): _platforms,
     ("generic", "measurements"): _measurements((32, 48)),
     ("generic", "max_age"): _max_age,
+    ("generic", "max_collateral_age"): _max_collateral_age,
     **{("generic", plat): _section(plat) for plat in PLATFORMS},
 }
 for _kind in ("snp", "sim"):

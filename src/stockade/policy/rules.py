@@ -520,6 +520,33 @@ class MaxAge(Check):
         return _verdict(age <= self.seconds), f"{when}, {human_duration(age)} before {ctx.at.isoformat()}"
 
 
+@dataclass(frozen=True)
+class MaxCollateralAge(Check):
+    """The collateral the verification used was issued at most ``seconds``
+    before the evaluation time: the claims' ``collateral_issued`` (the
+    OLDEST issue date among TCB info, QE identity and CRLs applied). Claims
+    without collateral dates (an SNP report verified without a CRL, a sim
+    report) fail: their collateral's age is unknown."""
+
+    rule: str
+    seconds: int
+    category = "hardware"
+    failure_value = UNSAFE_HW
+
+    def expected(self) -> str:
+        return f"collateral issued at most {human_duration(self.seconds)} before evaluation"
+
+    def judge(self, claims: Claims, ctx: Context) -> tuple[Verdict, str]:
+        issued = claims.collateral_issued
+        if issued is None:
+            return Verdict.FAIL, "absent (no dated collateral was used: no CRL, TCB info or QE identity)"
+        age = (ctx.at - issued).total_seconds()
+        when = f"oldest collateral issued {issued.isoformat()}"
+        if age < 0:
+            return Verdict.FAIL, f"{when}, after the evaluation time {ctx.at.isoformat()}"
+        return _verdict(age <= self.seconds), f"{when}, {human_duration(age)} before {ctx.at.isoformat()}"
+
+
 # --- combinators ------------------------------------------------------------------
 
 

@@ -103,6 +103,18 @@ class FakeKds(LoopbackServer[Fault, Request]):
         with self._lock:
             self._static[f"/{kind}/v1/{product.value}/crl"] = (der, _DER_CRL)
 
+    def set_chain(self, product: Product, pem: bytes, signer: SigningKey = SigningKey.VCEK) -> None:
+        """Serve ``pem`` (e.g. a real vector's ASK+ARK) as the product's chain."""
+        kind = "vcek" if signer is SigningKey.VCEK else "vlek"
+        with self._lock:
+            self._static[f"/{kind}/v1/{product.value}/cert_chain"] = (pem, _PEM)
+
+    def add_vcek_der(self, product: Product, hwid: bytes, tcb: dict[str, int], der: bytes) -> None:
+        """Publish a VCEK certificate (e.g. a real vector's) for chip ``hwid``
+        at ``tcb`` (components by name, as TcbVersion.components gives)."""
+        with self._lock:
+            self._vceks[(product.value, hwid.hex(), tuple(sorted(tcb.items())))] = der
+
     def add_vcek(self, endorsement: FakeEndorsement) -> None:
         """Publish a VCEK at the URL of its chip and TCB."""
         if endorsement.signer is not SigningKey.VCEK:

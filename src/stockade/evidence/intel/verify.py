@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from stockade.errors import CollateralUnavailable, MalformedEvidence, VerificationFailed
-from stockade.evidence.claims import _VERIFIED, VerifiedClaims
+from stockade.evidence.claims import _VERIFIED, VerifiedClaims, collateral_dates
 from stockade.evidence.intel.abi import Quote, TeeType
 from stockade.evidence.intel.pck import PckExtensions, check_envelope, read_sgx_extension
 from stockade.evidence.intel.tcb import (
@@ -493,7 +493,15 @@ def verify_quote(
 
     qe = qe_level(identity, quote.qe_report.isv_svn)
     evaluation = evaluate(tcb_info, pck.ext.tcb_components, pck.ext.pce_svn, td, module, qe)
-    claims = _claims(quote, pck, evaluation, tcb_info, root_der, at)
+    # The collateral's dates for the claims: TCB info and QE identity
+    # issueDate/nextUpdate, and the thisUpdate/nextUpdate of the CRLs
+    # applied (load_crl returns the object _check_revocation checked).
+    dated = [(tcb_info.issue_date, tcb_info.next_update), (identity.issue_date, identity.next_update)]
+    for crl_der, what in ((collateral.root_ca_crl, "root CA CRL"), (collateral.pck_crl, "PCK CRL")):
+        if crl_der is not None:
+            crl = load_crl(crl_der, what)
+            dated.append((crl.this_update, crl.next_update))
+    claims = _claims(quote, pck, evaluation, tcb_info, root_der, at, collateral_dates(dated))
     return VerifiedQuote(
         quote=quote,
         pck=pck.ext,
@@ -515,7 +523,13 @@ _TEE_SVN_NAMES = tuple(f"tee_tcb_svn_{i:02d}" for i in range(16))
 
 
 def _claims(
-    quote: Quote, pck: _Pck, ev: TcbEvaluation, tcb_info: TcbInfo, root_der: bytes, at: datetime
+    quote: Quote,
+    pck: _Pck,
+    ev: TcbEvaluation,
+    tcb_info: TcbInfo,
+    root_der: bytes,
+    at: datetime,
+    dates: tuple[datetime | None, datetime | None] = (None, None),
 ) -> VerifiedClaims:
     """Normalized claims (docs: evidence/intel/README.md "Claims")."""
     body = quote.body
@@ -548,6 +562,8 @@ def _claims(
             tcb_status=ev.status.value,
             advisory_ids=ev.advisory_ids,
             fmspc=pck.ext.fmspc.hex(),
+            collateral_issued=dates[0],
+            collateral_next_update=dates[1],
             _token=_VERIFIED,
         )
     assert isinstance(body, EnclaveReport)
@@ -581,6 +597,8 @@ def _claims(
         tcb_status=ev.status.value,
         advisory_ids=ev.advisory_ids,
         fmspc=pck.ext.fmspc.hex(),
+        collateral_issued=dates[0],
+        collateral_next_update=dates[1],
         _token=_VERIFIED,
     )
 

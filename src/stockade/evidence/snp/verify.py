@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from stockade.errors import CollateralUnavailable, MalformedEvidence, VerificationFailed
-from stockade.evidence.claims import _VERIFIED, VerifiedClaims
+from stockade.evidence.claims import _VERIFIED, VerifiedClaims, collateral_dates
 from stockade.evidence.pki import (
     PARSE_ERRORS,
     Crl,
@@ -130,9 +130,10 @@ def _check_crls(
     intermediate: x509.Certificate,
     endorsement: x509.Certificate,
     at: datetime,
-) -> tuple[tuple[str, ...], bool]:
-    """Apply the CRLs of this chain; return their issuers and whether one of
-    them was the root's.
+) -> tuple[tuple[str, ...], bool, tuple[tuple[datetime, datetime], ...]]:
+    """Apply the CRLs of this chain; return their issuers, whether one of
+    them was the root's, and their (thisUpdate, nextUpdate) dates (for the
+    claims' collateral dates).
 
     A CRL belongs to the chain when its issuer is the root (AMD's KDS CRLs:
     one per product and signer kind, issued and signed by the ARK) or the
@@ -146,7 +147,7 @@ def _check_crls(
     """
     crls = tuple(crls)
     if not crls:
-        return (), False
+        return (), False, ()
     signers = {ark.subject: ark, intermediate.subject: intermediate}
     used: list[Crl] = []
     for data in crls:
@@ -172,7 +173,8 @@ def _check_crls(
                 )
     used.sort(key=lambda c: c.issuer != ark.subject)
     issuers = tuple(dict.fromkeys(c.issuer.rfc4514_string() for c in used))
-    return issuers, any(c.issuer == ark.subject for c in used)
+    dates = tuple((c.this_update, c.next_update) for c in used)
+    return issuers, any(c.issuer == ark.subject for c in used), dates
 
 
 def _select_anchor(
@@ -248,7 +250,7 @@ def verify_report(
         (endorsement, "endorsement certificate"),
     ):
         check_validity(cert, what, at)
-    crl_issuers, root_crl = _check_crls(crls, ark, intermediate, endorsement, at)
+    crl_issuers, root_crl, crl_dates = _check_crls(crls, ark, intermediate, endorsement, at)
     if require_crl and not root_crl:
         raise CollateralUnavailable(
             f"no CRL issued by {ark.subject.rfc4514_string()} was given and the verification requires one"
@@ -295,6 +297,7 @@ def verify_report(
         raise VerificationFailed("report signature does not verify with the endorsement key") from None
 
     tcb = report.reported_tcb.components(product)
+    collateral_issued, collateral_next_update = collateral_dates(crl_dates)
     claims = VerifiedClaims(
         platform=anchor.platform,
         product=product.value,
@@ -311,6 +314,8 @@ def verify_report(
         report_version=report.version,
         root_fingerprint=fingerprint(ark),
         verified_at=at,
+        collateral_issued=collateral_issued,
+        collateral_next_update=collateral_next_update,
         _token=_VERIFIED,
     )
     return VerifiedReport(

@@ -20,6 +20,7 @@ from stockade.host.manager.supervisor import (
     LoaderFailed,
     NoSimChip,
     NoStagingArea,
+    NoSuchCollateral,
     PackageTooLarge,
     QuotaExceeded,
     StagingFailed,
@@ -65,6 +66,8 @@ def problem_of(exc: SupervisorError) -> ApiProblem:
         return ApiProblem(404, "not-found", "no such Keep", detail)
     if isinstance(exc, NoSimChip):
         return ApiProblem(404, "not-found", "no sim chip", detail)
+    if isinstance(exc, NoSuchCollateral):
+        return ApiProblem(404, "not-found", "no such collateral", detail)
     if isinstance(exc, KeepNotRunning):
         return ApiProblem(409, "conflict", "Keep not running", detail)
     if isinstance(exc, AlreadyConnected):

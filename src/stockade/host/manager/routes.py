@@ -166,6 +166,8 @@ class Api:
             Route("/v1/keeps/{keep_id}/logs", self.keep_logs, methods=["GET"]),
             Route("/v1/keeps/{keep_id}/package", self.stage_package, methods=["PUT"]),
             Route("/v1/sim/root", self.sim_root, methods=["GET"]),
+            Route("/v1/collateral", self.collateral_list, methods=["GET"]),
+            Route("/v1/collateral/{name:path}", self.collateral_file, methods=["GET"]),
             WebSocketRoute("/v1/keeps/{keep_id}/connect", self.connect),
             Route("/metrics", self.metrics_page, methods=["GET"]),
         ]
@@ -238,6 +240,16 @@ class Api:
     async def sim_root(self, request: Request) -> Response:
         authenticate(self.sup, request.headers)
         return cbor_response({"ark": await self.sup.sim_root()})
+
+    async def collateral_list(self, request: Request) -> Response:
+        authenticate(self.sup, request.headers)
+        files = await self.sup.collateral_files()
+        return cbor_response({"files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files]})
+
+    async def collateral_file(self, request: Request) -> Response:
+        authenticate(self.sup, request.headers)
+        name = request.path_params["name"]
+        return cbor_response({"name": name, "data": await self.sup.collateral_file(name)})
 
     async def metrics_page(self, request: Request) -> Response:
         body = await anyio.to_thread.run_sync(self.metrics.exposition)

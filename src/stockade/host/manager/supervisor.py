@@ -39,6 +39,7 @@ import anyio.to_thread
 
 from stockade import procfs
 from stockade.host.loader import KeepHandle, start_keep, sweep_stale_scratch
+from stockade.host.manager.collateral import NotServed, ServedFile, list_files, read_file
 from stockade.host.manager.logs import reports_served
 from stockade.host.manager.metrics import Metrics
 from stockade.host.manager.processes import reap_rest, send_signal, signame, wait_process
@@ -76,6 +77,10 @@ class UnknownKeep(SupervisorError):
 
 class NoSimChip(SupervisorError):
     """This host has no sim chip."""
+
+
+class NoSuchCollateral(SupervisorError):
+    """No such collateral file on this host (host pre-provisioning)."""
 
 
 class KeepNotRunning(SupervisorError):
@@ -256,6 +261,25 @@ class Supervisor:
             return await anyio.to_thread.run_sync(path.read_bytes)
         except OSError:
             raise NoSimChip("this host has no sim chip") from None
+
+    # -- collateral (host pre-provisioning; bytes by name, never parsed here)
+
+    @property
+    def collateral_dir(self) -> Path:
+        return self.state_dir / "collateral"
+
+    async def collateral_files(self) -> list[ServedFile]:
+        """The collateral files this host serves (name, size, SHA-256)."""
+        return await anyio.to_thread.run_sync(list_files, self.collateral_dir)
+
+    async def collateral_file(self, name: str) -> bytes:
+        """The bytes of one collateral file, unparsed."""
+        try:
+            return await anyio.to_thread.run_sync(read_file, self.collateral_dir, name)
+        except NotServed as exc:
+            raise NoSuchCollateral(str(exc)) from None
+        except OSError as exc:
+            raise NoSuchCollateral(f"cannot read {name}: {exc.strerror}") from None
 
     # -- create
 
