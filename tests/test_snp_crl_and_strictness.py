@@ -5,6 +5,7 @@ real data can, otherwise the fake AMD PKI of stockade.testing.amd."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from datetime import timedelta
 from typing import Any
@@ -89,11 +90,23 @@ def test_require_crl_without_one_is_collateral_unavailable() -> None:
 
 
 def test_empty_root_crl_verifies_and_is_recorded(milan: FakeAmdPki, vcek: FakeEndorsement) -> None:
-    result = fake_verify(milan, vcek, crls=[milan.crl()], require_crl=True)
+    crl_der = milan.crl()
+    result = fake_verify(milan, vcek, crls=[crl_der], require_crl=True)
     assert result.revocation_checked
     assert result.crl_issuers == (milan.ark_name.rfc4514_string(),)
     plain = fake_verify(milan, vcek)
-    assert result.claims == plain.claims
+    # The same claims, except that the applied CRL dates the collateral
+    # (max_collateral_age); without a CRL there is nothing to date.
+    crl = x509.load_der_x509_crl(crl_der)
+    assert (result.claims.collateral_issued, result.claims.collateral_next_update) == (
+        crl.last_update_utc,
+        crl.next_update_utc,
+    )
+    assert (plain.claims.collateral_issued, plain.claims.collateral_next_update) == (None, None)
+    assert (
+        dataclasses.replace(result.claims, collateral_issued=None, collateral_next_update=None)
+        == plain.claims
+    )
 
 
 def test_crl_of_the_intermediate_alone_does_not_count_as_the_roots(
