@@ -29,7 +29,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -240,19 +240,28 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def ensure_chip(state_dir: Path, now: datetime | None = None) -> bool:
-    """Create the sim chip in ``state_dir`` unless it exists. Returns True when
-    it had to be generated (takes a few seconds: two RSA-4096 keys)."""
-    chip = sim_dir(state_dir) / "chip"
+def create_once(
+    state_dir: Path, chip: Path, generate: Callable[[Path, datetime], None], now: datetime | None
+) -> bool:
+    """Generate a sim chip into ``chip`` (below the sim directory of
+    ``state_dir``) unless its ``chip.json`` exists: built in a temporary
+    directory and renamed into place under the sim directory's lock, so
+    concurrent callers see one complete chip. True when it was generated."""
     if (chip / "chip.json").exists():
         return False
     with _locked(sim_dir(state_dir)):
         if (chip / "chip.json").exists():
             return False
-        tmp = Path(tempfile.mkdtemp(prefix=".chip-", dir=sim_dir(state_dir)))
-        _generate(tmp, now or datetime.now(UTC))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{chip.name}-", dir=sim_dir(state_dir)))
+        generate(tmp, now or datetime.now(UTC))
         tmp.rename(chip)
         return True
+
+
+def ensure_chip(state_dir: Path, now: datetime | None = None) -> bool:
+    """Create the sim chip in ``state_dir`` unless it exists. Returns True when
+    it had to be generated (takes a few seconds: two RSA-4096 keys)."""
+    return create_once(state_dir, sim_dir(state_dir) / "chip", _generate, now)
 
 
 def sim_root(state_dir: Path) -> bytes:

@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.evidence.intel.abi import pem_encode
 from stockade.evidence.sim.channel import ReportRequest, ReportResponse
-from stockade.evidence.sim.chip import _locked, sim_dir
+from stockade.evidence.sim.chip import create_once, sim_dir
 from stockade.evidence.sim.intel_pki import FakeIntelPki, FakePck, PckSpec, QuoteParts, default_td_body
 
 ORG = "stockade sim TDX chip - NO HARDWARE PROTECTION"
@@ -124,16 +123,7 @@ def _generate(target: Path, now: datetime) -> None:
 def ensure_tdx_chip(state_dir: Path, now: datetime | None = None) -> bool:
     """Create the sim TDX chip in ``state_dir`` unless it exists; True when
     it had to be generated (fast: P-256 keys only)."""
-    chip = tdx_dir(state_dir)
-    if (chip / "chip.json").exists():
-        return False
-    with _locked(sim_dir(state_dir)):
-        if (chip / "chip.json").exists():
-            return False
-        tmp = Path(tempfile.mkdtemp(prefix=".tdx-", dir=sim_dir(state_dir)))
-        _generate(tmp, now or datetime.now(UTC))
-        tmp.rename(chip)
-        return True
+    return create_once(state_dir, tdx_dir(state_dir), _generate, now)
 
 
 def tdx_chip_exists(state_dir: Path) -> bool:
