@@ -91,6 +91,8 @@ def _clear_caches() -> None:
         "_chain_kind",
         "_p256_key",
         "_qe_report_signed",
+        "_root_crl_verdict",
+        "_pck_crl_verdict",
     ):
         getattr(intel_verify, name).cache_clear()
     from stockade.evidence import pki

@@ -76,15 +76,17 @@ from stockade.evidence.intel.tcbinfo import (
     split_signed_body,
 )
 from stockade.evidence.pki import (
+    Crl,
     SigAlg,
-    check_crl,
     check_validity,
     check_window,
+    crl_signed_by,
     der_of,
     fingerprint,
     load_crl,
     load_der,
     load_pem_chain,
+    serial,
     signed_by,
 )
 from stockade.evidence.sgx.abi import EnclaveReport
@@ -368,21 +370,40 @@ def _check_revocation(
             f"no {' and no '.join(missing)} in the collateral: revocation cannot be checked"
         )
     if collateral.root_ca_crl is not None:
-        root = _cert(root_der, "Intel SGX Root CA")
-        root_crl = load_crl(collateral.root_ca_crl, "root CA CRL")
-        check_crl(root_crl, root, SigAlg.ECDSA_P256_SHA256, "root CA CRL", at)
-        if root_crl.revoked(_cert(pck.ca_der, "PCK CA certificate")) is not None:
-            raise VerificationFailed("PCK CA certificate is revoked by the root CA CRL")
-        if root_crl.revoked(_cert(signer_der, "TCB Signing certificate")) is not None:
-            raise VerificationFailed("TCB Signing certificate is revoked by the root CA CRL")
+        root_crl = _root_crl_verdict(collateral.root_ca_crl, root_der, pck.ca_der, signer_der)
+        check_window("root CA CRL", at, root_crl.this_update, root_crl.next_update, "thisUpdate")
     if collateral.pck_crl is not None:
-        pck_crl = load_crl(collateral.pck_crl, "PCK CRL")
-        check_crl(pck_crl, _cert(pck.ca_der, "PCK CA certificate"), SigAlg.ECDSA_P256_SHA256, "PCK CRL", at)
-        if pck_crl.revoked(pck.leaf) is not None:
-            raise VerificationFailed(
-                f"PCK certificate (serial 0x{pck.leaf.serial_number:x}) is revoked by the PCK CRL"
-            )
+        pck_crl = _pck_crl_verdict(collateral.pck_crl, pck.ca_der, pck.leaf_der)
+        check_window("PCK CRL", at, pck_crl.this_update, pck_crl.next_update, "thisUpdate")
     return not missing
+
+
+@functools.lru_cache(maxsize=64)
+def _root_crl_verdict(crl_der: bytes, root_der: bytes, ca_der: bytes, signer_der: bytes) -> Crl:
+    """Everything about the root CA CRL but time: it parses, the root issued
+    and signed it, and it revokes neither the PCK CA nor the TCB Signing
+    certificate. Cached by exact bytes (a failure raises and is not cached);
+    the caller checks the CRL's window at its verification time."""
+    crl = load_crl(crl_der, "root CA CRL")
+    crl_signed_by(crl, _cert(root_der, "Intel SGX Root CA"), SigAlg.ECDSA_P256_SHA256, "root CA CRL")
+    if crl.revoked(_cert(ca_der, "PCK CA certificate")) is not None:
+        raise VerificationFailed("PCK CA certificate is revoked by the root CA CRL")
+    if crl.revoked(_cert(signer_der, "TCB Signing certificate")) is not None:
+        raise VerificationFailed("TCB Signing certificate is revoked by the root CA CRL")
+    return crl
+
+
+@functools.lru_cache(maxsize=256)
+def _pck_crl_verdict(crl_der: bytes, ca_der: bytes, leaf_der: bytes) -> Crl:
+    """Everything about the PCK CRL but time: it parses, the PCK CA issued
+    and signed it, and it does not revoke the PCK certificate (cached as
+    :func:`_root_crl_verdict`)."""
+    crl = load_crl(crl_der, "PCK CRL")
+    crl_signed_by(crl, _cert(ca_der, "PCK CA certificate"), SigAlg.ECDSA_P256_SHA256, "PCK CRL")
+    leaf = _cert(leaf_der, "PCK certificate")
+    if crl.revoked(leaf) is not None:
+        raise VerificationFailed(f"PCK certificate (serial 0x{serial(leaf):x}) is revoked by the PCK CRL")
+    return crl
 
 
 @functools.lru_cache(maxsize=16)
