@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,57 +21,32 @@ from pathlib import Path
 
 import pytest
 
-MAX_FILE = 64 << 20
+from adversarial.canary import Canaries
+from stockade.procfs import read_stat
 
 
-def _files(root: Path, skip: set[Path]):
-    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: None):
-        dirnames[:] = [d for d in dirnames if Path(dirpath, d) not in skip]
-        for name in filenames:
-            path = Path(dirpath, name)
-            if path not in skip:
-                yield path
-
-
-def find_canaries(roots: list[Path], needles: list[bytes], skip: set[Path]) -> list[str]:
-    """Places on the host that hold a needle (files, then processes)."""
-    found = []
+def _held_on_the_host(canaries: Canaries, roots: list[Path]) -> list[str]:
+    """Where on the host the test's canaries are now: files under ``roots``
+    (the client's own copies excepted) and every process's command line and
+    environment, through the suite's one canary scanner (raw, hex, base64)."""
     for root in roots:
-        for path in _files(root, skip):
-            try:
-                if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_FILE:
-                    continue
-                data = path.read_bytes()
-            except OSError:
-                continue
-            found += [f"{path} holds {n!r}" for n in needles if n in data]
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        for what in ("cmdline", "environ"):
-            try:
-                data = (proc / what).read_bytes()
-            except OSError:
-                continue
-            found += [f"/proc/{proc.name}/{what} holds {n!r}" for n in needles if n in data]
-    return found
+        canaries.scan_tree(root)
+    canaries.scan_proc()
+    return [str(f) for f in canaries.findings]
 
 
 def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    fields = read_stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
-def test_killed_client_leaves_no_secret_or_stdin_on_the_host(state_dir: Path, wasm, tmp_path: Path) -> None:
-    secret = b"secret-canary-" + secrets.token_hex(16).encode()
-    stdin = b"stdin-canary-" + secrets.token_hex(16).encode()
+def test_killed_client_leaves_no_secret_or_stdin_on_the_host(
+    state_dir: Path, wasm, tmp_path: Path, canaries: Canaries
+) -> None:
     inputs = tmp_path / "inputs"  # the client's own copies: excluded from the search
     inputs.mkdir()
-    (inputs / "token").write_bytes(secret)
-    (inputs / "stdin").write_bytes(stdin)
+    canaries.client_file(inputs / "token", "secret")
+    canaries.client_file(inputs / "stdin", "stdin")
     root = tmp_path / "root"
     root.mkdir()
     logs = state_dir / "logs"
@@ -107,18 +81,15 @@ def test_killed_client_leaves_no_secret_or_stdin_on_the_host(state_dir: Path, wa
         match = re.search(r"keep\[(\d+)\]: workload disk: private tmpfs", log.read_text())
         assert match, log.read_text()
         keep_pid = int(match.group(1))
-        needles = [secret, stdin]
-        skip = {inputs}
         # While it runs, the host's view of its storage holds neither.
-        assert find_canaries([Path("/dev/shm"), Path("/tmp")], needles, skip) == []
+        assert _held_on_the_host(canaries, [Path("/dev/shm"), Path("/tmp")]) == []
         client.send_signal(signal.SIGKILL)
         client.wait(10)
         deadline = time.monotonic() + 10
         while _alive(keep_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(keep_pid), "the Keep outlived its killed client"
-        found = find_canaries([Path("/dev/shm"), Path("/tmp"), state_dir], needles, skip)
-        assert found == []
+        assert _held_on_the_host(canaries, [Path("/dev/shm"), Path("/tmp"), state_dir]) == []
     finally:
         if client.poll() is None:
             client.kill()
@@ -200,7 +171,7 @@ def test_keep_scratch_is_locked_while_the_keep_lives(state_dir: Path, wasm, tmp_
 
 
 def test_keep_manager_keep_ended_by_its_watchdog_leaves_no_canary(
-    state_dir: Path, tmp_path_factory: pytest.TempPathFactory, wasm, tmp_path: Path
+    state_dir: Path, tmp_path_factory: pytest.TempPathFactory, wasm, tmp_path: Path, canaries: Canaries
 ) -> None:
     """The finding's own scenario: a deploy through the keep manager, the
     client killed mid-run, the Keep (forked by the fork server) ending
@@ -208,12 +179,10 @@ def test_keep_manager_keep_ended_by_its_watchdog_leaves_no_canary(
     from manager_support import STOCKADE, running_server
     from stockade.client.remote import ManagerClient
 
-    secret = b"secret-canary-" + secrets.token_hex(16).encode()
-    stdin = b"stdin-canary-" + secrets.token_hex(16).encode()
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    (inputs / "token").write_bytes(secret)
-    (inputs / "stdin").write_bytes(stdin)
+    canaries.client_file(inputs / "token", "secret")
+    canaries.client_file(inputs / "stdin", "stdin")
     with (
         running_server(state_dir, tmp_path_factory) as server,
         ManagerClient(server.url, server.token) as api,
@@ -245,9 +214,7 @@ def test_keep_manager_keep_ended_by_its_watchdog_leaves_no_canary(
             assert client.stdout is not None
             assert client.stdout.readline() == b"sleeping\n"
             (keep,) = api.list()
-            needles = [secret, stdin]
-            skip = {inputs}
-            assert find_canaries([Path("/dev/shm"), Path("/tmp")], needles, skip) == []
+            assert _held_on_the_host(canaries, [Path("/dev/shm"), Path("/tmp")]) == []
             client.send_signal(signal.SIGKILL)
             client.wait(10)
             deadline = time.monotonic() + 20
@@ -258,8 +225,7 @@ def test_keep_manager_keep_ended_by_its_watchdog_leaves_no_canary(
             log, _ = api.logs(keep["id"])
             assert b"watchdog ends the Keep" in log  # the path that left the secret file before
             assert b"workload disk: private tmpfs" in log
-            found = find_canaries([Path("/dev/shm"), Path("/tmp"), server.state], needles, skip)
-            assert found == []
+            assert _held_on_the_host(canaries, [Path("/dev/shm"), Path("/tmp"), server.state]) == []
         finally:
             if client.poll() is None:
                 client.kill()
