@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import FrameType
 
     from stockade.host.diagnostics import HostReport
@@ -387,12 +388,7 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None, tdx: b
     PROTECTION (simulated TDX, for development only)); its CRLs travel in
     the evidence, so --crl does not apply.
     """
-    import hashlib
-
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     from stockade.errors import UsageError
-    from stockade.evidence.pki import load_der
     from stockade.evidence.sim.chip import ensure_chip, sim_crl
     from stockade.evidence.sim.chip import sim_root as chip_root
 
@@ -409,31 +405,24 @@ def sim_root(state_dir: Path | None, fingerprint: bool, crl: Path | None, tdx: b
         crl_der = sim_crl(sdir) if crl is not None else b""
     except OSError as exc:
         raise UsageError(f"cannot read the sim chip in {sdir}: {exc.strerror or exc}") from None
-    digest = hashlib.sha256(der).hexdigest()
     if crl is not None:
         try:
             crl.write_bytes(crl_der)
         except OSError as exc:
             raise UsageError(f"--crl: cannot write {crl}: {exc.strerror}") from None
-    if fingerprint:
-        click.echo(digest)
-        return
-    click.echo(load_der(der, "sim root").public_bytes(Encoding.PEM).decode(), nl=False)
-    click.echo(
-        f"stockade: sim root of {sdir}: SHA-256 {digest}\n"
-        f'  for a policy: [sim] root_sha256 = "{digest}"\n'
-        "  sim gives NO HARDWARE PROTECTION: the host's root user holds the sim chip's keys",
-        err=True,
+    _print_root(
+        der,
+        f"sim root of {sdir}",
+        fingerprint,
+        lambda digest: (
+            f'  for a policy: [sim] root_sha256 = "{digest}"\n'
+            "  sim gives NO HARDWARE PROTECTION: the host's root user holds the sim chip's keys"
+        ),
     )
 
 
 def _sim_tdx_root(sdir: Path, fingerprint: bool) -> None:
-    import hashlib
-
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     from stockade.errors import UsageError
-    from stockade.evidence.pki import load_der
     from stockade.evidence.sim.tdx_chip import LABEL, ensure_tdx_chip, sim_tdx_root
 
     try:
@@ -442,9 +431,22 @@ def _sim_tdx_root(sdir: Path, fingerprint: bool) -> None:
         der = sim_tdx_root(sdir)
     except OSError as exc:
         raise UsageError(f"cannot read the sim TDX chip in {sdir}: {exc.strerror or exc}") from None
+    _print_root(der, f"sim TDX root of {sdir}", fingerprint, lambda digest: f"  {LABEL}")
+
+
+def _print_root(der: bytes, what: str, fingerprint: bool, notes: Callable[[str], str]) -> None:
+    """A sim root for its operator to hand over: the PEM on stdout and its
+    SHA-256 with ``notes(digest)`` on stderr, or with ``fingerprint`` the
+    SHA-256 alone on stdout."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from stockade.evidence.pki import load_der
+
     digest = hashlib.sha256(der).hexdigest()
     if fingerprint:
         click.echo(digest)
         return
-    click.echo(load_der(der, "sim TDX root").public_bytes(Encoding.PEM).decode(), nl=False)
-    click.echo(f"stockade: sim TDX root of {sdir}: SHA-256 {digest}\n  {LABEL}", err=True)
+    click.echo(load_der(der, what).public_bytes(Encoding.PEM).decode(), nl=False)
+    click.echo(f"stockade: {what}: SHA-256 {digest}\n{notes(digest)}", err=True)
