@@ -218,7 +218,18 @@ def test_a_disk_limit_the_keep_cannot_apply_is_a_clear_refusal(tmp_path: Path) -
         runner.run(Workload(wasm=wasm))
 
 
-SETPRIV = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+#: uid/gid 65534 with no capability but CAP_DAC_READ_SEARCH: it may read the
+#: checkout and its .venv wherever they are (CI may clone below a directory
+#: only root can enter), and is as unprivileged as any user for what the test
+#: is about: mount and namespace operations need CAP_SYS_ADMIN, which it lacks.
+SETPRIV = (
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+)
 UNPRIVILEGED = textwrap.dedent(
     """
     import os, sys
