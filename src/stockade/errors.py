@@ -145,6 +145,17 @@ class UnmeasuredCode(StockadeError):
     title = "unmeasured code"
 
 
+class ImageError(StockadeError):
+    """A Keep image cannot be built, read or measured: a missing kernel,
+    QEMU or OVMF file, a manifest that does not match the files beside it,
+    or measurement inputs that are malformed (a wrong-sized hash, an unknown
+    vCPU type). Host- and client-side; never sent as a problem."""
+
+    exit_code = 121
+    problem_type = "keep-image"
+    title = "Keep image error"
+
+
 class ManagerError(StockadeError):
     """The keep manager refused a request or could not be reached."""
 
