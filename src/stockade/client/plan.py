@@ -163,10 +163,14 @@ class RunOptions:
     collateral: Path | None = None
     #: Never fetch collateral: only --collateral DIR or the cache.
     offline: bool = False
+    #: Backend vm: the Keep image directory (None: the state directory's)
+    #: and the acceleration ("auto", "kvm", "tcg").
+    image: Path | None = None
+    accel: str = "auto"
 
 
 #: Keep backend -> the platform its evidence claims (the sim backends).
-SIM_BACKEND_PLATFORM = {"sim": "sim", "sim-snp": "sim", "sim-tdx": "sim-tdx"}
+SIM_BACKEND_PLATFORM = {"sim": "sim", "sim-snp": "sim", "sim-tdx": "sim-tdx", "vm": "sim"}
 
 
 def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy, str]:
@@ -174,7 +178,7 @@ def choose_policy(opts: RunOptions, runtime_measurement: bytes) -> tuple[Policy,
     from stockade.policy import default_policy, development_policy, load_policy
 
     expected = runtime_measurement
-    pinned = "this installation's Keep runtime"
+    pinned = "this Keep image" if opts.backend == "vm" else "this installation's Keep runtime"
     if opts.expect_measurement:
         try:
             expected = bytes.fromhex(opts.expect_measurement)

@@ -19,11 +19,25 @@ from stockade.errors import KeepDied, WorkloadExit
 @click.argument("args", nargs=-1)
 @click.option(
     "--backend",
-    type=click.Choice(["sim", "sim-snp", "sim-tdx"]),
+    type=click.Choice(["sim", "sim-snp", "sim-tdx", "vm"]),
     default="sim",
     show_default=True,
     help="Keep backend on this host: sim (alias sim-snp) is a simulated SEV-SNP PSP, sim-tdx a "
-    "simulated TDX quoting enclave; both give NO hardware protection.",
+    "simulated TDX quoting enclave, vm a QEMU VM booting the Keep image with sim signing; all give "
+    "NO hardware protection.",
+)
+@click.option(
+    "--image",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep image directory for --backend vm (default: one built in the state directory, "
+    "rebuilt when this installation's Keep runtime changes).",
+)
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="VM acceleration for --backend vm: auto uses KVM only where a test guest runs under it.",
 )
 @workload_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
@@ -60,11 +74,17 @@ def run(**kwargs: Any) -> WorkloadExit:
 
     # Start the Keep first: its start-up overlaps everything below.
     # die_with_parent: a killed `stockade run` takes its Keep along.
+    if opts.backend == "vm":
+        from stockade.commands._vm import local_vm_spawner
+
+        spawner: Any = local_vm_spawner(sdir, opts)
+    else:
+        spawner = PopenSpawner(die_with_parent=True)
     handle = start_keep(
         opts.backend,
         sdir,
         psp=lambda measurement: serve_in_thread(sdir, measurement, flavour=flavour),
-        spawner=PopenSpawner(die_with_parent=True),
+        spawner=spawner,
     )
     try:
         from stockade.client.deploy import send_hello

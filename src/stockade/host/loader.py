@@ -45,10 +45,12 @@ from stockade.measure.launch import keep_measurement
 #: Keep backends this loader starts. "sim" and its alias "sim-snp": a
 #: simulated SEV-SNP PSP; "sim-tdx": a simulated TDX quoting enclave. All
 #: sim: NO HARDWARE PROTECTION.
-BACKENDS = ("sim", "sim-snp", "sim-tdx")
+#: "vm": a QEMU VM booting the Keep image, its reports signed by the sim
+#: PSP too (stockade.host.vm; started with a VmSpawner).
+BACKENDS = ("sim", "sim-snp", "sim-tdx", "vm")
 #: Keep backend -> flavour of its host-side sim signer
 #: (stockade.evidence.sim.psp --flavour).
-SIM_FLAVOUR = {"sim": "snp", "sim-snp": "snp", "sim-tdx": "tdx"}
+SIM_FLAVOUR = {"sim": "snp", "sim-snp": "snp", "sim-tdx": "tdx", "vm": "snp"}
 
 
 class KeepProcess(Protocol):
@@ -299,7 +301,7 @@ def start_keep(
         raise ValueError(f"Keep id must be 1 to 64 ASCII letters or digits, got {keep_id!r}")
     spawner = spawner or PopenSpawner()
     owned_scratch = None
-    if scratch is None:
+    if scratch is None and backend != "vm":  # a VM Keep's disk is in its own RAM
         # Per-Keep scratch directory, preferably in memory (/dev/shm): the
         # mount point of the Keep's private tmpfs (the workload's files and
         # secrets live there, unseen by the host) and the host's staged

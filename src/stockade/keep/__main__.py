@@ -1,6 +1,7 @@
 """Keep runtime entry point, started by a keep loader (never by users).
 
     python -I -m stockade.keep --conn-fd N --backend sim --psp-fd M
+    python3 -I -B -m stockade.keep --backend vm --scratch DIR     (in a VM Keep's /init)
 
 ``--conn-fd`` is the byte stream to the client (through the host);
 ``--psp-fd`` the sim backend's channel to its PSP. No secret is ever passed
@@ -22,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
 
     guard.install()  # first: only measured modules may be imported (ADR 0013)
     parser = argparse.ArgumentParser(prog="stockade-keep")
-    parser.add_argument("--conn-fd", type=int, required=True)
-    parser.add_argument("--backend", choices=["sim", "sim-snp", "sim-tdx"], required=True)
+    parser.add_argument("--conn-fd", type=int)
+    parser.add_argument("--backend", choices=["sim", "sim-snp", "sim-tdx", "vm"], required=True)
     parser.add_argument("--psp-fd", type=int)
     parser.add_argument("--scratch", type=Path)
     parser.add_argument("--die-with-parent", type=int, metavar="PID")
@@ -46,6 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     from stockade.keep.session import serve, warm_engine
 
     engine = warm_engine(make_engine)
+    if args.backend == "vm":
+        # Inside a VM Keep (stockade.keep.vmguest): virtio-serial ports,
+        # hardware evidence when the guest has it, else the sim PSP's port.
+        from stockade.keep import vmguest
+
+        conn = vmguest.port_socket(vmguest.CONN_PORT)
+        return serve(conn, vmguest.attester(vmguest.PSP_PORT), engine, args.scratch, box)
+    if args.conn_fd is None:
+        parser.error(f"--backend {args.backend} needs --conn-fd")
     if args.psp_fd is None:
         parser.error(f"--backend {args.backend} needs --psp-fd")
     from stockade.evidence.sim.attester import SimAttester

@@ -255,7 +255,21 @@ def collect(work: Path, state: Path | None = None) -> Record:
     record.touch()
     for fork_server in (False, True):
         record_runs(record, work, fork_server, state)
+    record_vm_guest(record)
     return parse(record)
+
+
+def record_vm_guest(record: Path) -> None:
+    """The modules a VM Keep adds (stockade.keep.vmguest: its virtio-serial
+    ports and the attesters of SNP and TDX guests, whose hardware paths
+    cannot run here): recorded by running that module, which imports them
+    all and exits."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    cmd = [sys.executable, "-I", "-c", WRAPPER, str(record), "stockade.keep.vmguest"]
+    proc = subprocess.run(cmd, capture_output=True, timeout=60, env=env, check=False)
+    print(f"keepload: exit {proc.returncode:3d} VM guest modules (stockade.keep.vmguest)", file=sys.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"recording the VM guest's modules failed: {proc.stderr.decode(errors='replace')}")
 
 
 def render(modules: set[str], libraries: list[tuple[str, str]]) -> str:

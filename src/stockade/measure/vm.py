@@ -1,0 +1,57 @@
+"""Launch measurement of a VM Keep booted by the ``vm`` backend (sim signing).
+
+On SEV-SNP with QEMU's ``kernel-hashes=on``, QEMU writes a table of the
+SHA-256 digests of the kernel, the initrd and the command line (the "SEV
+hashes table", GUID-tagged entries, in QEMU's target/i386/sev.c and OVMF's
+BlobVerifierLibSevHashes) into a guest page that the firmware measures at
+launch; OVMF refuses to boot a kernel, initrd or command line whose digest
+differs from the table. So the launch digest commits to exactly those three
+inputs (plus OVMF and the VMSAs: stockade.measure.snp).
+
+The ``vm`` backend has no security processor: the sim PSP signs reports
+for it, and the MEASUREMENT it signs is this function's value: the same
+table, built by VirTEE's sev-snp-measure (``SevHashes``), measured as one
+normal page into an SNP launch digest (``GCTX``, SNP firmware ABI 8.17.2
+PAGE_INFO) that starts from the domain-separating seed below. A changed
+byte of the kernel, the initrd or the command line changes it; nothing the
+host chooses otherwise (acceleration, memory size) does. NO HARDWARE
+PROTECTION: whoever runs the host can sign any measurement with the sim
+chip. ADR 0018.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from stockade.errors import ImageError
+
+#: Seeds the sim VM launch digest, so that it never equals a real SNP
+#: digest of the same table (which starts from 48 zero bytes).
+SEED = hashlib.sha384(b"stockade sim-vm launch digest v1").digest()
+#: The guest-physical address the table page is measured at (the page
+#: below 4 GiB, a fixed choice: it only has to be the same every time).
+TABLE_GPA = 0xFFFF_F000
+
+
+def hashes_table(kernel: Path, initrd: Path | None, append: str) -> bytes:
+    """The padded SEV hashes table QEMU builds for these three inputs."""
+    from sevsnpmeasure.sev_hashes import SevHashes
+
+    for label, path in (("kernel", kernel), ("initrd", initrd)):
+        if path is not None and not path.is_file():
+            raise ImageError(f"{label} {path} is not a file")
+    try:
+        return bytes(SevHashes(str(kernel), str(initrd) if initrd else "", append).construct_table())
+    except OSError as exc:
+        raise ImageError(f"cannot read the Keep image ({exc.strerror}: {exc.filename})") from None
+
+
+def sim_vm_digest(kernel: Path, initrd: Path | None, append: str) -> bytes:
+    """The 48-byte launch digest the sim PSP signs for a ``vm`` Keep."""
+    from sevsnpmeasure.gctx import GCTX
+
+    table = hashes_table(kernel, initrd, append)
+    gctx = GCTX(seed=SEED)
+    gctx.update_normal_pages(TABLE_GPA, table + bytes(4096 - len(table)))
+    return bytes(gctx.ld())
