@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "deploy": "stockade.commands.remote:deploy",
     "evidence": "stockade.commands.evidence:evidence",
     "host": "stockade.commands.host:host",
+    "image": "stockade.commands.image:image",
     "keeps": "stockade.commands.remote:keeps",
     "key": "stockade.commands.package:key",
     "package": "stockade.commands.package:package",

@@ -23,7 +23,8 @@ What goes into the initramfs, and from where (all of it from this machine):
 
 Determinism: members sorted by name, owner root, mode 0644 or 0755, one
 mtime (``SOURCE_DATE_EPOCH``, else 0), inode numbers counted, no device
-numbers (stockade.image.cpio); the initramfs is not compressed (the kernel
+numbers (stockade.image.cpio); ELF files without their debug sections
+(``strip --strip-debug``, deterministic); the initramfs is not compressed (the kernel
 unpacks it faster under TCG, and no compressor's header can carry a time);
 pycs compiled in one fresh interpreter in sorted order; the manifest has
 sorted keys and no time, host name or build directory. Two builds with the
@@ -97,12 +98,17 @@ class Tree:
         self._parents(entry.name)
         self.members[entry.name] = entry
 
-    def add_file(self, name: str, source: Path) -> None:
+    def add_file(self, name: str, source: Path, strip: bool = False) -> None:
+        """Add ``source`` as ``name``; with ``strip``, an ELF file loses its
+        debug sections on the way (``strip --strip-debug``: same code, a
+        fraction of the bytes to unpack at boot)."""
         try:
             data = source.read_bytes()
             executable = bool(source.stat().st_mode & 0o111)
         except OSError as exc:
             raise ImageError(f"cannot read {source} for the Keep image ({exc.strerror})") from None
+        if strip and data[:4] == b"\x7fELF":
+            data = strip_debug(source)
         self.add(cpio.Entry.file(name, data, executable))
 
     def archive(self, mtime: int) -> bytes:
@@ -111,6 +117,23 @@ class Tree:
         buf = io.BytesIO()
         cpio.write(buf, [self.members[k] for k in sorted(self.members)], mtime)
         return buf.getvalue()
+
+
+def strip_debug(source: Path) -> bytes:
+    """The bytes of ELF file ``source`` without debug sections."""
+    if shutil.which("strip") is None:
+        raise ImageError("strip (binutils) not found; install it: apt-get install binutils")
+    with tempfile.TemporaryDirectory(prefix="stockade-strip-") as tmp:
+        out = Path(tmp) / "stripped"
+        proc = subprocess.run(
+            ["strip", "--strip-debug", "-o", str(out), str(source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise ImageError(f"strip --strip-debug {source} failed: {proc.stderr.strip()}")
+        return out.read_bytes()
 
 
 # == inputs ================================================================================================
@@ -138,6 +161,10 @@ def find_kernel(kernel: Path | None = None, modules_dir: Path | None = None) -> 
         kernel = candidates[-1]
     if not kernel.is_file():
         raise ImageError(f"kernel {kernel} is not a file")
+    with open(kernel, "rb") as f:
+        f.seek(0x202)
+        if f.read(4) != b"HdrS":  # the x86 boot protocol's header magic (Documentation/arch/x86/boot.rst)
+            raise ImageError(f"{kernel} is not a Linux x86 kernel image (no bzImage header)")
     release = kernel.name.removeprefix("vmlinuz-") if kernel.name.startswith("vmlinuz-") else ""
     if modules_dir is None:
         if not release:
@@ -448,12 +475,12 @@ def build(
         progress(f"compiling {len(sources)} modules")
         pycs = compile_pycs(sources, Path(tmp))
         for target, host in [*files, *pycs]:
-            tree.add_file(target, host)
+            tree.add_file(target, host, strip=True)
         elves = [host for target, host in files if host.suffix == ".so" or ".so." in host.name]
         elves += [host for target, host in files if target.startswith("usr/bin/")]
         progress("collecting shared libraries")
         for target, host in sorted(shared_libraries(elves).items()):
-            tree.add_file(target, host)
+            tree.add_file(target, host, strip=True)
         modules = module_order(k)
         for name, path in modules:
             tree.add_file(f"lib/modules/{name}.ko", path)
