@@ -32,6 +32,7 @@ from stockade.cli import StockadeGroup, main
 from stockade.commands.image_measure import measure
 from stockade.errors import ImageError
 from stockade.measure.snp import (
+    MAX_OVMF_SIZE,
     MAX_VCPUS,
     image_boot_inputs,
     parse_guest_features,
@@ -462,11 +463,15 @@ def bad_ovmfs(tmp_path: Path) -> dict[str, tuple[Path, bool, str]]:
     odd.write_bytes(AMDSEV.read_bytes() + b"\0")
     empty_fw = tmp_path / "empty.fd"
     empty_fw.write_bytes(b"")
+    huge = tmp_path / "huge.fd"
+    with huge.open("wb") as f:  # sparse: no disk space used
+        f.truncate(MAX_OVMF_SIZE + PAGE)
     return {
         "missing": (tmp_path / "nope.fd", False, "cannot read"),
         "directory": (tmp_path, False, "cannot read"),
         "empty": (empty_fw, False, "not a positive multiple of 4096"),
         "odd-size": (odd, False, "not a positive multiple of 4096"),
+        "too-large": (huge, False, f"larger than {MAX_OVMF_SIZE} bytes: not an OVMF image"),
         "no-footer-table": (no_table, False, "no SEV metadata"),
         "no-sev-metadata": (
             corrupt(tmp_path, "no-meta.fd", AMDSEV, _guid("dc886566-984a-4798-a75e-5585a7bf67cc"), bytes(16)),
@@ -489,6 +494,28 @@ def bad_ovmfs(tmp_path: Path) -> dict[str, tuple[Path, bool, str]]:
             True,
             "no SEV hashes table address (SEV_HASH_TABLE_RV_GUID)",
         ),
+        "unaligned-section": (
+            corrupt(
+                tmp_path,
+                "align.fd",
+                AMDSEV,
+                struct.pack("<III", 0x800000, 0x9000, 1),
+                struct.pack("<III", 0x800000, 0x9001, 1),
+            ),
+            False,
+            "SEV metadata section at GPA 0x800000, size 0x9001 is not page aligned",
+        ),
+        "hashes-section-too-large": (
+            corrupt(
+                tmp_path,
+                "ht2.fd",
+                AMDSEV,
+                struct.pack("<III", 0x810000, 0x1000, 0x10),
+                struct.pack("<III", 0x810000, 0x2000, 0x10),
+            ),
+            True,
+            "the SNP_KERNEL_HASHES section (GPA 0x810000, size 0x2000) cannot hold the hashes table",
+        ),
         "unknown-section-type": (
             corrupt(
                 tmp_path,
@@ -506,9 +533,9 @@ def bad_ovmfs(tmp_path: Path) -> dict[str, tuple[Path, bool, str]]:
 @pytest.mark.parametrize(
     "case",
     [
-        "missing", "directory", "empty", "odd-size", "no-footer-table", "no-sev-metadata",
+        "missing", "directory", "empty", "odd-size", "too-large", "no-footer-table", "no-sev-metadata",
         "bad-metadata-signature", "no-reset-block", "no-kernel-hashes-section", "no-hashes-table-guid",
-        "unknown-section-type",
+        "unaligned-section", "hashes-section-too-large", "unknown-section-type",
     ],
 )  # fmt: skip
 def test_bad_ovmf(tmp_path: Path, image: Path, case: str) -> None:
@@ -706,6 +733,32 @@ def test_library_level_bad_values() -> None:
     assert parse_guest_features("0x21") == parse_guest_features("21") == 0x21
     with pytest.raises(ImageError, match="expected 2 bytes"):
         parse_hex("abcdef", "x", 2)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "message"),
+    [
+        (RuntimeError("unexpected"), "SEV-SNP launch digest: RuntimeError: unexpected"),
+        (AssertionError(), "SEV-SNP launch digest: AssertionError"),
+        (FileNotFoundError(2, "No such file or directory", "/gone/vmlinuz"), "cannot read /gone/vmlinuz"),
+        (b"short", "expected 48 bytes from sev-snp-measure"),
+    ],
+)
+def test_a_library_failure_is_still_an_image_error(
+    monkeypatch: pytest.MonkeyPatch, empty: Path, outcome: object, message: str
+) -> None:
+    """Failures our checks should have prevented (a file removed meanwhile, a
+    library change) still end as one ImageError line."""
+    import sevsnpmeasure.guest
+
+    def fake(*_args: object, **_kwargs: object) -> object:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(sevsnpmeasure.guest, "snp_calc_launch_digest", fake)
+    with pytest.raises(ImageError, match=re.escape(message)):
+        snp_launch_digest(AMDSEV, kernel=empty, initrd=empty, append="", vcpus=1, vcpu_type="EPYC-v4")
 
 
 def test_json_output_names_every_input(image: Path) -> None:

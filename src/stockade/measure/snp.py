@@ -53,6 +53,10 @@ PAGE_SIZE = 4096
 MAX_VCPUS = 4096
 #: SEV_FEATURES is a 64-bit VMSA field (APM Vol. 2, Table B-4, offset 3B0h).
 MAX_GUEST_FEATURES = (1 << 64) - 1
+#: Our bound on an OVMF file: OVMF is mapped to end at 4 GiB (so it must be
+#: well below that, or its GPAs go negative); edk2's AmdSev builds are 4 MiB.
+#: A larger file is not an OVMF image, and is refused before it is read.
+MAX_OVMF_SIZE = 128 << 20
 #: The VMM types whose initial VMSA the library knows (sevsnpmeasure/vmm_types.py).
 VMM_TYPES = ("QEMU", "ec2", "gce")
 #: The files of a Keep image directory that direct boot measures.
@@ -116,6 +120,12 @@ def _ovmf(path: Path) -> OVMF:
     for everything the launch digest needs from them."""
     from sevsnpmeasure.ovmf import OVMF
 
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(f"OVMF: cannot read {path}: {exc.strerror or exc}") from None
+    if size > MAX_OVMF_SIZE:
+        raise ImageError(f"OVMF {path}: {size} bytes, larger than {MAX_OVMF_SIZE} bytes: not an OVMF image")
     data = _read(path, "OVMF")
     if not data or len(data) % PAGE_SIZE:
         raise ImageError(f"OVMF {path}: size {len(data)} is not a positive multiple of {PAGE_SIZE} bytes")
@@ -125,8 +135,6 @@ def _ovmf(path: Path) -> OVMF:
         raise ImageError(f"OVMF: cannot read {path}: {exc.strerror or exc}") from None
     except (RuntimeError, ValueError) as exc:  # bad metadata signature/version, truncated table
         raise ImageError(f"OVMF {path}: malformed GUIDed footer table or SEV metadata: {exc}") from None
-    if ovmf.data() != data:
-        raise ImageError(f"OVMF {path}: changed while it was read")
     items = ovmf.metadata_items()
     if not items:
         raise ImageError(
