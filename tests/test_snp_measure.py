@@ -37,6 +37,7 @@ from stockade.measure.snp import (
     image_boot_inputs,
     parse_guest_features,
     parse_hex,
+    sev_hashes_table,
     snp_launch_digest,
     snp_ovmf_hash,
     vcpu_signature,
@@ -337,6 +338,19 @@ def test_other_vcpu_types_and_counts_match_the_reference(tmp_path: Path, vcpu_ty
             guest_features=features,
         )
         assert no_boot == reference_digest(AMDSEV.read_bytes(), None, vcpus, SIGNATURES[vcpu_type], features)
+
+
+def test_sev_hashes_table_matches_the_reference(image: Path, empty: Path) -> None:
+    kernel, initrd = image / "vmlinuz", image / "initrd.img"
+    append = (image / "cmdline").read_text()
+    table = sev_hashes_table(kernel, initrd, append)
+    assert table == hashes_table(kernel.read_bytes(), initrd.read_bytes(), append)
+    assert len(table) == 176
+    assert sev_hashes_table(kernel, None, None) == hashes_table(kernel.read_bytes(), b"", "")
+    with pytest.raises(ImageError, match="initrd: cannot read"):
+        sev_hashes_table(kernel, image / "nope", append)
+    with pytest.raises(ImageError, match="contains a line break"):
+        sev_hashes_table(kernel, initrd, "a\nb")
 
 
 def test_vcpu_type_changes_the_digest_and_aliases_do_not(empty: Path) -> None:

@@ -229,6 +229,29 @@ def check_append(append: str, what: str = "kernel command line") -> None:
         raise ImageError(f"{what}: not encodable as UTF-8 at character {exc.start}") from None
 
 
+def sev_hashes_table(kernel: Path, initrd: Path | None, append: str | None) -> bytes:
+    """The SEV hashes table QEMU (``kernel-hashes=on``) puts in OVMF's
+    hashes-table page for this kernel, initrd and command line: GUIDed
+    SHA-256 entries of the command line (UTF-8 and a NUL), the initrd and the
+    kernel, padded to 16 bytes (QEMU target/i386/sev.c; sevsnpmeasure
+    ``SevHashes.construct_table``). For a loader that binds a measurement to
+    the exact boot files without SNP hardware."""
+    from sevsnpmeasure.sev_hashes import SevHashes
+
+    if append is not None:
+        check_append(append)
+    _read_check(kernel, "kernel")
+    if initrd is not None:
+        _read_check(initrd, "initrd")
+    try:
+        table: bytes = SevHashes(
+            str(kernel), str(initrd) if initrd is not None else None, append
+        ).construct_table()
+    except OSError as exc:
+        raise ImageError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+    return table
+
+
 def snp_ovmf_hash(ovmf: Path) -> bytes:
     """The launch digest after OVMF's pages alone (``sev-snp-measure --mode
     snp:ovmf-hash``): give it as ``ovmf_hash`` to skip reading a known
