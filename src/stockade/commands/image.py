@@ -95,3 +95,12 @@ def show(directory: Path, as_json: bool) -> None:
     click.echo(
         json.dumps({"components": m.components, "measurements": m.measurements}, indent=2, sort_keys=True)
     )
+
+
+def _attach() -> None:
+    from stockade.commands.image_measure import measure
+
+    image.add_command(measure)
+
+
+_attach()

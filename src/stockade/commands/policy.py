@@ -14,6 +14,7 @@ reference values, show the built-in policies.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ import click
 
 from stockade import __version__
 from stockade.commands._output import json_option, safe_text
+from stockade.commands.image_measure import compute_snp, snp_options
 from stockade.errors import UsageError
 
 if TYPE_CHECKING:
@@ -245,14 +247,82 @@ def _check(
 @policy.command()
 @json_option("Print JSON (with --files: every measured file).")
 @click.option("--files", is_flag=True, help="List every measured file: SHA-256, kind, name, path.")
-def reference(as_json: bool, files: bool) -> None:
-    """Print the expected Keep measurement of this installation on sim.
+@click.option(
+    "--platform",
+    type=click.Choice(["sim", "snp"]),
+    help="sim (default): this installation's Keep runtime. snp: an SNP Keep image, with --image and --ovmf.",
+)
+@functools.partial(snp_options, required=False)
+@click.option(
+    "-o", "--output", metavar="FILE", help="--platform snp: write the policy to FILE instead of stdout."
+)
+def reference(
+    as_json: bool,
+    files: bool,
+    platform: str | None,
+    ovmf: Path | None,
+    ovmf_hash: str | None,
+    image: Path | None,
+    kernel: Path | None,
+    initrd: Path | None,
+    append: str | None,
+    vcpus: int | None,
+    vcpu_type: str | None,
+    guest_features: str,
+    vmm_type: str,
+    output: str | None,
+) -> None:
+    """Print the expected Keep measurement of this installation on sim, or
+    write a policy pinning an SNP Keep image's launch measurement.
 
-    It is computed by the same launch-digest code the keep loader uses
-    (stockade.measure.launch.keep_measurement): the bytes of every module and
-    library the Keep loads and of the interpreter (ADR 0013). For the launch
-    measurement of a real SNP Keep image, and for TDX/SGX, see docs/policy.md.
+    Default (sim): computed by the same launch-digest code the keep loader
+    uses (stockade.measure.launch.keep_measurement): the bytes of every module
+    and library the Keep loads and of the interpreter (ADR 0013).
+
+    --platform snp --image DIR --ovmf FILE --vcpus N --vcpu-type NAME: the
+    SEV-SNP launch digest of that image booted with that OVMF
+    (stockade.measure.snp, ADR 0016), as a policy with [snp] measurements.
+    For TDX/SGX, see docs/policy.md.
     """
+    snp_given = [
+        name
+        for name, value in (
+            ("--ovmf", ovmf),
+            ("--ovmf-hash", ovmf_hash),
+            ("--image", image),
+            ("--kernel", kernel),
+            ("--initrd", initrd),
+            ("--append", append),
+            ("--vcpus", vcpus),
+            ("--vcpu-type", vcpu_type),
+            ("--output", output),
+        )
+        if value is not None
+    ]
+    if platform == "snp":
+        if files:
+            raise UsageError(
+                "--files lists the sim Keep runtime's files; it does not apply to --platform snp"
+            )
+        missing = [
+            n for n, v in (("--ovmf", ovmf), ("--vcpus", vcpus), ("--vcpu-type", vcpu_type)) if v is None
+        ]
+        if image is None and kernel is None:
+            missing.insert(0, "--image")
+        if missing:
+            raise UsageError(f"--platform snp needs {', '.join(missing)}")
+        assert ovmf is not None and vcpus is not None and vcpu_type is not None
+        _snp_reference(
+            as_json,
+            output,
+            compute_snp(
+                ovmf, ovmf_hash, image, kernel, initrd, append, vcpus, vcpu_type, guest_features, vmm_type
+            ),
+            image,
+        )
+        return
+    if snp_given:
+        raise UsageError(f"{', '.join(snp_given)}: only with --platform snp")
     from stockade.measure.launch import keep_measurement, measured_files, package_root
 
     entries = measured_files()
@@ -310,3 +380,50 @@ def default(allow_sim: bool) -> None:
         click.echo(development_policy_toml(measurement), nl=False)
     else:
         click.echo(default_policy_toml(measurement), nl=False)
+
+
+def snp_policy_toml(doc: dict[str, Any], image: Path | None) -> str:
+    """A policy pinning the SNP launch measurement of ``doc`` (compute_snp's
+    result), with its inputs in comments. Loadable by load_policy; the
+    platform rules other than the measurement are the deployer's to add."""
+    inputs = doc["inputs"]
+
+    def file_line(key: str, label: str) -> str:
+        entry = inputs[key]
+        return f"#   {label}: sha256 {entry['sha256']}" if entry else f"#   {label}: none"
+
+    source = f"Keep image {json.dumps(str(image))}" if image is not None else "guest"
+    lines = [
+        f"# SEV-SNP launch measurement of the {source}, computed offline",
+        f"# by stockade {__version__} (stockade image measure snp; sev-snp-measure algorithm) from:",
+        file_line("ovmf", "OVMF"),
+    ]
+    if inputs["ovmf_hash"]:
+        lines.append(f"#   OVMF pages measured as the given OVMF hash {inputs['ovmf_hash']}")
+    lines += [
+        file_line("kernel", "kernel"),
+        file_line("initrd", "initrd"),
+        # json.dumps: one line, every control or non-ASCII character escaped
+        f"#   command line: {json.dumps(inputs['append'])}",
+        f"#   {inputs['vcpus']} vCPU(s) of type {inputs['vcpu_type']}, guest features "
+        f"{inputs['guest_features']}, VMM {inputs['vmm_type']}",
+        "# It holds only for exactly these inputs: a changed byte in any of them changes it.",
+        "# Add your [snp] platform rules (products, min_tcb, min_firmware...): docs/policy.md.",
+        "version = 1",
+        'name = "snp keep image"',
+        'platforms = ["snp"]',
+        "",
+        "[snp]",
+        f'measurements = ["{doc["measurement"]}"]',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _snp_reference(as_json: bool, output: str | None, doc: dict[str, Any], image: Path | None) -> None:
+    toml_text = snp_policy_toml(doc, image)
+    if output is not None:
+        _write(output, toml_text.encode())
+    if as_json:
+        click.echo(json.dumps({**doc, "hardware_protection": True, "policy": toml_text}, indent=2))
+    elif output is None:
+        click.echo(toml_text, nl=False)

@@ -6,4 +6,8 @@ Reads files: the bytes of every module the Keep may load
 directories (:mod:`stockade.measure.sitecheck`). The host-side loader, the
 Keep's import guard and ``stockade policy reference`` use it; verification
 code (wire, binding, evidence, policy, package) never imports it.
+
+:mod:`stockade.measure.snp` computes the expected SEV-SNP launch digest of a
+Keep image (OVMF, kernel, initrd, command line, vCPUs) offline, with VirTEE's
+sev-snp-measure (ADR 0016); the Keep never imports it.
 """
