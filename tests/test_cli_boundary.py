@@ -59,7 +59,7 @@ def _minimal_args(command: click.Command) -> list[str]:
             args.append("x")
         else:
             assert isinstance(param, click.Option)
-            args += [param.opts[0], "x"]
+            args += [param.opts[0], "1" if isinstance(param.type, click.types.IntParamType) else "x"]
     return args
 
 

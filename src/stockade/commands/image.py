@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from stockade.commands._output import json_option
+from stockade.commands.image_measure import measure
 
 
 @click.group()
@@ -97,10 +98,4 @@ def show(directory: Path, as_json: bool) -> None:
     )
 
 
-def _attach() -> None:
-    from stockade.commands.image_measure import measure
-
-    image.add_command(measure)
-
-
-_attach()
+image.add_command(measure)
