@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from stockade.client.attest import Appraisal, TrustConfig, appraise
 from stockade.client.identity import WorkloadIdentity, appraise_identity
+from stockade.client.progress import Phase, Progress
 from stockade.errors import ChannelTampered, KeepDied, ProtocolError, StockadeError, WorkloadRejected
 from stockade.wire.messages import Config, Exit, Expect, Identity, Load, Message, Output, Problem, Release
 from stockade.wire.protocol import ClientSession
@@ -181,14 +182,18 @@ def deploy(
     steps: Steps | None = None,
     hello: SentHello | None = None,
     on_identity: Callable[[WorkloadIdentity], None] = lambda i: None,
+    progress: Progress | None = None,
 ) -> DeployResult:
     """Run one deploy session over ``sock``. ``hello`` is the hello already
     sent by :func:`send_hello` (callers send it as soon as the Keep starts,
-    so that the Keep attests while the client is still getting ready)."""
+    so that the Keep attests while the client is still getting ready).
+    ``progress`` is told when verifying, loading, running and done begin
+    (booting and attesting are the caller's: it started the Keep)."""
     missing = sorted(set(plan.required_secrets) - {name for name, _ in plan.secrets})
     if missing:
         raise WorkloadRejected(f"the package needs secret(s) {', '.join(missing)}: pass --secret NAME=@FILE")
     steps = steps or Steps()
+    progress = progress or Progress()
     hello = hello or send_hello(sock)
     session, nonce = hello.session, hello.nonce
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
@@ -209,7 +214,9 @@ def deploy(
     except OSError as exc:  # ssl.SSLError is an OSError
         raise channel_failure(exc, "during the TLS handshake", died) from None
     try:
-        return _session(tls, session, nonce, plan, trust, on_output, on_verified, on_identity, died, steps)
+        return _session(
+            tls, session, nonce, plan, trust, on_output, on_verified, on_identity, died, steps, progress
+        )
     finally:
         # wrap_socket took over ``sock``: closing the TLS socket is what ends
         # the stream, so a refused Keep sees EOF at once and exits.
@@ -228,8 +235,10 @@ def _session(
     on_identity: Callable[[WorkloadIdentity], None],
     died: Callable[[str], KeepDied],
     steps: Steps,
+    progress: Progress,
 ) -> DeployResult:
     steps.mark("attest_and_handshake")
+    progress.enter(Phase.VERIFYING)
     cert = tls.getpeercert(binary_form=True)
     if not cert:
         raise ProtocolError("the Keep presented no certificate")
@@ -238,6 +247,7 @@ def _session(
     steps.mark("verify")
     on_verified(appraisal)
 
+    progress.enter(Phase.LOADING)
     load_nonce = secrets.token_bytes(32)
     load = Load(
         package=plan.package,
@@ -268,6 +278,7 @@ def _session(
         tls.sendall(session.release(Release(secrets=plan.secrets, stdin=plan.stdin)))
     except OSError as exc:
         raise channel_failure(exc, "while receiving the release", died) from None
+    progress.enter(Phase.RUNNING)
     tls.settimeout(plan.config.limits.timeout_ms / 1000 + CLIENT_GRACE_S)
     while True:
         for msg in _receive(tls, session, died, "while the workload ran"):
@@ -278,6 +289,7 @@ def _session(
                 raise msg.to_error()
             elif isinstance(msg, Exit):
                 steps.mark("run")
+                progress.enter(Phase.DONE)
                 for name, us in msg.timing_us:
                     steps.ms[f"keep_{name}"] = us / 1000
                 return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms)

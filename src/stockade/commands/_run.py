@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from stockade.client.deploy import DeployResult, SentHello
     from stockade.client.identity import WorkloadIdentity
     from stockade.client.plan import Prepared
+    from stockade.client.progress import Progress
 
 SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
 SIM_TDX_WARNING = "sim-tdx — NO HARDWARE PROTECTION (simulated TDX, for development only)"
@@ -97,6 +98,7 @@ def deploy_session(
     crls: tuple[bytes, ...] = (),
     sim_tdx_root: bytes | None = None,
     state_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> tuple[DeployResult, dict[int, bytearray]]:
     """Plan the deploy from ``opts`` (:func:`stockade.client.plan.plan_deploy`)
     and run one deploy session over ``conn`` (a stream to a fresh Keep, the
@@ -106,14 +108,18 @@ def deploy_session(
     applied to the Keep's evidence chain; ``sim_tdx_root`` verifies sim-tdx
     evidence; TDX/SGX quotes are verified with the Intel collateral of
     ``opts.collateral`` or the cache under ``state_dir``
-    (client/collateral.py)."""
+    (client/collateral.py). ``progress`` (the caller's, already past
+    booting) is told the phases of the session, and its status line is
+    cleared before anything is printed."""
     from stockade.client.attest import TrustConfig
     from stockade.client.collateral import intel_source
     from stockade.client.deploy import Steps, deploy
     from stockade.client.plan import plan_deploy
     from stockade.client.plan import state_dir as default_state_dir
+    from stockade.client.progress import Progress
 
     steps = Steps()
+    progress = progress or Progress()
     planned = plan_deploy(opts, prepared, runtime_measurement, staged=staged)
     note, notes = planned.policy_note, planned.notes
     # The sim root is used to *verify* sim evidence; acceptance is the
@@ -131,6 +137,7 @@ def deploy_session(
         if opts.as_json:
             out[fd] += data
             return
+        progress.clear()  # the status line is gone before the workload's first byte
         stream = sys.stdout.buffer if fd == 1 else sys.stderr.buffer
         stream.write(data)
         stream.flush()
@@ -138,6 +145,7 @@ def deploy_session(
     def on_verified(appraisal: Appraisal) -> None:
         if opts.as_json:
             return  # the JSON document carries the appraisal and the label
+        progress.clear()
         if not opts.quiet:
             click.echo(summary(appraisal, note, (*extra_summary, *notes)), err=True)
         elif not appraisal.claims.hardware_protected:
@@ -146,6 +154,7 @@ def deploy_session(
 
     def on_identity(identity: WorkloadIdentity) -> None:
         if not opts.as_json and not opts.quiet and not prepared.from_module:
+            progress.clear()
             click.echo(identity_summary(identity), err=True)
 
     steps.mark("client_prepare")
@@ -159,6 +168,7 @@ def deploy_session(
         steps,
         hello,
         on_identity=on_identity,
+        progress=progress,
     )
     return result, out
 

@@ -252,6 +252,8 @@ def _deploy(
     connection: _Connection, opts: RunOptions, sim_root_file: Path | None, crls: tuple[bytes, ...]
 ) -> WorkloadExit:
     from stockade.client.deploy import send_hello
+    from stockade.client.progress import Phase
+    from stockade.commands._progress import progress_for
     from stockade.measure.launch import measure_in_background
 
     # The pin: this installation's Keep runtime, hashed while we talk to the host.
@@ -266,6 +268,7 @@ def _deploy(
         # The root verifies evidence of the backend's shape only.
         sim_tdx_root = sim_root if opts.backend == "sim-tdx" else None
         sim_root = None if opts.backend == "sim-tdx" else sim_root
+        progress = progress_for(opts)
         keep = client.create(opts.backend, limits)
         keep_id = str(keep["id"])
 
@@ -281,6 +284,8 @@ def _deploy(
         sock = client.connect(keep_id)
         try:
             hello = send_hello(sock)
+            # From here the client only sees the Keep's evidence arrive (client/progress.py).
+            progress.enter(Phase.ATTESTING)
             # The pin is this installation's Keep runtime, computed here: what
             # the host reports as the measurement is not trusted.
             result, out = deploy_session(
@@ -295,6 +300,7 @@ def _deploy(
                 staged=opts.stage_on_host,
                 crls=crls,
                 sim_tdx_root=sim_tdx_root,
+                progress=progress,
             )
         except KeepDied as err:
             raise KeepDied(f"{err.detail}; Keep {keep_id} on {client.url}") from None

@@ -4,12 +4,15 @@ is ``stockade deploy --host``, :mod:`stockade.commands.remote`)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import click
 
 from stockade.client.plan import RunOptions, prepare, state_dir
+from stockade.client.progress import Phase
+from stockade.commands._progress import progress_for
 from stockade.commands._run import deploy_session, print_json, workload_options
 from stockade.errors import KeepDied, WorkloadExit
 
@@ -73,17 +76,22 @@ def run(**kwargs: Any) -> WorkloadExit:
         chip.ensure_chip(sdir)
 
     # Start the Keep first: its start-up overlaps everything below.
-    # die_with_parent: a killed `stockade run` takes its Keep along.
+    # die_with_parent: a killed `stockade run` takes its Keep along. Its
+    # boot ends with its first request to the PSP (client/progress.py).
     if opts.backend == "vm":
         from stockade.commands._vm import local_vm_spawner
 
-        spawner: Any = local_vm_spawner(sdir, opts)
+        spawner: Any = local_vm_spawner(sdir, opts)  # builds the image first when needed
     else:
         spawner = PopenSpawner(die_with_parent=True)
+    progress = progress_for(opts)
+    attesting = functools.partial(progress.enter, Phase.ATTESTING)
     handle = start_keep(
         opts.backend,
         sdir,
-        psp=lambda measurement: serve_in_thread(sdir, measurement, flavour=flavour),
+        psp=lambda measurement: serve_in_thread(
+            sdir, measurement, flavour=flavour, on_first_request=attesting
+        ),
         spawner=spawner,
     )
     try:
@@ -116,6 +124,7 @@ def run(**kwargs: Any) -> WorkloadExit:
             crls=crls,
             sim_tdx_root=sim_tdx_root,
             state_dir=sdir,
+            progress=progress,
         )
     except KeepDied as err:
         # The host-side log of the Keep process (never workload data) says why.
