@@ -47,3 +47,15 @@ def local_vm_spawner(state_dir: Path, opts: RunOptions) -> VmSpawner:
     image = load(ensure_image(opts.image, state_dir, quiet))
     accel = choose_accel(opts.accel)
     return VmSpawner(VmConfig(image, accel=accel), die_with_parent=True)
+
+
+def expected_vm_measurement(opts: RunOptions) -> bytes:
+    """The launch digest a VM Keep of this installation's image must report
+    (computed here from the image's files, never taken from the host)."""
+    from stockade.client.plan import state_dir
+    from stockade.image.manifest import load
+    from stockade.measure.vm import sim_vm_digest
+
+    sdir = state_dir(opts.state_dir)
+    image = load(ensure_image(opts.image, sdir, opts.quiet or opts.as_json))
+    return sim_vm_digest(image.kernel, image.initrd, image.cmdline)

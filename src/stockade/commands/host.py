@@ -216,6 +216,42 @@ def _parse_listen(text: str) -> tuple[str, int]:
     metavar="SECONDS",
     help="Close a connection that has not sent a complete request head within this long.",
 )
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    type=click.Choice(["sim", "sim-snp", "sim-tdx", "vm"]),
+    help="Backends to run (repeat; default: sim, sim-snp, sim-tdx). vm: QEMU VMs booting the Keep "
+    "image, signed by the sim PSP (NO hardware protection).",
+)
+@click.option(
+    "--image",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep image for vm (default: one built in the state directory, rebuilt when the runtime changes).",
+)
+@click.option(
+    "--vm-pool",
+    type=click.IntRange(0, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="VM Keeps kept booted ahead of demand (each holds --vm-memory while it waits).",
+)
+@click.option(
+    "--vm-memory",
+    type=click.IntRange(256, 65_536),
+    default=640,
+    show_default=True,
+    metavar="MIB",
+    help="Memory of each VM Keep.",
+)
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="VM acceleration: auto uses KVM only where a test guest runs under it.",
+)
 def serve(
     listen: str,
     state_dir: Path | None,
@@ -227,6 +263,11 @@ def serve(
     max_connections: int | None,
     backlog: int,
     header_timeout: float,
+    backends: tuple[str, ...],
+    image: Path | None,
+    vm_pool: int,
+    vm_memory: int,
+    accel: str,
 ) -> ExitStatus:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
@@ -290,8 +331,32 @@ def serve(
 
         spawner = manager_spawner(sdir)
     starter = fork_starter(spawner) if spawner else start_keep
+    backends = tuple(dict.fromkeys(backends)) or ("sim", "sim-snp", "sim-tdx")
+    pool = None
+    if "vm" in backends:
+        from stockade.commands._vm import ensure_image
+        from stockade.host.vm import VmConfig, VmSpawner, choose_accel
+        from stockade.host.vmpool import VmPool, vm_starter
+        from stockade.image.manifest import load
+
+        vm_image = load(ensure_image(image, sdir, quiet=False))
+        vm_cfg = VmConfig(vm_image, accel=choose_accel(accel), memory_mib=vm_memory)
+        vm_spawner = VmSpawner(vm_cfg)
+        click.echo(
+            f"stockade: VM Keeps boot {vm_image.directory} under {vm_cfg.accel.upper()} "
+            f"({vm_memory} MiB each, {vm_pool} kept warm; vm: NO HARDWARE PROTECTION)",
+            err=True,
+        )
+        pool = VmPool(vm_spawner, sdir, vm_pool)
+        pool.fill()
+        starter = vm_starter(vm_spawner, pool, fallback=starter)
     app = create_app(
-        sdir, tokens, idle_timeout=idle_timeout or None, starter=starter, watchdog_grace=watchdog_grace
+        sdir,
+        tokens,
+        idle_timeout=idle_timeout or None,
+        starter=starter,
+        watchdog_grace=watchdog_grace,
+        backends=backends,
     )
 
     limiter = guard.LogRateLimit()
@@ -351,6 +416,8 @@ def serve(
         limiter.flush(force=True)
         if spawner is not None:
             spawner.close()
+        if pool is not None:
+            pool.close()
     if not server.started:
         return ExitStatus.SERVER_STARTUP_FAILED  # uvicorn logged why (port in use, ...)
     return ExitStatus.OK

@@ -135,11 +135,18 @@ def _token(token_file: Path | None) -> str:
 @workload_options
 @click.option(
     "--backend",
-    type=click.Choice(["sim", "sim-snp", "sim-tdx"]),
+    type=click.Choice(["sim", "sim-snp", "sim-tdx", "vm"]),
     default="sim",
     show_default=True,
-    help="Keep backend on the host: sim (alias sim-snp, simulated SEV-SNP) or sim-tdx (simulated "
-    "TDX); both give NO hardware protection.",
+    help="Keep backend on the host: sim (alias sim-snp, simulated SEV-SNP), sim-tdx (simulated "
+    "TDX) or vm (a VM booting the Keep image, sim signing); all give NO hardware protection.",
+)
+@click.option(
+    "--image",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="For --backend vm: the Keep image whose launch measurement to expect (default: this "
+    "installation's, built in the state directory; images build reproducibly, so it equals the "
+    "host's when both run the same stockade).",
 )
 @click.option(
     "--sim-root",
@@ -256,8 +263,18 @@ def _deploy(
     from stockade.commands._progress import progress_for
     from stockade.measure.launch import measure_in_background
 
-    # The pin: this installation's Keep runtime, hashed while we talk to the host.
-    keep_measurement = measure_in_background()
+    # The pin: this installation's Keep runtime, hashed while we talk to the
+    # host; for a VM Keep, the launch digest of the Keep image built here.
+    if opts.backend == "vm":
+        from stockade.commands._vm import expected_vm_measurement
+
+        vm_digest = expected_vm_measurement(opts)
+
+        def keep_measurement() -> bytes:
+            return vm_digest
+
+    else:
+        keep_measurement = measure_in_background()
     prepared = prepare(opts)
     # The manager records the limits it knows (its API predates disk_bytes,
     # which the Keep alone enforces from the attested load request).

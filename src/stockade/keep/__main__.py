@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         from stockade.keep import vmguest
 
         conn = vmguest.port_socket(vmguest.CONN_PORT)
-        return serve(conn, vmguest.attester(vmguest.PSP_PORT), engine, args.scratch, box)
+        # A VM Keep may wait in its host's warm pool before a client comes:
+        # no limit on the first hello (its host reaps it; nothing is in it yet).
+        return serve(conn, vmguest.attester(vmguest.PSP_PORT), engine, args.scratch, box, hello_timeout=None)
     if args.conn_fd is None:
         parser.error(f"--backend {args.backend} needs --conn-fd")
     if args.psp_fd is None:

@@ -67,8 +67,10 @@ class KeepServer:
         engine: Future[Any],
         scratch: Path | None,
         sandbox: Sandbox,
+        hello_timeout: float | None = IDLE_TIMEOUT,
     ) -> None:
         self.sock = sock
+        self.hello_timeout = hello_timeout
         self.attester = attester
         self.engine = engine
         self.scratch = scratch
@@ -95,8 +97,10 @@ class KeepServer:
         # Blocking socket (pyOpenSSL needs one) with a kernel receive timeout,
         # so a client that never speaks cannot hold the Keep forever.
         self.sock.setblocking(True)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(IDLE_TIMEOUT), 0))
+        wait = 0 if self.hello_timeout is None else int(self.hello_timeout)  # 0: no limit
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", wait, 0))
         header = _read_exact(self.sock, HEADER.size)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(IDLE_TIMEOUT), 0))
         (size,) = HEADER.unpack(header)
         if size > 1024:
             raise ProtocolError(f"hello frame of {size} bytes is too large")
@@ -252,9 +256,14 @@ def serve(
     engine: Future[Any],
     scratch: Path | None,
     sandbox: Sandbox,
+    hello_timeout: float | None = IDLE_TIMEOUT,
 ) -> int:
+    """Serve one client. ``hello_timeout``: how long to wait for the
+    client's first bytes (None: no limit, for a pre-booted VM Keep in a
+    warm pool, which waits for a client as long as its host keeps it;
+    every later step has IDLE_TIMEOUT)."""
     threading.Thread(target=_preload, daemon=True, name="preload").start()
-    server = KeepServer(sock, attester, engine, scratch, sandbox)
+    server = KeepServer(sock, attester, engine, scratch, sandbox, hello_timeout)
     t0 = time.perf_counter()
     try:
         server.attest()

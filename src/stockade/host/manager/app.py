@@ -18,6 +18,7 @@ from stockade.host.manager.metrics import Metrics, RequestMetrics
 from stockade.host.manager.problems import ApiProblem, problem_of
 from stockade.host.manager.routes import Api
 from stockade.host.manager.supervisor import (
+    DEFAULT_BACKENDS,
     IDLE_TIMEOUT_S,
     KILL_GRACE_S,
     WATCHDOG_GRACE_S,
@@ -50,6 +51,7 @@ def create_app(
     idle_timeout: float | None = IDLE_TIMEOUT_S,
     starter: Callable[..., KeepHandle] = start_keep,
     watchdog_grace: float = WATCHDOG_GRACE_S,
+    backends: tuple[str, ...] = DEFAULT_BACKENDS,
 ) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served. ``starter`` starts the
@@ -63,6 +65,7 @@ def create_app(
         metrics=metrics,
         idle_timeout=idle_timeout,
         watchdog_grace=watchdog_grace,
+        backends=backends,
     )
 
     @contextlib.asynccontextmanager

@@ -88,17 +88,18 @@ async def read_body(request: Request) -> dict[Any, Any]:
         raise bad_request(exc.detail) from None
 
 
-def parse_create(body: dict[Any, Any]) -> tuple[str, Limits]:
-    """(backend, limits) of a create request."""
+def parse_create(body: dict[Any, Any], backends: tuple[str, ...] = BACKENDS) -> tuple[str, Limits]:
+    """(backend, limits) of a create request; ``backends``: those this
+    manager runs."""
     extra = set(body) - {"backend", "limits"}
     if extra:
         raise bad_request(f"unknown key(s) {sorted(map(str, extra))}")
     backend = body.get("backend")
     if not isinstance(backend, str):
         raise bad_request("backend (text) is required")
-    if backend not in BACKENDS:
+    if backend not in backends:
         raise ApiProblem(
-            422, "unsupported-backend", "backend not available", f"this host runs: {', '.join(BACKENDS)}"
+            422, "unsupported-backend", "backend not available", f"this host runs: {', '.join(backends)}"
         )
     raw = body.get("limits", {})
     if not isinstance(raw, dict) or set(raw) - set(LIMIT_KEYS):
@@ -184,7 +185,7 @@ class Api:
 
     async def create_keep(self, request: Request) -> Response:
         owner = authenticate(self.sup, request.headers)
-        backend, limits = parse_create(await read_body(request))
+        backend, limits = parse_create(await read_body(request), self.sup.backends)
         rec = await self.sup.create(owner, backend, limits)
         return cbor_response(self._document(rec), 201)
 

@@ -49,6 +49,10 @@ from stockade.wire.staging import MAX_STAGED, STAGED_NAME
 
 log = logging.getLogger("stockade.host.manager")
 
+#: Backends a manager runs unless told otherwise: the process Keeps (vm
+#: needs a Keep image: ``stockade host serve --backend vm``).
+DEFAULT_BACKENDS = ("sim", "sim-snp", "sim-tdx")
+
 KILL_GRACE_S: Final = 2.0
 IDLE_TIMEOUT_S: Final = 60.0
 #: Time the host watchdog adds to a Keep's timeout_ms (attestation, load, compile).
@@ -142,8 +146,11 @@ class Supervisor:
         metrics: Metrics | None = None,
         idle_timeout: float | None = IDLE_TIMEOUT_S,
         watchdog_grace: float = WATCHDOG_GRACE_S,
+        backends: tuple[str, ...] = DEFAULT_BACKENDS,
     ) -> None:
         self.state_dir = state_dir
+        #: The backends this manager runs (a create for another is refused).
+        self.backends = backends
         self.tokens = tokens
         self.kill_grace = kill_grace
         #: Seconds a new Keep waits for its client before it is killed (None
