@@ -751,7 +751,7 @@ def _qemu_req(qemu: QemuInfo | None, need: tuple[int, int, int], obj: str) -> Re
         "QEMU",
         "missing",
         f"QEMU {qemu.version_str} has no {obj} object",
-        f"QEMU >= {shown} is needed for {obj} (Debian 13 ships 10.0; or build QEMU from source) "
+        f"QEMU >= {shown} is needed for {obj} (a newer distribution's package or a source build) "
         f"and point {QEMU_ENV} at it",
     )
 
