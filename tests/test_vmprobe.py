@@ -217,6 +217,14 @@ def test_probe_cache_file_is_keyed_by_qemu_version(tmp_path: Path) -> None:
     assert not vmprobe.probe_accel(str(qemu), timeout=5.0, cache_file=cache).cached
 
 
+def test_auto_accel(tmp_path: Path) -> None:
+    assert vmprobe.auto_accel({"PATH": str(tmp_path / "none")}) == ("tcg", None)
+    qemu = fake_qemu(tmp_path, tcg=SLOW)
+    accel, probe = vmprobe.auto_accel({vmprobe.QEMU_ENV: str(qemu)}, cache_file=tmp_path / "accel.json")
+    assert accel == "kvm" and probe is not None and probe.kvm_usable
+    assert (tmp_path / "accel.json").exists()
+
+
 def test_decide_from_runs() -> None:
     def run(accel: vmprobe.Accel, loop: float | None, *, done: bool = True) -> GuestRun:
         return GuestRun(accel, done, "RPLD" if done else "RPL", loop, 0.5, not done, 99 if done else None, "")

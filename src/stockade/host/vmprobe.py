@@ -565,6 +565,19 @@ def probe_accel(qemu: str, timeout: float = 5.0, *, cache_file: Path | None = No
     return probe
 
 
+def auto_accel(
+    environ: Mapping[str, str] | None = None, *, timeout: float = 5.0, cache_file: Path | None = None
+) -> tuple[Accel, AccelProbe | None]:
+    """The acceleration for ``--accel auto``: the probe's choice with the QEMU
+    :func:`find_qemu` finds, or TCG (and no probe) when there is none (the
+    loader then reports the missing QEMU itself)."""
+    qemu = find_qemu(environ)
+    if qemu is None:
+        return "tcg", None
+    probe = probe_accel(qemu.path, timeout, cache_file=cache_file)
+    return probe.accel, probe
+
+
 # --- SEV-SNP and TDX host support ------------------------------------------------------------------
 
 ReqStatus = Literal["ok", "missing", "unknown"]
