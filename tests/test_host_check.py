@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from stockade.host import vmprobe
 from stockade.host.diagnostics import Check, Environment, HostReport, check_host
+from stockade.host.vmprobe import AccelProbe, QemuInfo, SevStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "contrib" / "stockade-host.service"
@@ -70,8 +72,14 @@ def deny(*denied: str) -> Callable[[Path, int], bool]:
     return access
 
 
+def no_qemu() -> QemuInfo | None:
+    return None
+
+
 def run_check(root: Path, tmp_path: Path, **kw: Any) -> HostReport:
     kw.setdefault("probe_disk", lambda: None)
+    kw.setdefault("find_qemu", no_qemu)  # the real QEMU is probed once, in the CLI tests
+    kw.setdefault("environ", {})
     env = Environment(root=root, state_dir=tmp_path / "state", user="keeper", **kw)
     return check_host(env)
 
@@ -276,6 +284,7 @@ def test_sim_requirements(root: Path, tmp_path: Path) -> None:
             user="keeper",
             python_version=(3, 10, 12),
             find_spec=lambda name: None,
+            find_qemu=no_qemu,
         )
     )
     assert report.usable == ()
@@ -357,19 +366,107 @@ def test_configfs_provider_probe_creates_and_removes_an_entry(root: Path, tmp_pa
     assert not report.backend("snp").usable
 
 
+SNP_HOST = {
+    "dev/kvm": "",
+    "dev/sev": "",
+    "sys/module/kvm_amd/parameters/sev": "Y\n",
+    "sys/module/kvm_amd/parameters/sev_es": "Y\n",
+    "sys/module/kvm_amd/parameters/sev_snp": "Y\n",
+}
+QEMU_91 = QemuInfo("/opt/qemu/bin/qemu-system-x86_64", (9, 1, 0), "QEMU emulator version 9.1.0")
+TCG_ONLY = AccelProbe(
+    "tcg", False, "the KVM guest did not finish within 5 s (it reached protected mode)", 5.1
+)
+FW = SevStatus(1, 55, 21, 1, snp=True)
+
+
 def test_kvm_host_is_planned_and_never_counts(root: Path, tmp_path: Path) -> None:
-    make_tree(
+    make_tree(root, flags="sev sev_es sev_snp", kernel="6.11.0", files=SNP_HOST)
+    report = run_check(
         root,
-        flags="sev sev_es sev_snp",
-        kernel="6.11.0",
-        files={"dev/kvm": "", "sys/module/kvm_amd/parameters/sev_snp": "Y\n"},
+        tmp_path,
+        find_spec=lambda name: None,
+        find_qemu=lambda: QEMU_91,
+        probe_accel=lambda path: TCG_ONLY,
+        sev_reader=lambda dev: FW,
     )
-    report = run_check(root, tmp_path, find_spec=lambda name: None)
     kvm = report.backend("kvm")
     assert kvm.usable and kvm.planned
-    assert by_name(kvm.checks, "SEV-SNP host").status == "ok"
+    assert all(c.status == "ok" for c in kvm.checks if c.name.startswith("SEV-SNP")), kvm.checks
+    assert by_name(kvm.checks, "SEV-SNP firmware").detail.startswith("SNP firmware API 1.55 build 21")
     assert "SEV-SNP" in kvm.summary
-    assert report.usable == ()  # sim fails here (no wasmtime), kvm does not count
+    # Not an Intel host: TDX is one informational line, not a list of failures.
+    assert by_name(kvm.checks, "TDX host").status == "n/a"
+    # sim fails here (no wasmtime), kvm does not count; vm runs under TCG.
+    assert report.usable == ("vm",)
+
+
+def test_kvm_host_lists_each_missing_snp_piece_with_its_fix(root: Path, tmp_path: Path) -> None:
+    files = {**SNP_HOST, "sys/module/kvm_amd/parameters/sev_snp": "N\n"}
+    make_tree(root, flags="sev sev_es sev_snp", kernel="6.1.0-28-cloud-amd64", files=files)
+    kvm = run_check(
+        root,
+        tmp_path,
+        find_qemu=lambda: None,
+        sev_reader=lambda dev: "cannot open /dev/sev: Permission denied",
+    ).backend("kvm")
+    assert not kvm.usable
+    failing = {c.name: c.hint for c in kvm.checks if c.status == "fail"}
+    assert set(failing) == {"SEV-SNP host kernel", "SEV-SNP kvm_amd", "SEV-SNP QEMU"}
+    assert ">= 6.11" in failing["SEV-SNP host kernel"]
+    assert "kvm_amd.sev_snp=1" in failing["SEV-SNP kvm_amd"]
+    assert "9.1" in failing["SEV-SNP QEMU"]
+    fw = by_name(kvm.checks, "SEV-SNP firmware")
+    assert fw.status == "warn" and "Permission denied" in fw.detail
+
+
+def test_vm_backend_under_tcg(root: Path, tmp_path: Path) -> None:
+    make_tree(root, files={"dev/kvm": ""})
+    report = run_check(root, tmp_path, find_qemu=lambda: QEMU_91, probe_accel=lambda path: TCG_ONLY)
+    vm = report.backend("vm")
+    assert vm.usable and not vm.planned
+    assert "vm" in report.usable
+    assert "TCG" in vm.summary and "NO HARDWARE PROTECTION" in vm.summary
+    assert by_name(vm.checks, "qemu").status == "ok"
+    kvm = by_name(vm.checks, "kvm")
+    assert kvm.status == "warn" and "did not finish within 5 s" in kvm.detail and "TCG" in kvm.hint
+    assert by_name(vm.checks, "acceleration").detail.startswith("tcg:")
+    doc = report.to_json()["vm"]
+    assert doc["qemu"]["version"] == "9.1.0" and doc["qemu_install"] is None
+    assert doc["accel"]["accel"] == "tcg" and doc["accel"]["kvm_usable"] is False
+    assert doc["tee_host"]["snp"]["supported"] is False
+
+
+def test_vm_backend_with_kvm(root: Path, tmp_path: Path) -> None:
+    make_tree(root, files={"dev/kvm": ""})
+    fast = AccelProbe("kvm", True, "a KVM guest reached long mode and ran the timed loop in 0.001 s", 0.2)
+    vm = run_check(root, tmp_path, find_qemu=lambda: QEMU_91, probe_accel=lambda path: fast).backend("vm")
+    assert vm.usable and "KVM" in vm.summary
+    assert by_name(vm.checks, "kvm").status == "ok"
+    assert by_name(vm.checks, "acceleration").detail.startswith("kvm:")
+
+
+def test_vm_backend_without_qemu(root: Path, tmp_path: Path) -> None:
+    make_tree(root)
+    report = run_check(root, tmp_path)
+    vm = report.backend("vm")
+    assert not vm.usable and "vm" not in report.usable
+    qemu = by_name(vm.checks, "qemu")
+    assert qemu.status == "fail" and "apt-get install qemu-system-x86" in qemu.hint
+    assert by_name(vm.checks, "/dev/kvm").status == "warn"  # TCG would do without it
+    assert report.to_json()["vm"]["qemu_install"] == vmprobe.QEMU_INSTALL
+    # $STOCKADE_QEMU naming something that is no QEMU is said so.
+    env_qemu = run_check(root, tmp_path, environ={vmprobe.QEMU_ENV: "/opt/nothing"}).backend("vm")
+    assert "STOCKADE_QEMU=/opt/nothing" in by_name(env_qemu.checks, "qemu").detail
+
+
+def test_vm_backend_when_qemu_boots_nothing(root: Path, tmp_path: Path) -> None:
+    make_tree(root)
+    broken = AccelProbe("tcg", False, "QEMU could not start a KVM guest: x", 0.1, tcg_usable=False)
+    vm = run_check(root, tmp_path, find_qemu=lambda: QEMU_91, probe_accel=lambda path: broken).backend("vm")
+    assert not vm.usable
+    acc = by_name(vm.checks, "acceleration")
+    assert acc.status == "fail" and "reinstall qemu-system-x86" in acc.hint
 
 
 def test_report_is_frozen_and_json_ready(root: Path, tmp_path: Path) -> None:
@@ -379,7 +476,7 @@ def test_report_is_frozen_and_json_ready(root: Path, tmp_path: Path) -> None:
         report.kernel = "x"  # type: ignore[misc]
     doc = json.loads(json.dumps(report.to_json()))
     assert doc["usable"] == ["sim", "sim-tdx"]
-    assert [b["backend"] for b in doc["backends"]] == ["snp", "tdx", "sgx", "sim", "sim-tdx", "kvm"]
+    assert [b["backend"] for b in doc["backends"]] == ["snp", "tdx", "sgx", "sim", "sim-tdx", "vm", "kvm"]
     for b in doc["backends"]:
         for c in b["checks"]:
             assert c["status"] in ("ok", "warn", "fail", "n/a")
@@ -415,11 +512,25 @@ def test_cli_json_on_this_machine(tmp_path: Path) -> None:
         failing = [c for c in backends[name]["checks"] if c["status"] == "fail"]
         assert failing and all(c["hint"] for c in failing), name
     assert not (tmp_path / "state").exists()  # the check creates nothing
+    # The VM side: QEMU, the acceleration probe's verdict and why, SNP/TDX host support.
+    vm = doc["vm"]
+    assert set(vm["tee_host"]) == {"snp", "tdx"}
+    if vm["qemu"] is None:
+        assert vm["qemu_install"] == "sudo apt-get install qemu-system-x86"
+        assert not backends["vm"]["usable"]
+    else:
+        accel = vm["accel"]
+        assert accel["tcg_usable"] is True, accel  # TCG must boot the probe guest here
+        assert accel["accel"] in ("kvm", "tcg") and accel["reason"]
+        assert backends["vm"]["usable"] is True and "vm" in doc["usable"]
+        checks = {c["name"]: c for c in backends["vm"]["checks"]}
+        assert checks["kvm"]["status"] == ("ok" if accel["kvm_usable"] else "warn")
 
 
 def test_cli_table_and_exit_status_1_without_backends(tmp_path: Path) -> None:
     proc = stockade(state=tmp_path / "state")
     assert proc.returncode == 0
+    assert "acceleration:" in proc.stdout or "QEMU: not found" in proc.stdout
     assert "usable backends: sim" in proc.stdout or "usable backends:" in proc.stdout
     # A state directory that is a file makes sim unusable; on a machine without
     # hardware backends nothing is left: exit 1.

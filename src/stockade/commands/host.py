@@ -40,6 +40,14 @@ def _print_report(report: HostReport, verbose: bool) -> None:
     console.print(
         f"Linux {escape(report.kernel)} · CPU {escape(report.cpu_vendor or 'unknown')} · flags: {flags}"
     )
+    if report.qemu is None:
+        console.print("QEMU: [red]not found[/red] (VM Keeps need it)")
+    elif report.accel is not None:
+        kvm = "KVM usable" if report.accel.kvm_usable else "KVM unusable"
+        console.print(
+            f"QEMU {escape(report.qemu.version_str)} ({escape(report.qemu.path)}) · "
+            f"acceleration: [bold]{report.accel.accel}[/bold] ({kvm}, probed in {report.accel.seconds:.1f} s)"
+        )
     table = Table(title="stockade host check", show_header=True, show_lines=False)
     table.add_column("backend")
     table.add_column("check")
@@ -63,8 +71,8 @@ def _print_report(report: HostReport, verbose: bool) -> None:
     console.print(table)
     if report.usable:
         console.print(f"usable backends: [bold]{', '.join(report.usable)}[/bold]")
-        if all(b.startswith("sim") for b in report.usable):
-            console.print("[yellow]only sim: NO HARDWARE PROTECTION (development only)[/yellow]")
+        if all(b.startswith("sim") or b == "vm" for b in report.usable):
+            console.print("[yellow]only sim and vm: NO HARDWARE PROTECTION (development only)[/yellow]")
     else:
         console.print("[red]no backend is usable on this machine[/red]")
 

@@ -22,10 +22,18 @@ Backends and what makes them usable here:
 - ``sim``: any Linux process (Python >= 3.11, wasmtime installed, a writable
   state directory; ``/dev/shm`` preferred for scratch files). It gives NO
   hardware protection;
+- ``vm``: QEMU (``qemu-system-x86_64``, or ``$STOCKADE_QEMU``) that boots a
+  probe guest; KVM where a guest really runs under it at native speed, TCG
+  otherwise (stockade.host.vmprobe). Reports are sim-signed: NO hardware
+  protection;
 - ``kvm`` (planned, never counted): a host that could launch SNP or TDX
-  guests through KVM.
+  guests through KVM: CPU, host kernel, kvm_amd / kvm_intel parameters,
+  ``/dev/sev`` and the SEV firmware version, the TDX module, the QEMU
+  version, each missing piece with its fix.
 
-Only the host layer's own imports are used (wire, errors, stdlib).
+The ``vm`` check runs QEMU twice (a few seconds; memoised per process).
+
+Only the host layer's own imports are used (host.vmprobe, wire, errors, stdlib).
 """
 
 from __future__ import annotations
@@ -36,11 +44,13 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
+
+from stockade.host import vmprobe
 
 Status = Literal["ok", "warn", "fail", "n/a"]
 OK: Status = "ok"
@@ -135,6 +145,11 @@ class HostReport:
     cpu_flags: tuple[str, ...]
     system: tuple[Check, ...]
     backends: tuple[BackendReport, ...]
+    #: The VM side: QEMU (None: not found), the acceleration probe (None: not
+    #: run) and SEV-SNP / TDX host support (None: not looked at).
+    qemu: vmprobe.QemuInfo | None = None
+    accel: vmprobe.AccelProbe | None = None
+    tee: vmprobe.TeeSupport | None = None
 
     @property
     def usable(self) -> tuple[str, ...]:
@@ -155,6 +170,12 @@ class HostReport:
             "system": [c.to_json() for c in self.system],
             "backends": [b.to_json() for b in self.backends],
             "usable": list(self.usable),
+            "vm": {
+                "qemu": self.qemu.to_json() if self.qemu else None,
+                "qemu_install": None if self.qemu else vmprobe.QEMU_INSTALL,
+                "accel": self.accel.to_json() if self.accel else None,
+                "tee_host": self.tee.to_json() if self.tee else None,
+            },
         }
 
 
@@ -235,6 +256,14 @@ class Environment:
     probe_tsm: bool = True
     #: Whether a Keep gets its private, size-limited tmpfs (None) or why not.
     probe_disk: Callable[[], str | None] = probe_private_disk
+    #: QEMU for VM Keeps (stockade.host.vmprobe.find_qemu), and the acceleration
+    #: probe run with it (boots a tiny guest under TCG and KVM: a few seconds).
+    find_qemu: Callable[[], vmprobe.QemuInfo | None] = vmprobe.find_qemu
+    probe_accel: Callable[[str], vmprobe.AccelProbe] = vmprobe.probe_accel
+    #: Reads the SEV firmware version from /dev/sev (or says why not).
+    sev_reader: vmprobe.SevReader = vmprobe.read_sev_status
+    #: The environment whose STOCKADE_QEMU is reported (None: os.environ).
+    environ: Mapping[str, str] | None = None
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -733,66 +762,113 @@ def _state_dir_check(env: Environment) -> Check:
     )
 
 
-def _kvm(p: _Probe, f: _Facts) -> BackendReport:
+def _qemu_check(env: Environment, qemu: vmprobe.QemuInfo | None) -> Check:
+    if qemu is not None:
+        return Check("qemu", OK, f"{vmprobe.QEMU_BINARY} {qemu.version_str} at {qemu.path}")
+    given = env.environ.get(vmprobe.QEMU_ENV) if env.environ is not None else os.environ.get(vmprobe.QEMU_ENV)
+    if given:
+        return Check(
+            "qemu",
+            FAIL,
+            f"{vmprobe.QEMU_ENV}={given} is not a QEMU that answers --version",
+            f"point {vmprobe.QEMU_ENV} at qemu-system-x86_64, or unset it and {vmprobe.QEMU_INSTALL}",
+        )
+    return Check(
+        "qemu",
+        FAIL,
+        f"no {vmprobe.QEMU_BINARY} on PATH",
+        f"{vmprobe.QEMU_INSTALL} (or set {vmprobe.QEMU_ENV} to its path)",
+    )
+
+
+def _vm(p: _Probe, qemu: vmprobe.QemuInfo | None, accel: vmprobe.AccelProbe | None) -> BackendReport:
+    """VM Keeps: QEMU booting the Keep image, KVM where a guest really runs
+    under it, TCG otherwise (stockade.host.vmprobe decides)."""
+    checks = [_qemu_check(p.env, qemu)]
+    checks.append(
+        p.device(
+            KVM,
+            "/dev/kvm",
+            os.R_OK | os.W_OK,
+            "VM Keeps run under TCG without it; on a bare-metal host enable VMX/SVM in the firmware "
+            "and load kvm_intel or kvm_amd",
+            missing=WARN,
+        )
+    )
+    if checks[-1].status == FAIL:  # exists but not accessible: TCG still works
+        checks[-1] = Check(checks[-1].name, WARN, checks[-1].detail, checks[-1].hint)
+    if accel is None:
+        checks.append(Check("kvm", NA, "not probed (no QEMU)"))
+        checks.append(Check("acceleration", FAIL, "none: QEMU is missing", vmprobe.QEMU_INSTALL))
+    else:
+        kvm_hint = (
+            "VM Keeps boot under TCG (seconds per boot; the warm pool hides it); for KVM run the "
+            "manager on a host with hardware virtualisation (VMX/SVM) exposed"
+        )
+        checks.append(
+            Check("kvm", OK, accel.reason)
+            if accel.kvm_usable
+            else Check("kvm", WARN, f"unusable: {accel.reason}", kvm_hint)
+        )
+        if accel.kvm_usable or accel.tcg_usable:
+            how = "KVM" if accel.accel == "kvm" else "TCG (software emulation)"
+            checks.append(Check("acceleration", OK, f"{accel.accel}: VM Keeps run under {how}"))
+        else:
+            checks.append(
+                Check(
+                    "acceleration",
+                    FAIL,
+                    "QEMU ran the probe guest neither under KVM nor under TCG",
+                    "check the QEMU installation: reinstall qemu-system-x86 "
+                    "(qemu-system-x86_64 -accel tcg must boot a guest)",
+                )
+            )
+    checks.append(_state_dir_check(p.env))
+    usable = all(c.status != FAIL for c in checks)
+    if usable and qemu is not None and accel is not None:
+        summary = (
+            f"VM Keeps under QEMU {qemu.version_str} with {accel.accel.upper()}: sim-signed reports, "
+            "NO HARDWARE PROTECTION"
+        )
+    else:
+        summary = "VM Keeps cannot run here"
+    return BackendReport("vm", usable, summary, tuple(checks))
+
+
+_REQ_STATUS: dict[vmprobe.ReqStatus, Status] = {"ok": OK, "missing": FAIL, "unknown": WARN}
+
+
+def _tee_checks(host: vmprobe.TeeHost, prefix: str, vendor_matches: bool) -> tuple[Check, ...]:
+    if not vendor_matches:
+        (cpu,) = [r for r in host.requirements if r.name == "CPU"]
+        return (Check(f"{prefix} host", NA, cpu.detail, cpu.fix),)
+    return tuple(
+        Check(f"{prefix} {r.name}", _REQ_STATUS[r.status], r.detail, r.fix) for r in host.requirements
+    )
+
+
+def _kvm(p: _Probe, f: _Facts, tee: vmprobe.TeeSupport) -> BackendReport:
+    """Confidential VM launch (SEV-SNP, TDX) through KVM: the host's side."""
     dev = p.device(
         KVM,
         "/dev/kvm",
         os.R_OK | os.W_OK,
         "load kvm_amd or kvm_intel with virtualization enabled in the firmware",
     )
-
-    def param(module: str, name: str) -> bool:
-        text = (_read_text(p.env.path(f"sys/module/{module}/parameters/{name}")) or "").strip()
-        return text in ("Y", "1")
-
-    if "sev_snp" in f.flags and param("kvm_amd", "sev_snp"):
-        snp = Check("SEV-SNP host", OK, "sev_snp CPU flag, kvm_amd sev_snp=Y")
-    else:
-        lacking = [
-            w
-            for w, ok in (
-                ("sev_snp CPU flag", "sev_snp" in f.flags),
-                ("kvm_amd sev_snp=Y", param("kvm_amd", "sev_snp")),
-            )
-            if not ok
-        ]
-        snp = Check(
-            "SEV-SNP host",
-            NA,
-            "no " + " and no ".join(lacking),
-            _join(
-                "needs an AMD EPYC with SEV-SNP enabled in the firmware and kvm_amd sev_snp=1",
-                p.kernel_note(f, K_KVM_SNP, "KVM SEV-SNP host support"),
-            ),
-        )
-    if "tdx_host_platform" in f.flags and param("kvm_intel", "tdx"):
-        tdx = Check("TDX host", OK, "tdx_host_platform CPU flag, kvm_intel tdx=Y")
-    else:
-        lacking = [
-            w
-            for w, ok in (
-                ("tdx_host_platform CPU flag", "tdx_host_platform" in f.flags),
-                ("kvm_intel tdx=Y", param("kvm_intel", "tdx")),
-            )
-            if not ok
-        ]
-        tdx = Check(
-            "TDX host",
-            NA,
-            "no " + " and no ".join(lacking),
-            _join(
-                "needs an Intel Xeon with TDX enabled in the firmware and kvm_intel tdx=1",
-                p.kernel_note(f, K_KVM_TDX, "KVM TDX host support"),
-            ),
-        )
-    can = dev.status == OK and OK in (snp.status, tdx.status)
-    kinds = " and ".join(k for k, c in (("SEV-SNP", snp), ("TDX", tdx)) if c.status == OK)
-    summary = (
-        f"planned: could launch {kinds} guests through KVM (stockade cannot do this yet)"
-        if can
-        else "planned: no confidential-guest launch support here (stockade cannot do this yet)"
+    amd = f.vendor in ("AuthenticAMD", "")
+    intel = f.vendor in ("GenuineIntel", "")
+    checks = (dev, *_tee_checks(tee.snp, "SEV-SNP", amd), *_tee_checks(tee.tdx, "TDX", intel))
+    kinds = " and ".join(
+        k for k, h, match in (("SEV-SNP", tee.snp, amd), ("TDX", tee.tdx, intel)) if match and h.supported
     )
-    return BackendReport("kvm", can, summary, (dev, snp, tdx), planned=True)
+    can = dev.status == OK and bool(kinds)
+    summary = (
+        f"planned: the host side of {kinds} guests is in place (stockade generates their QEMU "
+        "configuration; never run on such hardware in CI)"
+        if can
+        else "planned: no SEV-SNP or TDX host support here (what is missing, and the fix, below)"
+    )
+    return BackendReport("kvm", can, summary, checks, planned=True)
 
 
 def check_host(env: Environment | None = None) -> HostReport:
@@ -816,13 +892,17 @@ def check_host(env: Environment | None = None) -> HostReport:
         Check("user", OK, env.user),
     )
     sim = _sim(probe, facts)
+    qemu = env.find_qemu()
+    accel = env.probe_accel(qemu.path) if qemu is not None else None
+    tee = vmprobe.host_tee_support(env.root, qemu=qemu, sev_reader=env.sev_reader, access=env.access)
     backends = (
         _sev_snp(probe, facts),
         _tdx(probe, facts),
         _sgx(probe, facts),
         sim,
         _sim_tdx(sim),
-        _kvm(probe, facts),
+        _vm(probe, qemu, accel),
+        _kvm(probe, facts, tee),
     )
     return HostReport(
         kernel=facts.kernel,
@@ -830,4 +910,7 @@ def check_host(env: Environment | None = None) -> HostReport:
         cpu_flags=tuple(f for f in RELEVANT_FLAGS if f in facts.flags),
         system=system,
         backends=backends,
+        qemu=qemu,
+        accel=accel,
+        tee=tee,
     )
