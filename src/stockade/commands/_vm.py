@@ -45,7 +45,9 @@ def local_vm_spawner(state_dir: Path, opts: RunOptions) -> VmSpawner:
 
     quiet = opts.quiet or opts.as_json
     image = load(ensure_image(opts.image, state_dir, quiet))
-    accel = choose_accel(opts.accel)
+    accel, why = choose_accel(opts.accel, state_dir)
+    if not quiet:
+        click.echo(f"stockade: VM Keep under {accel.upper()} ({why}); vm: NO HARDWARE PROTECTION", err=True)
     return VmSpawner(VmConfig(image, accel=accel), die_with_parent=True)
 
 

@@ -348,11 +348,12 @@ def serve(
         from stockade.image.manifest import load
 
         vm_image = load(ensure_image(image, sdir, quiet=False))
-        vm_cfg = VmConfig(vm_image, accel=choose_accel(accel), memory_mib=vm_memory)
+        vm_accel, why = choose_accel(accel, sdir)
+        vm_cfg = VmConfig(vm_image, accel=vm_accel, memory_mib=vm_memory)
         vm_spawner = VmSpawner(vm_cfg)
         click.echo(
-            f"stockade: VM Keeps boot {vm_image.directory} under {vm_cfg.accel.upper()} "
-            f"({vm_memory} MiB each, {vm_pool} kept warm; vm: NO HARDWARE PROTECTION)",
+            f"stockade: VM Keeps boot {vm_image.directory} under {vm_cfg.accel.upper()} ({why}; "
+            f"{vm_memory} MiB each, {vm_pool} kept warm; vm: NO HARDWARE PROTECTION)",
             err=True,
         )
         pool = VmPool(vm_spawner, sdir, vm_pool)

@@ -158,11 +158,18 @@ def qemu_argv(
     return argv
 
 
-def choose_accel(mode: str) -> str:
-    """ "kvm" or "tcg" for ``mode`` ("auto", "kvm", "tcg")."""
+def choose_accel(mode: str, state_dir: Path | None = None) -> tuple[str, str]:
+    """("kvm" or "tcg", why) for ``mode`` ("auto", "kvm", "tcg"). auto
+    boots a test guest under both and takes KVM only where it runs and is
+    not slower than TCG (stockade.host.vmprobe; cached in the state
+    directory per QEMU, kernel and boot)."""
     if mode in ("kvm", "tcg"):
-        return mode
-    return "tcg"
+        return mode, "chosen with --accel"
+    from stockade.host.vmprobe import auto_accel
+
+    cache = state_dir / "accel-probe.json" if state_dir is not None else None
+    accel, probe = auto_accel(cache_file=cache)
+    return accel, probe.reason if probe is not None else "no QEMU found"
 
 
 class VmSpawner:
