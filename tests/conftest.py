@@ -83,3 +83,38 @@ def turin() -> FakeAmdPki:
     from stockade.testing.amd import FakeAmdPki
 
     return FakeAmdPki(Product.TURIN)
+
+
+def vm_missing() -> str | None:
+    """Why VM Keeps cannot boot on this machine (None: they can)."""
+    import shutil
+
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
+    if not list(Path("/boot").glob("vmlinuz-*-cloud-amd64")):
+        return "no Debian cloud kernel (apt-get install linux-image-cloud-amd64)"
+    if not Path("/bin/busybox").is_file():
+        return "busybox not installed (apt-get install busybox-static)"
+    return None
+
+
+def need_vm() -> None:
+    """Skip a VM test where QEMU, the kernel or busybox is missing; in CI
+    (which installs them, .ci/run) fail instead, so they never go untested."""
+    reason = vm_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the VM Keep tests: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def keep_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Keep image of this checkout, built once per session."""
+    need_vm()
+    from stockade.image.build import build
+
+    out = tmp_path_factory.mktemp("keep-image") / "image"
+    build(out)
+    return out
