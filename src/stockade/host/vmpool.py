@@ -134,7 +134,9 @@ def vm_starter(
         if pool is not None and keep_id is not None:
             handle = pool.take(keep_id)
             if handle is not None:
+                log.info("Keep %s: a warm VM Keep from the pool (booted, not yet attested)", keep_id)
                 return handle
+            log.info("Keep %s: no warm VM Keep ready; booting one", keep_id)
         return start_keep("vm", state_dir, keep_id=keep_id, spawner=spawner)
 
     return start
