@@ -11,6 +11,7 @@ import re
 import shutil
 import struct
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -386,8 +387,11 @@ def test_cli_prints_the_rtmrs_and_what_is_not_computable(tmp_path: Path) -> None
     )
     assert result.exit_code == 0, result.output
     rtmrs = tdx.tdx_rtmrs(KERNEL, INITRD, APPEND)
-    assert f"rtmr1 = {rtmrs[1].hex()}" in result.output
-    assert f"rtmr2 = {rtmrs[2].hex()}" in result.output
+    assert f'rtmr1 = ["{rtmrs[1].hex()}"]' in result.output
+    assert f'rtmr2 = ["{rtmrs[2].hex()}"]' in result.output
+    # The text output is a valid fragment of a policy's [tdx] table.
+    snippet = tomllib.loads(result.output)
+    assert snippet == {"rtmr1": [rtmrs[1].hex()], "rtmr2": [rtmrs[2].hex()]}
     for name in ("mrtd", "rtmr0", "rtmr3"):
         assert f"#   {name}: " in result.output
 
@@ -446,3 +450,25 @@ def test_cli_errors(tmp_path: Path) -> None:
     (tmp_path / "cmdline").write_bytes(b"\xff\xfe")
     not_utf8 = CliRunner().invoke(tdx_command, ["--image", str(tmp_path)])
     assert isinstance(not_utf8.exception, ImageError) and "not UTF-8" in str(not_utf8.exception)
+
+
+def test_the_printed_registers_pin_a_policy(tmp_path: Path) -> None:
+    """The command's text output, pasted into a [tdx] table, accepts claims
+    whose RTMR[1]/[2] are the computed ones and refuses an image with one
+    changed initrd byte (the policy's rtmr keys: docs/policy.md)."""
+    from stockade.policy.core import evaluate
+    from stockade.policy.load import loads_policy
+    from stockade.testing.claims import make_claims
+
+    (tmp_path / "vmlinuz").write_bytes(KERNEL)
+    (tmp_path / "initrd.img").write_bytes(INITRD)
+    (tmp_path / "cmdline").write_text(APPEND)
+    printed = CliRunner().invoke(tdx_command, ["--image", str(tmp_path)]).output
+    policy = loads_policy('version = 1\nplatforms = ["tdx"]\n[tdx]\n' + printed, "snippet")
+    good = tdx.tdx_rtmrs(KERNEL, INITRD, APPEND)
+    other = tdx.tdx_rtmrs(KERNEL, INITRD[:-1] + b"\x00", APPEND)
+    accepted = evaluate(make_claims(platform="tdx", registers={"rtmr1": good[1], "rtmr2": good[2]}), policy)
+    assert accepted.accepted, accepted.explain()
+    refused = evaluate(make_claims(platform="tdx", registers={"rtmr1": other[1], "rtmr2": other[2]}), policy)
+    assert not refused.accepted
+    assert [row.rule for row in refused.failures()] == ["tdx.rtmr2"]

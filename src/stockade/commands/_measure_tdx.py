@@ -157,9 +157,11 @@ def tdx(
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"rtmr1 = {doc['rtmr1']}")
-    click.echo(f"rtmr2 = {doc['rtmr2']}")
-    click.echo(f"# kernel {release or '(release unknown)'}; expected values computed offline, not attested")
+    # Lines a [tdx] table of a policy takes as they are (docs/policy.md).
+    click.echo(f"# [tdx] registers of a TD booted by TDVF from this kernel {release or '(release unknown)'},")
+    click.echo("# initrd and command line: expected values computed offline, not attested")
+    click.echo(f'rtmr1 = ["{doc["rtmr1"]}"]')
+    click.echo(f'rtmr2 = ["{doc["rtmr2"]}"]')
     click.echo("# events replayed (RTMR, type, SHA-384 digest, what):")
     for event in doc["events"]:
         click.echo(f"#   RTMR[{event['rtmr']}] {event['event_type']} {event['digest']} {event['what']}")
