@@ -472,3 +472,63 @@ def test_the_printed_registers_pin_a_policy(tmp_path: Path) -> None:
     refused = evaluate(make_claims(platform="tdx", registers={"rtmr1": other[1], "rtmr2": other[2]}), policy)
     assert not refused.accepted
     assert [row.rule for row in refused.failures()] == ["tdx.rtmr2"]
+
+
+def make_ccel(events: list[tuple[int, int, bytes]]) -> bytes:
+    """A CC event log area: the Spec ID Event03 (SHA-384 only), then one
+    TCG_PCR_EVENT2 per (MR index, event type, digest), then 0xFF padding."""
+    spec = (
+        b"Spec ID Event03\x00"
+        + struct.pack("<IBBBBI", 0, 0, 2, 0, 2, 1)
+        + struct.pack("<HH", 0x0C, 48)
+        + b"\x00"
+    )
+    log = struct.pack("<II", 0, tdx.EV_NO_ACTION) + bytes(20) + struct.pack("<I", len(spec)) + spec
+    for mr_index, event_type, digest in events:
+        log += struct.pack("<IIIH", mr_index, event_type, 1, 0x0C) + digest + struct.pack("<I", 4) + b"data"
+    return log + b"\xff" * 64
+
+
+def test_event_log_of_the_expected_boot_matches() -> None:
+    events = tdx.tdx_events(KERNEL, INITRD, APPEND)
+    log = make_ccel(
+        [(1, tdx.EV_EFI_ACTION, tdx.sha384(b"rtmr0 stuff"))]
+        + [(e.rtmr + 1, e.event_type, e.digest) for e in events]
+    )
+    comparison = tdx.compare_event_log(events, log)
+    assert comparison.missing == [] and comparison.unexpected == []
+    rtmrs = tdx.tdx_rtmrs(KERNEL, INITRD, APPEND)
+    assert comparison.replayed[1] == rtmrs[1] and comparison.replayed[2] == rtmrs[2]
+    assert comparison.replayed[0] == tdx.replay([tdx.sha384(b"rtmr0 stuff")])
+
+
+def test_event_log_comparison_names_what_differs(tmp_path: Path) -> None:
+    events = tdx.tdx_events(KERNEL, INITRD, APPEND)
+    option_rom = (2, 0x80000004, tdx.sha384(b"an option ROM driver"))  # EV_EFI_BOOT_SERVICES_DRIVER, PCR 2
+    other_initrd = (3, tdx.EV_EVENT_TAG, tdx.sha384(b"another initrd"))
+    log = make_ccel(
+        [option_rom] + [(e.rtmr + 1, e.event_type, e.digest) for e in events[:-1]] + [other_initrd]
+    )
+    comparison = tdx.compare_event_log(events, log)
+    assert [e.description for e in comparison.missing] == ["Linux initrd"]
+    assert [(e.mr_index, e.digest) for e in comparison.unexpected] == [
+        (2, option_rom[2]),
+        (3, other_initrd[2]),
+    ]
+
+    (tmp_path / "vmlinuz").write_bytes(KERNEL)
+    (tmp_path / "initrd.img").write_bytes(INITRD)
+    (tmp_path / "cmdline").write_text(APPEND)
+    (tmp_path / "ccel").write_bytes(log)
+    args = ["--image", str(tmp_path), "--event-log", str(tmp_path / "ccel")]
+    text = CliRunner().invoke(tdx_command, args).output
+    assert "rtmr1" in text and text.count("DIFFERS from the expected value") == 2
+    assert "expected, not in the log: RTMR[2]" in text and "Linux initrd" in text
+    assert f"in the log, not expected: RTMR[1] 0x80000004 {option_rom[2].hex()}" in text
+    doc = json.loads(CliRunner().invoke(tdx_command, [*args, "--json"]).output)["event_log"]
+    assert doc["rtmr1_matches"] is False and doc["rtmr2_matches"] is False
+    assert [e["what"] for e in doc["missing"]] == ["Linux initrd"]
+    assert len(doc["unexpected"]) == 2
+    (tmp_path / "ccel").write_bytes(log[:10])
+    bad = CliRunner().invoke(tdx_command, args)
+    assert isinstance(bad.exception, MalformedEvidence) and bad.exception.exit_code == 111

@@ -80,6 +80,12 @@ def _inputs(
     help="Whether the kernel's EFI stub extends RTMR[2] with the command line and initrd "
     "(Linux >= 6.9 does). Default: read from the kernel's release; refused if older or unreadable.",
 )
+@click.option(
+    "--event-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also compare a real boot's CC event log (the TD's /sys/firmware/acpi/tables/data/CCEL) with the "
+    "expected events: the RTMRs it replays to, expected events it lacks, events it has that were not expected.",
+)
 @json_option("Print JSON.")
 def tdx(
     kernel: Path | None,
@@ -89,6 +95,7 @@ def tdx(
     old_edk2: bool,
     memory_mib: int | None,
     kernel_measures: bool | None,
+    event_log: Path | None,
     as_json: bool,
 ) -> None:
     """Print the expected TDX RTMR[1] and RTMR[2] of a TD booted by TDVF.
@@ -116,7 +123,8 @@ def tdx(
     release = measure.setup_header(kernel_bytes).release
     assumptions = [
         "TDVF is edk2's OVMF TDX build (IntelTdxX64, or OvmfPkgX64 with CC measurement) booting QEMU's "
-        "-kernel directly, with no PCI option ROMs and no other EFI application before the kernel",
+        "-kernel directly, with no PCI option ROMs, no other EFI application before the kernel and no vTPM "
+        "(with a TCG2 protocol the EFI stub measures into it instead of RTMR[2])",
         "LoadOptions: "
         + (
             "'<cmdline> initrd=initrd' (edk2 before edk2-stable202508)"
@@ -154,6 +162,25 @@ def tdx(
         "assumptions": assumptions,
         "not_computable": dict(measure.NOT_COMPUTABLE),
     }
+    comparison = None
+    if event_log is not None:
+        comparison = measure.compare_event_log(events, _read(event_log, "event log"))
+        doc["event_log"] = {
+            **{f"rtmr{i}": v.hex() for i, v in comparison.replayed.items()},
+            "rtmr1_matches": comparison.replayed[1] == rtmrs[1],
+            "rtmr2_matches": comparison.replayed[2] == rtmrs[2],
+            "missing": [
+                {"rtmr": e.rtmr, "digest": e.digest.hex(), "what": e.description} for e in comparison.missing
+            ],
+            "unexpected": [
+                {
+                    "rtmr": e.mr_index - 1,
+                    "event_type": _EVENT_NAMES.get(e.event_type, hex(e.event_type)),
+                    "digest": e.digest.hex(),
+                }
+                for e in comparison.unexpected
+            ],
+        }
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
@@ -171,3 +198,18 @@ def tdx(
     click.echo("# not computable here:")
     for name, why in measure.NOT_COMPUTABLE.items():
         click.echo(f"#   {name}: {why}")
+    if comparison is not None:
+        log = doc["event_log"]
+        click.echo(f"# event log {event_log}: replays to")
+        for i in range(4):
+            same = {1: log["rtmr1_matches"], 2: log["rtmr2_matches"]}.get(i)
+            note = "" if same is None else " (as expected)" if same else " (DIFFERS from the expected value)"
+            click.echo(f"#   rtmr{i} {log[f'rtmr{i}']}{note}")
+        for event in log["missing"]:
+            click.echo(
+                f"#   expected, not in the log: RTMR[{event['rtmr']}] {event['digest']} {event['what']}"
+            )
+        for event in log["unexpected"]:
+            click.echo(
+                f"#   in the log, not expected: RTMR[{event['rtmr']}] {event['event_type']} {event['digest']}"
+            )

@@ -57,10 +57,13 @@ changing the RTMRs is the subject of ADR 0017.
 What the kernel bytes are: QEMU x86_load_linux (hw/i386/x86-common.c)
 patches the bzImage setup header (loader type, heap end, command line and
 initrd address) in the copy it gives the firmware, except for confidential
-guests from QEMU 10.2 (commit "i386/x86-common: ... check machine->cgs",
-Xiaoyao Li, applied for 10.2); QEMU 10.0 also passes the unpatched kernel as
-fw_cfg file "etc/boot/kernel", which QemuKernelLoaderFsDxe prefers from
-edk2-stable202502 (commit 20df7c42bd, "named blobs"). So the measured kernel
+guests from QEMU 10.2 (Xiaoyao Li's patch testing ``machine->cgs`` instead
+of ``sev_enabled()``, lore 20250814092111.2353598-1-xiaoyao.li@intel.com,
+"Applied for 10.2"); the series that added ``-shim`` (QEMU 10.0, as edk2's
+X86QemuLoadImageLib message says) also passes the unpatched kernel as fw_cfg
+file "etc/boot/kernel" (lore 20240905141211.1253307-5-kraxel@redhat.com),
+which QemuKernelLoaderFsDxe loads first from edk2-stable202502 (commit
+20df7c42bd, "named blobs"). So the measured kernel
 is the file as given with QEMU >= 10.2, or QEMU >= 10.0 and a TDVF from
 edk2-stable202502 on; with older pairs pass :class:`QemuHeaderPatch` (the
 patch depends on the guest memory size: Phala's dstack-mr
@@ -401,6 +404,7 @@ class TdvfEvents:
     (earlier releases). The boot-service action events of RTMR[1] are the same
     in every TdTcg2Dxe release; PCI option ROMs (EV_EFI_BOOT_SERVICES_DRIVER,
     PCR 2) would add events to RTMR[1]: the QEMU configuration must load none.
+    No vTPM: with a TCG2 protocol the EFI stub measures into it, not RTMR[2].
     """
 
     initrd_option: Literal["prefix", "suffix"] = "prefix"
@@ -622,3 +626,31 @@ def replay_cc_event_log(log: bytes | Sequence[LoggedEvent]) -> dict[int, bytes]:
         rtmr: replay(e.digest for e in events if e.mr_index == rtmr + 1 and e.event_type != EV_NO_ACTION)
         for rtmr in range(4)
     }
+
+
+@dataclass(frozen=True)
+class LogComparison:
+    """A real boot's CC event log against the expected events: the RTMRs the
+    log replays to, the expected RTMR[1]/[2] events the log lacks, and the
+    RTMR[1]/[2] events of the log that were not expected (matched by register
+    and digest)."""
+
+    replayed: dict[int, bytes]
+    missing: list[Event]
+    unexpected: list[LoggedEvent]
+
+
+def compare_event_log(expected: Sequence[Event], log: bytes) -> LogComparison:
+    """Compare the events of ``log`` (a CCEL) in RTMR[1] and RTMR[2] with
+    ``expected`` (:func:`tdx_events`); shows which assumption a boot broke
+    when its RTMRs differ from the computed ones."""
+    logged = parse_cc_event_log(log)
+    unmatched = [e for e in logged if e.mr_index in (2, 3) and e.event_type != EV_NO_ACTION]
+    missing = []
+    for event in expected:
+        match = next((e for e in unmatched if e.mr_index == event.rtmr + 1 and e.digest == event.digest), None)
+        if match is None:
+            missing.append(event)
+        else:
+            unmatched.remove(match)
+    return LogComparison(replay_cc_event_log(logged), missing, unmatched)
