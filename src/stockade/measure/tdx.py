@@ -29,6 +29,11 @@ OvmfPkg/IntelTdx/TdxMeasurementLib/TdxMeasurementCommon.c
 4. ``EV_EFI_ACTION`` "Exit Boot Services Invocation" and
 5. "Exit Boot Services Returned with Success", PCR 5: TdTcg2Dxe.c
    ``OnExitBootServices``, when the kernel's EFI stub exits boot services.
+   (If the stub's first ExitBootServices call fails because the memory map
+   changed, DxeMain signals the failure group and TdTcg2Dxe
+   ``OnExitBootServicesFailed`` logs "Exit Boot Services Returned with
+   Failure" first; the stub retries. That boot's RTMR[1] differs: a rare,
+   non-deterministic event no offline value covers.)
 
 RTMR[2] (CC MR index 3; PCRs 8-15), extended by the Linux EFI stub through
 the EFI_CC_MEASUREMENT_PROTOCOL (Linux 6.9 and later: mainline commit
