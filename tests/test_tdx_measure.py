@@ -532,3 +532,53 @@ def test_event_log_comparison_names_what_differs(tmp_path: Path) -> None:
     (tmp_path / "ccel").write_bytes(log[:10])
     bad = CliRunner().invoke(tdx_command, args)
     assert isinstance(bad.exception, MalformedEvidence) and bad.exception.exit_code == 111
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "message"),
+    [
+        (0x84 + 16, struct.pack("<H", 0xFFFF), "optional header (65535 bytes at 0x98) is truncated"),
+        (0x84 + 16, struct.pack("<H", 50), "has no data directories"),
+    ],
+)
+def test_malformed_optional_header_is_an_image_error(offset: int, value: bytes, message: str) -> None:
+    kernel = bytearray(KERNEL)
+    kernel[offset : offset + len(value)] = value
+    with pytest.raises(ImageError, match=re.escape(message)):
+        tdx.authenticode_digest(bytes(kernel))
+
+
+def test_qemu_header_patch_refusals() -> None:
+    with pytest.raises(ImageError, match="not above the ACPI data size"):
+        tdx.QemuHeaderPatch(memory=0x1000).apply(KERNEL, 0, b"")
+    ancient = make_kernel(protocol=0x1FF)
+    assert tdx.setup_header(ancient).release is None
+    with pytest.raises(ImageError, match=r"older than 2\.00 cannot take an initrd"):
+        tdx.QemuHeaderPatch(memory=1 << 30).apply(ancient, 4096, b"")
+    with pytest.raises(ImageError, match="out of range"):
+        tdx.QemuHeaderPatch(memory=1 << 30).apply(KERNEL, 0, b"vga=0x1ffffffff")
+
+
+def _spec_id(algorithms: list[tuple[int, int]], count: int | None = None) -> bytes:
+    n = len(algorithms) if count is None else count
+    spec = b"Spec ID Event03\x00" + struct.pack("<IBBBBI", 0, 0, 2, 0, 2, n)
+    spec += b"".join(struct.pack("<HH", a, s) for a, s in algorithms) + b"\x00"
+    return struct.pack("<II", 0, tdx.EV_NO_ACTION) + bytes(20) + struct.pack("<I", len(spec)) + spec
+
+
+@pytest.mark.parametrize(
+    ("log", "message"),
+    [
+        (_spec_id([(0x0C, 48)], count=10), "lists more algorithms than it holds"),
+        (_spec_id([(0x0B, 32)]), "SHA-384 is not among"),
+        (
+            _spec_id([(0x0C, 48)]) + struct.pack("<IIIH", 2, 7, 1, 0x0B) + bytes(32),
+            "0xb at 0x4d is not declared",
+        ),
+        (_spec_id([(0x0C, 48)]) + struct.pack("<IIII", 2, 7, 0, 0), "has no SHA-384 digest"),
+        (_spec_id([(0x0C, 48)]) + struct.pack("<IIIH", 7, 7, 1, 0x0C) + bytes(48) + bytes(4), "MR index 7"),
+    ],
+)
+def test_event_log_refusals(log: bytes, message: str) -> None:
+    with pytest.raises(MalformedEvidence, match=message):
+        tdx.parse_cc_event_log(log)
