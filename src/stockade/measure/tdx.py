@@ -653,7 +653,9 @@ def compare_event_log(expected: Sequence[Event], log: bytes) -> LogComparison:
     unmatched = [e for e in logged if e.mr_index in (2, 3) and e.event_type != EV_NO_ACTION]
     missing = []
     for event in expected:
-        match = next((e for e in unmatched if e.mr_index == event.rtmr + 1 and e.digest == event.digest), None)
+        match = next(
+            (e for e in unmatched if e.mr_index == event.rtmr + 1 and e.digest == event.digest), None
+        )
         if match is None:
             missing.append(event)
         else:
