@@ -582,3 +582,13 @@ def _spec_id(algorithms: list[tuple[int, int]], count: int | None = None) -> byt
 def test_event_log_refusals(log: bytes, message: str) -> None:
     with pytest.raises(MalformedEvidence, match=message):
         tdx.parse_cc_event_log(log)
+
+
+def test_cli_does_not_offer_an_all_zero_rtmr2_as_a_policy_line(tmp_path: Path) -> None:
+    (tmp_path / "k").write_bytes(make_kernel("6.1.0-57-cloud-amd64"))
+    refused = CliRunner().invoke(tdx_command, ["--kernel", str(tmp_path / "k")])
+    assert isinstance(refused.exception, ImageError) and "only from Linux 6.9" in str(refused.exception)
+    forced = CliRunner().invoke(tdx_command, ["--kernel", str(tmp_path / "k"), "--kernel-does-not-measure"])
+    assert forced.exit_code == 0, forced.output
+    assert tomllib.loads(forced.output).keys() == {"rtmr1"}
+    assert f'# rtmr2 = ["{tdx.ZERO.hex()}"]  NOT a policy line' in forced.output

@@ -188,7 +188,13 @@ def tdx(
     click.echo(f"# [tdx] registers of a TD booted by TDVF from this kernel {release or '(release unknown)'},")
     click.echo("# initrd and command line: expected values computed offline, not attested")
     click.echo(f'rtmr1 = ["{doc["rtmr1"]}"]')
-    click.echo(f'rtmr2 = ["{doc["rtmr2"]}"]')
+    if kernel_measures is False:
+        # All zero: pinning it would accept any command line and initrd.
+        click.echo(
+            f'# rtmr2 = ["{doc["rtmr2"]}"]  NOT a policy line: this kernel does not measure into RTMR[2]'
+        )
+    else:
+        click.echo(f'rtmr2 = ["{doc["rtmr2"]}"]')
     click.echo("# events replayed (RTMR, type, SHA-384 digest, what):")
     for event in doc["events"]:
         click.echo(f"#   RTMR[{event['rtmr']}] {event['event_type']} {event['digest']} {event['what']}")

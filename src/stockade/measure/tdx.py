@@ -56,8 +56,9 @@ provide, and RTMR[2] stays zero):
 
 The digest of each event is SHA-384 of the bytes named; the event data
 logged beside it (the tagged-event structure, the action string) is not
-hashed. Which of these an attacker-controlled host could change without
-changing the RTMRs is the subject of ADR 0017.
+hashed. RTMRs are extended by the TD's own firmware and kernel: they mean
+something only if MRTD pins that firmware (a TDVF of the host's choosing
+could extend these very digests and boot something else), see ADR 0017.
 
 What the kernel bytes are: QEMU x86_load_linux (hw/i386/x86-common.c)
 patches the bzImage setup header (loader type, heap end, command line and
