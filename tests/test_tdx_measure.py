@@ -592,3 +592,24 @@ def test_cli_does_not_offer_an_all_zero_rtmr2_as_a_policy_line(tmp_path: Path) -
     assert forced.exit_code == 0, forced.output
     assert tomllib.loads(forced.output).keys() == {"rtmr1"}
     assert f'# rtmr2 = ["{tdx.ZERO.hex()}"]  NOT a policy line' in forced.output
+
+
+def test_rtmrs_replayed_from_a_published_log_pin_its_verified_quote() -> None:
+    """Replay -> policy -> verifier: RTMRs replayed from the GCP TD's event log,
+    pinned in a [tdx] table, accept the claims the DCAP verifier produces from
+    that boot's real quote, and a pin differing in RTMR[2] refuses them."""
+    from intel_support import sample
+    from stockade.evidence.intel.verify import verify_quote
+    from stockade.policy import evaluate, loads_policy
+
+    gcp = sample("v4-gcp-cos-go-tdx-guest")
+    verified = verify_quote(gcp.quote, gcp.collateral, gcp.verify_at, check_revocation=gcp.has_crls)
+    replayed = tdx.replay_cc_event_log(CCEL)
+    claims = verified.claims
+    head = f'version = 1\nplatforms = ["tdx"]\n[tdx]\ntcb_status = ["{claims.tcb_status}"]\n'
+    pins = "".join(f'rtmr{i} = ["{replayed[i].hex()}"]\n' for i in range(3))
+    accepted = evaluate(claims, loads_policy(head + pins), gcp.verify_at)
+    assert accepted.accepted, accepted.explain()
+    wrong = pins.replace(replayed[2].hex(), tdx.extend(replayed[2], tdx.sha384(b"another initrd")).hex())
+    refused = evaluate(claims, loads_policy(head + wrong), gcp.verify_at)
+    assert [row.rule for row in refused.failures()] == ["tdx.rtmr2"]
