@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from stockade.commands._measure_tdx import tdx
 from stockade.commands._output import json_option
 from stockade.commands.image_measure import measure
 
@@ -98,4 +99,5 @@ def show(directory: Path, as_json: bool) -> None:
     )
 
 
+measure.add_command(tdx)
 image.add_command(measure)
