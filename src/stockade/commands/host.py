@@ -228,9 +228,15 @@ def _parse_listen(text: str) -> tuple[str, int]:
     "--backend",
     "backends",
     multiple=True,
-    type=click.Choice(["sim", "sim-snp", "sim-tdx", "vm"]),
+    type=click.Choice(["sim", "sim-snp", "sim-tdx", "vm", "snp", "tdx"]),
     help="Backends to run (repeat; default: sim, sim-snp, sim-tdx). vm: QEMU VMs booting the Keep "
-    "image, signed by the sim PSP (NO hardware protection).",
+    "image, signed by the sim PSP (NO hardware protection); snp, tdx: the Keep image as an SEV-SNP "
+    "guest or a TD (needs the hardware, QEMU >= 9.1 / 10.1 and --firmware; docs/vm-hardware.md).",
+)
+@click.option(
+    "--firmware",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="For snp: an AmdSev OVMF build (with kernel hashes); for tdx: TDVF. Part of the measurement.",
 )
 @click.option(
     "--image",
@@ -276,6 +282,7 @@ def serve(
     vm_pool: int,
     vm_memory: int,
     accel: str,
+    firmware: Path | None,
 ) -> ExitStatus:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
@@ -303,6 +310,11 @@ def serve(
     from stockade.host.tokens import load_tokens
 
     host_name, port = _parse_listen(listen)
+    hardware = [b for b in backends if b in ("snp", "tdx")]
+    if hardware and firmware is None:
+        raise UsageError(f"--backend {hardware[0]} needs --firmware (docs/vm-hardware.md)")
+    if hardware and len(hardware) > 1:
+        raise UsageError("one manager runs snp or tdx, not both (their firmware differs)")
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if tls_cert is not None and tls_key is not None:
@@ -341,23 +353,32 @@ def serve(
     starter = fork_starter(spawner) if spawner else start_keep
     backends = tuple(dict.fromkeys(backends)) or ("sim", "sim-snp", "sim-tdx")
     pool = None
-    if "vm" in backends:
+    if "vm" in backends or hardware:
         from stockade.commands._vm import ensure_image
         from stockade.host.vm import VmConfig, VmSpawner, choose_accel
         from stockade.host.vmpool import VmPool, vm_starter
         from stockade.image.manifest import load
 
         vm_image = load(ensure_image(image, sdir, quiet=False))
-        vm_accel, why = choose_accel(accel, sdir)
-        vm_cfg = VmConfig(vm_image, accel=vm_accel, memory_mib=vm_memory)
-        vm_spawner = VmSpawner(vm_cfg)
-        click.echo(
-            f"stockade: VM Keeps boot {vm_image.directory} under {vm_cfg.accel.upper()} ({why}; "
-            f"{vm_memory} MiB each, {vm_pool} kept warm; vm: NO HARDWARE PROTECTION)",
-            err=True,
+        vm_accel, why = (
+            choose_accel(accel, sdir) if "vm" in backends else ("kvm", "confidential guests need KVM")
         )
-        pool = VmPool(vm_spawner, sdir, vm_pool)
-        pool.fill()
+        vm_cfg = VmConfig(vm_image, accel=vm_accel, memory_mib=vm_memory, firmware=firmware)
+        vm_spawner = VmSpawner(vm_cfg)
+        if "vm" in backends:
+            click.echo(
+                f"stockade: VM Keeps boot {vm_image.directory} under {vm_cfg.accel.upper()} ({why}; "
+                f"{vm_memory} MiB each, {vm_pool} kept warm; vm: NO HARDWARE PROTECTION)",
+                err=True,
+            )
+            pool = VmPool(vm_spawner, sdir, vm_pool)
+            pool.fill()
+        for name in hardware:
+            click.echo(
+                f"stockade: {name} Keeps boot {vm_image.directory} with firmware {firmware} "
+                "(never tested on real hardware here: docs/vm-hardware.md)",
+                err=True,
+            )
         starter = vm_starter(vm_spawner, pool, fallback=starter)
     app = create_app(
         sdir,

@@ -135,11 +135,13 @@ def _token(token_file: Path | None) -> str:
 @workload_options
 @click.option(
     "--backend",
-    type=click.Choice(["sim", "sim-snp", "sim-tdx", "vm"]),
+    type=click.Choice(["sim", "sim-snp", "sim-tdx", "vm", "snp", "tdx"]),
     default="sim",
     show_default=True,
     help="Keep backend on the host: sim (alias sim-snp, simulated SEV-SNP), sim-tdx (simulated "
-    "TDX) or vm (a VM booting the Keep image, sim signing); all give NO hardware protection.",
+    "TDX) or vm (a VM booting the Keep image, sim signing) give NO hardware protection; snp and tdx "
+    "are confidential VMs on real hardware and need --policy pinning the image's measurement "
+    "(docs/vm-hardware.md).",
 )
 @click.option(
     "--image",
@@ -226,7 +228,7 @@ def _client_sim_root(
     from stockade.errors import VerificationFailed
     from stockade.policy import load_policy
 
-    platform = SIM_BACKEND_PLATFORM[opts.backend]
+    platform = SIM_BACKEND_PLATFORM.get(opts.backend, opts.backend)
     policy = load_policy(opts.policy) if opts.policy is not None else None
     pins = policy.sim_roots if policy is not None else ()
     allows_sim = opts.allow_sim or (policy is not None and platform in policy.platforms)
@@ -265,7 +267,20 @@ def _deploy(
 
     # The pin: this installation's Keep runtime, hashed while we talk to the
     # host; for a VM Keep, the launch digest of the Keep image built here.
-    if opts.backend == "vm":
+    if opts.backend in ("snp", "tdx"):
+        # The firmware's measurement depends on the host's firmware and vCPUs:
+        # only a policy written for them pins it (stockade policy reference
+        # --image DIR --platform snp ..., stockade image measure tdx).
+        if opts.policy is None:
+            raise UsageError(
+                f"--backend {opts.backend} needs --policy pinning the Keep image's launch measurement "
+                "(docs/vm-hardware.md)"
+            )
+
+        def keep_measurement() -> bytes:
+            return bytes(48)  # unused: the policy's measurements decide
+
+    elif opts.backend == "vm":
         from stockade.commands._vm import expected_vm_measurement
 
         vm_digest = expected_vm_measurement(opts)

@@ -47,7 +47,11 @@ from stockade.measure.launch import keep_measurement
 #: sim: NO HARDWARE PROTECTION.
 #: "vm": a QEMU VM booting the Keep image, its reports signed by the sim
 #: PSP too (stockade.host.vm; started with a VmSpawner).
-BACKENDS = ("sim", "sim-snp", "sim-tdx", "vm")
+#: "snp" and "tdx": a confidential VM on real hardware (stockade.host.vm;
+#: no sim signer: the guest asks its own firmware). Never run here.
+BACKENDS = ("sim", "sim-snp", "sim-tdx", "vm", "snp", "tdx")
+#: Backends with no host-side signer.
+HARDWARE_BACKENDS = ("snp", "tdx")
 #: Keep backend -> flavour of its host-side sim signer
 #: (stockade.evidence.sim.psp --flavour).
 SIM_FLAVOUR = {"sim": "snp", "sim-snp": "snp", "sim-tdx": "tdx", "vm": "snp"}
@@ -301,7 +305,7 @@ def start_keep(
         raise ValueError(f"Keep id must be 1 to 64 ASCII letters or digits, got {keep_id!r}")
     spawner = spawner or PopenSpawner()
     owned_scratch = None
-    if scratch is None and backend != "vm":  # a VM Keep's disk is in its own RAM
+    if scratch is None and backend not in ("vm", *HARDWARE_BACKENDS):  # a VM Keep's disk is in its own RAM
         # Per-Keep scratch directory, preferably in memory (/dev/shm): the
         # mount point of the Keep's private tmpfs (the workload's files and
         # secrets live there, unseen by the host) and the host's staged
@@ -315,7 +319,12 @@ def start_keep(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"keep-{keep_id}.log"
     measuring: Future[bytes] | None = None
-    if psp is not None:
+    hardware = backend in HARDWARE_BACKENDS
+    if hardware:
+        # The launch measurement is the firmware's to compute and sign; the
+        # client checks it against its own policy (stockade image measure).
+        measurement = b""
+    elif psp is not None:
         # Hash the Keep's files (tens of MB on a cold start, ADR 0013) while
         # its interpreter starts: the in-process PSP waits for the digest
         # before it answers the Keep's first report request.
@@ -330,18 +339,22 @@ def start_keep(
     to_close = [keep_end]
     try:
         with open(log_path, "ab") as log:
-            if psp is not None and measuring is not None:
+            psp_fd = -1
+            if hardware:
+                pass
+            elif psp is not None and measuring is not None:
                 psp_keep_end = psp(measuring.result)
+                to_close.append(psp_keep_end)
+                psp_fd = psp_keep_end.fileno()
             else:
                 psp_host_end, psp_keep_end = socket.socketpair()
                 to_close.append(psp_host_end)
                 psp_proc = spawner.psp(
                     state_dir, log.fileno(), psp_host_end.fileno(), measurement, SIM_FLAVOUR[backend]
                 )
-            to_close.append(psp_keep_end)
-            keep = spawner.keep(
-                keep_id, backend, log.fileno(), keep_end.fileno(), psp_keep_end.fileno(), scratch
-            )
+                to_close.append(psp_keep_end)
+                psp_fd = psp_keep_end.fileno()
+            keep = spawner.keep(keep_id, backend, log.fileno(), keep_end.fileno(), psp_fd, scratch)
         if measuring is not None:
             measurement = measuring.result()
     except BaseException:

@@ -103,7 +103,8 @@ def qemu_argv(
         "-nic", "none",
         "-chardev", f"file,id=console,path={console},append=on",
         "-serial", "chardev:console",
-        "-device", "virtio-serial-pci,id=vs0,max_ports=4",
+        # romfile= (none): no PCI option ROM, which TDVF/OVMF would measure.
+        "-device", "virtio-serial-pci,id=vs0,max_ports=4,romfile=",
         "-chardev", f"socket,id=conn,fd={conn_fd}",
         "-device", f"virtserialport,bus=vs0.0,nr=1,chardev=conn,name={CONN_PORT}",
     ]  # fmt: skip
@@ -193,12 +194,14 @@ class VmSpawner:
     def keep(
         self, keep_id: str, backend: str, log_fd: int, conn_fd: int, psp_fd: int, scratch: Path | None
     ) -> KeepProcess:
+        if backend not in VM_BACKENDS:
+            raise ValueError(f"not a VM backend: {backend!r}")
         argv = qemu_argv(self.cfg, backend, conn_fd, psp_fd if backend == "vm" else None)
         if self.die_with_parent:
             argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
         proc = subprocess.Popen(
             argv,
-            pass_fds=(conn_fd, psp_fd),
+            pass_fds=tuple(fd for fd in (conn_fd, psp_fd) if fd >= 0),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log_fd,

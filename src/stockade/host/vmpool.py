@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stockade.host.loader import KeepHandle, start_keep
-from stockade.host.vm import VmSpawner
+from stockade.host.vm import VM_BACKENDS, VmSpawner
 
 log = logging.getLogger("stockade.host.vmpool")
 
@@ -129,8 +129,10 @@ def vm_starter(
     it is empty), other backends from ``fallback``."""
 
     def start(backend: str, state_dir: Path, keep_id: str | None = None, **kwargs: object) -> KeepHandle:
-        if backend != "vm":
+        if backend not in VM_BACKENDS:
             return fallback(backend, state_dir, keep_id=keep_id, **kwargs)
+        if backend != "vm":  # snp, tdx: booted per deploy, never pooled
+            return start_keep(backend, state_dir, keep_id=keep_id, spawner=spawner)
         if pool is not None and keep_id is not None:
             handle = pool.take(keep_id)
             if handle is not None:

@@ -417,6 +417,8 @@ export PATH=/bin
 fail() {{ echo "stockade init: $1" >&2; poweroff -f; }}
 /bin/busybox --install -s /bin || fail "busybox --install failed"
 mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev || fail "mounts failed"
+# configfs-tsm reports live in configfs (SEV-SNP and TDX guests, Linux >= 6.7)
+[ -d /sys/kernel/config ] && mount -t configfs configfs /sys/kernel/config
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run && mkdir -p {GUEST_SCRATCH} || fail "no /run"
 {loads}
 {py} -I -B -m stockade.keep --backend vm --scratch {GUEST_SCRATCH}

@@ -314,7 +314,8 @@ class Supervisor:
             raise LoaderFailed("the keep loader failed") from None
         live = LiveKeep(handle, owner.token_id)
         self.live[keep_id] = live
-        self.measurements[keep_id] = handle.measurement
+        if len(handle.measurement) == 48:  # hardware backends: the firmware's to report
+            self.measurements[keep_id] = handle.measurement
         self.log_paths[keep_id] = handle.log_path
         await self._db(self.registry.transition, keep_id, "running", pid=handle.keep.pid)
         # Registry paths may not exist until the loader made them.
