@@ -236,3 +236,37 @@ def test_sigkill_of_a_managed_vm_is_keep_died_and_a_failed_record(
         assert rec["state"] == "failed"
         assert rec["exit_status"] == -signal.SIGKILL
         assert "SIGKILL" in rec["detail"]
+
+
+def test_a_policy_pinning_another_image_refuses_the_keep(stockade, keep_image: Path, tmp_path: Path) -> None:
+    """The client sees the measurement of what QEMU booted: a policy written
+    for an image whose command line differs by one byte refuses this one."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(keep_image, other)
+    cmdline = (other / "cmdline").read_text().replace("loglevel=4", "loglevel=5")
+    import json
+
+    doc = json.loads((other / "manifest.json").read_text())
+    doc["cmdline"] = cmdline
+    (other / "manifest.json").write_text(json.dumps(doc))
+    (other / "cmdline").write_text(cmdline)
+    policy = tmp_path / "policy.toml"
+    proc = stockade("policy", "reference", "--platform", "vm", "--image", str(other), "-o", str(policy))
+    assert proc.returncode == 0, proc.stderr
+    mine = stockade("policy", "reference", "--platform", "vm", "--image", str(keep_image), "--json")
+    assert json.loads(mine.stdout)["measurement"] not in policy.read_text()
+    proc = stockade(
+        "run",
+        "--backend",
+        "vm",
+        "--image",
+        str(keep_image),
+        "--policy",
+        str(policy),
+        "--allow-sim",
+        str(HELLO),
+    )
+    assert proc.returncode == 112, proc.stderr.decode()
+    assert b"sim.measurements" in proc.stderr and proc.stdout == b""

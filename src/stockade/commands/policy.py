@@ -249,8 +249,9 @@ def _check(
 @click.option("--files", is_flag=True, help="List every measured file: SHA-256, kind, name, path.")
 @click.option(
     "--platform",
-    type=click.Choice(["sim", "snp"]),
-    help="sim (default): this installation's Keep runtime. snp: an SNP Keep image, with --image and --ovmf.",
+    type=click.Choice(["sim", "vm", "snp"]),
+    help="sim (default): this installation's Keep runtime. vm: a Keep image booted by the vm backend "
+    "(sim signing), with --image. snp: an SNP Keep image, with --image and --ovmf.",
 )
 @functools.partial(snp_options, required=False)
 @click.option(
@@ -283,7 +284,20 @@ def reference(
     SEV-SNP launch digest of that image booted with that OVMF
     (stockade.measure.snp, ADR 0016), as a policy with [snp] measurements.
     For TDX/SGX, see docs/policy.md.
+
+    --platform vm --image DIR: the launch measurement the sim PSP signs for
+    that image on the vm backend (stockade.measure.vm), as [sim]
+    measurements (vm evidence is sim evidence: NO hardware protection).
     """
+    if platform == "vm":
+        _vm_reference(
+            as_json,
+            output,
+            image,
+            files,
+            ovmf or ovmf_hash or kernel or initrd or append or vcpus or vcpu_type,
+        )
+        return
     snp_given = [
         name
         for name, value in (
@@ -417,6 +431,43 @@ def snp_policy_toml(doc: dict[str, Any], image: Path | None) -> str:
         f'measurements = ["{doc["measurement"]}"]',
     ]
     return "\n".join(lines) + "\n"
+
+
+def _vm_reference(as_json: bool, output: str | None, image: Path | None, files: bool, other: object) -> None:
+    from stockade.image.manifest import load
+    from stockade.measure.vm import sim_vm_digest
+
+    if image is None:
+        raise UsageError("--platform vm needs --image DIR (a Keep image: stockade image build)")
+    if files or other:
+        raise UsageError("--platform vm takes --image (and --output, --json) only")
+    img = load(image)
+    measurement = sim_vm_digest(img.kernel, img.initrd, img.cmdline).hex()
+    toml_text = "\n".join(
+        [
+            f"# Keep image {image} (kernel {img.manifest.kernel.sha256[:16]}..., initrd "
+            f"{img.manifest.initrd.sha256[:16]}...) on the vm backend:",
+            "# sim signing, NO hardware protection. For snp and tdx see docs/vm-hardware.md.",
+            "version = 1",
+            'platforms = ["sim"]',
+            "",
+            "[sim]",
+            f'measurements = ["{measurement}"]',
+            "",
+        ]
+    )
+    if output is not None:
+        _write(output, toml_text.encode())
+    if as_json:
+        doc = {
+            "platform": "vm",
+            "hardware_protection": False,
+            "measurement": measurement,
+            "policy": toml_text,
+        }
+        click.echo(json.dumps(doc, indent=2))
+    elif output is None:
+        click.echo(toml_text, nl=False)
 
 
 def _snp_reference(as_json: bool, output: str | None, doc: dict[str, Any], image: Path | None) -> None:
