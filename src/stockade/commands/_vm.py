@@ -22,20 +22,29 @@ def ensure_image(directory: Path | None, state_dir: Path, quiet: bool) -> Path:
     from stockade.image import manifest
     from stockade.image.build import build, runtime_fingerprint
 
+    import fcntl
+
     if directory is not None:
         return directory
     directory = default_image_dir(state_dir)
     current = runtime_fingerprint()
-    try:
-        image = manifest.load(directory, check=False)
-        if image.manifest.components.get("runtime") == current:
-            return directory
-        reason = "the Keep runtime changed since it was built"
-    except ImageError:
-        reason = "first use"
-    if not quiet:
-        click.echo(f"stockade: building the Keep image in {directory} ({reason}; a few seconds)", err=True)
-    build(directory)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # One builder at a time: a second `stockade run` waits, then finds the
+    # image current (the build replaces the files one by one).
+    with open(state_dir / "image.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            image = manifest.load(directory, check=False)
+            if image.manifest.components.get("runtime") == current:
+                return directory
+            reason = "the Keep runtime changed since it was built"
+        except ImageError:
+            reason = "first use"
+        if not quiet:
+            click.echo(
+                f"stockade: building the Keep image in {directory} ({reason}; a few seconds)", err=True
+            )
+        build(directory)
     return directory
 
 

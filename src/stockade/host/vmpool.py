@@ -1,11 +1,13 @@
-"""A warm pool of VM Keeps: booted before a client asks, not yet attested.
+"""A warm pool of VM Keeps: started before a client asks, not yet attested.
 
 Under TCG a VM Keep takes seconds to boot (KVM: well under one), while a
 process Keep from the fork server is attested in tens of milliseconds. The
-keep manager hides the boot: it keeps ``size`` VM Keeps started ahead
-(kernel up, Keep runtime loaded, waiting for its first hello with no time
-limit: stockade.keep.session ``hello_timeout``) and hands one out on each
-create; a new one starts in the background at once.
+keep manager hides the boot: it keeps ``size`` VM Keeps started ahead of
+demand (each boots while it waits: kernel up, Keep runtime loaded, then
+waiting for its first hello with no time limit: stockade.keep.session
+``hello_timeout``) and hands one out on each create; a new one starts in
+the background at once. A Keep handed out before it finished booting
+simply answers later.
 
 Nothing in a pooled Keep belongs to anybody yet: it has no workload, no
 secret and no key that a client has seen; its evidence is requested with
