@@ -19,10 +19,10 @@ def ensure_image(directory: Path | None, state_dir: Path, quiet: bool) -> Path:
     """The image to boot: ``directory`` as given (never rebuilt), or the
     state directory's, built on first use and rebuilt when this
     installation's Keep runtime no longer matches it."""
+    import fcntl
+
     from stockade.image import manifest
     from stockade.image.build import build, runtime_fingerprint
-
-    import fcntl
 
     if directory is not None:
         return directory
