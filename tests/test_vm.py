@@ -270,3 +270,23 @@ def test_a_policy_pinning_another_image_refuses_the_keep(stockade, keep_image: P
     )
     assert proc.returncode == 112, proc.stderr.decode()
     assert b"sim.measurements" in proc.stderr and proc.stdout == b""
+
+
+def test_limits_beyond_the_guest_ram_are_refused(stockade, keep_image: Path) -> None:
+    """Memory and disk both live in the guest's RAM: limits that cannot fit
+    are refused before the workload starts (117), not left to the guest's
+    OOM killer."""
+    proc = stockade(
+        "run",
+        "--backend",
+        "vm",
+        "--image",
+        str(keep_image),
+        "--allow-sim",
+        "-q",
+        "--memory",
+        "900M",
+        str(HELLO),
+    )
+    assert proc.returncode == 117, proc.stderr.decode()
+    assert b"exceed what this VM Keep's RAM holds" in proc.stderr and proc.stdout == b""

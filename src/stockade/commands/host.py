@@ -254,10 +254,10 @@ def _parse_listen(text: str) -> tuple[str, int]:
 @click.option(
     "--vm-memory",
     type=click.IntRange(256, 65_536),
-    default=640,
+    default=1024,  # stockade.host.vm.DEFAULT_MEMORY_MIB
     show_default=True,
     metavar="MIB",
-    help="Memory of each VM Keep.",
+    help="Memory of each VM Keep (the workload's memory and disk limits must fit in it).",
 )
 @click.option(
     "--accel",

@@ -38,10 +38,13 @@ from stockade.wire.vmports import CONN_PORT, PSP_PORT
 
 #: Backends of this loader.
 VM_BACKENDS = ("vm", "snp", "tdx")
-#: Defaults of a VM Keep: small and fixed (the initramfs unpacks into RAM:
-#: ~90 MB; the Keep runtime uses ~60 MB; the workload's memory limit is
-#: enforced inside the Keep as for process Keeps).
-DEFAULT_MEMORY_MIB = 640
+#: Defaults of a VM Keep, fixed per VM: the initramfs unpacks into RAM
+#: (~75 MB), the Keep runtime uses ~60 MB, and the workload's memory and
+#: disk (a tmpfs: RAM too) must fit beside them with a reserve: the default
+#: limits (256 MiB each) need about 1 GiB (the Keep refuses limits that do
+#: not fit: stockade.keep.vmguest.ram_budget). QEMU allocates guest pages
+#: only when the guest touches them.
+DEFAULT_MEMORY_MIB = 1024
 DEFAULT_VCPUS = 1
 #: TCG's translation cache (MiB): QEMU's default for system emulation is
 #: 1 GiB per VM, too much for a host running many small Keeps.

@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         # hardware evidence when the guest has it, else the sim PSP's port.
         from stockade.keep import vmguest
 
+        box.ram_budget = vmguest.ram_budget()  # the workload's memory and disk share the guest's RAM
+        print(
+            f"keep: {box.ram_budget} bytes of RAM for the workload's memory and disk",
+            file=sys.stderr,
+            flush=True,
+        )
         conn = vmguest.port_socket(vmguest.CONN_PORT)
         # A VM Keep may wait in its host's warm pool before a client comes:
         # no limit on the first hello (its host reaps it; nothing is in it yet).

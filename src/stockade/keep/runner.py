@@ -228,6 +228,13 @@ class Runner:
 
         limits = workload.limits
         self._output_left = limits.output_bytes
+        budget = self._sandbox.ram_budget
+        if budget is not None and limits.memory_bytes + limits.disk_bytes > budget:
+            raise WorkloadRejected(
+                f"the memory limit ({limits.memory_bytes} bytes) and the disk limit ({limits.disk_bytes} bytes) "
+                f"exceed what this VM Keep's RAM holds for a workload ({budget} bytes): ask for less, or use "
+                "larger VM Keeps (stockade host serve --vm-memory)"
+            )
         try:
             self._sandbox.set_limit(limits.disk_bytes)
         except (SandboxUnavailable, OSError) as exc:

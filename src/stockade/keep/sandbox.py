@@ -121,6 +121,10 @@ class Sandbox:
     private: bool  # True: a tmpfs in the Keep's own mount namespace
     reason: str = ""  # why not private
     limit: int | None = None
+    #: Inside a VM Keep: the guest RAM the workload's memory and disk (a
+    #: tmpfs, also RAM) may use together (stockade.keep.vmguest.ram_budget);
+    #: None in a process Keep.
+    ram_budget: int | None = None
     _libc: Any = field(default=None, repr=False)
     _owned_dir: bool = field(default=False, repr=False)
 

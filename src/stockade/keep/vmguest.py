@@ -102,6 +102,24 @@ def port_socket(name: str, **kwargs: Any) -> socket.socket:
     return ours
 
 
+#: Guest RAM kept for the Keep runtime's own growth while a workload runs
+#: (TLS, wasmtime's code and metadata, output buffers).
+RUNTIME_RESERVE = 96 << 20
+
+
+def ram_budget(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes of guest RAM a workload's memory and disk may use together:
+    what the kernel reports available now, less :data:`RUNTIME_RESERVE`.
+    None when /proc/meminfo cannot be read."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return max(int(line.split()[1]) * 1024 - RUNTIME_RESERVE, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def tsm_provider(root: Path = TSM_REPORT) -> str | None:
     """The configfs-tsm report provider of this guest, if the kernel has one
     (probed by creating and removing a report entry)."""
