@@ -260,6 +260,14 @@ def _parse_listen(text: str) -> tuple[str, int]:
     help="Memory of each VM Keep (the workload's memory and disk limits must fit in it).",
 )
 @click.option(
+    "--vm-vcpus",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="vCPUs of each VM Keep (for snp, part of the launch measurement: measure with the same N).",
+)
+@click.option(
     "--accel",
     type=click.Choice(["auto", "kvm", "tcg"]),
     default="auto",
@@ -281,6 +289,7 @@ def serve(
     image: Path | None,
     vm_pool: int,
     vm_memory: int,
+    vm_vcpus: int,
     accel: str,
     firmware: Path | None,
 ) -> ExitStatus:
@@ -363,7 +372,7 @@ def serve(
         vm_accel, why = (
             choose_accel(accel, sdir) if "vm" in backends else ("kvm", "confidential guests need KVM")
         )
-        vm_cfg = VmConfig(vm_image, accel=vm_accel, memory_mib=vm_memory, firmware=firmware)
+        vm_cfg = VmConfig(vm_image, accel=vm_accel, memory_mib=vm_memory, vcpus=vm_vcpus, firmware=firmware)
         vm_spawner = VmSpawner(vm_cfg)
         if "vm" in backends:
             click.echo(
