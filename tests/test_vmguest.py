@@ -77,3 +77,11 @@ def test_a_guest_without_tsm_has_no_provider(tmp_path: Path) -> None:
     plain.mkdir()
     assert vmguest.tsm_provider(plain) is None
     assert list(plain.iterdir()) == []  # the probe entry is removed
+
+
+def test_a_guest_with_neither_tee_nor_sim_port_says_it_cannot_attest(tmp_path: Path) -> None:
+    ports = _fake_ports(tmp_path, {"vport0p1": "stockade.conn"})
+    with pytest.raises(FileNotFoundError, match=r"no TEE interface .* and no sim PSP port 'stockade\.psp'"):
+        vmguest.attester(
+            "stockade.psp", tsm_root=tmp_path / "tsm", sev_guest=tmp_path / "sev-guest", ports=ports, wait=0
+        )

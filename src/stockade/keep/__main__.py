@@ -58,10 +58,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        conn = vmguest.port_socket(vmguest.CONN_PORT)
+        try:
+            conn = vmguest.port_socket(vmguest.CONN_PORT)
+            vm_attester = vmguest.attester(vmguest.PSP_PORT)
+        except FileNotFoundError as exc:
+            # No connection port, or neither a TEE interface nor the sim
+            # PSP's port (e.g. an SNP host whose guest kernel lacks sev-guest).
+            print(f"keep: cannot start: {exc}", file=sys.stderr, flush=True)
+            return 1
         # A VM Keep may wait in its host's warm pool before a client comes:
         # no limit on the first hello (its host reaps it; nothing is in it yet).
-        return serve(conn, vmguest.attester(vmguest.PSP_PORT), engine, args.scratch, box, hello_timeout=None)
+        return serve(conn, vm_attester, engine, args.scratch, box, hello_timeout=None)
     if args.conn_fd is None:
         parser.error(f"--backend {args.backend} needs --conn-fd")
     if args.psp_fd is None:

@@ -136,11 +136,14 @@ def tsm_provider(root: Path = TSM_REPORT) -> str | None:
         return None
 
 
-def attester(psp_port: str) -> Any:
+def attester(
+    psp_port: str, *, tsm_root: Path = TSM_REPORT, sev_guest: Path = SEV_GUEST, **port_kwargs: Any
+) -> Any:
     """The attester of this guest: hardware when the guest kernel offers
-    it, else the sim PSP on ``psp_port``."""
-    provider = tsm_provider()
-    if provider == "sev_guest" or SEV_GUEST.exists():
+    it, else the sim PSP on ``psp_port`` (``port_kwargs``: where to look
+    for it, for tests)."""
+    provider = tsm_provider(tsm_root)
+    if provider == "sev_guest" or sev_guest.exists():
         from stockade.evidence.snp.attester import SnpAttester
 
         print("keep: SEV-SNP guest: reports from the AMD security processor", file=sys.stderr, flush=True)
@@ -152,8 +155,15 @@ def attester(psp_port: str) -> Any:
         return TdxAttester()
     from stockade.evidence.sim.attester import SimAttester
 
+    try:
+        sock = port_socket(psp_port, **port_kwargs)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"this guest has no TEE interface (configfs-tsm, /dev/sev-guest) and no sim PSP port {psp_port!r}: "
+            "nothing can sign its evidence (a confidential guest needs a kernel with its TEE guest driver)"
+        ) from None
     print("keep: no TEE in this VM: the sim PSP signs (NO HARDWARE PROTECTION)", file=sys.stderr, flush=True)
-    return SimAttester(port_socket(psp_port), "sim")
+    return SimAttester(sock, "sim")
 
 
 def load_attesters() -> None:
