@@ -173,8 +173,7 @@ def load_attesters() -> None:
     measured list)."""
     import stockade.evidence.sim.attester
     import stockade.evidence.snp.attester
-    import stockade.evidence.tdx.attester
-    import stockade.keep.__main__  # noqa: F401
+    import stockade.evidence.tdx.attester  # noqa: F401
 
 
 if __name__ == "__main__":
