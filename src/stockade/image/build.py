@@ -30,7 +30,7 @@ pycs compiled in one fresh interpreter in sorted order; the manifest has
 sorted keys and no time, host name or build directory. Two builds with the
 same inputs (kernel package, busybox, interpreter, installed packages,
 stockade source) give the same bytes, whatever the output directory, umask
-or time zone (checked by hand: docs/reproducible.md; no test yet).
+or time zone; tests/test_image.py checks it.
 """
 
 from __future__ import annotations
