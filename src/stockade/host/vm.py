@@ -39,7 +39,7 @@ from stockade.wire.vmports import CONN_PORT, PSP_PORT
 #: Backends of this loader.
 VM_BACKENDS = ("vm", "snp", "tdx")
 #: Defaults of a VM Keep: small and fixed (the initramfs unpacks into RAM:
-#: ~73 MB; the Keep runtime uses ~60 MB; the workload's memory limit is
+#: ~90 MB; the Keep runtime uses ~60 MB; the workload's memory limit is
 #: enforced inside the Keep as for process Keeps).
 DEFAULT_MEMORY_MIB = 640
 DEFAULT_VCPUS = 1
