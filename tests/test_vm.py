@@ -173,6 +173,11 @@ def test_deploy_through_the_manager_takes_a_warm_vm_keep(vm_server: Server, keep
     assert proc.stdout.decode().startswith("Hello, Ann!")
     assert f"measurement  {load(keep_image).manifest.measurements['vm']}" in err
     assert _wait_for(vm_server.log, "a warm VM Keep from the pool", 5), vm_server.log.read_text()[-2000:]
+    import httpx
+
+    metrics = httpx.get(f"{vm_server.url}/metrics").text
+    assert 'stockade_vm_pool_takes_total{result="hit"} 1.0' in metrics, metrics
+    assert "stockade_vm_pool_ready" in metrics
 
 
 def test_a_backend_the_manager_does_not_run_is_refused(vm_server: Server) -> None:

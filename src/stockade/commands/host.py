@@ -397,6 +397,9 @@ def serve(
         watchdog_grace=watchdog_grace,
         backends=backends,
     )
+    if pool is not None:
+        vm_pool_ = pool
+        app.state.metrics.watch_pool(lambda: (vm_pool_.ready(), vm_pool_.hits, vm_pool_.misses))
 
     limiter = guard.LogRateLimit()
     shed_counter = app.state.metrics.connections_shed

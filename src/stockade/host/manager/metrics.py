@@ -10,7 +10,7 @@ from collections import Counter as _Tally
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +39,32 @@ class _KeepStates(Collector):
         for state in STATES:
             family.add_metric([state], counts[state])
         yield family
+
+
+class _VmPool(Collector):
+    """stockade_vm_pool_ready and stockade_vm_pool_takes{result}: the warm
+    pool of VM Keeps (stockade.host.vmpool), read at scrape time from
+    ``stats()`` = (ready, hits, misses)."""
+
+    def __init__(self, stats: Callable[[], tuple[int, int, int]]) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self.collect()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        ready, hits, misses = self._stats()
+        yield GaugeMetricFamily(
+            "stockade_vm_pool_ready", "VM Keeps started ahead and not handed out", value=ready
+        )
+        takes = CounterMetricFamily(
+            "stockade_vm_pool_takes",
+            "VM Keep creates, by whether a warm Keep was ready (hit) or one was booted then (miss)",
+            labels=["result"],
+        )
+        takes.add_metric(["hit"], hits)
+        takes.add_metric(["miss"], misses)
+        yield takes
 
 
 class Metrics:
@@ -94,6 +120,10 @@ class Metrics:
         """Expose stockade_keeps{state} from ``states()`` (the state of every
         Keep in the registry, read at scrape time)."""
         self.registry.register(_KeepStates(states))
+
+    def watch_pool(self, stats: Callable[[], tuple[int, int, int]]) -> None:
+        """Expose the warm pool of VM Keeps from ``stats()`` = (ready, hits, misses)."""
+        self.registry.register(_VmPool(stats))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
