@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from stockade.client.plan import RunOptions
     from stockade.testing.amd import FakeAmdPki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,3 +119,33 @@ def keep_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("keep-image") / "image"
     build(out)
     return out
+
+
+def run_options(wasm: Path, **kw: object) -> RunOptions:
+    """The options of a ``stockade run`` of ``wasm`` with --allow-sim and
+    every other option at its default; ``kw`` overrides fields."""
+    from stockade.client.plan import RunOptions
+
+    fields: dict[str, object] = {
+        "wasm": wasm,
+        "args": (),
+        "backend": "sim",
+        "allow_sim": True,
+        "policy": None,
+        "env": (),
+        "stdin": None,
+        "files": (),
+        "secret_refs": (),
+        "timeout": None,
+        "memory": None,
+        "max_output": None,
+        "disk": None,
+        "expect_measurement": None,
+        "signers": (),
+        "min_signatures": None,
+        "expect_digests": (),
+        "as_json": False,
+        "quiet": False,
+        "state_dir": None,
+    }
+    return RunOptions(**{**fields, **kw})  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_options
 from stockade.client.plan import DEFAULT_LIMITS, RunOptions, prepare
 from stockade.errors import UsageError, WorkloadRejected
 from stockade.keep.runner import MAX_TABLES, compile_error, make_engine, table_elements_for
@@ -24,30 +25,7 @@ HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 
 
 def options(wasm: Path, **kw: object) -> RunOptions:
-    base: dict[str, object] = {
-        "wasm": wasm,
-        "args": (),
-        "backend": "sim",
-        "allow_sim": True,
-        "policy": None,
-        "env": (),
-        "stdin": None,
-        "files": (),
-        "secret_refs": (),
-        "timeout": None,
-        "memory": None,
-        "max_output": None,
-        "disk": None,
-        "expect_measurement": None,
-        "signers": (),
-        "min_signatures": None,
-        "expect_digests": (),
-        "as_json": False,
-        "quiet": True,
-        "state_dir": None,
-    }
-    base.update(kw)
-    return RunOptions(**base)  # type: ignore[arg-type]
+    return run_options(wasm, **{"quiet": True, **kw})
 
 
 def test_default_disk_limit() -> None:

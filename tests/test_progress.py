@@ -25,6 +25,7 @@ from typing import NoReturn
 import pytest
 from click.testing import CliRunner, Result
 
+from conftest import run_options
 from stockade.client.plan import RunOptions
 from stockade.client.progress import Phase, Progress
 from stockade.commands import _progress
@@ -184,29 +185,7 @@ class Tty(io.StringIO):
 
 
 def opts(**kw: object) -> RunOptions:
-    fields: dict[str, object] = {
-        "wasm": HELLO,
-        "args": (),
-        "backend": "sim",
-        "allow_sim": True,
-        "policy": None,
-        "env": (),
-        "stdin": None,
-        "files": (),
-        "secret_refs": (),
-        "timeout": None,
-        "memory": None,
-        "max_output": None,
-        "disk": None,
-        "expect_measurement": None,
-        "signers": (),
-        "min_signatures": None,
-        "expect_digests": (),
-        "as_json": False,
-        "quiet": False,
-        "state_dir": None,
-    }
-    return RunOptions(**{**fields, **kw})  # type: ignore[arg-type]
+    return run_options(HELLO, **kw)
 
 
 @pytest.mark.parametrize(
