@@ -78,10 +78,16 @@ def run(**kwargs: Any) -> WorkloadExit:
     # Start the Keep first: its start-up overlaps everything below.
     # die_with_parent: a killed `stockade run` takes its Keep along. Its
     # boot ends with its first request to the PSP (client/progress.py).
+    extra: tuple[str, ...] = ()
     if opts.backend == "vm":
         from stockade.commands._vm import local_vm_spawner
 
         spawner: Any = local_vm_spawner(sdir, opts)  # builds the image first when needed
+        cfg = spawner.cfg
+        extra = (
+            f"  keep         a VM ({cfg.accel.upper()}, {cfg.memory_mib} MiB) booted from the Keep image "
+            f"{cfg.image.directory}; its measurement covers the kernel, initrd and command line",
+        )
     else:
         spawner = PopenSpawner(die_with_parent=True)
     progress = progress_for(opts)
@@ -121,6 +127,7 @@ def run(**kwargs: Any) -> WorkloadExit:
             opts,
             sim_root,
             hello,
+            extra,
             crls=crls,
             sim_tdx_root=sim_tdx_root,
             state_dir=sdir,
