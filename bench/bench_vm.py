@@ -470,13 +470,51 @@ def idle_sim_keeps(mgr: Manager, count: int) -> dict[str, Any]:
     }
 
 
-def pooled_vm_keeps(mgr: Manager) -> dict[str, Any]:
-    qemu_rows = [m for p in mgr.qemus() if (m := memory_mib(p))]
+def qemu_rss_parts(pid: int, vm_memory: int, initrd: Path) -> dict[str, float] | None:
+    """Where a QEMU's RSS is (MiB, /proc/PID/smaps): the guest's RAM (the
+    anonymous mapping of --vm-memory), the initrd file QEMU keeps mapped
+    (page cache, shared by the QEMUs of one image), and the rest (QEMU
+    itself, its TCG translation cache, device buffers)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return None
+    parts = {"guest_ram": 0, "initrd_file": 0, "other": 0}
+    size_mib, name = 0, ""
+    for line in text.splitlines():
+        head = line.split()
+        if not head:
+            continue
+        if "-" in head[0] and not head[0].endswith(
+            ":"
+        ):  # a mapping: "start-end perms offset dev inode [path]"
+            start, _, end = head[0].partition("-")
+            size_mib = (int(end, 16) - int(start, 16)) >> 20
+            name = head[5] if len(head) > 5 else ""
+        elif head[0] == "Rss:":
+            if name == str(initrd.resolve()):
+                part = "initrd_file"
+            elif not name and size_mib == vm_memory:
+                part = "guest_ram"
+            else:
+                part = "other"
+            parts[part] += int(head[1])
+    return {k: v / 1024 for k, v in parts.items()}
+
+
+def pooled_vm_keeps(mgr: Manager, vm_memory: int, image: Path) -> dict[str, Any]:
+    qemus = mgr.qemus()
+    qemu_rows = [m for p in qemus if (m := memory_mib(p))]
+    part_rows = [m for p in qemus if (m := qemu_rss_parts(p, vm_memory, image / "initrd.img"))]
     psp_rows = [m for p in mgr.vm_psps() if (m := memory_mib(p))]
     qemu, psp = mean_mib(qemu_rows), mean_mib(psp_rows)
     return {
         "measured": {"qemus": len(qemu_rows), "psps": len(psp_rows)},
         "qemu_mib": qemu,
+        "qemu_rss_parts_mib": {
+            k: round(statistics.fmean(r[k] for r in part_rows), 1) if part_rows else 0.0
+            for k in ("guest_ram", "initrd_file", "other")
+        },
         "psp_mib": psp,
         "per_keep_mib": {k: round(qemu[k] + psp[k], 1) for k in qemu},
     }
@@ -504,7 +542,7 @@ def bench_managers(
         memory = {
             "vm_pool": pool,
             "vm_memory_mib": vm_memory,
-            "pooled_vm_keep": pooled_vm_keeps(warm),
+            "pooled_vm_keep": pooled_vm_keeps(warm, vm_memory, image),
             "idle_sim_keep": idle_sim_keeps(warm, sim_keeps),
         }
         vm_per, sim_per = memory["pooled_vm_keep"]["per_keep_mib"], memory["idle_sim_keep"]["per_keep_mib"]
@@ -607,6 +645,11 @@ def print_report(r: dict[str, Any]) -> None:
         ("sim, fork server: total", s["per_keep_mib"]),
     ):
         print(f"  {label:24s} RSS {row['rss']:7.1f}  PSS {row['pss']:7.1f}  USS {row['uss']:7.1f}")
+    q = v["qemu_rss_parts_mib"]
+    print(
+        f"  QEMU RSS: guest RAM {q['guest_ram']}, initrd file mapping {q['initrd_file']} (page cache, "
+        f"shared by the image's QEMUs), QEMU and its TCG translation cache {q['other']}"
+    )
     print("  ratio VM / sim: " + ", ".join(f"{n.upper()} {x}x" for n, x in m["ratio_vm_over_sim"].items()))
     table(
         "\n4. stockade deploy hello.wasm to a live manager; ms, p50 (min-max)",

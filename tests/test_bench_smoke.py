@@ -91,6 +91,8 @@ def test_bench_vm_runs_and_reports_json(tmp_path: Path) -> None:
     assert memory["pooled_vm_keep"]["measured"] == {"qemus": 1, "psps": 1}
     assert memory["idle_sim_keep"]["measured"] == {"keeps": 1, "psps": 1}
     assert memory["pooled_vm_keep"]["qemu_mib"]["rss"] > 0
+    parts = memory["pooled_vm_keep"]["qemu_rss_parts_mib"]
+    assert parts["guest_ram"] > 0 and parts["initrd_file"] > 0
     for kind in ("sim", "vm_warm", "vm_cold"):
         assert doc["deploy"][kind]["runs"] == 1
         assert doc["deploy"][kind]["create_to_verified_ms"]["p50"] > 0
