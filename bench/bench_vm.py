@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -311,12 +312,14 @@ def probe_kvm(cli: Cli, image: Path, timeout: float) -> dict[str, Any]:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         reached = read_phases(phases, t0)
-        stuck = "booting (no evidence request from the guest)" if "attesting" not in reached else "after boot"
+        stuck = (
+            "booting: no evidence request yet" if "attesting" not in reached else "past its evidence request"
+        )
         return {
             "probed": True,
             "usable": False,
-            "detail": f"the guest hung under KVM: killed after {timeout:g} s, stuck {stuck} "
-            "(expected on nested development machines: guests hang at kernel entry); TCG only",
+            "detail": f"the guest hung under KVM: killed after {timeout:g} s, still {stuck}; expected on these development machines, VMs whose KVM has no VMX/SVM underneath "
+            "(a guest hangs at kernel entry): TCG only",
         }
     wall = (time.monotonic() - t0) * 1000
     if proc.returncode != 0 or b"Hello, Bob!" not in out:
@@ -470,9 +473,21 @@ def idle_sim_keeps(mgr: Manager, count: int) -> dict[str, Any]:
     }
 
 
+def qemu_memory_option(pid: int) -> int | None:
+    """The guest RAM (MiB) of a QEMU: its ``-m NM`` option."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for flag, value in itertools.pairwise(argv):
+        if flag == b"-m" and value.endswith(b"M") and value[:-1].isdigit():
+            return int(value[:-1])
+    return None
+
+
 def qemu_rss_parts(pid: int, vm_memory: int, initrd: Path) -> dict[str, float] | None:
     """Where a QEMU's RSS is (MiB, /proc/PID/smaps): the guest's RAM (the
-    anonymous mapping of --vm-memory), the initrd file QEMU keeps mapped
+    anonymous mapping of its -m size), the initrd file QEMU keeps mapped
     (page cache, shared by the QEMUs of one image), and the rest (QEMU
     itself, its TCG translation cache, device buffers)."""
     try:
@@ -502,14 +517,19 @@ def qemu_rss_parts(pid: int, vm_memory: int, initrd: Path) -> dict[str, float] |
     return {k: v / 1024 for k, v in parts.items()}
 
 
-def pooled_vm_keeps(mgr: Manager, vm_memory: int, image: Path) -> dict[str, Any]:
+def pooled_vm_keeps(mgr: Manager, image: Path) -> dict[str, Any]:
     qemus = mgr.qemus()
+    sizes = {qemu_memory_option(p) for p in qemus}
+    if len(sizes) != 1 or None in sizes:
+        raise SystemExit(f"cannot tell the guest RAM of the pooled QEMUs (their -m: {sizes})")
+    vm_memory = next(iter(sizes))
     qemu_rows = [m for p in qemus if (m := memory_mib(p))]
     part_rows = [m for p in qemus if (m := qemu_rss_parts(p, vm_memory, image / "initrd.img"))]
     psp_rows = [m for p in mgr.vm_psps() if (m := memory_mib(p))]
     qemu, psp = mean_mib(qemu_rows), mean_mib(psp_rows)
     return {
         "measured": {"qemus": len(qemu_rows), "psps": len(psp_rows)},
+        "vm_memory_mib": vm_memory,
         "qemu_mib": qemu,
         "qemu_rss_parts_mib": {
             k: round(statistics.fmean(r[k] for r in part_rows), 1) if part_rows else 0.0
@@ -521,7 +541,7 @@ def pooled_vm_keeps(mgr: Manager, vm_memory: int, image: Path) -> dict[str, Any]
 
 
 def bench_managers(
-    cli: Cli, work: Path, image: Path, runs: int, pool: int, vm_memory: int, sim_keeps: int
+    cli: Cli, work: Path, image: Path, runs: int, pool: int, vm_memory: int | None, sim_keeps: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     from stockade.evidence.sim.chip import ensure_chip, sim_root
 
@@ -529,7 +549,7 @@ def bench_managers(
     ensure_chip(chip)
     root = work / "sim-root.der"
     root.write_bytes(sim_root(chip))
-    mem = ["--vm-memory", str(vm_memory)]
+    mem = ["--vm-memory", str(vm_memory)] if vm_memory is not None else []
     warm = Manager(
         work / "mgr-warm", chip, image, ["--backend", "vm", "--backend", "sim", "--vm-pool", str(pool), *mem]
     )
@@ -541,8 +561,7 @@ def bench_managers(
         first_boot_s = time.monotonic() - warm.started  # from the manager's start
         memory = {
             "vm_pool": pool,
-            "vm_memory_mib": vm_memory,
-            "pooled_vm_keep": pooled_vm_keeps(warm, vm_memory, image),
+            "pooled_vm_keep": pooled_vm_keeps(warm, image),
             "idle_sim_keep": idle_sim_keeps(warm, sim_keeps),
         }
         vm_per, sim_per = memory["pooled_vm_keep"]["per_keep_mib"], memory["idle_sim_keep"]["per_keep_mib"]
@@ -634,7 +653,9 @@ def print_report(r: dict[str, Any]) -> None:
     for key in ("ratio_vm_tcg_over_process", "ratio_vm_kvm_over_process"):
         if key in loc:
             print(f"  {key}: " + ", ".join(f"{n} {v}x" for n, v in loc[key].items()))
-    print(f"\n3. memory per idle Keep, MiB (VM pool of {m['vm_pool']}, --vm-memory {m['vm_memory_mib']})")
+    print(
+        f"\n3. memory per idle Keep, MiB (VM pool of {m['vm_pool']}, {m['pooled_vm_keep']['vm_memory_mib']} MiB of guest RAM each)"
+    )
     v, s = m["pooled_vm_keep"], m["idle_sim_keep"]
     for label, row in (
         ("pooled VM: QEMU", v["qemu_mib"]),
@@ -675,7 +696,7 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=3, help="measured runs of each kind")
     parser.add_argument("--vm-pool", type=int, default=2, help="warm pool size of the VM manager")
-    parser.add_argument("--vm-memory", type=int, default=640, help="MiB per VM Keep")
+    parser.add_argument("--vm-memory", type=int, help="MiB per VM Keep (default: the manager's)")
     parser.add_argument("--sim-keeps", type=int, default=4, help="idle sim Keeps measured")
     parser.add_argument("--kvm-timeout", type=float, default=20.0, help="KVM probe limit, s (0: skip)")
     parser.add_argument("--json", action="store_true")
