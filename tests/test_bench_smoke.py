@@ -4,9 +4,11 @@ live in bench/, measured against a baseline in the same run)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +41,97 @@ def test_bench_runs_and_reports_json(script: str, args: list[str], keys: set[str
     doc = json.loads(proc.stdout)
     assert isinstance(doc, dict) and doc
     assert keys <= set(doc)
+
+
+def _vm_missing() -> str | None:
+    """Why VM Keeps cannot boot here (None: they can): the same needs as
+    the VM Keep tests (QEMU, the Debian cloud kernel, busybox-static)."""
+    import shutil
+
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
+    if not list(Path("/boot").glob("vmlinuz-*-cloud-amd64")):
+        return "no Debian cloud kernel in /boot (apt-get install linux-image-cloud-amd64)"
+    if not Path("/bin/busybox").is_file():
+        return "busybox not installed (apt-get install busybox-static)"
+    return None
+
+
+@pytest.mark.slow
+def test_bench_vm_runs_and_reports_json(tmp_path: Path) -> None:
+    """bench_vm.py with its smallest settings (one run of each kind, a pool
+    of one, a short KVM probe): about a minute under TCG."""
+    reason = _vm_missing()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the VM bench smoke test: {reason}")
+        pytest.skip(reason)
+    args = ["--runs", "1", "--vm-pool", "1", "--sim-keeps", "1", "--kvm-timeout", "5", "--json"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_vm.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert {"image", "kvm", "local", "memory", "deploy"} <= set(doc)
+    assert doc["image"]["identical"] is True
+    assert doc["image"]["initrd_bytes"] > 0 and doc["image"]["kernel_bytes"] > 0
+    local = doc["local"]
+    for kind in ("process", "vm_tcg"):
+        assert local[kind]["runs"] == 1
+        # Both Keeps reached their first evidence request and were verified.
+        assert local[kind]["boot_to_evidence_request_ms"]["p50"] > 0
+        assert local[kind]["boot_to_verified_ms"]["p50"] >= local[kind]["boot_to_evidence_request_ms"]["p50"]
+    assert local["ratio_vm_tcg_over_process"]["wall_ms"] is not None
+    memory = doc["memory"]
+    assert memory["pooled_vm_keep"]["measured"] == {"qemus": 1, "psps": 1}
+    assert memory["idle_sim_keep"]["measured"] == {"keeps": 1, "psps": 1}
+    assert memory["pooled_vm_keep"]["qemu_mib"]["rss"] > 0
+    parts = memory["pooled_vm_keep"]["qemu_rss_parts_mib"]
+    assert parts["guest_ram"] > 0 and parts["initrd_file"] > 0
+    for kind in ("sim", "vm_warm", "vm_cold"):
+        assert doc["deploy"][kind]["runs"] == 1
+        assert doc["deploy"][kind]["create_to_verified_ms"]["p50"] > 0
+    assert doc["kvm"]["usable"] in (True, False) and doc["kvm"]["detail"]
+
+
+def _load_bench_vm() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_vm", BENCH / "bench_vm.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_vm_refuses_builds_that_differ(tmp_path: Path) -> None:
+    """The reproducibility check of bench_vm.py fails on one changed byte
+    and names the file."""
+    bench_vm = _load_bench_vm()
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        for name in bench_vm.IMAGE_FILES:
+            (d / name).write_bytes(name.encode() * 10)
+    assert set(bench_vm.same_builds(a, b)) == set(bench_vm.IMAGE_FILES)
+    (b / "initrd.img").write_bytes(b"initrd.img" * 9 + b"initrd.imh")
+    with pytest.raises(SystemExit, match=r"differ: initrd\.img \(not reproducible\)"):
+        bench_vm.same_builds(a, b)
+
+
+def test_bench_vm_reads_phases_once_each(tmp_path: Path) -> None:
+    """Phases are offsets from the bench's clock; a phase the hook wrote
+    twice counts from its first entry; a missing file gives no phases."""
+    bench_vm = _load_bench_vm()
+    path = tmp_path / "phases"
+    path.write_text("start 10.5\nbooting 10.75\nattesting 12.0\nattesting 13.0\n")
+    phases = bench_vm.read_phases(path, 10.0)
+    assert phases == {"start": 500.0, "booting": 750.0, "attesting": 2000.0}
+    assert bench_vm.span(phases, "booting", "attesting") == 1250.0
+    assert bench_vm.span(phases, "booting", "loading") is None
+    assert bench_vm.read_phases(tmp_path / "missing", 0.0) == {}
