@@ -4,13 +4,14 @@ live in bench/, measured against a baseline in the same run)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import need_vm
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -43,29 +44,12 @@ def test_bench_runs_and_reports_json(script: str, args: list[str], keys: set[str
     assert keys <= set(doc)
 
 
-def _vm_missing() -> str | None:
-    """Why VM Keeps cannot boot here (None: they can): the same needs as
-    the VM Keep tests (QEMU, the Debian cloud kernel, busybox-static)."""
-    import shutil
-
-    if shutil.which("qemu-system-x86_64") is None:
-        return "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
-    if not list(Path("/boot").glob("vmlinuz-*-cloud-amd64")):
-        return "no Debian cloud kernel in /boot (apt-get install linux-image-cloud-amd64)"
-    if not Path("/bin/busybox").is_file():
-        return "busybox not installed (apt-get install busybox-static)"
-    return None
-
-
 @pytest.mark.slow
+@pytest.mark.vm
 def test_bench_vm_runs_and_reports_json(tmp_path: Path) -> None:
     """bench_vm.py with its smallest settings (one run of each kind, a pool
     of one, a short KVM probe): about a minute under TCG."""
-    reason = _vm_missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the VM bench smoke test: {reason}")
-        pytest.skip(reason)
+    need_vm()
     args = ["--runs", "1", "--vm-pool", "1", "--sim-keeps", "1", "--kvm-timeout", "5", "--json"]
     proc = subprocess.run(
         [sys.executable, str(BENCH / "bench_vm.py"), *args],
