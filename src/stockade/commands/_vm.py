@@ -65,8 +65,6 @@ def expected_vm_measurement(opts: RunOptions) -> bytes:
     (computed here from the image's files, never taken from the host)."""
     from stockade.client.plan import state_dir
     from stockade.image.manifest import load
-    from stockade.measure.vm import sim_vm_digest
 
     sdir = state_dir(opts.state_dir)
-    image = load(ensure_image(opts.image, sdir, opts.quiet or opts.as_json))
-    return sim_vm_digest(image.kernel, image.initrd, image.cmdline)
+    return load(ensure_image(opts.image, sdir, opts.quiet or opts.as_json)).vm_measurement()

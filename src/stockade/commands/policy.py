@@ -435,14 +435,13 @@ def snp_policy_toml(doc: dict[str, Any], image: Path | None) -> str:
 
 def _vm_reference(as_json: bool, output: str | None, image: Path | None, files: bool, other: object) -> None:
     from stockade.image.manifest import load
-    from stockade.measure.vm import sim_vm_digest
 
     if image is None:
         raise UsageError("--platform vm needs --image DIR (a Keep image: stockade image build)")
     if files or other:
         raise UsageError("--platform vm takes --image (and --output, --json) only")
     img = load(image)
-    measurement = sim_vm_digest(img.kernel, img.initrd, img.cmdline).hex()
+    measurement = img.vm_measurement().hex()
     toml_text = "\n".join(
         [
             f"# Keep image {image} (kernel {img.manifest.kernel.sha256[:16]}..., initrd "

@@ -77,9 +77,7 @@ class VmConfig:
     def measurement(self) -> bytes:
         """The sim launch digest of this image (computed once)."""
         if not self._measurement:
-            from stockade.measure.vm import sim_vm_digest
-
-            self._measurement.append(sim_vm_digest(self.image.kernel, self.image.initrd, self.image.cmdline))
+            self._measurement.append(self.image.vm_measurement())
         return self._measurement[0]
 
 

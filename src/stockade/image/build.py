@@ -35,6 +35,7 @@ or time zone; tests/test_image.py checks it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -464,7 +465,7 @@ def build(
     """Build a Keep image into ``out`` (created, or replaced when it holds an
     image); return its manifest."""
     from stockade import __version__
-    from stockade.measure.vm import sim_vm_digest
+    from stockade.measure.vm import sim_vm_digest_of
 
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
         raise ImageError(f"{out} exists and is not a Keep image directory; choose an empty or new directory")
@@ -499,17 +500,22 @@ def build(
         shutil.copyfile(k.path, staging / KERNEL_FILE)
         (staging / INITRD_FILE).write_bytes(initrd)
         (staging / CMDLINE_FILE).write_text(cmdline, encoding="utf-8")
+        kernel_c = Component.of(
+            staging / KERNEL_FILE,
+            KERNEL_FILE,
+            {"package": k.package, "version": k.version, "release": k.release},
+        )
+        # The initrd's digest from the bytes in memory: the file is not read back.
+        initrd_c = Component(
+            INITRD_FILE, hashlib.sha256(initrd).hexdigest(), len(initrd), {"members": str(len(tree.members))}
+        )
         progress("computing launch measurements")
-        digest = sim_vm_digest(staging / KERNEL_FILE, staging / INITRD_FILE, cmdline)
+        digest = sim_vm_digest_of(bytes.fromhex(kernel_c.sha256), bytes.fromhex(initrd_c.sha256), cmdline)
         manifest = Manifest(
             format=FORMAT,
             stockade_version=__version__,
-            kernel=Component.of(
-                staging / KERNEL_FILE,
-                KERNEL_FILE,
-                {"package": k.package, "version": k.version, "release": k.release},
-            ),
-            initrd=Component.of(staging / INITRD_FILE, INITRD_FILE, {"members": str(len(tree.members))}),
+            kernel=kernel_c,
+            initrd=initrd_c,
             cmdline=cmdline,
             components={**_versions(bb), "runtime": runtime_fingerprint(kernel)},
             measurements={"vm": digest.hex()},

@@ -104,6 +104,8 @@ class Image:
 
     directory: Path
     manifest: Manifest
+    #: True when the boot files were checked against the manifest at load.
+    checked: bool = False
 
     @property
     def kernel(self) -> Path:
@@ -116,6 +118,17 @@ class Image:
     @property
     def cmdline(self) -> str:
         return self.manifest.cmdline
+
+    def vm_measurement(self) -> bytes:
+        """The launch digest the sim PSP signs for this image on the vm
+        backend (stockade.measure.vm): from the manifest's digests when the
+        files were checked against them at load, else from the files."""
+        from stockade.measure.vm import sim_vm_digest, sim_vm_digest_of
+
+        if self.checked:
+            m = self.manifest
+            return sim_vm_digest_of(bytes.fromhex(m.kernel.sha256), bytes.fromhex(m.initrd.sha256), m.cmdline)
+        return sim_vm_digest(self.kernel, self.initrd, self.cmdline)
 
 
 def load(directory: Path, check: bool = True) -> Image:
@@ -131,7 +144,7 @@ def load(directory: Path, check: bool = True) -> Image:
     except (OSError, UnicodeDecodeError) as exc:
         raise ImageError(f"cannot read {path} ({exc})") from None
     manifest = Manifest.from_json(text, str(path))
-    image = Image(directory, manifest)
+    image = Image(directory, manifest, checked=check)
     if check:
         for comp, file in ((manifest.kernel, image.kernel), (manifest.initrd, image.initrd)):
             actual = _sha256(file)

@@ -236,7 +236,7 @@ def sev_hashes_table(kernel: Path, initrd: Path | None, append: str | None) -> b
     kernel, padded to 16 bytes (QEMU target/i386/sev.c; sevsnpmeasure
     ``SevHashes.construct_table``). For a loader that binds a measurement to
     the exact boot files without SNP hardware."""
-    from sevsnpmeasure.sev_hashes import SevHashes
+    import hashlib
 
     if append is not None:
         check_append(append)
@@ -244,12 +244,53 @@ def sev_hashes_table(kernel: Path, initrd: Path | None, append: str | None) -> b
     if initrd is not None:
         _read_check(initrd, "initrd")
     try:
-        table: bytes = SevHashes(
-            str(kernel), str(initrd) if initrd is not None else None, append
-        ).construct_table()
+        with open(kernel, "rb") as f:
+            kernel_sha256 = hashlib.file_digest(f, "sha256").digest()
+        if initrd is not None:
+            with open(initrd, "rb") as f:
+                initrd_sha256 = hashlib.file_digest(f, "sha256").digest()
+        else:
+            initrd_sha256 = hashlib.sha256(b"").digest()
     except OSError as exc:
         raise ImageError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
-    return table
+    return sev_hashes_table_of(kernel_sha256, initrd_sha256, append)
+
+
+#: GUIDs of the SEV hashes table (QEMU target/i386/sev.c, OVMF
+#: OvmfPkg/Library/BlobVerifierLib/BlobVerifierSevHashes.c).
+_TABLE_GUID = "9438d606-4f22-4cc9-b479-a793d411fd21"
+_KERNEL_GUID = "4de79437-abd2-427f-b835-d5b172d2045b"
+_INITRD_GUID = "44baf731-3a2f-4bd7-9af1-41e29169781d"
+_CMDLINE_GUID = "97d02dd8-bd20-4c94-aa78-e7714d36ab2a"
+
+
+def sev_hashes_table_of(kernel_sha256: bytes, initrd_sha256: bytes, append: str | None) -> bytes:
+    """:func:`sev_hashes_table` from the SHA-256 digests of the kernel and
+    the initrd (e.g. those an image manifest names, once checked): the
+    table is a header (GUID, little-endian u16 length) and three entries
+    (GUID, u16 length 50, the 32-byte digest) in the order command line,
+    initrd, kernel, zero-padded to a multiple of 16 bytes. The command line
+    is hashed with its terminating NUL; no command line is one NUL."""
+    import hashlib
+    import struct
+    import uuid
+
+    if len(kernel_sha256) != 32 or len(initrd_sha256) != 32:
+        raise ImageError("kernel and initrd digests must be 32-byte SHA-256 values")
+    if append is not None:
+        check_append(append)
+    cmdline_sha256 = hashlib.sha256((append or "").encode() + b"\0").digest()
+
+    def entry(guid: str, digest: bytes) -> bytes:
+        return uuid.UUID(guid).bytes_le + struct.pack("<H", 16 + 2 + 32) + digest
+
+    body = (
+        entry(_CMDLINE_GUID, cmdline_sha256)
+        + entry(_INITRD_GUID, initrd_sha256)
+        + entry(_KERNEL_GUID, kernel_sha256)
+    )
+    table = uuid.UUID(_TABLE_GUID).bytes_le + struct.pack("<H", 16 + 2 + len(body)) + body
+    return table + bytes(-len(table) % 16)
 
 
 def snp_ovmf_hash(ovmf: Path) -> bytes:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from stockade.errors import ImageError
-
 #: Seeds the sim VM launch digest, so that it never equals a real SNP
 #: digest of the same table (which starts from 48 zero bytes).
 SEED = hashlib.sha384(b"stockade sim-vm launch digest v1").digest()
@@ -34,24 +32,25 @@ SEED = hashlib.sha384(b"stockade sim-vm launch digest v1").digest()
 TABLE_GPA = 0xFFFF_F000
 
 
-def hashes_table(kernel: Path, initrd: Path | None, append: str) -> bytes:
-    """The padded SEV hashes table QEMU builds for these three inputs."""
-    from sevsnpmeasure.sev_hashes import SevHashes
-
-    for label, path in (("kernel", kernel), ("initrd", initrd)):
-        if path is not None and not path.is_file():
-            raise ImageError(f"{label} {path} is not a file")
-    try:
-        return bytes(SevHashes(str(kernel), str(initrd) if initrd else "", append).construct_table())
-    except OSError as exc:
-        raise ImageError(f"cannot read the Keep image ({exc.strerror}: {exc.filename})") from None
-
-
 def sim_vm_digest(kernel: Path, initrd: Path | None, append: str) -> bytes:
     """The 48-byte launch digest the sim PSP signs for a ``vm`` Keep."""
+    from stockade.measure.snp import sev_hashes_table
+
+    return _digest(sev_hashes_table(kernel, initrd, append))
+
+
+def sim_vm_digest_of(kernel_sha256: bytes, initrd_sha256: bytes, append: str) -> bytes:
+    """:func:`sim_vm_digest` from the SHA-256 digests of the kernel and the
+    initrd (an image manifest's, after its files were checked against it:
+    the 80 MB are not read again)."""
+    from stockade.measure.snp import sev_hashes_table_of
+
+    return _digest(sev_hashes_table_of(kernel_sha256, initrd_sha256, append))
+
+
+def _digest(table: bytes) -> bytes:
     from sevsnpmeasure.gctx import GCTX
 
-    table = hashes_table(kernel, initrd, append)
     gctx = GCTX(seed=SEED)
     gctx.update_normal_pages(TABLE_GPA, table + bytes(4096 - len(table)))
     return bytes(gctx.ld())
