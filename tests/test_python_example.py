@@ -148,17 +148,18 @@ BARE_RUNNER = r"""
 import json, sys, time, wasmtime
 cfg = json.loads(sys.argv[1])
 
-def run(engine, module, stdout):
+def run(engine, module, stdout, argv=cfg["argv"], secrets=True):
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     store = wasmtime.Store(engine)
     wasi = wasmtime.WasiConfig()
-    wasi.argv = cfg["argv"]
+    wasi.argv = argv
     wasi.stdin_file = cfg["stdin"]
     wasi.stdout_file = stdout
     wasi.inherit_stderr()
     wasi.preopen_dir(cfg["root"], "/", False)
-    wasi.preopen_dir(cfg["secrets"], "/secrets", False)
+    if secrets:
+        wasi.preopen_dir(cfg["secrets"], "/secrets", False)
     store.set_wasi(wasi)
     try:
         linker.instantiate(store, module).exports(store)["_start"](store)
@@ -180,8 +181,12 @@ warm = wasmtime.Module.deserialize(engine, blob)
 t4 = time.perf_counter()
 warm_code = run(engine, warm, cfg["stdout"] + ".warm")
 t5 = time.perf_counter()
+# The program's failure paths, on the already compiled module.
+bad_top = run(engine, warm, cfg["stdout"] + ".bad", argv=cfg["argv"][:4] + ["--top", "x"])
+no_secret = run(engine, warm, cfg["stdout"] + ".nosecret", secrets=False)
 print(json.dumps({"exit_code": code, "warm_exit_code": warm_code, "compile_s": t1 - t0, "run_s": t2 - t1,
-                  "deserialize_s": t4 - t3, "warm_run_s": t5 - t4}))
+                  "deserialize_s": t4 - t3, "warm_run_s": t5 - t4,
+                  "bad_top_exit_code": bad_top, "no_secret_exit_code": no_secret}))
 """
 
 
@@ -197,7 +202,7 @@ def runs(
     env = {**os.environ, "STOCKADE_STATE_DIR": str(state_dir)}
     t0 = time.perf_counter()
     keep = subprocess.run(
-        [sys.executable, "-m", "stockade", "run", "--allow-sim", "--quiet", str(package_file),
+        [sys.executable, "-m", "stockade", "run", "--allow-sim", "--json", str(package_file),
          "--stdin", str(work / "stdin.txt"), "--secret", f"signing_key=@{work / 'key.bin'}", "--", *ARGS],
         capture_output=True, timeout=300, env=env, check=False,
     )  # fmt: skip
@@ -229,6 +234,8 @@ def runs(
         "bare_s": bare_s,
         "bare_stdout": (work / "bare.out").read_text(),
         "bare_warm_stdout": (work / "bare.out.warm").read_text(),
+        "bare_failure_stdout": (work / "bare.out.bad").read_text() + (work / "bare.out.nosecret").read_text(),
+        "bare_stderr": bare.stderr.decode(errors="replace"),
     }
 
 
@@ -239,8 +246,18 @@ def test_script_runs_in_a_keep_with_args_stdin_and_secret(runs: dict[str, object
     assert keep.returncode == 0, keep.stderr.decode(errors="replace")
     key = runs["key"]
     assert isinstance(key, bytes)
-    assert keep.stdout.decode() == expected_stdout(key)
+    doc = json.loads(keep.stdout)
+    assert doc["exit_code"] == 0 and doc["exit_code_source"] == "workload"
+    assert doc["stdout"] == expected_stdout(key)
+    assert doc["stderr"] == ""
     assert key.hex() not in keep.stdout.decode() + keep.stderr.decode(errors="replace")
+    # The Keep measured the pinned interpreter and the program separately.
+    assert doc["workload_sha256"] == get_python.pinned_sha256()
+    assert doc["workload"]["package_digest"] == readme_digest()
+    events = {(e["kind"], e["name"]): e["digest"] for e in doc["workload"]["events"]}
+    assert events[("entry", "python.wasm")] == get_python.pinned_sha256()
+    main_py = (EXAMPLE / "app" / "main.py").read_bytes()
+    assert events[("file", "app/main.py")] == hashlib.sha256(main_py).hexdigest()
 
 
 @pytest.mark.slow
@@ -253,14 +270,26 @@ def test_same_module_on_bare_wasmtime_and_startup(
     key = runs["key"]
     assert isinstance(key, bytes)
     assert runs["bare_stdout"] == runs["bare_warm_stdout"] == expected_stdout(key)
+    keep = runs["keep"]
+    assert isinstance(keep, subprocess.CompletedProcess)
+    timing = json.loads(keep.stdout)["timing_ms"]
     figures = {
         "keep_total_s": round(float(str(runs["keep_s"])), 2),
+        "keep_compile_s": round(timing["keep_compile"] / 1000, 2),
+        "keep_run_s": round(timing["keep_run"] / 1000, 3),
         "bare_total_s": round(float(str(runs["bare_s"])), 2),
         "bare_compile_s": round(bare["compile_s"], 2),
         "bare_run_s": round(bare["run_s"], 3),
         "bare_deserialize_s": round(bare["deserialize_s"], 3),
         "bare_warm_run_s": round(bare["warm_run_s"], 3),
     }
+    # Failure paths of the program on the same module: bad arguments, no secret.
+    assert bare["bad_top_exit_code"] == 2
+    assert bare["no_secret_exit_code"] == 3
+    assert runs["bare_failure_stdout"] == ""
+    stderr = str(runs["bare_stderr"])
+    assert "main.py: --top needs a non-negative integer" in stderr
+    assert "main.py: cannot read the secret /secrets/signing_key: No such file or directory" in stderr
     for name, value in figures.items():
         record_property(name, value)
     print(f"\npython example start-up (26 MB module, compile-bound): {figures}")
