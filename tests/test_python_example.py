@@ -131,6 +131,35 @@ def test_package_digest_is_reproducible_and_published(example_dir: Path, tmp_pat
     assert published == [pkg.digest.hex()], "docs/reproducible.md: update the python-example digest"
 
 
+def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", "-C", str(EXAMPLE), *args], capture_output=True, timeout=60, check=False)
+
+
+def test_declared_source_commit_holds_these_files(example_dir: Path) -> None:
+    """As tests/test_reproducible.py checks for the other examples; the
+    interpreter is not committed, its pin (python.wasm.sha256) is."""
+    pkg = Package.from_bytes(build(example_dir))
+    source = dict(pkg.manifest.source)
+    assert "directory examples/python" in source["repository"]
+    commit = source["commit"]
+    assert re.fullmatch(r"[0-9a-f]{40}", commit)
+    if shutil.which("git") is None or git("rev-parse", "--is-inside-work-tree").returncode != 0:
+        pytest.skip("not a git checkout: the declared commit cannot be looked up")
+    if git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        if git("rev-parse", "--is-shallow-repository").stdout.strip() == b"true":
+            pytest.skip(f"shallow clone without commit {commit}")
+        pytest.fail(
+            f"examples/python/Stockade.toml declares commit {commit}, which is not in this repository"
+        )
+    for rel in ["get_python.py", "python.wasm.sha256", *pkg.manifest.files]:
+        at_commit = git("show", f"{commit}:examples/python/{rel}")
+        assert at_commit.returncode == 0, f"examples/python/{rel} is not in commit {commit}"
+        assert at_commit.stdout == (EXAMPLE / rel).read_bytes(), (
+            f"examples/python/{rel} changed since the declared commit {commit}: commit it, then "
+            "declare that commit in examples/python/Stockade.toml"
+        )
+
+
 # --- running it ---------------------------------------------------------------
 
 
