@@ -322,3 +322,19 @@ def test_same_module_on_bare_wasmtime_and_startup(
     for name, value in figures.items():
         record_property(name, value)
     print(f"\npython example start-up (26 MB module, compile-bound): {figures}")
+
+
+@pytest.mark.slow
+def test_a_time_limit_shorter_than_the_compile_says_so(package_file: Path, state_dir: Path, tmp_path: Path) -> None:
+    """The workload's time limit covers compiling its module: a 26 MB
+    interpreter does not compile within 1 s here, and the error says that
+    the limit ran out while compiling (not "in a host call")."""
+    key = tmp_path / "key.bin"
+    key.write_bytes(os.urandom(32))
+    proc = subprocess.run(
+        [sys.executable, "-m", "stockade", "run", "--allow-sim", "-q", "--timeout", "1", str(package_file),
+         "--secret", f"signing_key=@{key}", "--stdin", "/dev/null", "--", "Ann"],
+        capture_output=True, timeout=120, env={**os.environ, "STOCKADE_STATE_DIR": str(state_dir)}, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 116, proc.stderr.decode(errors="replace")
+    assert b"while its module was compiled" in proc.stderr and proc.stdout == b""

@@ -180,6 +180,9 @@ class Runner:
         self._sandbox = sandbox
         self._output_left = 0
         self.limit_hit: str | None = None
+        #: What the workload's time goes to now: "compiling" until the
+        #: module is compiled, then "running" (the watchdog names it).
+        self.phase = "compiling"
         self._lock = threading.Lock()
 
     def _writer(self, fd: int) -> Callable[[bytes], None]:
@@ -225,6 +228,7 @@ class Runner:
                     f"module imports {imp.module}::{imp.name}; only wasi_snapshot_preview1 is provided"
                 )
         timing["compile"] = int((time.perf_counter() - t0) * 1e6)
+        self.phase = "running"
 
         limits = workload.limits
         self._output_left = limits.output_bytes

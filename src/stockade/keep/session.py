@@ -175,7 +175,7 @@ class KeepServer:
         done = threading.Event()
         watchdog = threading.Thread(
             target=self._watchdog,
-            args=(workload.limits.timeout_ms / 1000 + WATCHDOG_GRACE, done),
+            args=(workload.limits.timeout_ms / 1000 + WATCHDOG_GRACE, done, runner),
             daemon=True,
         )
         watchdog.start()
@@ -193,14 +193,14 @@ class KeepServer:
             )
         )
 
-    def _watchdog(self, seconds: float, done: threading.Event) -> None:
+    def _watchdog(self, seconds: float, done: threading.Event, runner: Any) -> None:
         if done.wait(seconds):
             return
-        _log("workload blocked past its time limit in a host call; watchdog ends the Keep")
-        err = LimitExceeded(
-            "workload exceeded its wall-clock time limit (blocked in a host call) and was stopped",
-            "time",
-        )
+        # The time limit covers compiling the module too (a module that takes
+        # longer to compile than its limit never starts).
+        where = "while its module was compiled" if runner.phase == "compiling" else "blocked in a host call"
+        _log(f"workload past its time limit ({where}); watchdog ends the Keep")
+        err = LimitExceeded(f"workload exceeded its wall-clock time limit ({where}) and was stopped", "time")
         try:
             if self._send_lock.acquire(timeout=1.0):
                 self._conn.sendall(self.session.problem(err))
