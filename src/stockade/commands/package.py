@@ -87,8 +87,8 @@ def build(directory: Path, out: Path | None, as_json: bool) -> None:
     "--lang",
     "lang",
     required=True,
-    type=click.Choice(["c", "cpp", "rust", "python", "js"]),
-    help="Language of the starter project.",
+    metavar="LANG",
+    help="Language of the starter project: c, cpp, rust, python or js.",
 )
 @click.argument("directory", required=False, default=".", type=click.Path(path_type=Path))
 @click.option("--name", help="Project name (default: the directory's name).")
