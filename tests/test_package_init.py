@@ -190,7 +190,9 @@ def test_init_refusals(tmp_path: Path, args: list[str], message: str) -> None:
 def test_an_unknown_language_is_a_usage_error(tmp_path: Path) -> None:
     proc = init("--lang", "cobol", str(tmp_path / "x"))
     assert proc.returncode == 2
-    assert proc.stderr == "stockade: usage error: unknown language 'cobol' (known: c, cpp, rust, python, js)\n"
+    assert (
+        proc.stderr == "stockade: usage error: unknown language 'cobol' (known: c, cpp, rust, python, js)\n"
+    )
     proc = init(str(tmp_path / "x"))
     assert proc.returncode == 2
     assert "Missing option '--lang'" in proc.stderr
