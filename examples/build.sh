@@ -5,14 +5,18 @@
 #
 #   Without OUTDIR the modules are written in place, next to their sources:
 #     examples/hello/hello.wasm  examples/wordcount/wordcount.wasm
+#     examples/csvstat/csvstat.wasm
 #   With OUTDIR (created if needed) they are written as:
-#     OUTDIR/hello.wasm          OUTDIR/wordcount.wasm
+#     OUTDIR/hello.wasm          OUTDIR/wordcount.wasm  OUTDIR/csvstat.wasm
 #
 # Toolchain (Debian bookworm packages): clang lld wasi-libc
-# libclang-rt-14-dev-wasm32 rustc libstd-rust-dev-wasm32. The compilers are
+# libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32 rustc
+# libstd-rust-dev-wasm32 (bookworm's libc++-dev-wasm32 pulls in the two
+# libc++ ones; it has no libc++abi-dev-wasm32 package). The compilers are
 # called by absolute path, never found on PATH (a rustup rustc on PATH is a
 # different compiler and gives different bytes). Override them only on purpose:
-#   STOCKADE_CLANG    (default /usr/bin/clang)
+#   STOCKADE_CLANG    (default /usr/bin/clang; C++ is compiled by the same
+#                      binary in g++ driver mode, so one version check covers both)
 #   STOCKADE_RUSTC    (default /usr/bin/rustc)
 #   STOCKADE_RUST_LLD (default /usr/bin/rust-lld, the linker rustc drives)
 #
@@ -71,6 +75,11 @@ wasi_libc="$("$CLANG" --target=wasm32-wasi -print-file-name=libc.a)"
 wasi_builtins="$("$CLANG" --target=wasm32-wasi -print-libgcc-file-name)"
 [[ -f "$wasi_builtins" ]] ||
     die "no $wasi_builtins (Debian package: libclang-rt-14-dev-wasm32)"
+for lib in libc++.a libc++abi.a; do
+    wasi_cxx="$("$CLANG" --target=wasm32-wasi -print-file-name="$lib")"
+    [[ -f "$wasi_cxx" ]] ||
+        die "no wasm32-wasi $lib for $CLANG (Debian packages: libc++-14-dev-wasm32 libc++abi-14-dev-wasm32)"
+done
 rust_std_dir="$("$RUSTC" --print target-libdir --target wasm32-wasi)"
 compgen -G "$rust_std_dir/libstd-*.rlib" >/dev/null ||
     die "no Rust std for wasm32-wasi in $rust_std_dir (Debian package: libstd-rust-dev-wasm32)"
@@ -86,8 +95,9 @@ fi
 # --- build in a fresh temporary directory ------------------------------------
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/stockade-examples.XXXXXXXX")"
 trap 'rm -rf -- "$tmp"' EXIT
-mkdir -p "$tmp/src/hello" "$tmp/src/wordcount/src" "$tmp/out"
+mkdir -p "$tmp/src/hello" "$tmp/src/wordcount/src" "$tmp/src/csvstat" "$tmp/out"
 cp -- "$examples_dir/hello/hello.c" "$tmp/src/hello/hello.c"
+cp -- "$examples_dir/csvstat/csvstat.cpp" "$tmp/src/csvstat/csvstat.cpp"
 cp -- "$examples_dir/wordcount/src/main.rs" "$tmp/src/wordcount/src/main.rs"
 cd "$tmp/src"
 
@@ -104,6 +114,28 @@ CFLAGS=(
     -Wl,--strip-all
 )
 "$CLANG" "${CFLAGS[@]}" hello/hello.c -o "$tmp/out/hello.wasm"
+
+# C++: Debian's wasm32-wasi libc++ (14) is built without exceptions (WASI had
+# no exception handling then), hence -fno-exceptions; no RTTI is needed
+# either. --stack-first puts the 64 KiB stack below the static data, so a
+# stack overflow traps instead of overwriting data.
+CXXFLAGS=(
+    --driver-mode=g++
+    --target=wasm32-wasi
+    -std=c++17
+    -O2
+    -g0
+    -fno-exceptions
+    -fno-rtti
+    -Wall
+    -Wextra
+    "-ffile-prefix-map=$tmp/src=$MAPPED_ROOT"
+    "-fdebug-prefix-map=$tmp/src=$MAPPED_ROOT"
+    "-ffile-prefix-map=$examples_dir=$MAPPED_ROOT"
+    -Wl,--stack-first
+    -Wl,--strip-all
+)
+"$CLANG" "${CXXFLAGS[@]}" csvstat/csvstat.cpp -o "$tmp/out/csvstat.wasm"
 
 RUSTC_FLAGS=(
     --edition=2021
@@ -133,7 +165,9 @@ install_module() { # install_module NAME DESTINATION
 if [[ -z "$outdir" ]]; then
     install_module hello.wasm "$examples_dir/hello/hello.wasm"
     install_module wordcount.wasm "$examples_dir/wordcount/wordcount.wasm"
+    install_module csvstat.wasm "$examples_dir/csvstat/csvstat.wasm"
 else
     install_module hello.wasm "$outdir/hello.wasm"
     install_module wordcount.wasm "$outdir/wordcount.wasm"
+    install_module csvstat.wasm "$outdir/csvstat.wasm"
 fi

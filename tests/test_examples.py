@@ -2,19 +2,24 @@
 
 Two kinds of test:
 
-* the build tests rebuild both modules with examples/build.sh from a copy of
+* the build tests rebuild the modules with examples/build.sh from a copy of
   the sources and require the very bytes that are committed. They need the
   Debian Wasm toolchain; without it they are skipped, unless
   STOCKADE_REQUIRE_TOOLCHAINS=1 (CI sets it), in which case they fail;
 * the run tests execute the committed modules on bare wasmtime-py, in a
-  subprocess, and compare their output with a reference computed in Python.
+  subprocess, and compare their output with a reference computed in Python;
+  csvstat (C++) is also run in a sim Keep through `stockade run --allow-sim`,
+  from the module and from its package.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
+import io
 import json
+import math
 import os
 import random
 import re
@@ -36,9 +41,12 @@ SAMPLE = EXAMPLES / "wordcount" / "sample.txt"
 MODULES = {
     "hello.wasm": EXAMPLES / "hello" / "hello.wasm",
     "wordcount.wasm": EXAMPLES / "wordcount" / "wordcount.wasm",
+    "csvstat.wasm": EXAMPLES / "csvstat" / "csvstat.wasm",
 }
 HELLO = MODULES["hello.wasm"]
 WORDCOUNT = MODULES["wordcount.wasm"]
+CSVSTAT = MODULES["csvstat.wasm"]
+CSV_SAMPLE = EXAMPLES / "csvstat" / "sample.csv"
 
 REQUIRE_TOOLCHAINS = os.environ.get("STOCKADE_REQUIRE_TOOLCHAINS") == "1"
 
@@ -53,6 +61,8 @@ TOOLCHAIN = [
         "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a",
         "libclang-rt-14-dev-wasm32",
     ),
+    ("libc++ for wasm32-wasi", "/usr/lib/wasm32-wasi/libc++.a", "libc++-14-dev-wasm32"),
+    ("libc++abi for wasm32-wasi", "/usr/lib/wasm32-wasi/libc++abi.a", "libc++abi-14-dev-wasm32"),
     (
         "Rust std for wasm32-wasi",
         "/usr/lib/rustlib/wasm32-wasi/lib/libstd-*.rlib",
@@ -369,3 +379,175 @@ def test_wordcount_missing_file_fails(tmp_path: Path) -> None:
     assert run.stdout == ""
     assert run.stderr.startswith("wordcount: /data/no-such-file.txt: cannot open: ")
     assert run.stderr.count("\n") == 1
+
+
+# --- csvstat (C++) -------------------------------------------------------------
+
+NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def quoted(value: str) -> str:
+    """csvstat's quoting of names and values (see quoted() in csvstat.cpp)."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def expected_csvstat(text: str) -> str:
+    """The reference summary, from Python's csv module (well-formed input
+    with LF or CRLF line ends only: csvstat, unlike csv, keeps a lone CR)."""
+    records = [r for r in csv.reader(io.StringIO(text, newline=""), strict=True) if r]
+    header, rows = records[0], records[1:]
+    lines = [f"rows: {len(rows)}", f"columns: {len(header)}"]
+    for c, name in enumerate(header):
+        values = [row[c] for row in rows if row[c] != ""]
+        line = f"{quoted(name)}: count={len(values)} empty={len(rows) - len(values)}"
+        numbers = [float(v) for v in values if NUMBER.fullmatch(v)]
+        if not values:
+            line += " type=empty"
+        elif len(numbers) == len(values) and all(math.isfinite(x) for x in numbers):
+            total = 0.0
+            for x in numbers:  # in order, like the C++ (not math.fsum)
+                total += x
+            low, high, mean = min(numbers), max(numbers), total / len(numbers)
+            # Python's ".15g" formats like C's "%.15g".
+            line += f" type=number min={low:.15g} max={high:.15g} mean={mean:.15g} sum={total:.15g}"
+        else:
+            counts = Counter(values)
+            top = min(counts, key=lambda v: (-counts[v], v.encode()))
+            line += f" type=text distinct={len(counts)} top={quoted(top)} ({counts[top]})"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+CSV_SAMPLE_SUMMARY = """\
+rows: 8
+columns: 6
+"station": count=8 empty=0 type=text distinct=4 top="Bergen" (2)
+"date": count=8 empty=0 type=text distinct=2 top="2024-01-01" (4)
+"temp_c": count=8 empty=0 type=number min=-13.5 max=4.2 mean=-2.65625 sum=-21.25
+"rain_mm": count=7 empty=1 type=number min=0 max=12.4 mean=5.12142857142857 sum=35.85
+"wind": count=8 empty=0 type=text distinct=5 top="SW" (3)
+"note": count=6 empty=2 type=text distinct=5 top="rain" (2)
+"""
+
+
+def test_csvstat_sample(tmp_path: Path) -> None:
+    assert expected_csvstat(CSV_SAMPLE.read_text(encoding="utf-8")) == CSV_SAMPLE_SUMMARY
+    run = run_wasm(CSVSTAT, ["csvstat", "/data/sample.csv"], tmp_path, preopens={CSV_SAMPLE.parent: "/data"})
+    assert (run.exit_code, run.stderr) == (0, "")
+    assert run.stdout == CSV_SAMPLE_SUMMARY
+    stdin = run_wasm(CSVSTAT, ["csvstat"], tmp_path / "stdin", stdin=CSV_SAMPLE)
+    assert (stdin.exit_code, stdin.stdout, stdin.stderr) == (0, CSV_SAMPLE_SUMMARY, "")
+
+
+def test_csvstat_quotes_crlf_blank_lines_and_odd_values(tmp_path: Path) -> None:
+    text = (
+        'id,"na,me",value,blank,mixed\r\n'
+        "\r\n"
+        '1,"a ""quoted"" one",1e3,,7\r\n'
+        '2,"multi\r\nline\tand\\",-.5,,x\r\n'
+        "\n"
+        "3,Ünïcödé,+2.,,1e999\r\n"
+        '4,"\x01ctl",0.25,,7\n'
+        "5,Ünïcödé,1E-3,,"
+    )
+    (tmp_path / "in.csv").write_bytes(text.encode())
+    run = run_wasm(CSVSTAT, ["csvstat", "-"], tmp_path / "run", stdin=tmp_path / "in.csv")
+    assert (run.exit_code, run.stderr) == (0, "")
+    assert run.stdout == expected_csvstat(text)
+    assert '"na,me": count=5 empty=0 type=text distinct=4 top="Ünïcödé" (2)\n' in run.stdout
+    assert '"blank": count=0 empty=5 type=empty\n' in run.stdout
+    # 1e999 overflows a double: not a usable number, so the column is text.
+    assert '"mixed": count=4 empty=1 type=text distinct=3 top="7" (2)\n' in run.stdout
+    assert '"value": count=5 empty=0 type=number min=-0.5 max=1000 ' in run.stdout
+
+
+def test_csvstat_random_table(tmp_path: Path) -> None:
+    rng = random.Random(19)
+    words = ["alpha", "beta", "gamma", "delta", "with,comma", 'say "hi"', "é"]
+    rows = [["n", "x", "word", "maybe"]]
+    for _ in range(3000):
+        rows.append(
+            [
+                str(rng.randint(-(10**9), 10**9)),
+                repr(rng.uniform(-1e6, 1e6)),
+                rng.choice(words),
+                rng.choice(["", "", repr(rng.random())]),
+            ]
+        )
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    text = buffer.getvalue()
+    assert len(text) > 65536  # more than one read buffer, more than the default stack
+    (tmp_path / "big.csv").write_text(text, encoding="utf-8", newline="")
+    run = run_wasm(CSVSTAT, ["csvstat"], tmp_path / "run", stdin=tmp_path / "big.csv")
+    assert (run.exit_code, run.stderr) == (0, "")
+    assert run.stdout == expected_csvstat(text)
+    assert run.stdout.count("type=number") == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "argv", "code", "message"),
+    [
+        ('a,b\n1,"2\n', ["csvstat"], 1, "csvstat: -: line 2: unterminated quoted field\n"),
+        ("a,b\n1,2\n3\n", ["csvstat"], 1, "csvstat: -: line 3: 1 fields, the header has 2\n"),
+        ('a,b\n1,x"y\n', ["csvstat"], 1, "csvstat: -: line 2: quote inside an unquoted field\n"),
+        ('a,b\n1,"x"y\n', ["csvstat"], 1, "csvstat: -: line 2: text after a closing quote\n"),
+        ('a,b\n"1\n\n2",3\n4\n', ["csvstat"], 1, "csvstat: -: line 5: 1 fields, the header has 2\n"),
+        ("\n\r\n", ["csvstat"], 1, "csvstat: -: no header\n"),
+        ("", ["csvstat", "/in/nope.csv"], 1, "csvstat: /in/nope.csv: cannot open: "),
+        ("", ["csvstat", "a", "b"], 2, "csvstat: usage: csvstat [FILE]\n"),
+    ],
+)
+def test_csvstat_rejects_bad_input(
+    tmp_path: Path, text: str, argv: list[str], code: int, message: str
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in.csv").write_text(text, encoding="utf-8", newline="")
+    run = run_wasm(
+        CSVSTAT, argv, tmp_path / "run", stdin=tmp_path / "in.csv", preopens={tmp_path / "in": "/in"}
+    )
+    assert run.exit_code == code
+    assert run.stdout == ""
+    assert run.stderr.startswith(message)
+    assert run.stderr.count("\n") == 1
+
+
+def test_csvstat_header_only(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("only,header", encoding="utf-8")
+    run = run_wasm(CSVSTAT, ["csvstat"], tmp_path / "run", stdin=tmp_path / "in.csv")
+    assert (run.exit_code, run.stderr) == (0, "")
+    assert run.stdout == (
+        'rows: 0\ncolumns: 2\n"only": count=0 empty=0 type=empty\n"header": count=0 empty=0 type=empty\n'
+    )
+
+
+@pytest.mark.slow
+def test_csvstat_in_a_sim_keep(stockade, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The module with --stdin, and its package (which carries sample.csv and
+    names it in its args), each through `stockade run --allow-sim`."""
+    proc = stockade("run", "--allow-sim", "--quiet", "--stdin", str(CSV_SAMPLE), str(CSVSTAT))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == CSV_SAMPLE_SUMMARY
+    pkg = tmp_path / "csvstat.stockade"
+    built = stockade("package", "build", str(EXAMPLES / "csvstat"), "-o", str(pkg))
+    assert built.returncode == 0, built.stderr
+    proc = stockade("run", "--allow-sim", "--quiet", str(pkg))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == CSV_SAMPLE_SUMMARY
+    # A bad table: the workload's one-line error and exit code come through.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1\n", encoding="utf-8")
+    proc = stockade("run", "--allow-sim", "--quiet", "--stdin", str(bad), str(CSVSTAT))
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert b"csvstat: -: line 2: 1 fields, the header has 2\n" in proc.stderr

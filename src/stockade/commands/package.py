@@ -1,4 +1,4 @@
-"""``stockade package build|inspect|sign|verify`` and ``stockade key
+"""``stockade package init|build|inspect|sign|verify`` and ``stockade key
 generate``: signed workload packages (docs/package.md). Exit codes: 0 ok,
 2 bad command line or build input, 110 a signature check failed or too few
 trusted signatures, 117 the package itself is malformed."""
@@ -48,7 +48,7 @@ def _doc(pkg: Package) -> dict[str, Any]:
 
 @click.group()
 def package() -> None:
-    """Build, inspect, sign and verify workload packages."""
+    """Start, build, inspect, sign and verify workload packages."""
 
 
 @package.command()
@@ -80,6 +80,40 @@ def build(directory: Path, out: Path | None, as_json: bool) -> None:
         click.echo(json.dumps({"package": str(out), "digest": pkg.digest.hex(), "size": len(data)}))
     else:
         click.echo(f"{out}: {len(data)} bytes, digest sha256:{pkg.digest.hex()}")
+
+
+@package.command()
+@click.option(
+    "--lang",
+    "lang",
+    required=True,
+    metavar="LANG",
+    help="Language of the starter project: c, cpp, rust, python or js.",
+)
+@click.argument("directory", required=False, default=".", type=click.Path(path_type=Path))
+@click.option("--name", help="Project name (default: the directory's name).")
+@click.option(
+    "--force", is_flag=True, help="Write into a non-empty DIRECTORY, replacing files of the same name."
+)
+@json_option("Print the result as JSON.")
+def init(lang: str, directory: Path, name: str | None, force: bool, as_json: bool) -> None:
+    """Write a starter project for LANG into DIRECTORY (default: here; created
+    if needed, refused if not empty unless --force): source, build.sh,
+    Stockade.toml and a README with the commands to build and run it."""
+    from stockade.package.starter import write_starter
+
+    starter = write_starter(lang, directory, name=name, force=force)
+    if as_json:
+        doc = {"directory": str(directory), "name": starter.name, "files": list(starter.files)}
+        click.echo(json.dumps({**doc, "complete": starter.complete}))
+        return
+    for rel in starter.files:
+        click.echo(f"wrote {directory / rel}")
+    readme = directory / "README.md"
+    if starter.complete:
+        click.echo(f"next: cd {directory} && ./build.sh && stockade run --allow-sim {starter.name}.wasm")
+    else:
+        click.echo(f"{lang}: stockade cannot package this language yet; {readme} says what is planned")
 
 
 @package.command()
