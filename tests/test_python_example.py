@@ -325,7 +325,9 @@ def test_same_module_on_bare_wasmtime_and_startup(
 
 
 @pytest.mark.slow
-def test_a_time_limit_shorter_than_the_compile_says_so(package_file: Path, state_dir: Path, tmp_path: Path) -> None:
+def test_a_time_limit_shorter_than_the_compile_says_so(
+    package_file: Path, state_dir: Path, tmp_path: Path
+) -> None:
     """The workload's time limit covers compiling its module: a 26 MB
     interpreter does not compile within 1 s here, and the error says that
     the limit ran out while compiling (not "in a host call")."""

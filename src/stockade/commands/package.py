@@ -111,7 +111,9 @@ def init(lang: str, directory: Path, name: str | None, force: bool, as_json: boo
         click.echo(f"wrote {directory / rel}")
     readme = directory / "README.md"
     if starter.complete:
-        click.echo(f"next: cd {directory} && ./build.sh && stockade run --allow-sim {starter.name}.wasm")
+        # A Python starter runs as a package (interpreter and program); the others as a module first.
+        target = f"{starter.name}.stockade" if lang == "python" else f"{starter.name}.wasm"
+        click.echo(f"next: cd {directory} && ./build.sh && stockade run --allow-sim {target}")
     else:
         click.echo(f"{lang}: stockade cannot package this language yet; {readme} says what is planned")
 

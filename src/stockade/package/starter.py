@@ -23,7 +23,7 @@ LANGUAGES = ("c", "cpp", "rust", "python", "js")
 #: Languages whose starter is a complete project (source, build.sh,
 #: Stockade.toml); the others are the program and a README that says what is
 #: still to come (docs/languages.md).
-COMPLETE = frozenset({"c", "cpp", "rust"})
+COMPLETE = frozenset({"c", "cpp", "rust", "python"})
 
 #: A project name: also the module's file name, the package name and (with
 #: ``-`` as ``_``) a Rust crate name, so it is kept to a portable subset.
