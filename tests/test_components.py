@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+from tests.test_run_bad_input import failure, run_q
 
 from stockade.errors import WorkloadRejected
 from stockade.package.format import (
@@ -28,7 +29,6 @@ from stockade.package.format import (
     is_component,
     wrap_module,
 )
-from tests.test_run_bad_input import failure, run_q
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
