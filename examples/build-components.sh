@@ -5,9 +5,10 @@
 #
 #   Without OUTDIR the components are written in place:
 #     examples/hello-component/hello.component.wasm
+#     examples/hello-component/wordcount.component.wasm
 #     examples/jscomponent/jscomponent.wasm
-#   With OUTDIR (created if needed): OUTDIR/hello.component.wasm and
-#   OUTDIR/jscomponent.wasm.
+#   With OUTDIR (created if needed): OUTDIR/hello.component.wasm,
+#   OUTDIR/wordcount.component.wasm and OUTDIR/jscomponent.wasm.
 #
 # Toolchain: Node.js (Debian nodejs, npm) and the npm packages pinned in
 # examples/jscomponent/package-lock.json, installed with `npm ci
@@ -15,9 +16,10 @@
 # optional AOT mode would download weval from outside the npm registry: it is
 # never used here).
 #
-# hello.component.wasm: examples/hello/hello.wasm (the C example) wrapped
-# into a component with the WASI preview 1 adapter that jco ships (`jco new
-# --wasi-command`): bit for bit reproducible.
+# hello.component.wasm, wordcount.component.wasm: examples/hello/hello.wasm
+# (C) and examples/wordcount/wordcount.wasm (Rust) wrapped into components
+# with the WASI preview 1 adapter that jco ships (`jco new --wasi-command`):
+# bit for bit reproducible.
 #
 # jscomponent.wasm: examples/jscomponent/app.js built with componentize-js
 # (StarlingMonkey, a SpiderMonkey build for WASI, snapshotted with wizer).
@@ -40,9 +42,11 @@ if [[ -n "$outdir" ]]; then
     mkdir -p -- "$outdir"
     outdir="$(cd -- "$outdir" && pwd -P)"
     hello_out="$outdir/hello.component.wasm"
+    wc_out="$outdir/wordcount.component.wasm"
     js_out="$outdir/jscomponent.wasm"
 else
     hello_out="$examples_dir/hello-component/hello.component.wasm"
+    wc_out="$examples_dir/hello-component/wordcount.component.wasm"
     js_out="$examples_dir/jscomponent/jscomponent.wasm"
 fi
 
@@ -62,6 +66,9 @@ trap 'rm -rf -- "$work"' EXIT
 cp -- "$examples_dir/hello/hello.wasm" "$work/hello.wasm"
 (cd "$work" && "$bin/jco" new hello.wasm --wasi-command -o hello.component.wasm >&2)
 cp -- "$work/hello.component.wasm" "$hello_out"
+cp -- "$examples_dir/wordcount/wordcount.wasm" "$work/wordcount.wasm"
+(cd "$work" && "$bin/jco" new wordcount.wasm --wasi-command -o wordcount.component.wasm >&2)
+cp -- "$work/wordcount.component.wasm" "$wc_out"
 
 cp -r -- "$js_dir/app.js" "$js_dir/wit" "$work/"
 # http and fetch-event off: the component imports no wasi:http, which a Keep
@@ -69,4 +76,4 @@ cp -r -- "$js_dir/app.js" "$js_dir/wit" "$work/"
 (cd "$work" && "$bin/componentize-js" -d http fetch-event --wit wit --world-name command \
     -o jscomponent.wasm app.js >&2)
 cp -- "$work/jscomponent.wasm" "$js_out"
-sha256sum -- "$hello_out" "$js_out"
+sha256sum -- "$hello_out" "$wc_out" "$js_out"

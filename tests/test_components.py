@@ -40,6 +40,8 @@ JSCOMPONENT = EXAMPLES / "jscomponent" / "jscomponent.wasm"
 JSCOMPONENT_SHA256 = "fc9308f300748f3d8d079bee2ee36e624cce910a5359562c11d42fb437c83f88"
 #: examples/build-components.sh rebuilds this one bit for bit.
 HELLO_COMPONENT_SHA256 = "90a5166adb8a176d9daa4556f7f275a29e0ec108c6382651437f19fa110d02f9"
+WORDCOUNT_COMPONENT = EXAMPLES / "hello-component" / "wordcount.component.wasm"
+WORDCOUNT_COMPONENT_SHA256 = "85e0744a3f16924d120dd10172e6e89152e6eb9c5e30f569ac3b47f0bd8f9fff"
 
 
 def component(body: str, run_result: str = "i32.const 0") -> bytes:
@@ -106,6 +108,7 @@ def test_a_package_entry_with_another_layer_is_refused(tmp_path: Path) -> None:
 
 def test_committed_components_are_the_pinned_ones() -> None:
     assert hashlib.sha256(HELLO_COMPONENT.read_bytes()).hexdigest() == HELLO_COMPONENT_SHA256
+    assert hashlib.sha256(WORDCOUNT_COMPONENT.read_bytes()).hexdigest() == WORDCOUNT_COMPONENT_SHA256
     assert hashlib.sha256(JSCOMPONENT.read_bytes()).hexdigest() == JSCOMPONENT_SHA256
 
 
@@ -117,6 +120,60 @@ def test_hello_component_runs_with_args_and_env(stockade) -> None:
     proc = run_q(stockade, "--env", "GREETING=Hej", str(HELLO_COMPONENT), "--", "Bob", "x")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode() == "Hello, Bob!\narguments: 2\nGREETING: Hej\n"
+
+
+@pytest.mark.slow
+def test_component_reads_files_secrets_and_stdin(stockade, tmp_path: Path) -> None:
+    """The preopened files, the read-only /secrets and stdin reach a component
+    (the Rust wordcount example wrapped with the preview 1 adapter)."""
+    secret = tmp_path / "s.txt"
+    secret.write_bytes(b"alpha beta\n")
+    proc = run_q(
+        stockade,
+        "--file",
+        f"{EXAMPLES / 'wordcount'}:/in",
+        "--secret",
+        f"s=@{secret}",
+        "--stdin",
+        "-",
+        str(WORDCOUNT_COMPONENT),
+        "--",
+        "/in/sample.txt",
+        "/secrets/s",
+        "-",
+        input=b"one two\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.decode()
+    assert "/in/sample.txt: lines=12 words=131 bytes=743" in out
+    assert "/secrets/s: lines=1 words=2 bytes=11" in out
+    assert "-: lines=1 words=2 bytes=8" in out
+
+
+@pytest.mark.slow
+def test_component_output_limit(stockade) -> None:
+    proc = run_q(stockade, "--max-output", "3", str(HELLO_COMPONENT), "--", "Bob")
+    failure(proc, 116, "limit exceeded", "output limit")
+    assert proc.stdout == b"Hel"
+
+
+@pytest.mark.slow
+def test_component_memory_growth_is_bounded(stockade, tmp_path: Path) -> None:
+    """memory.grow past the limit fails inside the component (returns -1):
+    the workload goes on with the memory it has (here: run returns err)."""
+    grow = component(
+        "(memory 1)",
+        "(if (result i32) (i32.eq (memory.grow (i32.const 32)) (i32.const -1))"
+        " (then (i32.const 1)) (else (i32.const 0)))",
+    )
+    wat_exit = tmp_path / "grow.wasm"
+    wat_exit.write_bytes(grow)
+    # run's result carries no code: err is exit 1, so compare a grow that
+    # fits (exit 0) with one that does not (exit 1).
+    ok = run_q(stockade, "--memory", "4M", str(wat_exit))
+    assert ok.returncode == 0, ok.stderr
+    refused = run_q(stockade, "--memory", "1M", str(wat_exit))
+    assert refused.returncode == 1, refused.stderr
 
 
 @pytest.mark.slow
