@@ -211,6 +211,41 @@ def test_component_importing_sockets_is_refused(stockade, tmp_path: Path) -> Non
     failure(proc, 117, "workload rejected", "imports wasi:sockets/network@0.2.0", "no sockets")
 
 
+def importing(name: str, instance: str = "") -> bytes:
+    return bytes(
+        wasmtime.wat2wasm(
+            f"""(component
+              (import "{name}" (instance {instance}))
+              (core module $m (func (export "run") (result i32) i32.const 0))
+              (core instance $i (instantiate $m))
+              (func $run (result (result)) (canon lift (core func $i "run")))
+              (instance $r (export "run" (func $run)))
+              (export "wasi:cli/run@0.2.0" (instance $r)))"""
+        )
+    )
+
+
+@pytest.mark.slow
+def test_component_importing_other_interfaces_is_refused(stockade, tmp_path: Path) -> None:
+    proc = run_q(stockade, write(tmp_path, "other.wasm", importing("acme:db/query@1.0.0")))
+    failure(proc, 117, "workload rejected", "imports acme:db/query@1.0.0")
+    proc = run_q(stockade, write(tmp_path, "http.wasm", importing("wasi:http/types@0.2.0")))
+    failure(proc, 117, "workload rejected", "imports wasi:http/types@0.2.0")
+
+
+@pytest.mark.slow
+def test_component_importing_an_unimplemented_wasi_version_is_refused(stockade, tmp_path: Path) -> None:
+    proc = run_q(
+        stockade,
+        write(
+            tmp_path,
+            "v9.wasm",
+            importing("wasi:cli/environment@0.9.0", '(export "get-arguments" (func (result (list string))))'),
+        ),
+    )
+    failure(proc, 117, "workload rejected", "cannot be instantiated", "wasi:cli/environment@0.9.0")
+
+
 @pytest.mark.slow
 def test_component_with_two_memories_hits_the_memory_limit(stockade, tmp_path: Path) -> None:
     wat = """(component
