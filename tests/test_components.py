@@ -261,6 +261,14 @@ def test_component_with_two_memories_hits_the_memory_limit(stockade, tmp_path: P
 
 
 @pytest.mark.slow
+def test_component_with_a_disabled_core_feature_is_refused(stockade, tmp_path: Path) -> None:
+    """The components' engine turns off the same core features as the
+    modules' (here multi-memory, inside one core module)."""
+    proc = run_q(stockade, write(tmp_path, "mm.wasm", component("(memory 1) (memory 1)")))
+    failure(proc, 117, "workload rejected", "multi-memory feature, which a Keep does not enable")
+
+
+@pytest.mark.slow
 def test_component_memory_beyond_the_limit_is_refused(stockade, tmp_path: Path) -> None:
     big = component("(memory 64)")  # 4 MiB initial memory
     proc = run_q(stockade, "--memory", "1M", write(tmp_path, "big.wasm", big))
