@@ -112,7 +112,7 @@ def rebuilt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     # A different, deeper source directory (with a space in it), another
     # output directory and another working directory than the committed build.
     sources = tmp_path_factory.mktemp(f"src-{request.param}") / str(setup["dir"]) / "examples"
-    shutil.copytree(EXAMPLES, sources, ignore=shutil.ignore_patterns("*.wasm"))
+    shutil.copytree(EXAMPLES, sources, ignore=shutil.ignore_patterns("*.wasm", "node_modules"))
     for path in sources.rglob("*"):
         os.utime(path, (setup["mtime"], setup["mtime"]))
     out = tmp_path_factory.mktemp(f"out-{request.param}") / "modules"

@@ -1,4 +1,5 @@
-"""Run one WASI preview 1 command module in wasmtime, inside the Keep.
+"""Run one WASI command in wasmtime, inside the Keep: a preview 1 module
+(``_start``) or a preview 2 component (``wasi:cli/run``, ADR 0020).
 
 Limits (all from the client's Workload message):
 
@@ -27,6 +28,19 @@ Limits (all from the client's Workload message):
 * output: bytes written to stdout+stderr; past the limit output is dropped
   and the workload interrupted through the same epoch mechanism.
 
+Components (detected from the binary's preamble, stockade.package.format)
+run in an engine that differs from the modules' only by the component model
+being on, with the same WASI configuration (wasmtime-py 50 configures WASI
+preview 2 from the same ``WasiConfig``), the same epoch deadline, sandbox and
+output accounting, and the same store limits except ``instances``: a
+component is several core instances (``COMPONENT_MAX_INSTANCES``), still
+with one linear memory and ``MAX_TABLES`` tables in all, so the memory
+bound is the modules'. A component may import only the WASI preview 2
+interfaces that match what preview 1 gives a module (``COMPONENT_IMPORTS``:
+no sockets, no HTTP). Not available for components: reporting a failure
+at the memory limit as the memory limit (a component exports no core
+memory to inspect: it reads as a trap; the memory stays bounded).
+
 Known trap of wasmtime-py: instantiating a WASI module in a store without
 ``set_wasi`` kills the process, so WASI is always configured, and the store
 is always closed.
@@ -49,7 +63,7 @@ from typing import Any
 
 from stockade.errors import LimitExceeded, WorkloadRejected, WorkloadTrapped
 from stockade.keep.sandbox import MONITOR_INTERVAL_S, Sandbox, SandboxUnavailable, inodes_for
-from stockade.package.format import check_module_bytes
+from stockade.package.format import check_module_bytes, is_component
 from stockade.wire.messages import STDERR, STDOUT, Workload
 
 MEMORY_SLACK = 16 * 1024 * 1024
@@ -88,6 +102,10 @@ DISABLED_FEATURES = (
     "wasm_wide_arithmetic",
 )
 
+#: Component-model proposals a Keep turns off in the components' engine
+#: (wasmtime.Config attributes, wasmtime-py 50).
+COMPONENT_DISABLED_FEATURES = ("wasm_component_model_map", "wasm_component_model_implements")
+
 #: Validation messages of wasmtime for modules that use a disabled feature
 #: (substring -> the feature's name in the WebAssembly proposals).
 _FEATURE_ERRORS = (
@@ -105,6 +123,18 @@ _FEATURE_ERRORS = (
     ("wide arithmetic", "wide arithmetic"),
 )
 SECRETS_GUEST_DIR = "/secrets"
+#: Core instances a component may create (every instance counts against the
+#: store's limit: wasmtime docs, ``StoreLimitsBuilder::instances``); a
+#: componentize-js program needs 4 (its engine, the WASI adapter and two
+#: shims). Instances hold no memory beyond the one memory and the tables
+#: that the other limits bound.
+COMPONENT_MAX_INSTANCES = 16
+#: WASI preview 2 interface packages a component may import: the
+#: counterparts of what preview 1 gives a module (wasi:sockets and
+#: wasi:http are refused: a module has no network either).
+COMPONENT_IMPORTS = ("wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/")
+#: The export a WASI command component has (wasi:cli/command world).
+COMPONENT_RUN = "wasi:cli/run@0.2"
 MAX_TRAP_MESSAGE = 2000
 
 
@@ -120,19 +150,40 @@ def make_engine() -> Any:
     return wasmtime.Engine(config)
 
 
+def make_component_engine() -> Any:
+    """The engine for components: the modules' configuration with the
+    component model on (nothing else is turned on)."""
+    import wasmtime
+
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    for feature in DISABLED_FEATURES:
+        setattr(config, feature, False)
+    config.wasm_component_model = True
+    # Component-model proposals beyond the MVP stay off (they are off by
+    # default; said explicitly so that a new default cannot turn them on).
+    # wasmtime-py 50 has no setting for component-model async, whose
+    # default in wasmtime 50 applies.
+    for feature in COMPONENT_DISABLED_FEATURES:
+        setattr(config, feature, False)
+    return wasmtime.Engine(config)
+
+
 def table_elements_for(memory_bytes: int) -> int:
     """Elements allowed in each table under a memory limit."""
     return max(MIN_TABLE_ELEMENTS, memory_bytes // (4 * MAX_TABLES * TABLE_ELEMENT_BYTES))
 
 
-def store_limits(memory_bytes: int) -> dict[str, int]:
+def store_limits(memory_bytes: int, component: bool = False) -> dict[str, int]:
     """wasmtime store limits of a workload under a memory limit: one linear
     memory of that size, one instance (core Wasm cannot make more; WASI
-    functions are host functions), MAX_TABLES tables."""
+    functions are host functions; a component: COMPONENT_MAX_INSTANCES),
+    MAX_TABLES tables. The limits count the store's memories, tables and
+    instances, whichever core instance creates them."""
     return {
         "memory_size": memory_bytes,
         "table_elements": table_elements_for(memory_bytes),
-        "instances": 1,
+        "instances": COMPONENT_MAX_INSTANCES if component else 1,
         "tables": MAX_TABLES,
         "memories": 1,
     }
@@ -151,6 +202,53 @@ def compile_error(exc: Exception) -> WorkloadRejected:
                 f"the module uses the WebAssembly {feature} feature, which a Keep does not enable ({cause})"
             )
     return WorkloadRejected(f"invalid WebAssembly module: {cause}")
+
+
+def load_component(engine: Any, wasm: bytes) -> tuple[Any, str]:
+    """Compile a component and check that it is a WASI command that imports
+    only COMPONENT_IMPORTS; returns it with the name of its wasi:cli/run
+    export."""
+    import wasmtime
+    from wasmtime.component import Component
+
+    try:
+        component = Component(engine, wasm)
+    except wasmtime.WasmtimeError as exc:
+        refusal = compile_error(exc)
+        raise WorkloadRejected(
+            refusal.detail.replace("WebAssembly module", "WebAssembly component")
+        ) from None
+    kind = component.type
+    run = [name for name in kind.exports(engine) if name.startswith(COMPONENT_RUN)]
+    if len(run) != 1:
+        raise WorkloadRejected(
+            "component does not export wasi:cli/run (0.2.x): not a WASI command "
+            "(libraries and reactors are not run)"
+        )
+    for name in sorted(kind.imports(engine)):
+        if not name.startswith(COMPONENT_IMPORTS):
+            raise WorkloadRejected(
+                f"component imports {name}; a Keep provides only "
+                + ", ".join(p + "*" for p in COMPONENT_IMPORTS)
+                + " (WASI preview 2, no sockets or HTTP)"
+            )
+    return component, run[0]
+
+
+def component_run_func(instance: Any, store: Any, run: str) -> Any:
+    """The ``run`` function of the instance's ``run`` export (wasi:cli/run)."""
+    iface = instance.get_export_index(store, run)
+    func = instance.get_func(store, instance.get_export_index(store, "run", iface)) if iface else None
+    if func is None:
+        raise WorkloadRejected(f"component's {run} has no run function")
+    return func
+
+
+def run_result_code(result: Any) -> int:
+    """wasi:cli/run#run returns ``result`` with no payloads: ok is exit code
+    0, err is 1 (as the wasmtime CLI maps it); wasi:cli/exit.exit with
+    another code raises ExitTrap instead."""
+    return 0 if getattr(result, "tag", None) == "ok" else 1
 
 
 def _guest_path(path: str) -> PurePosixPath:
@@ -215,18 +313,24 @@ class Runner:
         timing: dict[str, int] = {}
         t0 = time.perf_counter()
         check_module_bytes(workload.wasm)
-        try:
-            module = wasmtime.Module(self.engine, workload.wasm)
-        except wasmtime.WasmtimeError as exc:
-            raise compile_error(exc) from None
-        start = next((e for e in module.exports if e.name == "_start"), None)
-        if start is None or not isinstance(start.type, wasmtime.FuncType):
-            raise WorkloadRejected("module has no _start function: not a WASI command")
-        for imp in module.imports:
-            if imp.module != "wasi_snapshot_preview1":
-                raise WorkloadRejected(
-                    f"module imports {imp.module}::{imp.name}; only wasi_snapshot_preview1 is provided"
-                )
+        component = is_component(workload.wasm)
+        if component:
+            # Set before any timer starts: _interrupt bumps this engine's epoch.
+            self.engine = make_component_engine()
+            compiled, run_export = load_component(self.engine, workload.wasm)
+        else:
+            try:
+                module = wasmtime.Module(self.engine, workload.wasm)
+            except wasmtime.WasmtimeError as exc:
+                raise compile_error(exc) from None
+            start = next((e for e in module.exports if e.name == "_start"), None)
+            if start is None or not isinstance(start.type, wasmtime.FuncType):
+                raise WorkloadRejected("module has no _start function: not a WASI command")
+            for imp in module.imports:
+                if imp.module != "wasi_snapshot_preview1":
+                    raise WorkloadRejected(
+                        f"module imports {imp.module}::{imp.name}; only wasi_snapshot_preview1 is provided"
+                    )
         timing["compile"] = int((time.perf_counter() - t0) * 1e6)
         self.phase = "running"
 
@@ -254,25 +358,43 @@ class Runner:
         try:
             wasi, stdin_fd = self._wasi_config(workload, base)
             store.set_wasi(wasi)
-            store.set_limits(**store_limits(limits.memory_bytes))
+            store.set_limits(**store_limits(limits.memory_bytes, component))
             store.set_epoch_deadline(1)
-            linker = wasmtime.Linker(self.engine)
-            linker.define_wasi()
+            if component:
+                from wasmtime.component import Linker as ComponentLinker
+
+                component_linker = ComponentLinker(self.engine)
+                component_linker.add_wasip2()
+            else:
+                linker = wasmtime.Linker(self.engine)
+                linker.define_wasi()
             t1 = time.perf_counter()
             timer.start()
             self._sandbox.monitor(MONITOR_INTERVAL_S, lambda: self._interrupt("disk"), stop_monitor)
             instance = None
             try:
-                instance = linker.instantiate(store, module)
-                func = instance.exports(store)["_start"]
-                if not isinstance(func, wasmtime.Func):  # pragma: no cover - checked above
-                    raise WorkloadRejected("_start is not a function")
-                func(store)
-                code = 0
+                if component:
+                    try:
+                        component_instance = component_linker.instantiate(store, compiled)
+                    except wasmtime.WasmtimeError as exc:
+                        self._instantiation_limit(str(exc), limits.memory_bytes, COMPONENT_MAX_INSTANCES)
+                        raise WorkloadRejected(
+                            f"the component cannot be instantiated: {exc_line(exc)}"
+                        ) from None
+                    # A component exports no core memory or table to inspect:
+                    # ``instance`` stays None for the limit reports.
+                    code = run_result_code(component_run_func(component_instance, store, run_export)(store))
+                else:
+                    instance = linker.instantiate(store, module)
+                    func = instance.exports(store)["_start"]
+                    if not isinstance(func, wasmtime.Func):  # pragma: no cover - checked above
+                        raise WorkloadRejected("_start is not a function")
+                    func(store)
+                    code = 0
             except wasmtime.ExitTrap as exc:
                 code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                if instance is None:
+                if instance is None and not component:
                     self._instantiation_limit(str(exc), limits.memory_bytes)
                 self._raise_for_limit(store, instance, limits.memory_bytes)
                 raise WorkloadTrapped(trap_summary(exc)) from None
@@ -291,7 +413,7 @@ class Runner:
                 os.close(stdin_fd)
             shutil.rmtree(base, ignore_errors=True)
 
-    def _instantiation_limit(self, text: str, memory_limit: int) -> None:
+    def _instantiation_limit(self, text: str, memory_limit: int, instances: int = 1) -> None:
         """The module asks at instantiation for more than the limits allow."""
         if "exceeds memory limits" in text:
             raise LimitExceeded(
@@ -307,7 +429,7 @@ class Runner:
             what = text.split("resource limit exceeded:", 1)[1].strip().splitlines()[0]
             raise LimitExceeded(
                 f"the module exceeds the Keep's limits on tables, memories and instances ({what}; "
-                f"at most {MAX_TABLES} tables, 1 memory, 1 instance)",
+                f"at most {MAX_TABLES} tables, 1 memory, {instances} instance{'s' if instances > 1 else ''})",
                 "memory",
             )
 
@@ -398,6 +520,13 @@ class Runner:
             os.close(stdin_fd)
             raise
         return wasi, stdin_fd
+
+
+def exc_line(exc: Exception) -> str:
+    """The first line of a wasmtime error, bounded."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else "error"
+    return line if len(line) <= MAX_TRAP_MESSAGE else line[:MAX_TRAP_MESSAGE] + " [...]"
 
 
 def trap_summary(exc: Exception) -> str:

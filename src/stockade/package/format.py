@@ -28,21 +28,41 @@ from stockade.wire.messages import loads_strict
 FORMAT_VERSION = 1
 MANIFEST_NAME = "Stockade.toml"
 WASM_MAGIC = b"\x00asm\x01\x00\x00\x00"
+#: Preamble of a component (component model, Binary.md: ``magic version
+#: layer`` with version 0x0d 0x00 and layer 0x01 0x00; a core module is
+#: version 0x01 0x00, layer 0x00 0x00:
+#: https://github.com/WebAssembly/component-model/blob/main/design/mvp/Binary.md).
+COMPONENT_MAGIC = b"\x00asm\x0d\x00\x01\x00"
 ROLES = ("author", "reviewer")
 SIG_ALG = "Ed25519"
 _TOP = ("v", "manifest", "files", "signatures")
 _SIG_KEYS = ("alg", "kid", "role", "sig")
 
 
+def is_component(wasm: bytes) -> bool:
+    """Whether ``wasm`` starts with a component's preamble (layer 1), not a
+    core module's (layer 0)."""
+    return wasm.startswith(COMPONENT_MAGIC)
+
+
 def check_module_bytes(wasm: bytes) -> None:
-    """Cheap structural checks before compiling (clear errors for common mistakes)."""
+    """Cheap structural checks before compiling (clear errors for common
+    mistakes): a core module (version 1, layer 0) or a component (layer 1,
+    version 0x0d)."""
     if len(wasm) < 8 or wasm[:4] != WASM_MAGIC[:4]:
         raise WorkloadRejected("not a WebAssembly module (missing the \\0asm magic number)")
-    if wasm[4:8] != WASM_MAGIC[4:]:
+    if wasm[4:8] == WASM_MAGIC[4:] or wasm[4:8] == COMPONENT_MAGIC[4:]:
+        return
+    version, layer = int.from_bytes(wasm[4:6], "little"), int.from_bytes(wasm[6:8], "little")
+    if layer == 1:
         raise WorkloadRejected(
-            f"unsupported WebAssembly binary version {wasm[4:8].hex()} "
-            "(components are not supported; expected a core module, version 1)"
+            f"unsupported WebAssembly component version 0x{version:04x} (expected 0x000d, "
+            "the component model's binary format that wasmtime reads)"
         )
+    raise WorkloadRejected(
+        f"unsupported WebAssembly binary version {wasm[4:8].hex()} "
+        "(expected a core module, version 1 layer 0, or a component, version 0x0d layer 1)"
+    )
 
 
 def _canonical(value: Any) -> bytes:
@@ -175,9 +195,11 @@ def _check_files_match(manifest: Manifest, files: dict[str, bytes]) -> None:
         raise WorkloadRejected(
             f"package: the manifest's entry {manifest.entry!r} is not a file in the package"
         )
-    if not files[manifest.entry].startswith(WASM_MAGIC):
+    entry = files[manifest.entry]
+    if not (entry.startswith(WASM_MAGIC) or is_component(entry)):
         raise WorkloadRejected(
-            f"package: entry {manifest.entry!r} is not a WebAssembly module (no \\0asm version 1 header)"
+            f"package: entry {manifest.entry!r} is not a WebAssembly module or component (no \\0asm "
+            "header of a version 1 module or of a version 0x0d layer 1 component)"
         )
     if manifest.entry in manifest.files:
         raise WorkloadRejected(f"package: manifest files must not list the entry {manifest.entry!r}")

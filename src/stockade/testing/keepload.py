@@ -140,12 +140,16 @@ def scenarios(work: Path, state: Path | None = None) -> list[tuple[list[str], by
     examples = root / "examples"
     hello = examples / "hello" / "hello.wasm"
     wordcount = examples / "wordcount" / "wordcount.wasm"
+    # A WASI preview 2 component (ADR 0020): the Keep imports wasmtime.component.
+    component = examples / "hello-component" / "hello.component.wasm"
     if not hello.exists():
         raise SystemExit(f"keepload: needs the repository's examples/ next to src/ ({examples})")
     secret = work / "secret.txt"
     secret.write_text("not-a-real-secret\n")
     notwasm = work / "not.wasm"
     notwasm.write_bytes(b"\x00asm\x01\x00\x00\x00garbage")
+    empty_component = work / "empty.component.wasm"
+    empty_component.write_bytes(b"\x00asm\x0d\x00\x01\x00")  # valid, but not a WASI command
     import wasmtime
 
     trap = work / "trap.wasm"
@@ -187,6 +191,8 @@ def scenarios(work: Path, state: Path | None = None) -> list[tuple[list[str], by
         ([*common, "--max-output", "1", str(hello), "--", "Alice"], b""),
         ([*common, "--signer", f"{key}.pub", str(pkg), "--", "Alice"], b""),
         ([*common, "--signer", f"{other}.pub", str(pkg)], b""),
+        ([*common, "--env", "GREETING=Hi", str(component), "--", "Alice"], b""),
+        ([*common, str(empty_component)], b""),
     ]
 
 
