@@ -1,11 +1,10 @@
 """`stockade package init --lang LANG [DIR]`: starter projects.
 
-Every language's files are written with the project name filled in; the
-c, cpp and rust starters are built with their own build.sh and run in a sim
-Keep with the very commands their README shows (skipped without the Debian
-toolchain, a failure with STOCKADE_REQUIRE_TOOLCHAINS=1 as in CI); the
-python and js starters (planned runtimes) run their README's command on the
-host. Refusals: a non-empty directory without --force, a file in place of
+Every language's files are written with the project name filled in; every
+starter is built with its own build.sh and run in a sim Keep with the very
+commands its README shows (skipped without the toolchain: Debian's for c,
+cpp and rust, the pinned CPython module for python, npm for js; a failure
+with STOCKADE_REQUIRE_TOOLCHAINS=1 as in CI). Refusals: a non-empty directory without --force, a file in place of
 the directory, an unusable project name, an unknown language."""
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ FILES = {
     "cpp": ["README.md", "Stockade.toml", "build.sh", "main.cpp"],
     "rust": ["README.md", "Stockade.toml", "build.sh", "src/main.rs"],
     "python": ["README.md", "Stockade.toml", "app/main.py", "build.sh"],
-    "js": ["README.md", "app.js"],
+    "js": [".gitignore", "README.md", "Stockade.toml", "app.js", "build.sh", "package.json", "wit/world.wit"],
 }
 
 # What each buildable starter's build.sh needs (path globs; Debian packages).
@@ -74,7 +73,7 @@ def test_init_writes_the_starter(lang: str, tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert doc["name"] == "my-app"
     assert sorted(doc["files"]) == FILES[lang]
-    assert doc["complete"] == (lang in TOOLCHAINS or lang == "python")
+    assert set(doc) == {"directory", "name", "files"}
     project = tmp_path / "my-app"
     assert files_under(project) == FILES[lang]
     for rel in FILES[lang]:
@@ -94,8 +93,11 @@ def test_init_writes_the_starter(lang: str, tmp_path: Path) -> None:
         assert os.access(project / "build.sh", os.X_OK)
         assert "./build.sh\nstockade run --allow-sim --stdin README.md my-app.stockade -- Alice\n" in readme
     else:
-        assert "*Planned.*" in readme
-        assert "docs/languages.md" in readme
+        manifest = tomllib.loads((project / "Stockade.toml").read_text(encoding="utf-8"))
+        assert (manifest["name"], manifest["entry"]) == ("my-app", "my-app.wasm")
+        assert os.access(project / "build.sh", os.X_OK)
+        assert json.loads((project / "package.json").read_text())["name"] == "my-app"
+        assert "./build.sh\nstockade run --allow-sim --stdin README.md my-app.wasm -- Alice\n" in readme
 
 
 def test_init_without_json_says_what_it_wrote_and_what_next(tmp_path: Path) -> None:
@@ -113,10 +115,7 @@ def test_init_without_json_says_what_it_wrote_and_what_next(tmp_path: Path) -> N
     assert proc.stdout.splitlines()[-1] == "next: cd py && ./build.sh && stockade run --allow-sim py.stockade"
     proc = init("--lang", "js", "js", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert (
-        proc.stdout.splitlines()[-1]
-        == "js: stockade cannot package this language yet; js/README.md says what is planned"
-    )
+    assert proc.stdout.splitlines()[-1] == "next: cd js && ./build.sh && stockade run --allow-sim js.wasm"
 
 
 def test_init_defaults_to_the_current_directory_and_its_name(tmp_path: Path) -> None:
@@ -322,15 +321,39 @@ def test_python_starter_builds_and_runs_with_the_readme_commands(tmp_path: Path,
     assert not (project / "py.stockade").exists()
 
 
-def test_js_starter_runs_its_readme_command(tmp_path: Path) -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node not installed")
+@pytest.mark.slow
+def test_js_starter_builds_and_runs_with_the_readme_commands(tmp_path: Path, state_dir: Path) -> None:
+    """build.sh installs componentize-js from the npm registry and builds a
+    WASI preview 2 command component from app.js; it runs in a sim Keep,
+    as a module file and as a package, with the README's commands."""
+    if shutil.which("npm") is None:
+        if REQUIRE_TOOLCHAINS:
+            pytest.fail("npm not installed (Debian: nodejs npm)")
+        pytest.skip("npm not installed (Debian: nodejs npm)")
     project = tmp_path / "js"
     assert init("--lang", "js", str(project)).returncode == 0
     commands = readme_commands((project / "README.md").read_text())
-    assert len(commands) == 1
-    proc = subprocess.run(
-        ["sh", "-c", commands[0]], cwd=project, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "Hello from js!\n"
+    assert commands == [
+        "./build.sh",
+        "stockade run --allow-sim --stdin README.md js.wasm -- Alice",
+        "stockade package build . -o js.stockade",
+        "stockade run --allow-sim js.stockade",
+    ]
+    env = {**os.environ, "STOCKADE_STATE_DIR": str(state_dir)}
+    outputs = []
+    for line in commands:
+        argv = shlex.split(line)
+        if argv[0] == "stockade":
+            argv = [sys.executable, "-m", "stockade", *argv[1:]]
+        proc = subprocess.run(
+            argv, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+        assert proc.returncode == 0, f"{line}:\n{proc.stdout}\n{proc.stderr}"
+        outputs.append(proc.stdout)
+    from stockade.package.format import is_component
+
+    assert is_component((project / "js.wasm").read_bytes())
+    readme = (project / "README.md").read_bytes()
+    lines = readme.count(b"\n")
+    assert outputs[1] == f"Hello, Alice, from js!\nstdin: {lines} lines, {len(readme)} bytes\n"
+    assert outputs[3] == "Hello, Keep, from js!\nstdin: 0 lines, 0 bytes\n"

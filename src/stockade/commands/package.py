@@ -105,17 +105,13 @@ def init(lang: str, directory: Path, name: str | None, force: bool, as_json: boo
     starter = write_starter(lang, directory, name=name, force=force)
     if as_json:
         doc = {"directory": str(directory), "name": starter.name, "files": list(starter.files)}
-        click.echo(json.dumps({**doc, "complete": starter.complete}))
+        click.echo(json.dumps(doc))
         return
     for rel in starter.files:
         click.echo(f"wrote {directory / rel}")
-    readme = directory / "README.md"
-    if starter.complete:
-        # A Python starter runs as a package (interpreter and program); the others as a module first.
-        target = f"{starter.name}.stockade" if lang == "python" else f"{starter.name}.wasm"
-        click.echo(f"next: cd {directory} && ./build.sh && stockade run --allow-sim {target}")
-    else:
-        click.echo(f"{lang}: stockade cannot package this language yet; {readme} says what is planned")
+    # A Python starter runs as a package (interpreter and program); the others as a module first.
+    target = f"{starter.name}.stockade" if lang == "python" else f"{starter.name}.wasm"
+    click.echo(f"next: cd {directory} && ./build.sh && stockade run --allow-sim {target}")
 
 
 @package.command()

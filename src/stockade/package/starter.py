@@ -20,11 +20,6 @@ from stockade.errors import UsageError
 #: Languages with a template, in the order `--help` lists them.
 LANGUAGES = ("c", "cpp", "rust", "python", "js")
 
-#: Languages whose starter is a complete project (source, build.sh,
-#: Stockade.toml); the others are the program and a README that says what is
-#: still to come (docs/languages.md).
-COMPLETE = frozenset({"c", "cpp", "rust", "python"})
-
 #: A project name: also the module's file name, the package name and (with
 #: ``-`` as ``_``) a Rust crate name, so it is kept to a portable subset.
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -39,7 +34,6 @@ class Starter:
 
     name: str
     files: tuple[str, ...]
-    complete: bool
 
 
 def _templates(lang: str) -> list[tuple[str, str]]:
@@ -102,7 +96,7 @@ def write_starter(lang: str, directory: Path, *, name: str | None = None, force:
         mode = 0o755 if target.name == "build.sh" else 0o644
         _write(target, content.encode("utf-8"), mode)
         written.append(rel)
-    return Starter(name=project, files=tuple(written), complete=lang in COMPLETE)
+    return Starter(name=project, files=tuple(written))
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
