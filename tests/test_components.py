@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from tests.test_run_bad_input import failure, run_q
 
 from stockade.errors import WorkloadRejected
 from stockade.package.format import (
@@ -30,6 +29,7 @@ from stockade.package.format import (
     is_component,
     wrap_module,
 )
+from test_run_bad_input import failure, run_q
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
