@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import shutil
 import socket
 import ssl
@@ -40,39 +39,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stockade.procfs import read_stat
+from stockade.procfs import cpu_seconds, memory_mib, read_stat
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RSS_MIB = 40.0
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = read_stat(pid)
-    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICK
-
-
-def memory_mib(pid: int) -> dict[str, float] | None:
-    """RSS, PSS and USS of ``pid`` in MiB (smaps_rollup), None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    kib: dict[str, int] = {}
-    for line in text.splitlines()[1:]:
-        key, _, value = line.partition(":")
-        kib[key.strip()] = int(value.split()[0])
-    return {
-        "rss": kib["Rss"] / 1024,
-        "pss": kib["Pss"] / 1024,
-        "uss": (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024,
-    }
 
 
 def descendants(root: int) -> dict[int, tuple[int, bytes]]:

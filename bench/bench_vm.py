@@ -55,11 +55,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stockade.procfs import read_stat
+from stockade.procfs import cpu_seconds, memory_mib, read_stat
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
-TICK = os.sysconf("SC_CLK_TCK")
 IMAGE_FILES = ("vmlinuz", "initrd.img", "cmdline", "manifest.json")
 #: The line a VM Keep's console log shows once it waits for its hello (its
 #: attester chosen: stockade.keep.vmguest.attester; printed after the
@@ -98,28 +97,6 @@ def pct(values: list[float], q: float) -> float:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = read_stat(pid)
-    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICK
-
-
-def memory_mib(pid: int) -> dict[str, float] | None:
-    """RSS, PSS and USS of ``pid`` in MiB (smaps_rollup), None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    kib: dict[str, int] = {}
-    for line in text.splitlines()[1:]:
-        key, _, value = line.partition(":")
-        kib[key.strip()] = int(value.split()[0])
-    return {
-        "rss": kib["Rss"] / 1024,
-        "pss": kib["Pss"] / 1024,
-        "uss": (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024,
-    }
 
 
 def mean_mib(rows: list[dict[str, float]]) -> dict[str, float]:

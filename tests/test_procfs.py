@@ -117,3 +117,19 @@ def test_status_number(tmp_path: Path, status: bytes, expected: int | None) -> N
 def test_status_unit_is_dropped(tmp_path: Path) -> None:
     proc = fake(tmp_path, 4242, status=b"VmHWM:\t  1024 kB\n")
     assert procfs.status_number("VmHWM", 4242, proc=proc) == 1024
+
+
+def test_cpu_seconds_and_memory_of_a_fake_process(tmp_path: Path) -> None:
+    from stockade.procfs import cpu_seconds, memory_mib
+
+    proc = tmp_path / "proc"
+    (proc / "42").mkdir(parents=True)
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = ["S"] + ["0"] * 10 + [str(3 * ticks), str(ticks)] + ["0"] * 30
+    (proc / "42" / "stat").write_text("42 (x y) " + " ".join(fields) + "\n")
+    assert cpu_seconds(42, proc=proc) == 4.0
+    (proc / "42" / "smaps_rollup").write_text(
+        "00400000-7fff [rollup]\nRss:  2048 kB\nPss:  1024 kB\nPrivate_Clean: 256 kB\nPrivate_Dirty: 256 kB\n"
+    )
+    assert memory_mib(42, proc=proc) == {"rss": 2.0, "pss": 1.0, "uss": 0.5}
+    assert memory_mib(43, proc=proc) is None and cpu_seconds(43, proc=proc) == 0.0

@@ -23,6 +23,7 @@ https://man7.org/linux/man-pages/man5/proc_pid_status.5.html):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Final
 
@@ -108,3 +109,31 @@ def status_number(key: str, pid: int | str = "self", *, proc: Path = PROC) -> in
                 return int(value[0])
             return None
     return None
+
+
+def cpu_seconds(pid: int | str, *, proc: Path = PROC) -> float:
+    """User plus system CPU time of ``pid`` in seconds (/proc/PID/stat
+    utime and stime, proc(5)); 0.0 when it is gone."""
+    fields = read_stat(pid, proc=proc)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mib(pid: int | str, *, proc: Path = PROC) -> dict[str, float] | None:
+    """RSS, PSS and USS of ``pid`` in MiB (/proc/PID/smaps_rollup, proc(5)),
+    None when it is gone or unreadable."""
+    data = _read(proc / str(pid) / "smaps_rollup")
+    if data is None:
+        return None
+    kib: dict[str, int] = {}
+    for line in data.decode("ascii", "replace").splitlines()[1:]:
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if parts and parts[0].isdigit():
+            kib[key.strip()] = int(parts[0])
+    if "Rss" not in kib:
+        return None
+    return {
+        "rss": kib["Rss"] / 1024,
+        "pss": kib.get("Pss", 0) / 1024,
+        "uss": (kib.get("Private_Clean", 0) + kib.get("Private_Dirty", 0)) / 1024,
+    }
