@@ -11,6 +11,7 @@ erase line), so "gone" means gone from the screen a user would see.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import socket
@@ -414,3 +415,21 @@ def test_deploy_on_a_terminal_shows_the_phases_and_clears_them_before_output(
     assert shown[0] == "stockade: Keep attested and verified"
     assert shown[-2:] == ["Hello, Bob!", "arguments: 1"]
     assert not any("stockade: running" in line or "stockade: booting" in line for line in shown)
+
+
+@pytest.mark.slow
+def test_timings_prints_phases_and_steps_after_the_run(stockade) -> None:
+    proc = stockade("run", "--allow-sim", "-q", "--timings", str(HELLO), "Ann")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"Hello, Ann!\narguments: 1\n"
+    err = proc.stderr.decode()
+    table = err[err.index("stockade: timings (ms)") :]
+    for name in ("booting", "attesting", "verifying", "loading", "running"):
+        assert re.search(rf"^    {name} +\d+\.\d$", table, re.M), name
+    for step in ("attest_and_handshake", "verify", "identity", "evidence", "compile", "wait_hello"):
+        assert re.search(rf"^    {step} +\d+\.\d", table, re.M), step
+    assert "Keep steps (measured inside the Keep)" in table
+    as_json = stockade("run", "--allow-sim", "--json", "--timings", str(HELLO))
+    doc = json.loads(as_json.stdout)
+    assert {"phase_booting", "phase_running", "keep_compile", "verify"} <= set(doc["timing_ms"])
+    assert b"stockade: timings" not in as_json.stderr  # --json carries them instead

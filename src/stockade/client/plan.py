@@ -167,6 +167,8 @@ class RunOptions:
     #: and the acceleration ("auto", "kvm", "tcg").
     image: Path | None = None
     accel: str = "auto"
+    #: Print the phases and steps after the run (--timings).
+    timings: bool = False
 
 
 #: Keep backend -> the platform its evidence claims (the sim backends).

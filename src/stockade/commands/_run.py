@@ -170,7 +170,44 @@ def deploy_session(
         on_identity=on_identity,
         progress=progress,
     )
+    if progress is not None:
+        result.timing_ms.update({f"phase_{k}": v for k, v in progress.durations_ms().items()})
+    if opts.timings and not opts.as_json:
+        click.echo(timings_text(result.timing_ms), err=True)
     return result, out
+
+
+#: Where each step of DeployResult.timing_ms is measured, and what it is.
+_STEP_NOTES = {
+    "client_prepare": "client: plan, policy, trust (after the hello went out)",
+    "attest_and_handshake": "client: waiting for the evidence and the TLS handshake",
+    "verify": "client: evidence verification and policy",
+    "transfer": "client: sending the workload",
+    "identity": "client: the second report and the workload identity check",
+    "run": "client: from the release to the exit (streaming output)",
+}
+
+
+def timings_text(timing_ms: dict[str, float]) -> str:
+    """The ``--timings`` table: the deploy's phases as the client saw them,
+    then its steps (client_*, and keep_* measured inside the Keep)."""
+    lines = ["stockade: timings (ms)"]
+    phases = [(k.removeprefix("phase_"), v) for k, v in timing_ms.items() if k.startswith("phase_")]
+    if phases:
+        lines.append("  phases (client's view)")
+        lines += [f"    {name:<22} {ms:>10.1f}" for name, ms in phases]
+    client = [(k, v) for k, v in timing_ms.items() if not k.startswith(("phase_", "keep_"))]
+    if client:
+        lines.append("  client steps")
+        lines += [f"    {k:<22} {v:>10.1f}  {_STEP_NOTES.get(k, '')}".rstrip() for k, v in client]
+    keep = sorted(
+        ((k.removeprefix("keep_"), v) for k, v in timing_ms.items() if k.startswith("keep_")),
+        key=lambda kv: kv[0],
+    )
+    if keep:
+        lines.append("  Keep steps (measured inside the Keep)")
+        lines += [f"    {k:<22} {v:>10.1f}" for k, v in keep]
+    return "\n".join(lines)
 
 
 def print_json(result: DeployResult, out: dict[int, bytearray], **extra: Any) -> None:
@@ -274,6 +311,12 @@ def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         json_option("Print one JSON result document on stdout.", exit_code_source="stockade"),
         click.option("--quiet", "-q", is_flag=True, help="Do not print the verification summary."),
+        click.option(
+            "--timings",
+            is_flag=True,
+            help="After the run, print on stderr how long each phase and step took, on the client and "
+            "in the Keep (--json always carries them, in timing_ms).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
