@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ("script", "args", "keys"),
     [
         ("bench_e2e.py", ["--runs", "1"], {"ratio", "bare_wasmtime_ms_median", "steps_ms_median"}),
+        ("bench_timings.py", ["--runs", "1", "--backends", "sim"], {"runs", "median_ms"}),
         ("bench_snp_verify.py", ["--seconds", "0.3"], set()),
         ("bench_dcap.py", ["--seconds", "0.3"], set()),
         (
