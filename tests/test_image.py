@@ -182,6 +182,9 @@ def test_elf_files_carry_no_debug_sections(keep_image: Path) -> None:
 
 
 def test_init_loads_modules_dependencies_first() -> None:
+    from conftest import need_vm
+
+    need_vm()
     kernel = find_kernel()
     names = [n for n, _ in module_order(kernel)]
     assert (
@@ -256,3 +259,21 @@ def test_image_cli_build_show_and_errors(stockade, keep_image: Path, tmp_path: P
     proc = stockade("image", "build", "-q", "-o", str(other))
     assert proc.returncode == 121 and b"is not a Keep image directory" in proc.stderr
     assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_build_with_a_kernel_named_otherwise_and_its_modules(tmp_path: Path) -> None:
+    """--kernel FILE --modules DIR: a kernel whose file name names no release
+    builds with the modules directory given (the runtime fingerprint uses
+    the same kernel, not a second lookup that needs a release)."""
+    from conftest import need_vm
+    from stockade.image.build import build
+
+    need_vm()
+    kernel = find_kernel()
+    bzimage = tmp_path / "bzImage"
+    shutil.copyfile(kernel.path, bzimage)
+    manifest = build(tmp_path / "img", kernel=bzimage, modules_dir=kernel.modules_dir)
+    assert manifest.kernel.sha256 == hashlib.sha256(kernel.path.read_bytes()).hexdigest()
+    assert manifest.kernel.about["package"] == "unknown" and manifest.components["runtime"]
+    with pytest.raises(ImageError, match="give its modules directory"):
+        build(tmp_path / "img2", kernel=bzimage)

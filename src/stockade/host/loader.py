@@ -52,6 +52,8 @@ from stockade.measure.launch import keep_measurement
 BACKENDS = ("sim", "sim-snp", "sim-tdx", "vm", "snp", "tdx")
 #: Backends with no host-side signer.
 HARDWARE_BACKENDS = ("snp", "tdx")
+#: Backends whose Keep is a VM (started with stockade.host.vm.VmSpawner).
+VM_BACKENDS = ("vm", *HARDWARE_BACKENDS)
 #: Keep backend -> flavour of its host-side sim signer
 #: (stockade.evidence.sim.psp --flavour).
 SIM_FLAVOUR = {"sim": "snp", "sim-snp": "snp", "sim-tdx": "tdx", "vm": "snp"}
@@ -305,7 +307,7 @@ def start_keep(
         raise ValueError(f"Keep id must be 1 to 64 ASCII letters or digits, got {keep_id!r}")
     spawner = spawner or PopenSpawner()
     owned_scratch = None
-    if scratch is None and backend not in ("vm", *HARDWARE_BACKENDS):  # a VM Keep's disk is in its own RAM
+    if scratch is None and backend not in VM_BACKENDS:  # a VM Keep's disk is in its own RAM
         # Per-Keep scratch directory, preferably in memory (/dev/shm): the
         # mount point of the Keep's private tmpfs (the workload's files and
         # secrets live there, unseen by the host) and the host's staged
@@ -339,14 +341,12 @@ def start_keep(
     to_close = [keep_end]
     try:
         with open(log_path, "ab") as log:
-            psp_fd = -1
-            if hardware:
-                pass
-            elif psp is not None and measuring is not None:
+            psp_fd = -1  # hardware backends: no sim signer
+            if psp is not None and measuring is not None:  # set only for a sim signer in this process
                 psp_keep_end = psp(measuring.result)
                 to_close.append(psp_keep_end)
                 psp_fd = psp_keep_end.fileno()
-            else:
+            elif not hardware:
                 psp_host_end, psp_keep_end = socket.socketpair()
                 to_close.append(psp_host_end)
                 psp_proc = spawner.psp(

@@ -32,12 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stockade.errors import ImageError
-from stockade.host.loader import DEFAULT_LIMITS, KeepProcess, PopenSpawner, ResourceLimits
+from stockade.host.loader import DEFAULT_LIMITS, VM_BACKENDS, KeepProcess, PopenSpawner, ResourceLimits
 from stockade.image.manifest import Image
 from stockade.wire.vmports import CONN_PORT, PSP_PORT
 
-#: Backends of this loader.
-VM_BACKENDS = ("vm", "snp", "tdx")
 #: Defaults of a VM Keep, fixed per VM: the initramfs unpacks into RAM
 #: (~75 MB), the Keep runtime uses ~60 MB, and the workload's memory and
 #: disk (a tmpfs: RAM too) must fit beside them with a reserve: the default

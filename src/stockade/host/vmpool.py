@@ -26,8 +26,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from stockade.host.loader import KeepHandle, start_keep
-from stockade.host.vm import VM_BACKENDS, VmSpawner
+from stockade.host.loader import VM_BACKENDS, KeepHandle, start_keep
+from stockade.host.vm import VmSpawner
 
 log = logging.getLogger("stockade.host.vmpool")
 

@@ -88,9 +88,7 @@ class Tree:
         parts = name.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             d = "/".join(parts[:i])
-            existing = self.members.get(d)
-            if existing is None:
-                self.members[d] = cpio.Entry.directory(d)
+            self.members.setdefault(d, cpio.Entry.directory(d))
 
     def add(self, entry: cpio.Entry) -> None:
         old = self.members.get(entry.name)
@@ -222,9 +220,9 @@ def _elf_interpreter(path: Path) -> str | None:
 # == the Python runtime =====================================================================================
 
 
-def python_layout() -> tuple[str, list[tuple[str, str]]]:
-    """(image stdlib dir, [(host sys.path entry, image dir)]) longest host
-    path first: where each directory of the Keep's sys.path goes."""
+def python_layout() -> list[tuple[str, str]]:
+    """[(host sys.path entry, image dir)], longest host path first: where
+    each directory of the Keep's sys.path goes."""
     from stockade.measure.launch import keep_sys_path, stdlib_path
 
     ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
@@ -234,7 +232,7 @@ def python_layout() -> tuple[str, list[tuple[str, str]]]:
     for entry in keep_sys_path():
         if entry not in (_zip, stdlib, dynload):
             roots.append((entry, f"{lib}/site-packages"))
-    return lib, sorted(roots, key=lambda r: len(r[0]), reverse=True)
+    return sorted(roots, key=lambda r: len(r[0]), reverse=True)
 
 
 def image_path(host: Path, roots: list[tuple[str, str]]) -> str:
@@ -248,17 +246,15 @@ def image_path(host: Path, roots: list[tuple[str, str]]) -> str:
 def runtime_files(progress: Progress) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
     """([(image path, host file)] of the measured runtime, [(image path, source)]
     of the modules to compile)."""
-    from stockade.measure.launch import measured_files
+    from stockade.measure.launch import measured_files, stdlib_path
 
-    _lib, roots = python_layout()
+    roots = python_layout()
     files: list[tuple[str, Path]] = []
     sources: list[tuple[str, Path]] = []
     progress("resolving the measured Keep runtime")
     # The interpreter finds its prefix from the landmark lib/pythonX.Y/os.py
     # (Modules/getpath.py); os is frozen into the interpreter, so its source
     # is not part of the runtime's file list, but must be in the image.
-    from stockade.measure.launch import stdlib_path
-
     landmark = Path(stdlib_path()[1]) / "os.py"
     files.append((image_path(landmark, roots), landmark))
     for m in measured_files():
@@ -431,16 +427,14 @@ poweroff -f
 # == the build ==============================================================================================
 
 
-def runtime_fingerprint(kernel: Path | None = None) -> str:
+def runtime_fingerprint(k: Kernel | None = None) -> str:
     """What a rebuild would change: the measured Keep runtime of this
-    installation, this builder, and the kernel an image would boot (recorded in the
-    manifest; ``stockade run --backend vm`` rebuilds its image when the
-    two differ)."""
-    import hashlib
-
+    installation, this builder, and the kernel an image would boot (default:
+    :func:`find_kernel`'s) (recorded in the manifest; ``stockade run
+    --backend vm`` rebuilds its image when the two differ)."""
     from stockade.measure.launch import keep_measurement
 
-    k = find_kernel(kernel)
+    k = k or find_kernel()
     st = k.path.stat()
     return hashlib.sha256(
         keep_measurement() + Path(__file__).read_bytes() + f"\0{k.path}\0{st.st_size}\0{k.version}".encode()
@@ -517,7 +511,7 @@ def build(
             kernel=kernel_c,
             initrd=initrd_c,
             cmdline=cmdline,
-            components={**_versions(bb), "runtime": runtime_fingerprint(kernel)},
+            components={**_versions(), "runtime": runtime_fingerprint(k)},
             measurements={"vm": digest.hex()},
         )
         (staging / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
@@ -529,7 +523,7 @@ def build(
     return manifest
 
 
-def _versions(busybox: Path) -> dict[str, str]:
+def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {

@@ -138,7 +138,9 @@ COMPONENT_RUN = "wasi:cli/run@0.2"
 MAX_TRAP_MESSAGE = 2000
 
 
-def make_engine() -> Any:
+def _module_config() -> Any:
+    """The engine configuration of modules: epoch interruption on, every
+    feature of DISABLED_FEATURES off."""
     import wasmtime
 
     config = wasmtime.Config()
@@ -147,7 +149,13 @@ def make_engine() -> Any:
         setattr(config, feature, False)
     # No compile cache: Module.deserialize accepts tampered blobs, so a cache
     # would need authentication with a Keep-held key (DESIGN.md, known traps).
-    return wasmtime.Engine(config)
+    return config
+
+
+def make_engine() -> Any:
+    import wasmtime
+
+    return wasmtime.Engine(_module_config())
 
 
 def make_component_engine() -> Any:
@@ -155,10 +163,7 @@ def make_component_engine() -> Any:
     component model on (nothing else is turned on)."""
     import wasmtime
 
-    config = wasmtime.Config()
-    config.epoch_interruption = True
-    for feature in DISABLED_FEATURES:
-        setattr(config, feature, False)
+    config = _module_config()
     config.wasm_component_model = True
     # Component-model proposals beyond the MVP stay off (they are off by
     # default; said explicitly so that a new default cannot turn them on).
