@@ -8,7 +8,7 @@ import click
 
 from stockade.client.plan import RunOptions
 from stockade.errors import ImageError
-from stockade.host.vm import VmConfig, VmSpawner
+from stockade.host.vm import VmConfig, VmSpawner, choose_accel
 
 
 def default_image_dir(state_dir: Path) -> Path:
@@ -49,7 +49,6 @@ def ensure_image(directory: Path | None, state_dir: Path, quiet: bool) -> Path:
 
 
 def local_vm_spawner(state_dir: Path, opts: RunOptions) -> VmSpawner:
-    from stockade.host.vm import choose_accel
     from stockade.image.manifest import load
 
     quiet = opts.quiet or opts.as_json

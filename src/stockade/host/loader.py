@@ -143,7 +143,7 @@ class PopenSpawner:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log_fd,
-            env=_child_env(),
+            env=child_env(),
             close_fds=True,
         )
 
@@ -266,7 +266,9 @@ def sweep_stale_scratch(bases: list[Path] | None = None, older_than: float = STA
     return removed
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of a host-started Keep-side process: nothing but
+    these variables (never a secret: secrets arrive in the attested channel)."""
     keep = ("PATH", "LANG", "LC_ALL", "TMPDIR")
     return {k: v for k, v in os.environ.items() if k in keep}
 

@@ -24,15 +24,21 @@ port exactly as it relays a process Keep's socket.
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stockade.errors import ImageError
-from stockade.host.loader import DEFAULT_LIMITS, VM_BACKENDS, KeepProcess, PopenSpawner, ResourceLimits
+from stockade.host.loader import (
+    DEFAULT_LIMITS,
+    VM_BACKENDS,
+    KeepProcess,
+    PopenSpawner,
+    ResourceLimits,
+    child_env,
+)
 from stockade.image.manifest import Image
 from stockade.wire.vmports import CONN_PORT, PSP_PORT
 
@@ -62,7 +68,6 @@ class VmConfig:
     firmware: Path | None = None
     #: QEMU's seccomp sandbox (-sandbox on,...), when QEMU is built with it.
     sandbox: bool = True
-    _measurement: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.accel not in ("kvm", "tcg"):
@@ -73,10 +78,9 @@ class VmConfig:
             raise ImageError(f"vCPUs must be 1 to 64, got {self.vcpus}")
 
     def measurement(self) -> bytes:
-        """The sim launch digest of this image (computed once)."""
-        if not self._measurement:
-            self._measurement.append(self.image.vm_measurement())
-        return self._measurement[0]
+        """The sim launch digest of this image (from its checked manifest's
+        digests: no file is read)."""
+        return self.image.vm_measurement()
 
 
 def qemu_argv(
@@ -193,8 +197,6 @@ class VmSpawner:
     def keep(
         self, keep_id: str, backend: str, log_fd: int, conn_fd: int, psp_fd: int, scratch: Path | None
     ) -> KeepProcess:
-        if backend not in VM_BACKENDS:
-            raise ValueError(f"not a VM backend: {backend!r}")
         argv = qemu_argv(self.cfg, backend, conn_fd, psp_fd if backend == "vm" else None)
         if self.die_with_parent:
             argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
@@ -204,7 +206,7 @@ class VmSpawner:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log_fd,
-            env={k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")},
+            env=child_env(),
             close_fds=True,
         )
         # rlimits as for process Keeps, but for the descriptors QEMU needs.

@@ -18,6 +18,7 @@ the guest powered off) are dropped and replaced, never handed out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -102,11 +103,9 @@ class VmPool:
         if taken is None:
             return None
         new_log = taken.log_path.with_name(f"keep-{keep_id}.log")
-        try:
+        with contextlib.suppress(OSError):  # then it keeps its pool name
             os.replace(taken.log_path, new_log)  # QEMU writes through its open descriptor
             taken.log_path = new_log
-        except OSError:
-            pass
         taken.keep_id = keep_id
         return taken
 
