@@ -110,7 +110,7 @@ def test_deploy_over_https_and_wss_with_cacert(server: Server, certs: tuple[Path
         "--json",
         str(HELLO),
     )
-    assert code == 0, err
+    assert code == 0, (out, err, server.log.read_text()[-4000:])
     doc = json.loads(out)
     assert doc["stdout"] == "Hello, world!\narguments: 0\n"
     assert doc["host"].startswith("https://")
