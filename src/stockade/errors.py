@@ -156,6 +156,16 @@ class ImageError(StockadeError):
     title = "Keep image error"
 
 
+class FleetError(StockadeError):
+    """The fleet directory (etcd) cannot be reached or read, or it names no
+    host that placement may use. Host- and client-side; the fleet is
+    untrusted data: this error never means an attestation failed."""
+
+    exit_code = 122
+    problem_type = "fleet"
+    title = "fleet error"
+
+
 class ManagerError(StockadeError):
     """The keep manager refused a request or could not be reached."""
 
