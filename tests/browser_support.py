@@ -56,6 +56,7 @@ class Chromium:
         self._next_id = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._ws: ClientConnection | None = None
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Chromium:
         self.profile.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,9 @@ class Chromium:
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            self._ws = connect(self._page_socket(), max_size=None, open_timeout=CALL_TIMEOUT_S)
+            self._ws = self._stack.enter_context(
+                connect(self._page_socket(), max_size=None, open_timeout=CALL_TIMEOUT_S)
+            )
             for domain in ("Page", "Runtime", "Log"):
                 self.call(f"{domain}.enable")
             self.call(
@@ -122,7 +125,7 @@ class Chromium:
         if self._ws is not None:
             with contextlib.suppress(Exception):  # closing anyway: killed below
                 self._send("Browser.close", {})
-            self._ws.close()
+            self._stack.close()
             self._ws = None
         if self._proc is not None:
             try:
@@ -169,10 +172,10 @@ class Chromium:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
-        """Poll ``expression`` until it is truthy; its value."""
+        """Poll ``expression`` until it is truthy; its value (True for a DOM node)."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.evaluate(expression)
+            value = self.evaluate(f"(() => {{ const v = ({expression}); return v instanceof Node || v; }})()")
             if value:
                 return value
             if time.monotonic() > deadline:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Final
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -38,12 +39,12 @@ HEADERS: Final = {
     "Cache-Control": "no-cache",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
-#: URL -> (file in ui/, media type).
+#: File name under /ui/ -> media type; GET /ui is index.html.
 ASSETS: Final = {
-    "/ui": ("index.html", "text/html; charset=utf-8"),
-    "/ui/app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "/ui/style.css": ("style.css", "text/css; charset=utf-8"),
-    "/ui/icon.svg": ("icon.svg", "image/svg+xml"),
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
 }
 
 
@@ -53,13 +54,19 @@ def asset(name: str) -> bytes:
 
 
 def ui_routes() -> list[BaseRoute]:
-    """One GET route per file of the page."""
-    routes: list[BaseRoute] = []
-    for path, (name, media_type) in ASSETS.items():
-        body = asset(name)
+    """``GET /ui`` (the page) and ``GET /ui/{name}`` (its files; any other
+    name is 404)."""
+    files = {name: asset(name) for name in ASSETS}  # read once
 
-        async def serve(request: Request, body: bytes = body, media_type: str = media_type) -> Response:
-            return Response(body, 200, headers=HEADERS, media_type=media_type)
+    def answer(name: str) -> Response:
+        if name not in files:
+            raise HTTPException(404, "Not Found")
+        return Response(files[name], 200, headers=HEADERS, media_type=ASSETS[name])
 
-        routes.append(Route(path, serve, methods=["GET"]))
-    return routes
+    async def page(request: Request) -> Response:
+        return answer("index.html")
+
+    async def file(request: Request) -> Response:
+        return answer(request.path_params["name"])
+
+    return [Route("/ui", page, methods=["GET"]), Route("/ui/{name}", file, methods=["GET"])]
