@@ -6,11 +6,13 @@ and its DevTools endpoint on loopback only (``--remote-debugging-port=0``:
 Chromium picks a free port and writes it to ``DevToolsActivePort`` in the
 profile). The protocol runs over the ``websockets`` synchronous client, a
 dependency stockade already has: no WebDriver, no Selenium, no browser
-download (docs/adr/0021-web-status-page.md).
+download (docs/adr/0021-web-status-page.md). One browser serves a test
+module; each test gets a fresh tab (``/json/new``), closed after it; the
+browser gets SIGTERM at the end, SIGKILL to its process group 5 s later.
 
 Protocol reference: https://chromedevtools.github.io/devtools-protocol/
 (Page.navigate, Runtime.evaluate, Input.insertText, Page.captureScreenshot,
-Emulation.setDeviceMetricsOverride, Browser.close; Log.entryAdded reports
+Emulation.setDeviceMetricsOverride; Log.entryAdded reports
 Content-Security-Policy violations).
 """
 
@@ -24,6 +26,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +49,15 @@ class BrowserError(AssertionError):
 
 
 class Chromium:
-    """One headless Chromium with one page; use as a context manager."""
+    """One headless Chromium process; :meth:`page` opens a fresh tab (its
+    own sessionStorage). Use as a context manager."""
 
     def __init__(self, profile: Path, width: int = 1280, height: int = 900) -> None:
         self.profile = profile
         self.width = width
         self.height = height
-        self.events: list[dict[str, Any]] = []
-        self._next_id = 0
+        self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
-        self._ws: ClientConnection | None = None
-        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Chromium:
         self.profile.mkdir(parents=True, exist_ok=True)
@@ -86,15 +87,7 @@ class Chromium:
             argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            self._ws = self._stack.enter_context(
-                connect(self._page_socket(), max_size=None, open_timeout=CALL_TIMEOUT_S)
-            )
-            for domain in ("Page", "Runtime", "Log"):
-                self.call(f"{domain}.enable")
-            self.call(
-                "Emulation.setDeviceMetricsOverride",
-                {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
-            )
+            self.port = self._devtools_port()
         except BaseException:
             self.close()
             raise
@@ -103,7 +96,7 @@ class Chromium:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _page_socket(self) -> str:
+    def _devtools_port(self) -> int:
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
@@ -113,21 +106,35 @@ class Chromium:
             if time.monotonic() > deadline:
                 raise BrowserError("chromium did not open its DevTools port")
             time.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
-            targets = json.load(resp)
-        pages = [t for t in targets if t.get("type") == "page"]
-        if not pages:
-            raise BrowserError("chromium has no page target")
-        return str(pages[0]["webSocketDebuggerUrl"])
+        return int(port_file.read_text().split()[0])
+
+    def _endpoint(self, path: str, method: str = "GET") -> Any:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=CALL_TIMEOUT_S) as resp:
+            body = resp.read()
+        return json.loads(body) if body.startswith((b"{", b"[")) else body
+
+    @contextlib.contextmanager
+    def page(self) -> Iterator[Page]:
+        """A new tab, closed after use (/json/new needs PUT since Chromium 111)."""
+        target = self._endpoint("/json/new?about:blank", "PUT")
+        try:
+            with connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=CALL_TIMEOUT_S) as ws:
+                page = Page(ws, self.width, self.height)
+                for domain in ("Page", "Runtime", "Log"):
+                    page.call(f"{domain}.enable")
+                page.call(
+                    "Emulation.setDeviceMetricsOverride",
+                    {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+                )
+                yield page
+        finally:
+            with contextlib.suppress(OSError):
+                self._endpoint(f"/json/close/{target['id']}")
 
     def close(self) -> None:
-        if self._ws is not None:
-            with contextlib.suppress(Exception):  # closing anyway: killed below
-                self._send("Browser.close", {})
-            self._stack.close()
-            self._ws = None
         if self._proc is not None:
+            self._proc.terminate()
             try:
                 self._proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -136,10 +143,20 @@ class Chromium:
             self._proc = None
             self._log.close()
 
+
+class Page:
+    """One tab, driven over its DevTools WebSocket."""
+
+    def __init__(self, ws: ClientConnection, width: int, height: int) -> None:
+        self._ws = ws
+        self.width = width
+        self.height = height
+        self.events: list[dict[str, Any]] = []
+        self._next_id = 0
+
     # -- protocol -----------------------------------------------------------------
 
     def _send(self, method: str, params: dict[str, Any]) -> int:
-        assert self._ws is not None
         self._next_id += 1
         self._ws.send(json.dumps({"id": self._next_id, "method": method, "params": params}))
         return self._next_id

@@ -43,7 +43,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import stockade
-from browser_support import Chromium, chromium_missing
+from browser_support import Chromium, Page, chromium_missing
 from manager_support import HELLO, Server, _free_port, deploy, keeps_cli, running_server
 from stockade.host.manager import create_app
 from stockade.host.manager.status import FleetMembership, HostStatus, public_endpoint
@@ -255,10 +255,20 @@ def browser_ok() -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture(scope="module")
+def chromium(browser_ok: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    with Chromium(tmp_path_factory.mktemp("chromium") / "profile") as c:
+        yield c
+
+
 @pytest.fixture
-def browser(browser_ok: None, tmp_path: Path) -> Iterator[Chromium]:
-    with Chromium(tmp_path / "chromium-profile") as b:
+def browser(chromium: Chromium) -> Iterator[Page]:
+    """A fresh tab (its own sessionStorage) of the module's Chromium."""
+    with chromium.page() as b:
         yield b
+        # No script error and no Content-Security-Policy violation on any page
+        # (network errors are the 401/403 answers the tests ask for).
+        assert [p for p in b.problems() if not p.startswith("network:")] == []
         # No script error and no Content-Security-Policy violation on any page
         # (network errors are the 401/403 answers the tests ask for).
         assert [p for p in b.problems() if not p.startswith("network:")] == []
@@ -281,14 +291,14 @@ def create_keep(server: Server, limits: dict[str, int] | None = None) -> dict[st
     return doc
 
 
-def sign_in(b: Chromium, url: str, token: str) -> None:
+def sign_in(b: Page, url: str, token: str) -> None:
     b.navigate(f"{url}/ui")
     b.wait_for("!document.getElementById('auth-status').hidden")  # the host's 401, shown
     b.type_into("#token", token)
     b.click("#token-form button[type=submit]")
 
 
-def row_state(b: Chromium, keep_id: str) -> str | None:
+def row_state(b: Page, keep_id: str) -> str | None:
     found = b.evaluate(
         "(() => { const r = [...document.querySelectorAll('#keeps tbody tr')]"
         f".find((tr) => tr.dataset.keepId === {json.dumps(keep_id)});"
@@ -301,7 +311,7 @@ pytest_slow = pytest.mark.slow
 
 
 @pytest_slow
-def test_page_asks_for_the_token_and_shows_the_hosts_401(server: Server, browser: Chromium) -> None:
+def test_page_asks_for_the_token_and_shows_the_hosts_401(server: Server, browser: Page) -> None:
     browser.navigate(f"{server.url}/ui")
     message = browser.wait_for(
         "!document.getElementById('auth-status').hidden && document.getElementById('auth-status').textContent"
@@ -316,7 +326,7 @@ def test_page_asks_for_the_token_and_shows_the_hosts_401(server: Server, browser
 
 
 @pytest_slow
-def test_a_wrong_token_is_refused_and_shown(server: Server, browser: Chromium) -> None:
+def test_a_wrong_token_is_refused_and_shown(server: Server, browser: Page) -> None:
     create_keep(server)  # a Keep the wrong token must not see
     sign_in(browser, server.url, "stk_wrong-token")
     message = browser.wait_for(
@@ -330,7 +340,7 @@ def test_a_wrong_token_is_refused_and_shown(server: Server, browser: Chromium) -
 
 
 @pytest_slow
-def test_page_lists_a_keep_and_updates_after_a_kill(server: Server, browser: Chromium) -> None:
+def test_page_lists_a_keep_and_updates_after_a_kill(server: Server, browser: Page) -> None:
     keep = create_keep(server, {"timeout_ms": 20_000, "memory_bytes": 64 << 20})
     others = [create_keep(server, {"timeout_ms": 60_000}) for _ in range(2)]
     sign_in(browser, server.url, server.token)
@@ -381,7 +391,7 @@ def test_page_lists_a_keep_and_updates_after_a_kill(server: Server, browser: Chr
 
 
 @pytest_slow
-def test_no_workload_output_on_the_page(server: Server, browser: Chromium, tmp_path: Path) -> None:
+def test_no_workload_output_on_the_page(server: Server, browser: Page, tmp_path: Path) -> None:
     stdin = tmp_path / "stdin"
     stdin.write_text("stdin-canary-8d1f\n")
     proc = deploy(
@@ -473,7 +483,7 @@ def hostile_host() -> Iterator[Callable[[], str]]:
 
 
 @pytest_slow
-def test_hostile_strings_render_as_text(hostile_host: Callable[[], str], browser: Chromium) -> None:
+def test_hostile_strings_render_as_text(hostile_host: Callable[[], str], browser: Page) -> None:
     url = hostile_host()
     browser.navigate(f"{url}/ui")
     shown = browser.wait_for(
@@ -502,7 +512,7 @@ def test_hostile_strings_render_as_text(hostile_host: Callable[[], str], browser
 
 
 @pytest_slow
-def test_the_csp_blocks_injected_inline_script(server: Server, browser: Chromium) -> None:
+def test_the_csp_blocks_injected_inline_script(server: Server, browser: Page) -> None:
     """The policy is enforced, not only sent: a script element injected
     with inline code does not run, and Chromium reports the violation."""
     browser.navigate(f"{server.url}/ui")
