@@ -62,7 +62,7 @@ Layout of this package (docs/architecture.md, "Keep manager inside"):
 * ``logs``: Keep log ranges and the sim PSP's served-reports line;
 * ``problems``: RFC 9290 problem answers, one table from refusals to types;
 * ``status``: the ``GET /v1/host`` document and the fleet membership shape;
-* ``ui``: the status page's files (``ui/``) and their security headers;
+* ``ui``: the status page's files (``static/``) and their security headers;
 * ``processes``: signal, wait (pidfd) and reap a Keep's processes.
 """
 

@@ -5,8 +5,9 @@ version, the backends it runs, its clock, and ``fleet``: null when the host
 is in no fleet, else a :class:`FleetMembership`. The fleet registration
 (``stockade host serve --fleet``) fills it by passing ``create_app`` a
 callable that returns its current :class:`FleetMembership` (or None); the
-manager calls it on each request, so it must be cheap and must not block
-(return a snapshot the registration task keeps up to date).
+manager calls it on each authenticated ``GET /v1/host``, in the event
+loop, so it must be cheap, must not block and must not raise: return a
+snapshot that the registration task keeps up to date.
 
 Everything here is read by the status page (``/ui``) and by any token
 holder: it must never carry a secret. Endpoint URLs lose any user

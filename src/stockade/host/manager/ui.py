@@ -1,7 +1,7 @@
 """The read-only status page, ``GET /ui`` (docs/host-api.md, "Status page";
 docs/adr/0021-web-status-page.md).
 
-Four static files shipped as package data (``ui/``): the HTML, one script,
+Four static files shipped as package data (``static/``): the HTML, one script,
 one style sheet and an icon. They carry no data and need no token: the script asks
 the user for the bearer token, keeps it in ``sessionStorage`` and calls the
 CBOR API itself (``GET /v1/keeps``, ``GET /v1/host``, CBOR decoded in
@@ -49,8 +49,8 @@ ASSETS: Final = {
 
 
 def asset(name: str) -> bytes:
-    """The bytes of ``ui/<name>`` (package data)."""
-    return resources.files(__package__).joinpath("ui", name).read_bytes()
+    """The bytes of ``static/<name>`` (package data)."""
+    return resources.files(__package__).joinpath("static", name).read_bytes()
 
 
 def ui_routes() -> list[BaseRoute]:
