@@ -11,7 +11,7 @@ token and shows the host's 401, shows a wrong token's 403, lists a Keep
 created through the API and shows it killed after ``stockade keeps kill``,
 never shows a deploy's output, stdin or environment, and runs no inline
 script (CSP); against a stand-in host serving hostile strings, everything
-renders as text. They skip without Debian's chromium unless
+renders as text, and malformed CBOR is refused with the reason shown. They skip without Debian's chromium unless
 STOCKADE_REQUIRE_TOOLCHAINS=1 (CI), where they fail.
 
 ``STOCKADE_UI_SCREENSHOT=FILE`` makes the kill test save a screenshot of
@@ -20,6 +20,7 @@ the page with a few Keeps (docs/img/status-page.png is made so).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -425,10 +426,11 @@ HOSTILE_IMG = '<img src=x onerror="window.__pwned = 2">'
 HOSTILE_ATTR = '"><svg onload="window.__pwned = 3">'
 
 
-def hostile_app(token: str) -> Starlette:
+def hostile_app(token: str, keeps_body: Callable[[], bytes] | None = None) -> Starlette:
     """A stand-in host whose API answers hostile strings in every field the
     page shows (a real registry refuses such Keep ids; the page must not
-    rely on it: fleet entries and labels come from other hosts)."""
+    rely on it: fleet entries and labels come from other hosts).
+    ``keeps_body``: the bytes ``GET /v1/keeps`` answers instead."""
     fleet = FleetMembership(
         host_id=HOSTILE,
         endpoints=(f"etcd://h:2379/{HOSTILE_IMG}",),
@@ -459,27 +461,34 @@ def hostile_app(token: str) -> Starlette:
     async def keeps(request: Request) -> Response:
         if not authorized(request):
             return Response(b"", 401)
-        return Response(cbor2.dumps({"keeps": [keep, second]}), media_type=CBOR)
+        body = keeps_body() if keeps_body else cbor2.dumps({"keeps": [keep, second]})
+        return Response(body, media_type=CBOR)
 
     return Starlette(routes=[*ui_routes(), Route("/v1/host", host), Route("/v1/keeps", keeps)])
 
 
-@pytest.fixture
-def hostile_host() -> Iterator[Callable[[], str]]:
+@contextlib.contextmanager
+def serving(app: Starlette) -> Iterator[str]:
+    """``app`` on a free loopback port (uvicorn in a thread); its URL."""
     port = _free_port()
-    config = uvicorn.Config(hostile_app("stk_ok"), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not srv.started:
-        assert time.monotonic() < deadline, "the stand-in host did not start"
+        assert thread.is_alive() and time.monotonic() < deadline, "the stand-in host did not start"
         time.sleep(0.05)
     try:
-        yield lambda: f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def hostile_host() -> Iterator[Callable[[], str]]:
+    with serving(hostile_app("stk_ok")) as url:
+        yield lambda: url
 
 
 @pytest_slow
@@ -525,3 +534,50 @@ def test_the_csp_blocks_injected_inline_script(server: Server, browser: Page) ->
     violations = [p for p in browser.problems() if "Content Security Policy" in p]
     assert violations
     browser.events.clear()  # seen: the fixture checks for others
+
+
+#: Malformed CBOR a host could answer, and what the page says of it.
+MALFORMED = (
+    (bytes.fromhex("a1656b65657073"), "CBOR: truncated"),  # {"keeps": <nothing>}
+    (cbor2.dumps({"keeps": []}) + b"\x00", "CBOR: bytes after the item"),
+    (bytes.fromhex("c0") + cbor2.dumps("2026-01-01"), "CBOR: tags are not used"),
+    (bytes.fromhex("bf656b6565707380ff"), "CBOR: indefinite length"),
+    (b"\x81" * 40 + b"\x80", "CBOR: nested too deep"),
+    (bytes.fromhex("a2616101616102"), "CBOR: duplicate map key"),  # {"a": 1, "a": 2}
+    (bytes.fromhex("a1800a"), "CBOR: map key not text"),  # {[]: 10}
+    (bytes.fromhex("5bffffffffffffffff"), "CBOR: length beyond the data"),
+    (bytes.fromhex("5a7fffffff00"), "CBOR: length beyond the data"),
+    (
+        bytes.fromhex("a1656b6565707362c328"),
+        "CBOR: text is not valid UTF-8",
+    ),  # bad UTF-8
+    (bytes.fromhex("f7"), "CBOR: unsupported simple value"),  # undefined
+)
+
+
+@pytest_slow
+def test_malformed_cbor_is_refused_and_shown(browser: Page) -> None:
+    """The page's CBOR decoder refuses what the API never sends; the page
+    says why instead of showing half-decoded data."""
+    current = [cbor2.dumps({"keeps": []})]
+    with serving(hostile_app("stk_ok", lambda: current[0])) as url:
+        sign_in(browser, url, "stk_ok")
+        browser.wait_for("document.getElementById('keeps-empty').hidden === false", PAGE_S)
+        for body, message in MALFORMED:
+            current[0] = body
+            browser.navigate(f"{url}/ui")  # the tab keeps the token: reads at once
+            shown = browser.wait_for(
+                "(() => { const e = document.getElementById('refresh-error');"
+                f" return !e.hidden && e.textContent.includes({json.dumps(message)}) && e.textContent; }})()",
+                PAGE_S,
+            )
+            assert shown.startswith("Cannot read the host: "), shown
+        # It recovers, and reads integers beyond 2^53 exactly (limits go to 2^63 - 1).
+        big = {"id": "k1", "state": "running", "backend": "sim", "created_at": "2026-12-01T00:00:00+00:00"}
+        big["limits"] = {"output_bytes": 2**63 - 1, "memory_bytes": 3 << 30}
+        current[0] = cbor2.dumps({"keeps": [big]})
+        browser.navigate(f"{url}/ui")
+        browser.wait_for("document.querySelectorAll('#keeps tbody tr').length === 1", PAGE_S)
+        assert browser.evaluate("document.getElementById('refresh-error').hidden") is True
+        limits = browser.evaluate("document.querySelector('#keeps tbody tr').children[5].textContent")
+        assert limits == "output 9223372036854775807 B, memory 3 GiB"

@@ -75,7 +75,11 @@
         case 3: {
           const n = count(info);
           pos += n;
-          return text.decode(bytes.subarray(pos - n, pos));
+          try {
+            return text.decode(bytes.subarray(pos - n, pos));
+          } catch (err) {
+            throw new Error('CBOR: text is not valid UTF-8');
+          }
         }
         case 4: {
           const n = count(info);
@@ -184,6 +188,7 @@
   }
 
   function bytesText(n) {
+    if (typeof n === 'bigint') return String(n) + ' B';  // beyond 2^53: exact, unscaled
     if (typeof n !== 'number') return String(n);
     const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
     let v = n;
