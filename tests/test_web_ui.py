@@ -128,6 +128,7 @@ def test_host_document_with_fleet_shows_no_credentials(tmp_path: Path) -> None:
         last_refresh=refreshed,
         last_error="cannot reach https://alice:s3cret-pw@10.0.0.1:2379:\nconnection refused",
         labels={"zone": "eu-1"},
+        api_url="https://bob:s3cret-api@host-a.example:8470",
     )
     calls: list[int] = []
 
@@ -150,6 +151,7 @@ def test_host_document_with_fleet_shows_no_credentials(tmp_path: Path) -> None:
         "last_refresh": "2026-12-01T12:00:00+00:00",
         "last_error": "cannot reach https://10.0.0.1:2379: connection refused",
         "labels": {"zone": "eu-1"},
+        "api_url": "https://host-a.example:8470",
     }
 
 
@@ -438,6 +440,7 @@ def hostile_app(token: str, keeps_body: Callable[[], bytes] | None = None) -> St
         last_refresh=datetime.now(UTC),
         last_error=HOSTILE_ATTR,
         labels={HOSTILE: HOSTILE_IMG},
+        api_url=f"https://h:8470/{HOSTILE}",
     )
     status = HostStatus((HOSTILE_IMG, "sim"), lambda: fleet)
     keep = {

@@ -66,7 +66,8 @@ class FleetMembership:
     ``lease_ttl_s``: the lease's time to live; ``last_refresh``: the last
     successful registration or keep-alive (aware datetime); ``last_error``:
     why the last attempt failed (one line, no secret); ``labels``: the
-    host labels it registered (placement filters on them).
+    host labels it registered (placement filters on them); ``api_url``: the
+    API URL it advertises to clients.
     """
 
     host_id: str
@@ -76,6 +77,7 @@ class FleetMembership:
     last_refresh: datetime | None = None
     last_error: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    api_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.state not in FLEET_STATES:
@@ -95,6 +97,8 @@ class FleetMembership:
             "state": self.state,
             "labels": {_one_line(str(k)): _one_line(str(v)) for k, v in self.labels.items()},
         }
+        if self.api_url is not None:
+            doc["api_url"] = public_endpoint(self.api_url)
         if self.lease_ttl_s is not None:
             doc["lease_ttl_s"] = self.lease_ttl_s
         if self.last_refresh is not None:

@@ -292,6 +292,7 @@
     const fdl = el('dl');
     fact(fdl, 'host id', f.host_id);
     fact(fdl, 'state', f.state);
+    if (f.api_url !== undefined) fact(fdl, 'advertised API', f.api_url);
     fact(fdl, 'etcd endpoints', Array.isArray(f.endpoints) ? f.endpoints.join(', ') : '');
     if (f.lease_ttl_s !== undefined) fact(fdl, 'lease TTL', f.lease_ttl_s + ' s');
     if (f.last_refresh !== undefined) {
