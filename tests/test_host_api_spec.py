@@ -41,6 +41,7 @@ DOC = (DOCS / "host-api.md").read_text()
 CBOR = "application/cbor"
 RULES = (
     "health-response",
+    "host-document",
     "create-request",
     "keep-document",
     "keep-list",
@@ -301,6 +302,7 @@ def test_list_for_another_token(server: Server) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
+        ("GET", "/v1/host"),
         ("GET", "/v1/keeps"),
         ("POST", "/v1/keeps"),
         ("GET", f"/v1/keeps/{UNKNOWN_ID}"),

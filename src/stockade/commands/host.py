@@ -307,6 +307,8 @@ def serve(
     head within --header-timeout seconds, file descriptors kept for Keeps,
     and peer-driven log lines summarised every 10 s. For a host on the
     internet, put a reverse proxy in front (docs/host-api.md).
+
+    A read-only status page for token holders is served at /ui.
     """
     import logging
     import ssl

@@ -14,6 +14,7 @@ errors are RFC 9290 concise problem details,
 ``application/concise-problem-details+cbor``)::
 
     GET    /v1/health                 -> {"status": "ok"}            (no auth)
+    GET    /v1/host                   -> {"version", "backends", "now", "fleet"}
     POST   /v1/keeps  {"backend", "limits"?} -> 201 Keep document
     GET    /v1/keeps                  -> {"keeps": [Keep document...]} (the caller's)
     GET    /v1/keeps/{id}             -> Keep document
@@ -23,6 +24,7 @@ errors are RFC 9290 concise problem details,
     GET    /v1/sim/root               -> {"ark": DER of this host's sim ARK}
     WS     /v1/keeps/{id}/connect     -> binary frames <-> the Keep's byte stream
     GET    /metrics                   -> Prometheus text exposition     (no auth)
+    GET    /ui, /ui/{name}            -> the read-only status page      (no auth, no data)
 
 /metrics exposes counts only (Keeps per state, creates, relayed bytes,
 requests per route and status), no ids, tokens, owners or workload data;
@@ -59,6 +61,8 @@ Layout of this package (docs/architecture.md, "Keep manager inside"):
 * ``metrics``: Prometheus counts and the request-counting middleware;
 * ``logs``: Keep log ranges and the sim PSP's served-reports line;
 * ``problems``: RFC 9290 problem answers, one table from refusals to types;
+* ``status``: the ``GET /v1/host`` document and the fleet membership shape;
+* ``ui``: the status page's files (``static/``) and their security headers;
 * ``processes``: signal, wait (pidfd) and reap a Keep's processes.
 """
 

@@ -17,6 +17,7 @@ from stockade.host.loader import KeepHandle, start_keep
 from stockade.host.manager.metrics import Metrics, RequestMetrics
 from stockade.host.manager.problems import ApiProblem, problem_of
 from stockade.host.manager.routes import Api
+from stockade.host.manager.status import FleetSource, HostStatus, no_fleet
 from stockade.host.manager.supervisor import (
     DEFAULT_BACKENDS,
     IDLE_TIMEOUT_S,
@@ -25,6 +26,7 @@ from stockade.host.manager.supervisor import (
     Supervisor,
     SupervisorError,
 )
+from stockade.host.manager.ui import ui_routes
 from stockade.host.tokens import Tokens
 
 
@@ -52,10 +54,13 @@ def create_app(
     starter: Callable[..., KeepHandle] = start_keep,
     watchdog_grace: float = WATCHDOG_GRACE_S,
     backends: tuple[str, ...] = DEFAULT_BACKENDS,
+    fleet: FleetSource = no_fleet,
 ) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served. ``starter`` starts the
-    Keeps (stockade.host.forkserver.fork_starter: from the fork server)."""
+    Keeps (stockade.host.forkserver.fork_starter: from the fork server).
+    ``fleet`` returns the host's fleet membership for ``GET /v1/host`` (the
+    fleet registration passes it; stockade.host.manager.status)."""
     metrics = Metrics()
     sup = Supervisor(
         state_dir,
@@ -77,7 +82,7 @@ def create_app(
             await sup.stop()
 
     app = Starlette(
-        routes=Api(sup, metrics).routes(),
+        routes=[*Api(sup, metrics, HostStatus(backends, fleet)).routes(), *ui_routes()],
         middleware=[Middleware(RequestMetrics, metrics=metrics)],
         exception_handlers={ApiProblem: _on_problem, SupervisorError: _on_refusal, HTTPException: _on_http},
         lifespan=lifespan,

@@ -31,6 +31,9 @@ from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE
 
 CBOR: Final = "application/cbor"
 PROBLEM: Final = "application/concise-problem-details+cbor"
+#: On every API answer: Keep data is per token and changes; no cache (a
+#: browser's or a proxy's) may keep it (RFC 9111 section 5.2.2.5).
+NO_STORE: Final = {"Cache-Control": "no-store"}
 
 
 class ApiProblem(Exception):
@@ -47,12 +50,14 @@ class ApiProblem(Exception):
         body = cbor2.dumps(
             {PD_TITLE: self.title, PD_DETAIL: self.detail, PD_TYPE: self.problem_type}, canonical=True
         )
-        headers = {"WWW-Authenticate": 'Bearer realm="stockade"'} if self.status == 401 else None
+        headers = dict(NO_STORE)
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="stockade"'
         return Response(body, self.status, headers=headers, media_type=PROBLEM)
 
 
 def cbor_response(doc: Any, status: int = 200) -> Response:
-    return Response(cbor2.dumps(doc, canonical=True), status, media_type=CBOR)
+    return Response(cbor2.dumps(doc, canonical=True), status, headers=NO_STORE, media_type=CBOR)
 
 
 def bad_request(detail: str) -> ApiProblem:

@@ -25,8 +25,9 @@ from stockade.errors import ProtocolError
 from stockade.host.loader import BACKENDS
 from stockade.host.manager.logs import MAX_TAIL_LINES, read_log
 from stockade.host.manager.metrics import Metrics
-from stockade.host.manager.problems import CBOR, ApiProblem, bad_request, cbor_response, problem_of
+from stockade.host.manager.problems import CBOR, NO_STORE, ApiProblem, bad_request, cbor_response, problem_of
 from stockade.host.manager.relay import pump
+from stockade.host.manager.status import HostStatus
 from stockade.host.manager.supervisor import Supervisor, SupervisorError
 from stockade.host.registry import KeepRecord, Limits, RegistryError
 from stockade.host.tokens import TokenEntry
@@ -152,13 +153,15 @@ def document(rec: KeepRecord, measurement: bytes | None) -> dict[str, Any]:
 class Api:
     """The handlers of one manager app, bound to its supervisor."""
 
-    def __init__(self, sup: Supervisor, metrics: Metrics) -> None:
+    def __init__(self, sup: Supervisor, metrics: Metrics, status: HostStatus) -> None:
         self.sup = sup
         self.metrics = metrics
+        self.status = status
 
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/v1/health", self.health, methods=["GET"]),
+            Route("/v1/host", self.host, methods=["GET"]),
             Route("/v1/keeps", self.create_keep, methods=["POST"]),
             Route("/v1/keeps", self.list_keeps, methods=["GET"]),
             Route("/v1/keeps/{keep_id}", self.get_keep, methods=["GET"]),
@@ -182,6 +185,10 @@ class Api:
 
     async def health(self, request: Request) -> Response:
         return cbor_response({"status": "ok"})
+
+    async def host(self, request: Request) -> Response:
+        authenticate(self.sup, request.headers)
+        return cbor_response(self.status.document())
 
     async def create_keep(self, request: Request) -> Response:
         owner = authenticate(self.sup, request.headers)
@@ -225,7 +232,7 @@ class Api:
                 path, None if tail is None else int(tail), None if offset is None else int(offset)
             )
         )
-        headers = {"Stockade-Log-Offset": str(start), "Stockade-Log-Size": str(size)}
+        headers = {"Stockade-Log-Offset": str(start), "Stockade-Log-Size": str(size), **NO_STORE}
         return Response(data, 200, headers=headers, media_type=TEXT)
 
     async def stage_package(self, request: Request) -> Response:
