@@ -43,7 +43,12 @@ def build_fleet_config(
     if (cert is None) != (key is None):
         raise UsageError("--etcd-cert and --etcd-key go together")
     prefix = DEFAULT_PREFIX if prefix is None else prefix
-    if not prefix.startswith("/") or not prefix.endswith("/") or len(prefix) > 200 or not prefix.isprintable():
+    if (
+        not prefix.startswith("/")
+        or not prefix.endswith("/")
+        or len(prefix) > 200
+        or not prefix.isprintable()
+    ):
         raise UsageError(f"--fleet-prefix {prefix[:80]!r}: expected /PATH/ (starting and ending with /)")
     endpoints = parse_endpoints(url)
     password = read_password(password_file)

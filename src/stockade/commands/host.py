@@ -21,9 +21,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
+    from stockade.fleet.etcd import FleetConfig
     from stockade.host.diagnostics import HostReport
+    from stockade.host.fleet import Registrar
+    from stockade.host.tokens import Tokens
 
 from stockade.client.plan import state_dir as state_dir_default
+from stockade.commands._fleet import fleet_options
 from stockade.commands._output import json_option
 from stockade.errors import ExitStatus
 
@@ -274,6 +278,36 @@ def _parse_listen(text: str) -> tuple[str, int]:
     show_default=True,
     help="VM acceleration: auto uses KVM only where a test guest runs under it.",
 )
+@fleet_options(
+    required=False,
+    help_url="Register this host in the fleet on this etcd: etcd://HOST[:PORT][,HOST[:PORT]...] "
+    "(etcds:// for TLS). Serving never depends on it (docs/fleet.md).",
+)
+@click.option(
+    "--fleet-id",
+    metavar="ID",
+    help="This host's id in the fleet [default: generated once into STATE_DIR/fleet-id].",
+)
+@click.option(
+    "--fleet-label",
+    "fleet_labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label placement may filter on (repeat).",
+)
+@click.option(
+    "--fleet-api-url",
+    metavar="URL",
+    help="The API URL clients should use [default: from --listen and --tls-cert].",
+)
+@click.option(
+    "--fleet-ttl",
+    type=click.IntRange(2, 3600),
+    default=10,  # stockade.host.fleet.DEFAULT_TTL_S
+    show_default=True,
+    metavar="SECONDS",
+    help="Lease TTL: a crashed host leaves the fleet within this long (refreshed every TTL/3).",
+)
 def serve(
     listen: str,
     state_dir: Path | None,
@@ -292,6 +326,11 @@ def serve(
     vm_vcpus: int,
     accel: str,
     firmware: Path | None,
+    fleet: FleetConfig | None,
+    fleet_id: str | None,
+    fleet_labels: tuple[str, ...],
+    fleet_api_url: str | None,
+    fleet_ttl: int,
 ) -> ExitStatus:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
@@ -307,6 +346,11 @@ def serve(
     head within --header-timeout seconds, file descriptors kept for Keeps,
     and peer-driven log lines summarised every 10 s. For a host on the
     internet, put a reverse proxy in front (docs/host-api.md).
+
+    With --fleet the host registers in the fleet directory (etcd) under a
+    lease refreshed every --fleet-ttl/3 seconds; a clean stop removes the
+    entry, a crash lets it expire. When etcd is down the host serves on and
+    retries (its log and /metrics say so). No token is written to etcd.
     """
     import logging
     import ssl
@@ -362,6 +406,7 @@ def serve(
     starter = fork_starter(spawner) if spawner else start_keep
     backends = tuple(dict.fromkeys(backends)) or ("sim", "sim-snp", "sim-tdx")
     pool = None
+    vm_measurements: dict[str, bytes] = {}
     if "vm" in backends or hardware:
         from stockade.commands._vm import ensure_image
         from stockade.host.vm import VmConfig, VmSpawner, choose_accel
@@ -381,6 +426,7 @@ def serve(
                 err=True,
             )
             pool = VmPool(vm_spawner, sdir, vm_pool)
+            vm_measurements["vm"] = vm_spawner.measurement()
             pool.fill()
         for name in hardware:
             click.echo(
@@ -389,6 +435,24 @@ def serve(
                 err=True,
             )
         starter = vm_starter(vm_spawner, pool, fallback=starter)
+    registrar = None
+    if fleet is not None:
+        registrar = _registrar(
+            fleet,
+            sdir,
+            tokens,
+            backends,
+            vm_measurements,
+            host_name,
+            port,
+            tls_cert,
+            fleet_id,
+            fleet_labels,
+            fleet_api_url,
+            fleet_ttl,
+        )
+    elif fleet_id or fleet_labels or fleet_api_url:
+        raise UsageError("--fleet-id, --fleet-label and --fleet-api-url need --fleet URL")
     app = create_app(
         sdir,
         tokens,
@@ -396,6 +460,7 @@ def serve(
         starter=starter,
         watchdog_grace=watchdog_grace,
         backends=backends,
+        fleet=registrar,
     )
     if pool is not None:
         vm_pool_ = pool
@@ -413,6 +478,8 @@ def serve(
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             app.state.manager.begin_shutdown()  # open waits answer now
+            if registrar is not None:
+                registrar.begin_shutdown()  # leave the fleet at once
             super().handle_exit(sig, frame)
 
         async def on_tick(self, counter: int) -> bool:
@@ -463,6 +530,55 @@ def serve(
     if not server.started:
         return ExitStatus.SERVER_STARTUP_FAILED  # uvicorn logged why (port in use, ...)
     return ExitStatus.OK
+
+
+def _registrar(
+    fleet: FleetConfig,
+    sdir: Path,
+    tokens: Tokens,
+    backends: tuple[str, ...],
+    measurements: dict[str, bytes],
+    listen_host: str,
+    port: int,
+    tls_cert: Path | None,
+    fleet_id: str | None,
+    fleet_labels: tuple[str, ...],
+    fleet_api_url: str | None,
+    fleet_ttl: int,
+) -> Registrar:
+    """The fleet registrar of `host serve --fleet` (stockade.host.fleet)."""
+    import time
+
+    from stockade import __version__
+    from stockade.fleet.record import HostRecord
+    from stockade.host import fleet as fleet_mod
+    from stockade.host.loader import HARDWARE_BACKENDS
+    from stockade.measure.launch import keep_measurement
+
+    process = keep_measurement()  # what sim, sim-snp and sim-tdx Keeps report (ADR 0013)
+    expected = {b: process for b in backends if b in ("sim", "sim-snp", "sim-tdx")}
+    expected.update(measurements)
+    # Hardware Keeps: the firmware computes the launch measurement; the host
+    # does not predict it (empty: placement cannot filter on it).
+    for b in HARDWARE_BACKENDS:
+        expected.pop(b, None)
+    record = HostRecord(
+        id=fleet_mod.host_id(sdir, fleet_id),
+        api_url=fleet_api_url or fleet_mod.default_api_url(listen_host, port, tls_cert is not None),
+        version=__version__,
+        offers=fleet_mod.offers_of(backends, expected),
+        api_tls_sha256=fleet_mod.tls_sha256(tls_cert) if tls_cert is not None else "",
+        labels=fleet_mod.parse_labels(fleet_labels),
+        max_keeps=sum(t.quota for t in tokens.entries),
+        started=time.time(),
+    )
+    registrar = fleet_mod.Registrar(fleet, fleet_mod.check_record(record), ttl=fleet_ttl)
+    click.echo(
+        f"stockade: registering as {record.id} ({record.api_url}) in the fleet at {fleet.url} "
+        f"(lease {fleet_ttl} s); serving does not depend on it",
+        err=True,
+    )
+    return registrar
 
 
 @host.command("sim-root")

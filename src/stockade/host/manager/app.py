@@ -4,8 +4,10 @@ metrics middleware, problem answers and the lifespan, put together."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,6 +28,9 @@ from stockade.host.manager.supervisor import (
     SupervisorError,
 )
 from stockade.host.tokens import Tokens
+
+if TYPE_CHECKING:
+    from stockade.host.fleet import Registrar
 
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
@@ -52,10 +57,14 @@ def create_app(
     starter: Callable[..., KeepHandle] = start_keep,
     watchdog_grace: float = WATCHDOG_GRACE_S,
     backends: tuple[str, ...] = DEFAULT_BACKENDS,
+    fleet: Registrar | None = None,
 ) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served. ``starter`` starts the
-    Keeps (stockade.host.forkserver.fork_starter: from the fork server)."""
+    Keeps (stockade.host.forkserver.fork_starter: from the fork server).
+    ``fleet``: the fleet registrar (stockade.host.fleet), started after the
+    registry and stopped (its lease revoked) first; its status is
+    ``app.state.fleet`` (None without a fleet)."""
     metrics = Metrics()
     sup = Supervisor(
         state_dir,
@@ -71,9 +80,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await sup.start()
+        if fleet is not None:
+            fleet.start()
         try:
             yield
         finally:
+            if fleet is not None:
+                await fleet.stop()
             await sup.stop()
 
     app = Starlette(
@@ -84,4 +97,16 @@ def create_app(
     )
     app.state.manager = sup
     app.state.metrics = metrics
+    app.state.fleet = None
+    if fleet is not None:
+        fleet.load = sup.keeps_running
+        status = fleet.status
+
+        def fleet_stats() -> tuple[bool, bool, int, float | None]:
+            age = None if status.last_refresh is None else max(0.0, time.time() - status.last_refresh)
+            return status.member, status.drained, status.errors, age
+
+        metrics.watch_fleet(fleet_stats)
+        #: stockade.host.fleet.FleetStatus: for a status route (GET /v1/host).
+        app.state.fleet = status
     return app
