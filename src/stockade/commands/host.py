@@ -137,16 +137,40 @@ def check(as_json: bool, state_dir: Path | None, verbose: bool, root: Path) -> E
     show_default=True,
     help="Concurrent Keeps allowed to this token.",
 )
-def init(state_dir: Path | None, quota: int) -> None:
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="FILE",
+    help="Register the existing token in FILE (first line; made by `host init` on another host) "
+    "instead of creating one: one tenant token for several hosts.",
+)
+def init(state_dir: Path | None, quota: int, token_file: Path | None) -> None:
     """Create an API bearer token for the keep manager.
 
     The token is printed once, on stdout, and stored only as its SHA-256 in
     STATE_DIR/tokens.json (mode 0600), with a token id and a quota of
     concurrent Keeps. Running it again adds another token.
+
+    With --token-file: register an existing token (read from the file,
+    never from the command line) so that one tenant token works on several
+    hosts of a fleet; nothing is printed on stdout (docs/fleet.md).
     """
+    from stockade.errors import UsageError
     from stockade.host.tokens import add_token, tokens_path
 
     sdir = state_dir or state_dir_default()
+    if token_file is not None:
+        try:
+            lines = token_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--token-file: cannot read {token_file}: {type(exc).__name__}") from None
+        _, entry = add_token(sdir, quota, token=lines[0].strip() if lines else "")
+        click.echo(
+            f"stockade: the token in {token_file} registered as {entry.token_id} (quota {entry.quota}) "
+            f"in {tokens_path(sdir)}",
+            err=True,
+        )
+        return
     token, entry = add_token(sdir, quota)
     click.echo(token)
     click.echo(
@@ -363,6 +387,8 @@ def serve(
     from stockade.host.tokens import load_tokens
 
     host_name, port = _parse_listen(listen)
+    if fleet is None and (fleet_id or fleet_labels or fleet_api_url):
+        raise UsageError("--fleet-id, --fleet-label and --fleet-api-url need --fleet URL")
     hardware = [b for b in backends if b in ("snp", "tdx")]
     if hardware and firmware is None:
         raise UsageError(f"--backend {hardware[0]} needs --firmware (docs/vm-hardware.md)")
@@ -451,8 +477,6 @@ def serve(
             fleet_api_url,
             fleet_ttl,
         )
-    elif fleet_id or fleet_labels or fleet_api_url:
-        raise UsageError("--fleet-id, --fleet-label and --fleet-api-url need --fleet URL")
     app = create_app(
         sdir,
         tokens,
