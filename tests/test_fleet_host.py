@@ -432,3 +432,24 @@ def test_fleet_options_refuse_etcd_options_without_fleet(tmp_path: Path) -> None
         check=False,
     )
     assert viaenv.returncode == FleetError.exit_code
+
+
+def test_bench_fleet_runs_and_reports_json(tmp_path: Path) -> None:
+    """bench/bench_fleet.py with the smallest settings (no timing asserted)."""
+    from etcd_support import need_etcd
+
+    need_etcd()
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_fleet.py"
+    args = ["--sizes", "3,6", "--seconds", "1", "--workers", "2", "--json"]
+    proc = subprocess.run(
+        [sys.executable, str(bench), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [row["hosts"] for row in doc["sizes"]] == [3, 6]
+    assert all(row["keys"] == row["hosts"] and row["placement_reads"] > 0 for row in doc["sizes"])
