@@ -4,8 +4,10 @@ the number of registered hosts grows (issue 16 item 5).
 No real managers: for each fleet size N the bench grants N leases and writes
 N host records (stockade.fleet.record.HostRecord, as ``host serve --fleet``
 writes them), then refreshes every host at the real rate for ``--seconds``:
-every ``ttl / 3`` seconds one lease keep-alive, one read of its drain mark
-and one put of its record (what stockade.host.fleet.Registrar does). A
+every ``ttl / 3`` seconds one lease keep-alive and one read of its drain
+mark, and a put of its record every ``--record-every`` seconds (what
+stockade.host.fleet.Registrar does for a host whose load does not change;
+``--record-every 0`` puts at every refresh). A
 prefix watcher on ``hosts/`` counts the watch events a watching client
 would receive. Meanwhile a reader repeats the placement read: ``read_fleet``
 (two range reads: drain marks and host records, every record parsed
@@ -18,10 +20,10 @@ of a refresh behind its schedule: when it grows, the simulator, i.e. one
 Python process on this machine, could not keep up, not etcd), etcd's
 requests per second (from its own /metrics: ranges, puts, lease renewals),
 watch events per second, etcd CPU (fraction of one core), etcd's database
-size, and the placement read p50/p95 with its ratio to a one-key read in
+size and the bytes put per second (history kept until compaction), and the placement read p50/p95 with its ratio to a one-key read in
 the same run (the baseline).
 
-    .venv/bin/python bench/bench_fleet.py [--sizes 10,100,300,1000] [--seconds 10] [--json]
+    .venv/bin/python bench/bench_fleet.py [--sizes 10,100,300,1000] [--seconds 20] [--record-every 15] [--json]
 
 Report only; needs ``etcd`` (Debian etcd-server). bench/README.md has the
 curve and what it means.
@@ -61,6 +63,7 @@ _METRICS = (
     "etcd_mvcc_put_total",
     "etcd_debugging_lease_renewed_total",
     "etcd_mvcc_db_total_size_in_bytes",
+    "etcd_debugging_mvcc_total_put_size_in_bytes",
 )
 
 
@@ -139,13 +142,15 @@ class Refresher:
     real rate (every TTL / 3: keep-alive, drain read, record put) from W
     threads; a host registers (lease grant + put) at its first turn."""
 
-    def __init__(self, url: str, prefix: str, first: int, n: int, workers: int) -> None:
+    def __init__(self, url: str, prefix: str, first: int, n: int, workers: int, record_every: float) -> None:
         endpoint = parse_endpoints(url)[0]
         self.address = (endpoint.host, endpoint.port)
         self.records = [record(i) for i in range(first, first + n)]
         self.host_keys = [b64(f"{prefix}hosts/{r.id}".encode()) for r in self.records]
         self.drain_keys = [b64(f"{prefix}drain/{r.id}".encode()) for r in self.records]
         self.leases = [0] * n
+        self.written = [0.0] * n
+        self.record_every = record_every
         self.workers = workers
         self.stop = threading.Event()
         self.registered = 0
@@ -175,7 +180,6 @@ class Refresher:
                     self.stop.wait(min(wait, 0.2))
                     continue
                 heapq.heapreplace(due, (when + interval, i))
-                value = b64(replace(self.records[i], refreshed=time.time()).to_json())
                 try:
                     first = not self.leases[i]
                     if first:
@@ -183,7 +187,10 @@ class Refresher:
                     else:
                         gw.call("lease/keepalive", {"ID": self.leases[i]})
                         gw.call("kv/range", {"key": self.drain_keys[i]})
-                    gw.call("kv/put", {"key": self.host_keys[i], "value": value, "lease": self.leases[i]})
+                    if first or time.monotonic() - self.written[i] >= self.record_every:
+                        value = b64(replace(self.records[i], refreshed=time.time()).to_json())
+                        gw.call("kv/put", {"key": self.host_keys[i], "value": value, "lease": self.leases[i]})
+                        self.written[i] = time.monotonic()
                 except (OSError, RuntimeError, ValueError, KeyError, http.client.HTTPException):
                     gw = Gateway(*self.address)
                     with self._lock:
@@ -216,12 +223,12 @@ class Refresher:
             t.join()
 
 
-def refresher_main(url: str, prefix: str, first: int, n: int, workers: int) -> int:
+def refresher_main(url: str, prefix: str, first: int, n: int, workers: int, record_every: float) -> int:
     """The refresher as its own process (so that its threads do not share
     the reader's interpreter lock): registers, prints "ready", refreshes
     until stdin says "stop" (lags reset at "mark"), prints its figures as
     JSON and revokes every lease."""
-    sim = Refresher(url, prefix, first, n, workers)
+    sim = Refresher(url, prefix, first, n, workers, record_every)
     start = time.monotonic()
     threads = sim.run()
     while sim.registered < n and time.monotonic() - start < 120:
@@ -276,7 +283,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(
-    server: EtcdServer, n: int, seconds: float, workers: int, procs: int, prefix: str
+    server: EtcdServer, n: int, seconds: float, workers: int, procs: int, record_every: float, prefix: str
 ) -> dict[str, object]:
     config = FleetConfig(parse_endpoints(server.url), prefix=prefix)
     etcd = Etcd(config)
@@ -284,7 +291,7 @@ def measure(
     for p in range(procs):
         first, count = n * p // procs, n * (p + 1) // procs - n * p // procs
         if count:
-            args = [server.url, prefix, str(first), str(count), str(workers)]
+            args = [server.url, prefix, str(first), str(count), str(workers), str(record_every)]
             sims.append(
                 subprocess.Popen(
                     [sys.executable, __file__, "--refresher", *args],
@@ -358,6 +365,8 @@ def measure(
         "watch_events_per_s": round(events / elapsed, 1),
         "etcd_cpu_cores": round((cpu1 - cpu0) / elapsed, 3),
         "etcd_db_bytes": int(after["etcd_mvcc_db_total_size_in_bytes"]),
+        # Bytes written per second: the history etcd keeps until compaction.
+        "put_kib_per_s": round(rate("etcd_debugging_mvcc_total_put_size_in_bytes") / 1024, 1),
         "placement_reads": len(reads),
         "placement_read_ms_p50": round(read_p50, 2),
         "placement_read_ms_p95": round(pct(reads, 0.95) * 1e3, 2),
@@ -371,14 +380,20 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--refresher":
-        url, prefix, first, n, workers = sys.argv[2:7]
-        return refresher_main(url, prefix, int(first), int(n), int(workers))
+        url, prefix, first, n, workers, every = sys.argv[2:8]
+        return refresher_main(url, prefix, int(first), int(n), int(workers), float(every))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,100,300,1000", help="fleet sizes (hosts), comma separated")
-    parser.add_argument("--seconds", type=float, default=10, help="measuring time per size")
+    parser.add_argument("--seconds", type=float, default=20, help="measuring time per size")
     parser.add_argument("--workers", type=int, default=8, help="threads per refresher process")
     parser.add_argument(
         "--procs", type=int, default=0, help="refresher processes (default: 1 per 150 hosts, at most 8)"
+    )
+    parser.add_argument(
+        "--record-every",
+        type=float,
+        default=15.0,  # stockade.host.fleet.RECORD_EVERY_S
+        help="seconds between writes of an unchanged record (0: every refresh, the naive design)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     args = parser.parse_args(argv)
@@ -390,12 +405,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for k, n in enumerate(sizes):
                 procs = args.procs or min(8, 1 + n // 150)
-                rows.append(measure(server, n, args.seconds, args.workers, procs, f"/bench/{k}/"))
+                row = measure(server, n, args.seconds, args.workers, procs, args.record_every, f"/bench/{k}/")
+                rows.append(row)
                 if not args.json:
                     print(f"  {n} hosts measured", file=sys.stderr)
         finally:
             server.stop()
-    doc = {"ttl_s": TTL, "seconds": args.seconds, "workers": args.workers, "sizes": rows}
+    doc = {
+        "ttl_s": TTL,
+        "record_every_s": args.record_every,
+        "seconds": args.seconds,
+        "workers": args.workers,
+        "sizes": rows,
+    }
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -410,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "watch_events_per_s",
         "etcd_cpu_cores",
         "etcd_db_bytes",
+        "put_kib_per_s",
         "placement_read_ms_p50",
         "placement_read_ms_p95",
         "placement_read_cpu_ms_p50",

@@ -175,7 +175,7 @@ def test_fleet_ls_lists_hosts_and_malformed_entries(etcd: EtcdServer, host: Serv
         assert mine["platforms"] == ["sim", "sim-tdx"]
         assert mine["keeps_running"] == 0 and mine["max_keeps"] == 17
         assert mine["labels"] == {"zone": "a", "tier": "gold"}
-        assert mine["refresh_age_s"] < TTL + 2
+        assert mine["refresh_age_s"] < hf.RECORD_EVERY_S + 2
         problems = {m["key"]: m["problem"] for m in doc["malformed"]}
         assert "not JSON" in problems["/stockade/v1/hosts/broken"]
         assert "malformed" in problems["/stockade/v1/hosts/liar"]
@@ -453,3 +453,58 @@ def test_bench_fleet_runs_and_reports_json(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert [row["hosts"] for row in doc["sizes"]] == [3, 6]
     assert all(row["keys"] == row["hosts"] and row["placement_reads"] > 0 for row in doc["sizes"])
+
+
+class _CountingEtcd:
+    """Stands in for stockade.fleet.etcd.Etcd to count what the registrar
+    sends (the real etcd tests above check that it works)."""
+
+    def __init__(self) -> None:
+        self.puts: list[bytes] = []
+        self.alive = True
+        self.grants = 0
+        self.drained = False
+
+    def key(self, *parts: str) -> str:
+        return "/stockade/v1/" + "/".join(parts)
+
+    def keepalive(self, lease: int) -> int:
+        return 3 if self.alive else -1
+
+    def get(self, key: str) -> bytes | None:
+        return b"{}" if self.drained and "/drain/" in key else None
+
+    def grant(self, ttl: int) -> int:
+        self.grants += 1
+        self.alive = True
+        return 100 + self.grants
+
+    def put(self, key: str, value: bytes, lease: int | None = None) -> None:
+        self.puts.append(value)
+
+
+def test_registrar_writes_the_record_only_when_due() -> None:
+    fake = _CountingEtcd()
+    load = [0]
+    rec = HostRecord("h1", "http://127.0.0.1:1", "1", (Offer("sim", "sim"),))
+    reg = hf.Registrar(cfg_of("etcd://127.0.0.1:9"), rec, load=lambda: load[0], ttl=3, etcd=fake)  # type: ignore[arg-type]
+    reg.refresh_once()
+    assert fake.grants == 1 and len(fake.puts) == 1  # registered
+    reg.refresh_once()
+    assert len(fake.puts) == 1  # nothing changed: keep-alive only
+    load[0] = 2
+    reg.refresh_once()
+    assert len(fake.puts) == 2 and parse_record(fake.puts[-1]).keeps_running == 2
+    fake.drained = True
+    reg.refresh_once()
+    assert len(fake.puts) == 3 and parse_record(fake.puts[-1]).drained and reg.status.drained
+    reg._written_at -= reg.record_every  # the record is RECORD_EVERY_S old
+    reg.refresh_once()
+    assert len(fake.puts) == 4
+    fake.alive = False  # the lease expired: a new one, and the record again
+    reg.refresh_once()
+    assert fake.grants == 2 and len(fake.puts) == 5 and reg.status.registrations == 2
+
+
+def cfg_of(url: str) -> FleetConfig:
+    return FleetConfig(parse_endpoints(url))

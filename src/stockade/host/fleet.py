@@ -4,9 +4,11 @@ The :class:`Registrar` keeps this host's :class:`~stockade.fleet.record.HostReco
 in the fleet directory (etcd, stockade.fleet) under a lease:
 
 * it grants a lease of ``ttl`` seconds and writes ``hosts/<id>`` attached
-  to it; every ``ttl / 3`` seconds it refreshes the lease and writes the
-  record again (so that its load, free memory and refresh time are current)
-  and reads ``drain/<id>``;
+  to it; every ``ttl / 3`` seconds it refreshes the lease and reads
+  ``drain/<id>``, and writes the record again when its load, drain mark or
+  free memory changed, or at least every ``RECORD_EVERY_S`` seconds (every
+  put is an etcd revision, kept until compaction; a lease keep-alive is
+  not);
 * when the lease is gone (expired while etcd or this host was stuck, or etcd
   lost it) it grants a new one and registers again;
 * when etcd cannot be reached it retries with exponential backoff and
@@ -59,6 +61,9 @@ log = logging.getLogger("stockade.host.fleet")
 #: Default lease TTL (``--fleet-ttl``): a crashed host leaves placement
 #: within this long; the record is refreshed every TTL / 3.
 DEFAULT_TTL_S: Final = 10
+#: An unchanged record is re-written at least this often (``refreshed``
+#: stays current for ``fleet ls``); a changed one at the next refresh.
+RECORD_EVERY_S: Final = 15.0
 #: Backoff between retries while etcd cannot be reached (seconds).
 BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
@@ -226,6 +231,8 @@ class Registrar:
     etcd: Etcd | None = None
     status: FleetStatus = field(init=False)
     _lease: int = field(default=0, init=False)
+    _written: HostRecord | None = field(default=None, init=False)
+    _written_at: float = field(default=0.0, init=False)
     _failures: int = field(default=0, init=False)
     _last_log: float = field(default=-1e9, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
@@ -243,22 +250,29 @@ class Registrar:
     def interval(self) -> float:
         return self.ttl / 3
 
+    @property
+    def record_every(self) -> float:
+        """The longest time between two writes of an unchanged record."""
+        return max(RECORD_EVERY_S, float(self.ttl))
+
     # -- one step, synchronous (runs in a worker thread) -------------------
 
-    def _current_record(self) -> HostRecord:
-        now = time.time()
-        return replace(
-            self.record,
-            keeps_running=max(0, self.load()),
-            free_memory_mib=free_memory_mib(),
-            refreshed=now,
-            drained=self.status.drained,
-        )
+    def _due(self, rec: HostRecord, fresh_lease: bool) -> bool:
+        """Whether ``rec`` must be written now: a new lease, a change of
+        load or drain mark, free memory moved by more than a tenth (or 256
+        MiB), or the last write is RECORD_EVERY_S old. Every put is a new
+        etcd revision kept until compaction; a keep-alive is not (bench/README.md)."""
+        last = self._written
+        if fresh_lease or last is None or time.monotonic() - self._written_at >= self.record_every:
+            return True
+        moved = abs(rec.free_memory_mib - last.free_memory_mib) > max(256, last.free_memory_mib // 10)
+        return rec.keeps_running != last.keeps_running or rec.drained != last.drained or moved
 
     def refresh_once(self) -> None:
         """Grant a lease if there is none (or it expired), refresh it
-        otherwise, write the record under it and read the drain mark.
-        FleetError when etcd cannot be reached or refuses."""
+        otherwise, read the drain mark, and write the record under the
+        lease when it is due (:meth:`_due`). FleetError when etcd cannot be
+        reached or refuses."""
         etcd = self.etcd
         assert etcd is not None
         if self._lease and etcd.keepalive(self._lease) <= 0:
@@ -268,7 +282,8 @@ class Registrar:
         if drained != self.status.drained:
             log.info("fleet: host %s %s", self.record.id, "drained" if drained else "no longer drained")
         self.status.drained = drained
-        if not self._lease:
+        fresh = not self._lease
+        if fresh:
             self._lease = etcd.grant(self.ttl)
             self.status.registrations += 1
             log.info(
@@ -278,7 +293,16 @@ class Registrar:
                 self._lease,
                 self.ttl,
             )
-        etcd.put(etcd.key("hosts", self.record.id), self._current_record().to_json(), self._lease)
+        rec = replace(
+            self.record,
+            keeps_running=max(0, self.load()),
+            free_memory_mib=free_memory_mib(),
+            refreshed=time.time(),
+            drained=drained,
+        )
+        if self._due(rec, fresh):
+            etcd.put(etcd.key("hosts", self.record.id), rec.to_json(), self._lease)
+            self._written, self._written_at = rec, time.monotonic()
 
     def revoke(self) -> None:
         """Revoke the lease (the record goes with it); errors are logged."""
