@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -36,9 +35,6 @@ if TYPE_CHECKING:
 #: A record refreshed longer ago than this is shown as stale (the host's
 #: clock says when; the default lease TTL is 10 s, refreshed every 3.3 s).
 STALE_AFTER_S: Final = 30.0
-#: Hosts asked at once by `fleet keeps`, and the time each may take.
-PARALLEL: Final = 8
-HOST_TIMEOUT_S: Final = 10.0
 
 
 @click.group()
@@ -163,31 +159,18 @@ def keeps(
 ) -> None:
     """List your Keeps on every registered host, through each host's API
     with your token. A host that cannot be asked is reported, not fatal."""
+    from stockade.client.fleet_views import keeps_across
     from stockade.commands.remote import _jsonable, _token
-    from stockade.errors import StockadeError
 
     token = _token(token_file)
     hosts = [e.record for e in _read(fleet) if e.record is not None]
-
-    def ask(rec: Any) -> tuple[list[dict[str, Any]], str]:
-        from stockade.client.remote import ManagerClient
-
-        try:
-            with ManagerClient(
-                rec.api_url, token, timeout=HOST_TIMEOUT_S, cacert=cacert, allow_insecure_http=insecure_http
-            ) as client:
-                return [_jsonable(r) for r in client.list()], ""
-        except StockadeError as exc:
-            return [], exc.detail
-
-    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        answers = list(pool.map(ask, hosts))
     found: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
-    for rec, (docs, error) in zip(hosts, answers, strict=True):
-        if error:
-            failed.append({"host": rec.id, "api_url": rec.api_url, "error": safe_text(error)})
-        found.extend({"host": rec.id, **d} for d in docs)
+    for answer in keeps_across(hosts, token, cacert=cacert, allow_insecure_http=insecure_http):
+        rec = answer.host
+        if answer.error:
+            failed.append({"host": rec.id, "api_url": rec.api_url, "error": safe_text(answer.error)})
+        found.extend({"host": rec.id, **_jsonable(d)} for d in answer.keeps)
     if as_json:
         click.echo(json.dumps({"fleet": fleet.url, "keeps": found, "failed": failed}, indent=2, default=str))
         return
