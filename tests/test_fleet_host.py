@@ -159,6 +159,23 @@ def test_drained_host_shows_drained_and_keeps_serving(etcd: EtcdServer, host: Se
     assert metric(host, "stockade_fleet_drained") == 0
 
 
+def test_lost_lease_registers_again(etcd: EtcdServer, host: Server) -> None:
+    hid = record_of(etcd, host).id
+    client = Etcd(cfg(etcd))
+    (lease,) = [e.lease for e in read_fleet(client) if e.record is not None and e.record.id == hid]
+    client.revoke(lease)  # as if it had expired: the record goes with it
+    assert hid not in entries(etcd)
+
+    def new_lease() -> bool:
+        return any(
+            e.record is not None and e.record.id == hid and e.lease not in (0, lease)
+            for e in read_fleet(client)
+        )
+
+    wait_for("a new lease", new_lease, seconds=TTL + 5)
+    assert "registering again" in host.log.read_text()
+
+
 # -- views ---------------------------------------------------------------------
 
 
