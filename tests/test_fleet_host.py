@@ -262,6 +262,31 @@ def test_no_token_or_token_hash_in_etcd(etcd: EtcdServer, host: Server) -> None:
         assert t["sha256"].encode() not in blob and t["id"].encode() not in blob
 
 
+def test_tls_host_advertises_https_and_its_certificate_and_keeps_needs_the_ca(
+    state_dir: Path, tmp_path_factory: pytest.TempPathFactory, etcd: EtcdServer
+) -> None:
+    import ssl
+
+    from test_manager_tls import self_signed
+
+    cert, key = self_signed(tmp_path_factory.mktemp("fleet-tls"))
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    with running_server(
+        state_dir, tmp_path_factory, tls, scheme="https", cacert=cert, serve_args=fleet_args(etcd)
+    ) as server:
+        rec = record_of(etcd, server)
+        assert rec.api_url == server.url and rec.api_url.startswith("https://")
+        assert rec.api_tls_sha256 == hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+        token = ("--token-file", str(server.token_file))
+        with_ca = _cli("fleet", "keeps", "--json", "--fleet", etcd.url, "--cacert", str(cert), *token)
+        assert with_ca.returncode == 0, with_ca.stderr
+        assert rec.id not in [f["host"] for f in json.loads(with_ca.stdout)["failed"]]
+        # Without the CA the certificate does not verify: the token is not sent, the host is reported.
+        without = _cli("fleet", "keeps", "--json", "--fleet", etcd.url, *token)
+        failed = {f["host"]: f["error"] for f in json.loads(without.stdout)["failed"]}
+        assert "certificate" in failed[rec.id].lower()
+
+
 # -- leaving the fleet ---------------------------------------------------------
 
 
