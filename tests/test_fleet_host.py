@@ -299,7 +299,8 @@ def test_sigkill_entry_expires_within_the_ttl(
         server.proc.wait(10)
         killed = time.monotonic()
         wait_for("the entry to expire", lambda: hid not in entries(etcd), seconds=TTL + 5)
-        assert time.monotonic() - killed <= TTL + 1.5  # the lease TTL (etcd checks expiry every 500 ms)
+        # The lease TTL, plus etcd's expiry check (every 500 ms) and this poll's own read.
+        assert time.monotonic() - killed <= TTL + 2
 
 
 def test_etcd_outage_host_serves_on_and_registers_again_then_sigterm_removes_at_once(
