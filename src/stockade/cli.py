@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "collateral": "stockade.commands.collateral:collateral",
     "deploy": "stockade.commands.remote:deploy",
     "evidence": "stockade.commands.evidence:evidence",
+    "fleet": "stockade.commands.fleet:fleet",
     "host": "stockade.commands.host:host",
     "image": "stockade.commands.image:image",
     "keeps": "stockade.commands.remote:keeps",

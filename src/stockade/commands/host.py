@@ -21,9 +21,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
+    from stockade.fleet.etcd import FleetConfig
     from stockade.host.diagnostics import HostReport
+    from stockade.host.fleet import Registrar
+    from stockade.host.tokens import Tokens
 
 from stockade.client.plan import state_dir as state_dir_default
+from stockade.commands._fleet import fleet_options
 from stockade.commands._output import json_option
 from stockade.errors import ExitStatus
 
@@ -133,16 +137,40 @@ def check(as_json: bool, state_dir: Path | None, verbose: bool, root: Path) -> E
     show_default=True,
     help="Concurrent Keeps allowed to this token.",
 )
-def init(state_dir: Path | None, quota: int) -> None:
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="FILE",
+    help="Register the existing token in FILE (first line; made by `host init` on another host) "
+    "instead of creating one: one tenant token for several hosts.",
+)
+def init(state_dir: Path | None, quota: int, token_file: Path | None) -> None:
     """Create an API bearer token for the keep manager.
 
     The token is printed once, on stdout, and stored only as its SHA-256 in
     STATE_DIR/tokens.json (mode 0600), with a token id and a quota of
     concurrent Keeps. Running it again adds another token.
+
+    With --token-file: register an existing token (read from the file,
+    never from the command line) so that one tenant token works on several
+    hosts of a fleet; nothing is printed on stdout (docs/fleet.md).
     """
+    from stockade.errors import UsageError
     from stockade.host.tokens import add_token, tokens_path
 
     sdir = state_dir or state_dir_default()
+    if token_file is not None:
+        try:
+            lines = token_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--token-file: cannot read {token_file}: {type(exc).__name__}") from None
+        _, entry = add_token(sdir, quota, token=lines[0].strip() if lines else "")
+        click.echo(
+            f"stockade: the token in {token_file} registered as {entry.token_id} (quota {entry.quota}) "
+            f"in {tokens_path(sdir)}",
+            err=True,
+        )
+        return
     token, entry = add_token(sdir, quota)
     click.echo(token)
     click.echo(
@@ -274,6 +302,36 @@ def _parse_listen(text: str) -> tuple[str, int]:
     show_default=True,
     help="VM acceleration: auto uses KVM only where a test guest runs under it.",
 )
+@fleet_options(
+    required=False,
+    help_url="Register this host in the fleet on this etcd: etcd://HOST[:PORT][,HOST[:PORT]...] "
+    "(etcds:// for TLS). Serving never depends on it (docs/fleet.md).",
+)
+@click.option(
+    "--fleet-id",
+    metavar="ID",
+    help="This host's id in the fleet [default: generated once into STATE_DIR/fleet-id].",
+)
+@click.option(
+    "--fleet-label",
+    "fleet_labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label placement may filter on (repeat).",
+)
+@click.option(
+    "--fleet-api-url",
+    metavar="URL",
+    help="The API URL clients should use [default: from --listen and --tls-cert].",
+)
+@click.option(
+    "--fleet-ttl",
+    type=click.IntRange(2, 3600),
+    default=10,  # stockade.host.fleet.DEFAULT_TTL_S
+    show_default=True,
+    metavar="SECONDS",
+    help="Lease TTL: a crashed host leaves the fleet within this long (refreshed every TTL/3).",
+)
 def serve(
     listen: str,
     state_dir: Path | None,
@@ -292,6 +350,11 @@ def serve(
     vm_vcpus: int,
     accel: str,
     firmware: Path | None,
+    fleet: FleetConfig | None,
+    fleet_id: str | None,
+    fleet_labels: tuple[str, ...],
+    fleet_api_url: str | None,
+    fleet_ttl: int,
 ) -> ExitStatus:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
@@ -309,6 +372,11 @@ def serve(
     internet, put a reverse proxy in front (docs/host-api.md).
 
     A read-only status page for token holders is served at /ui.
+
+    With --fleet the host registers in the fleet directory (etcd) under a
+    lease refreshed every --fleet-ttl/3 seconds; a clean stop removes the
+    entry, a crash lets it expire. When etcd is down the host serves on and
+    retries (its log and /metrics say so). No token is written to etcd.
     """
     import logging
     import ssl
@@ -321,6 +389,8 @@ def serve(
     from stockade.host.tokens import load_tokens
 
     host_name, port = _parse_listen(listen)
+    if fleet is None and (fleet_id or fleet_labels or fleet_api_url):
+        raise UsageError("--fleet-id, --fleet-label and --fleet-api-url need --fleet URL")
     hardware = [b for b in backends if b in ("snp", "tdx")]
     if hardware and firmware is None:
         raise UsageError(f"--backend {hardware[0]} needs --firmware (docs/vm-hardware.md)")
@@ -364,6 +434,7 @@ def serve(
     starter = fork_starter(spawner) if spawner else start_keep
     backends = tuple(dict.fromkeys(backends)) or ("sim", "sim-snp", "sim-tdx")
     pool = None
+    vm_measurements: dict[str, bytes] = {}
     if "vm" in backends or hardware:
         from stockade.commands._vm import ensure_image
         from stockade.host.vm import VmConfig, VmSpawner, choose_accel
@@ -383,6 +454,7 @@ def serve(
                 err=True,
             )
             pool = VmPool(vm_spawner, sdir, vm_pool)
+            vm_measurements["vm"] = vm_spawner.measurement()
             pool.fill()
         for name in hardware:
             click.echo(
@@ -391,6 +463,22 @@ def serve(
                 err=True,
             )
         starter = vm_starter(vm_spawner, pool, fallback=starter)
+    registrar = None
+    if fleet is not None:
+        registrar = _registrar(
+            fleet,
+            sdir,
+            tokens,
+            backends,
+            vm_measurements,
+            host_name,
+            port,
+            tls_cert,
+            fleet_id,
+            fleet_labels,
+            fleet_api_url,
+            fleet_ttl,
+        )
     app = create_app(
         sdir,
         tokens,
@@ -398,6 +486,7 @@ def serve(
         starter=starter,
         watchdog_grace=watchdog_grace,
         backends=backends,
+        fleet=registrar,
     )
     if pool is not None:
         vm_pool_ = pool
@@ -415,6 +504,8 @@ def serve(
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             app.state.manager.begin_shutdown()  # open waits answer now
+            if registrar is not None:
+                registrar.begin_shutdown()  # leave the fleet at once
             super().handle_exit(sig, frame)
 
         async def on_tick(self, counter: int) -> bool:
@@ -465,6 +556,55 @@ def serve(
     if not server.started:
         return ExitStatus.SERVER_STARTUP_FAILED  # uvicorn logged why (port in use, ...)
     return ExitStatus.OK
+
+
+def _registrar(
+    fleet: FleetConfig,
+    sdir: Path,
+    tokens: Tokens,
+    backends: tuple[str, ...],
+    measurements: dict[str, bytes],
+    listen_host: str,
+    port: int,
+    tls_cert: Path | None,
+    fleet_id: str | None,
+    fleet_labels: tuple[str, ...],
+    fleet_api_url: str | None,
+    fleet_ttl: int,
+) -> Registrar:
+    """The fleet registrar of `host serve --fleet` (stockade.host.fleet)."""
+    import time
+
+    from stockade import __version__
+    from stockade.fleet.record import HostRecord
+    from stockade.host import fleet as fleet_mod
+    from stockade.host.loader import HARDWARE_BACKENDS
+    from stockade.measure.launch import keep_measurement
+
+    process = keep_measurement()  # what sim, sim-snp and sim-tdx Keeps report (ADR 0013)
+    expected = {b: process for b in backends if b in ("sim", "sim-snp", "sim-tdx")}
+    expected.update(measurements)
+    # Hardware Keeps: the firmware computes the launch measurement; the host
+    # does not predict it (empty: placement cannot filter on it).
+    for b in HARDWARE_BACKENDS:
+        expected.pop(b, None)
+    record = HostRecord(
+        id=fleet_mod.host_id(sdir, fleet_id),
+        api_url=fleet_api_url or fleet_mod.default_api_url(listen_host, port, tls_cert is not None),
+        version=__version__,
+        offers=fleet_mod.offers_of(backends, expected),
+        api_tls_sha256=fleet_mod.tls_sha256(tls_cert) if tls_cert is not None else "",
+        labels=fleet_mod.parse_labels(fleet_labels),
+        max_keeps=sum(t.quota for t in tokens.entries),
+        started=time.time(),
+    )
+    registrar = fleet_mod.Registrar(fleet, fleet_mod.check_record(record), ttl=fleet_ttl)
+    click.echo(
+        f"stockade: registering as {record.id} ({record.api_url}) in the fleet at {fleet.url} "
+        f"(lease {fleet_ttl} s); serving does not depend on it",
+        err=True,
+    )
+    return registrar
 
 
 @host.command("sim-root")

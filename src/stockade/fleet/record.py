@@ -92,6 +92,9 @@ class HostRecord:
     #: Unix times as the host's clock says (informative only).
     started: float = 0.0
     refreshed: float = 0.0
+    #: The host saw its drain mark at its last refresh (informative: readers
+    #: go by the ``drain/<id>`` key itself).
+    drained: bool = False
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -196,6 +199,9 @@ def parse_record(data: bytes) -> HostRecord:
     tls = doc.get("api_tls_sha256", "")
     if not isinstance(tls, str) or not re.fullmatch(r"(?:[0-9a-f]{64})?", tls):
         raise FleetError("field 'api_tls_sha256' is not a SHA-256 in hex")
+    drained = doc.get("drained", False)
+    if not isinstance(drained, bool):
+        raise FleetError("field 'drained' is not a boolean")
     host_id = doc.get("id")
     if not isinstance(host_id, str):
         raise FleetError("field 'id' is malformed")
@@ -211,6 +217,7 @@ def parse_record(data: bytes) -> HostRecord:
         keeps_running=_int(doc, "keeps_running") or 0,
         started=_time(doc, "started"),
         refreshed=_time(doc, "refreshed"),
+        drained=drained,
     )
 
 

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,10 @@ from stockade.errors import UsageError
 FILENAME: Final = "tokens.json"
 PREFIX: Final = "stk_"
 DEFAULT_QUOTA: Final = 16
+#: A token as add_token makes it: the prefix and 32 random bytes in URL-safe
+#: base64 without padding (43 characters). import_token accepts only this
+#: shape: the unsalted hash is safe only for a token that cannot be guessed.
+TOKEN_RE: Final = re.compile(r"^stk_[A-Za-z0-9_-]{43}$")
 
 
 @dataclass(frozen=True)
@@ -80,18 +85,32 @@ def _entry_json(entry: TokenEntry) -> dict[str, Any]:
     return {"id": entry.token_id, "sha256": entry.sha256.hex(), "quota": entry.quota}
 
 
-def add_token(state_dir: Path, quota: int = DEFAULT_QUOTA) -> tuple[str, TokenEntry]:
-    """Create a token, add its hash to the tokens file (created mode 0600 if
-    missing) and return (token, entry). The caller shows the token once."""
+def add_token(
+    state_dir: Path, quota: int = DEFAULT_QUOTA, token: str | None = None
+) -> tuple[str, TokenEntry]:
+    """Create a token (or register ``token``, an existing one made by
+    another host's ``host init``: one tenant token for several hosts), add
+    its hash to the tokens file (created mode 0600 if missing) and return
+    (token, entry). The caller shows a new token once, and never an
+    existing one."""
     if isinstance(quota, bool) or not isinstance(quota, int) or not 0 < quota <= 100_000:
         raise UsageError(f"the quota must be an integer in [1, 100000], got {quota!r}")
+    if token is not None and not TOKEN_RE.fullmatch(token):
+        # Never echo the text: it may be a secret of some other kind.
+        raise UsageError(
+            f"not a stockade API token ({PREFIX} and 43 URL-safe base64 characters, as `stockade host init` "
+            "prints them)"
+        )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = tokens_path(state_dir)
     docs: list[dict[str, Any]] = []
     if path.exists():
         docs = [_entry_json(e) | {"created_at": c} for e, c in _read(path)]
-    token = PREFIX + secrets.token_urlsafe(32)
-    entry = TokenEntry("tok-" + secrets.token_hex(4), hashlib.sha256(token.encode()).digest(), quota)
+    token = token if token is not None else PREFIX + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).digest()
+    if any(d["sha256"] == digest.hex() for d in docs):
+        raise UsageError(f"this token is registered already in {path}")
+    entry = TokenEntry("tok-" + secrets.token_hex(4), digest, quota)
     docs.append(_entry_json(entry) | {"created_at": datetime.now(UTC).isoformat(timespec="seconds")})
     _write_private(path, json.dumps({"version": 1, "tokens": docs}, indent=2) + "\n")
     return token, entry

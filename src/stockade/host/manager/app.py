@@ -4,8 +4,10 @@ metrics middleware, problem answers and the lifespan, put together."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,7 +19,7 @@ from stockade.host.loader import KeepHandle, start_keep
 from stockade.host.manager.metrics import Metrics, RequestMetrics
 from stockade.host.manager.problems import ApiProblem, problem_of
 from stockade.host.manager.routes import Api
-from stockade.host.manager.status import FleetSource, HostStatus, no_fleet
+from stockade.host.manager.status import HostStatus, no_fleet
 from stockade.host.manager.supervisor import (
     DEFAULT_BACKENDS,
     IDLE_TIMEOUT_S,
@@ -28,6 +30,9 @@ from stockade.host.manager.supervisor import (
 )
 from stockade.host.manager.ui import ui_routes
 from stockade.host.tokens import Tokens
+
+if TYPE_CHECKING:
+    from stockade.host.fleet import Registrar
 
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
@@ -54,13 +59,15 @@ def create_app(
     starter: Callable[..., KeepHandle] = start_keep,
     watchdog_grace: float = WATCHDOG_GRACE_S,
     backends: tuple[str, ...] = DEFAULT_BACKENDS,
-    fleet: FleetSource = no_fleet,
+    fleet: Registrar | None = None,
 ) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served. ``starter`` starts the
     Keeps (stockade.host.forkserver.fork_starter: from the fork server).
-    ``fleet`` returns the host's fleet membership for ``GET /v1/host`` (the
-    fleet registration passes it; stockade.host.manager.status)."""
+    ``fleet``: the fleet registrar (stockade.host.fleet), started after the
+    registry and stopped (its lease revoked) first; its status is
+    ``app.state.fleet`` (None without a fleet) and its membership is the
+    ``fleet`` field of ``GET /v1/host`` (stockade.host.manager.status)."""
     metrics = Metrics()
     sup = Supervisor(
         state_dir,
@@ -76,17 +83,33 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await sup.start()
+        if fleet is not None:
+            fleet.start()
         try:
             yield
         finally:
+            if fleet is not None:
+                await fleet.stop()
             await sup.stop()
 
     app = Starlette(
-        routes=[*Api(sup, metrics, HostStatus(backends, fleet)).routes(), *ui_routes()],
+        routes=[*Api(sup, metrics, HostStatus(backends, fleet.membership if fleet else no_fleet)).routes(), *ui_routes()],
         middleware=[Middleware(RequestMetrics, metrics=metrics)],
         exception_handlers={ApiProblem: _on_problem, SupervisorError: _on_refusal, HTTPException: _on_http},
         lifespan=lifespan,
     )
     app.state.manager = sup
     app.state.metrics = metrics
+    app.state.fleet = None
+    if fleet is not None:
+        fleet.load = sup.keeps_running
+        status = fleet.status
+
+        def fleet_stats() -> tuple[bool, bool, int, float | None]:
+            age = None if status.last_refresh is None else max(0.0, time.time() - status.last_refresh)
+            return status.member, status.drained, status.errors, age
+
+        metrics.watch_fleet(fleet_stats)
+        #: stockade.host.fleet.FleetStatus: for a status route (GET /v1/host).
+        app.state.fleet = status
     return app

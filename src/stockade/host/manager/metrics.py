@@ -67,6 +67,43 @@ class _VmPool(Collector):
         yield takes
 
 
+class _Fleet(Collector):
+    """stockade_fleet_registered, stockade_fleet_drained,
+    stockade_fleet_errors_total and stockade_fleet_last_refresh_seconds:
+    this host's fleet registration (stockade.host.fleet), read at scrape
+    time from ``stats()`` = (registered, drained, errors, seconds since the
+    last successful refresh or None)."""
+
+    def __init__(self, stats: Callable[[], tuple[bool, bool, int, float | None]]) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self.collect()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        registered, drained, errors, age = self._stats()
+        yield GaugeMetricFamily(
+            "stockade_fleet_registered",
+            "1 when this host's fleet record and lease were written at the last attempt",
+            value=int(registered),
+        )
+        yield GaugeMetricFamily(
+            "stockade_fleet_drained",
+            "1 when an operator drained this host (no new placements)",
+            value=int(drained),
+        )
+        yield CounterMetricFamily(
+            "stockade_fleet_errors",
+            "Failed fleet registrations or refreshes (etcd unreachable or refusing)",
+            value=errors,
+        )
+        yield GaugeMetricFamily(
+            "stockade_fleet_last_refresh_seconds",
+            "Seconds since the last successful fleet refresh (NaN: never)",
+            value=float("nan") if age is None else age,
+        )
+
+
 class Metrics:
     """The Prometheus metrics of one manager app, in its own registry."""
 
@@ -124,6 +161,10 @@ class Metrics:
     def watch_pool(self, stats: Callable[[], tuple[int, int, int]]) -> None:
         """Expose the warm pool of VM Keeps from ``stats()`` = (ready, hits, misses)."""
         self.registry.register(_VmPool(stats))
+
+    def watch_fleet(self, stats: Callable[[], tuple[bool, bool, int, float | None]]) -> None:
+        """Expose the fleet registration from ``stats()`` (see _Fleet)."""
+        self.registry.register(_Fleet(stats))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -190,6 +190,11 @@ class Supervisor:
             return [rec.state for rec in reg.list()]
         return []
 
+    def keeps_running(self) -> int:
+        """Keeps in a non-final state (the host's load, for the fleet
+        record); blocking (reads the registry): call it from a thread."""
+        return sum(1 for state in self._states() if state not in FINAL_STATES)
+
     # -- life cycle of the manager
 
     async def start(self) -> None:
