@@ -84,8 +84,10 @@ def tree_of(d: list[bytes]) -> merkle.MerkleTree:
 
 
 def test_hashing_prefixes_are_rfc_9162() -> None:
-    assert merkle.EMPTY_ROOT == H(b"") == bytes.fromhex(
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert (
+        merkle.EMPTY_ROOT
+        == H(b"")
+        == bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
     )
     assert merkle.leaf_hash(b"abc") == H(b"\x00abc")
     assert merkle.node_hash(b"L" * 32, b"R" * 32) == H(b"\x01" + b"L" * 32 + b"R" * 32)
@@ -169,7 +171,7 @@ def test_mutated_inclusion_proofs_are_refused(n: int) -> None:
                 merkle.verify_inclusion(m, n, _flip(leaf, i), p, root)
             with pytest.raises(LogProofError):
                 merkle.verify_inclusion(m, n, leaf, p, _flip(root, i))
-        variants = [p + [root], [root, *p], p[:-1], p[1:], list(reversed(p))]
+        variants = [[*p, root], [root, *p], p[:-1], p[1:], list(reversed(p))]
         variants += [[*p[:j], p[j], *p[j:]] for j in range(len(p))]  # a hash repeated
         for bad in variants:
             if bad != p:
@@ -207,7 +209,7 @@ def test_mutated_consistency_proofs_are_refused(n: int) -> None:
                 merkle.verify_consistency(m, n, _flip(old_root, i), new_root, c)
             with pytest.raises(LogProofError):
                 merkle.verify_consistency(m, n, old_root, _flip(new_root, i), c)
-        for bad in (c + [new_root], [old_root, *c], c[:-1], c[1:], list(reversed(c)), []):
+        for bad in ([*c, new_root], [old_root, *c], c[:-1], c[1:], list(reversed(c)), []):
             if bad != c:
                 with pytest.raises(LogProofError):
                     merkle.verify_consistency(m, n, old_root, new_root, bad)
@@ -224,7 +226,7 @@ def test_rewritten_or_dropped_entry_breaks_consistency_with_an_earlier_root() ->
     dropped = [*d[:5], *d[6:], b"padding"]
     for forged in (rewritten, dropped):
         t = tree_of(forged)
-        with pytest.raises(LogProofError, match="rewritten or dropped|leads to"):
+        with pytest.raises(LogProofError, match=r"rewritten or dropped|leads to"):
             merkle.verify_consistency(11, 20, old_root, t.root(), t.consistency_path(11, 20))
 
 
@@ -313,12 +315,20 @@ def test_vectors_include_happy_paths_that_our_generator_reproduces() -> None:
     seen = 0
     for vector in _vector_files("inclusion"):
         v = json.loads(vector.read_text())
-        if v["desc"] == "happy path" and v["treeSize"] <= tree.size and _b64(v["root"]) == tree.root(v["treeSize"]):
+        if (
+            v["desc"] == "happy path"
+            and v["treeSize"] <= tree.size
+            and _b64(v["root"]) == tree.root(v["treeSize"])
+        ):
             assert tree.inclusion_path(v["leafIdx"], v["treeSize"]) == [_b64(h) for h in v["proof"] or []]
             seen += 1
     for vector in _vector_files("consistency"):
         v = json.loads(vector.read_text())
-        if v["desc"] == "happy path" and v["size2"] <= tree.size and _b64(v["root2"]) == tree.root(v["size2"]):
+        if (
+            v["desc"] == "happy path"
+            and v["size2"] <= tree.size
+            and _b64(v["root2"]) == tree.root(v["size2"])
+        ):
             assert tree.consistency_path(v["size1"], v["size2"]) == [_b64(h) for h in v["proof"] or []]
             seen += 1
     assert seen >= 8

@@ -75,6 +75,13 @@ KINDS: dict[str, type[LogEntry]] = {
 }
 
 
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "certificate": ("der",),
+    "refusal-digest": ("digest",),
+    "package-signature": ("package-digest", "signer-key", "role", "alg", "sig"),
+}
+
+
 def _bstr(m: dict[str, Any], key: str, size: int | None, where: str) -> bytes:
     value = m[key]
     if not isinstance(value, bytes):
@@ -128,11 +135,11 @@ def decode_entry(data: bytes) -> LogEntry:
     if cls is None:
         raise MalformedLogData(f"log entry kind {kind!r} is not one of {', '.join(KINDS)}")
     where = f"{kind} entry"
-    fields = {"certificate": ("der",), "refusal-digest": ("digest",)}.get(
-        kind, ("package-digest", "signer-key", "role", "alg", "sig")
-    )
+    fields = _FIELDS[cls.KIND]
     if set(m) != {"v", "kind", *fields}:
-        raise MalformedLogData(f"{where}: keys {sorted(map(str, m))}, expected {sorted(['v', 'kind', *fields])}")
+        raise MalformedLogData(
+            f"{where}: keys {sorted(map(str, m))}, expected {sorted(['v', 'kind', *fields])}"
+        )
     entry: LogEntry
     if cls is CertificateEntry:
         entry = CertificateEntry(_bstr(m, "der", None, where))

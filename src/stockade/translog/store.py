@@ -238,7 +238,9 @@ class TransparencyLog:
             key = LogKey.from_der(signer.public_key_der())
             (directory / PUB_FILE).write_bytes(key.to_pem())
             _append_file(directory / ENTRIES_FILE, b"")
-            _append_file(directory / HEADS_FILE, record(sign_tree_head(signer, 0, merkle.EMPTY_ROOT, clock())))
+            _append_file(
+                directory / HEADS_FILE, record(sign_tree_head(signer, 0, merkle.EMPTY_ROOT, clock()))
+            )
             _fsync_dir(directory)
         except BaseException:
             os.close(lock)
@@ -370,7 +372,9 @@ class TransparencyLog:
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> ConsistencyProof:
         new_size = self.signed_size if new_size is None else new_size
         if not 0 <= old_size <= new_size <= self.size:
-            raise UsageError(f"sizes must satisfy 0 <= OLD <= NEW <= {self.size}, got {old_size} and {new_size}")
+            raise UsageError(
+                f"sizes must satisfy 0 <= OLD <= NEW <= {self.size}, got {old_size} and {new_size}"
+            )
         path = () if old_size == 0 else tuple(self.tree.consistency_path(old_size, new_size))
         return ConsistencyProof(old_size, new_size, path)
 

@@ -239,13 +239,17 @@ class TreeHead:
     time_ms: int
 
     def to_cbor(self) -> bytes:
-        return _dumps({"v": VERSION, "log": self.log_id, "size": self.size, "root": self.root, "time": self.time_ms})
+        return _dumps(
+            {"v": VERSION, "log": self.log_id, "size": self.size, "root": self.root, "time": self.time_ms}
+        )
 
     @classmethod
     def from_cbor(cls, data: bytes) -> TreeHead:
         what = "tree head"
         m = _map(data, what, {"v", "log", "size", "root", "time"})
-        head = cls(_hash(m, "log", what), _uint(m, "size", what), _hash(m, "root", what), _uint(m, "time", what))
+        head = cls(
+            _hash(m, "log", what), _uint(m, "size", what), _hash(m, "root", what), _uint(m, "time", what)
+        )
         if head.to_cbor() != data:
             raise MalformedLogData("tree head: not in canonical CBOR encoding")
         return head
@@ -324,7 +328,9 @@ class InclusionProof:
     path: tuple[bytes, ...]
 
     def to_cbor(self) -> bytes:
-        return _dumps({"v": VERSION, "t": "inclusion", "index": self.index, "size": self.size, "path": list(self.path)})
+        return _dumps(
+            {"v": VERSION, "t": "inclusion", "index": self.index, "size": self.size, "path": list(self.path)}
+        )
 
     @classmethod
     def from_cbor(cls, data: bytes) -> InclusionProof:
@@ -348,7 +354,13 @@ class ConsistencyProof:
 
     def to_cbor(self) -> bytes:
         return _dumps(
-            {"v": VERSION, "t": "consistency", "old": self.old_size, "new": self.new_size, "path": list(self.path)}
+            {
+                "v": VERSION,
+                "t": "consistency",
+                "old": self.old_size,
+                "new": self.new_size,
+                "path": list(self.path),
+            }
         )
 
     @classmethod
@@ -399,7 +411,9 @@ def verify_inclusion(
     ``entry`` (its bytes) in that tree (RFC 9162 section 2.1.3.2)."""
     head = verify_tree_head(tree_head, keys)
     if proof.size != head.size:
-        raise LogProofError(f"inclusion proof is for a tree of size {proof.size}, the tree head has {head.size}")
+        raise LogProofError(
+            f"inclusion proof is for a tree of size {proof.size}, the tree head has {head.size}"
+        )
     merkle.verify_inclusion(proof.index, proof.size, merkle.leaf_hash(entry), proof.path, head.root)
     return VerifiedInclusion(entry, proof.index, head, _token=_VERIFIED)
 
@@ -422,7 +436,9 @@ def verify_consistency(
             f"the tree heads have sizes {old.size} and {new.size}"
         )
     if old.size > new.size:
-        raise LogProofError(f"the newer tree head has {new.size} entries, fewer than the older one's {old.size}")
+        raise LogProofError(
+            f"the newer tree head has {new.size} entries, fewer than the older one's {old.size}"
+        )
     if old.size == 0:
         if proof.path:
             raise LogProofError("consistency from the empty tree needs an empty proof")
