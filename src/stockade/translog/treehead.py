@@ -66,6 +66,9 @@ def _map(data: bytes, what: str, keys: set[str]) -> dict[str, Any]:
         raise MalformedLogData(f"{what}: keys {sorted(map(str, m))}, expected {sorted(keys)}")
     if m["v"] != VERSION:
         raise MalformedLogData(f"{what}: version {m['v']!r}, expected {VERSION}")
+    # One encoding per value (RFC 8949 section 4.2.1), nothing after it.
+    if _dumps(m) != data:
+        raise MalformedLogData(f"{what}: not in canonical CBOR encoding, or bytes after it")
     return m
 
 
