@@ -98,13 +98,13 @@ def read_records(data: bytes, what: str) -> Records:
             # A wild length from a torn write or a flipped bit: torn only
             # if nothing could follow it, which a wild length cannot tell.
             raise LogProofError(f"{what}: record at byte {pos} claims {n} bytes, more than {MAX_RECORD}")
-        if end > len(data) or not any(data[pos:]):
-            # A prefix of a record, or blocks allocated but never written
-            # (zeros) up to the end of the file: a torn append.
-            return Records(out, pos, rest)
+        if end > len(data):
+            return Records(out, pos, rest)  # a prefix of a record: a torn append
         payload = data[pos + _LEN.size : pos + _LEN.size + n]
         if hashlib.sha256(payload).digest() != data[end - _SUM : end]:
-            if end == len(data):
+            if end == len(data) or not any(memoryview(data)[pos:]):
+                # The last record, or blocks allocated but never written
+                # (zeros) up to the end of the file: a torn append.
                 return Records(out, pos, rest)
             raise LogProofError(f"{what}: record {len(out)} at byte {pos} fails its checksum (damaged)")
         out.append(payload)
