@@ -295,6 +295,10 @@ def test_rewritten_or_dropped_entry_detected_by_client_with_earlier_tree_head(
             verify_consistency(honest.tree_head, old_head, ConsistencyProof(10, 6, ()), [key])
 
 
+def signer_of(tmp_path: Path) -> FileSigner:
+    return store.load_signer((tmp_path / "log" / store.KEY_FILE).read_bytes())
+
+
 def _records(path: Path) -> list[bytes]:
     return store.read_records(path.read_bytes(), path.name).payloads
 
@@ -342,6 +346,24 @@ def test_tree_heads_file_checked(tmp_path: Path) -> None:
     heads.write_bytes(b"".join(store.record(r) for r in [*recs, alien]))
     with pytest.raises(LogProofError, match="not one of"):
         TransparencyLog.open(tmp_path / "log", writable=False)
+    # an earlier head replaced: open checks the latest head only (one
+    # signature check per open), the earlier one is checked when used and
+    # by verify()
+    sizes = [store.parse_signed_tree_head(r)[0].size for r in recs]
+    assert sizes == [0, 1, 2, 3]
+    forged_root = merkle.MerkleTree([b"\x22" * 32]).root()
+    for forged in (
+        sign_tree_head(other, 1, forged_root, 1),
+        sign_tree_head(signer_of(tmp_path), 1, forged_root, 1),
+    ):
+        heads.write_bytes(b"".join(store.record(r) for r in [recs[0], forged, *recs[2:]]))
+        with TransparencyLog.open(tmp_path / "log", writable=False) as log:
+            assert log.size == 3
+            log.tree_head_for(2)
+            with pytest.raises(LogProofError):
+                log.tree_head_for(1)
+            with pytest.raises(LogProofError):
+                log.verify()
     heads.write_bytes(b"")
     with pytest.raises(LogProofError, match="no complete signed tree head"):
         TransparencyLog.open(tmp_path / "log", writable=False)

@@ -47,6 +47,7 @@ from stockade.translog.treehead import (
     VerifiedTreeHead,
     generate_signer,
     load_signer,
+    parse_signed_tree_head,
     sign_tree_head,
     verify_tree_head,
 )
@@ -288,8 +289,13 @@ class TransparencyLog:
         self.tree = merkle.MerkleTree([merkle.leaf_hash(e) for e in self._entries])
         self._heads = heads.payloads
         self._head_sizes = []
-        for raw in self._heads:
-            self._head_sizes.append(self._check_head(raw).size)
+        # Every head's size (they never go back), the latest head in full
+        # (signature, root); an earlier one is checked in full when it is
+        # used (tree_head_for), and all of them by verify(): an open costs
+        # one signature check, not one per append ever made.
+        for raw in self._heads[:-1]:
+            self._head_sizes.append(self._check_size(parse_signed_tree_head(raw)[0].size))
+        self._head_sizes.append(self._check_size(self._check_head(self._heads[-1]).size))
         latest = self._head_sizes[-1]
         self.recovery = Recovery(entries.torn, heads.torn, len(self._entries) - latest)
         if writable:
@@ -300,18 +306,28 @@ class TransparencyLog:
             if len(self._entries) > latest:
                 self._sign_head()
 
+    def _check_size(self, size: int) -> int:
+        """A stored head's size: within the entries present, and never
+        below the head before it."""
+        if size > self.tree.size:
+            raise LogProofError(
+                f"{self.directory}: a signed tree head covers {size} entries, {ENTRIES_FILE} holds "
+                f"only {self.tree.size}: signed entries were dropped"
+            )
+        if self._head_sizes and size < self._head_sizes[-1]:
+            raise LogProofError(
+                f"{self.directory}: tree head sizes go back from {self._head_sizes[-1]} to {size}"
+            )
+        return size
+
     def _check_head(self, raw: bytes) -> VerifiedTreeHead:
-        """A stored head: its signature, its size against the entries
-        present, its root against theirs, and sizes that never go back."""
+        """A stored head in full: its signature under the log key, and its
+        root against the entries'."""
         head = verify_tree_head(raw, [self.key])
         if head.size > self.tree.size:
             raise LogProofError(
                 f"{self.directory}: a signed tree head covers {head.size} entries, {ENTRIES_FILE} holds "
                 f"only {self.tree.size}: signed entries were dropped"
-            )
-        if self._head_sizes and head.size < self._head_sizes[-1]:
-            raise LogProofError(
-                f"{self.directory}: tree head sizes go back from {self._head_sizes[-1]} to {head.size}"
             )
         if self.tree.root(head.size) != head.root:
             raise LogProofError(
@@ -352,6 +368,7 @@ class TransparencyLog:
         """The latest signed tree head of exactly ``size`` entries."""
         for raw, n in zip(reversed(self._heads), reversed(self._head_sizes), strict=True):
             if n == size:
+                self._check_head(raw)
                 return raw
         sizes = sorted(set(self._head_sizes))
         shown = ", ".join(map(str, sizes[-8:]))
@@ -427,7 +444,7 @@ class TransparencyLog:
         if not heads.payloads:
             raise LogProofError(f"{d}: no complete signed tree head in {HEADS_FILE}")
         for raw in heads.payloads:
-            checker._head_sizes.append(checker._check_head(raw).size)
+            checker._head_sizes.append(checker._check_size(checker._check_head(raw).size))
         latest = checker._head_sizes[-1]
         return LogReport(
             size=latest,
