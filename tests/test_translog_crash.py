@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stockade.errors import LogProofError
 from stockade.translog import RefusalDigestEntry, TransparencyLog, encode_entry, store, verify_consistency
@@ -184,3 +186,44 @@ def test_writer_killed_mid_append_leaves_a_consistent_log(tmp_path: Path) -> Non
     with TransparencyLog.open(d, writable=False) as log:
         assert log.size >= 6
     print(f"{interrupted} of 6 kills interrupted an append")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batches=st.lists(st.integers(1, 5), min_size=1, max_size=6),
+    crash_file=st.sampled_from([store.ENTRIES_FILE, store.HEADS_FILE]),
+    cut=st.floats(0, 1),
+)
+def test_property_any_crash_point_of_the_last_append(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[int], crash_file: str, cut: float
+) -> None:
+    """Random appends, then a crash somewhere in the last one: the entry
+    file cut anywhere in the new records (the head never written), or the
+    head file cut anywhere in the new head. The log opens at the last
+    complete entry and extends every head seen before the last append."""
+    d = tmp_path_factory.mktemp("prop") / "log"
+    i = 0
+    with TransparencyLog.create(d) as log:
+        held = []
+        for n in batches[:-1]:
+            log.append([refusal(i + k) for k in range(n)])
+            i += n
+            held.append(log.tree_head)
+        before = snapshot(d)
+        size_before = log.size
+        log.append([refusal(i + k) for k in range(batches[-1])])
+        after = snapshot(d)
+    if crash_file == store.ENTRIES_FILE:
+        grown = after[store.ENTRIES_FILE]
+        start = len(before[store.ENTRIES_FILE])
+        at = start + int(cut * (len(grown) - start))
+        restore(d, {store.ENTRIES_FILE: grown[:at], store.HEADS_FILE: before[store.HEADS_FILE]})
+        complete = len(store.read_records(grown[:at], "entries").payloads)
+        expected = complete
+    else:
+        grown = after[store.HEADS_FILE]
+        start = len(before[store.HEADS_FILE])
+        at = start + int(cut * (len(grown) - start))
+        restore(d, {store.ENTRIES_FILE: after[store.ENTRIES_FILE], store.HEADS_FILE: grown[:at]})
+        expected = size_before + batches[-1]
+    check_consistent(d, expected, held)

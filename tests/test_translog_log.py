@@ -215,11 +215,20 @@ def test_p256_and_ed25519_keys_do_not_mix() -> None:
     sth = sign_tree_head(ed, 0, merkle.EMPTY_ROOT, 1)
     ed_key = LogKey.from_der(ed.public_key_der())
     verify_tree_head(sth, [ed_key])
-    # the P-256 key claiming the Ed25519 log's id is not a thing a verifier accepts
+    # a key cannot claim another key's log id, nor the other algorithm
     p_key = LogKey.from_der(p256.public_key_der())
-    impostor = LogKey(p_key.spki, p_key.algorithm, ed_key.log_id)
+    with pytest.raises(MalformedLogData, match="log_id"):
+        LogKey(p_key.spki, p_key.algorithm, ed_key.log_id)
+    with pytest.raises(MalformedLogData, match="algorithm"):
+        LogKey(p_key.spki, "rsa", p_key.log_id)
+    # a head that names the other algorithm for the trusted key is refused
+    m = cbor2.loads(sth)
     with pytest.raises(LogProofError, match="alg"):
-        verify_tree_head(sth, [impostor])
+        verify_tree_head(cbor2.dumps({**m, "alg": ALG_P256}, canonical=True), [ed_key])
+    p_sth = sign_tree_head(p256, 0, merkle.EMPTY_ROOT, 1)
+    verify_tree_head(p_sth, [ed_key, p_key])
+    with pytest.raises(LogProofError, match="alg"):
+        verify_tree_head(cbor2.dumps({**cbor2.loads(p_sth), "alg": "ed25519"}, canonical=True), [p_key])
     with pytest.raises(LogProofError, match="Ed25519 or ECDSA P-256"):
         FileSigner(ec.generate_private_key(ec.SECP384R1()))  # type: ignore[arg-type]
 

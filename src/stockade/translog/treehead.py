@@ -185,6 +185,14 @@ class LogKey:
     algorithm: str
     log_id: bytes
 
+    def __post_init__(self) -> None:
+        if self.log_id != hashlib.sha256(self.spki).digest():
+            raise MalformedLogData("log key: log_id is not the SHA-256 of the key's SubjectPublicKeyInfo")
+        if self.algorithm not in ALGORITHMS:
+            raise MalformedLogData(
+                f"log key: algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}"
+            )
+
     @classmethod
     def from_der(cls, spki: bytes) -> LogKey:
         try:
