@@ -11,6 +11,8 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stockade.errors import LogProofError, MalformedLogData, UsageError, VerificationFailed
 from stockade.translog import (
@@ -422,3 +424,49 @@ def test_state_dir_errors(tmp_path: Path) -> None:
         with pytest.raises(MalformedLogData):
             log.append([b"not an entry"])
         assert log.size == 2
+
+
+# -- hostile bytes: a clear error, never another exception ----------------------
+
+cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.binary(max_size=70) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=15) | st.integers(), inner, max_size=8)
+    ),
+    max_leaves=20,
+)
+
+
+def _shaped(kind: str) -> st.SearchStrategy[bytes]:
+    """Maps with the right keys and random values, and random CBOR."""
+    keys = {
+        "entry": ["v", "kind", "der", "digest", "package-digest", "signer-key", "role", "alg", "sig"],
+        "sth": ["v", "head", "alg", "sig"],
+        "proof": ["v", "t", "index", "size", "old", "new", "path"],
+    }[kind]
+    shaped = st.dictionaries(st.sampled_from(keys), cbor_values, max_size=len(keys))
+    return (shaped | cbor_values).map(lambda v: cbor2.dumps(v, canonical=True)) | st.binary(max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_shaped("entry"))
+def test_property_entry_decoder_never_fails_otherwise(data: bytes) -> None:
+    try:
+        entry = decode_entry(data)
+    except MalformedLogData:
+        return
+    assert encode_entry(entry) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(_shaped("sth"), _shaped("proof"))
+def test_property_head_and_proof_decoders_never_fail_otherwise(sth: bytes, proof: bytes) -> None:
+    key = LogKey.from_der(FileSigner(Ed25519PrivateKey.generate()).public_key_der())
+    with pytest.raises((MalformedLogData, LogProofError)):
+        verify_tree_head(sth, [key])
+    for cls in (InclusionProof, ConsistencyProof):
+        try:
+            parsed = cls.from_cbor(proof)
+        except MalformedLogData:
+            continue
+        assert parsed.to_cbor() == proof
