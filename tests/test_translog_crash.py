@@ -227,3 +227,30 @@ def test_property_any_crash_point_of_the_last_append(
         restore(d, {store.ENTRIES_FILE: after[store.ENTRIES_FILE], store.HEADS_FILE: grown[:at]})
         expected = size_before + batches[-1]
     check_consistent(d, expected, held)
+
+
+def test_failed_append_stops_the_writer_and_reopening_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails half-way (disk full) leaves a torn record: the
+    same log object refuses to write after it; a reopen cuts it."""
+    d = tmp_path / "log"
+    log = TransparencyLog.create(d)
+    log.append([refusal(0)])
+    held = [log.tree_head]
+    real_write = os.write
+
+    def half_write(fd: int, data: bytes) -> int:
+        return real_write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(store.os, "write", half_write)
+    with pytest.raises(store.LogWriteFailed, match="short write"):
+        log.append([refusal(1)])
+    monkeypatch.setattr(store.os, "write", real_write)
+    with pytest.raises(store.LogWriteFailed, match="reopen"):
+        log.append([refusal(2)])
+    log.close()
+    check_consistent(d, 1, held)
+    with TransparencyLog.open(d) as again:
+        again.append([refusal(1)])
+    check_consistent(d, 2, held)

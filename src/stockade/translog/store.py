@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from stockade.errors import LogProofError, MalformedLogData, UsageError
+from stockade.errors import LogProofError, MalformedLogData, StockadeError, UsageError
 from stockade.translog import merkle
 from stockade.translog.entries import MAX_ENTRY, LogEntry, decode_entry, encode_entry
 from stockade.translog.treehead import (
@@ -121,25 +121,39 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class LogWriteFailed(StockadeError):
+    """Writing a log file failed (disk full, I/O error): exit 1. The log
+    object that met it refuses further appends; reopening recovers (a torn
+    record is cut, as after a crash)."""
+
+    title = "transparency log write failed"
+
+
 def _append_file(path: Path, data: bytes) -> None:
     """Append ``data`` in one write and fsync (module docstring)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise LogWriteFailed(f"short write to {path}: {written} of {len(data)} bytes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LogWriteFailed(f"cannot append to {path}: {exc.strerror}") from None
 
 
 def _truncate(path: Path, length: int) -> None:
-    fd = os.open(path, os.O_WRONLY)
     try:
-        os.ftruncate(fd, length)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, length)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LogWriteFailed(f"cannot cut the torn tail of {path}: {exc.strerror}") from None
 
 
 def _read(path: Path) -> bytes:
@@ -196,6 +210,7 @@ class TransparencyLog:
         self._head_sizes: list[int] = []
         self.tree = merkle.MerkleTree()
         self.recovery = Recovery()
+        self._failed = False
 
     # -- opening -------------------------------------------------------
 
@@ -223,7 +238,10 @@ class TransparencyLog:
     ) -> TransparencyLog:
         """A new empty log with a tree head of size 0. With no ``signer``,
         a new key of ``algorithm`` is written to ``log.key``."""
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create {directory}: {exc.strerror}") from None
         if any(directory.iterdir()):
             raise UsageError(f"{directory}: not empty; a log is created in a new or empty directory")
         lock = cls._lock(directory, exclusive=True)
@@ -410,6 +428,8 @@ class TransparencyLog:
         """Append ``entries`` (typed, or entry bytes, checked to decode),
         make them durable, then sign and store the new tree head. Returns
         the index of the first one and the new signed tree head."""
+        if self._failed:
+            raise LogWriteFailed(f"{self.directory}: an append failed; reopen the log to recover")
         if self._signer is None:
             raise UsageError(f"{self.directory}: opened read-only")
         if not entries:
@@ -418,11 +438,19 @@ class TransparencyLog:
         for e in encoded:
             decode_entry(e)
         first = self.size
-        _append_file(self.directory / ENTRIES_FILE, b"".join(record(e) for e in encoded))
-        for e in encoded:
-            self._entries.append(e)
-            self.tree.append(merkle.leaf_hash(e))
-        return first, self._sign_head()
+        try:
+            _append_file(self.directory / ENTRIES_FILE, b"".join(record(e) for e in encoded))
+            for e in encoded:
+                self._entries.append(e)
+                self.tree.append(merkle.leaf_hash(e))
+            return first, self._sign_head()
+        except BaseException:
+            # The files may now end in a torn record, or hold entries with
+            # no head: this object must not write after them. Reopening
+            # recovers as after a crash.
+            self._signer = None
+            self._failed = True
+            raise
 
     # -- checking ------------------------------------------------------
 
