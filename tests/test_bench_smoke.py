@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("bench_timings.py", ["--runs", "1", "--backends", "sim"], {"runs", "median_ms"}),
         ("bench_snp_verify.py", ["--seconds", "0.3"], set()),
         ("bench_dcap.py", ["--seconds", "0.3"], set()),
+        ("bench_translog.py", ["--sizes", "10,50", "--appends", "3"], {"ratio_append_over_baseline", "rows"}),
         (
             "bench_manager.py",
             ["--keeps", "3", "--sequential", "2"],

@@ -56,10 +56,13 @@ def _minimal_args(command: click.Command) -> list[str]:
         if not param.required:
             continue
         if isinstance(param, click.Argument):
-            args.append("x")
+            args.append("1" if isinstance(param.type, click.types.IntParamType) else "x")
         else:
             assert isinstance(param, click.Option)
-            args += [param.opts[0], "1" if isinstance(param.type, click.types.IntParamType) else "x"]
+            if isinstance(param.type, click.Choice):
+                args += [param.opts[0], str(param.type.choices[0])]
+            else:
+                args += [param.opts[0], "1" if isinstance(param.type, click.types.IntParamType) else "x"]
     return args
 
 

@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "image": "stockade.commands.image:image",
     "keeps": "stockade.commands.remote:keeps",
     "key": "stockade.commands.package:key",
+    "log": "stockade.commands.log:log",
     "package": "stockade.commands.package:package",
     "policy": "stockade.commands.policy:policy",
     "run": "stockade.commands.run:run",

@@ -58,6 +58,26 @@ class PolicyRejected(StockadeError):
     title = "refused by policy"
 
 
+class LogProofError(VerificationFailed):
+    """VerificationFailed (exit 110, same problem type) for the
+    transparency log (:mod:`stockade.translog`): an inclusion or
+    consistency proof that does not lead to the signed root, a tree head
+    whose signature does not verify under the trusted log key, or a log
+    whose entries do not match its own signed tree head (a rewritten or
+    dropped entry). A subclass only for its title: the log proves nothing
+    about attestation."""
+
+    title = "transparency log verification failed"
+
+
+class MalformedLogData(MalformedEvidence):
+    """MalformedEvidence (exit 111, same problem type) for transparency log
+    data that does not parse: a log entry, tree head or proof of the wrong
+    CBOR shape, a hash of the wrong length. Only the title differs."""
+
+    title = "malformed transparency log data"
+
+
 class ProtocolError(StockadeError):
     """A peer sent bytes that break the stockade protocol."""
 
