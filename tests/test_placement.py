@@ -215,3 +215,15 @@ def test_final_error_keeps_the_meaning_of_an_attestation_failure() -> None:
     )
     assert type(err) is PolicyRejected and err.exit_code == 112  # the last trust failure
     assert "bad sig" in err.detail and "quota" in err.detail and "sim refused" in err.detail
+
+
+class _Refusal(PolicyRejected):
+    """Like policy.model.RefusedByPolicy: a subclass with other arguments."""
+
+    def __init__(self, rows: list[str]) -> None:
+        super().__init__("; ".join(rows))
+
+
+def test_final_error_of_a_subclass_is_its_base_class() -> None:
+    err = final_error(_attempts(_Refusal(["platform: sim not allowed"])), remaining=0)
+    assert type(err) is PolicyRejected and "platform: sim not allowed" in err.detail

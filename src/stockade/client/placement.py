@@ -265,7 +265,8 @@ def final_error(attempts: Sequence[Attempt], remaining: int) -> StockadeError:
     why = "; ".join(f"{a.candidate.host}: {a.reason()}" for a in failed)
     more = f", {remaining} more candidate(s) not tried (--fleet-attempts)" if remaining else ""
     detail = f"no host of the fleet ran the deploy ({len(failed)} tried{more}): {why}"
-    trust = [a.error for a in failed if isinstance(a.error, TRUST_FAILURES)]
-    if trust:
-        return type(trust[-1])(detail)
+    for attempt in reversed(failed):
+        for cls in TRUST_FAILURES:  # the base class: subclasses take other arguments
+            if isinstance(attempt.error, cls):
+                return cls(detail)
     return FleetError(detail)
