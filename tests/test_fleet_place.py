@@ -280,7 +280,6 @@ def hostile(fleet: Fleet, tmp_path: Path) -> Iterator[Host]:
 
     from fleet_support import _cli
     from manager_support import _free_port
-
     from stockade.evidence.sim.chip import ensure_chip
 
     state = tmp_path / "hostile"
