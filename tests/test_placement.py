@@ -227,3 +227,58 @@ class _Refusal(PolicyRejected):
 def test_final_error_of_a_subclass_is_its_base_class() -> None:
     err = final_error(_attempts(_Refusal(["platform: sim not allowed"])), remaining=0)
     assert type(err) is PolicyRejected and "platform: sim not allowed" in err.detail
+
+
+# -- the command line (no etcd needed) -----------------------------------------
+
+
+def test_fleet_and_host_are_mutually_exclusive(stockade, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    module = tmp_path / "m.wasm"
+    module.write_bytes(b"\0asm\1\0\0\0")
+    proc = stockade("deploy", "--fleet", "etcd://127.0.0.1:1", "--host", "http://127.0.0.1:1", str(module))
+    assert proc.returncode == 2
+    assert b"--host and --fleet are mutually exclusive" in proc.stderr
+    proc = stockade("deploy", str(module), env={"STOCKADE_HOST": ""})
+    assert proc.returncode == 2 and b"deploy needs --host URL" in proc.stderr
+    proc = stockade(
+        "deploy",
+        "--host",
+        "http://127.0.0.1:1",
+        "--host-label",
+        "a=b",
+        "--prefer-platform",
+        "sim",
+        str(module),
+    )
+    assert proc.returncode == 2
+    assert b"--prefer-platform, --host-label only go with --fleet" in proc.stderr
+    proc = stockade("deploy", "--fleet", "etcd://127.0.0.1:1", "--host-label", "novalue", str(module))
+    assert proc.returncode == 2 and b"--host-label 'novalue': expected KEY=VALUE" in proc.stderr
+
+
+def test_fleet_unreachable_is_a_fleet_error_naming_etcd(stockade, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    module = tmp_path / "m.wasm"
+    module.write_bytes(b"\0asm\1\0\0\0")
+    token = tmp_path / "token"
+    token.write_text("stk_x\n")
+    proc = stockade(
+        "deploy",
+        "--fleet",
+        f"etcd://127.0.0.1:{port}",
+        "--token-file",
+        str(token),
+        "--allow-sim",
+        "--json",
+        str(module),
+    )
+    assert proc.returncode == 122, proc.stderr
+    import json
+
+    doc = json.loads(proc.stdout)
+    assert doc["error"]["type"] == "fleet"
+    assert f"etcd cannot be reached to read the fleet (http://127.0.0.1:{port}" in doc["error"]["detail"]

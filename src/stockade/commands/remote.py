@@ -272,11 +272,11 @@ def deploy(
     Keep's attestation decides as with --host.
     """
     ctx = click.get_current_context()
-    fleet_only = {"prefer_platform": prefer_platform, "host_labels": host_labels}
+    fleet_only = {"--prefer-platform": prefer_platform, "--host-label": host_labels}
     if fleet is None:
         if not connection.url:
             raise UsageError("deploy needs --host URL (or $STOCKADE_HOST) or --fleet URL")
-        given = [f"--{k.replace('_', '-')}" for k, v in fleet_only.items() if v]
+        given = [name for name, value in fleet_only.items() if value]
         if ctx.get_parameter_source("fleet_attempts") is click.core.ParameterSource.COMMANDLINE:
             given.append("--fleet-attempts")
         if given:
