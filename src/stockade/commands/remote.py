@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeVar
 import click
 
 from stockade.client.plan import Prepared, RunOptions, prepare
+from stockade.commands._fleet import fleet_options
 from stockade.commands._output import json_option, safe_text
 from stockade.commands._run import deploy_session, print_json, workload_options
 from stockade.errors import ExitStatus, KeepDied, StockadeError, UsageError, WorkloadExit
@@ -110,31 +111,6 @@ def _add_connection_options(fn: F, required: bool) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _fleet_option(fn: F) -> F:
-    """``--fleet URL`` for ``deploy``: the command gets one ``fleet``
-    keyword, a FleetConfig or None. Minimal (no etcd TLS or user options):
-    to be replaced by the shared ``fleet_options`` decorator of
-    commands/_fleet.py (fleet-host) when both are merged."""
-
-    @click.option(
-        "--fleet",
-        "fleet_url",
-        metavar="URL",
-        help="Let placement choose the host among those registered in the fleet's etcd: "
-        "etcd://HOST[:PORT][,HOST[:PORT]...] (etcds:// for TLS); instead of --host.",
-    )
-    @functools.wraps(fn)
-    def wrapper(fleet_url: str | None, **kwargs: Any) -> Any:
-        fleet = None
-        if fleet_url is not None:
-            from stockade.fleet.etcd import FleetConfig, parse_endpoints
-
-            fleet = FleetConfig(parse_endpoints(fleet_url))
-        return fn(fleet=fleet, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
 class _Connection:
     """Where and how to reach the manager, from the command line."""
 
@@ -176,7 +152,11 @@ def _token(token_file: Path | None) -> str:
 @click.argument("wasm", metavar="WASM|PACKAGE", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1)
 @_connection_options(required=False)
-@_fleet_option
+@fleet_options(
+    required=False,
+    help_url="Let placement choose the host among those registered in the fleet's etcd: "
+    "etcd://HOST[:PORT][,HOST[:PORT]...] (etcds:// for TLS); instead of --host (docs/fleet.md).",
+)
 @click.option(
     "--prefer-platform",
     type=click.Choice(["snp", "tdx", "sim", "sim-tdx"]),
