@@ -313,6 +313,41 @@ def test_a_hostile_host_is_refused_and_the_deploy_moves_on(fleet: Fleet, hostile
     fleet.register_all()
 
 
+def test_quota_refusal_fails_over(fleet: Fleet, wasm: Any, tmp_path: Path) -> None:
+    """A host whose record claims it is idle but whose quota for the token
+    is used up answers 429: the deploy moves on to the next host."""
+    import json as _json_mod
+    import shutil
+
+    from manager_support import _free_port
+    from stockade.client.remote import ManagerClient
+
+    state = tmp_path / "tight"
+    state.mkdir(mode=0o700)
+    shutil.copytree(fleet.state_dir / "sim", state / "sim")
+    doc = _json_mod.loads((fleet.hosts[0].state / "tokens.json").read_text())
+    for entry in doc["tokens"]:
+        entry["quota"] = 1
+    (state / "tokens.json").write_text(_json_mod.dumps(doc))
+    (state / "tokens.json").chmod(0o600)
+    tight = Host("tight", state, _free_port(), tmp_path / "tight.log")
+    tight.start()
+    try:
+        with ManagerClient(tight.url, fleet.token_file.read_text().strip()) as client:
+            client.create("sim", {})  # uses the token's only slot on this host
+        fleet.register_all(host_0=3, host_1=3, host_2=3)
+        fleet.registrar.register(tight, fleet.registrar.record(tight, keeps_running=0))
+        result = _ok(fleet.deploy(*DEV, str(wasm("exit7"))))
+    finally:
+        fleet.registrar.unregister("tight")
+        tight.stop()
+        fleet.register_all()
+    first, second = result["placement"]["attempts"]
+    assert first["host"] == "tight" and first["outcome"] == "failed" and first["keep_id"] is None
+    assert first["error"]["type"] == "host-manager" and "429" in first["error"]["detail"]
+    assert second["outcome"] == "ok"
+
+
 def test_no_retry_after_release(fleet: Fleet, wasm: Any) -> None:
     """The Keep dies after the release (SIGKILL while the workload runs):
     the deploy ends with Keep died (115) and no other host is tried."""
