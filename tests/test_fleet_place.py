@@ -391,3 +391,56 @@ def test_no_retry_after_release(fleet: Fleet, wasm: Any) -> None:
     assert "host-0 failed after the release: not retried elsewhere" in err
     assert "attempt 2" not in err
     assert [len(fleet.keeps_on(h)) for h in fleet.hosts[1:]] == others_before
+
+
+# -- the release point, in process (no etcd) -----------------------------------
+
+
+def test_release_mark_is_set_right_before_the_release_and_only_then(
+    state_dir: Path, wasm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ReleaseMark is False when attestation fails (retry allowed), and True
+    before the release message is built (so no failure from the release on
+    can be taken for a failure before it)."""
+    from stockade.client.attest import TrustConfig
+    from stockade.client.deploy import DeployPlan, ReleaseMark, deploy, send_hello
+    from stockade.errors import PolicyRejected
+    from stockade.evidence.sim import chip
+    from stockade.evidence.sim.local import serve_in_thread
+    from stockade.host.loader import start_keep
+    from stockade.policy import development_policy
+    from stockade.wire.protocol import ClientSession
+
+    seen: list[bool] = []
+    marks: list[ReleaseMark] = []
+    original = ClientSession.release
+
+    def spy(self: ClientSession, release: Any) -> bytes:
+        seen.append(marks[-1].released)
+        return original(self, release)
+
+    monkeypatch.setattr(ClientSession, "release", spy)
+    plan = DeployPlan.for_module(wasm("exit7").read_bytes())
+
+    def session(measurement: bytes | None) -> tuple[int | None, ReleaseMark]:
+        handle = start_keep("sim", state_dir, psp=lambda m: serve_in_thread(state_dir, m))
+        mark = ReleaseMark()
+        marks.append(mark)
+        try:
+            policy = development_policy(measurement or handle.measurement)
+            trust = TrustConfig(sim_root=chip.sim_root(state_dir), policy=policy)
+            hello = send_hello(handle.conn)
+            try:
+                result = deploy(
+                    handle.conn, plan, trust, lambda fd, data: None, hello=hello, on_release=mark.mark
+                )
+            except PolicyRejected:
+                return None, mark
+            return result.exit_code, mark
+        finally:
+            handle.close()
+
+    code, mark = session(bytes(48))  # a pin the Keep does not match: refused before release
+    assert code is None and not mark.released and seen == []
+    code, mark = session(None)
+    assert code == 7 and mark.released and seen == [True]
