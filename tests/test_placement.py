@@ -282,3 +282,85 @@ def test_fleet_unreachable_is_a_fleet_error_naming_etcd(stockade, tmp_path) -> N
     doc = json.loads(proc.stdout)
     assert doc["error"]["type"] == "fleet"
     assert f"etcd cannot be reached to read the fleet (http://127.0.0.1:{port}" in doc["error"]["detail"]
+
+
+# -- the failover loop (stockade.client.failover), with fake attempts ----------
+
+
+def _candidates(n: int) -> tuple[Candidate, ...]:
+    return plan_placement(
+        [entry(f"h{i}", keeps_running=i) for i in range(n)], constraints(), random.Random(0)
+    ).candidates
+
+
+def test_failover_moves_on_after_a_failure_before_release() -> None:
+    from stockade.client.failover import run_with_failover
+
+    calls: list[str] = []
+
+    def run(candidate, mark, created):  # type: ignore[no-untyped-def]
+        calls.append(candidate.host)
+        created.append(f"keep-{candidate.host}")
+        if candidate.host == "h0":
+            raise VerificationFailed("signed by another chip")
+        mark.mark()
+        return f"keep-{candidate.host}", "result"
+
+    attempts: list[Attempt] = []
+    chosen, result = run_with_failover(_candidates(3), 3, run, attempts)
+    assert (chosen.host, result, calls) == ("h1", "result", ["h0", "h1"])
+    assert [(a.candidate.host, a.error is None, a.keep_id, a.released) for a in attempts] == [
+        ("h0", False, "keep-h0", False),
+        ("h1", True, "keep-h1", True),
+    ]
+
+
+def test_failover_never_retries_after_the_release() -> None:
+    from stockade.client.failover import run_with_failover
+
+    calls: list[str] = []
+
+    def run(candidate, mark, created):  # type: ignore[no-untyped-def]
+        calls.append(candidate.host)
+        mark.mark()  # the release began
+        raise KeepDied("the Keep closed the connection before reporting the workload's exit status")
+
+    attempts: list[Attempt] = []
+    with pytest.raises(KeepDied):
+        run_with_failover(_candidates(3), 3, run, attempts)
+    assert calls == ["h0"] and attempts[0].released
+
+
+def test_failover_stops_at_a_failure_every_host_would_have() -> None:
+    from stockade.client.failover import run_with_failover
+
+    calls: list[str] = []
+
+    def run(candidate, mark, created):  # type: ignore[no-untyped-def]
+        calls.append(candidate.host)
+        raise WorkloadRejected("no exported _start")
+
+    with pytest.raises(WorkloadRejected):
+        run_with_failover(_candidates(3), 3, run, [])
+    assert calls == ["h0"]
+
+
+def test_failover_is_bounded_and_collects_every_reason() -> None:
+    from stockade.client.failover import run_with_failover
+
+    def run(candidate, mark, created):  # type: ignore[no-untyped-def]
+        raise ManagerError(f"cannot reach {candidate.host}")
+
+    attempts: list[Attempt] = []
+    with pytest.raises(FleetError) as info:
+        run_with_failover(_candidates(4), 2, run, attempts)
+    assert len(attempts) == 2
+    assert "cannot reach h0" in info.value.detail and "cannot reach h1" in info.value.detail
+    assert "2 more candidate(s) not tried" in info.value.detail
+
+
+def test_manager_for_refuses_plain_http_off_loopback_as_that_hosts_failure() -> None:
+    from stockade.client.failover import manager_for
+
+    with pytest.raises(ManagerError, match="not tried: refusing to send the API token over plain http"):
+        manager_for("http://192.0.2.1:8470", "stk_x", None, False)

@@ -1,7 +1,8 @@
 """``stockade deploy --fleet URL``: read the fleet, place the deploy
 (:func:`stockade.client.placement.plan_placement`) and run it on the first
 candidate that works, trying the next one after a failure *before release*
-(docs/fleet.md, "Placement").
+(docs/fleet.md, "Placement"); the loop over the candidates is
+:func:`stockade.client.failover.run_with_failover`, this module prints.
 
 The retry boundary is the release (:class:`stockade.client.deploy.
 ReleaseMark`): a failure while creating, attesting, verifying or loading a
@@ -20,7 +21,6 @@ system CAs, never plain http to a host that is not loopback unless
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
 from collections.abc import Callable
@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from stockade.errors import ManagerError, StockadeError, UsageError, WorkloadExit
+from stockade.errors import WorkloadExit
 
 if TYPE_CHECKING:
+    from stockade.client.deploy import DeployResult, ReleaseMark
     from stockade.client.placement import Attempt, Candidate, Placement
     from stockade.client.plan import RunOptions
     from stockade.commands.remote import _Connection
@@ -136,15 +137,8 @@ def deploy_fleet(
     sim_root_file: Path | None,
     crls: tuple[bytes, ...],
 ) -> WorkloadExit:
-    from stockade.client.deploy import ReleaseMark
-    from stockade.client.placement import (
-        Attempt,
-        Constraints,
-        final_error,
-        no_candidate_error,
-        plan_placement,
-        retryable,
-    )
+    from stockade.client.failover import kill_unless_released, manager_for, run_with_failover
+    from stockade.client.placement import Constraints, no_candidate_error, plan_placement, retryable
     from stockade.client.plan import prepare, read_stdin
     from stockade.commands._run import print_json
     from stockade.commands.remote import _token, deploy_on, keep_measurement_for
@@ -175,69 +169,55 @@ def deploy_fleet(
         raise no_candidate_error(request.fleet.url, placement)
     # Read once: every attempt before release sends the same input.
     stdin = read_stdin(opts)
-    tried = placement.candidates[: request.attempts]
-    for number, candidate in enumerate(tried, 1):
+
+    def run(
+        candidate: Candidate, mark: ReleaseMark, created: list[str]
+    ) -> tuple[str, tuple[DeployResult, dict[int, bytearray]]]:
         attempt_opts = dataclasses.replace(opts, backend=candidate.offer.backend)
         kind = "sim" if candidate.offer.backend in SIM_BACKENDS else candidate.offer.backend
         if kind not in measurements:
             measurements[kind] = keep_measurement_for(attempt_opts)
-        mark = ReleaseMark()
-        created: list[str] = []
+        url = candidate.record.api_url
+        with (
+            manager_for(url, token, connection.cacert, connection.insecure_http) as client,
+            kill_unless_released(client, created, mark),
+        ):
+            result, out, keep_id = deploy_on(
+                client,
+                attempt_opts,
+                prepared,
+                measurements[kind],
+                sim_root_file,
+                crls,
+                on_created=created.append,
+                on_release=mark.mark,
+                stdin=stdin,
+            )
+        return keep_id, (result, out)
+
+    def on_start(number: int, total: int, candidate: Candidate) -> None:
         report.say(
-            f"stockade: fleet: attempt {number} of {len(tried)}: {candidate.host} "
+            f"stockade: fleet: attempt {number} of {total}: {candidate.host} "
             f"({candidate.offer.backend} at {candidate.record.api_url})"
         )
-        try:
-            with _client(connection, candidate, token) as client:
-                try:
-                    result, out, keep_id = deploy_on(
-                        client,
-                        attempt_opts,
-                        prepared,
-                        measurements[kind],
-                        sim_root_file,
-                        crls,
-                        on_created=created.append,
-                        on_release=mark.mark,
-                        stdin=stdin,
-                    )
-                except StockadeError:
-                    if created and not mark.released:
-                        # The Keep ends when its connection closes; say so to
-                        # the host too (best effort: it is untrusted anyway).
-                        with contextlib.suppress(StockadeError):
-                            client.kill(created[0])
-                    raise
-        except StockadeError as err:
-            report.attempts.append(Attempt(candidate, err, created[0] if created else "", mark.released))
-            report.attach_to_errors()
-            if mark.released:
-                report.say(
-                    f"stockade: fleet: {candidate.host} failed after the release: not retried elsewhere"
-                )
-                raise
-            if not retryable(err):
-                raise
-            report.say(f"stockade: fleet: {candidate.host} failed before release: {err.title}: {err.detail}")
-            continue
-        report.attempts.append(Attempt(candidate, None, keep_id, True))
-        if opts.as_json:
-            print_json(
-                result,
-                out,
-                keep_id=keep_id,
-                host=candidate.record.api_url,
-                placement=report.to_json(candidate.host),
-            )
-        return WorkloadExit(result.exit_code)
-    raise final_error(report.attempts, len(placement.candidates) - len(tried))
 
+    def on_failed(attempt: Attempt) -> None:
+        report.attach_to_errors()
+        err, host = attempt.error, attempt.candidate.host
+        if attempt.released:
+            report.say(f"stockade: fleet: {host} failed after the release: not retried elsewhere")
+        elif err is not None and retryable(err):
+            report.say(f"stockade: fleet: {host} failed before release: {err.title}: {err.detail}")
 
-def _client(connection: _Connection, candidate: Candidate, token: str) -> Any:
-    """A client of the candidate's manager. A URL the client refuses to send
-    the token to (plain http off loopback without --insecure-http) is that
-    host's failure, not the deploy's: the fleet chose it."""
-    try:
-        return connection.client(candidate.record.api_url, token)
-    except UsageError as err:
-        raise ManagerError(f"not tried: {err.detail}") from None
+    chosen, (result, out) = run_with_failover(
+        placement.candidates, request.attempts, run, report.attempts, on_start=on_start, on_failed=on_failed
+    )
+    if opts.as_json:
+        print_json(
+            result,
+            out,
+            keep_id=report.attempts[-1].keep_id,
+            host=chosen.record.api_url,
+            placement=report.to_json(chosen.host),
+        )
+    return WorkloadExit(result.exit_code)
