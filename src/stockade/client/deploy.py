@@ -161,6 +161,25 @@ class SentHello:
     nonce: bytes
 
 
+class ReleaseMark:
+    """Whether a deploy session reached its release point: pass
+    :meth:`mark` as ``on_release`` to :func:`deploy`. While ``released``
+    is False, a failure happened *before release* (creating the Keep,
+    attesting it, verifying its evidence, loading the package): nothing of
+    the deployer's but the package was sent, only to a Keep that passed
+    attestation, and the workload did not start: ``deploy --fleet`` may try
+    another host. Once it is True (even if sending the release then fails:
+    some of it may have arrived), a failure is final: the workload may have
+    run and seen its secrets and input, so it is never run again
+    elsewhere."""
+
+    def __init__(self) -> None:
+        self.released = False
+
+    def mark(self) -> None:
+        self.released = True
+
+
 def send_hello(sock: socket.socket) -> SentHello:
     """Send a fresh 32-byte nonce to the Keep (in clear: it is public)."""
     session = ClientSession()
@@ -183,12 +202,20 @@ def deploy(
     hello: SentHello | None = None,
     on_identity: Callable[[WorkloadIdentity], None] = lambda i: None,
     progress: Progress | None = None,
+    on_release: Callable[[], None] = lambda: None,
 ) -> DeployResult:
     """Run one deploy session over ``sock``. ``hello`` is the hello already
     sent by :func:`send_hello` (callers send it as soon as the Keep starts,
     so that the Keep attests while the client is still getting ready).
     ``progress`` is told when verifying, loading, running and done begin
-    (booting and attesting are the caller's: it started the Keep)."""
+    (booting and attesting are the caller's: it started the Keep).
+
+    ``on_release`` is called once, right before the release (secrets and
+    stdin; the workload starts on it) is sent: the retry boundary of
+    ``deploy --fleet``. A failure raised before that call left nothing
+    behind but an attested, idle Keep, and may be retried on another host;
+    a failure after it never is (the workload may have run, its secrets
+    and input are out): see :class:`ReleaseMark`."""
     missing = sorted(set(plan.required_secrets) - {name for name, _ in plan.secrets})
     if missing:
         raise WorkloadRejected(f"the package needs secret(s) {', '.join(missing)}: pass --secret NAME=@FILE")
@@ -215,7 +242,18 @@ def deploy(
         raise channel_failure(exc, "during the TLS handshake", died) from None
     try:
         return _session(
-            tls, session, nonce, plan, trust, on_output, on_verified, on_identity, died, steps, progress
+            tls,
+            session,
+            nonce,
+            plan,
+            trust,
+            on_output,
+            on_verified,
+            on_identity,
+            died,
+            steps,
+            progress,
+            on_release,
         )
     finally:
         # wrap_socket took over ``sock``: closing the TLS socket is what ends
@@ -236,6 +274,7 @@ def _session(
     died: Callable[[str], KeepDied],
     steps: Steps,
     progress: Progress,
+    on_release: Callable[[], None],
 ) -> DeployResult:
     steps.mark("attest_and_handshake")
     progress.enter(Phase.VERIFYING)
@@ -274,6 +313,10 @@ def _session(
     steps.mark("identity")
     on_identity(identity)
 
+    # THE RELEASE POINT. Everything above only attested and loaded the Keep;
+    # from the next line on, secrets and stdin may be out and the workload
+    # may run: no failure from here on is retried elsewhere (ReleaseMark).
+    on_release()
     try:
         tls.sendall(session.release(Release(secrets=plan.secrets, stdin=plan.stdin)))
     except OSError as exc:

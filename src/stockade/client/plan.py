@@ -367,11 +367,17 @@ def read_stdin(opts: RunOptions) -> bytes:
 
 
 def plan_deploy(
-    opts: RunOptions, prepared: Prepared, runtime_measurement: bytes, staged: bool = False
+    opts: RunOptions,
+    prepared: Prepared,
+    runtime_measurement: bytes,
+    staged: bool = False,
+    stdin: bytes | None = None,
 ) -> PlannedDeploy:
     """Choose the policy (``runtime_measurement`` is what the measurement is
     pinned to unless ``opts`` says otherwise), derive the expectations and
-    build the plan; ``staged``: the host provides the package bytes."""
+    build the plan; ``staged``: the host provides the package bytes;
+    ``stdin``: the workload's input, already read (``deploy --fleet`` reads
+    ``--stdin -`` once for all its attempts), else read here."""
     from stockade.client.deploy import DeployPlan
     from stockade.wire.messages import Config
 
@@ -393,7 +399,7 @@ def plan_deploy(
         ),
         expect=expect,
         secrets=parse_secrets(opts.secret_refs),
-        stdin=read_stdin(opts),
+        stdin=read_stdin(opts) if stdin is None else stdin,
         required_secrets=prepared.manifest.secrets,
     )
     return PlannedDeploy(plan, policy, note, notes)

@@ -99,6 +99,8 @@ def deploy_session(
     sim_tdx_root: bytes | None = None,
     state_dir: Path | None = None,
     progress: Progress | None = None,
+    on_release: Callable[[], None] = lambda: None,
+    stdin: bytes | None = None,
 ) -> tuple[DeployResult, dict[int, bytearray]]:
     """Plan the deploy from ``opts`` (:func:`stockade.client.plan.plan_deploy`)
     and run one deploy session over ``conn`` (a stream to a fresh Keep, the
@@ -110,7 +112,9 @@ def deploy_session(
     ``opts.collateral`` or the cache under ``state_dir``
     (client/collateral.py). ``progress`` (the caller's, already past
     booting) is told the phases of the session, and its status line is
-    cleared before anything is printed."""
+    cleared before anything is printed. ``on_release`` marks the release
+    point (:class:`stockade.client.deploy.ReleaseMark`); ``stdin``: the
+    workload's input when the caller read it already."""
     from stockade.client.attest import TrustConfig
     from stockade.client.collateral import intel_source
     from stockade.client.deploy import Steps, deploy
@@ -120,7 +124,7 @@ def deploy_session(
 
     steps = Steps()
     progress = progress or Progress()
-    planned = plan_deploy(opts, prepared, runtime_measurement, staged=staged)
+    planned = plan_deploy(opts, prepared, runtime_measurement, staged=staged, stdin=stdin)
     note, notes = planned.policy_note, planned.notes
     # The sim root is used to *verify* sim evidence; acceptance is the
     # policy's decision (the default policy refuses sim).
@@ -169,6 +173,7 @@ def deploy_session(
         hello,
         on_identity=on_identity,
         progress=progress,
+        on_release=on_release,
     )
     if progress is not None:
         result.timing_ms.update({f"phase_{k}": v for k, v in progress.durations_ms().items()})

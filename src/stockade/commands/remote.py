@@ -27,13 +27,16 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeVar
 
 import click
 
-from stockade.client.plan import RunOptions, prepare
+from stockade.client.plan import Prepared, RunOptions, prepare
+from stockade.commands._fleet import fleet_options
 from stockade.commands._output import json_option, safe_text
 from stockade.commands._run import deploy_session, print_json, workload_options
 from stockade.errors import ExitStatus, KeepDied, StockadeError, UsageError, WorkloadExit
 
 if TYPE_CHECKING:
+    from stockade.client.deploy import DeployResult
     from stockade.client.remote import ManagerClient
+    from stockade.fleet.etcd import FleetConfig
 
 #: Why a remote sim deploy needs a sim root from the deployer's side.
 NEED_SIM_ROOT = (
@@ -62,14 +65,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _host_options(fn: F) -> F:
     """--host, --token-file, --cacert and --insecure-http; the command gets
     one ``connection`` keyword (a _Connection)."""
+    return _connection_options(required=True)(fn)
 
+
+def _connection_options(required: bool) -> Callable[[F], F]:
+    """:func:`_host_options`; ``required`` False for ``deploy``, where
+    ``--fleet`` may name the hosts instead of ``--host``."""
+    return functools.partial(_add_connection_options, required=required)
+
+
+def _add_connection_options(fn: F, required: bool) -> F:
     @click.option(
         "--host",
         "url",
-        required=True,
+        required=required,
         envvar="STOCKADE_HOST",
         metavar="URL",
-        help="Keep manager URL, e.g. https://host.example:8470 or http://127.0.0.1:8470 ($STOCKADE_HOST).",
+        help="Keep manager URL, e.g. https://host.example:8470 or http://127.0.0.1:8470 ($STOCKADE_HOST)"
+        + ("." if required else "; or --fleet."),
     )
     @click.option(
         "--token-file",
@@ -91,7 +104,7 @@ def _host_options(fn: F) -> F:
     )
     @functools.wraps(fn)
     def wrapper(
-        url: str, token_file: Path | None, cacert: Path | None, insecure_http: bool, **kwargs: Any
+        url: str | None, token_file: Path | None, cacert: Path | None, insecure_http: bool, **kwargs: Any
     ) -> Any:
         return fn(connection=_Connection(url, token_file, cacert, insecure_http), **kwargs)
 
@@ -101,17 +114,24 @@ def _host_options(fn: F) -> F:
 class _Connection:
     """Where and how to reach the manager, from the command line."""
 
-    def __init__(self, url: str, token_file: Path | None, cacert: Path | None, insecure_http: bool) -> None:
-        self.url = url
+    def __init__(
+        self, url: str | None, token_file: Path | None, cacert: Path | None, insecure_http: bool
+    ) -> None:
+        self.url = url or ""
         self.token_file = token_file
         self.cacert = cacert
         self.insecure_http = insecure_http
 
-    def client(self) -> ManagerClient:
+    def client(self, url: str | None = None, token: str | None = None) -> ManagerClient:
+        """A client of ``--host`` (or of ``url``, a host placement chose,
+        with ``token`` already read)."""
         from stockade.client.remote import ManagerClient
 
         return ManagerClient(
-            self.url, _token(self.token_file), cacert=self.cacert, allow_insecure_http=self.insecure_http
+            url or self.url,
+            token or _token(self.token_file),
+            cacert=self.cacert,
+            allow_insecure_http=self.insecure_http,
         )
 
 
@@ -131,7 +151,32 @@ def _token(token_file: Path | None) -> str:
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("wasm", metavar="WASM|PACKAGE", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1)
-@_host_options
+@_connection_options(required=False)
+@fleet_options(
+    required=False,
+    help_url="Let placement choose the host among those registered in the fleet's etcd: "
+    "etcd://HOST[:PORT][,HOST[:PORT]...] (etcds:// for TLS); instead of --host (docs/fleet.md).",
+)
+@click.option(
+    "--prefer-platform",
+    type=click.Choice(["snp", "tdx", "sim", "sim-tdx"]),
+    help="With --fleet: try hosts offering this platform first (a preference, not a filter).",
+)
+@click.option(
+    "--host-label",
+    "host_labels",
+    multiple=True,
+    metavar="K=V",
+    help="With --fleet: only hosts with this label (repeatable: all must match).",
+)
+@click.option(
+    "--fleet-attempts",
+    type=click.IntRange(1, 10),
+    default=3,
+    show_default=True,
+    help="With --fleet: how many hosts to try before giving up (only failures before the release "
+    "of secrets and stdin are retried).",
+)
 @workload_options
 @click.option(
     "--backend",
@@ -174,7 +219,14 @@ def _token(token_file: Path | None) -> str:
     "loads it only if its digest matches, and attests what it loaded).",
 )
 def deploy(
-    connection: _Connection, sim_root: Path | None, crls: tuple[Path, ...], **kwargs: Any
+    connection: _Connection,
+    fleet: FleetConfig | None,
+    prefer_platform: str | None,
+    host_labels: tuple[str, ...],
+    fleet_attempts: int,
+    sim_root: Path | None,
+    crls: tuple[Path, ...],
+    **kwargs: Any,
 ) -> WorkloadExit:
     """Run a module or package in a fresh Keep on a remote host, after verifying its attestation.
 
@@ -189,9 +241,54 @@ def deploy(
     --host protects the API token and the Keep's metadata on the way; the
     workload and its secrets are protected by the attested session either
     way.
+
+    With --fleet URL instead of --host, the host is chosen from the fleet
+    registered in etcd (docs/fleet.md, "Placement"): hosts whose platforms
+    the policy accepts, not drained, with capacity and the --host-label
+    labels; least loaded first (--prefer-platform first of all). If
+    creating, attesting or verifying the Keep fails on a host, the next one
+    is tried (--fleet-attempts); once secrets and stdin are released to a
+    Keep, a failure is final. What the fleet says is never trusted: the
+    Keep's attestation decides as with --host.
     """
+    ctx = click.get_current_context()
+    fleet_only = {"--prefer-platform": prefer_platform, "--host-label": host_labels}
+    if fleet is None:
+        if not connection.url:
+            raise UsageError("deploy needs --host URL (or $STOCKADE_HOST) or --fleet URL")
+        given = [name for name, value in fleet_only.items() if value]
+        if ctx.get_parameter_source("fleet_attempts") is click.core.ParameterSource.COMMANDLINE:
+            given.append("--fleet-attempts")
+        if given:
+            raise UsageError(f"{', '.join(given)} only go with --fleet")
+    elif ctx.get_parameter_source("url") is click.core.ParameterSource.COMMANDLINE:
+        raise UsageError(
+            "--host and --fleet are mutually exclusive: --host names the host, --fleet lets placement choose"
+        )
     opts = RunOptions(state_dir=None, **kwargs)
-    return _deploy(connection, opts, sim_root, tuple(_read_crl(path) for path in crls))
+    crl_ders = tuple(_read_crl(path) for path in crls)
+    if fleet is None:
+        return _deploy(connection, opts, sim_root, crl_ders)
+    from stockade.commands._fleet_deploy import FleetRequest, deploy_fleet
+
+    request = FleetRequest(
+        fleet,
+        prefer_platform,
+        _parse_labels(host_labels),
+        fleet_attempts,
+        backend_given=ctx.get_parameter_source("backend") is not click.core.ParameterSource.DEFAULT,
+    )
+    return deploy_fleet(request, connection, opts, sim_root, crl_ders)
+
+
+def _parse_labels(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    labels = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--host-label {item!r}: expected KEY=VALUE")
+        labels.append((key, value))
+    return tuple(labels)
 
 
 def _read_crl(path: Path) -> bytes:
@@ -257,16 +354,14 @@ def _client_sim_root(
     return None, ()
 
 
-def _deploy(
-    connection: _Connection, opts: RunOptions, sim_root_file: Path | None, crls: tuple[bytes, ...]
-) -> WorkloadExit:
-    from stockade.client.deploy import send_hello
-    from stockade.client.progress import Phase
-    from stockade.commands._progress import progress_for
+def keep_measurement_for(opts: RunOptions) -> Callable[[], bytes]:
+    """What the Keep's launch measurement is pinned to for ``opts.backend``
+    (unless the policy or --expect-measurement say otherwise): this
+    installation's Keep runtime (hashed in the background while we talk to
+    the host), or for a VM Keep the launch digest of the Keep image built
+    here."""
     from stockade.measure.launch import measure_in_background
 
-    # The pin: this installation's Keep runtime, hashed while we talk to the
-    # host; for a VM Keep, the launch digest of the Keep image built here.
     if opts.backend in ("snp", "tdx"):
         # The firmware's measurement depends on the host's firmware and vCPUs:
         # only a policy written for them pins it (stockade policy reference
@@ -277,70 +372,105 @@ def _deploy(
                 "(docs/vm-hardware.md)"
             )
 
-        def keep_measurement() -> bytes:
+        def unused() -> bytes:
             return bytes(48)  # unused: the policy's measurements decide
 
-    elif opts.backend == "vm":
+        return unused
+    if opts.backend == "vm":
         from stockade.commands._vm import expected_vm_measurement
 
         vm_digest = expected_vm_measurement(opts)
 
-        def keep_measurement() -> bytes:
+        def vm() -> bytes:
             return vm_digest
 
-    else:
-        keep_measurement = measure_in_background()
+        return vm
+    return measure_in_background()
+
+
+def _deploy(
+    connection: _Connection, opts: RunOptions, sim_root_file: Path | None, crls: tuple[bytes, ...]
+) -> WorkloadExit:
+    keep_measurement = keep_measurement_for(opts)
     prepared = prepare(opts)
-    # The manager records the limits it knows (its API predates disk_bytes,
-    # which the Keep alone enforces from the attested load request).
-    limits = {k: v for k, v in prepared.limits_map().items() if k != "disk_bytes"}
     with connection.client() as client:
-        # Before anything is created on the host: a refusal costs it nothing.
-        sim_root, extra = _client_sim_root(client, opts, sim_root_file)
-        # The root verifies evidence of the backend's shape only.
-        sim_tdx_root = sim_root if opts.backend == "sim-tdx" else None
-        sim_root = None if opts.backend == "sim-tdx" else sim_root
-        progress = progress_for(opts)
-        keep = client.create(opts.backend, limits)
-        keep_id = str(keep["id"])
-
-        def exit_status() -> int | None:
-            try:
-                status = client.get(keep_id).get("exit_status")
-            except StockadeError:
-                return None
-            return status if isinstance(status, int) else None
-
-        if opts.stage_on_host:
-            client.stage(keep_id, prepared.package)
-        sock = client.connect(keep_id)
-        try:
-            hello = send_hello(sock)
-            # From here the client only sees the Keep's evidence arrive (client/progress.py).
-            progress.enter(Phase.ATTESTING)
-            # The pin is this installation's Keep runtime, computed here: what
-            # the host reports as the measurement is not trusted.
-            result, out = deploy_session(
-                sock,
-                keep_measurement(),
-                exit_status,
-                prepared,
-                opts,
-                sim_root,
-                hello,
-                extra,
-                staged=opts.stage_on_host,
-                crls=crls,
-                sim_tdx_root=sim_tdx_root,
-                progress=progress,
-            )
-        except KeepDied as err:
-            raise KeepDied(f"{err.detail}; Keep {keep_id} on {client.url}") from None
-        finally:
-            sock.close()
+        result, out, keep_id = deploy_on(client, opts, prepared, keep_measurement, sim_root_file, crls)
     if opts.as_json:
         print_json(result, out, keep_id=keep_id, host=connection.url)
     return WorkloadExit(result.exit_code)
+
+
+def deploy_on(
+    client: ManagerClient,
+    opts: RunOptions,
+    prepared: Prepared,
+    keep_measurement: Callable[[], bytes],
+    sim_root_file: Path | None,
+    crls: tuple[bytes, ...],
+    *,
+    on_created: Callable[[str], None] = lambda keep_id: None,
+    on_release: Callable[[], None] = lambda: None,
+    stdin: bytes | None = None,
+) -> tuple[DeployResult, dict[int, bytearray], str]:
+    """One deploy on the manager of ``client``: create a Keep of
+    ``opts.backend``, attest it, and run the workload there; the result,
+    the output kept for --json and the Keep's id. ``on_created`` gets the
+    Keep's id as soon as the host made it; ``on_release`` marks the release
+    point (:class:`stockade.client.deploy.ReleaseMark`)."""
+    from stockade.client.deploy import send_hello
+    from stockade.client.progress import Phase
+    from stockade.commands._progress import progress_for
+
+    # The manager records the limits it knows (its API predates disk_bytes,
+    # which the Keep alone enforces from the attested load request).
+    limits = {k: v for k, v in prepared.limits_map().items() if k != "disk_bytes"}
+    # Before anything is created on the host: a refusal costs it nothing.
+    sim_root, extra = _client_sim_root(client, opts, sim_root_file)
+    # The root verifies evidence of the backend's shape only.
+    sim_tdx_root = sim_root if opts.backend == "sim-tdx" else None
+    sim_root = None if opts.backend == "sim-tdx" else sim_root
+    progress = progress_for(opts)
+    keep = client.create(opts.backend, limits)
+    keep_id = str(keep["id"])
+    on_created(keep_id)
+
+    def exit_status() -> int | None:
+        try:
+            status = client.get(keep_id).get("exit_status")
+        except StockadeError:
+            return None
+        return status if isinstance(status, int) else None
+
+    if opts.stage_on_host:
+        client.stage(keep_id, prepared.package)
+    sock = client.connect(keep_id)
+    try:
+        hello = send_hello(sock)
+        # From here the client only sees the Keep's evidence arrive (client/progress.py).
+        progress.enter(Phase.ATTESTING)
+        # The pin is this installation's Keep runtime, computed here: what
+        # the host reports as the measurement is not trusted.
+        result, out = deploy_session(
+            sock,
+            keep_measurement(),
+            exit_status,
+            prepared,
+            opts,
+            sim_root,
+            hello,
+            extra,
+            staged=opts.stage_on_host,
+            crls=crls,
+            sim_tdx_root=sim_tdx_root,
+            progress=progress,
+            on_release=on_release,
+            stdin=stdin,
+        )
+    except KeepDied as err:
+        raise KeepDied(f"{err.detail}; Keep {keep_id} on {client.url}") from None
+    finally:
+        sock.close()
+    return result, out, keep_id
 
 
 @click.group()
