@@ -44,7 +44,13 @@ from stockade.errors import KeepDied, WorkloadExit
 )
 @workload_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
-def run(**kwargs: Any) -> WorkloadExit:
+@click.option(
+    "--cold",
+    is_flag=True,
+    help="Start a fresh Keep process instead of forking one from this user's warm fork server "
+    "(sim backends; also STOCKADE_WARM=0). The Keep is attested and checked the same either way.",
+)
+def run(cold: bool, **kwargs: Any) -> WorkloadExit:
     """Run a module or package in a fresh Keep after verifying its attestation.
 
     WASM|PACKAGE is a WebAssembly module or a package (`stockade package
@@ -75,10 +81,14 @@ def run(**kwargs: Any) -> WorkloadExit:
             click.echo("stockade: creating the sim chip key chain (first use, a few seconds)", err=True)
         chip.ensure_chip(sdir)
 
+    # Warm path (ADR 0022): a Keep forked by the per-user fork server.
+    from stockade.commands._warm import warm_keep
+
+    warm, keep_line = warm_keep(opts.backend, sdir, cold)
     # Start the Keep first: its start-up overlaps everything below.
     # die_with_parent: a killed `stockade run` takes its Keep along. Its
     # boot ends with its first request to the PSP (client/progress.py).
-    extra: tuple[str, ...] = ()
+    extra: tuple[str, ...] = () if opts.backend == "vm" else (keep_line,)
     if opts.backend == "vm":
         from stockade.commands._vm import local_vm_spawner
 
@@ -88,18 +98,23 @@ def run(**kwargs: Any) -> WorkloadExit:
             f"  keep         a VM ({cfg.accel.upper()}, {cfg.memory_mib} MiB) booted from the Keep image "
             f"{cfg.image.directory}; its measurement covers the kernel, initrd and command line",
         )
-    else:
+    elif warm is None:
         spawner = PopenSpawner(die_with_parent=True)
     progress = progress_for(opts)
     attesting = functools.partial(progress.enter, Phase.ATTESTING)
-    handle = start_keep(
-        opts.backend,
-        sdir,
-        psp=lambda measurement: serve_in_thread(
-            sdir, measurement, flavour=flavour, on_first_request=attesting
-        ),
-        spawner=spawner,
-    )
+    handle: Any
+    if warm is not None:
+        handle = warm
+        attesting()  # forked with its hello pending: it attests from now on
+    else:
+        handle = start_keep(
+            opts.backend,
+            sdir,
+            psp=lambda measurement: serve_in_thread(
+                sdir, measurement, flavour=flavour, on_first_request=attesting
+            ),
+            spawner=spawner,
+        )
     try:
         from stockade.client.deploy import send_hello
 
@@ -139,7 +154,7 @@ def run(**kwargs: Any) -> WorkloadExit:
     finally:
         handle.close()
     if opts.as_json:
-        print_json(result, out)
+        print_json(result, out, keep_start="warm" if warm is not None else "cold")
     return WorkloadExit(result.exit_code)
 
 
