@@ -38,3 +38,15 @@ def warm_keep(backend: str, state_dir: Path, cold: bool) -> tuple[WarmKeep | Non
         "--cold for a fresh process"
     )
     return keep, line
+
+
+def sim_flavour(backend: str) -> str:
+    """The sim signer's flavour of a local backend: what
+    ``stockade.host.loader.SIM_FLAVOUR`` says (tests/test_warm.py checks),
+    without importing the loader on the warm path."""
+    return "tdx" if backend == "sim-tdx" else "snp"
+
+
+def chip_exists(state_dir: Path) -> bool:
+    """``stockade.evidence.sim.local.chip_exists``, without its imports."""
+    return (state_dir / "sim" / "chip" / "chip.json").exists()

@@ -62,12 +62,11 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
     or a stockade failure code (docs/exit-codes.md).
     """
     opts = RunOptions(**kwargs)
-    from stockade.evidence.sim.local import chip_exists, serve_in_thread
-    from stockade.host.loader import SIM_FLAVOUR, PopenSpawner, start_keep
+    from stockade.commands._warm import chip_exists, sim_flavour, warm_keep
 
     prepared = prepare(opts)
     sdir = state_dir(opts.state_dir)
-    flavour = SIM_FLAVOUR[opts.backend]
+    flavour = sim_flavour(opts.backend)
     if flavour == "tdx":
         from stockade.evidence.sim import tdx_chip
 
@@ -81,14 +80,16 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
             click.echo("stockade: creating the sim chip key chain (first use, a few seconds)", err=True)
         chip.ensure_chip(sdir)
 
-    # Warm path (ADR 0022): a Keep forked by the per-user fork server.
-    from stockade.commands._warm import warm_keep
-
+    # Warm path (ADR 0022): a Keep forked by the per-user fork server; the
+    # cold path's loader (and in-process sim PSP) is imported only for a cold start.
     warm, keep_line = warm_keep(opts.backend, sdir, cold)
     # Start the Keep first: its start-up overlaps everything below.
     # die_with_parent: a killed `stockade run` takes its Keep along. Its
     # boot ends with its first request to the PSP (client/progress.py).
     extra: tuple[str, ...] = () if opts.backend == "vm" else (keep_line,)
+    if warm is None:
+        from stockade.evidence.sim.local import serve_in_thread
+        from stockade.host.loader import PopenSpawner, start_keep
     if opts.backend == "vm":
         from stockade.commands._vm import local_vm_spawner
 

@@ -52,6 +52,7 @@ import hashlib
 import json
 import os
 import select
+import signal
 import socket
 import stat
 import struct
@@ -59,6 +60,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +90,7 @@ class WarmUnavailable(Exception):
 # == names and places =====================================================================================
 
 
-def runtime_dir(environ: dict[str, str] | None = None) -> Path:
+def runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The user's private directory for the warm server's socket: under
     ``$XDG_RUNTIME_DIR`` (XDG Base Directory Specification: owned by the
     user, mode 0700), else ``/run/user/UID``, else ``/tmp/stockade-UID``.
@@ -128,13 +130,13 @@ def paths(directory: Path, name: str) -> dict[str, Path]:
     }
 
 
-def wanted(environ: dict[str, str] | None = None) -> bool:
+def wanted(environ: Mapping[str, str] | None = None) -> bool:
     """``STOCKADE_WARM=0`` (or ``no``, ``false``, ``off``) turns the warm path off."""
     env = os.environ if environ is None else environ
     return env.get("STOCKADE_WARM", "1").strip().lower() not in ("0", "no", "false", "off")
 
 
-def idle_seconds(environ: dict[str, str] | None = None) -> float:
+def idle_seconds(environ: Mapping[str, str] | None = None) -> float:
     env = os.environ if environ is None else environ
     try:
         value = float(env.get("STOCKADE_WARM_IDLE", DEFAULT_IDLE_S))
@@ -263,6 +265,7 @@ def _connect_or_start(directory: Path, name: str, idle: float) -> tuple[socket.s
     except OSError as exc:
         raise WarmUnavailable(f"cannot reach the fork server at {path} ({exc.strerror})") from None
     proc = _start_server(directory, name, idle)
+    starts = 1
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
@@ -270,16 +273,21 @@ def _connect_or_start(directory: Path, name: str, idle: float) -> tuple[socket.s
         except (FileNotFoundError, ConnectionRefusedError):
             pass
         status = proc.poll()
-        # Exit status 0: another client's server won the lock; it binds soon.
         if status not in (None, 0):
             raise WarmUnavailable(
                 f"the fork server exited with status {status} at start-up; see {paths(directory, name)['log']}"
             )
+        if status == 0 and starts < 3:
+            # It lost the lock: to another client's server, which binds soon,
+            # or to one exiting (idle), which releases it soon: try again.
+            time.sleep(0.05)
+            proc = _start_server(directory, name, idle)
+            starts += 1
         time.sleep(0.01)
     raise WarmUnavailable(f"the fork server did not start within {START_TIMEOUT_S:.0f} s")
 
 
-def acquire(backend: str, state_dir: Path, environ: dict[str, str] | None = None) -> tuple[WarmKeep, bool]:
+def acquire(backend: str, state_dir: Path, environ: Mapping[str, str] | None = None) -> tuple[WarmKeep, bool]:
     """A Keep forked by this user's warm server (started when none runs).
     Returns it and whether the server was started by this call. Raises
     :class:`WarmUnavailable` (nothing was sent to any Keep yet)."""
@@ -340,8 +348,6 @@ def _request(control: socket.socket, backend: str, state_dir: Path, directory: P
     finally:
         for fd in fds:
             os.close(fd)
-
-
 
 
 # == server side ==========================================================================================
@@ -542,12 +548,12 @@ class WarmServer:
                 if os.stat(path).st_ino == ino:
                     path.unlink()
             listener.close()
+            os.close(lock_fd)  # a new server may start now; ours end below
             with self._lock:
                 gens = [self._gen] if self._gen is not None else []
                 self._gen = None
             for gen in gens:
                 gen.spawner.close()
-            os.close(lock_fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -560,8 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.name.isalnum():
         parser.error("--name must be letters and digits")
-    # Our own process group (start_new_session): a terminal's signals to the
-    # run that started us do not reach the server.
+    # Started in its own session: a terminal's signals to the run that started
+    # it do not reach the server. SIGTERM ends it cleanly (socket removed).
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
     server = WarmServer(args.dir, args.name, args.idle, sys.stderr)
     return server.run()
 
