@@ -12,32 +12,58 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stockade.host.warm import WARM_BACKENDS, WarmKeep, WarmUnavailable, acquire, wanted
+from stockade.host.warm import WARM_BACKENDS, Pending, WarmKeep, WarmUnavailable, wanted
 
 #: Summary line of a cold start (a fresh interpreter for the Keep).
 COLD_LINE = "  keep start   cold: a fresh Keep process"
 
 
-def warm_keep(backend: str, state_dir: Path, cold: bool) -> tuple[WarmKeep | None, str]:
-    """The warm Keep to use, or None (then start a cold one); and the
-    summary line that says which path runs and, when it is not the warm
-    one although it could have been, why."""
-    if backend not in WARM_BACKENDS:
-        return None, COLD_LINE
-    if cold:
-        return None, f"{COLD_LINE} (--cold)"
-    if not wanted():
-        return None, f"{COLD_LINE} (STOCKADE_WARM=0)"
-    try:
-        keep, started = acquire(backend, state_dir)
-    except WarmUnavailable as exc:
-        return None, f"{COLD_LINE} (warm fork server unavailable: {exc})"
-    how = "started it for this run" if started else "already running"
-    line = (
-        f"  keep start   warm: forked by this user's fork server (pid {keep.server_pid}, {how}); "
-        "--cold for a fresh process"
-    )
-    return keep, line
+class WarmStart:
+    """The warm path's decision for one run: a Keep requested of this
+    user's fork server (it forks while the client gets ready), or the reason
+    to start a cold one. Never raises."""
+
+    def __init__(self, backend: str, state_dir: Path, cold: bool) -> None:
+        self.pending: Pending | None = None
+        self.line = COLD_LINE
+        if backend not in WARM_BACKENDS:
+            return
+        if cold:
+            self.line = f"{COLD_LINE} (--cold)"
+        elif not wanted():
+            self.line = f"{COLD_LINE} (STOCKADE_WARM=0)"
+        else:
+            try:
+                self.pending = Pending(backend, state_dir)
+            except WarmUnavailable as exc:
+                self.line = f"{COLD_LINE} (warm fork server unavailable: {exc})"
+
+    def finish(self) -> tuple[WarmKeep | None, str]:
+        """The warm Keep (None: start a cold one) and the summary line that
+        says which path runs and, when not the warm one, why."""
+        if self.pending is None:
+            return None, self.line
+        try:
+            keep = self.pending.result()
+        except WarmUnavailable as exc:
+            return None, f"{COLD_LINE} (warm fork server unavailable: {exc})"
+        how = "started it for this run" if self.pending.started else "already running"
+        line = (
+            f"  keep start   warm: forked by this user's fork server (pid {keep.server_pid}, {how}); "
+            "--cold for a fresh process"
+        )
+        return keep, line
+
+    def cancel(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+
+
+def chip_ready(state_dir: Path, flavour: str) -> bool:
+    """Whether the sim chip a warm Keep's PSP loads exists already
+    (``chip_exists`` / ``tdx_chip.tdx_chip_exists``, without their imports)."""
+    sim = state_dir / "sim"
+    return (sim / ("tdx" if flavour == "tdx" else "chip") / "chip.json").exists()
 
 
 def sim_flavour(backend: str) -> str:
@@ -45,8 +71,3 @@ def sim_flavour(backend: str) -> str:
     ``stockade.host.loader.SIM_FLAVOUR`` says (tests/test_warm.py checks),
     without importing the loader on the warm path."""
     return "tdx" if backend == "sim-tdx" else "snp"
-
-
-def chip_exists(state_dir: Path) -> bool:
-    """``stockade.evidence.sim.local.chip_exists``, without its imports."""
-    return (state_dir / "sim" / "chip" / "chip.json").exists()

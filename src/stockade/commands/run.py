@@ -62,27 +62,39 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
     or a stockade failure code (docs/exit-codes.md).
     """
     opts = RunOptions(**kwargs)
-    from stockade.commands._warm import chip_exists, sim_flavour, warm_keep
+    from stockade.commands._warm import WarmStart, chip_ready, sim_flavour
 
-    prepared = prepare(opts)
     sdir = state_dir(opts.state_dir)
     flavour = sim_flavour(opts.backend)
+    # Warm path (ADR 0022): a Keep forked by the per-user fork server, asked
+    # for first so that it forks while this process gets ready.
+    warm_start = WarmStart(opts.backend, sdir, cold) if chip_ready(sdir, flavour) else None
+    try:
+        prepared = prepare(opts)
+    except BaseException:
+        if warm_start is not None:
+            warm_start.cancel()
+        raise
     if flavour == "tdx":
         from stockade.evidence.sim import tdx_chip
 
         if not tdx_chip.tdx_chip_exists(sdir) and not opts.quiet and not opts.as_json:
             click.echo("stockade: creating the sim TDX chip key chain (first use, a few seconds)", err=True)
         tdx_chip.ensure_tdx_chip(sdir)
-    elif not chip_exists(sdir):
+    elif not chip_ready(sdir, flavour):
         from stockade.evidence.sim import chip
 
         if not opts.quiet and not opts.as_json:
             click.echo("stockade: creating the sim chip key chain (first use, a few seconds)", err=True)
         chip.ensure_chip(sdir)
 
-    # Warm path (ADR 0022): a Keep forked by the per-user fork server; the
-    # cold path's loader (and in-process sim PSP) is imported only for a cold start.
-    warm, keep_line = warm_keep(opts.backend, sdir, cold)
+    if warm_start is None:  # the chip was just created
+        warm_start = WarmStart(opts.backend, sdir, cold)
+    if warm_start.pending is not None:
+        # While the server forks: the hello goes out as soon as the Keep is here.
+        import stockade.client.deploy  # noqa: F401
+    warm, keep_line = warm_start.finish()
+    # The cold path's loader (and in-process sim PSP) is imported only for a cold start.
     # Start the Keep first: its start-up overlaps everything below.
     # die_with_parent: a killed `stockade run` takes its Keep along. Its
     # boot ends with its first request to the PSP (client/progress.py).

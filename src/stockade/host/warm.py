@@ -40,7 +40,7 @@ Protocol (``SOCK_SEQPACKET``, one JSON object per message):
 The client closing its connection ends its Keep (after a grace period), as a
 killed ``stockade run`` ends its cold Keep.
 
-The client side (:func:`acquire`, :class:`WarmKeep`) imports only the
+The client side (:class:`Pending`, :class:`WarmKeep`) imports only the
 standard library: it is what ``stockade run`` loads on the warm path.
 """
 
@@ -287,40 +287,70 @@ def _connect_or_start(directory: Path, name: str, idle: float) -> tuple[socket.s
     raise WarmUnavailable(f"the fork server did not start within {START_TIMEOUT_S:.0f} s")
 
 
-def acquire(backend: str, state_dir: Path, environ: Mapping[str, str] | None = None) -> tuple[WarmKeep, bool]:
-    """A Keep forked by this user's warm server (started when none runs).
-    Returns it and whether the server was started by this call. Raises
+class Pending:
+    """A Keep asked of this user's warm server (started when none runs): the
+    request goes out at once, so that the server forks the Keep while the
+    caller gets ready; :meth:`result` waits for it. Raises
     :class:`WarmUnavailable` (nothing was sent to any Keep yet)."""
-    if backend not in WARM_BACKENDS:
-        raise WarmUnavailable(f"backend {backend} is not served warm")
-    env = os.environ if environ is None else environ
-    directory, name = runtime_dir(env), server_name()
-    started = False
-    for attempt in range(2):
-        control, now_started = _connect_or_start(directory, name, idle_seconds(env))
-        started = started or now_started
+
+    def __init__(self, backend: str, state_dir: Path, environ: Mapping[str, str] | None = None) -> None:
+        if backend not in WARM_BACKENDS:
+            raise WarmUnavailable(f"backend {backend} is not served warm")
+        env = os.environ if environ is None else environ
+        self.directory, self.name, self.idle = runtime_dir(env), server_name(), idle_seconds(env)
+        self.request = {
+            "op": "keep",
+            "v": PROTOCOL,
+            "backend": backend,
+            "state_dir": str(state_dir.resolve()),
+        }
+        #: Whether this client started the server.
+        self.started = False
+        self._control: socket.socket | None = self._send()
+
+    def _send(self) -> socket.socket:
+        control, started = _connect_or_start(self.directory, self.name, self.idle)
+        self.started = self.started or started
         try:
-            keep = _request(control, backend, state_dir, directory)
+            if peer_uid(control) != os.getuid():
+                raise WarmUnavailable(f"the fork server at {self.directory} runs as another user")
+            with contextlib.suppress(OSError):  # a server exiting as we connected: result() retries
+                control.send(json.dumps(self.request).encode())
         except BaseException:
             control.close()
             raise
-        if keep is not None:
-            return keep, started
-        control.close()
-        if attempt == 1:
-            raise WarmUnavailable("the fork server closed the connection before starting a Keep")
-        # else the server was exiting (idle) as we connected: start a new one
-    raise AssertionError("unreachable")  # pragma: no cover
+        return control
+
+    def result(self) -> WarmKeep:
+        for attempt in range(2):
+            control = self._control
+            if control is None:
+                raise WarmUnavailable("the request was cancelled")
+            try:
+                keep = _receive(control)
+            except BaseException:
+                self.cancel()
+                raise
+            if keep is not None:
+                self._control = None  # the Keep's now
+                return keep
+            self.cancel()
+            if attempt == 0:
+                # The server was exiting (idle) as we connected: start a new one.
+                self._control = self._send()
+        raise WarmUnavailable("the fork server closed the connection before starting a Keep")
+
+    def cancel(self) -> None:
+        """Give up the request (the server ends a Keep it started for it)."""
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
 
 
-def _request(control: socket.socket, backend: str, state_dir: Path, directory: Path) -> WarmKeep | None:
-    """Ask for a Keep over ``control``; None if the server closed the
-    connection first."""
-    if peer_uid(control) != os.getuid():
-        raise WarmUnavailable(f"the fork server at {directory} runs as another user")
-    request = {"op": "keep", "v": PROTOCOL, "backend": backend, "state_dir": str(state_dir.resolve())}
+def _receive(control: socket.socket) -> WarmKeep | None:
+    """The server's reply to a request sent on ``control``; None if it
+    closed the connection first."""
     try:
-        control.send(json.dumps(request).encode())
         ready, _, _ = select.select([control], [], [], REQUEST_TIMEOUT_S)
         if not ready:
             raise WarmUnavailable(f"the fork server did not answer within {REQUEST_TIMEOUT_S:.0f} s")
@@ -477,6 +507,7 @@ class WarmServer:
         finally:
             if handle is not None:
                 handle.close(ORPHAN_GRACE_S)
+                self.say(f"Keep {handle.keep_id} ended (status {handle.keep.poll()})")
             self._release(gen)
 
     def _watch(self, conn: socket.socket, handle: KeepHandle) -> None:
@@ -487,7 +518,6 @@ class WarmServer:
             if status is not None:
                 with contextlib.suppress(OSError):
                     conn.send(json.dumps({"op": "exit", "status": status}).encode())
-                self.say(f"Keep {handle.keep_id} exited with status {status}")
                 return
             ready, _, _ = select.select([conn], [], [], 0.2)
             if ready:
@@ -497,8 +527,7 @@ class WarmServer:
                     gone = False
                 except OSError:
                     gone = True
-                if gone:
-                    self.say(f"client of Keep {handle.keep_id} went away; ending the Keep")
+                if gone:  # the Keep gets a grace period, then is killed
                     return
 
     # -- main loop -----------------------------------------------------------------------------------------
