@@ -234,6 +234,34 @@ def test_a_dead_fork_server_is_a_keep_died_error_and_the_next_run_starts_one(
     assert warm_env.pid() not in (None, pid)
 
 
+def test_a_killed_warm_keep_is_a_keep_died_error_with_its_status(
+    warm_env: Warm, wasm: Callable[[str], Path]
+) -> None:
+    """The warm counterpart of test_run_bad_input's test_keep_killed_mid_run:
+    the Keep's exit status reaches the client through the server."""
+    assert warm_env.run("-q", str(HELLO)).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stockade", "run", "--allow-sim", "-q", str(wasm("sleep"))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=warm_env.env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"sleeping\n"
+        keep_pid = int(warm_env.log().rsplit(" forked, pid ", 1)[1].split()[0])
+        os.kill(keep_pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 115, err.decode()
+    text = err.decode()
+    assert f"(Keep process exit status {-signal.SIGKILL})" in text and "Keep log: " in text, text
+    assert "Traceback" not in text
+
+
 def test_a_killed_client_ends_its_warm_keep(warm_env: Warm, wasm: Callable[[str], Path]) -> None:
     assert warm_env.run("-q", str(HELLO)).returncode == 0
     proc = subprocess.Popen(
