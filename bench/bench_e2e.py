@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -65,10 +66,23 @@ STEPS = [
 ]
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
+#: CPU seconds (user + system) of the processes each line waited for, in ms:
+#: for bare wasmtime-py, the whole run; for a cold run, the CLI and its
+#: Keep (its child); for a warm run and deploy --host, the client process
+#: alone (the Keep is the fork server's child, not ours).
+CPU_MS: dict[str, list[float]] = {}
+
+
+def timed(cmd: list[str], env: dict[str, str], line: str = "") -> tuple[float, bytes]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, env=env, check=True)
-    return (time.perf_counter() - t) * 1000, proc.stdout
+    ms = (time.perf_counter() - t) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if line:
+        cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+        CPU_MS.setdefault(line, []).append(cpu)
+    return ms, proc.stdout
 
 
 class Manager:
@@ -167,21 +181,21 @@ def main() -> int:
             stack.callback(manager.stop)
             timed(manager.deploy_cmd(), env)
         for _ in range(args.runs):
-            ms, out = timed(bare, env)
+            ms, out = timed(bare, env, "bare")
             assert b"Hello, Alice!" in out
             bare_ms.append(ms)
-            ms, out = timed(stockade, env)
+            ms, out = timed(stockade, env, "cold")
             doc = json.loads(out)
             assert doc["stdout"].startswith("Hello, Alice!")
             e2e_ms.append(ms)
             for name, value in doc["timing_ms"].items():
                 steps.setdefault(name, []).append(value)
             if manager is not None:
-                ms, out = timed(stockade, warm_env)
+                ms, out = timed(stockade, warm_env, "warm")
                 doc = json.loads(out)
                 assert doc["stdout"].startswith("Hello, Alice!") and doc["keep_start"] == "warm"
                 warm_ms.append(ms)
-                ms, out = timed(manager.deploy_cmd(), env)
+                ms, out = timed(manager.deploy_cmd(), env, "deploy_host")
                 assert json.loads(out)["stdout"].startswith("Hello, Alice!")
                 deploy_ms.append(ms)
 
@@ -194,6 +208,7 @@ def main() -> int:
         "target_ratio": 1.5,
         "steps_ms_median": {k: round(statistics.median(v), 2) for k, v in sorted(steps.items())},
     }
+    result["cpu_ms_median"] = {k: round(statistics.median(v), 1) for k, v in CPU_MS.items()}
     warm_lines: list[tuple[str, float]] = []
     if warm_ms:
         w, d = statistics.median(warm_ms), statistics.median(deploy_ms)
@@ -219,7 +234,17 @@ def main() -> int:
         print(f"{label:32s}: {ms:8.1f} ms")
         met = "met" if ms / b <= 1.2 else "NOT met"
         print(f"{'ratio':32s}: {ms / b:8.2f}x  (target <= 1.2x: {met})")
-    print("per-step medians of the stockade run:")
+    cpu = result["cpu_ms_median"]
+    assert isinstance(cpu, dict)
+    print("CPU ms (user+sys) of the process(es) waited for, median:")
+    print(f"  bare wasmtime-py {cpu['bare']:.0f}; cold run, client + Keep {cpu['cold']:.0f}", end="")
+    if "warm" in cpu:
+        print(
+            f"; warm run, client only {cpu['warm']:.0f}; deploy --host, client only {cpu['deploy_host']:.0f}"
+        )
+    else:
+        print()
+    print("per-step medians of the stockade run (cold):")
     for label, key in STEPS:
         if key in result["steps_ms_median"]:
             print(f"  {label:48s} {result['steps_ms_median'][key]:8.2f} ms")
