@@ -254,24 +254,25 @@ def _start_server(directory: Path, name: str, idle: float) -> subprocess.Popen[b
         os.close(fd)
 
 
-def _connect_or_start(directory: Path, name: str, idle: float) -> tuple[socket.socket, bool]:
-    """A connection to the running server, starting one if there is none.
-    Returns it and whether this call started the server."""
-    path = paths(directory, name)["socket"]
+def _try_connect(path: Path) -> socket.socket | None:
+    """A connection to the server at ``path``; None when none listens."""
     try:
-        return _connect(path), False
+        return _connect(path)
     except (FileNotFoundError, ConnectionRefusedError):
-        pass
+        return None
     except OSError as exc:
         raise WarmUnavailable(f"cannot reach the fork server at {path} ({exc.strerror})") from None
-    proc = _start_server(directory, name, idle)
+
+
+def _await_server(directory: Path, name: str, idle: float, proc: subprocess.Popen[bytes]) -> socket.socket:
+    """A connection to the server ``proc`` (or the one that won the lock)."""
+    path = paths(directory, name)["socket"]
     starts = 1
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        try:
-            return _connect(path), True
-        except (FileNotFoundError, ConnectionRefusedError):
-            pass
+        sock = _try_connect(path)
+        if sock is not None:
+            return sock
         status = proc.poll()
         if status not in (None, 0):
             raise WarmUnavailable(
@@ -288,10 +289,11 @@ def _connect_or_start(directory: Path, name: str, idle: float) -> tuple[socket.s
 
 
 class Pending:
-    """A Keep asked of this user's warm server (started when none runs): the
-    request goes out at once, so that the server forks the Keep while the
-    caller gets ready; :meth:`result` waits for it. Raises
-    :class:`WarmUnavailable` (nothing was sent to any Keep yet)."""
+    """A Keep asked of this user's warm server: the request goes out at once
+    when the server runs, so that it forks the Keep while the caller gets
+    ready; else the server is started at once and asked in :meth:`result`,
+    which waits for the Keep. Raises :class:`WarmUnavailable` (nothing was
+    sent to any Keep yet)."""
 
     def __init__(self, backend: str, state_dir: Path, environ: Mapping[str, str] | None = None) -> None:
         if backend not in WARM_BACKENDS:
@@ -306,11 +308,27 @@ class Pending:
         }
         #: Whether this client started the server.
         self.started = False
-        self._control: socket.socket | None = self._send()
+        self._control: socket.socket | None = None
+        self._starting: subprocess.Popen[bytes] | None = None
+        sock = _try_connect(paths(self.directory, self.name)["socket"])
+        if sock is None:
+            # It starts while the caller gets ready (imports, options).
+            self._starting = _start_server(self.directory, self.name, self.idle)
+            self.started = True
+        else:
+            self._control = self._ask(sock)
 
     def _send(self) -> socket.socket:
-        control, started = _connect_or_start(self.directory, self.name, self.idle)
-        self.started = self.started or started
+        """Connect (starting a server when none listens) and ask."""
+        sock = _try_connect(paths(self.directory, self.name)["socket"])
+        if sock is None:
+            sock = _await_server(
+                self.directory, self.name, self.idle, _start_server(self.directory, self.name, self.idle)
+            )
+            self.started = True
+        return self._ask(sock)
+
+    def _ask(self, control: socket.socket) -> socket.socket:
         try:
             if peer_uid(control) != os.getuid():
                 raise WarmUnavailable(f"the fork server at {self.directory} runs as another user")
@@ -322,6 +340,9 @@ class Pending:
         return control
 
     def result(self) -> WarmKeep:
+        if self._starting is not None:
+            proc, self._starting = self._starting, None
+            self._control = self._ask(_await_server(self.directory, self.name, self.idle, proc))
         for attempt in range(2):
             control = self._control
             if control is None:
