@@ -154,6 +154,36 @@ def test_the_warm_path_is_used_reported_and_gives_what_the_cold_one_gives(warm_e
     assert "keep start   cold: a fresh Keep process (STOCKADE_WARM=0)" in off.stderr.decode()
 
 
+def test_the_warm_client_imports_no_keep_loader_or_wasmtime(warm_env: Warm) -> None:
+    """The client of a warm run loads neither the Keep runtime (wasmtime),
+    nor the loader, nor the in-process sim PSP, nor the launch measurement
+    (it hashes nothing): the server does that."""
+    assert warm_env.run("-q", str(HELLO)).returncode == 0  # the server is up
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "stockade", "run", "--allow-sim", str(HELLO)],
+        capture_output=True,
+        timeout=120,
+        env=warm_env.env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    err = proc.stderr.decode()
+    assert "keep start   warm" in err
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")
+    }
+    assert "stockade.host.warm" in imported
+    for name in (
+        "wasmtime",
+        "stockade.keep",
+        "stockade.host.loader",
+        "stockade.host.forkserver",
+        "stockade.evidence.sim.local",
+        "stockade.measure.launch",
+    ):
+        assert name not in imported, name
+
+
 def test_exit_status_and_trap_are_the_cold_ones(warm_env: Warm, wasm: Callable[[str], Path]) -> None:
     for name in ("exit7", "trap"):
         module = str(wasm(name))
