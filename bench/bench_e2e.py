@@ -174,6 +174,7 @@ def main() -> int:
     with ExitStack() as stack:
         manager: Manager | None = None
         if not args.no_warm:
+            stack.callback(shutil.rmtree, runtime, True)
             stack.callback(stop_warm_server, runtime)
             _, out = timed(stockade, warm_env)  # starts the warm server
             assert json.loads(out)["keep_start"] == "warm"

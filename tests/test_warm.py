@@ -414,3 +414,21 @@ def test_opt_out_values() -> None:
         assert not warm.wanted({"STOCKADE_WARM": value})
     assert warm.idle_seconds({"STOCKADE_WARM_IDLE": "junk"}) == warm.DEFAULT_IDLE_S
     assert warm.idle_seconds({"STOCKADE_WARM_IDLE": "0"}) == 0.5
+
+
+def test_the_deploy_client_imports_httpx_without_its_command_line() -> None:
+    """`stockade deploy --host` imports httpx without ``httpx._main`` (which
+    loads rich and pygments); httpx itself still works, and an explicit
+    import of its command line still can be made."""
+    code = (
+        "import sys\n"
+        "import stockade.cli, stockade.commands.remote, stockade.client.remote as r\n"
+        "from stockade.client.deploy import deploy\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pygments') or m == 'httpx._main')\n"
+        "assert heavy == [], heavy\n"
+        "assert r.httpx.Client is __import__('httpx').Client\n"
+        "import httpx._main\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False)
+    assert proc.stdout == b"ok\n", proc.stderr.decode()
