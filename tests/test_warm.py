@@ -193,6 +193,30 @@ def test_exit_status_and_trap_are_the_cold_ones(warm_env: Warm, wasm: Callable[[
         assert hot.stdout == cold.stdout
 
 
+def test_concurrent_first_runs_share_one_server(warm_env: Warm) -> None:
+    """Three runs start at once with no server: one server wins the lock,
+    every run is served warm by it, and each gets its own Keep."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stockade", "run", "--allow-sim", "--json", str(HELLO), "--", f"n{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=warm_env.env,
+        )
+        for i in range(3)
+    ]
+    docs = []
+    for i, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        docs.append(json.loads(out))
+        assert f"Hello, n{i}!" in docs[-1]["stdout"]
+    assert [d["keep_start"] for d in docs] == ["warm"] * 3
+    log = warm_env.log()
+    assert log.count("serving ") == 1, log  # one server
+    assert len({line.split(" forked")[0] for line in log.splitlines() if " forked, pid " in line}) == 3
+
+
 def test_the_server_exits_when_idle(warm_env: Warm) -> None:
     proc = warm_env.run("-q", str(HELLO), env={"STOCKADE_WARM_IDLE": "1"})
     assert proc.returncode == 0, proc.stderr.decode()

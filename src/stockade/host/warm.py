@@ -247,6 +247,7 @@ def _start_server(directory: Path, name: str, idle: float) -> subprocess.Popen[b
             stdout=subprocess.DEVNULL,
             stderr=fd,
             env=env,
+            cwd="/",  # not the first client's directory, which may go away
             close_fds=True,
             start_new_session=True,
         )
@@ -424,6 +425,7 @@ class WarmServer:
         self.log = log
         self.uid = os.getuid()
         self._lock = threading.Lock()
+        self._log_lock = threading.Lock()
         self._gen: _Generation | None = None
         self._active = 0
         self._last = time.monotonic()
@@ -431,8 +433,10 @@ class WarmServer:
     def say(self, text: str) -> None:
         """One line in the server's log (never workload data: the server
         sees none; never a request's content beyond backend and paths)."""
-        self.log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} warm[{os.getpid()}] {text}\n")
-        self.log.flush()
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} warm[{os.getpid()}] {text}\n"
+        with self._log_lock:
+            self.log.write(line)
+            self.log.flush()
 
     # -- generations ---------------------------------------------------------------------------------------
 
