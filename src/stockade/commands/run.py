@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,10 @@ from stockade.client.progress import Phase
 from stockade.commands._progress import progress_for
 from stockade.commands._run import deploy_session, print_json, workload_options
 from stockade.errors import KeepDied, WorkloadExit
+
+if TYPE_CHECKING:
+    from stockade.host.loader import KeepHandle
+    from stockade.host.warm import WarmKeep
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -115,7 +119,7 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
         spawner = PopenSpawner(die_with_parent=True)
     progress = progress_for(opts)
     attesting = functools.partial(progress.enter, Phase.ATTESTING)
-    handle: Any
+    handle: KeepHandle | WarmKeep
     if warm is not None:
         handle = warm
         attesting()  # forked with its hello pending: it attests from now on
