@@ -456,3 +456,44 @@ def test_the_deploy_client_imports_httpx_without_its_command_line() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False)
     assert proc.stdout == b"ok\n", proc.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (b"not json", "the fork server sent a malformed reply"),
+        (b'{"op": "error", "detail": "busy"}', "the fork server refused: busy"),
+        (b'{"op": "started", "keep_id": "x"}', "the fork server sent an unexpected reply"),
+    ],
+)
+def test_a_broken_server_means_a_cold_run_that_says_why(warm_env: Warm, reply: bytes, reason: str) -> None:
+    """Whatever listens on the socket and answers nonsense, the run falls
+    back to a cold Keep before anything was sent to a Keep, and says why."""
+    import threading
+
+    warm_env.dir.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(warm_env.paths["socket"]))
+    listener.listen(4)
+    listener.settimeout(60)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1 << 16)
+                conn.send(reply)
+                conn.recv(1 << 16)  # until the client closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        proc = warm_env.run(str(HELLO), "--", "Bob")
+    finally:
+        listener.close()
+        thread.join(10)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert b"Hello, Bob!" in proc.stdout
+    assert f"keep start   cold: a fresh Keep process (warm fork server unavailable: {reason})" in err
+    assert warm_env.pid() is None  # no server was started
