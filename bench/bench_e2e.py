@@ -178,7 +178,9 @@ def main() -> int:
             stack.callback(stop_warm_server, runtime)
             _, out = timed(stockade, warm_env)  # starts the warm server
             assert json.loads(out)["keep_start"] == "warm"
-            manager = Manager(Path(tempfile.mkdtemp(prefix="stockade-bench-mgr-")), Path(state))
+            base = Path(tempfile.mkdtemp(prefix="stockade-bench-mgr-"))
+            stack.callback(shutil.rmtree, base, True)
+            manager = Manager(base, Path(state))
             stack.callback(manager.stop)
             timed(manager.deploy_cmd(), env)
         for _ in range(args.runs):
