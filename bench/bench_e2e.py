@@ -1,8 +1,15 @@
 """End-to-end deploy time against bare wasmtime-py, measured in one run.
 
-Alternates the two so that machine noise hits both alike, and reports the
-ratio of medians plus a per-step breakdown of the stockade run (from the
+Alternates the commands so that machine noise hits all alike, and reports
+the ratio of medians plus a per-step breakdown of the stockade run (from the
 ``--json`` timing of the client and the Keep). Not a pass/fail gate.
+
+Lines (issue 18): the cold ``stockade run`` (a fresh Keep process,
+``STOCKADE_WARM=0``), the warm ``stockade run`` (a Keep forked by the
+per-user warm fork server, ADR 0022; started by an untimed first run, in a
+private runtime directory, stopped at the end) and ``stockade deploy
+--host`` to a running keep manager with its fork server (loopback). Each
+ratio is against bare wasmtime-py in a fresh process, same run.
 """
 
 from __future__ import annotations
@@ -10,11 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,20 +66,101 @@ STEPS = [
 ]
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
+#: CPU seconds (user + system) of the processes each line waited for, in ms:
+#: for bare wasmtime-py, the whole run; for a cold run, the CLI and its
+#: Keep (its child); for a warm run and deploy --host, the client process
+#: alone (the Keep is the fork server's child, not ours).
+CPU_MS: dict[str, list[float]] = {}
+
+
+def timed(cmd: list[str], env: dict[str, str], line: str = "") -> tuple[float, bytes]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, env=env, check=True)
-    return (time.perf_counter() - t) * 1000, proc.stdout
+    ms = (time.perf_counter() - t) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if line:
+        cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+        CPU_MS.setdefault(line, []).append(cpu)
+    return ms, proc.stdout
+
+
+class Manager:
+    """A ``stockade host serve`` on loopback with its fork server (the
+    default), the bench's sim chip, one token."""
+
+    def __init__(self, base: Path, chip_state: Path) -> None:
+        self.state = base / "state"
+        self.state.mkdir(mode=0o700)
+        shutil.copytree(Path(chip_state) / "sim", self.state / "sim")
+        stockade = [sys.executable, "-m", "stockade"]
+        init = subprocess.run(
+            [*stockade, "host", "init", "--state-dir", str(self.state), "--quota", "4"],
+            capture_output=True,
+            check=True,
+        )
+        self.token_file = base / "token"
+        self.token_file.write_bytes(init.stdout)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = base / "server.log"
+        serve = ["host", "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(self.state)]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([*stockade, *serve], stdout=out, stderr=subprocess.STDOUT)
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the manager did not come up:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def deploy_cmd(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "stockade", "deploy", "--host", self.url),
+            *(
+                "--token-file",
+                str(self.token_file),
+                "--sim-root",
+                str(self.state / "sim" / "chip" / "ark.der"),
+            ),
+            *("--allow-sim", "--json", str(HELLO), "--", "Alice"),
+        ]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def stop_warm_server(runtime: Path) -> None:
+    """SIGTERM the warm fork server whose pid is in a lock file there."""
+    for lock in (runtime / "stockade").glob("warm-*.lock"):
+        with suppress(OSError, ValueError):
+            os.kill(int(lock.read_text().strip()), signal.SIGTERM)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-warm", action="store_true", help="Skip the warm run and deploy --host lines.")
     args = parser.parse_args()
 
     state = tempfile.mkdtemp(prefix="stockade-bench-")
-    env = {**os.environ, "STOCKADE_STATE_DIR": state}
+    runtime = Path(tempfile.mkdtemp(prefix="stockade-bench-xdg-"))
+    env = {**os.environ, "STOCKADE_STATE_DIR": state, "STOCKADE_WARM": "0"}
+    warm_env = {**env, "STOCKADE_WARM": "1", "XDG_RUNTIME_DIR": str(runtime), "STOCKADE_WARM_IDLE": "600"}
     stockade = [sys.executable, "-m", "stockade", "run", "--allow-sim", "--json", str(HELLO), "--", "Alice"]
     bare = [sys.executable, "-c", BARE, str(HELLO), "Alice"]
     timed(stockade, env)  # creates the sim chip, warms the page cache
@@ -75,17 +168,39 @@ def main() -> int:
 
     bare_ms: list[float] = []
     e2e_ms: list[float] = []
+    warm_ms: list[float] = []
+    deploy_ms: list[float] = []
     steps: dict[str, list[float]] = {}
-    for _ in range(args.runs):
-        ms, out = timed(bare, env)
-        assert b"Hello, Alice!" in out
-        bare_ms.append(ms)
-        ms, out = timed(stockade, env)
-        doc = json.loads(out)
-        assert doc["stdout"].startswith("Hello, Alice!")
-        e2e_ms.append(ms)
-        for name, value in doc["timing_ms"].items():
-            steps.setdefault(name, []).append(value)
+    with ExitStack() as stack:
+        manager: Manager | None = None
+        if not args.no_warm:
+            stack.callback(shutil.rmtree, runtime, True)
+            stack.callback(stop_warm_server, runtime)
+            _, out = timed(stockade, warm_env)  # starts the warm server
+            assert json.loads(out)["keep_start"] == "warm"
+            base = Path(tempfile.mkdtemp(prefix="stockade-bench-mgr-"))
+            stack.callback(shutil.rmtree, base, True)
+            manager = Manager(base, Path(state))
+            stack.callback(manager.stop)
+            timed(manager.deploy_cmd(), env)
+        for _ in range(args.runs):
+            ms, out = timed(bare, env, "bare")
+            assert b"Hello, Alice!" in out
+            bare_ms.append(ms)
+            ms, out = timed(stockade, env, "cold")
+            doc = json.loads(out)
+            assert doc["stdout"].startswith("Hello, Alice!")
+            e2e_ms.append(ms)
+            for name, value in doc["timing_ms"].items():
+                steps.setdefault(name, []).append(value)
+            if manager is not None:
+                ms, out = timed(stockade, warm_env, "warm")
+                doc = json.loads(out)
+                assert doc["stdout"].startswith("Hello, Alice!") and doc["keep_start"] == "warm"
+                warm_ms.append(ms)
+                ms, out = timed(manager.deploy_cmd(), env, "deploy_host")
+                assert json.loads(out)["stdout"].startswith("Hello, Alice!")
+                deploy_ms.append(ms)
 
     b, e = statistics.median(bare_ms), statistics.median(e2e_ms)
     result = {
@@ -96,15 +211,43 @@ def main() -> int:
         "target_ratio": 1.5,
         "steps_ms_median": {k: round(statistics.median(v), 2) for k, v in sorted(steps.items())},
     }
+    result["cpu_ms_median"] = {k: round(statistics.median(v), 1) for k, v in CPU_MS.items()}
+    warm_lines: list[tuple[str, float]] = []
+    if warm_ms:
+        w, d = statistics.median(warm_ms), statistics.median(deploy_ms)
+        result.update(
+            {
+                "warm_run_ms_median": round(w, 1),
+                "warm_run_ratio": round(w / b, 2),
+                "deploy_host_warm_ms_median": round(d, 1),
+                "deploy_host_warm_ratio": round(d / b, 2),
+                "warm_target_ratio": 1.2,
+            }
+        )
+        warm_lines = [("stockade run, warm fork server", w), ("stockade deploy --host, manager", d)]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"bare wasmtime-py, fresh process : {b:8.1f} ms (median of {args.runs})")
-    print(f"stockade run --allow-sim (e2e)  : {e:8.1f} ms")
+    print(f"stockade run --allow-sim (cold) : {e:8.1f} ms")
     print(
         f"ratio                           : {e / b:8.2f}x  (target <= 1.5x: {'met' if e / b <= 1.5 else 'NOT met'})"
     )
-    print("per-step medians of the stockade run:")
+    for label, ms in warm_lines:
+        print(f"{label:32s}: {ms:8.1f} ms")
+        met = "met" if ms / b <= 1.2 else "NOT met"
+        print(f"{'ratio':32s}: {ms / b:8.2f}x  (target <= 1.2x: {met})")
+    cpu = result["cpu_ms_median"]
+    assert isinstance(cpu, dict)
+    print("CPU ms (user+sys) of the process(es) waited for, median:")
+    print(f"  bare wasmtime-py {cpu['bare']:.0f}; cold run, client + Keep {cpu['cold']:.0f}", end="")
+    if "warm" in cpu:
+        print(
+            f"; warm run, client only {cpu['warm']:.0f}; deploy --host, client only {cpu['deploy_host']:.0f}"
+        )
+    else:
+        print()
+    print("per-step medians of the stockade run (cold):")
     for label, key in STEPS:
         if key in result["steps_ms_median"]:
             print(f"  {label:48s} {result['steps_ms_median'][key]:8.2f} ms")

@@ -106,7 +106,7 @@ def main() -> int:
     args = parser.parse_args()
 
     state = tempfile.mkdtemp(prefix="stockade-bench-")
-    env = {**os.environ, "STOCKADE_STATE_DIR": state}
+    env = {**os.environ, "STOCKADE_STATE_DIR": state, "STOCKADE_WARM": "0"}  # cold Keeps (ADR 0022)
     # Creates the sim chip and imports everything once, with a module that is
     # not measured, so that "cold" is the workload's own first run.
     subprocess.run(

@@ -91,7 +91,11 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="stockade-bench-python-"))
     try:
-        env = {**os.environ, "STOCKADE_STATE_DIR": str(work / "state")}
+        env = {
+            **os.environ,
+            "STOCKADE_STATE_DIR": str(work / "state"),
+            "STOCKADE_WARM": "0",
+        }  # cold (ADR 0022)
         pkg = work / "python-example.stockade"
         subprocess.run(
             [sys.executable, "-m", "stockade", "package", "build", str(EXAMPLE), "-o", str(pkg)],

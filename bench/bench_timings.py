@@ -67,7 +67,7 @@ def one_run(backend: str, state: Path) -> dict[str, float]:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "STOCKADE_STATE_DIR": str(state)},
+        env={**os.environ, "STOCKADE_STATE_DIR": str(state), "STOCKADE_WARM": "0"},  # cold Keeps (ADR 0022)
         check=False,
     )
     if proc.returncode != 0:

@@ -682,7 +682,11 @@ def main() -> int:
         parser.error("--runs, --vm-pool and --sim-keeps must be at least 1")
 
     work = Path(tempfile.mkdtemp(prefix="stockade-bench-vm-"))
-    env = {**os.environ, "STOCKADE_STATE_DIR": str(work / "client-state")}
+    env = {
+        **os.environ,
+        "STOCKADE_STATE_DIR": str(work / "client-state"),
+        "STOCKADE_WARM": "0",
+    }  # cold (ADR 0022)
     env.pop("STOCKADE_TOKEN", None)
     env.pop("STOCKADE_HOST", None)
     cli = Cli(work, env)

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from stockade.client.plan import RunOptions
     from stockade.testing.amd import FakeAmdPki
 
+# `stockade run` forks its sim Keep from a per-user warm fork server that
+# outlives the run (ADR 0022). The suite runs cold unless told otherwise, so
+# that no server outlives it; tests/test_warm.py turns the warm path on with
+# a private runtime directory and stops its server. STOCKADE_WARM=1 runs
+# every CLI test through the warm path (servers then exit after 60 s idle).
+os.environ.setdefault("STOCKADE_WARM", "0")
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 DATA = Path(__file__).resolve().parent / "data"

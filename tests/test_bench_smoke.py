@@ -19,7 +19,17 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 @pytest.mark.parametrize(
     ("script", "args", "keys"),
     [
-        ("bench_e2e.py", ["--runs", "1"], {"ratio", "bare_wasmtime_ms_median", "steps_ms_median"}),
+        (
+            "bench_e2e.py",
+            ["--runs", "1"],
+            {
+                "ratio",
+                "bare_wasmtime_ms_median",
+                "steps_ms_median",
+                "warm_run_ratio",
+                "deploy_host_warm_ratio",
+            },
+        ),
         ("bench_timings.py", ["--runs", "1", "--backends", "sim"], {"runs", "median_ms"}),
         ("bench_snp_verify.py", ["--seconds", "0.3"], set()),
         ("bench_dcap.py", ["--seconds", "0.3"], set()),

@@ -36,8 +36,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import cbor2
-import httpx
 
+from stockade.client._http import httpx  # without httpx's command line (rich, pygments)
 from stockade.errors import (
     ManagerError,
     StockadeError,

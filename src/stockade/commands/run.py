@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,10 @@ from stockade.client.progress import Phase
 from stockade.commands._progress import progress_for
 from stockade.commands._run import deploy_session, print_json, workload_options
 from stockade.errors import KeepDied, WorkloadExit
+
+if TYPE_CHECKING:
+    from stockade.host.loader import KeepHandle
+    from stockade.host.warm import WarmKeep
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -44,7 +48,13 @@ from stockade.errors import KeepDied, WorkloadExit
 )
 @workload_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
-def run(**kwargs: Any) -> WorkloadExit:
+@click.option(
+    "--cold",
+    is_flag=True,
+    help="Start a fresh Keep process instead of forking one from this user's warm fork server "
+    "(sim backends; also STOCKADE_WARM=0). The Keep is attested and checked the same either way.",
+)
+def run(cold: bool, **kwargs: Any) -> WorkloadExit:
     """Run a module or package in a fresh Keep after verifying its attestation.
 
     WASM|PACKAGE is a WebAssembly module or a package (`stockade package
@@ -56,29 +66,46 @@ def run(**kwargs: Any) -> WorkloadExit:
     or a stockade failure code (docs/exit-codes.md).
     """
     opts = RunOptions(**kwargs)
-    from stockade.evidence.sim.local import chip_exists, serve_in_thread
-    from stockade.host.loader import SIM_FLAVOUR, PopenSpawner, start_keep
+    from stockade.commands._warm import WarmStart, chip_ready, sim_flavour
 
-    prepared = prepare(opts)
     sdir = state_dir(opts.state_dir)
-    flavour = SIM_FLAVOUR[opts.backend]
+    flavour = sim_flavour(opts.backend)
+    # Warm path (ADR 0022): a Keep forked by the per-user fork server, asked
+    # for first so that it forks while this process gets ready.
+    warm_start = WarmStart(opts.backend, sdir, cold) if chip_ready(sdir, flavour) else None
+    try:
+        prepared = prepare(opts)
+    except BaseException:
+        if warm_start is not None:
+            warm_start.cancel()
+        raise
     if flavour == "tdx":
         from stockade.evidence.sim import tdx_chip
 
         if not tdx_chip.tdx_chip_exists(sdir) and not opts.quiet and not opts.as_json:
             click.echo("stockade: creating the sim TDX chip key chain (first use, a few seconds)", err=True)
         tdx_chip.ensure_tdx_chip(sdir)
-    elif not chip_exists(sdir):
+    elif not chip_ready(sdir, flavour):
         from stockade.evidence.sim import chip
 
         if not opts.quiet and not opts.as_json:
             click.echo("stockade: creating the sim chip key chain (first use, a few seconds)", err=True)
         chip.ensure_chip(sdir)
 
+    if warm_start is None:  # the chip was just created
+        warm_start = WarmStart(opts.backend, sdir, cold)
+    if warm_start.pending is not None:
+        # While the server forks: the hello goes out as soon as the Keep is here.
+        import stockade.client.deploy  # noqa: F401
+    warm, keep_line = warm_start.finish()
+    # The cold path's loader (and in-process sim PSP) is imported only for a cold start.
     # Start the Keep first: its start-up overlaps everything below.
     # die_with_parent: a killed `stockade run` takes its Keep along. Its
     # boot ends with its first request to the PSP (client/progress.py).
-    extra: tuple[str, ...] = ()
+    extra: tuple[str, ...] = () if opts.backend == "vm" else (keep_line,)
+    if warm is None:
+        from stockade.evidence.sim.local import serve_in_thread
+        from stockade.host.loader import PopenSpawner, start_keep
     if opts.backend == "vm":
         from stockade.commands._vm import local_vm_spawner
 
@@ -88,18 +115,23 @@ def run(**kwargs: Any) -> WorkloadExit:
             f"  keep         a VM ({cfg.accel.upper()}, {cfg.memory_mib} MiB) booted from the Keep image "
             f"{cfg.image.directory}; its measurement covers the kernel, initrd and command line",
         )
-    else:
+    elif warm is None:
         spawner = PopenSpawner(die_with_parent=True)
     progress = progress_for(opts)
     attesting = functools.partial(progress.enter, Phase.ATTESTING)
-    handle = start_keep(
-        opts.backend,
-        sdir,
-        psp=lambda measurement: serve_in_thread(
-            sdir, measurement, flavour=flavour, on_first_request=attesting
-        ),
-        spawner=spawner,
-    )
+    handle: KeepHandle | WarmKeep
+    if warm is not None:
+        handle = warm
+        attesting()  # forked with its hello pending: it attests from now on
+    else:
+        handle = start_keep(
+            opts.backend,
+            sdir,
+            psp=lambda measurement: serve_in_thread(
+                sdir, measurement, flavour=flavour, on_first_request=attesting
+            ),
+            spawner=spawner,
+        )
     try:
         from stockade.client.deploy import send_hello
 
@@ -139,7 +171,7 @@ def run(**kwargs: Any) -> WorkloadExit:
     finally:
         handle.close()
     if opts.as_json:
-        print_json(result, out)
+        print_json(result, out, keep_start="warm" if warm is not None else "cold")
     return WorkloadExit(result.exit_code)
 
 

@@ -203,6 +203,7 @@ def run_cli(
     they load into ``record``. With ``fork_server``, wait (bounded) for the
     fork server to end and record too."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["STOCKADE_WARM"] = "0"  # the Keeps are started here, recording (not by a warm server)
     mode = "fork" if fork_server else "popen"
     cmd = [sys.executable, "-m", "stockade.testing.keepload", "--cli", str(record), mode, *args]
     proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, env=env, check=False)
