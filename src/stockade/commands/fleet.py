@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import click
 
 from stockade.commands._fleet import fleet_options
 from stockade.commands._output import json_option, safe_text
+from stockade.commands.remote import _Connection, _connection_options
 
 if TYPE_CHECKING:
     from stockade.fleet.etcd import FleetConfig
@@ -135,38 +135,21 @@ def ls(fleet: FleetConfig, as_json: bool) -> None:
 
 @fleet.command("keeps")
 @fleet_options()
-@click.option(
-    "--token-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File holding the API token (default: $STOCKADE_TOKEN).",
-)
-@click.option(
-    "--cacert",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="STOCKADE_HOST_CACERT",
-    metavar="FILE",
-    help="PEM CA certificate(s) that sign the hosts' TLS certificates, used instead of the system CAs "
-    "($STOCKADE_HOST_CACERT).",
-)
-@click.option(
-    "--insecure-http",
-    is_flag=True,
-    help="Allow sending the API token over plain http to hosts that are not loopback.",
-)
+@_connection_options(required=False, with_host=False)
 @json_option("Print the Keeps and the hosts that failed as one JSON document.")
-def keeps(
-    fleet: FleetConfig, token_file: Path | None, cacert: Path | None, insecure_http: bool, as_json: bool
-) -> None:
+def keeps(fleet: FleetConfig, connection: _Connection, as_json: bool) -> None:
     """List your Keeps on every registered host, through each host's API
     with your token. A host that cannot be asked is reported, not fatal."""
     from stockade.client.fleet_views import keeps_across
     from stockade.commands.remote import _jsonable, _token
 
-    token = _token(token_file)
+    token = _token(connection.token_file)
     hosts = [e.record for e in _read(fleet) if e.record is not None]
     found: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
-    for answer in keeps_across(hosts, token, cacert=cacert, allow_insecure_http=insecure_http):
+    for answer in keeps_across(
+        hosts, token, cacert=connection.cacert, allow_insecure_http=connection.insecure_http
+    ):
         rec = answer.host
         if answer.error:
             failed.append({"host": rec.id, "api_url": rec.api_url, "error": safe_text(answer.error)})

@@ -68,22 +68,15 @@ def _host_options(fn: F) -> F:
     return _connection_options(required=True)(fn)
 
 
-def _connection_options(required: bool) -> Callable[[F], F]:
+def _connection_options(required: bool, with_host: bool = True) -> Callable[[F], F]:
     """:func:`_host_options`; ``required`` False for ``deploy``, where
-    ``--fleet`` may name the hosts instead of ``--host``."""
-    return functools.partial(_add_connection_options, required=required)
+    ``--fleet`` may name the hosts instead of ``--host``; ``with_host``
+    False for commands whose hosts come from the fleet (``fleet keeps``):
+    the token and TLS options only."""
+    return functools.partial(_add_connection_options, required=required, with_host=with_host)
 
 
-def _add_connection_options(fn: F, required: bool) -> F:
-    @click.option(
-        "--host",
-        "url",
-        required=required,
-        envvar="STOCKADE_HOST",
-        metavar="URL",
-        help="Keep manager URL, e.g. https://host.example:8470 or http://127.0.0.1:8470 ($STOCKADE_HOST)"
-        + ("." if required else "; or --fleet."),
-    )
+def _add_connection_options(fn: F, required: bool, with_host: bool) -> F:
     @click.option(
         "--token-file",
         type=click.Path(dir_okay=False, path_type=Path),
@@ -94,7 +87,7 @@ def _add_connection_options(fn: F, required: bool) -> F:
         type=click.Path(dir_okay=False, path_type=Path),
         envvar="STOCKADE_HOST_CACERT",
         metavar="FILE",
-        help="PEM CA certificate(s) that sign the manager's TLS certificate, used instead of the "
+        help="PEM CA certificate(s) that sign the keep managers' TLS certificates, used instead of the "
         "system CAs ($STOCKADE_HOST_CACERT; https:// only).",
     )
     @click.option(
@@ -104,11 +97,26 @@ def _add_connection_options(fn: F, required: bool) -> F:
     )
     @functools.wraps(fn)
     def wrapper(
-        url: str | None, token_file: Path | None, cacert: Path | None, insecure_http: bool, **kwargs: Any
+        token_file: Path | None,
+        cacert: Path | None,
+        insecure_http: bool,
+        url: str | None = None,
+        **kwargs: Any,
     ) -> Any:
         return fn(connection=_Connection(url, token_file, cacert, insecure_http), **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    if not with_host:
+        return wrapper  # type: ignore[return-value]
+    host = click.option(
+        "--host",
+        "url",
+        required=required,
+        envvar="STOCKADE_HOST",
+        metavar="URL",
+        help="Keep manager URL, e.g. https://host.example:8470 or http://127.0.0.1:8470 ($STOCKADE_HOST)"
+        + ("." if required else "; or --fleet."),
+    )
+    return host(wrapper)  # type: ignore[return-value]
 
 
 class _Connection:
