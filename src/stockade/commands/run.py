@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from stockade.client.plan import RunOptions, prepare, state_dir
+from stockade.client.plan import RunOptions, compile_cache_dir, prepare, state_dir
 from stockade.client.progress import Phase
 from stockade.commands._progress import progress_for
 from stockade.commands._run import deploy_session, print_json, workload_options
@@ -41,6 +41,13 @@ from stockade.errors import KeepDied, WorkloadExit
     default="auto",
     show_default=True,
     help="VM acceleration for --backend vm: auto uses KVM only where a test guest runs under it.",
+)
+@click.option(
+    "--no-compile-cache",
+    is_flag=True,
+    help="Compile the module in the Keep every time: no sealed compile cache (by default a sim Keep "
+    "keeps its compiled code in $XDG_CACHE_HOME/stockade/compile, sealed under a key only a Keep of "
+    "the same runtime derives; docs/adr/0023-sealed-compile-cache.md).",
 )
 @workload_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
@@ -99,6 +106,7 @@ def run(**kwargs: Any) -> WorkloadExit:
             sdir, measurement, flavour=flavour, on_first_request=attesting
         ),
         spawner=spawner,
+        compile_cache=None if opts.no_compile_cache else compile_cache_dir(),
     )
     try:
         from stockade.client.deploy import send_hello

@@ -68,8 +68,11 @@ class KeepServer:
         scratch: Path | None,
         sandbox: Sandbox,
         hello_timeout: float | None = IDLE_TIMEOUT,
+        compile_cache: Path | None = None,
     ) -> None:
         self.sock = sock
+        #: Host storage for the sealed compile cache (None: no cache).
+        self.compile_cache = compile_cache
         self.hello_timeout = hello_timeout
         self.attester = attester
         self.engine = engine
@@ -170,7 +173,8 @@ class KeepServer:
         def emit(fd: int, data: bytes) -> None:
             self._send(self.session.output(fd, data))
 
-        runner = Runner(self.engine.result(), emit, self.sandbox)
+        cache = self.open_cache()
+        runner = Runner(self.engine.result(), emit, self.sandbox, cache)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
         done = threading.Event()
         watchdog = threading.Thread(
@@ -183,6 +187,8 @@ class KeepServer:
             outcome = runner.run(workload)
         finally:
             done.set()
+            if cache is not None:
+                _log(f"compile cache: {cache.stats.summary()}")
         self._send(
             self.session.exit(
                 Exit(
@@ -192,6 +198,27 @@ class KeepServer:
                 )
             )
         )
+
+    def open_cache(self) -> Any:
+        """The sealed compile cache (stockade.keep.compilecache) in the
+        directory the host gave, under this Keep's sealing key; None when
+        the host gave none or the platform derives no key (TDX, sim-tdx):
+        never a cache without a key."""
+        if self.compile_cache is None:
+            return None
+        derive = getattr(self.attester, "sealing_key", None)
+        try:
+            key = derive() if derive is not None else None
+        except (StockadeError, OSError, ValueError) as exc:
+            _log(f"compile cache off: no sealing key ({type(exc).__name__})")
+            key = None
+        self._mark("sealing_key")
+        if key is None:
+            _log("compile cache off: this Keep's platform derives no sealing key")
+            return None
+        from stockade.keep.compilecache import CompileCache
+
+        return CompileCache(self.compile_cache, key, log=_log)
 
     def _watchdog(self, seconds: float, done: threading.Event, runner: Any) -> None:
         if done.wait(seconds):
@@ -257,13 +284,15 @@ def serve(
     scratch: Path | None,
     sandbox: Sandbox,
     hello_timeout: float | None = IDLE_TIMEOUT,
+    compile_cache: Path | None = None,
 ) -> int:
     """Serve one client. ``hello_timeout``: how long to wait for the
     client's first bytes (None: no limit, for a pre-booted VM Keep in a
     warm pool, which waits for a client as long as its host keeps it;
-    every later step has IDLE_TIMEOUT)."""
+    every later step has IDLE_TIMEOUT). ``compile_cache``: the directory
+    of the sealed compile cache (None: compile every time)."""
     threading.Thread(target=_preload, daemon=True, name="preload").start()
-    server = KeepServer(sock, attester, engine, scratch, sandbox, hello_timeout)
+    server = KeepServer(sock, attester, engine, scratch, sandbox, hello_timeout, compile_cache)
     t0 = time.perf_counter()
     try:
         server.attest()
