@@ -67,7 +67,9 @@ def main() -> int:
     args = parser.parse_args()
 
     state = tempfile.mkdtemp(prefix="stockade-bench-")
-    env = {**os.environ, "STOCKADE_STATE_DIR": state}
+    # The Keep's sealed compile cache (ADR 0023) in the bench's own state: after the
+    # first run the Keep loads the module from it.
+    env = {**os.environ, "STOCKADE_STATE_DIR": state, "XDG_CACHE_HOME": os.path.join(state, "cache")}
     stockade = [sys.executable, "-m", "stockade", "run", "--allow-sim", "--json", str(HELLO), "--", "Alice"]
     bare = [sys.executable, "-c", BARE, str(HELLO), "Alice"]
     timed(stockade, env)  # creates the sim chip, warms the page cache

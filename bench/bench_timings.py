@@ -67,7 +67,7 @@ def one_run(backend: str, state: Path) -> dict[str, float]:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "STOCKADE_STATE_DIR": str(state)},
+        env={**os.environ, "STOCKADE_STATE_DIR": str(state), "XDG_CACHE_HOME": str(state / "cache")},
         check=False,
     )
     if proc.returncode != 0:

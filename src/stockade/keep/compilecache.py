@@ -171,7 +171,10 @@ class CompileCache:
             raise Discard("not an entry of this format")
         tuple_bytes = key.encode()
         try:
-            plain = self._aead.decrypt(nonce, data[HEADER.size :], data[: HEADER.size] + tuple_bytes)
+            # A view, not a copy, of the ciphertext (entries are tens of MB).
+            plain = self._aead.decrypt(
+                nonce, memoryview(data)[HEADER.size :], data[: HEADER.size] + tuple_bytes
+            )
         except InvalidTag:
             raise Discard("authentication failed") from None
         (size,) = struct.unpack_from(">I", plain)
