@@ -431,3 +431,15 @@ def test_timings_show_whether_the_compile_was_cached() -> None:
     assert "cached=true" in text and "compile_cached" not in text
     assert "cached=false" in timings_text({"keep_compile": 1.5, "keep_compile_cached": False})
     assert "cached=" not in timings_text({"keep_compile": 1.5})
+
+
+def test_sim_tdx_keep_caches_nothing(stockade: Any, state_dir: Path, tmp_path: Path) -> None:
+    # TDX has no sealing key without a sealing service: no key, no cache.
+    wasm = tmp_path / "hello.wasm"
+    wasm.write_bytes(_unique(HELLO))
+    before = set(_local_entries(state_dir))
+    doc = _run_json(stockade, "--backend", "sim-tdx", str(wasm))
+    assert "keep_compile_cached" not in doc["timing_ms"]
+    assert set(_local_entries(state_dir)) == before
+    logs = "".join(p.read_text(errors="replace") for p in (state_dir / "logs").glob("keep-*.log"))
+    assert "compile cache off: this Keep's platform derives no sealing key" in logs
