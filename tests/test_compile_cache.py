@@ -204,7 +204,9 @@ def test_entries_that_are_not_regular_files_are_discarded(
         entry.mkdir()
     _, timing = _compile(engine, cache)
     assert spy.calls == [] and timing["compile_cached"] == 0
-    assert sum(cache.stats.discarded.values()) == 1
+    (reason,) = cache.stats.discarded
+    expected = "unreadable (Too many levels of symbolic links)" if kind == "symlink" else "not a regular file"
+    assert reason.startswith(expected)
 
 
 def test_authenticated_entry_wasmtime_refuses_is_discarded(
@@ -443,3 +445,16 @@ def test_sim_tdx_keep_caches_nothing(stockade: Any, state_dir: Path, tmp_path: P
     assert set(_local_entries(state_dir)) == before
     logs = "".join(p.read_text(errors="replace") for p in (state_dir / "logs").glob("keep-*.log"))
     assert "compile cache off: this Keep's platform derives no sealing key" in logs
+
+
+def test_oversized_entry_is_discarded_unread(engine: Any, cache: CompileCache, spy: Spy) -> None:
+    from stockade.keep.compilecache import MAX_ENTRY_BYTES
+
+    cache.dir.mkdir(parents=True)
+    path = cache.path_for(_entry_key(HELLO))
+    with open(path, "wb") as fh:
+        fh.truncate(MAX_ENTRY_BYTES + 1)  # sparse: nothing is written
+    _, timing = _compile(engine, cache)
+    assert spy.calls == [] and timing["compile_cached"] == 0
+    (reason,) = cache.stats.discarded
+    assert reason.startswith("not a regular file of at most")

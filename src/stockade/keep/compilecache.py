@@ -191,8 +191,11 @@ class CompileCache:
         except FileNotFoundError:
             self.stats.misses += 1
             return None
-        except (OSError, _NotRegular) as exc:
-            self.discard(key, f"unreadable ({type(exc).__name__})")
+        except _NotRegular:
+            self.discard(key, f"not a regular file of at most {MAX_ENTRY_BYTES} bytes")
+            return None
+        except OSError as exc:
+            self.discard(key, f"unreadable ({os.strerror(exc.errno) if exc.errno else type(exc).__name__})")
             return None
         try:
             serialized = self.unseal(key, data)
