@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ def test_second_deploy_through_the_manager_hits_the_cache(
     wasm = _unique_module(tmp_path)
     with running_server(state_dir, tmp_path_factory, serve_args=serve_args) as server:
         first = _deploy_json(server, wasm)
+        # The first Keep seals and writes its entry after its session: wait for it.
+        deadline = time.monotonic() + 30
+        while not list((server.state / "compile-cache").glob("*/*.sealed")) and time.monotonic() < deadline:
+            time.sleep(0.05)
         second = _deploy_json(server, wasm)
         entries = list((server.state / "compile-cache").glob("*/*.sealed"))
     assert first["timing_ms"]["keep_compile_cached"] is False

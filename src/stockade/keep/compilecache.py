@@ -140,7 +140,8 @@ class CompileCache:
         self.base = directory
         self.dir = directory / hmac.new(self._name_key, b"key id", hashlib.sha256).hexdigest()[:32]
         self.max_bytes = max_bytes
-        self._log = log
+        #: Where the cache's log lines go (the Keep's host-side log).
+        self.log = log
         self.stats = CacheStats()
 
     def path_for(self, key: EntryKey) -> Path:
@@ -212,7 +213,7 @@ class CompileCache:
         compile replaces it."""
         self.stats.discarded[reason] = self.stats.discarded.get(reason, 0) + 1
         self.stats.misses += 1
-        self._log(f"compile cache: entry discarded ({reason}); compiling the module")
+        self.log(f"compile cache: entry discarded ({reason}); compiling the module")
         with contextlib.suppress(OSError):
             os.unlink(self.path_for(key))
 
@@ -222,7 +223,7 @@ class CompileCache:
         or the host's storage refused: a cache never fails a run)."""
         sealed = self.seal(key, serialized)
         if len(sealed) > min(MAX_ENTRY_BYTES, self.max_bytes):
-            self._log(f"compile cache: entry of {len(sealed)} bytes not stored (larger than the cap)")
+            self.log(f"compile cache: entry of {len(sealed)} bytes not stored (larger than the cap)")
             return False
         tmp = self.dir / f"{TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
         try:
@@ -238,7 +239,7 @@ class CompileCache:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            self._log(f"compile cache: entry not stored ({exc.strerror or type(exc).__name__})")
+            self.log(f"compile cache: entry not stored ({exc.strerror or type(exc).__name__})")
             return False
         self.stats.stored += 1
         self.evict()

@@ -84,6 +84,9 @@ class KeepServer:
         self._key = identity.new_key()  # fresh per Keep, in memory only
         self.timing_us: dict[str, int] = {}
         self._t = time.perf_counter()
+        #: The runner of this session's workload (its compiled code is
+        #: stored in the compile cache after the session).
+        self.runner: Any = None
 
     def _mark(self, name: str) -> None:
         now = time.perf_counter()
@@ -174,7 +177,7 @@ class KeepServer:
             self._send(self.session.output(fd, data))
 
         cache = self.open_cache()
-        runner = Runner(self.engine.result(), emit, self.sandbox, cache)
+        runner = self.runner = Runner(self.engine.result(), emit, self.sandbox, cache)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
         done = threading.Event()
         watchdog = threading.Thread(
@@ -187,8 +190,6 @@ class KeepServer:
             outcome = runner.run(workload)
         finally:
             done.set()
-            if cache is not None:
-                _log(f"compile cache: {cache.stats.summary()}")
         self._send(
             self.session.exit(
                 Exit(
@@ -198,6 +199,18 @@ class KeepServer:
                 )
             )
         )
+
+    def store_compiled(self) -> None:
+        """After the session (the client has its results; the workload's
+        time limit is over): seal and write the entry of a module this
+        session compiled, and log what the cache did."""
+        runner, self.runner = self.runner, None
+        if runner is None or runner.cache is None:
+            return
+        took = runner.store_compiled()
+        if took is not None:
+            _log(f"compile cache: entry sealed and stored after the session in {took * 1000:.0f} ms")
+        _log(f"compile cache: {runner.cache.stats.summary()}")
 
     def open_cache(self) -> Any:
         """The sealed compile cache (stockade.keep.compilecache) in the
@@ -316,6 +329,7 @@ def serve(
         return 2
     finally:
         server.close()
+        server.store_compiled()
         finish(sandbox)
 
 
