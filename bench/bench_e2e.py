@@ -159,7 +159,14 @@ def main() -> int:
 
     state = tempfile.mkdtemp(prefix="stockade-bench-")
     runtime = Path(tempfile.mkdtemp(prefix="stockade-bench-xdg-"))
-    env = {**os.environ, "STOCKADE_STATE_DIR": state, "STOCKADE_WARM": "0"}
+    # The Keep's sealed compile cache (ADR 0023) in the bench's own state: after the
+    # first run the Keep loads the module from it (cold and warm lines alike).
+    env = {
+        **os.environ,
+        "STOCKADE_STATE_DIR": state,
+        "STOCKADE_WARM": "0",
+        "XDG_CACHE_HOME": os.path.join(state, "cache"),
+    }
     warm_env = {**env, "STOCKADE_WARM": "1", "XDG_RUNTIME_DIR": str(runtime), "STOCKADE_WARM_IDLE": "600"}
     stockade = [sys.executable, "-m", "stockade", "run", "--allow-sim", "--json", str(HELLO), "--", "Alice"]
     bare = [sys.executable, "-c", BARE, str(HELLO), "Alice"]

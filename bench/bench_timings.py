@@ -67,7 +67,13 @@ def one_run(backend: str, state: Path) -> dict[str, float]:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "STOCKADE_STATE_DIR": str(state), "STOCKADE_WARM": "0"},  # cold Keeps (ADR 0022)
+        # cold Keeps (ADR 0022), a fresh compile cache per state (ADR 0023)
+        env={
+            **os.environ,
+            "STOCKADE_STATE_DIR": str(state),
+            "STOCKADE_WARM": "0",
+            "XDG_CACHE_HOME": str(state / "cache"),
+        },
         check=False,
     )
     if proc.returncode != 0:

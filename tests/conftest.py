@@ -46,7 +46,13 @@ def stockade(state_dir: Path):
     """Run the real ``stockade`` CLI in a subprocess; returns CompletedProcess."""
 
     def run(*args: str, input: bytes | None = None, timeout: float = 120, env: dict[str, str] | None = None):
-        full_env = {**os.environ, "STOCKADE_STATE_DIR": str(state_dir), **(env or {})}
+        # XDG_CACHE_HOME: the local compile cache of `stockade run` stays in the test's state.
+        full_env = {
+            **os.environ,
+            "STOCKADE_STATE_DIR": str(state_dir),
+            "XDG_CACHE_HOME": str(state_dir / "cache"),
+            **(env or {}),
+        }
         return subprocess.run(
             [sys.executable, "-m", "stockade", *args],
             input=input,

@@ -31,6 +31,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             },
         ),
         ("bench_timings.py", ["--runs", "1", "--backends", "sim"], {"runs", "median_ms"}),
+        (
+            "bench_compile_cache.py",
+            ["--runs", "1", "--wasm", str(BENCH.parent / "examples" / "hello" / "hello.wasm")],
+            {"ratio", "cold_compile_ms_median", "warm_compile_ms_median", "module_bytes"},
+        ),
         ("bench_snp_verify.py", ["--seconds", "0.3"], set()),
         ("bench_dcap.py", ["--seconds", "0.3"], set()),
         ("bench_translog.py", ["--sizes", "10,50", "--appends", "3"], {"ratio_append_over_baseline", "rows"}),

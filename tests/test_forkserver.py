@@ -140,6 +140,7 @@ def test_killing_the_zygote_kills_its_keeps_and_a_new_one_starts(
         ({"backend": "sim", "rlimits": {"nofile": -1}}, 3, "non-negative"),
         ({"backend": "sim", "cgroup": 7}, 3, "cgroup must be a path"),
         ({"backend": "sim", "scratch": 1}, 3, "scratch must be a path"),
+        ({"backend": "sim", "compile_cache": 1}, 3, "compile_cache must be a path"),
     ],
 )
 def test_bad_spawn_requests_are_refused(

@@ -28,7 +28,13 @@ from hypothesis import given, settings
 
 from stockade.binding.eventlog import KINDS, MAX_EVENTS, Event
 from stockade.errors import MalformedEvidence, ProtocolError
-from stockade.evidence.sim.channel import ReportRequest, ReportResponse, error_response
+from stockade.evidence.sim.channel import (
+    KeyRequest,
+    KeyResponse,
+    ReportRequest,
+    ReportResponse,
+    error_response,
+)
 from stockade.wire import der
 from stockade.wire.evidence import MEDIA_TYPE, EvidenceBundle, bundle_from_extension, extension_value
 from stockade.wire.messages import PD_DETAIL, PD_TITLE, PD_TYPE, Identity, Message, decode
@@ -40,7 +46,7 @@ CDDL = CDDL_PATH.read_text()
 
 DEPLOY_RULES = ("hello", "load", "identity", "release", "output", "exit", "problem")
 PART_RULES = ("expect", "config", "file-entry", "limits", "event", "event-kind", "problem-details")
-PSP_RULES = ("report-req", "report-rsp", "psp-error")
+PSP_RULES = ("report-req", "report-rsp", "key-req", "key-rsp", "psp-error")
 ALL_RULES = (
     *DEPLOY_RULES,
     "deploy-message",
@@ -740,6 +746,17 @@ PSP_POSITIVE = [
         id="rsp-chain",
     ),
     pytest.param("report-rsp", ReportResponse(report=b"", certs=()).to_cbor(), id="rsp-empty"),
+    pytest.param(
+        "key-req", KeyRequest(field_select=0x29, tcb_version=0xDB18000000000004).to_cbor(), id="key-req"
+    ),
+    pytest.param(
+        "key-req",
+        KeyRequest(
+            field_select=0x3F, tcb_version=2**64 - 1, root_key_select=1, vmpl=3, guest_svn=2**32 - 1
+        ).to_cbor(),
+        id="key-req-max",
+    ),
+    pytest.param("key-rsp", KeyResponse(key=bytes(range(32))).to_cbor(), id="key-rsp"),
     pytest.param("psp-error", error_response("report request VMPL must be 0..3"), id="error"),
     pytest.param("psp-error", error_response(""), id="error-empty"),
 ]
@@ -789,8 +806,43 @@ PSP_NEGATIVE = [
 ]
 
 
+KEY_REQ = cbor2.loads(KeyRequest(field_select=0x29, tcb_version=5).to_cbor())
+KEY_RSP = cbor2.loads(KeyResponse(key=bytes(32)).to_cbor())
+PSP_NEGATIVE += [
+    pytest.param("key-req", {**KEY_REQ, "root_key_select": 2}, id="key-req-root-2"),
+    pytest.param("key-req", {**KEY_REQ, "field_select": 64}, id="key-req-reserved-field-bit"),
+    pytest.param("key-req", {**KEY_REQ, "vmpl": 4}, id="key-req-vmpl-4"),
+    pytest.param("key-req", {**KEY_REQ, "guest_svn": 2**32}, id="key-req-svn-33-bits"),
+    pytest.param("key-req", {**KEY_REQ, "tcb_version": 2**64}, id="key-req-tcb-65-bits"),
+    pytest.param("key-req", {**KEY_REQ, "tcb_version": -1}, id="key-req-tcb-negative"),
+    pytest.param("key-req", _drop(KEY_REQ, ("tcb_version",)), id="key-req-missing-tcb"),
+    pytest.param("key-req", {**KEY_REQ, "extra": 1}, id="key-req-extra-field"),
+    pytest.param("key-req", {**KEY_REQ, "t": "key-rsp"}, id="key-req-wrong-t"),
+    pytest.param("key-rsp", {**KEY_RSP, "key": bytes(31)}, id="key-rsp-31-bytes"),
+    pytest.param("key-rsp", {**KEY_RSP, "key": bytes(33)}, id="key-rsp-33-bytes"),
+    pytest.param("key-rsp", _drop(KEY_RSP, ("key",)), id="key-rsp-missing-key"),
+    pytest.param("key-rsp", {**KEY_RSP, "t": "report-rsp"}, id="key-rsp-wrong-t"),
+]
+
+_PSP_DECODERS = {
+    "report-req": ReportRequest.from_cbor,
+    "report-rsp": ReportResponse.from_cbor,
+    "key-req": KeyRequest.from_cbor,
+    "key-rsp": KeyResponse.from_cbor,
+}
+
+
 def _psp_decode(rule: str, data: bytes) -> object:
-    return ReportRequest.from_cbor(data) if rule == "report-req" else ReportResponse.from_cbor(data)
+    return _PSP_DECODERS[rule](data)
+
+
+def test_sim_psp_key_messages_round_trip() -> None:
+    req = KeyRequest(field_select=0x29, tcb_version=7, vmpl=1)
+    assert KeyRequest.from_cbor(req.to_cbor()) == req
+    rsp = KeyResponse(key=bytes(range(32)))
+    assert KeyResponse.from_cbor(rsp.to_cbor()) == rsp
+    with pytest.raises(ProtocolError, match="refused"):
+        KeyResponse.from_cbor(error_response("no"))
 
 
 @pytest.mark.parametrize(("rule", "mutated"), PSP_NEGATIVE)

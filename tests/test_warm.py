@@ -497,3 +497,20 @@ def test_a_broken_server_means_a_cold_run_that_says_why(warm_env: Warm, reply: b
     assert b"Hello, Bob!" in proc.stdout
     assert f"keep start   cold: a fresh Keep process (warm fork server unavailable: {reason})" in err
     assert warm_env.pid() is None  # no server was started
+
+
+def test_warm_keeps_use_the_sealed_compile_cache(warm_env: Warm, tmp_path: Path) -> None:
+    """The warm server passes the client's compile cache to the Keeps it
+    forks (ADR 0023): the second warm run loads the compiled module from it;
+    --no-compile-cache reaches the forked Keep too."""
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    first = warm_env.json_run(str(HELLO), env=cache)
+    second = warm_env.json_run(str(HELLO), env=cache)
+    off = warm_env.json_run("--no-compile-cache", str(HELLO), env=cache)
+    for doc in (first, second, off):
+        assert str(doc["keep_start"]).startswith("warm"), doc["keep_start"]
+        assert doc["stdout"] == "Hello, world!\narguments: 0\n"
+    timings = [doc["timing_ms"] for doc in (first, second, off)]
+    # absent: the Keep had no cache at all
+    assert [t.get("keep_compile_cached") for t in timings] == [False, True, None]  # type: ignore[attr-defined]
+    assert any((tmp_path / "cache" / "stockade" / "compile").rglob("*"))

@@ -334,7 +334,9 @@ def _session(
                 steps.mark("run")
                 progress.enter(Phase.DONE)
                 for name, us in msg.timing_us:
-                    steps.ms[f"keep_{name}"] = us / 1000
+                    # compile_cached is a flag (1: the module came from the
+                    # Keep's sealed compile cache), not a duration.
+                    steps.ms[f"keep_{name}"] = bool(us) if name == "compile_cached" else us / 1000
                 return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms)
 
 

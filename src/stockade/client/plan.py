@@ -45,6 +45,14 @@ def state_dir(explicit: Path | None = None) -> Path:
     return base / "stockade"
 
 
+def compile_cache_dir() -> Path:
+    """Where local Keeps (``stockade run``) keep their sealed compile cache:
+    $XDG_CACHE_HOME/stockade/compile or ~/.cache/stockade/compile."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "stockade" / "compile"
+
+
 def parse_size(text: str, what: str) -> int:
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
@@ -169,6 +177,8 @@ class RunOptions:
     accel: str = "auto"
     #: Print the phases and steps after the run (--timings).
     timings: bool = False
+    #: ``stockade run``: no sealed compile cache (--no-compile-cache).
+    no_compile_cache: bool = False
 
 
 #: Keep backend -> the platform its evidence claims (the sim backends).

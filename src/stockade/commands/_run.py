@@ -205,13 +205,19 @@ def timings_text(timing_ms: dict[str, float]) -> str:
     if client:
         lines.append("  client steps")
         lines += [f"    {k:<22} {v:>10.1f}  {_STEP_NOTES.get(k, '')}".rstrip() for k, v in client]
+    cached = timing_ms.get("keep_compile_cached")
     keep = sorted(
-        ((k.removeprefix("keep_"), v) for k, v in timing_ms.items() if k.startswith("keep_")),
+        (
+            (k.removeprefix("keep_"), v)
+            for k, v in timing_ms.items()
+            if k.startswith("keep_") and k != "keep_compile_cached"
+        ),
         key=lambda kv: kv[0],
     )
+    notes = {} if cached is None else {"compile": f"cached={'true' if cached else 'false'}"}
     if keep:
         lines.append("  Keep steps (measured inside the Keep)")
-        lines += [f"    {k:<22} {v:>10.1f}" for k, v in keep]
+        lines += [f"    {k:<22} {v:>10.1f}  {notes.get(k, '')}".rstrip() for k, v in keep]
     return "\n".join(lines)
 
 

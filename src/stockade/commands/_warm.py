@@ -23,7 +23,7 @@ class WarmStart:
     user's fork server (it forks while the client gets ready), or the reason
     to start a cold one. Never raises."""
 
-    def __init__(self, backend: str, state_dir: Path, cold: bool) -> None:
+    def __init__(self, backend: str, state_dir: Path, cold: bool, compile_cache: Path | None = None) -> None:
         self.pending: Pending | None = None
         self.line = COLD_LINE
         if backend not in WARM_BACKENDS:
@@ -34,7 +34,7 @@ class WarmStart:
             self.line = f"{COLD_LINE} (STOCKADE_WARM=0)"
         else:
             try:
-                self.pending = Pending(backend, state_dir)
+                self.pending = Pending(backend, state_dir, compile_cache=compile_cache)
             except WarmUnavailable as exc:
                 self.line = f"{COLD_LINE} (warm fork server unavailable: {exc})"
 

@@ -11,6 +11,7 @@ runs on any Linux machine, with NO hardware protection), 1 when none is;
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -229,6 +230,13 @@ def _parse_listen(text: str) -> tuple[str, int]:
     help="Start every Keep as a fresh Python process instead of forking it from the Keep fork server.",
 )
 @click.option(
+    "--no-compile-cache",
+    is_flag=True,
+    help="Keeps compile their modules every time: no sealed compile cache (by default process Keeps "
+    "keep their compiled code in STATE_DIR/compile-cache, sealed under a key only a Keep of the same "
+    "runtime derives; docs/adr/0023-sealed-compile-cache.md).",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(16, 1_000_000),
     default=None,
@@ -340,6 +348,7 @@ def serve(
     idle_timeout: float,
     watchdog_grace: float,
     no_fork_server: bool,
+    no_compile_cache: bool,
     max_connections: int | None,
     backlog: int,
     header_timeout: float,
@@ -432,6 +441,10 @@ def serve(
 
         spawner = manager_spawner(sdir)
     starter = fork_starter(spawner) if spawner else start_keep
+    if not no_compile_cache:
+        # One directory; each Keep runtime (measurement) seals into its own
+        # subdirectory, named from its sealing key (stockade.keep.compilecache).
+        starter = functools.partial(starter, compile_cache=sdir / "compile-cache")
     backends = tuple(dict.fromkeys(backends)) or ("sim", "sim-snp", "sim-tdx")
     pool = None
     vm_measurements: dict[str, bytes] = {}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from stockade.client.plan import RunOptions, prepare, state_dir
+from stockade.client.plan import RunOptions, compile_cache_dir, prepare, state_dir
 from stockade.client.progress import Phase
 from stockade.commands._progress import progress_for
 from stockade.commands._run import deploy_session, print_json, workload_options
@@ -46,6 +46,13 @@ if TYPE_CHECKING:
     show_default=True,
     help="VM acceleration for --backend vm: auto uses KVM only where a test guest runs under it.",
 )
+@click.option(
+    "--no-compile-cache",
+    is_flag=True,
+    help="Compile the module in the Keep every time: no sealed compile cache (by default a sim Keep "
+    "keeps its compiled code in $XDG_CACHE_HOME/stockade/compile, sealed under a key only a Keep of "
+    "the same runtime derives; docs/adr/0023-sealed-compile-cache.md).",
+)
 @workload_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
 @click.option(
@@ -70,9 +77,11 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
 
     sdir = state_dir(opts.state_dir)
     flavour = sim_flavour(opts.backend)
+    # The Keep's sealed compile cache (ADR 0023), on the cold and warm paths alike.
+    cache = None if opts.no_compile_cache else compile_cache_dir()
     # Warm path (ADR 0022): a Keep forked by the per-user fork server, asked
     # for first so that it forks while this process gets ready.
-    warm_start = WarmStart(opts.backend, sdir, cold) if chip_ready(sdir, flavour) else None
+    warm_start = WarmStart(opts.backend, sdir, cold, cache) if chip_ready(sdir, flavour) else None
     try:
         prepared = prepare(opts)
     except BaseException:
@@ -93,7 +102,7 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
         chip.ensure_chip(sdir)
 
     if warm_start is None:  # the chip was just created
-        warm_start = WarmStart(opts.backend, sdir, cold)
+        warm_start = WarmStart(opts.backend, sdir, cold, cache)
     if warm_start.pending is not None:
         # While the server forks: the hello goes out as soon as the Keep is here.
         import stockade.client.deploy  # noqa: F401
@@ -131,6 +140,7 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
                 sdir, measurement, flavour=flavour, on_first_request=attesting
             ),
             spawner=spawner,
+            compile_cache=cache,
         )
     try:
         from stockade.client.deploy import send_hello

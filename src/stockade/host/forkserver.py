@@ -284,11 +284,20 @@ class ForkSpawner:
         return self._measurement
 
     def keep(
-        self, keep_id: str, backend: str, log_fd: int, conn_fd: int, psp_fd: int, scratch: Path | None
+        self,
+        keep_id: str,
+        backend: str,
+        log_fd: int,
+        conn_fd: int,
+        psp_fd: int,
+        scratch: Path | None,
+        compile_cache: Path | None = None,
     ) -> KeepProcess:
         params: dict[str, Any] = {"backend": backend, "rlimits": self.limits.rlimits()}
         if scratch is not None:
             params["scratch"] = str(scratch)
+        if compile_cache is not None:
+            params["compile_cache"] = str(compile_cache)
         group: Path | None = None
         if self.cgroups is not None:
             group = self.cgroups.create(keep_id, self.limits.memory_max, self.limits.pids_max)

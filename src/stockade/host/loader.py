@@ -108,7 +108,14 @@ class Spawner(Protocol):
     (log as its stderr; the others as the numbers it is told)."""
 
     def keep(
-        self, keep_id: str, backend: str, log_fd: int, conn_fd: int, psp_fd: int, scratch: Path | None
+        self,
+        keep_id: str,
+        backend: str,
+        log_fd: int,
+        conn_fd: int,
+        psp_fd: int,
+        scratch: Path | None,
+        compile_cache: Path | None = None,
     ) -> KeepProcess: ...
 
     def psp(
@@ -148,11 +155,20 @@ class PopenSpawner:
         )
 
     def keep(
-        self, keep_id: str, backend: str, log_fd: int, conn_fd: int, psp_fd: int, scratch: Path | None
+        self,
+        keep_id: str,
+        backend: str,
+        log_fd: int,
+        conn_fd: int,
+        psp_fd: int,
+        scratch: Path | None,
+        compile_cache: Path | None = None,
     ) -> KeepProcess:
         cmd = ["stockade.keep", "--backend", backend, "--conn-fd", str(conn_fd), "--psp-fd", str(psp_fd)]
         if scratch is not None:
             cmd += ["--scratch", str(scratch)]
+        if compile_cache is not None:
+            cmd += ["--compile-cache", str(compile_cache)]
         if self.die_with_parent:
             cmd += ["--die-with-parent", str(os.getpid())]
         return self._limited(self._start(cmd, (conn_fd, psp_fd), log_fd))
@@ -294,13 +310,18 @@ def start_keep(
     psp: PspStarter | None = None,
     keep_id: str | None = None,
     spawner: Spawner | None = None,
+    compile_cache: Path | None = None,
 ) -> KeepHandle:
     """Start a Keep. The sim PSP runs as its own process unless ``psp`` is
     given (local runs pass one that serves it from a thread of the calling
     host-side process, saving a Python start-up). ``keep_id`` defaults to 16
     random hex digits (the keep manager passes the id it registered).
     ``spawner`` starts the processes: fresh interpreters by default, or
-    children of the Keep fork server (stockade.host.forkserver)."""
+    children of the Keep fork server (stockade.host.forkserver).
+    ``compile_cache``: a host directory the Keep may keep its sealed compile
+    cache in (stockade.keep.compilecache; the Keep makes one subdirectory
+    per sealing key, i.e. per runtime measurement); process Keeps only (a
+    VM Keep has no host storage: ignored); None: no cache."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; this host supports: {', '.join(BACKENDS)}")
     if keep_id is None:
@@ -324,6 +345,7 @@ def start_keep(
     log_path = log_dir / f"keep-{keep_id}.log"
     measuring: Future[bytes] | None = None
     hardware = backend in HARDWARE_BACKENDS
+    vm = backend in VM_BACKENDS
     if hardware:
         # The launch measurement is the firmware's to compute and sign; the
         # client checks it against its own policy (stockade image measure).
@@ -356,7 +378,8 @@ def start_keep(
                 )
                 to_close.append(psp_keep_end)
                 psp_fd = psp_keep_end.fileno()
-            keep = spawner.keep(keep_id, backend, log.fileno(), keep_end.fileno(), psp_fd, scratch)
+            extra = {"compile_cache": compile_cache} if compile_cache is not None and not vm else {}
+            keep = spawner.keep(keep_id, backend, log.fileno(), keep_end.fileno(), psp_fd, scratch, **extra)
         if measuring is not None:
             measurement = measuring.result()
     except BaseException:

@@ -195,7 +195,14 @@ class VmSpawner:
             raise ImageError("setpriv (util-linux) not found; it ties a local VM Keep's life to its client")
 
     def keep(
-        self, keep_id: str, backend: str, log_fd: int, conn_fd: int, psp_fd: int, scratch: Path | None
+        self,
+        keep_id: str,
+        backend: str,
+        log_fd: int,
+        conn_fd: int,
+        psp_fd: int,
+        scratch: Path | None,
+        compile_cache: Path | None = None,  # a VM Keep has no host storage: no compile cache
     ) -> KeepProcess:
         argv = qemu_argv(self.cfg, backend, conn_fd, psp_fd if backend == "vm" else None)
         if self.die_with_parent:

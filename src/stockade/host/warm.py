@@ -32,7 +32,8 @@ session (the stream goes to the client as a file descriptor).
   zygote loaded.
 
 Protocol (``SOCK_SEQPACKET``, one JSON object per message):
-  client -> ``{"op": "keep", "v": 1, "backend": "sim"|"sim-snp"|"sim-tdx", "state_dir": PATH}``
+  client -> ``{"op": "keep", "v": 1, "backend": "sim"|"sim-snp"|"sim-tdx", "state_dir": PATH,
+  "compile_cache": PATH|null}``
   server -> ``{"op": "started", "keep_id", "measurement" (hex), "log", "pid", "server_pid"}``
             with the client's end of the Keep's stream (SCM_RIGHTS),
             or ``{"op": "error", "detail"}``;
@@ -296,7 +297,13 @@ class Pending:
     which waits for the Keep. Raises :class:`WarmUnavailable` (nothing was
     sent to any Keep yet)."""
 
-    def __init__(self, backend: str, state_dir: Path, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        backend: str,
+        state_dir: Path,
+        environ: Mapping[str, str] | None = None,
+        compile_cache: Path | None = None,
+    ) -> None:
         if backend not in WARM_BACKENDS:
             raise WarmUnavailable(f"backend {backend} is not served warm")
         env = os.environ if environ is None else environ
@@ -306,6 +313,8 @@ class Pending:
             "v": PROTOCOL,
             "backend": backend,
             "state_dir": str(state_dir.resolve()),
+            # The Keep's sealed compile cache (ADR 0023), or None: --no-compile-cache.
+            "compile_cache": None if compile_cache is None else str(compile_cache.absolute()),
         }
         #: Whether this client started the server.
         self.started = False
@@ -513,10 +522,18 @@ class WarmServer:
             raise ValueError(f"backend {backend!r} is not served warm")
         if not isinstance(state, str) or not os.path.isabs(state) or not os.path.isdir(state):
             raise ValueError("state_dir must be an existing absolute directory")
+        cache = req.get("compile_cache")
+        if cache is not None and (not isinstance(cache, str) or not os.path.isabs(cache)):
+            raise ValueError("compile_cache must be an absolute path or null")
         gen = self._current()
         handle: KeepHandle | None = None
         try:
-            handle = start_keep(backend, Path(state), spawner=gen.spawner)
+            handle = start_keep(
+                backend,
+                Path(state),
+                spawner=gen.spawner,
+                compile_cache=None if cache is None else Path(cache),
+            )
             reply = {
                 "op": "started",
                 "keep_id": handle.keep_id,

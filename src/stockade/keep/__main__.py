@@ -1,10 +1,12 @@
 """Keep runtime entry point, started by a keep loader (never by users).
 
-    python -I -m stockade.keep --conn-fd N --backend sim --psp-fd M
+    python -I -m stockade.keep --conn-fd N --backend sim --psp-fd M [--compile-cache DIR]
     python3 -I -B -m stockade.keep --backend vm --scratch DIR     (in a VM Keep's /init)
 
 ``--conn-fd`` is the byte stream to the client (through the host);
-``--psp-fd`` the sim backend's channel to its PSP. No secret is ever passed
+``--psp-fd`` the sim backend's channel to its PSP; ``--compile-cache`` a
+host directory for the sealed compile cache (stockade.keep.compilecache:
+entries are sealed under a key only this Keep derives). No secret is ever passed
 on this command line or in the environment: secrets arrive only inside the
 attested TLS channel.
 """
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--psp-fd", type=int)
     parser.add_argument("--scratch", type=Path)
     parser.add_argument("--die-with-parent", type=int, metavar="PID")
+    parser.add_argument("--compile-cache", type=Path)
     args = parser.parse_args(argv)
     if args.die_with_parent is not None:
         die_with_parent(args.die_with_parent)
@@ -76,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     from stockade.evidence.sim.attester import SimAttester
 
     attester = SimAttester(socket.socket(fileno=args.psp_fd), args.backend)
-    return serve(socket.socket(fileno=args.conn_fd), attester, engine, args.scratch, box)
+    return serve(
+        socket.socket(fileno=args.conn_fd),
+        attester,
+        engine,
+        args.scratch,
+        box,
+        compile_cache=args.compile_cache,
+    )
 
 
 def die_with_parent(parent: int) -> None:

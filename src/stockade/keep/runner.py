@@ -59,12 +59,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stockade.errors import LimitExceeded, WorkloadRejected, WorkloadTrapped
 from stockade.keep.sandbox import MONITOR_INTERVAL_S, Sandbox, SandboxUnavailable, inodes_for
 from stockade.package.format import check_module_bytes, is_component
 from stockade.wire.messages import STDERR, STDOUT, Workload
+
+if TYPE_CHECKING:
+    from stockade.keep.compilecache import CompileCache
 
 MEMORY_SLACK = 16 * 1024 * 1024
 DISK_SLACK = 1024 * 1024
@@ -147,9 +150,20 @@ def _module_config() -> Any:
     config.epoch_interruption = True
     for feature in DISABLED_FEATURES:
         setattr(config, feature, False)
-    # No compile cache: Module.deserialize accepts tampered blobs, so a cache
-    # would need authentication with a Keep-held key (DESIGN.md, known traps).
+    # Module.deserialize accepts tampered blobs: the compile cache
+    # (keep/compilecache.py) authenticates its entries with a Keep-held key
+    # before wasmtime sees them (DESIGN.md, known traps; ADR 0023).
     return config
+
+
+def engine_fingerprint(component: bool) -> str:
+    """What the compile cache keys an entry's engine by: a digest of every
+    setting this module makes (a change of them is another fingerprint;
+    wasmtime also refuses code made under an incompatible configuration)."""
+    settings = [("epoch_interruption", True), *((name, False) for name in DISABLED_FEATURES)]
+    if component:
+        settings += [("wasm_component_model", True), *((n, False) for n in COMPONENT_DISABLED_FEATURES)]
+    return hashlib.sha256(repr(settings).encode()).hexdigest()
 
 
 def make_engine() -> Any:
@@ -209,20 +223,36 @@ def compile_error(exc: Exception) -> WorkloadRejected:
     return WorkloadRejected(f"invalid WebAssembly module: {cause}")
 
 
-def load_component(engine: Any, wasm: bytes) -> tuple[Any, str]:
-    """Compile a component and check that it is a WASI command that imports
-    only COMPONENT_IMPORTS; returns it with the name of its wasi:cli/run
-    export."""
+def compile_component(engine: Any, wasm: bytes) -> Any:
+    """Compile a component (a clear refusal when wasmtime does not)."""
     import wasmtime
     from wasmtime.component import Component
 
     try:
-        component = Component(engine, wasm)
+        return Component(engine, wasm)
     except wasmtime.WasmtimeError as exc:
         refusal = compile_error(exc)
         raise WorkloadRejected(
             refusal.detail.replace("WebAssembly module", "WebAssembly component")
         ) from None
+
+
+def compile_module(engine: Any, wasm: bytes) -> Any:
+    """Compile a module (a clear refusal when wasmtime does not)."""
+    import wasmtime
+
+    try:
+        return wasmtime.Module(engine, wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise compile_error(exc) from None
+
+
+def load_component(engine: Any, wasm: bytes, component: Any = None) -> tuple[Any, str]:
+    """Compile a component (unless given compiled) and check that it is a
+    WASI command that imports only COMPONENT_IMPORTS; returns it with the
+    name of its wasi:cli/run export."""
+    if component is None:
+        component = compile_component(engine, wasm)
     kind = component.type
     run = [name for name in kind.exports(engine) if name.startswith(COMPONENT_RUN)]
     if len(run) != 1:
@@ -277,8 +307,18 @@ class RunOutcome:
 class Runner:
     """Executes a Workload; ``emit(fd, data)`` is called as output is written."""
 
-    def __init__(self, engine: Any, emit: Callable[[int, bytes], None], sandbox: Sandbox) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        emit: Callable[[int, bytes], None],
+        sandbox: Sandbox,
+        cache: CompileCache | None = None,
+    ) -> None:
         self.engine = engine
+        #: The sealed compile cache (None: compile every time).
+        self.cache = cache
+        #: A compiled module or component to store in the cache, and its entry key.
+        self._to_store: tuple[Any, Any] | None = None
         self._emit = emit
         self._sandbox = sandbox
         self._output_left = 0
@@ -322,12 +362,11 @@ class Runner:
         if component:
             # Set before any timer starts: _interrupt bumps this engine's epoch.
             self.engine = make_component_engine()
-            compiled, run_export = load_component(self.engine, workload.wasm)
+            compiled, run_export = load_component(
+                self.engine, workload.wasm, self._compile(workload.wasm, digest, True, timing)
+            )
         else:
-            try:
-                module = wasmtime.Module(self.engine, workload.wasm)
-            except wasmtime.WasmtimeError as exc:
-                raise compile_error(exc) from None
+            module = self._compile(workload.wasm, digest, False, timing)
             start = next((e for e in module.exports if e.name == "_start"), None)
             if start is None or not isinstance(start.type, wasmtime.FuncType):
                 raise WorkloadRejected("module has no _start function: not a WASI command")
@@ -417,6 +456,63 @@ class Runner:
             if stdin_fd is not None:
                 os.close(stdin_fd)
             shutil.rmtree(base, ignore_errors=True)
+
+    def _compile(self, wasm: bytes, digest: bytes, component: bool, timing: dict[str, int]) -> Any:
+        """The compiled module or component: from the sealed compile cache
+        when it holds an authenticated entry that wasmtime accepts, else
+        compiled (and kept for :meth:`store_compiled`, which seals and
+        writes the entry once the session is over: neither the client nor
+        the workload's time limit waits for it). ``timing["compile_cached"]``
+        says which (1 or 0; absent without a cache)."""
+        import wasmtime
+
+        fresh = compile_component if component else compile_module
+        if self.cache is None:
+            return fresh(self.engine, wasm)
+        from stockade.keep.compilecache import EntryKey, host_fingerprint
+        from stockade.keep.loading import runtime_name
+
+        if component:
+            from wasmtime.component import Component
+
+            deserialize: Callable[[Any, bytes], Any] = Component.deserialize
+        else:
+            deserialize = wasmtime.Module.deserialize
+        key = EntryKey(
+            module_sha256=digest,
+            kind="component" if component else "module",
+            wasmtime=runtime_name(),  # the stockade and wasmtime versions
+            engine=engine_fingerprint(component),
+            host=host_fingerprint(),
+        )
+        serialized = self.cache.load(key)  # authenticated bytes only, or None
+        if serialized is not None:
+            try:
+                compiled = deserialize(self.engine, serialized)
+            except wasmtime.WasmtimeError:
+                self.cache.discard(key, "wasmtime refused the authenticated entry")
+            else:
+                timing["compile_cached"] = 1
+                return compiled
+        compiled = fresh(self.engine, wasm)
+        timing["compile_cached"] = 0
+        self._to_store = (key, compiled)
+        return compiled
+
+    def store_compiled(self) -> float | None:
+        """Seal and write the entry of a module this run compiled (a cache
+        miss); the seconds it took, or None when there was nothing to
+        store. Never raises: a cache never fails a run."""
+        pending, self._to_store = self._to_store, None
+        if pending is None or self.cache is None:
+            return None
+        key, compiled = pending
+        t0 = time.perf_counter()
+        try:
+            self.cache.store(key, compiled.serialize())
+        except Exception as exc:  # a cache never fails a run (wasmtime, memory)
+            self.cache.log(f"compile cache: entry not stored ({type(exc).__name__})")
+        return time.perf_counter() - t0
 
     def _instantiation_limit(self, text: str, memory_limit: int, instances: int = 1) -> None:
         """The module asks at instantiation for more than the limits allow."""

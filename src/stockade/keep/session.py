@@ -68,8 +68,11 @@ class KeepServer:
         scratch: Path | None,
         sandbox: Sandbox,
         hello_timeout: float | None = IDLE_TIMEOUT,
+        compile_cache: Path | None = None,
     ) -> None:
         self.sock = sock
+        #: Host storage for the sealed compile cache (None: no cache).
+        self.compile_cache = compile_cache
         self.hello_timeout = hello_timeout
         self.attester = attester
         self.engine = engine
@@ -81,6 +84,9 @@ class KeepServer:
         self._key = identity.new_key()  # fresh per Keep, in memory only
         self.timing_us: dict[str, int] = {}
         self._t = time.perf_counter()
+        #: The runner of this session's workload (its compiled code is
+        #: stored in the compile cache after the session).
+        self.runner: Any = None
 
     def _mark(self, name: str) -> None:
         now = time.perf_counter()
@@ -170,7 +176,8 @@ class KeepServer:
         def emit(fd: int, data: bytes) -> None:
             self._send(self.session.output(fd, data))
 
-        runner = Runner(self.engine.result(), emit, self.sandbox)
+        cache = self.open_cache()
+        runner = self.runner = Runner(self.engine.result(), emit, self.sandbox, cache)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
         done = threading.Event()
         watchdog = threading.Thread(
@@ -192,6 +199,39 @@ class KeepServer:
                 )
             )
         )
+
+    def store_compiled(self) -> None:
+        """After the session (the client has its results; the workload's
+        time limit is over): seal and write the entry of a module this
+        session compiled, and log what the cache did."""
+        runner, self.runner = self.runner, None
+        if runner is None or runner.cache is None:
+            return
+        took = runner.store_compiled()
+        if took is not None:
+            _log(f"compile cache: entry sealed and stored after the session in {took * 1000:.0f} ms")
+        _log(f"compile cache: {runner.cache.stats.summary()}")
+
+    def open_cache(self) -> Any:
+        """The sealed compile cache (stockade.keep.compilecache) in the
+        directory the host gave, under this Keep's sealing key; None when
+        the host gave none or the platform derives no key (TDX, sim-tdx):
+        never a cache without a key."""
+        if self.compile_cache is None:
+            return None
+        derive = getattr(self.attester, "sealing_key", None)
+        try:
+            key = derive() if derive is not None else None
+        except (StockadeError, OSError, ValueError) as exc:
+            _log(f"compile cache off: no sealing key ({type(exc).__name__})")
+            key = None
+        self._mark("sealing_key")
+        if key is None:
+            _log("compile cache off: this Keep's platform derives no sealing key")
+            return None
+        from stockade.keep.compilecache import CompileCache
+
+        return CompileCache(self.compile_cache, key, log=_log)
 
     def _watchdog(self, seconds: float, done: threading.Event, runner: Any) -> None:
         if done.wait(seconds):
@@ -257,13 +297,15 @@ def serve(
     scratch: Path | None,
     sandbox: Sandbox,
     hello_timeout: float | None = IDLE_TIMEOUT,
+    compile_cache: Path | None = None,
 ) -> int:
     """Serve one client. ``hello_timeout``: how long to wait for the
     client's first bytes (None: no limit, for a pre-booted VM Keep in a
     warm pool, which waits for a client as long as its host keeps it;
-    every later step has IDLE_TIMEOUT)."""
+    every later step has IDLE_TIMEOUT). ``compile_cache``: the directory
+    of the sealed compile cache (None: compile every time)."""
     threading.Thread(target=_preload, daemon=True, name="preload").start()
-    server = KeepServer(sock, attester, engine, scratch, sandbox, hello_timeout)
+    server = KeepServer(sock, attester, engine, scratch, sandbox, hello_timeout, compile_cache)
     t0 = time.perf_counter()
     try:
         server.attest()
@@ -287,6 +329,7 @@ def serve(
         return 2
     finally:
         server.close()
+        server.store_compiled()
         finish(sandbox)
 
 

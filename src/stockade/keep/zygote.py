@@ -126,6 +126,11 @@ def _child_main(role: str, params: dict[str, Any], fds: list[int]) -> Callable[[
             if not isinstance(scratch, str):
                 raise SpawnError("scratch must be a path")
             argv += ["--scratch", scratch]
+        cache = params.get("compile_cache")
+        if cache is not None:
+            if not isinstance(cache, str):
+                raise SpawnError("compile_cache must be a path")
+            argv += ["--compile-cache", cache]
 
         def run_keep() -> int:
             from stockade.keep.__main__ import main

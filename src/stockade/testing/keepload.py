@@ -197,13 +197,21 @@ def scenarios(work: Path, state: Path | None = None) -> list[tuple[list[str], by
 
 
 def run_cli(
-    record: Path, args: list[str], stdin: bytes = b"", fork_server: bool = False, timeout: float = 120
+    record: Path,
+    args: list[str],
+    stdin: bytes = b"",
+    fork_server: bool = False,
+    timeout: float = 120,
+    cache: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """One ``stockade ARGS`` run in a fresh process whose Keeps record what
     they load into ``record``. With ``fork_server``, wait (bounded) for the
-    fork server to end and record too."""
+    fork server to end and record too. ``cache``: the XDG cache directory
+    (the local sealed compile cache goes below it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["STOCKADE_WARM"] = "0"  # the Keeps are started here, recording (not by a warm server)
+    if cache is not None:
+        env["XDG_CACHE_HOME"] = str(cache)
     mode = "fork" if fork_server else "popen"
     cmd = [sys.executable, "-m", "stockade.testing.keepload", "--cli", str(record), mode, *args]
     proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, env=env, check=False)
@@ -214,8 +222,11 @@ def run_cli(
 
 
 def record_runs(record: Path, work: Path, fork_server: bool, state: Path | None = None) -> None:
+    # A fresh compile cache: the first run of a module misses (compiles,
+    # seals, stores), the next hits (authenticates, deserializes).
+    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
     for args, stdin in scenarios(work, state):
-        proc = run_cli(record, args, stdin, fork_server)
+        proc = run_cli(record, args, stdin, fork_server, cache=cache)
         last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
         print(
             f"keepload: exit {proc.returncode:3d} {' '.join(args[5:])[:70]} | {last[0][:90]}", file=sys.stderr

@@ -2,7 +2,11 @@
 
 A guest asks its PSP for a report with MSG_REPORT_REQ (64 bytes of report
 data, a VMPL) and gets MSG_REPORT_RSP plus, for an extended request, the
-certificate table. These are the CBOR equivalents (docs/protocol.cddl),
+certificate table. For sealing (the Keep's compile cache) it asks for a
+derived key with MSG_KEY_REQ and gets MSG_KEY_RSP (SEV-SNP Firmware ABI
+spec, pub. 56860, "MSG_KEY_REQ" / "MSG_KEY_RSP": ROOT_KEY_SELECT,
+GUEST_FIELD_SELECT, VMPL, GUEST_SVN, TCB_VERSION in; a 32-byte key out).
+These are the CBOR equivalents (docs/protocol.cddl),
 framed like every stockade stream (wire.framing) and decoded with the same
 strict profile as the deploy protocol.
 """
@@ -15,6 +19,7 @@ from typing import Any
 import cbor2
 
 from stockade.errors import ProtocolError
+from stockade.evidence.snp.abi import DERIVED_KEY_SIZE, FIELD_ALL, ROOT_VCEK
 from stockade.wire.messages import VERSION, decode_map
 
 
@@ -74,3 +79,77 @@ class ReportResponse:
 
 def error_response(detail: str) -> bytes:
     return _encode({"t": "error", "detail": detail})
+
+
+@dataclass(frozen=True)
+class KeyRequest:
+    """MSG_KEY_REQ: derive a key from the root key and the selected fields."""
+
+    field_select: int
+    tcb_version: int
+    root_key_select: int = ROOT_VCEK
+    vmpl: int = 0
+    guest_svn: int = 0
+
+    def to_cbor(self) -> bytes:
+        return _encode(
+            {
+                "t": "key-req",
+                "root_key_select": self.root_key_select,
+                "field_select": self.field_select,
+                "vmpl": self.vmpl,
+                "guest_svn": self.guest_svn,
+                "tcb_version": self.tcb_version,
+            }
+        )
+
+    @classmethod
+    def from_cbor(cls, data: bytes) -> KeyRequest:
+        m = _decode(
+            data, "key request", {"root_key_select", "field_select", "vmpl", "guest_svn", "tcb_version"}
+        )
+        if m["t"] != "key-req":
+            raise ProtocolError("malformed key request")
+        limits = {
+            "root_key_select": 1,
+            "field_select": FIELD_ALL,
+            "vmpl": 3,
+            "guest_svn": 0xFFFFFFFF,
+            "tcb_version": 0xFFFFFFFFFFFFFFFF,
+        }
+        for name, top in limits.items():
+            value = m[name]
+            if type(value) is not int or not 0 <= value <= top:
+                raise ProtocolError(f"key request {name} must be an integer 0..{top:#x}")
+        return cls(
+            field_select=m["field_select"],
+            tcb_version=m["tcb_version"],
+            root_key_select=m["root_key_select"],
+            vmpl=m["vmpl"],
+            guest_svn=m["guest_svn"],
+        )
+
+
+@dataclass(frozen=True)
+class KeyResponse:
+    """MSG_KEY_RSP: the 32-byte derived key."""
+
+    key: bytes
+
+    def to_cbor(self) -> bytes:
+        return _encode({"t": "key-rsp", "key": self.key})
+
+    @classmethod
+    def from_cbor(cls, data: bytes) -> KeyResponse:
+        m = _decode(data, "key response", {"key"})
+        key = m["key"]
+        if m["t"] != "key-rsp" or not isinstance(key, bytes) or len(key) != DERIVED_KEY_SIZE:
+            raise ProtocolError(f"key response needs a {DERIVED_KEY_SIZE}-byte key")
+        return cls(key=key)
+
+
+def request_type(data: bytes) -> str:
+    """The ``t`` of a request frame (its fields are checked by its decoder)."""
+    m = decode_map(data, "sim PSP request")
+    t = m.get("t")
+    return t if isinstance(t, str) else ""

@@ -8,6 +8,18 @@ byte-exact ATTESTATION_REPORT version 3 signed by the sim VCEK. The VCEK
 private key lives only in this process and the state directory, never in
 the Keep.
 
+It also answers MSG_KEY_REQ (:meth:`SimPsp.derive_key`): a 32-byte key
+derived, as the real firmware does (SEV-SNP Firmware ABI spec, pub. 56860,
+"MSG_KEY_REQ"), from the root key (the VCEK: the chip's secret, itself
+specific to the chip's TCB) mixed with the guest fields the request selects
+(policy, image and family ids, the launch measurement of the Keep this PSP
+serves, guest SVN, TCB version): a Keep with another runtime (another
+measurement) on the same sim chip gets another key. The Keep seals its
+compile cache with it (stockade.keep.compilecache, ADR 0023). THE SIM
+GIVES NO HARDWARE PROTECTION: the VCEK key is a file the host's root reads.
+The sim TDX QE refuses key requests: TDX offers no sealing key without a
+sealing service.
+
 With ``--flavour tdx`` the same process is the sim TDX QE instead
 (:class:`stockade.evidence.sim.tdx_chip.SimQe`): it answers the same
 report requests with a TDX v4 quote and its collateral (backend sim-tdx).
@@ -20,6 +32,7 @@ from __future__ import annotations
 import argparse
 import secrets
 import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -27,15 +40,43 @@ from typing import Protocol
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from stockade.errors import StockadeError
+from stockade.errors import ProtocolError, StockadeError
 from stockade.evidence.sim import chip as simchip
-from stockade.evidence.sim.channel import ReportRequest, ReportResponse, error_response
-from stockade.evidence.snp.abi import SIGNED_SIZE, ReportFields, with_signature
+from stockade.evidence.sim.channel import (
+    KeyRequest,
+    KeyResponse,
+    ReportRequest,
+    ReportResponse,
+    error_response,
+    request_type,
+)
+from stockade.evidence.snp.abi import (
+    DERIVED_KEY_SIZE,
+    FIELD_FAMILY_ID,
+    FIELD_GUEST_POLICY,
+    FIELD_GUEST_SVN,
+    FIELD_IMAGE_ID,
+    FIELD_MEASUREMENT,
+    FIELD_TCB_VERSION,
+    ROOT_VCEK,
+    SIGNED_SIZE,
+    ReportFields,
+    with_signature,
+)
 from stockade.wire.framing import FrameDecoder, encode_frame
 
 #: The last line a sim PSP process logs; the keep manager parses it.
 SERVED_LINE = "sim PSP: served {} report(s)"
+#: The guest policy of every sim report: ABI 0.0, SMT allowed, reserved bit
+#: 17 set, debug off.
+GUEST_POLICY = 0x30000
+#: The guest SVN of every sim Keep (no ID block).
+GUEST_SVN = 0
+#: HKDF salt of the sim's key derivation (the firmware's KDF is AMD's own;
+#: the sim uses HKDF-SHA384, RFC 5869, over the same inputs).
+KDF_LABEL = b"stockade sim PSP MSG_KEY_REQ v1"
 
 
 class SimPsp:
@@ -56,7 +97,7 @@ class SimPsp:
         fam, model, step = simchip.CPUID
         fields = ReportFields(
             version=3,
-            policy=0x30000,  # ABI 0.0, SMT allowed, reserved bit 17 set, debug off
+            policy=GUEST_POLICY,
             vmpl=request.vmpl,
             current_tcb=tcb,
             platform_info=0x1,  # SMT enabled
@@ -91,6 +132,51 @@ class SimPsp:
             ),
         )
 
+    def derive_key(self, request: KeyRequest) -> KeyResponse:
+        """MSG_KEY_REQ (SEV-SNP Firmware ABI spec, pub. 56860): refuses what
+        the firmware refuses (a VMRK this sim has not, a GUEST_SVN or
+        TCB_VERSION above the guest's), then derives the key from the VCEK
+        private key and every selected field, the request's own parameters
+        included (another selection gives another key)."""
+        if request.root_key_select != ROOT_VCEK:
+            raise ProtocolError("the sim PSP has no VMRK (no migration agent): ask for the VCEK root")
+        if request.guest_svn > GUEST_SVN:
+            raise ProtocolError(
+                f"key request GUEST_SVN {request.guest_svn} exceeds the guest's ({GUEST_SVN})"
+            )
+        committed = self.chip.reported_tcb.raw.to_bytes(8, "little")
+        asked = request.tcb_version.to_bytes(8, "little")
+        # Each byte of a TCB_VERSION is one component's SPL (or reserved):
+        # none may exceed the committed TCB's ("Must not exceed CommittedTcb").
+        if any(a > c for a, c in zip(asked, committed, strict=True)):
+            raise ProtocolError("key request TCB_VERSION exceeds the committed TCB")
+        selected = request.field_select
+        mixed = struct.pack(
+            "<IQIIQ",
+            request.root_key_select,
+            selected,
+            request.vmpl,
+            request.guest_svn,
+            request.tcb_version,
+        )
+        if selected & FIELD_GUEST_POLICY:
+            mixed += GUEST_POLICY.to_bytes(8, "little")
+        if selected & FIELD_IMAGE_ID:
+            mixed += bytes(16)
+        if selected & FIELD_FAMILY_ID:
+            mixed += bytes(16)
+        if selected & FIELD_MEASUREMENT:
+            mixed += self.measurement
+        if selected & FIELD_GUEST_SVN:
+            mixed += GUEST_SVN.to_bytes(4, "little")
+        if selected & FIELD_TCB_VERSION:
+            mixed += request.tcb_version.to_bytes(8, "little")
+        root = self.chip.vcek_key.private_numbers().private_value.to_bytes(48, "big")
+        key = HKDF(algorithm=hashes.SHA384(), length=DERIVED_KEY_SIZE, salt=KDF_LABEL, info=mixed).derive(
+            root
+        )
+        return KeyResponse(key=key)
+
     def serve(self, sock: socket.socket) -> None:
         """Answer requests until the Keep closes its end."""
         serve_reports(sock, self)
@@ -105,7 +191,8 @@ class ReportSigner(Protocol):
 
 
 def serve_reports(sock: socket.socket, signer: ReportSigner) -> None:
-    """Answer report requests on ``sock`` until the Keep closes its end."""
+    """Answer report requests (and, for the sim PSP, key requests) on
+    ``sock`` until the Keep closes its end."""
     decoder = FrameDecoder(max_frame=4096)
     while True:
         data = sock.recv(4096)
@@ -113,8 +200,16 @@ def serve_reports(sock: socket.socket, signer: ReportSigner) -> None:
             return
         for frame in decoder.feed(data):
             try:
-                reply = signer.report(ReportRequest.from_cbor(frame)).to_cbor()
-                signer.served += 1
+                if request_type(frame) == "key-req":
+                    derive = getattr(signer, "derive_key", None)
+                    if derive is None:
+                        raise ProtocolError(
+                            "this sim signer derives no keys (TDX offers no sealing key without a sealing service)"
+                        )
+                    reply = derive(KeyRequest.from_cbor(frame)).to_cbor()
+                else:
+                    reply = signer.report(ReportRequest.from_cbor(frame)).to_cbor()
+                    signer.served += 1
             except StockadeError as exc:
                 reply = error_response(str(exc))
             sock.sendall(encode_frame(reply))

@@ -372,3 +372,30 @@ def with_signature(unsigned: bytes, r: int, s: int) -> bytes:
     buf[0x2A0 : 0x2A0 + SIG_COMPONENT] = r.to_bytes(SIG_COMPONENT, "little")
     buf[0x2E8 : 0x2E8 + SIG_COMPONENT] = s.to_bytes(SIG_COMPONENT, "little")
     return bytes(buf)
+
+
+# --- MSG_KEY_REQ (SEV-SNP Firmware ABI spec, pub. 56860, "MSG_KEY_REQ") -----------------
+
+#: GUEST_FIELD_SELECT bits of MSG_KEY_REQ (table "MSG_KEY_REQ Message
+#: Structure"; the same bits as go-sev-guest's and the sev crate's
+#: ``GuestFieldSelect``): which guest fields the firmware mixes into the
+#: derived key.
+FIELD_GUEST_POLICY = 1 << 0
+FIELD_IMAGE_ID = 1 << 1
+FIELD_FAMILY_ID = 1 << 2
+FIELD_MEASUREMENT = 1 << 3
+FIELD_GUEST_SVN = 1 << 4
+FIELD_TCB_VERSION = 1 << 5
+#: Every bit named above; the others are reserved (must be zero).
+FIELD_ALL = 0x3F
+#: What a Keep mixes into its sealing key: its guest policy (a debug-enabled
+#: guest gets another key), its launch measurement (another runtime gets
+#: another key) and the TCB version (a key of a newer TCB is not derivable
+#: after a rollback of the firmware).
+SEALING_FIELDS = FIELD_GUEST_POLICY | FIELD_MEASUREMENT | FIELD_TCB_VERSION
+#: ROOT_KEY_SELECT: 0 derives from the VCEK (chip- and TCB-unique), 1 from the
+#: VMRK (the VM root key a migration agent provides).
+ROOT_VCEK = 0
+ROOT_VMRK = 1
+#: Size of DERIVED_KEY in MSG_KEY_RSP.
+DERIVED_KEY_SIZE = 32

@@ -29,6 +29,13 @@ Inside an SNP guest Linux offers two ways to get an ATTESTATION_REPORT with
    wipes the VMPCK after most firmware errors (``snp_disable_vmpck``), so no
    later request could succeed either.
 
+A sealing key (:meth:`SnpAttester.sealing_key`, for the Keep's compile
+cache, ADR 0023) comes only from /dev/sev-guest: ``SNP_GET_DERIVED_KEY``
+sends MSG_KEY_REQ (SEV-SNP Firmware ABI spec, pub. 56860: ROOT_KEY_SELECT,
+GUEST_FIELD_SELECT, VMPL, GUEST_SVN, TCB_VERSION) and returns MSG_KEY_RSP
+(status, 32-byte key). configfs-tsm has no key interface: its ABI
+(Documentation/ABI/testing/configfs-tsm-report) offers reports only.
+
 The report is parsed (abi.AttestationReport) and must carry the requested
 report data (and VMPL, when one was asked for) before it is returned; its
 signature is the verifier's business, not the attester's. Certificates come
@@ -54,7 +61,14 @@ from typing import Protocol
 
 from stockade.errors import MalformedEvidence
 from stockade.evidence import tsm
-from stockade.evidence.snp.abi import REPORT_SIZE, AttestationReport
+from stockade.evidence.snp.abi import (
+    DERIVED_KEY_SIZE,
+    FIELD_ALL,
+    REPORT_SIZE,
+    ROOT_VCEK,
+    SEALING_FIELDS,
+    AttestationReport,
+)
 from stockade.evidence.snp.certtable import parse_cert_table
 from stockade.evidence.tsm import (
     TSM_REPORT_ROOT,
@@ -104,12 +118,19 @@ def bundle_certs(table: bytes) -> tuple[tuple[str, bytes], ...]:
 #       union { u64 exitinfo2; struct { u32 fw_error; u32 vmm_error; }; }; }
 #   struct snp_report_resp { u8 data[4000]; }  holding MSG_REPORT_RSP (SNP ABI
 #       spec pub. 56860): u32 status; u32 report_size; u8 reserved[24]; report.
+#   struct snp_derived_key_req { u32 root_key_select; u32 rsvd;                   32 bytes
+#       u64 guest_field_select; u32 vmpl; u32 guest_svn; u64 tcb_version; }
+#   struct snp_derived_key_resp { u8 data[64]; }  holding MSG_KEY_RSP (SNP ABI
+#       spec pub. 56860, "MSG_KEY_RSP"): u32 status @0; u8 reserved[28];
+#       u8 derived_key[32] @0x20.
 
 REPORT_REQ = struct.Struct("<64sI28s")
 EXT_REPORT_REQ = struct.Struct("<64sI28sQI4x")
 GUEST_REQUEST = struct.Struct("<B7xQQQ")
 REPORT_RESP_HEADER = struct.Struct("<II24s")
 REPORT_RESP_SIZE = 4000
+DERIVED_KEY_REQ = struct.Struct("<IIQIIQ")
+KEY_RESP = struct.Struct("<I28s32s")
 #: MSG_REPORT_REQ message version; the driver refuses 0.
 MSG_VERSION = 1
 #: Largest certificate buffer the driver accepts (SEV_FW_BLOB_MAX_SIZE); the
@@ -130,6 +151,29 @@ def _iowr(kind: str, nr: int, size: int) -> int:
 
 SNP_GET_REPORT = _iowr("S", 0x0, GUEST_REQUEST.size)  # 0xC0205300
 SNP_GET_EXT_REPORT = _iowr("S", 0x2, GUEST_REQUEST.size)  # 0xC0205302
+SNP_GET_DERIVED_KEY = _iowr("S", 0x1, GUEST_REQUEST.size)  # 0xC0205301
+
+
+def encode_derived_key_req(
+    field_select: int, tcb_version: int, vmpl: int = 0, guest_svn: int = 0, root_key_select: int = ROOT_VCEK
+) -> bytes:
+    """struct snp_derived_key_req (MSG_KEY_REQ's fields)."""
+    if field_select & ~FIELD_ALL:
+        raise ValueError(f"GUEST_FIELD_SELECT 0x{field_select:x} sets reserved bits")
+    if not 0 <= vmpl <= 3 or root_key_select not in (0, 1):
+        raise ValueError("VMPL must be 0..3 and ROOT_KEY_SELECT 0 or 1")
+    return DERIVED_KEY_REQ.pack(root_key_select, 0, field_select, vmpl, guest_svn, tcb_version)
+
+
+def decode_derived_key_resp(resp: bytes) -> bytes:
+    """The DERIVED_KEY of a MSG_KEY_RSP (struct snp_derived_key_resp)."""
+    if len(resp) != KEY_RESP.size:
+        raise MalformedEvidence(f"MSG_KEY_RSP of {len(resp)} bytes, expected {KEY_RESP.size}")
+    status, _reserved, key = KEY_RESP.unpack(resp)
+    if status != 0:
+        name = _FW_STATUS.get(status, "unknown")
+        raise SnpGuestError(f"the AMD Secure Processor refused the key request: status 0x{status:x} ({name})")
+    return bytes(key)
 
 
 def encode_report_req(report_data: bytes, vmpl: int) -> bytes:
@@ -236,6 +280,40 @@ def device_report(
     return report, table
 
 
+def device_derived_key(
+    device: Path,
+    field_select: int,
+    tcb_version: int,
+    vmpl: int = 0,
+    *,
+    ioctl: IoctlFn = _fcntl_ioctl,
+) -> bytes:
+    """A 32-byte key from /dev/sev-guest (SNP_GET_DERIVED_KEY, VCEK root).
+    UNTESTED ON REAL HARDWARE: tested against the struct layout only."""
+    req_bytes = encode_derived_key_req(field_select, tcb_version, vmpl)
+    req = ctypes.create_string_buffer(req_bytes, len(req_bytes))
+    resp = ctypes.create_string_buffer(KEY_RESP.size)
+    guest = bytearray(encode_guest_request(ctypes.addressof(req), ctypes.addressof(resp)))
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SnpGuestError(f"cannot open {device}: {exc.strerror} (errno {exc.errno})") from None
+    try:
+        ioctl(fd, SNP_GET_DERIVED_KEY, guest)
+    except OSError as exc:
+        fw_error, vmm_error = decode_exitinfo2(bytes(guest))
+        raise SnpGuestError(
+            f"SNP_GET_DERIVED_KEY on {device} failed: {exc.strerror} (errno {exc.errno}, "
+            f"firmware error 0x{fw_error:x}, VMM error 0x{vmm_error:x})"
+        ) from None
+    finally:
+        os.close(fd)
+    key = decode_derived_key_resp(resp.raw)
+    if len(key) != DERIVED_KEY_SIZE:  # pragma: no cover - the struct gives 32
+        raise MalformedEvidence("MSG_KEY_RSP key is not 32 bytes")
+    return key
+
+
 # --- configfs-tsm --------------------------------------------------------------------
 
 
@@ -309,12 +387,13 @@ class SnpAttester:
         self._attempts = attempts
         #: "configfs-tsm" or "/dev/sev-guest": the interface of the last report.
         self.interface: str | None = None
+        self._report: AttestationReport | None = None
 
     def evidence(self, report_data: bytes) -> EvidenceBundle:
         if len(report_data) != REPORT_DATA_SIZE:
             raise ValueError(f"report data must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}")
         report, table = self._raw(report_data)
-        self._check(report, report_data)
+        self._report = self._check(report, report_data)
         return EvidenceBundle(platform=Platform.SNP.value, report=report, certs=bundle_certs(table))
 
     def _raw(self, report_data: bytes) -> tuple[bytes, bytes]:
@@ -343,7 +422,22 @@ class SnpAttester:
             ioctl=self._ioctl,
         )
 
-    def _check(self, report: bytes, report_data: bytes) -> None:
+    def sealing_key(self) -> bytes | None:
+        """The Keep's sealing key: SNP_GET_DERIVED_KEY with the VCEK root,
+        SEALING_FIELDS, the committed TCB of the last report and its VMPL;
+        None before any report or without /dev/sev-guest (configfs-tsm
+        derives no keys). UNTESTED ON REAL HARDWARE."""
+        if self._report is None or not self.device.exists():
+            return None
+        return device_derived_key(
+            self.device,
+            SEALING_FIELDS,
+            self._report.committed_tcb.raw,
+            self._report.vmpl,
+            ioctl=self._ioctl,
+        )
+
+    def _check(self, report: bytes, report_data: bytes) -> AttestationReport:
         if len(report) != REPORT_SIZE:
             raise MalformedEvidence(
                 f"{self.interface} returned {len(report)} bytes, an SNP report has {REPORT_SIZE}"
@@ -355,3 +449,4 @@ class SnpAttester:
             raise MalformedEvidence(
                 f"{self.interface} returned a report at VMPL {parsed.vmpl}, not the requested {self.vmpl}"
             )
+        return parsed
