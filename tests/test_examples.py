@@ -598,7 +598,15 @@ def test_compute_copies_stdin(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["sha256"], ["sha256", "-1"], ["sha256", "x"], ["primes", str(2**36 + 1)], ["copy", "1"], ["sum", "1"]],
+    [
+        [],
+        ["sha256"],
+        ["sha256", "-1"],
+        ["sha256", "x"],
+        ["primes", str(2**36 + 1)],
+        ["copy", "1"],
+        ["sum", "1"],
+    ],
 )
 def test_compute_rejects_bad_arguments(argv: list[str], tmp_path: Path) -> None:
     run = run_wasm(COMPUTE, ["compute", *argv], tmp_path)
