@@ -523,13 +523,13 @@ def part_deploys(count: int, sequential: int, chip: Path) -> dict[str, Any]:
         one()  # warm-up
         serial = [one() for _ in range(sequential)]
 
-        def host_cpu() -> float:
+        def host_cpu() -> tuple[float, float]:
+            """CPU seconds of the manager, and of its fork servers with the
+            Keeps and sim PSPs they forked (each fork server reaps its
+            children, so their CPU lands in its cutime/cstime)."""
             tree = descendants(mgr.proc.pid)
-            # The manager and its fork servers; each fork server reaps its
-            # Keeps (or sim PSPs), so their CPU lands in its cutime/cstime.
-            return cpu_with_children(mgr.proc.pid) + sum(
-                cpu_with_children(p) for p, (ppid, _) in tree.items() if ppid == mgr.proc.pid
-            )
+            forks = sum(cpu_with_children(p) for p, (ppid, _) in tree.items() if ppid == mgr.proc.pid)
+            return cpu_with_children(mgr.proc.pid), forks
 
         def settle() -> None:
             # Every Keep and PSP of the burst ended and reaped (only the
@@ -543,6 +543,7 @@ def part_deploys(count: int, sequential: int, chip: Path) -> dict[str, Any]:
 
         settle()
         cpu0 = host_cpu()
+        client0 = time.process_time()
         wall0 = time.perf_counter()
         barrier = threading.Barrier(count)
 
@@ -553,8 +554,11 @@ def part_deploys(count: int, sequential: int, chip: Path) -> dict[str, Any]:
         with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
             latencies = list(pool.map(lambda _: burst_one(), range(count)))
         wall = time.perf_counter() - wall0
+        client_cpu = time.process_time() - client0
         settle()
-        cpu = host_cpu() - cpu0
+        cpu1 = host_cpu()
+        manager_cpu, forks_cpu = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        cpu = manager_cpu + forks_cpu
         return {
             "deploys": count,
             "latency_ms": {"p50": round(pct(latencies, 0.5), 1), "p99": round(pct(latencies, 0.99), 1)},
@@ -568,6 +572,10 @@ def part_deploys(count: int, sequential: int, chip: Path) -> dict[str, Any]:
             "deploys_per_s": round(count / wall, 1),
             "host_cpu_s": round(cpu, 2),
             "host_cpu_s_per_deploy": round(cpu / count, 3),
+            "manager_cpu_s_per_deploy": round(manager_cpu / count, 3),
+            "keeps_and_psps_cpu_s_per_deploy": round(forks_cpu / count, 3),
+            # The bench's own client threads (TLS, verification), not host CPU.
+            "client_cpu_s_per_deploy": round(client_cpu / count, 3),
         }
     finally:
         mgr.stop()
@@ -656,7 +664,11 @@ def report(result: dict[str, Any]) -> None:
         print(
             f"  one at a time p50 {d['one_at_a_time_ms']['p50']} ms; ratio {d['ratio_p50_over_one_at_a_time']}"
         )
-        print(f"  host CPU {d['host_cpu_s']} s, {d['host_cpu_s_per_deploy']} s per deploy")
+        print(
+            f"  host CPU {d['host_cpu_s']} s, {d['host_cpu_s_per_deploy']} s per deploy "
+            f"(manager {d['manager_cpu_s_per_deploy']} s, Keeps and sim PSPs "
+            f"{d['keeps_and_psps_cpu_s_per_deploy']} s); client {d['client_cpu_s_per_deploy']} s"
+        )
 
 
 if __name__ == "__main__":
