@@ -5,13 +5,24 @@ writes."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from stockade.client.attest import TrustConfig
+from stockade.client.deploy import DeployPlan, deploy
+from stockade.evidence.sim import chip
+from stockade.evidence.sim.local import serve_in_thread
+from stockade.host.loader import start_keep
 from stockade.keep import session
 from stockade.keep.session import OUTPUT_FRAME_DATA, OutputPump
+from stockade.policy import development_policy
+from stockade.wire.messages import Config, Limits
+
+COMPUTE = Path(__file__).resolve().parent.parent / "examples" / "compute" / "compute.wasm"
 
 
 class Recorder:
@@ -106,3 +117,47 @@ def test_a_failed_send_is_reported_and_stops_later_writes() -> None:
             time.sleep(0.01)
     err = pump.close()
     assert isinstance(err, ConnectionResetError)
+
+
+@pytest.mark.slow
+def test_a_client_that_stops_reading_cannot_hold_the_keep(state_dir: Path) -> None:
+    """The workload writes more than fits in the sockets' buffers and exits
+    while its output is still queued; the client reads nothing after the
+    first Output message. The Keep's watchdog (time limit + grace) still
+    ends it: the output is flushed under the watchdog."""
+    handle = start_keep("sim", state_dir, psp=lambda m: serve_in_thread(state_dir, m))
+    blocked = threading.Event()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def on_output(fd: int, data: bytes) -> None:
+        blocked.set()
+        release.wait(60)  # the client stops reading
+
+    def client() -> None:
+        trust = TrustConfig(sim_root=chip.sim_root(state_dir), policy=development_policy(handle.measurement))
+        limits = Limits(timeout_ms=2000, output_bytes=64 << 20)
+        plan = DeployPlan.for_module(
+            # 1 MiB: all of it fits in the pump's queue (the workload ends
+            # at once), not in the sockets' buffers (the pump cannot finish).
+            COMPUTE.read_bytes(),
+            Config(args=("copy",), limits=limits),
+            stdin=os.urandom(1 << 20),
+        )
+        try:
+            deploy(handle.conn, plan, trust, on_output)
+        except BaseException as exc:  # the Keep ends mid-stream
+            errors.append(exc)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        assert blocked.wait(60), "no output arrived"
+        # 2 s limit + 1 s grace + up to 1 s for the send lock, and slack.
+        status = handle.wait(20)
+        assert status == session.EXIT_WATCHDOG, f"the Keep did not end by itself (status {status})"
+        assert b"watchdog ends the Keep" in handle.log_path.read_bytes()
+    finally:
+        release.set()
+        thread.join(30)
+        handle.close()

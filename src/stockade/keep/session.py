@@ -258,9 +258,11 @@ class KeepServer:
         try:
             outcome = runner.run(workload)
         finally:
-            done.set()
-            # The output written so far goes before the exit or the problem.
+            # The output written so far goes before the exit or the problem,
+            # still under the watchdog: a client that stops reading cannot
+            # hold the Keep (as when the workload's thread sent it itself).
             failed = pump.close()
+            done.set()
         if failed is not None:
             raise failed
         self._send(
