@@ -5,9 +5,10 @@
 #
 #   Without OUTDIR the modules are written in place, next to their sources:
 #     examples/hello/hello.wasm  examples/wordcount/wordcount.wasm
-#     examples/csvstat/csvstat.wasm
+#     examples/csvstat/csvstat.wasm  examples/compute/compute.wasm
 #   With OUTDIR (created if needed) they are written as:
 #     OUTDIR/hello.wasm          OUTDIR/wordcount.wasm  OUTDIR/csvstat.wasm
+#     OUTDIR/compute.wasm
 #
 # Toolchain (Debian bookworm packages): clang lld wasi-libc
 # libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32 rustc
@@ -95,8 +96,9 @@ fi
 # --- build in a fresh temporary directory ------------------------------------
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/stockade-examples.XXXXXXXX")"
 trap 'rm -rf -- "$tmp"' EXIT
-mkdir -p "$tmp/src/hello" "$tmp/src/wordcount/src" "$tmp/src/csvstat" "$tmp/out"
+mkdir -p "$tmp/src/hello" "$tmp/src/wordcount/src" "$tmp/src/csvstat" "$tmp/src/compute" "$tmp/out"
 cp -- "$examples_dir/hello/hello.c" "$tmp/src/hello/hello.c"
+cp -- "$examples_dir/compute/compute.c" "$tmp/src/compute/compute.c"
 cp -- "$examples_dir/csvstat/csvstat.cpp" "$tmp/src/csvstat/csvstat.cpp"
 cp -- "$examples_dir/wordcount/src/main.rs" "$tmp/src/wordcount/src/main.rs"
 cd "$tmp/src"
@@ -114,6 +116,7 @@ CFLAGS=(
     -Wl,--strip-all
 )
 "$CLANG" "${CFLAGS[@]}" hello/hello.c -o "$tmp/out/hello.wasm"
+"$CLANG" "${CFLAGS[@]}" compute/compute.c -o "$tmp/out/compute.wasm"
 
 # C++: Debian's wasm32-wasi libc++ (14) is built without exceptions (WASI had
 # no exception handling then), hence -fno-exceptions; no RTTI is needed
@@ -166,8 +169,10 @@ if [[ -z "$outdir" ]]; then
     install_module hello.wasm "$examples_dir/hello/hello.wasm"
     install_module wordcount.wasm "$examples_dir/wordcount/wordcount.wasm"
     install_module csvstat.wasm "$examples_dir/csvstat/csvstat.wasm"
+    install_module compute.wasm "$examples_dir/compute/compute.wasm"
 else
     install_module hello.wasm "$outdir/hello.wasm"
     install_module wordcount.wasm "$outdir/wordcount.wasm"
     install_module csvstat.wasm "$outdir/csvstat.wasm"
+    install_module compute.wasm "$outdir/compute.wasm"
 fi

@@ -62,6 +62,38 @@ def test_bench_runs_and_reports_json(script: str, args: list[str], keys: set[str
 
 
 @pytest.mark.slow
+def test_bench_throughput_runs_and_reports_json(tmp_path: Path) -> None:
+    """bench_throughput.py with tiny sizes: each part runs, its workloads
+    give the right answers and every ratio is there (about a minute)."""
+    args = ["--runs", "1", "--sha-mib", "1", "--primes", "1000", "--bulk-mib", "1"]
+    args += ["--deploys", "3", "--sequential", "1", "--json"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_throughput.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    compute = doc["compute"]
+    assert compute["primes"]["output"] == "168"  # pi(1000)
+    assert len(compute["sha256"]["output"]) == 64
+    for name in ("sha256", "primes"):
+        ratios = compute[name]["ratio_over_bare_cpu"]
+        assert set(ratios) == {"bare", "bare+epoch", "bare+keep_engine", "bare+keep_engine+limits", "keep"}
+        assert ratios["bare"] == 1.0 and all(r > 0 for r in ratios.values())
+    bulk = doc["bulk"]
+    assert bulk["requested_local"]["ok"] is True and bulk["measured_bytes"] == 1 << 20
+    assert set(bulk["ratio_throughput_over_tls"]) == {"local", "relay"}
+    assert all(r > 0 for r in bulk["ratio_throughput_over_tls"].values())
+    deploys = doc["deploys"]
+    assert deploys["deploys"] == 3 and deploys["host_cpu_s_per_deploy"] > 0
+    assert deploys["latency_ms"]["p99"] >= deploys["latency_ms"]["p50"] > 0
+
+
+@pytest.mark.slow
 @pytest.mark.vm
 def test_bench_vm_runs_and_reports_json(tmp_path: Path) -> None:
     """bench_vm.py with its smallest settings (one run of each kind, a pool

@@ -42,10 +42,12 @@ MODULES = {
     "hello.wasm": EXAMPLES / "hello" / "hello.wasm",
     "wordcount.wasm": EXAMPLES / "wordcount" / "wordcount.wasm",
     "csvstat.wasm": EXAMPLES / "csvstat" / "csvstat.wasm",
+    "compute.wasm": EXAMPLES / "compute" / "compute.wasm",
 }
 HELLO = MODULES["hello.wasm"]
 WORDCOUNT = MODULES["wordcount.wasm"]
 CSVSTAT = MODULES["csvstat.wasm"]
+COMPUTE = MODULES["compute.wasm"]
 CSV_SAMPLE = EXAMPLES / "csvstat" / "sample.csv"
 
 REQUIRE_TOOLCHAINS = os.environ.get("STOCKADE_REQUIRE_TOOLCHAINS") == "1"
@@ -551,3 +553,71 @@ def test_csvstat_in_a_sim_keep(stockade, tmp_path: Path) -> None:  # type: ignor
     assert proc.returncode == 1
     assert proc.stdout == b""
     assert b"csvstat: -: line 2: 1 fields, the header has 2\n" in proc.stderr
+
+
+# == compute ===========================================================================================
+
+
+def compute_sha256_reference(mib: int) -> str:
+    """What ``compute sha256 MIB`` hashes (examples/README.md, compute)."""
+    pattern = bytearray((j * 31 + 7) % 256 for j in range(65536))
+    digest = hashlib.sha256()
+    for i in range(mib * 16):
+        pattern[:8] = i.to_bytes(8, "little")
+        digest.update(pattern)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("mib", [0, 1, 3])
+def test_compute_sha256_matches_hashlib(mib: int, tmp_path: Path) -> None:
+    run = run_wasm(COMPUTE, ["compute", "sha256", str(mib)], tmp_path)
+    assert (run.exit_code, run.stderr) == (0, "")
+    assert run.stdout == compute_sha256_reference(mib) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("n", "count"),
+    # pi(n) (OEIS A000720; 10**7: 664579), and the edges of the sieve.
+    [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2), (9, 4), (127, 31), (128, 31), (10**6, 78498), (10**7, 664579)],
+)
+def test_compute_counts_primes(n: int, count: int, tmp_path: Path) -> None:
+    run = run_wasm(COMPUTE, ["compute", "primes", str(n)], tmp_path)
+    assert (run.exit_code, run.stderr) == (0, "")
+    assert run.stdout == f"{count}\n"
+
+
+def test_compute_copies_stdin(tmp_path: Path) -> None:
+    # Text (run_wasm reads stdout as UTF-8) over several 64 KiB reads.
+    data = os.urandom(3 * 65536 + 17).hex().encode()[: 3 * 65536 + 17]
+    (tmp_path / "in").write_bytes(data)
+    run = run_wasm(COMPUTE, ["compute", "copy"], tmp_path / "run", stdin=tmp_path / "in")
+    assert run.exit_code == 0
+    assert (tmp_path / "run" / "stdout").read_bytes() == data
+    assert run.stderr == f"copied {len(data)} bytes\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["sha256"],
+        ["sha256", "-1"],
+        ["sha256", "x"],
+        ["primes", str(2**36 + 1)],
+        ["copy", "1"],
+        ["sum", "1"],
+    ],
+)
+def test_compute_rejects_bad_arguments(argv: list[str], tmp_path: Path) -> None:
+    run = run_wasm(COMPUTE, ["compute", *argv], tmp_path)
+    assert run.exit_code == 2
+    assert run.stdout == ""
+    assert run.stderr == "usage: compute sha256 MIB | compute primes N | compute copy\n"
+
+
+def test_compute_sieve_too_large_for_memory(tmp_path: Path) -> None:
+    """2**36 needs a 4 GiB sieve, more than a 32-bit linear memory holds."""
+    run = run_wasm(COMPUTE, ["compute", "primes", str(2**36)], tmp_path)
+    assert run.exit_code == 1
+    assert run.stdout == ""
+    assert run.stderr == f"compute: cannot allocate the sieve for {2**36}\n"

@@ -109,6 +109,8 @@ def test_hello_json(stockade) -> None:
     assert isinstance(timing, dict)
     assert {"attest_and_handshake", "verify", "run"} <= set(timing)
     assert all(isinstance(v, int | float) and v >= 0 for v in timing.values())
+    # The run's CPU time (the thread running the Wasm code) fits in its wall time.
+    assert timing["keep_run_cpu"] <= timing["keep_run"] + 1.0
     # --json: nothing but the document on stdout, no summary on stderr.
     assert b"NO HARDWARE PROTECTION" not in proc.stderr
 

@@ -364,16 +364,32 @@ class PlannedDeploy:
     notes: tuple[str, ...]
 
 
-def read_stdin(opts: RunOptions) -> bytes:
-    """The workload's standard input: ``--stdin FILE``, ``-`` (ours), or none."""
-    if opts.stdin == "-":
-        return sys.stdin.buffer.read()
+def read_stdin(opts: RunOptions, secrets: tuple[tuple[str, bytes], ...] = ()) -> bytes:
+    """The workload's standard input: ``--stdin FILE``, ``-`` (ours), or none.
+
+    It travels in the one Release message (with the ``secrets``), which is
+    one frame of at most MAX_FRAME bytes: more is refused here, before
+    anything is sent, reading no more than one byte past what fits."""
+    from stockade.wire.framing import MAX_FRAME
+    from stockade.wire.messages import release_stdin_room
+
     if opts.stdin is None:
         return b""
-    try:
-        return Path(opts.stdin).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--stdin: cannot read {opts.stdin}: {exc.strerror}") from None
+    room = release_stdin_room(secrets, MAX_FRAME)
+    if opts.stdin == "-":
+        data = sys.stdin.buffer.read(room + 1)
+    else:
+        try:
+            with open(opts.stdin, "rb") as f:
+                data = f.read(room + 1)
+        except OSError as exc:
+            raise UsageError(f"--stdin: cannot read {opts.stdin}: {exc.strerror}") from None
+    if len(data) > room:
+        raise UsageError(
+            f"--stdin: more than {room} bytes; stdin travels in one message of at most {MAX_FRAME} "
+            "bytes with the secrets (docs/limitations.md, stdin size)"
+        )
+    return data
 
 
 def plan_deploy(
@@ -401,15 +417,17 @@ def plan_deploy(
             *notes,
             "  staged       package uploaded to the host; the Keep loads it only if its digest matches",
         )
+    config = Config(
+        args=opts.args, env=parse_env(opts.env), files=parse_files(opts.files), limits=prepared.limits
+    )
+    secrets = parse_secrets(opts.secret_refs)
     plan = DeployPlan(
         package=None if staged else prepared.package,
         digest=prepared.digest,
-        config=Config(
-            args=opts.args, env=parse_env(opts.env), files=parse_files(opts.files), limits=prepared.limits
-        ),
+        config=config,
         expect=expect,
-        secrets=parse_secrets(opts.secret_refs),
-        stdin=read_stdin(opts) if stdin is None else stdin,
+        secrets=secrets,
+        stdin=read_stdin(opts, secrets) if stdin is None else stdin,
         required_secrets=prepared.manifest.secrets,
     )
     return PlannedDeploy(plan, policy, note, notes)

@@ -14,6 +14,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -57,6 +58,83 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
 def _log(message: str) -> None:
     # The Keep's stderr reaches the host's logs: never workload data or secrets.
     print(f"keep[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+#: Workload output bytes one Output frame carries at most when the output
+#: pump joins consecutive writes (wasmtime-py hands stdout_custom 4 KiB at
+#: a time, which made one frame, one TLS record and one send per 4 KiB).
+OUTPUT_FRAME_DATA = 1 << 16
+#: Output bytes written by the workload and not yet sent, at most; a write
+#: beyond it waits (backpressure from the client to the workload, as when
+#: the workload's thread sent its output itself).
+OUTPUT_QUEUE_BYTES = 1 << 20
+
+
+class OutputPump:
+    """Sends the workload's output from a thread of its own, in order, one
+    frame for each run of writes to the same stream that accumulated while
+    the previous frame was being sent (nothing waits for more output: a
+    lone write leaves at once). ``put`` is the Runner's ``emit``."""
+
+    def __init__(self, send: Callable[[int, bytes], None]) -> None:
+        self._send = send
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[int, bytes]] = deque()
+        self._queued = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="output")
+        self._thread.start()
+
+    def put(self, fd: int, data: bytes) -> None:
+        """Queue ``data`` for stream ``fd``; waits while the queue is full.
+        Raises OSError once a send has failed (the Runner then stops the
+        workload: "client-gone")."""
+        with self._cond:
+            while self._queued >= OUTPUT_QUEUE_BYTES and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise OSError(f"sending the output failed ({type(self._error).__name__})")
+            self._queue.append((fd, data))
+            self._queued += len(data)
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closed and drained
+                fd, first = self._queue.popleft()
+                parts, size = [first], len(first)
+                while (
+                    self._queue
+                    and self._queue[0][0] == fd
+                    and size + len(self._queue[0][1]) <= OUTPUT_FRAME_DATA
+                ):
+                    data = self._queue.popleft()[1]
+                    parts.append(data)
+                    size += len(data)
+                self._queued -= size
+                self._cond.notify_all()
+            try:
+                self._send(fd, parts[0] if len(parts) == 1 else b"".join(parts))
+            except BaseException as exc:
+                with self._cond:
+                    self._error = exc
+                    self._queue.clear()
+                    self._queued = 0
+                    self._cond.notify_all()
+                return
+
+    def close(self) -> BaseException | None:
+        """Send everything queued, stop the thread; the send's error, if any."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        return self._error
 
 
 class KeepServer:
@@ -173,11 +251,9 @@ class KeepServer:
     def run(self, workload: Workload) -> None:
         from stockade.keep.runner import Runner
 
-        def emit(fd: int, data: bytes) -> None:
-            self._send(self.session.output(fd, data))
-
+        pump = OutputPump(lambda fd, data: self._send(self.session.output(fd, data)))
         cache = self.open_cache()
-        runner = self.runner = Runner(self.engine.result(), emit, self.sandbox, cache)
+        runner = self.runner = Runner(self.engine.result(), pump.put, self.sandbox, cache)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
         done = threading.Event()
         watchdog = threading.Thread(
@@ -189,7 +265,13 @@ class KeepServer:
         try:
             outcome = runner.run(workload)
         finally:
+            # The output written so far goes before the exit or the problem,
+            # still under the watchdog: a client that stops reading cannot
+            # hold the Keep (as when the workload's thread sent it itself).
+            failed = pump.close()
             done.set()
+        if failed is not None:
+            raise failed
         self._send(
             self.session.exit(
                 Exit(

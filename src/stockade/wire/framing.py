@@ -41,7 +41,10 @@ class FrameDecoder:
             end = HEADER.size + size
             if len(self._buf) < end:
                 break
-            frames.append(bytes(self._buf[HEADER.size : end]))
+            # One copy out of the buffer (slicing the bytearray first would
+            # copy a large frame twice); the view is released before the del.
+            with memoryview(self._buf) as view:
+                frames.append(bytes(view[HEADER.size : end]))
             del self._buf[:end]
         return frames
 

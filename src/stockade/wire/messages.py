@@ -358,6 +358,24 @@ class Release(Message):
         )
 
 
+def _cbor_head_size(length: int) -> int:
+    """Bytes of the head of a CBOR byte string of ``length`` bytes (RFC 8949
+    section 3: the argument inline below 24, else in 1, 2, 4 or 8 bytes)."""
+    if length < 24:
+        return 1
+    return 1 + next(n for n in (1, 2, 4, 8) if length < 1 << (8 * n))
+
+
+def release_stdin_room(secrets: tuple[tuple[str, bytes], ...], max_frame: int) -> int:
+    """The most stdin one Release with these ``secrets`` can carry in a frame
+    of at most ``max_frame`` bytes (stdin travels in that one message)."""
+    rest = len(Release(secrets=secrets).to_cbor()) - _cbor_head_size(0)
+    # For each head size, the longest string with a head that short which
+    # still fits; the best of them.
+    caps = {1: 23, 2: 0xFF, 3: 0xFFFF, 5: 0xFFFF_FFFF, 9: 0xFFFF_FFFF_FFFF_FFFF}
+    return max(0, *(min(max_frame - rest - head, cap) for head, cap in caps.items()))
+
+
 @dataclass(frozen=True)
 class Workload:
     """What a Keep runs, assembled inside the Keep from a verified package,
