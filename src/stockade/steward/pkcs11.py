@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
 import secrets
 import threading
@@ -49,6 +50,7 @@ from pkcs11.exceptions import (
     PinLenRange,
     PinLocked,
     PKCS11Error,
+    UserAlreadyLoggedIn,
 )
 
 from stockade.errors import UsageError
@@ -83,6 +85,13 @@ REQUIRED_PRIVATE = {
 # session of every other object over the same module.
 _LIBS: dict[str, Any] = {}
 _LIBS_LOCK = threading.Lock()
+#: (module, token label) -> keyed hash of the PIN this process logged in with.
+_LOGINS: dict[tuple[str, str], bytes] = {}
+_PIN_KEY = secrets.token_bytes(32)
+
+
+def _pin_tag(pin: str) -> bytes:
+    return hmac.new(_PIN_KEY, pin.encode(), hashlib.sha256).digest()
 
 
 def read_pin(pin_file: Path | None) -> str:
@@ -137,15 +146,34 @@ def open_session(module: str, token_label: str, pin: str, *, rw: bool = False) -
         raise UsageError(f"PKCS#11 module {module}: more than one token labelled {token_label!r}") from None
     except PKCS11Error as exc:
         raise UsageError(f"PKCS#11 module {module}: cannot list tokens ({type(exc).__name__})") from None
+    login = (module, token_label)
     try:
         session: pkcs11.Session = token.open(rw=rw, user_pin=pin)
+        with _LIBS_LOCK:
+            _LOGINS[login] = _pin_tag(pin)
         return session
+    except UserAlreadyLoggedIn:
+        # PKCS#11 login state is per application and token, shared by all
+        # its sessions (PKCS#11 v2.40 base spec section 5.6, C_Login): another
+        # key of this process on the same token already logged in. The
+        # token cannot check this PIN now; the PIN of that login must match.
+        with _LIBS_LOCK:
+            known = _LOGINS.get(login)
+        if known is None or not hmac.compare_digest(known, _pin_tag(pin)):
+            raise UsageError(f"PKCS#11 token {token_label!r}: the PIN was refused") from None
     except (PinIncorrect, PinLenRange):
         raise UsageError(f"PKCS#11 token {token_label!r}: the PIN was refused") from None
     except (PinLocked, PinExpired) as exc:
         raise UsageError(
             f"PKCS#11 token {token_label!r}: the PIN is {type(exc).__name__[3:].lower()}"
         ) from None
+    except PKCS11Error as exc:
+        raise UsageError(
+            f"PKCS#11 token {token_label!r}: cannot open a session ({type(exc).__name__})"
+        ) from None
+    try:
+        shared: pkcs11.Session = token.open(rw=rw)
+        return shared
     except PKCS11Error as exc:
         raise UsageError(
             f"PKCS#11 token {token_label!r}: cannot open a session ({type(exc).__name__})"
