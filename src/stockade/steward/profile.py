@@ -13,9 +13,8 @@ A workload certificate:
   (critical); basicConstraints CA:false (critical);
 - subjectKeyIdentifier (SHA-1 of the key), authorityKeyIdentifier (the CA's);
 - three non-critical extensions under stockade's UUID arc
-  2.25.233289035712724087834608874223734060195 (ITU-T X.667 / RFC 4122
-  section 4.1.1 note: an OID 2.25.<UUID as integer> needs no
-  registration; ADR 0026):
+  2.25.233289035712724087834608874223734060195 (ITU-T X.667 | ISO/IEC
+  9834-8: an OID 2.25.<UUID as integer> needs no registration; ADR 0026):
   ``.1`` platform (UTF8String), ``.2`` measurement (OCTET STRING),
   ``.3`` signer keys (SEQUENCE OF OCTET STRING, raw Ed25519 keys, sorted,
   no duplicates). The ASN.1 is in docs/steward.md.
