@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from stockade.cli import main
@@ -164,7 +164,9 @@ def _csr(
     )
     for ext in extensions or []:
         builder = builder.add_extension(ext, critical=False)
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    algorithm = (
+        None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
+    )
     return builder.sign(key, algorithm)  # type: ignore[arg-type]
 
 
@@ -411,8 +413,9 @@ def test_csr_with_a_bad_signature_is_refused(file_ca: CertificateAuthority) -> N
         rsa.generate_private_key(public_exponent=65537, key_size=2048),
         ec.generate_private_key(ec.SECP521R1()),
         ec.generate_private_key(ec.SECP256K1()),
+        ed448.Ed448PrivateKey.generate(),
     ],
-    ids=["rsa", "p521", "secp256k1"],
+    ids=["rsa", "p521", "secp256k1", "ed448"],
 )
 def test_csr_with_a_disallowed_key_type_is_refused(file_ca: CertificateAuthority, key: object) -> None:
     with pytest.raises(CertificateRequestRefused, match="is not allowed"):

@@ -34,7 +34,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pkcs11
 from cryptography.exceptions import InvalidSignature
@@ -55,6 +55,10 @@ from pkcs11.exceptions import (
 
 from stockade.errors import UsageError
 from stockade.translog.treehead import ALG_P256
+
+if TYPE_CHECKING:
+    from stockade.steward.signer import Signer
+    from stockade.translog.treehead import TreeHeadSigner
 
 PIN_ENV = "STOCKADE_PKCS11_PIN"
 #: The longest PIN file read (PINs are short; a big file is a mistake).
@@ -383,3 +387,12 @@ def generate_ca_key(module: str, token_label: str, pin: str) -> TokenKeyRef:
 
 def generate_log_key(module: str, token_label: str, pin: str) -> TokenKeyRef:
     return generate_key(module, token_label, pin, "secp256r1", "log")
+
+
+if TYPE_CHECKING:  # mypy checks that the token signers implement both interfaces
+
+    def _ca_signer(s: Pkcs11Signer) -> Signer:
+        return s
+
+    def _log_signer(s: Pkcs11TreeHeadSigner) -> TreeHeadSigner:
+        return s

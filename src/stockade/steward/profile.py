@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
@@ -146,11 +147,18 @@ def check_csr(csr: x509.CertificateSigningRequest) -> None:
     """Refuse (CertificateRequestRefused) a CSR whose signature does not
     verify, whose key type is not allowed, or that requests an extension
     or attribute the profile does not set."""
-    if not csr.is_signature_valid:
+    try:
+        valid = csr.is_signature_valid
+        public = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateRequestRefused(
+            f"the CSR's key or signature algorithm is not supported: {exc}"
+        ) from None
+    if not valid:
         raise CertificateRequestRefused(
             "the CSR's signature does not verify: the requester did not prove it holds the key"
         )
-    check_public_key(csr.public_key(), CertificateRequestRefused, "CSR")
+    check_public_key(public, CertificateRequestRefused, "CSR")
     try:
         extensions = csr.extensions
         attributes = list(csr.attributes)

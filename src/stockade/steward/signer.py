@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -158,3 +158,9 @@ class SignerKey(ec.EllipticCurvePrivateKey):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SignerKey:
         return self
+
+
+if TYPE_CHECKING:  # mypy checks that FileSigner implements Signer
+
+    def _file_signer(s: FileSigner) -> Signer:
+        return s

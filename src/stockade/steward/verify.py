@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
@@ -145,7 +145,10 @@ def verify_workload_certificate(
         raise Invalid(f"workload certificate expired at {leaf.not_valid_after_utc.isoformat()}")
     if leaf.not_valid_after_utc - leaf.not_valid_before_utc > MAX_LIFETIME:
         raise Invalid(f"workload certificate lifetime exceeds the profile's {MAX_LIFETIME}")
-    public = leaf.public_key()
+    try:
+        public = leaf.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise Invalid("workload certificate: its public key does not parse") from None
     check_public_key(public, Invalid, "workload certificate")
     try:
         exts = leaf.extensions
