@@ -40,6 +40,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("bench_dcap.py", ["--seconds", "0.3"], set()),
         ("bench_translog.py", ["--sizes", "10,50", "--appends", "3"], {"ratio_append_over_baseline", "rows"}),
         (
+            "bench_steward.py",
+            ["--seconds", "0.2", "--rounds", "1"],
+            {"ratio_softhsm2_over_file", "file", "softhsm2"},
+        ),
+        (
             "bench_manager.py",
             ["--keeps", "3", "--sequential", "2"],
             {"fork_server", "fresh_processes", "ratio_fork_over_fresh"},

@@ -48,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "package": "stockade.commands.package:package",
     "policy": "stockade.commands.policy:policy",
     "run": "stockade.commands.run:run",
+    "steward": "stockade.commands.steward:steward",
     "trust": "stockade.commands.trust:trust",
 }
 

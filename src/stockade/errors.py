@@ -78,6 +78,26 @@ class MalformedLogData(MalformedEvidence):
     title = "malformed transparency log data"
 
 
+class WorkloadCertificateInvalid(VerificationFailed):
+    """VerificationFailed (exit 110, same problem type) for a steward
+    workload certificate (:mod:`stockade.steward.verify`) that does not
+    chain to the steward CA, is outside its validity at the time given,
+    or does not follow the certificate profile (EKU, SAN URI, the
+    platform/measurement/signer extensions). A subclass only for its
+    title."""
+
+    title = "workload certificate verification failed"
+
+
+class CertificateRequestRefused(PolicyRejected):
+    """PolicyRejected (exit 112, same problem type) for a certificate
+    signing request the steward will not sign (:mod:`stockade.steward.profile`):
+    its signature does not verify, its key type is not allowed, or it asks
+    for extensions the profile does not set. A subclass only for its title."""
+
+    title = "certificate request refused"
+
+
 class ProtocolError(StockadeError):
     """A peer sent bytes that break the stockade protocol."""
 
