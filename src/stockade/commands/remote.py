@@ -260,7 +260,7 @@ def _client_sim_root(
 def _deploy(
     connection: _Connection, opts: RunOptions, sim_root_file: Path | None, crls: tuple[bytes, ...]
 ) -> WorkloadExit:
-    from stockade.client.deploy import send_hello
+    from stockade.client.hello import send_hello
     from stockade.client.progress import Phase
     from stockade.commands._progress import progress_for
     from stockade.measure.launch import measure_in_background

@@ -59,7 +59,6 @@ def run(**kwargs: Any) -> WorkloadExit:
     from stockade.evidence.sim.local import chip_exists, serve_in_thread
     from stockade.host.loader import SIM_FLAVOUR, PopenSpawner, start_keep
 
-    prepared = prepare(opts)
     sdir = state_dir(opts.state_dir)
     flavour = SIM_FLAVOUR[opts.backend]
     if flavour == "tdx":
@@ -75,7 +74,10 @@ def run(**kwargs: Any) -> WorkloadExit:
             click.echo("stockade: creating the sim chip key chain (first use, a few seconds)", err=True)
         chip.ensure_chip(sdir)
 
-    # Start the Keep first: its start-up overlaps everything below.
+    # Start the Keep first: its start-up (a fresh interpreter, its imports,
+    # the loader hashing its files) overlaps everything below, reading and
+    # checking the workload included (a bad workload fails after the Keep
+    # started; the Keep is reaped below).
     # die_with_parent: a killed `stockade run` takes its Keep along. Its
     # boot ends with its first request to the PSP (client/progress.py).
     extra: tuple[str, ...] = ()
@@ -101,7 +103,7 @@ def run(**kwargs: Any) -> WorkloadExit:
         spawner=spawner,
     )
     try:
-        from stockade.client.deploy import send_hello
+        from stockade.client.hello import send_hello
 
         # The nonce goes out at once: the Keep attests while we get ready.
         hello = send_hello(handle.conn)
@@ -109,7 +111,9 @@ def run(**kwargs: Any) -> WorkloadExit:
         # the policy's decision (the default policy refuses sim). For sim
         # (SNP shape), the local sim chip's CRL is the revocation collateral
         # this client holds; sim-tdx evidence carries its signed collateral
-        # and CRLs, verified under the local sim TDX root.
+        # and CRLs, verified under the local sim TDX root. First: the sim
+        # chip's imports are most of the in-process PSP's, which the Keep
+        # waits for; the workload and the verifier come after.
         crls: tuple[bytes, ...] = ()
         if flavour == "tdx":
             from stockade.evidence.sim import tdx_chip
@@ -119,6 +123,7 @@ def run(**kwargs: Any) -> WorkloadExit:
             from stockade.evidence.sim import chip
 
             sim_root, sim_tdx_root, crls = chip.sim_root(sdir), None, _local_crls(sdir)
+        prepared = prepare(opts)
         result, out = deploy_session(
             handle.conn,
             handle.measurement,
@@ -134,7 +139,10 @@ def run(**kwargs: Any) -> WorkloadExit:
             progress=progress,
         )
     except KeepDied as err:
-        # The host-side log of the Keep process (never workload data) says why.
+        # A refused launch measurement (exit 120) is the cause when there is
+        # one; else the host-side log of the Keep process (never workload
+        # data) says why.
+        handle.check_measured()
         raise KeepDied(f"{err.detail}; Keep log: {handle.log_path}") from None
     finally:
         handle.close()
