@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stockade.client.attest import Appraisal, TrustConfig, appraise
+from stockade.client.hello import SentHello, send_hello
 from stockade.client.identity import WorkloadIdentity, appraise_identity
 from stockade.client.progress import Phase, Progress
 from stockade.errors import ChannelTampered, KeepDied, ProtocolError, StockadeError, WorkloadRejected
@@ -155,12 +156,6 @@ class Steps:
         self._t = now
 
 
-@dataclass(frozen=True)
-class SentHello:
-    session: ClientSession
-    nonce: bytes
-
-
 class ReleaseMark:
     """Whether a deploy session reached its release point: pass
     :meth:`mark` as ``on_release`` to :func:`deploy`. While ``released``
@@ -178,17 +173,6 @@ class ReleaseMark:
 
     def mark(self) -> None:
         self.released = True
-
-
-def send_hello(sock: socket.socket) -> SentHello:
-    """Send a fresh 32-byte nonce to the Keep (in clear: it is public)."""
-    session = ClientSession()
-    nonce = secrets.token_bytes(32)
-    try:
-        sock.sendall(session.hello(nonce))
-    except OSError as exc:
-        raise KeepDied(f"the Keep closed the connection before the hello ({type(exc).__name__})") from None
-    return SentHello(session, nonce)
 
 
 def deploy(

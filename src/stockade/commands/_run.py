@@ -20,7 +20,8 @@ from stockade.commands._output import json_option
 
 if TYPE_CHECKING:
     from stockade.client.attest import Appraisal
-    from stockade.client.deploy import DeployResult, SentHello
+    from stockade.client.deploy import DeployResult
+    from stockade.client.hello import SentHello
     from stockade.client.identity import WorkloadIdentity
     from stockade.client.plan import Prepared
     from stockade.client.progress import Progress

@@ -425,7 +425,7 @@ def deploy_on(
     the output kept for --json and the Keep's id. ``on_created`` gets the
     Keep's id as soon as the host made it; ``on_release`` marks the release
     point (:class:`stockade.client.deploy.ReleaseMark`)."""
-    from stockade.client.deploy import send_hello
+    from stockade.client.hello import send_hello
     from stockade.client.progress import Phase
     from stockade.commands._progress import progress_for
 

@@ -143,7 +143,7 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
             compile_cache=cache,
         )
     try:
-        from stockade.client.deploy import send_hello
+        from stockade.client.hello import send_hello
 
         # The nonce goes out at once: the Keep attests while we get ready.
         hello = send_hello(handle.conn)
@@ -151,7 +151,9 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
         # the policy's decision (the default policy refuses sim). For sim
         # (SNP shape), the local sim chip's CRL is the revocation collateral
         # this client holds; sim-tdx evidence carries its signed collateral
-        # and CRLs, verified under the local sim TDX root.
+        # and CRLs, verified under the local sim TDX root. First: the sim
+        # chip's imports are most of the in-process PSP's, which the Keep
+        # waits for; the workload and the verifier come after.
         crls: tuple[bytes, ...] = ()
         if flavour == "tdx":
             from stockade.evidence.sim import tdx_chip
@@ -176,7 +178,10 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
             progress=progress,
         )
     except KeepDied as err:
-        # The host-side log of the Keep process (never workload data) says why.
+        # A refused launch measurement (exit 120) is the cause when there is
+        # one; else the host-side log of the Keep process (never workload
+        # data) says why.
+        handle.check_measured()
         raise KeepDied(f"{err.detail}; Keep log: {handle.log_path}") from None
     finally:
         handle.close()

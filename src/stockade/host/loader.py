@@ -32,14 +32,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from stockade import oneshot
 from stockade.measure.launch import keep_measurement
 
 #: Keep backends this loader starts. "sim" and its alias "sim-snp": a
@@ -206,9 +205,26 @@ class KeepHandle:
     conn: socket.socket
     keep: KeepProcess
     psp: KeepProcess | None
-    measurement: bytes
+    #: The launch digest, or (a sim PSP in the caller's process) the digest
+    #: still being computed while the Keep starts: read :attr:`measurement`.
+    launch_digest: bytes | oneshot.OneShot[bytes]
     log_path: Path
     scratch: Path | None = None  # created by the loader, removed by close()
+
+    @property
+    def measurement(self) -> bytes:
+        """The launch digest the Keep's PSP signs; waits for it when the
+        loader is still hashing the Keep's files (raises what the
+        measurement raised, e.g. UnmeasuredCode: the PSP then signs nothing)."""
+        if isinstance(self.launch_digest, oneshot.OneShot):
+            return self.launch_digest.result()
+        return self.launch_digest
+
+    def check_measured(self) -> None:
+        """Raise what the measurement raised, if it was refused (the cause
+        to report when the Keep died early: it refuses to start for the
+        same reason, stockade.keep.guard)."""
+        _ = self.measurement
 
     def wait(self, timeout: float) -> int | None:
         try:
@@ -289,13 +305,6 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in keep}
 
 
-def _measure_into(spawner: Spawner, out: Future[bytes]) -> None:
-    try:
-        out.set_result(spawner.measurement())
-    except BaseException as exc:  # handed to whoever waits for the digest
-        out.set_exception(exc)
-
-
 #: Starts a PSP for a Keep and returns the Keep's end of its channel (used to
 #: run the sim PSP in the caller's process). Its argument returns the launch
 #: digest, blocking until the loader has computed it: the loader hashes the
@@ -317,7 +326,10 @@ def start_keep(
     host-side process, saving a Python start-up). ``keep_id`` defaults to 16
     random hex digits (the keep manager passes the id it registered).
     ``spawner`` starts the processes: fresh interpreters by default, or
-    children of the Keep fork server (stockade.host.forkserver).
+    children of the Keep fork server (stockade.host.forkserver). With
+    ``psp``, the handle is returned while the Keep's files are still being
+    hashed (:attr:`KeepHandle.measurement` waits for the digest, and raises
+    if the measurement was refused: the PSP then signs nothing).
     ``compile_cache``: a host directory the Keep may keep its sealed compile
     cache in (stockade.keep.compilecache; the Keep makes one subdirectory
     per sealing key, i.e. per runtime measurement); process Keeps only (a
@@ -343,7 +355,7 @@ def start_keep(
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"keep-{keep_id}.log"
-    measuring: Future[bytes] | None = None
+    measuring: oneshot.OneShot[bytes] | None = None
     hardware = backend in HARDWARE_BACKENDS
     vm = backend in VM_BACKENDS
     if hardware:
@@ -353,9 +365,10 @@ def start_keep(
     elif psp is not None:
         # Hash the Keep's files (tens of MB on a cold start, ADR 0013) while
         # its interpreter starts: the in-process PSP waits for the digest
-        # before it answers the Keep's first report request.
-        measuring = Future()
-        threading.Thread(target=_measure_into, args=(spawner, measuring), daemon=True, name="measure").start()
+        # before it answers the Keep's first report request, and the caller
+        # gets the handle at once (it can send its hello while the files are
+        # hashed); handle.measurement waits for the digest.
+        measuring = oneshot.start(spawner.measurement, "measure")
         measurement = b""
     else:
         measurement = spawner.measurement()
@@ -380,8 +393,6 @@ def start_keep(
                 psp_fd = psp_keep_end.fileno()
             extra = {"compile_cache": compile_cache} if compile_cache is not None and not vm else {}
             keep = spawner.keep(keep_id, backend, log.fileno(), keep_end.fileno(), psp_fd, scratch, **extra)
-        if measuring is not None:
-            measurement = measuring.result()
     except BaseException:
         client_end.close()
         if keep is not None:
@@ -396,4 +407,5 @@ def start_keep(
     finally:
         for sock in to_close:
             sock.close()
-    return KeepHandle(keep_id, backend, client_end, keep, psp_proc, measurement, log_path, owned_scratch)
+    launch_digest = measurement if measuring is None else measuring
+    return KeepHandle(keep_id, backend, client_end, keep, psp_proc, launch_digest, log_path, owned_scratch)

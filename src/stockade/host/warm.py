@@ -168,7 +168,8 @@ def read_pid(directory: Path, name: str) -> int | None:
 class WarmKeep:
     """A Keep forked by the warm server: the same surface as the loader's
     :class:`stockade.host.loader.KeepHandle` that ``stockade run`` uses
-    (``conn``, ``measurement``, ``log_path``, ``wait``, ``close``)."""
+    (``conn``, ``measurement``, ``check_measured``, ``log_path``, ``wait``,
+    ``close``)."""
 
     def __init__(self, control: socket.socket, conn: socket.socket, reply: dict[str, Any]) -> None:
         self._control = control
@@ -180,6 +181,10 @@ class WarmKeep:
         self.server_pid = int(reply["server_pid"])
         self.returncode: int | None = None
         self._gone = False
+
+    def check_measured(self) -> None:
+        """Nothing to raise: the server measured the runtime before it
+        forked this Keep and sent the digest with it."""
 
     def wait(self, timeout: float) -> int | None:
         """The Keep's exit status as the server reports it; None if it has not

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +45,35 @@ from stockade.wire.staging import MAX_STAGED, STAGED_NAME
 
 @functools.cache
 def runtime_name() -> str:
-    from importlib.metadata import version
+    return f"stockade-keep {__version__}; wasmtime {distribution_version('wasmtime')}"
 
-    return f"stockade-keep {__version__}; wasmtime {version('wasmtime')}"
+
+def distribution_version(name: str) -> str:
+    """The ``Version`` of the first ``NAME-*.dist-info/METADATA`` on
+    ``sys.path``: the file and the order ``importlib.metadata.version`` uses
+    (a VM Keep's image ships that file, stockade.image.build), without
+    importing ``importlib.metadata`` (with email, csv and zipfile, more start-up
+    work than the rest of the package loader). "unknown" if there is none."""
+    prefix = f"{name}-"
+    for entry in sys.path:
+        try:
+            found = sorted(
+                n for n in os.listdir(entry or ".") if n.startswith(prefix) and n.endswith(".dist-info")
+            )
+        except OSError:
+            continue
+        for dist in found:
+            try:
+                with open(os.path.join(entry or ".", dist, "METADATA"), encoding="utf-8") as f:
+                    for line in f:
+                        if not line.strip():
+                            break  # end of the header block (core metadata, RFC 822 style)
+                        key, sep, value = line.partition(":")
+                        if sep and key.strip().lower() == "version":
+                            return value.strip()
+            except OSError:
+                continue
+    return "unknown"
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ import struct
 import sys
 import threading
 import time
+import traceback  # at import time: the error path below must not import (ADR 0013 guard)
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from stockade import procfs
+from stockade import oneshot, procfs
 from stockade.binding.reportdata import identity_report_data, report_data_for
 from stockade.errors import LimitExceeded, ProtocolError, StockadeError, WorkloadRejected
 from stockade.keep import identity
@@ -142,7 +142,7 @@ class KeepServer:
         self,
         sock: socket.socket,
         attester: Attester,
-        engine: Future[Any],
+        engine: oneshot.OneShot[Any],
         scratch: Path | None,
         sandbox: Sandbox,
         hello_timeout: float | None = IDLE_TIMEOUT,
@@ -375,7 +375,7 @@ def finish(sandbox: Sandbox) -> None:
 def serve(
     sock: socket.socket,
     attester: Attester,
-    engine: Future[Any],
+    engine: oneshot.OneShot[Any],
     scratch: Path | None,
     sandbox: Sandbox,
     hello_timeout: float | None = IDLE_TIMEOUT,
@@ -404,8 +404,6 @@ def serve(
         if type(err).__module__.startswith("OpenSSL"):
             _log(f"TLS failure: {type(err).__name__}")
             return 1
-        import traceback
-
         traceback.print_exc()  # goes to the host log; tracebacks hold no local values
         server.fail(ProtocolError(f"internal error in the Keep runtime ({type(err).__name__})"))
         return 2
@@ -415,15 +413,6 @@ def serve(
         finish(sandbox)
 
 
-def warm_engine(make: Callable[[], Any]) -> Future[Any]:
+def warm_engine(make: Callable[[], Any]) -> oneshot.OneShot[Any]:
     """Import wasmtime and build the engine in a thread while we attest."""
-    future: Future[Any] = Future()
-
-    def work() -> None:
-        try:
-            future.set_result(make())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=work, daemon=True, name="engine").start()
-    return future
+    return oneshot.start(make, "engine")

@@ -64,7 +64,6 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "OpenSSL.SSL",
         "cryptography.x509",
         "cryptography.hazmat.primitives.asymmetric.ec",
-        "concurrent.futures",
         "tempfile",
         "argparse",
     ),

@@ -43,10 +43,10 @@ import sys
 import sysconfig
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from stockade import oneshot
 from stockade.measure.sitecheck import pth_paths, site_dirs
 
 DOMAIN = b"stockade-launch/v2\x00"
@@ -281,13 +281,54 @@ def measured_files(
     # a cold start (most of the bytes are three files: libwasmtime, libpython
     # and cryptography's Rust extension).
     files = [file for _, _, file in found if file is not None]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = dict(zip(files, pool.map(file_sha256, files), strict=True))
+    digests = _hash_all(files)
     out = [
         MeasuredFile(label, kind, Path(file) if file else None, digests[file] if file else b"")
         for label, kind, file in found
     ]
     return sorted(out, key=lambda m: m.label)
+
+
+def _hash_all(files: list[str], workers: int = 2) -> dict[str, bytes]:
+    """SHA-256 of each file, in ``workers`` threads: the files are dealt
+    largest first to whichever thread is free (no executor: importing
+    concurrent.futures costs more than the threads here)."""
+    pending = sorted(set(files), key=_size, reverse=True)
+    lock = threading.Lock()
+    digests: dict[str, bytes] = {}
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not pending or errors:
+                    return
+                path = pending.pop(0)
+            try:
+                digest = file_sha256(path)
+            except BaseException as exc:  # re-raised in the caller's thread
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                digests[path] = digest
+
+    threads = [threading.Thread(target=work, daemon=True, name="measure-hash") for _ in range(workers - 1)]
+    for t in threads:
+        t.start()
+    work()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return digests
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # hashed (and its error raised) like any other
 
 
 def _find_library(top: str, rel: str, search_path: list[str]) -> Path | None:
@@ -319,13 +360,4 @@ def measure_in_background() -> Callable[[], bytes]:
     callable waits for the digest (and raises what the measurement raised).
     For callers that have other work to do first (a cold measurement hashes
     tens of MB)."""
-    result: Future[bytes] = Future()
-
-    def run() -> None:
-        try:
-            result.set_result(keep_measurement())
-        except BaseException as exc:  # handed to the caller of result()
-            result.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True, name="keep-measurement").start()
-    return result.result
+    return oneshot.start(keep_measurement, "keep-measurement").result

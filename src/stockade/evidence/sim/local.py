@@ -12,16 +12,14 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
+from stockade import oneshot
 from stockade.errors import StockadeError
 
 if TYPE_CHECKING:
     from stockade.evidence.sim.psp import ReportSigner
-
-T = TypeVar("T")
 
 
 def chip_exists(state_dir: Path) -> bool:
@@ -60,10 +58,7 @@ def serve_in_thread(
                 return
             # The signer (digest, chip keys) is made while this thread waits
             # for the Keep's first request, as it is without the hook.
-            signer: Future[ReportSigner] = Future()
-            threading.Thread(
-                target=_resolve, args=(signer, make_signer), daemon=True, name="sim-psp-keys"
-            ).start()
+            signer = oneshot.start(make_signer, "sim-psp-keys")
             if not host_end.recv(1, socket.MSG_PEEK):
                 return  # the Keep closed its end without asking
             # Peeked: the request stays for serve_reports. The hook only
@@ -74,10 +69,3 @@ def serve_in_thread(
 
     threading.Thread(target=run, daemon=True, name="sim-psp").start()
     return keep_end
-
-
-def _resolve(future: Future[T], make: Callable[[], T]) -> None:
-    try:
-        future.set_result(make())
-    except BaseException as exc:  # handed to the thread that waits for it
-        future.set_exception(exc)
