@@ -7,9 +7,12 @@ directory, never the user's own.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +29,14 @@ if TYPE_CHECKING:
 # a private runtime directory and stops its server. STOCKADE_WARM=1 runs
 # every CLI test through the warm path (servers then exit after 60 s idle).
 os.environ.setdefault("STOCKADE_WARM", "0")
+# The Keep's sealed compile cache of `stockade run` (ADR 0023) goes below
+# $XDG_CACHE_HOME: one private directory for the session, never the user's
+# ~/.cache (the `stockade` fixture gives each state its own; tests of the
+# compile step itself pass --no-compile-cache or their own directory).
+if "XDG_CACHE_HOME" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="stockade-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, True)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

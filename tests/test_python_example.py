@@ -330,11 +330,13 @@ def test_a_time_limit_shorter_than_the_compile_says_so(
 ) -> None:
     """The workload's time limit covers compiling its module: a 26 MB
     interpreter does not compile within 1 s here, and the error says that
-    the limit ran out while compiling (not "in a host call")."""
+    the limit ran out while compiling (not "in a host call"). Without the
+    sealed compile cache: a cached module is not compiled at all."""
     key = tmp_path / "key.bin"
     key.write_bytes(os.urandom(32))
     proc = subprocess.run(
-        [sys.executable, "-m", "stockade", "run", "--allow-sim", "-q", "--timeout", "1", str(package_file),
+        [sys.executable, "-m", "stockade", "run", "--allow-sim", "-q", "--timeout", "1", "--no-compile-cache",
+         str(package_file),
          "--secret", f"signing_key=@{key}", "--stdin", "/dev/null", "--", "Ann"],
         capture_output=True, timeout=120, env={**os.environ, "STOCKADE_STATE_DIR": str(state_dir)}, check=False,
     )  # fmt: skip

@@ -136,7 +136,7 @@ def test_host_document_with_fleet_shows_no_credentials(tmp_path: Path) -> None:
         calls.append(1)
         return membership
 
-    app = InProcess(tmp_path, fleet=fleet)
+    app = InProcess(tmp_path, membership=fleet)
     resp, refused = app.get(("/v1/host", bearer(app.token)), ("/v1/host", {}))
     assert refused.status_code == 401
     assert resp.status_code == 200

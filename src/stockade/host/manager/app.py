@@ -19,7 +19,7 @@ from stockade.host.loader import KeepHandle, start_keep
 from stockade.host.manager.metrics import Metrics, RequestMetrics
 from stockade.host.manager.problems import ApiProblem, problem_of
 from stockade.host.manager.routes import Api
-from stockade.host.manager.status import HostStatus, no_fleet
+from stockade.host.manager.status import FleetSource, HostStatus, no_fleet
 from stockade.host.manager.supervisor import (
     DEFAULT_BACKENDS,
     IDLE_TIMEOUT_S,
@@ -60,6 +60,7 @@ def create_app(
     watchdog_grace: float = WATCHDOG_GRACE_S,
     backends: tuple[str, ...] = DEFAULT_BACKENDS,
     fleet: Registrar | None = None,
+    membership: FleetSource | None = None,
 ) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served. ``starter`` starts the
@@ -67,7 +68,9 @@ def create_app(
     ``fleet``: the fleet registrar (stockade.host.fleet), started after the
     registry and stopped (its lease revoked) first; its status is
     ``app.state.fleet`` (None without a fleet) and its membership is the
-    ``fleet`` field of ``GET /v1/host`` (stockade.host.manager.status)."""
+    ``fleet`` field of ``GET /v1/host`` (stockade.host.manager.status).
+    ``membership``: that field's source when no registrar runs here (an
+    embedder's own fleet code; tests)."""
     metrics = Metrics()
     sup = Supervisor(
         state_dir,
@@ -93,7 +96,12 @@ def create_app(
             await sup.stop()
 
     app = Starlette(
-        routes=[*Api(sup, metrics, HostStatus(backends, fleet.membership if fleet else no_fleet)).routes(), *ui_routes()],
+        routes=[
+            *Api(
+                sup, metrics, HostStatus(backends, membership or (fleet.membership if fleet else no_fleet))
+            ).routes(),
+            *ui_routes(),
+        ],
         middleware=[Middleware(RequestMetrics, metrics=metrics)],
         exception_handlers={ApiProblem: _on_problem, SupervisorError: _on_refusal, HTTPException: _on_http},
         lifespan=lifespan,
