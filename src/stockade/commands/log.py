@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from stockade.commands._fileio import read_file, write_atomic
 from stockade.commands._output import json_option
 from stockade.errors import MalformedLogData, UsageError
 
@@ -30,23 +30,6 @@ if TYPE_CHECKING:
 
 KINDS = ("package-signature", "certificate", "refusal-digest")
 ALGORITHMS = {"ed25519": "ed25519", "ecdsa-p256": "ecdsa-p256-sha256"}
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _echo_json(doc: dict[str, Any]) -> None:
@@ -113,7 +96,7 @@ def _package_entries(path: Path, signers: tuple[Path, ...]) -> list[LogEntry]:
     from stockade.translog import PackageSignatureEntry
 
     keys = {key_id(k): k for k in (load_public_key(p) for p in signers)}
-    pkg = Package.from_bytes(_read(path))
+    pkg = Package.from_bytes(read_file(path))
     if not pkg.signatures:
         raise UsageError(f"{path}: the package has no signature to log")
     out: list[LogEntry] = []
@@ -138,7 +121,7 @@ def _certificate_entry(path: Path) -> LogEntry:
 
     from stockade.translog import CertificateEntry
 
-    data = _read(path)
+    data = read_file(path)
     try:
         cert = (
             x509.load_pem_x509_certificate(data)
@@ -181,7 +164,7 @@ def append(
         elif kind == "certificate":
             entries.append(_certificate_entry(path))
         else:
-            entries.append(RefusalDigestEntry(hashlib.sha256(_read(path)).digest()))
+            entries.append(RefusalDigestEntry(hashlib.sha256(read_file(path)).digest()))
     with TransparencyLog.open(state_dir) as tlog:
         first, sth = tlog.append(entries)
         head = verify_tree_head(sth, [tlog.key])
@@ -209,7 +192,7 @@ def get(state_dir: Path, index: int, out: Path | None) -> None:
     with TransparencyLog.open(state_dir, writable=False) as tlog:
         data = tlog.entry(index)
     if out is not None:
-        _write(out, data)
+        write_atomic(out, data)
     _echo_json({"index": index, "leaf_hash": leaf_hash(data).hex(), **describe(decode_entry(data))})
 
 
@@ -227,7 +210,7 @@ def head(state_dir: Path, size: int | None, out: Path | None) -> None:
         raw = tlog.tree_head if size is None else tlog.tree_head_for(size)
         verified = verify_tree_head(raw, [tlog.key])
     if out is not None:
-        _write(out, raw)
+        write_atomic(out, raw)
     _echo_json(_head_doc(verified))
 
 
@@ -252,7 +235,7 @@ def prove(state_dir: Path, index: int, size: int | None, out: Path | None) -> No
         entry = tlog.entry(index)
         verified = verify_tree_head(sth, [tlog.key])
     if out is not None:
-        _write(out, proof.to_cbor())
+        write_atomic(out, proof.to_cbor())
     _echo_json(
         {
             "inclusion_proof": proof.to_json(),
@@ -278,7 +261,7 @@ def consistency(state_dir: Path, old: int, new: int, out: Path | None) -> None:
         proof = tlog.consistency_proof(old, new)
         heads = [verify_tree_head(s, [tlog.key]) for s in (old_sth, new_sth)]
     if out is not None:
-        _write(out, proof.to_cbor())
+        write_atomic(out, proof.to_cbor())
     _echo_json(
         {
             "consistency_proof": proof.to_json(),
@@ -312,7 +295,7 @@ def _json_proof(data: bytes, key: str, what: str) -> dict[str, Any]:
 def _load_inclusion(path: Path) -> InclusionProof:
     from stockade.translog import InclusionProof
 
-    data = _read(path)
+    data = read_file(path)
     if not data.lstrip().startswith(b"{"):
         return InclusionProof.from_cbor(data)
     doc = _json_proof(data, "inclusion_proof", f"{path}")
@@ -325,7 +308,7 @@ def _load_inclusion(path: Path) -> InclusionProof:
 def _load_consistency(path: Path) -> ConsistencyProof:
     from stockade.translog import ConsistencyProof
 
-    data = _read(path)
+    data = read_file(path)
     if not data.lstrip().startswith(b"{"):
         return ConsistencyProof.from_cbor(data)
     doc = _json_proof(data, "consistency_proof", f"{path}")
@@ -341,7 +324,7 @@ def _load_keys(paths: tuple[Path, ...]) -> list[LogKey]:
     keys = []
     for p in paths:
         try:
-            keys.append(LogKey.from_pem(_read(p)))
+            keys.append(LogKey.from_pem(read_file(p)))
         except MalformedLogData as exc:
             raise UsageError(f"--key {p}: {exc}") from None
     return keys
@@ -431,11 +414,11 @@ def verify(
         if head_file is None or not key_files:
             raise UsageError("offline verification needs --tree-head FILE and --key FILE")
         keys = _load_keys(key_files)
-        sth = _read(head_file)
+        sth = read_file(head_file)
         if proof_file is not None:
             if entry_file is None or old_head_file is not None:
                 raise UsageError("--proof needs the ENTRY file and no --old-tree-head")
-            entry = _read(entry_file)
+            entry = read_file(entry_file)
             result = verify_inclusion(entry, _load_inclusion(proof_file), sth, keys)
             doc = {"verified": "inclusion", "index": result.index, **_head_doc(result.tree_head)}
             line = f"entry {result.index} is in the log's tree of size {result.tree_head.size} (signed tree head verified)"
@@ -443,7 +426,7 @@ def verify(
             assert consistency_file is not None
             if old_head_file is None or entry_file is not None:
                 raise UsageError("--consistency needs --old-tree-head FILE and no ENTRY")
-            both = verify_consistency(_read(old_head_file), sth, _load_consistency(consistency_file), keys)
+            both = verify_consistency(read_file(old_head_file), sth, _load_consistency(consistency_file), keys)
             doc = {"verified": "consistency", "old_size": both.old.size, **_head_doc(both.new)}
             line = f"the tree of size {both.new.size} extends the one of size {both.old.size} (both heads verified)"
     if as_json:

@@ -7,34 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from stockade.commands._fileio import read_file, write_atomic
 from stockade.commands._output import json_option
 from stockade.errors import UsageError
 
 if TYPE_CHECKING:
     from stockade.package import Package
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _doc(pkg: Package) -> dict[str, Any]:
@@ -75,7 +58,7 @@ def build(directory: Path, out: Path | None, as_json: bool) -> None:
         if "/" in name or "\x00" in name or name.startswith("."):
             raise UsageError(f"the package name {name!r} is not usable as a file name; give -o FILE")
         out = Path(f"{name}.stockade")
-    _write_atomic(out, data)
+    write_atomic(out, data)
     if as_json:
         click.echo(json.dumps({"package": str(out), "digest": pkg.digest.hex(), "size": len(data)}))
     else:
@@ -122,7 +105,7 @@ def inspect(path: Path, as_json: bool) -> None:
     are listed, not verified: use `stockade package verify`)."""
     from stockade.package import Package
 
-    pkg = Package.from_bytes(_read(path))
+    pkg = Package.from_bytes(read_file(path))
     doc = _doc(pkg)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
@@ -177,9 +160,9 @@ def sign(path: Path, key_path: Path, role: str, out: Path | None, as_json: bool)
     from stockade.package import sign as sign_package
 
     key = load_private_key(key_path)
-    data = sign_package(_read(path), key, role)
+    data = sign_package(read_file(path), key, role)
     pkg = Package.from_bytes(data)
-    _write_atomic(out or path, data)
+    write_atomic(out or path, data)
     kid = key_id(key.public_key())
     if as_json:
         click.echo(
@@ -216,7 +199,7 @@ def verify(path: Path, signers: tuple[Path, ...], required: int, as_json: bool) 
     names = {key_id(k): str(p) for k, p in zip(keys, signers, strict=True)}
     if required > len(names):
         raise UsageError(f"--require {required} but only {len(names)} distinct trusted key(s) given")
-    pkg = Package.from_bytes(_read(path))
+    pkg = Package.from_bytes(read_file(path))
     verified = verify_signatures(pkg, keys, required)
     signer_docs = [{"kid": s.kid, "role": s.role, "key": names[s.kid]} for s in verified.signers]
     doc: dict[str, Any] = {

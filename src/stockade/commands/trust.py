@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from stockade.commands._fileio import read_file
 from stockade.commands._output import json_option
 from stockade.errors import UsageError
 
@@ -23,13 +24,6 @@ if TYPE_CHECKING:
     from stockade.package.trust import TrustReport
 
 _STYLE = {"pass": "green", "fail": "bold red", "unknown": "yellow", "info": "cyan"}
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _print_report(path: Path, report: TrustReport) -> None:
@@ -89,7 +83,7 @@ def trust(path: Path, signers: tuple[Path, ...], rebuild_dir: Path | None, as_js
     from stockade.package.trust import TrustedKey, trust_report
 
     keys = [TrustedKey(str(p), load_public_key(p)) for p in signers]
-    data = _read(path)
+    data = read_file(path)
     if rebuild_dir is not None and not (rebuild_dir / "Stockade.toml").is_file():
         raise UsageError(f"--rebuild {rebuild_dir}: no Stockade.toml there")
     report = trust_report(data, keys, rebuild_dir)
