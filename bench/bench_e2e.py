@@ -216,8 +216,6 @@ def main() -> int:
         "stockade_e2e_ms_median": round(e, 1),
         "ratio": round(e / b, 2),
         "target_ratio": 1.5,
-        "bare_wasmtime_cpu_ms_median": round(statistics.median(CPU_MS["bare"]), 1),
-        "stockade_e2e_cpu_ms_median": round(statistics.median(CPU_MS["cold"]), 1),
         "steps_ms_median": {k: round(statistics.median(v), 2) for k, v in sorted(steps.items())},
     }
     result["cpu_ms_median"] = {k: round(statistics.median(v), 1) for k, v in CPU_MS.items()}
