@@ -13,7 +13,15 @@ import pytest
 from etcd_support import EtcdServer, running_etcd
 from stockade.errors import FleetError, UsageError
 from stockade.fleet.etcd import Endpoint, Etcd, FleetConfig, parse_endpoints, read_password
-from stockade.fleet.record import HostRecord, Offer, drain_prefix, hosts_prefix, parse_record, read_fleet
+from stockade.fleet.record import (
+    HostRecord,
+    Offer,
+    drain_prefix,
+    hosts_prefix,
+    parse_label_options,
+    parse_record,
+    read_fleet,
+)
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +219,10 @@ def test_user_and_password(tmp_path: Path) -> None:
             Etcd(config(server, "/t-auth/")).get("/t-auth/x")
         with pytest.raises(UsageError, match="no password"):
             Etcd(config(server, "/t-auth/", user="root")).get("/t-auth/x")
+
+
+def test_label_options() -> None:
+    assert parse_label_options("--host-label", ("b=2", "a=x=y", "c=")) == (("b", "2"), ("a", "x=y"), ("c", ""))
+    for bad in ("novalue", "=v"):
+        with pytest.raises(UsageError, match=f"--fleet-label '{bad}': expected KEY=VALUE"):
+            parse_label_options("--fleet-label", (bad,))

@@ -278,25 +278,16 @@ def deploy(
     if fleet is None:
         return _deploy(connection, opts, sim_root, crl_ders)
     from stockade.commands._fleet_deploy import FleetRequest, deploy_fleet
+    from stockade.fleet.record import parse_label_options
 
     request = FleetRequest(
         fleet,
         prefer_platform,
-        _parse_labels(host_labels),
+        parse_label_options("--host-label", host_labels),
         fleet_attempts,
         backend_given=ctx.get_parameter_source("backend") is not click.core.ParameterSource.DEFAULT,
     )
     return deploy_fleet(request, connection, opts, sim_root, crl_ders)
-
-
-def _parse_labels(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    labels = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--host-label {item!r}: expected KEY=VALUE")
-        labels.append((key, value))
-    return tuple(labels)
 
 
 def _read_crl(path: Path) -> bytes:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from stockade.errors import FleetError
+from stockade.errors import FleetError, UsageError
 
 if TYPE_CHECKING:
     from stockade.fleet.etcd import Etcd
@@ -45,6 +45,19 @@ _LABEL_VALUE_RE: Final = re.compile(r"^[A-Za-z0-9._:/=+-]{0,63}$")
 _NAME_RE: Final = re.compile(r"^[a-z0-9-]{1,16}$")
 _HEX_RE: Final = re.compile(r"^[0-9a-f]{0,192}$")
 _VERSION_RE: Final = re.compile(r"^[A-Za-z0-9.+_-]{1,64}$")
+
+
+def parse_label_options(option: str, items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` values of a repeatable label option (``--fleet-label``
+    of a host, ``--host-label`` of a deploy) into (key, value) pairs, in
+    order; UsageError naming ``option`` for one without ``=`` or key."""
+    labels = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} {item[:80]!r}: expected KEY=VALUE")
+        labels.append((key, value))
+    return tuple(labels)
 
 
 def hosts_prefix(prefix: str) -> str:

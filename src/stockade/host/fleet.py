@@ -55,7 +55,7 @@ import anyio.to_thread
 
 from stockade.errors import FleetError, UsageError
 from stockade.fleet.etcd import Etcd, FleetConfig
-from stockade.fleet.record import HostRecord, Offer, check_host_id, parse_record
+from stockade.fleet.record import HostRecord, Offer, check_host_id, parse_label_options, parse_record
 from stockade.host.manager.status import FleetMembership
 
 log = logging.getLogger("stockade.host.fleet")
@@ -159,13 +159,7 @@ def free_memory_mib(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
     """``--fleet-label k=v`` values into a dict (checked as a record is)."""
-    labels: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--fleet-label {item[:80]!r}: expected KEY=VALUE")
-        labels[key] = value
-    return labels
+    return dict(parse_label_options("--fleet-label", items))
 
 
 def offers_of(backends: tuple[str, ...], measurements: dict[str, bytes]) -> tuple[Offer, ...]:
