@@ -255,6 +255,33 @@ def device_report(
     req = ctypes.create_string_buffer(req_bytes, len(req_bytes))
     resp = ctypes.create_string_buffer(REPORT_RESP_SIZE)
     guest = bytearray(encode_guest_request(ctypes.addressof(req), ctypes.addressof(resp)))
+
+    def explain(exc: OSError, vmm_error: int) -> str | None:
+        if certificates and exc.errno == errno.EIO and vmm_error == SNP_GUEST_VMM_ERR_INVALID_LEN:
+            needed = ext_report_certs_len(req.raw)
+            return (
+                f"{name} on {device}: the host's certificates need {needed} bytes, more than the "
+                f"driver's maximum of {CERTS_BUFFER_SIZE}"
+            )
+        return None
+
+    _guest_ioctl(device, request, name, guest, ioctl, explain)
+    report = decode_report_resp(resp.raw)
+    table = certs.raw if certificates else b""
+    return report, table
+
+
+def _guest_ioctl(
+    device: Path,
+    request: int,
+    name: str,
+    guest: bytearray,
+    ioctl: IoctlFn,
+    explain: Callable[[OSError, int], str | None] = lambda exc, vmm_error: None,
+) -> None:
+    """One ``snp_guest_request_ioctl`` on ``device``; a failure is an
+    SnpGuestError with the firmware and VMM error codes the driver wrote
+    back (``explain`` may give a more specific message for a failure)."""
     try:
         fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
@@ -263,21 +290,14 @@ def device_report(
         ioctl(fd, request, guest)
     except OSError as exc:
         fw_error, vmm_error = decode_exitinfo2(bytes(guest))
-        if certificates and exc.errno == errno.EIO and vmm_error == SNP_GUEST_VMM_ERR_INVALID_LEN:
-            needed = ext_report_certs_len(req.raw)
-            raise SnpGuestError(
-                f"{name} on {device}: the host's certificates need {needed} bytes, more than the "
-                f"driver's maximum of {CERTS_BUFFER_SIZE}"
-            ) from None
+        detail = explain(exc, vmm_error)
         raise SnpGuestError(
-            f"{name} on {device} failed: {exc.strerror} (errno {exc.errno}, "
+            detail
+            or f"{name} on {device} failed: {exc.strerror} (errno {exc.errno}, "
             f"firmware error 0x{fw_error:x}, VMM error 0x{vmm_error:x})"
         ) from None
     finally:
         os.close(fd)
-    report = decode_report_resp(resp.raw)
-    table = certs.raw if certificates else b""
-    return report, table
 
 
 def device_derived_key(
@@ -294,20 +314,7 @@ def device_derived_key(
     req = ctypes.create_string_buffer(req_bytes, len(req_bytes))
     resp = ctypes.create_string_buffer(KEY_RESP.size)
     guest = bytearray(encode_guest_request(ctypes.addressof(req), ctypes.addressof(resp)))
-    try:
-        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SnpGuestError(f"cannot open {device}: {exc.strerror} (errno {exc.errno})") from None
-    try:
-        ioctl(fd, SNP_GET_DERIVED_KEY, guest)
-    except OSError as exc:
-        fw_error, vmm_error = decode_exitinfo2(bytes(guest))
-        raise SnpGuestError(
-            f"SNP_GET_DERIVED_KEY on {device} failed: {exc.strerror} (errno {exc.errno}, "
-            f"firmware error 0x{fw_error:x}, VMM error 0x{vmm_error:x})"
-        ) from None
-    finally:
-        os.close(fd)
+    _guest_ioctl(device, SNP_GET_DERIVED_KEY, "SNP_GET_DERIVED_KEY", guest, ioctl)
     key = decode_derived_key_resp(resp.raw)
     if len(key) != DERIVED_KEY_SIZE:  # pragma: no cover - the struct gives 32
         raise MalformedEvidence("MSG_KEY_RSP key is not 32 bytes")
