@@ -738,6 +738,17 @@ def _on(value: str | None) -> bool:
     return value in ("Y", "y", "1")
 
 
+def _cpu_req(vendor: str, flags: frozenset[str], flag: str, maker: tuple[str, str], bios: str) -> Requirement:
+    """The CPU requirement: /proc/cpuinfo lists ``flag``; else why not
+    (another vendor than ``maker`` (vendor id, name), or the flag is
+    missing), with what the BIOS must enable."""
+    if flag in flags:
+        return Requirement("CPU", "ok", f"{vendor}, /proc/cpuinfo lists {flag}")
+    if vendor and vendor != maker[0]:
+        return Requirement("CPU", "missing", f"{vendor}: not an {maker[1]} CPU", bios)
+    return Requirement("CPU", "missing", f"/proc/cpuinfo does not list {flag}", bios)
+
+
 def _kernel_req(
     release: str, version: tuple[int, int] | None, need: tuple[int, int], what: str
 ) -> Requirement:
@@ -803,12 +814,7 @@ def _snp_host(
         "needs an AMD EPYC 7003 (Milan) or newer with SEV-SNP enabled in the BIOS "
         "(SMEE, SEV-SNP, SNP memory coverage / RMP table, IOMMU on)"
     )
-    if "sev_snp" in flags:
-        reqs.append(Requirement("CPU", "ok", f"{vendor}, /proc/cpuinfo lists sev_snp"))
-    elif vendor and vendor != "AuthenticAMD":
-        reqs.append(Requirement("CPU", "missing", f"{vendor}: not an AMD CPU", bios))
-    else:
-        reqs.append(Requirement("CPU", "missing", "/proc/cpuinfo does not list sev_snp", bios))
+    reqs.append(_cpu_req(vendor, flags, "sev_snp", ("AuthenticAMD", "AMD"), bios))
     reqs.append(_kernel_req(release, kversion, K_KVM_SNP, "KVM SEV-SNP host support"))
     module_fix = (
         "boot with kvm_amd.sev=1 kvm_amd.sev_es=1 kvm_amd.sev_snp=1 (or put "
@@ -904,12 +910,7 @@ def _tdx_host(
         "needs a 4th-gen Xeon Scalable (Sapphire Rapids) or newer with TDX enabled in the BIOS "
         "(TME, TME-MT, TDX, SEAM loader, TDX key split > 0)"
     )
-    if "tdx_host_platform" in flags:
-        reqs.append(Requirement("CPU", "ok", f"{vendor}, /proc/cpuinfo lists tdx_host_platform"))
-    elif vendor and vendor != "GenuineIntel":
-        reqs.append(Requirement("CPU", "missing", f"{vendor}: not an Intel CPU", bios))
-    else:
-        reqs.append(Requirement("CPU", "missing", "/proc/cpuinfo does not list tdx_host_platform", bios))
+    reqs.append(_cpu_req(vendor, flags, "tdx_host_platform", ("GenuineIntel", "Intel"), bios))
     reqs.append(_kernel_req(release, kversion, K_KVM_TDX, "KVM TDX host support"))
     module_fix = "boot with kvm_intel.tdx=1 (host kernel built with CONFIG_INTEL_TDX_HOST)"
     if not (root / "sys/module/kvm_intel").is_dir():
