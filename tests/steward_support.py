@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +81,6 @@ class Running:
     url: str
     steward: service.Steward
     ca: x509.Certificate
-    server: Any
-    thread: threading.Thread
 
 
 @contextlib.contextmanager
@@ -103,23 +99,10 @@ def run_steward(
     tlog, log_cert, close_log = service.open_log(ca, state_dir, pin, dt.datetime.now(dt.UTC))
     try:
         steward = service.Steward(ca, tlog, log_cert, trust)
-        tls = service.ServerTls(ca, ("127.0.0.1",), lock=steward.lock)
-        app = service.create_app(steward, rate=rate, burst=burst, max_request=max_request)
-        config = service.uvicorn_config(app, "127.0.0.1", 0, tls, log_level=log_level)
-        server = service.make_server(config, tls)
-        thread = threading.Thread(target=server.run, name="steward", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test steward did not start")
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield Running(f"https://127.0.0.1:{port}", steward, ca.certificate, server, thread)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=20)
+        with service.serving(
+            steward, rate=rate, burst=burst, max_request=max_request, log_level=log_level
+        ) as url:
+            yield Running(url, steward, ca.certificate)
     finally:
         close_log()
 

@@ -47,7 +47,12 @@ from steward_support import (
 )
 from stockade.binding.reportdata import identity_report_data, report_data_for, steward_report_data
 from stockade.cli import main
-from stockade.errors import CertificateRequestRefused, LogProofError, WorkloadCertificateInvalid
+from stockade.errors import (
+    CertificateRequestRefused,
+    LogProofError,
+    ProtocolError,
+    WorkloadCertificateInvalid,
+)
 from stockade.evidence.sim import chip as simchip
 from stockade.evidence.sim.psp import SimPsp
 from stockade.steward import api
@@ -317,6 +322,16 @@ def test_oversize_and_malformed_requests_are_refused_unlogged(steward: Running) 
     assert _post(steward, api.CERTIFY, b"\xa0", "application/json")[0] == 415
     status, _, data = _post(steward, api.CERTIFY, api.dumps({"nonce": b""}))
     assert status == 400 and "keys" in api.parse_problem(data)[api.PD_DETAIL]
+    assert steward.steward.log.size == size
+
+
+def test_a_certificate_the_ca_cannot_sign_is_neither_answered_nor_logged(
+    steward: Running, psp: SimPsp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = steward.steward.log.size
+    monkeypatch.setattr(steward.steward, "lifetime", dt.timedelta(hours=25))  # beyond the profile
+    with pytest.raises(ProtocolError, match="HTTP 500: certificate lifetime"):
+        _request(steward, psp)
     assert steward.steward.log.size == size
 
 

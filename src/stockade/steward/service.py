@@ -35,6 +35,7 @@ from files only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -45,7 +46,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,8 +306,12 @@ class Steward:
         except Refused as refusal:
             digest = hashlib.sha256(body).digest()
             with self.lock:
-                index, _ = self.log.append([RefusalDigestEntry(digest)])
-                position = self._position(index)
+                try:
+                    index, _ = self.log.append([RefusalDigestEntry(digest)])
+                    position = self._position(index)
+                except StockadeError as exc:
+                    log.error("cannot log a refusal: %s", exc.detail)
+                    raise ApiProblem(500, "steward-error", "the steward could not log", exc.detail) from None
                 self.refused += 1
             log.info(
                 "refused (%s) request sha256:%s; log entry %d", refusal.rule[:80], digest.hex()[:16], index
@@ -320,12 +325,19 @@ class Steward:
             return Outcome(403, doc, api.PROBLEM)
         not_before = now.replace(microsecond=0)
         with self.lock:
-            cert = issue(
-                self.ca, appraised.csr, appraised.claims, not_before=not_before, lifetime=self.lifetime
-            )
-            der = cert.public_bytes(serialization.Encoding.DER)
-            index, _ = self.log.append([CertificateEntry(der)])
-            position = self._position(index)
+            try:
+                cert = issue(
+                    self.ca, appraised.csr, appraised.claims, not_before=not_before, lifetime=self.lifetime
+                )
+                der = cert.public_bytes(serialization.Encoding.DER)
+                # Answered only once its entry is durable in the log and
+                # under a signed tree head: a certificate that is not in
+                # the log never leaves the steward.
+                index, _ = self.log.append([CertificateEntry(der)])
+                position = self._position(index)
+            except StockadeError as exc:
+                log.error("cannot issue: %s", exc.detail)
+                raise ApiProblem(500, "steward-error", "the steward could not issue", exc.detail) from None
             self.issued += 1
         log.info(
             "issued serial %x for %s (%s); log entry %d",
@@ -650,3 +662,36 @@ def open_log(
             close()
 
     return tlog, cert, close_all
+
+
+@contextlib.contextmanager
+def serving(
+    steward: Steward,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    rate: float = DEFAULT_RATE,
+    burst: int = DEFAULT_BURST,
+    max_request: int = api.MAX_REQUEST,
+    log_level: str = "warning",
+    start_timeout: float = 20.0,
+) -> Iterator[str]:
+    """Serve ``steward`` in a thread of this process (tests, benchmarks,
+    embedding); yields its URL (``https://HOST:PORT``, the port the
+    kernel chose for 0) and stops the server on exit."""
+    tls = ServerTls(steward.ca, (host,), lock=steward.lock)
+    app = create_app(steward, rate=rate, burst=burst, max_request=max_request)
+    server = make_server(uvicorn_config(app, host, port, tls, log_level=log_level), tls)
+    thread = threading.Thread(target=server.run, name="steward", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise UsageError(f"the steward did not start on {host}:{port}")
+            time.sleep(0.02)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        yield f"https://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=start_timeout)
