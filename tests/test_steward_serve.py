@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import http.client
 import os
@@ -550,3 +551,61 @@ def test_http_client_sees_problem_details_for_unknown_paths(steward: Running) ->
     assert status == 404 and media == api.PROBLEM
     assert api.parse_problem(data)[api.PD_TYPE] == "http"
     assert http.client.responses[status] == "Not Found"
+
+
+# --------------------------------------------------------------------------- docs/steward-api.cddl
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+API_CDDL = (DOCS / "steward-api.cddl").read_text() + "\n" + (DOCS / "protocol.cddl").read_text()
+
+
+@functools.cache
+def _schema(rule: str) -> Any:
+    import pycddl
+
+    return pycddl.Schema(f"root = {rule}\n{API_CDDL}")
+
+
+def _valid(rule: str, data: bytes) -> bool:
+    import pycddl
+
+    try:
+        _schema(rule).validate_cbor(data)
+    except pycddl.ValidationError:
+        return False
+    except BaseException as exc:  # pycddl panics on some mismatches (tests/test_translog_cddl.py)
+        if type(exc).__name__ != "PanicException":
+            raise
+        return False
+    return True
+
+
+def test_api_answers_match_the_cddl(steward: Running, psp: SimPsp, state_dir: Path) -> None:
+    """Every kind of answer, from the running steward, against docs/steward-api.cddl."""
+    with Connection(steward.url, steward.ca) as conn:
+        assert _valid("challenge-request", api.dumps({}))
+        assert _valid("challenge-response", conn.expect("POST", api.CHALLENGE, api.dumps({})))
+        good = _raw_certify(steward, psp)
+        assert _valid("certify-request", good)
+        ok = _post(steward, api.CERTIFY, good)
+        assert ok[0] == 200 and _valid("certify-response", ok[2])
+        refused = _post(steward, api.CERTIFY, good)  # the nonce is used up
+        assert refused[0] == 403 and _valid("certify-refusal", refused[2])
+        other = SimPsp(simchip.load_chip(state_dir), bytes.fromhex("6b" * 48))
+        policy_refusal = _post(steward, api.CERTIFY, _raw_certify(steward, other))
+        assert "rows" in api.parse_problem(policy_refusal[2])["refusal"]
+        assert policy_refusal[0] == 403 and _valid("certify-refusal", policy_refusal[2])
+        assert _valid("ca-response", conn.expect("GET", api.CA))
+        assert _valid("head-response", conn.expect("GET", api.LOG_HEAD))
+        assert _valid("entries-response", conn.expect("GET", f"{api.LOG_ENTRIES}?start=0&count=3"))
+        assert _valid("inclusion-response", conn.expect("GET", f"{api.LOG_INCLUSION}?index=0"))
+        assert _valid("consistency-response", conn.expect("GET", f"{api.LOG_CONSISTENCY}?old=1"))
+        for status, path in ((404, f"{api.LOG_INCLUSION}?index=999999"), (400, f"{api.LOG_ENTRIES}?start=x")):
+            code, media, data = conn.call("GET", path)
+            assert (code, media) == (status, api.PROBLEM) and _valid("steward-problem", data), data
+    for body, media in ((b"\xa0" * (api.MAX_REQUEST + 1), api.CBOR), (b"{}", "application/json")):
+        code, _, data = _post(steward, api.CERTIFY, body, media)
+        assert code in (413, 415) and _valid("steward-problem", data)
+    # A mutated answer is refused by the schema.
+    assert not _valid("certify-response", api.dumps({"certificate": b"x"}))
+    assert not _valid("certify-refusal", ok[2])

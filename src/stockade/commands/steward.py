@@ -1,5 +1,5 @@
-"""``stockade steward init|show``: the steward's certificate authority
-(stockade.steward; docs/steward.md). ``serve`` is *planned*.
+"""``stockade steward init|show|serve``: the steward's certificate
+authority and its HTTPS service (stockade.steward; docs/steward.md).
 
 The CA key is in a file (development only; ``init`` says so loudly) or
 generated in a PKCS#11 token (``--pkcs11-module LIB --token-label
@@ -9,7 +9,8 @@ printed or stored.
 
 Exit codes: 0 ok; 2 usage (bad command line, a state directory that is
 not empty or not a steward's, an unreadable file, a PKCS#11 module, token,
-key or PIN that does not work)."""
+key or PIN that does not work; ``serve`` without a policy); 3 ``serve``
+could not start its server."""
 
 from __future__ import annotations
 
