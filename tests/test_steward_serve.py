@@ -609,3 +609,56 @@ def test_api_answers_match_the_cddl(steward: Running, psp: SimPsp, state_dir: Pa
     # A mutated answer is refused by the schema.
     assert not _valid("certify-response", api.dumps({"certificate": b"x"}))
     assert not _valid("certify-refusal", ok[2])
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_challenges_expire_and_are_used_once() -> None:
+    from stockade.steward.appraise import Challenges, Refused
+
+    ch = Challenges(ttl_ms=1000, max_outstanding=2)
+    a, expires = ch.issue(0)
+    assert expires == 1000
+    ch.take(a, 999)
+    with pytest.raises(Refused, match="already used"):
+        ch.take(a, 999)
+    b, _ = ch.issue(0)
+    with pytest.raises(Refused, match="expired"):
+        ch.take(b, 1000)
+    ch.issue(0), ch.issue(0)
+    from stockade.steward.appraise import TooManyChallenges
+
+    with pytest.raises(TooManyChallenges):
+        ch.issue(10)
+    ch.issue(1000)  # the expired ones make room
+    with pytest.raises(Refused, match="32-byte"):
+        ch.take(b"short", 0)
+
+
+def test_rate_limit_refills_per_address() -> None:
+    from stockade.steward.service import RateLimit
+
+    now = [0.0]
+    limit = RateLimit(60.0, 2, clock=lambda: now[0])
+    assert limit.take("a") == 0 and limit.take("a") == 0
+    assert limit.take("a") == pytest.approx(1.0)
+    assert limit.take("b") == 0  # another address has its own bucket
+    now[0] = 1.0
+    assert limit.take("a") == 0
+
+
+def test_server_certificate_names_the_host_and_is_renewed(tmp_path: Path, steward: Running) -> None:
+    from stockade.steward.service import ServerTls
+
+    with create_ca(tmp_path / "state", "tls CA") as ca:
+        tls = ServerTls(ca, ("127.0.0.1", "steward.example"), lifetime=dt.timedelta(hours=1))
+        first = tls.not_after
+        tls.renew_if_due(dt.datetime.now(dt.UTC))
+        assert tls.not_after == first  # not due
+        tls.renew_if_due(first - dt.timedelta(minutes=10))
+        assert tls.not_after > first
+    # The running steward's certificate names 127.0.0.1 only: another name fails.
+    port = steward.url.rsplit(":", 1)[1]
+    with pytest.raises(StewardUnreachable, match="pinned steward CA"):
+        fetch_log_key(f"https://localhost:{port}", ca=steward.ca)
