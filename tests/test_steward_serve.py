@@ -58,7 +58,7 @@ from stockade.evidence.sim import chip as simchip
 from stockade.evidence.sim.psp import SimPsp
 from stockade.steward import api
 from stockade.steward.appraise import StewardTrust
-from stockade.steward.ca import create_ca
+from stockade.steward.ca import create_ca, open_ca
 from stockade.steward.request import (
     Connection,
     Issued,
@@ -460,6 +460,21 @@ def test_log_verify_steward_detects_a_rewritten_entry(
             )
     assert result.exit_code == 110, result.output
     assert "an entry was rewritten" in result.output
+    # Or the operator drops the last entries and re-signs the shorter log
+    # (the CA is reopened: the one above was closed with its steward).
+    shorter = tmp_path / "shorter"
+    with TransparencyLog.create(shorter, signer=signer) as new:
+        new.append([entries[0]])
+    (shorter / "log.key").write_bytes((log_dir / "log.key").read_bytes())
+    os.chmod(shorter / "log.key", 0o600)
+    os.rename(log_dir, tmp_path / "forged-before")
+    os.rename(shorter, log_dir)
+    with open_ca(sdir) as ca, run_steward(ca, sdir, trust) as running:
+        result = _cli(
+            "log", "verify", "--steward", running.url, "--steward-ca", str(ca_pem), "--tree-head", str(saved)
+        )
+    assert result.exit_code == 110, result.output
+    assert "entries were dropped" in result.output
 
 
 # --------------------------------------------------------------------------- the command
