@@ -461,7 +461,7 @@ def test_log_verify_steward_detects_a_rewritten_entry(
     assert result.exit_code == 110, result.output
     assert "an entry was rewritten" in result.output
     # Or the operator drops the last entries and re-signs the shorter log
-    # (the CA is reopened: the one above was closed with its steward).
+    # (the CA reopened from its state directory).
     shorter = tmp_path / "shorter"
     with TransparencyLog.create(shorter, signer=signer) as new:
         new.append([entries[0]])
