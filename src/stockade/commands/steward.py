@@ -301,7 +301,11 @@ def serve(
             steward_log = logging.getLogger("stockade.steward")
             if not steward_log.handlers:  # uvicorn configures its own loggers only
                 handler = logging.StreamHandler()
-                handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+                from uvicorn.logging import DefaultFormatter
+
+                handler.setFormatter(
+                    DefaultFormatter("%(levelprefix)s %(name)s: %(message)s", use_colors=False)
+                )
                 steward_log.addHandler(handler)
                 steward_log.setLevel(logging.INFO)
             logging.getLogger("stockade.steward").info(
@@ -315,6 +319,14 @@ def serve(
                 if any(p.startswith("sim") for p in policy.platforms)
                 else "sim refused",
             )
+            if "sim" in policy.platforms and trust.sim_root is None:
+                steward_log.warning(
+                    "the policy allows sim but no --sim-root was given: sim evidence cannot verify"
+                )
+            if "sim-tdx" in policy.platforms and trust.sim_tdx_root is None:
+                steward_log.warning(
+                    "the policy allows sim-tdx but no --sim-tdx-root was given: sim-tdx evidence cannot verify"
+                )
             server = service.make_server(config, tls)
             with contextlib.suppress(KeyboardInterrupt):
                 server.run()
