@@ -508,6 +508,8 @@ def create_app(
 
     from starlette.exceptions import HTTPException
 
+    from stockade.steward.signatures import routes as signature_routes
+
     app = Starlette(
         routes=[
             Route(api.CHALLENGE, challenge, methods=["POST"]),
@@ -517,6 +519,7 @@ def create_app(
             Route(api.LOG_ENTRIES, entries, methods=["GET"]),
             Route(api.LOG_INCLUSION, inclusion, methods=["GET"]),
             Route(api.LOG_CONSISTENCY, consistency, methods=["GET"]),
+            *signature_routes(steward, limited, _read_body, ApiProblem),  # package signatures
         ],
         exception_handlers={ApiProblem: on_problem, HTTPException: on_http},
     )
