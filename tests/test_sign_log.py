@@ -518,3 +518,69 @@ def test_run_with_require_log_deploys_a_logged_package_and_refuses_an_unlogged_o
     err = proc.stderr.decode()
     assert "workload.require_log" in err and "no inclusion proof" in err
     assert b"Hello" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- the steward's own policy
+
+
+def test_steward_policy_require_log_certifies_only_logged_signers(tmp_path: Path, state_dir: Path) -> None:
+    import datetime as dt
+
+    from steward_support import DIGEST, MEASUREMENT, events, new_key, policy_toml, register_of, sim_evidence
+    from stockade.errors import CertificateRequestRefused
+    from stockade.evidence.sim.psp import SimPsp
+    from stockade.package.signing import signed_bytes
+    from stockade.steward import service
+    from stockade.steward.request import request_certificate
+
+    key = Ed25519PrivateKey.generate()
+    raw = raw_public_key(key.public_key())
+    sdir = tmp_path / "state"
+    psp = SimPsp(simchip.load_chip(state_dir), MEASUREMENT)
+    with create_ca(sdir, "require_log CA") as ca:
+        tlog, _, close = service.open_log(ca, sdir, None, dt.datetime.now(dt.UTC))
+        log_id = tlog.key.log_id
+        close()
+        text = policy_toml(signers=(raw,)) + f'require_log = true\nlog_keys = ["{log_id.hex()}"]\n'
+        trust = StewardTrust(policy=loads_policy(text, "<steward>"), sim_root=simchip.sim_root(state_dir))
+        with run_steward(ca, sdir, trust) as running:
+            evs = events(signer=raw)
+
+            def certify() -> Any:
+                return request_certificate(
+                    running.url,
+                    ca=running.ca,
+                    key=new_key(),
+                    register=register_of(evs),
+                    events=evs,
+                    evidence=sim_evidence(psp),
+                )
+
+            with pytest.raises(CertificateRequestRefused) as info:
+                certify()
+            problem = info.value.problem  # type: ignore[attr-defined]
+            assert problem["refusal"]["rule"] == "workload.require_log"
+            assert "0 of the 1" in problem["refusal"]["actual"]
+            # Logged with another role than the Keep measured: still refused.
+            reviewer = PackageSignatureEntry(
+                DIGEST, raw, "reviewer", key.sign(signed_bytes(DIGEST, "reviewer"))
+            )
+            log_signature(running.url, reviewer, ca=running.ca)
+            with pytest.raises(CertificateRequestRefused, match="in this steward's log"):
+                certify()
+            author = PackageSignatureEntry(DIGEST, raw, "author", key.sign(signed_bytes(DIGEST, "author")))
+            log_signature(running.url, author, ca=running.ca)
+            issued = certify()
+            # A policy that pins another log does not count this steward's entries.
+            from stockade.steward.signatures import signature_log
+
+            state = signature_log(running.steward)
+            assert state.holds(DIGEST, raw, "author", (log_id,))
+            assert not state.holds(DIGEST, raw, "author", (bytes(32),))
+            from cryptography import x509
+
+            from stockade.steward.verify import verify_workload_certificate
+
+            cert = x509.load_der_x509_certificate(issued.certificate)
+            identity = verify_workload_certificate([cert], running.ca, dt.datetime.now(dt.UTC))
+            assert identity.signer_keys == (raw,)

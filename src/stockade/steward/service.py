@@ -66,6 +66,7 @@ from stockade.steward import api
 from stockade.steward.appraise import Challenges, Refused, StewardTrust, TooManyChallenges, appraise_request
 from stockade.steward.ca import CertificateAuthority, build_certificate
 from stockade.steward.profile import DEFAULT_LIFETIME, issue
+from stockade.steward.signatures import signature_log
 from stockade.translog import CertificateEntry, RefusalDigestEntry, TransparencyLog
 
 log = logging.getLogger("stockade.steward")
@@ -302,7 +303,7 @@ class Steward:
         now = self.clock()
         try:
             self.challenges.take(request.nonce, self._now_ms(now))
-            appraised = appraise_request(request, True, self.trust, now)
+            appraised = appraise_request(request, True, self.trust, now, logged=signature_log(self).holds)
         except Refused as refusal:
             digest = hashlib.sha256(body).digest()
             with self.lock:

@@ -30,6 +30,8 @@ this very entry in a tree whose signed head verifies under that key.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -118,16 +120,33 @@ class SignatureLog:
     def __init__(self, steward: Steward) -> None:
         self.steward = steward
         self._known: dict[bytes, int] = {}
+        self._statements: dict[tuple[bytes, bytes, str], int] = {}
         self._scanned = 0
         self.logged = 0
+
+    def _note(self, data: bytes, entry: PackageSignatureEntry, index: int) -> None:
+        self._known[data] = index
+        self._statements.setdefault((entry.package_digest, entry.signer_key, entry.role), index)
 
     def _catch_up(self) -> None:
         tlog = self.steward.log
         while self._scanned < tlog.size:
             data = tlog.entry(self._scanned)
-            if isinstance(decode_entry(data), PackageSignatureEntry):
-                self._known[data] = self._scanned
+            entry = decode_entry(data)
+            if isinstance(entry, PackageSignatureEntry):
+                self._note(data, entry, self._scanned)
             self._scanned += 1
+
+    def holds(self, digest: bytes, signer_key: bytes, role: str, log_ids: tuple[bytes, ...]) -> bool:
+        """Whether this steward's log is one of ``log_ids`` and holds a
+        signature by ``signer_key`` as ``role`` over ``digest`` (the
+        appraisal's ``[workload] require_log`` check; every entry was
+        verified before it was appended)."""
+        if self.steward.log.key.log_id not in log_ids:
+            return False
+        with self.steward.lock:
+            self._catch_up()
+            return (digest, signer_key, role) in self._statements
 
     def record(self, body: bytes) -> dict[str, Any]:
         """Check and log one statement; the answer body (module docstring)."""
@@ -139,7 +158,7 @@ class SignatureLog:
                 index = self._known.get(data)
                 if index is None:
                     index, _ = self.steward.log.append([entry])
-                    self._known[data] = index
+                    self._note(data, entry, index)
                     self._scanned = max(self._scanned, index + 1)
                     self.logged += 1
                     fresh = True
@@ -162,6 +181,20 @@ class SignatureLog:
         return position.to_map()
 
 
+_STATE: weakref.WeakKeyDictionary[Steward, SignatureLog] = weakref.WeakKeyDictionary()
+_STATE_LOCK = threading.Lock()
+
+
+def signature_log(steward: Steward) -> SignatureLog:
+    """The one :class:`SignatureLog` of ``steward`` (the endpoint and the
+    appraisal share it)."""
+    with _STATE_LOCK:
+        state = _STATE.get(steward)
+        if state is None:
+            state = _STATE[steward] = SignatureLog(steward)
+        return state
+
+
 def routes(
     steward: Steward,
     limited: Callable[[Request], None],
@@ -175,7 +208,7 @@ def routes(
     from starlette.responses import Response
     from starlette.routing import Route
 
-    state = SignatureLog(steward)
+    state = signature_log(steward)
 
     async def package_signature(request: Request) -> Response:
         limited(request)
