@@ -437,6 +437,11 @@ def test_a_malformed_log_field_is_a_malformed_package(tmp_path: Path, keys: dict
     good = SignatureLog(3, b"head", (bytes(32),), b"key")
     data = _with_log(pkg.read_bytes(), Package.from_bytes(pkg.read_bytes()).signatures[0].kid, good)
     assert Package.from_bytes(data).signatures[0].log == good
+    import pycddl
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "package.md").read_text()
+    schema = pycddl.Schema(doc.split("```cddl\n", 1)[1].split("```", 1)[0])
+    schema.validate_cbor(data)  # the documented CDDL says the same as the parser
     top = cbor2.loads(data)
     for mutate, message in (
         (lambda log: log.update(extra=1), "exactly the keys"),
