@@ -589,3 +589,18 @@ def test_steward_policy_require_log_certifies_only_logged_signers(tmp_path: Path
             cert = x509.load_der_x509_certificate(issued.certificate)
             identity = verify_workload_certificate([cert], running.ca, dt.datetime.now(dt.UTC))
             assert identity.signer_keys == (raw,)
+
+
+def test_signing_again_keeps_the_stored_proof(
+    steward: Running, ca_pem: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    pkg = _package(tmp_path)
+    _sign_logged(pkg, keys["author"], steward, ca_pem)
+    logged = Package.from_bytes(pkg.read_bytes()).signatures[0].log
+    assert logged is not None
+    # The same key and role: the same signature (Ed25519 is deterministic), still logged.
+    assert _sign(pkg, keys["author"]).exit_code == 0
+    assert Package.from_bytes(pkg.read_bytes()).signatures[0].log == logged
+    # Another role: another signature, which the old proof is not for.
+    assert _sign(pkg, keys["author"], role="reviewer").exit_code == 0
+    assert Package.from_bytes(pkg.read_bytes()).signatures[0].log is None

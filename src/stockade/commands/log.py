@@ -518,7 +518,7 @@ def _check_signature_entry(index: int, entry: PackageSignatureEntry) -> None:
         Ed25519PublicKey.from_public_bytes(entry.signer_key).verify(
             entry.sig, signed_bytes(entry.package_digest, entry.role)
         )
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         raise LogProofError(
             f"log entry {index}: a package signature that does not verify over its digest and role"
         ) from None

@@ -30,6 +30,7 @@ this very entry in a tree whose signed head verifies under that key.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
     from starlette.routing import Route
 
     from stockade.steward.service import Steward
+
+log = logging.getLogger("stockade.steward")
 
 PATH: Final = "/v1/log/package-signature"
 #: The largest body read: a package-signature entry is about 200 bytes.
@@ -99,7 +102,10 @@ def check_statement(body: bytes) -> PackageSignatureEntry:
         raise Refusal(
             400, "bad-request", f"a {entry.KIND} entry; this endpoint logs package-signature entries"
         )
-    key = Ed25519PublicKey.from_public_bytes(entry.signer_key)
+    try:
+        key = Ed25519PublicKey.from_public_bytes(entry.signer_key)
+    except ValueError:
+        raise Refusal(422, INVALID, "signer-key is not an Ed25519 public key") from None
     try:
         key.verify(entry.sig, signed_bytes(entry.package_digest, entry.role))
     except InvalidSignature:
@@ -168,9 +174,7 @@ class SignatureLog:
                 position = api.LogPosition(index, self.steward.log.tree_head_for(proof.size), proof.path)
             except StockadeError as exc:
                 raise Refusal(500, "steward-error", f"the steward could not log: {exc.detail}") from None
-        import logging
-
-        logging.getLogger("stockade.steward").info(
+        log.info(
             "%s package signature (%s, key %s) over %s; log entry %d",
             "logged" if fresh else "already logged",
             entry.role,
