@@ -604,3 +604,35 @@ def test_signing_again_keeps_the_stored_proof(
     # Another role: another signature, which the old proof is not for.
     assert _sign(pkg, keys["author"], role="reviewer").exit_code == 0
     assert Package.from_bytes(pkg.read_bytes()).signatures[0].log is None
+
+
+def test_endpoint_bodies_match_the_api_cddl(steward: Running) -> None:
+    """The endpoint's request, answer and refusal against docs/steward-api.cddl."""
+    import pycddl
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    cddl = (docs / "steward-api.cddl").read_text() + "\n" + (docs / "protocol.cddl").read_text()
+
+    def valid(rule: str, data: bytes) -> bool:
+        try:
+            pycddl.Schema(f"root = {rule}\n{cddl}").validate_cbor(data)
+        except pycddl.ValidationError:
+            return False
+        return True
+
+    from stockade.package.signing import signed_bytes
+
+    key = Ed25519PrivateKey.generate()
+    digest = hashlib.sha256(b"cddl").digest()
+    entry = PackageSignatureEntry(
+        digest, raw_public_key(key.public_key()), "author", key.sign(signed_bytes(digest, "author"))
+    )
+    body = encode_entry(entry)
+    assert valid("package-signature-request", body)
+    with Connection(steward.url, steward.ca) as conn:
+        status, media, answer = conn.call("POST", PATH, body)
+        assert (status, media) == (200, api.CBOR) and valid("package-signature-response", answer)
+        bad = encode_entry(dataclasses.replace(entry, role="reviewer"))
+        status, media, problem = conn.call("POST", PATH, bad)
+        assert (status, media) == (422, api.PROBLEM) and valid("steward-problem", problem)
+    assert not valid("package-signature-response", api.dumps({"log-index": 1}))
