@@ -351,6 +351,15 @@ def test_a_proof_for_another_package_or_key_is_refused(
     a.write_bytes(_with_log(a.read_bytes(), rkid, proof_a))
     with pytest.raises(UnloggedSignatures, match="inclusion proof does not hold for this package"):
         _expect(a, _policy([_raw(keys["reviewer"])], [log_key.log_id]))
+    # The same key's signature of package a, as another role than the one logged.
+    c = _package(tmp_path, "c")
+    _sign_logged(c, keys["author"], steward, ca_pem)
+    proof_c = Package.from_bytes(c.read_bytes()).signatures[0].log
+    assert _sign(c, keys["author"], role="reviewer").exit_code == 0
+    c.write_bytes(_with_log(c.read_bytes(), kid, proof_c))
+    assert Package.from_bytes(c.read_bytes()).signatures[0].role == "reviewer"
+    with pytest.raises(UnloggedSignatures, match="inclusion proof does not hold for this package"):
+        _expect(c, pol)
 
 
 def test_a_tampered_proof_is_refused(
