@@ -339,6 +339,27 @@ def expectations(opts: RunOptions, prepared: Prepared, policy: Policy) -> tuple[
             f"{opts.wasm} has digest {prepared.digest.hex()}, which is not among {pin_source}"
         )
     notes: list[str] = []
+    if keys and policy.workload is not None and policy.workload.require_log:
+        # [workload] require_log is enforced here, by the client, before
+        # anything is sent: only signatures with an inclusion proof under a
+        # pinned log key count, and only their keys go to the Keep as
+        # trusted signers, so the Keep verifies and measures exactly those
+        # (docs/policy.md, "require_log").
+        from stockade.package.logproof import require_logged
+
+        keys = list(
+            require_logged(
+                prepared.parsed,
+                keys,
+                policy.workload.log_keys,
+                required,
+                enforcer=f"policy {policy.name!r}, checked by this client before deploying",
+            )[0]
+        )
+        notes.append(
+            f"  logged       {len(keys)} trusted signature(s) have inclusion proofs under a pinned log key "
+            "(require_log, checked here; only they count)"
+        )
     if keys:
         verified = verify_signatures(prepared.parsed, keys, required)
         roles = ", ".join(f"{s.role} {s.kid[:16]}…" for s in verified.signers)

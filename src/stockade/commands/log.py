@@ -25,7 +25,7 @@ from stockade.commands._output import json_option
 from stockade.errors import MalformedLogData, UsageError
 
 if TYPE_CHECKING:
-    from stockade.translog import LogEntry, LogKey
+    from stockade.translog import LogEntry, LogKey, PackageSignatureEntry
     from stockade.translog.treehead import ConsistencyProof, InclusionProof, VerifiedTreeHead
 
 KINDS = ("package-signature", "certificate", "refusal-digest")
@@ -505,6 +505,25 @@ def recover(state_dir: Path, as_json: bool) -> None:
         click.echo(f"nothing to recover; tree size {size}")
 
 
+def _check_signature_entry(index: int, entry: PackageSignatureEntry) -> None:
+    """A package-signature entry's signature verifies under the key it
+    names, over its digest and role (stockade.package.signing)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from stockade.errors import LogProofError
+    from stockade.package.signing import signed_bytes
+
+    try:
+        Ed25519PublicKey.from_public_bytes(entry.signer_key).verify(
+            entry.sig, signed_bytes(entry.package_digest, entry.role)
+        )
+    except (InvalidSignature, ValueError):
+        raise LogProofError(
+            f"log entry {index}: a package signature that does not verify over its digest and role"
+        ) from None
+
+
 def _verify_steward(
     url: str, ca_file: Path, head_file: Path | None, key_files: tuple[Path, ...], save_head: Path | None
 ) -> tuple[dict[str, Any], str]:
@@ -522,6 +541,7 @@ def _verify_steward(
     from stockade.translog import (
         CertificateEntry,
         ConsistencyProof,
+        PackageSignatureEntry,
         decode_entry,
         merkle,
         verify_consistency,
@@ -579,6 +599,7 @@ def _verify_steward(
             "(an entry was rewritten or dropped)"
         )
     counts: dict[str, int] = {}
+    signatures: list[tuple[int, PackageSignatureEntry]] = []
     for i, e in enumerate(entries):
         entry = decode_entry(e)
         counts[entry.KIND] = counts.get(entry.KIND, 0) + 1
@@ -589,10 +610,15 @@ def _verify_steward(
                 raise LogProofError(
                     f"log entry {i}: a certificate the pinned steward CA did not issue"
                 ) from None
+        elif isinstance(entry, PackageSignatureEntry):
+            _check_signature_entry(i, entry)
+            signatures.append((i, entry))
     line = (
         f"steward log verified: {head.size} entries ({counts.get('certificate', 0)} certificates, "
-        f"{counts.get('refusal-digest', 0)} refusals) hash to its signed tree head; every certificate "
-        "in it was issued by the pinned CA"
+        f"{counts.get('refusal-digest', 0)} refusals"
+        + (f", {len(signatures)} package signatures" if signatures else "")
+        + ") hash to its signed tree head; every certificate in it was issued by the pinned CA"
+        + (" and every package signature verifies over its digest and role" if signatures else "")
     )
     if old is not None:
         assert proof is not None
@@ -609,10 +635,27 @@ def _verify_steward(
     )
     if save_head is not None:
         write_atomic(save_head, raw)
+    import hashlib
+
+    for i, se in signatures:
+        line += (
+            f"\n  entry {i}: package sha256:{se.package_digest.hex()} signed as {se.role} by key "
+            f"{hashlib.sha256(se.signer_key).hexdigest()}"
+        )
+
     doc = {
         "verified": "steward-log",
         "certificates": counts.get("certificate", 0),
         "refusals": counts.get("refusal-digest", 0),
+        "package_signatures": [
+            {
+                "index": i,
+                "package_digest": se.package_digest.hex(),
+                "kid": hashlib.sha256(se.signer_key).hexdigest(),
+                "role": se.role,
+            }
+            for i, se in signatures
+        ],
         "extends_saved_head": old.size if old is not None else None,
         **_head_doc(head),
     }

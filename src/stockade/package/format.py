@@ -74,24 +74,87 @@ def content_digest(manifest: dict[str, Any], files: dict[str, bytes]) -> bytes:
     return hashlib.sha256(_canonical({"v": FORMAT_VERSION, "manifest": manifest, "files": files})).digest()
 
 
+#: Keys of a signature's ``log`` map (docs/package.md, "Signatures in the log").
+_LOG_KEYS = ("index", "inclusion", "key", "tree-head")
+#: An RFC 9162 inclusion proof has at most one hash per tree level: 64 for
+#: every tree of fewer than 2**64 entries.
+MAX_LOG_PROOF = 64
+#: A signed tree head is ~150 bytes (Ed25519) or ~160 (ECDSA P-256); a log
+#: key's SubjectPublicKeyInfo 44 (Ed25519) or 91 bytes (P-256).
+MAX_LOG_TREE_HEAD = 1024
+MAX_LOG_KEY = 256
+
+
+@dataclass(frozen=True)
+class SignatureLog:
+    """Where a signature is in a transparency log, as ``stockade package
+    sign --log`` stored it next to the signature: the entry's ``index``,
+    the signed tree head (CBOR, as stockade.translog serialises it), the
+    RFC 9162 inclusion proof for ``index`` in that tree, and the log's
+    public key (SubjectPublicKeyInfo DER; its SHA-256 is the log ID a
+    policy pins). Parsing checks the shape only; the proof is verified by
+    :mod:`stockade.package.logproof` against pinned log IDs."""
+
+    index: int
+    tree_head: bytes
+    inclusion: tuple[bytes, ...]
+    key: bytes
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "inclusion": list(self.inclusion),
+            "key": self.key,
+            "tree-head": self.tree_head,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str) -> SignatureLog:
+        where = f"{where}.log"
+        if not isinstance(m, dict) or set(m) != set(_LOG_KEYS):
+            raise WorkloadRejected(f"{where}: expected a map with exactly the keys {', '.join(_LOG_KEYS)}")
+        index, proof = m["index"], m["inclusion"]
+        if type(index) is not int or index < 0:
+            raise WorkloadRejected(f"{where}: index must be an unsigned integer")
+        if (
+            not isinstance(proof, list)
+            or len(proof) > MAX_LOG_PROOF
+            or not all(isinstance(h, bytes) and len(h) == 32 for h in proof)
+        ):
+            raise WorkloadRejected(f"{where}: inclusion must be at most {MAX_LOG_PROOF} 32-byte hashes")
+        for key, limit in (("tree-head", MAX_LOG_TREE_HEAD), ("key", MAX_LOG_KEY)):
+            if not isinstance(m[key], bytes) or not 0 < len(m[key]) <= limit:
+                raise WorkloadRejected(f"{where}: {key} must be a byte string of 1 to {limit} bytes")
+        return cls(index=index, tree_head=m["tree-head"], inclusion=tuple(proof), key=m["key"])
+
+
 @dataclass(frozen=True)
 class Signature:
     """One detached signature entry (docs/package.md). ``kid`` is the
-    SHA-256 hex of the signer's raw 32-byte Ed25519 public key."""
+    SHA-256 hex of the signer's raw 32-byte Ed25519 public key. ``log``,
+    when present, says where the signature is in a transparency log; it is
+    outside the signed bytes and, like every signature, outside the
+    content digest."""
 
     alg: str
     kid: str
     role: str
     sig: bytes
+    log: SignatureLog | None = None
 
     def to_map(self) -> dict[str, Any]:
-        return {"alg": self.alg, "kid": self.kid, "role": self.role, "sig": self.sig}
+        m: dict[str, Any] = {"alg": self.alg, "kid": self.kid, "role": self.role, "sig": self.sig}
+        if self.log is not None:
+            m["log"] = self.log.to_map()
+        return m
 
     @classmethod
     def from_map(cls, m: Any, index: int) -> Signature:
         where = f"package: signatures[{index}]"
-        if not isinstance(m, dict) or set(m) != set(_SIG_KEYS):
-            raise WorkloadRejected(f"{where}: expected a map with exactly the keys {', '.join(_SIG_KEYS)}")
+        if not isinstance(m, dict) or set(m) - {"log"} != set(_SIG_KEYS):
+            raise WorkloadRejected(
+                f"{where}: expected a map with exactly the keys {', '.join(_SIG_KEYS)} (and optionally log)"
+            )
         if m["alg"] != SIG_ALG:
             raise WorkloadRejected(f"{where}: unsupported alg {m['alg']!r} (expected {SIG_ALG!r})")
         kid = m["kid"]
@@ -101,7 +164,8 @@ class Signature:
             raise WorkloadRejected(f"{where}: role {m['role']!r} is not one of {', '.join(ROLES)}")
         if not isinstance(m["sig"], bytes) or len(m["sig"]) != 64:
             raise WorkloadRejected(f"{where}: sig must be a 64-byte Ed25519 signature")
-        return cls(alg=m["alg"], kid=kid, role=m["role"], sig=m["sig"])
+        log = SignatureLog.from_map(m["log"], where) if "log" in m else None
+        return cls(alg=m["alg"], kid=kid, role=m["role"], sig=m["sig"], log=log)
 
 
 @dataclass(frozen=True)

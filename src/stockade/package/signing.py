@@ -92,6 +92,9 @@ def sign(package_bytes: bytes, private_key: Ed25519PrivateKey, role: str = "auth
     pkg = Package.from_bytes(package_bytes)
     kid = key_id(private_key.public_key())
     new = Signature(alg=SIG_ALG, kid=kid, role=role, sig=private_key.sign(signed_bytes(pkg.digest, role)))
+    old = next((s for s in pkg.signatures if s.kid == kid), None)
+    if old is not None and (old.role, old.sig) == (new.role, new.sig):
+        new = old  # the same signature (Ed25519 is deterministic): keep where it is logged
     others = tuple(s for s in pkg.signatures if s.kid != kid)
     return dataclasses.replace(pkg, signatures=(*others, new)).to_bytes()
 

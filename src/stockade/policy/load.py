@@ -88,7 +88,7 @@ REGISTER_SIZES = {**dict.fromkeys(TDX_REGISTERS, 48), **dict.fromkeys(SGX_REGIST
 
 _COMBINATORS = ("all_of", "any_of", "not")
 _TOP_ONLY = ("version", "name", "description", "allow_debug", "allow_migration_agent", "workload")
-_WORKLOAD_KEYS = ("signers", "min_signatures", "digests")
+_WORKLOAD_KEYS = ("signers", "min_signatures", "digests", "require_log", "log_keys")
 _GENERIC = ("platforms", "measurements", "max_age", "max_collateral_age", *PLATFORMS, *_COMBINATORS)
 _SNP_KEYS = (
     "products",
@@ -387,7 +387,27 @@ class _Loader:
             minimum = self.integer(table["min_signatures"], (*path, "min_signatures"), 1, len(signers))
         else:
             minimum = 1 if signers else 0
-        return WorkloadRequirements(signers=signers, min_signatures=minimum, digests=digests)
+        require_log = (
+            self.boolean(table["require_log"], (*path, "require_log")) if "require_log" in table else False
+        )
+        log_keys = self.hexes(table["log_keys"], (*path, "log_keys"), (32,)) if "log_keys" in table else ()
+        if require_log and not signers:
+            self.fail((*path, "require_log"), "require_log without signers (it applies to their signatures)")
+        if require_log and not log_keys:
+            self.fail(
+                (*path, "require_log"),
+                "require_log needs log_keys: the log ID(s) (SHA-256 of the log key's SubjectPublicKeyInfo) "
+                "whose signed tree heads you trust",
+            )
+        if log_keys and not require_log:
+            self.fail((*path, "log_keys"), "log_keys without require_log = true")
+        return WorkloadRequirements(
+            signers=signers,
+            min_signatures=minimum,
+            digests=digests,
+            require_log=require_log,
+            log_keys=log_keys,
+        )
 
 
 # --- key handlers: (table kind, key) -> rules -------------------------------------------

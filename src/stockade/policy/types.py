@@ -38,6 +38,12 @@ class WorkloadRequirements:
     signers: tuple[bytes, ...] = ()
     min_signatures: int = 0
     digests: tuple[bytes, ...] = ()
+    #: Count only signatures that carry an inclusion proof under a tree
+    #: head signed by one of ``log_keys`` (log IDs: SHA-256 of the log
+    #: key's SubjectPublicKeyInfo); the deploying client enforces it
+    #: (stockade.package.logproof, stockade.client.plan).
+    require_log: bool = False
+    log_keys: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

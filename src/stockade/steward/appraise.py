@@ -18,7 +18,9 @@ under explicit roots, with no network.
    accepts the verified claims (platforms, measurements, TCB, debug...);
 6. the package digest and the signer keys the Keep measured satisfy the
    policy's ``[workload]`` table (``digests``, ``signers`` with
-   ``min_signatures``).
+   ``min_signatures``; with ``require_log``, only signers whose signature
+   of this digest with the measured role is in the steward's own log
+   count: stockade.steward.signatures).
 
 A refusal raises :class:`Refused` (a CertificateRequestRefused, exit 112)
 naming the rule, the expected and the actual value, like a policy
@@ -180,11 +182,24 @@ def _verify_evidence(data: bytes, trust: StewardTrust, at: datetime) -> registry
         ) from None
 
 
+#: Whether the steward's own log holds the package signature (package
+#: digest, raw signer key, role) and is one of the log IDs given
+#: (stockade.steward.signatures.SignatureLog.holds).
+LoggedLookup = Callable[[bytes, bytes, str, tuple[bytes, ...]], bool]
+
+
 def appraise_request(
-    request: CertifyRequest, nonce_checked: bool, trust: StewardTrust, at: datetime
+    request: CertifyRequest,
+    nonce_checked: bool,
+    trust: StewardTrust,
+    at: datetime,
+    logged: LoggedLookup | None = None,
 ) -> Appraised:
     """Appraise ``request`` (module docstring). ``nonce_checked``: the
-    caller took the nonce from its :class:`Challenges` (step 1)."""
+    caller took the nonce from its :class:`Challenges` (step 1).
+    ``logged``: how a policy's ``[workload] require_log`` is checked (the
+    steward looks the measured signers up in its own log); without it such
+    a policy refuses every request."""
     if not nonce_checked:
         raise TypeError("take the nonce from the steward's Challenges first")
     checks = ["nonce: issued by this steward, unexpired, first use"]
@@ -252,6 +267,23 @@ def appraise_request(
                     + (", ".join(sorted(d.hex()[:16] for d in measured)) or "none")
                     + ")",
                 )
+            if wr.require_log:
+                roles = {e.digest: e.name for e in request.events if e.kind == "signer"}
+                in_log = [
+                    raw
+                    for raw in vouched
+                    if logged is not None
+                    and logged(package.digest, raw, roles[hashlib.sha256(raw).digest()], wr.log_keys)
+                ]
+                if len(in_log) < wr.min_signatures:
+                    raise Refused(
+                        "workload.require_log",
+                        f"at least {wr.min_signatures} signature(s) by keys of workload.signers recorded in "
+                        "this steward's log (its log ID among workload.log_keys)",
+                        f"{len(in_log)} of the {len(vouched)} the Keep verified are in this steward's log",
+                    )
+                vouched = in_log
+                checks.append("workload: the counted signatures are in this steward's log (require_log)")
             signer_keys = tuple(vouched)
         checks.append("workload: package digest and signers allowed by the policy")
     try:

@@ -66,6 +66,7 @@ from stockade.steward import api
 from stockade.steward.appraise import Challenges, Refused, StewardTrust, TooManyChallenges, appraise_request
 from stockade.steward.ca import CertificateAuthority, build_certificate
 from stockade.steward.profile import DEFAULT_LIFETIME, issue
+from stockade.steward.signatures import signature_log
 from stockade.translog import CertificateEntry, RefusalDigestEntry, TransparencyLog
 
 log = logging.getLogger("stockade.steward")
@@ -302,7 +303,7 @@ class Steward:
         now = self.clock()
         try:
             self.challenges.take(request.nonce, self._now_ms(now))
-            appraised = appraise_request(request, True, self.trust, now)
+            appraised = appraise_request(request, True, self.trust, now, logged=signature_log(self).holds)
         except Refused as refusal:
             digest = hashlib.sha256(body).digest()
             with self.lock:
@@ -510,6 +511,8 @@ def create_app(
 
     from starlette.exceptions import HTTPException
 
+    from stockade.steward.signatures import routes as signature_routes
+
     app = Starlette(
         routes=[
             Route(api.CHALLENGE, challenge, methods=["POST"]),
@@ -519,6 +522,7 @@ def create_app(
             Route(api.LOG_ENTRIES, entries, methods=["GET"]),
             Route(api.LOG_INCLUSION, inclusion, methods=["GET"]),
             Route(api.LOG_CONSISTENCY, consistency, methods=["GET"]),
+            *signature_routes(steward, limited, _read_body, ApiProblem),  # package signatures
         ],
         exception_handlers={ApiProblem: on_problem, HTTPException: on_http},
     )
