@@ -20,14 +20,10 @@ import contextlib
 import datetime as dt
 import json
 import os
-import signal
-import socket
-import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from stockade.steward.request import fetch_log_key
 from stockade.steward.verify import verify_workload_certificate
+from stockade.testing.steward import Steward, free_port, steward_server
 from stockade.translog import CertificateEntry, encode_entry
 from stockade.translog.merkle import leaf_hash, verify_inclusion
 from stockade.translog.treehead import verify_tree_head
@@ -46,100 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello" / "hello.wasm"
 #: The P-256 group order (SEC 2 v2, section 2.4.2): valid private scalars are 1..N-1.
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Steward:
-    url: str
-    ca: Path
-    state: Path
-    log: Path
-
-
-def _wait_ready(url_port: int, ca: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"steward serve exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with (
-                socket.create_connection(("127.0.0.1", url_port), timeout=2) as raw,
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1"),
-            ):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"steward serve not ready after 60 s: {log.read_text()[-2000:]}")
-
-
-@contextlib.contextmanager
-def steward_server(tmp: Path, run_state: Path, policy: Path | None = None) -> Iterator[Steward]:
-    """``stockade steward init`` + ``serve`` on 127.0.0.1 (a free port),
-    trusting the test session's sim chip; stopped and reaped on exit."""
-    from stockade.evidence.sim.chip import sim_crl, sim_root
-
-    state = tmp / "steward"
-    env = {**os.environ, "STOCKADE_STATE_DIR": str(run_state)}
-    init = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stockade",
-            "steward",
-            "init",
-            "--state-dir",
-            str(state),
-            "--name",
-            "test steward",
-        ],
-        capture_output=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-    assert init.returncode == 0, init.stderr.decode()
-    root, crl = tmp / "sim-root.der", tmp / "sim.crl"
-    root.write_bytes(sim_root(run_state))
-    crl.write_bytes(sim_crl(run_state))
-    port = _free_port()
-    log = tmp / "steward.log"
-    trust = ["--policy", str(policy)] if policy is not None else ["--allow-sim"]
-    argv = [
-        sys.executable,
-        "-m",
-        "stockade",
-        "steward",
-        "serve",
-        "--state-dir",
-        str(state),
-        "--listen",
-        f"127.0.0.1:{port}",
-        *trust,
-        "--sim-root",
-        str(root),
-        "--crl",
-        str(crl),
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        _wait_ready(port, state / "ca.pem", proc, log)
-        yield Steward(f"https://127.0.0.1:{port}", state / "ca.pem", state, log)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +138,7 @@ def test_an_unreachable_steward_fails(steward: Steward, stockade: Callable[..., 
         "run",
         "--allow-sim",
         "--steward",
-        f"https://127.0.0.1:{_free_port()}",
+        f"https://127.0.0.1:{free_port()}",
         "--steward-ca",
         str(steward.ca),
         str(HELLO),
