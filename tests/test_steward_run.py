@@ -95,6 +95,36 @@ def test_run_prints_one_certificate_line(steward: Steward, stockade: Callable[..
     assert "steward      " in proc.stderr.decode()  # the summary names the steward
 
 
+def test_deploy_host_gets_a_certificate(
+    steward: Steward, state_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``deploy --host``: a Keep of a keep manager gets its certificate the
+    same way (the manager's sim Keeps connect on the host's network)."""
+    from manager_support import deploy, running_server
+
+    with running_server(state_dir, tmp_path_factory) as server:
+        proc = deploy(
+            server,
+            "--allow-sim",
+            "--json",
+            "--steward",
+            steward.url,
+            "--steward-ca",
+            str(steward.ca),
+            str(HELLO),
+            "--",
+            "Host",
+        )
+    assert proc.returncode == 0, proc.stderr.decode()
+    doc = json.loads(proc.stdout)
+    assert doc["stdout"] == "Hello, Host!\narguments: 1\n"
+    cert = x509.load_pem_x509_certificate(doc["certificate"].encode())
+    ca = x509.load_pem_x509_certificate(steward.ca.read_bytes())
+    identity = verify_workload_certificate([cert], ca, dt.datetime.now(dt.UTC))
+    assert identity.package_digest.hex() == doc["workload"]["package_digest"]
+    assert doc["inclusion"]["index"] < doc["inclusion"]["tree_size"]
+
+
 def test_a_refusing_steward_fails_the_run_before_the_workload(
     tmp_path: Path, state_dir: Path, stockade: Callable[..., Any]
 ) -> None:
