@@ -8,6 +8,9 @@ a recorder that returns, so the run goes on until the workload ends."""
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -184,3 +187,97 @@ def test_thread_state_tells_sleeping_from_running() -> None:
         asleep.set()
         thread.join()
     assert procfs.thread_state(tid[0]) is None  # gone
+
+
+FALLBACK_STOP = """
+import os, resource, sys, wasmtime
+from pathlib import Path
+from stockade.keep import sandbox
+from stockade.keep.runner import Runner, make_engine
+from stockade.wire.messages import FileEntry, Limits, Workload
+
+box = sandbox.enter(Path(sys.argv[1]), namespaces=False)
+runner = None
+
+def stop(reason):
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    print("stop", reason, runner.limit_error.limit, soft, flush=True)
+    box.cleanup()
+    print("lifted", resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 0, flush=True)
+    os._exit(0)
+
+runner = Runner(make_engine(), lambda fd, data: None, box, stop=stop)
+wasm = wasmtime.wat2wasm(Path(sys.argv[2]).read_text())
+limits = Limits(disk_bytes=4 << 20, timeout_ms=20000)
+runner.run(Workload(wasm=wasm, files=(FileEntry("/", None),), limits=limits))
+print("not stopped")
+"""
+
+
+def test_fallback_disk_monitor_freezes_the_files_then_stops(tmp_path: Path) -> None:
+    """Without namespaces the disk monitor, past the limit, sets
+    RLIMIT_FSIZE to 0 before it calls stop (the workload runs on while a
+    Keep sends its queued output); cleanup lifts it. In a process of its
+    own: RLIMIT_FSIZE binds the whole process."""
+    wat = tmp_path / "fill.wat"
+    fill = (Path(__file__).resolve().parent / "data" / "hostile" / "fill.wat").read_text()
+    wat.write_text(fill.replace("CHUNKS", "16"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", FALLBACK_STOP, str(scratch), str(wat)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["stop disk disk 0", "lifted True"]
+    assert list((scratch / "private").iterdir()) == []
+
+
+def _elf_sections(blob: bytes) -> dict[str, bytes]:
+    """Sections of an ELF64 little-endian file (wasmtime's serialized
+    modules are ELF: section headers at e_shoff, ELF specification)."""
+    shoff = struct.unpack_from("<Q", blob, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", blob, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", blob, shoff + i * shentsize) for i in range(shnum)]
+    names = headers[shstrndx]
+    return {
+        blob[names[4] + h[0] :].split(b"\0", 1)[0].decode(): blob[h[4] : h[4] + h[5]]
+        for h in headers
+        if h[1] != 8  # SHT_NOBITS has no bytes in the file
+    }
+
+
+def test_the_keeps_engine_compiles_the_same_machine_code_as_bare_wasmtime() -> None:
+    """No instrumentation in the Keep's engine: for examples/compute, the
+    machine code (.text) is wasmtime's default engine's, byte for byte;
+    only the engine's settings record differs. Epoch interruption would
+    add its checks (the control)."""
+    wasm = (Path(__file__).resolve().parent.parent / "examples" / "compute" / "compute.wasm").read_bytes()
+
+    def text(engine: wasmtime.Engine) -> bytes:
+        return _elf_sections(bytes(wasmtime.Module(engine, wasm).serialize()))[".text"]
+
+    bare = text(wasmtime.Engine())
+    assert text(make_engine()) == bare
+    epoch = wasmtime.Config()
+    epoch.epoch_interruption = True
+    assert len(text(wasmtime.Engine(epoch))) > len(bare)
+
+
+def test_the_keeps_component_engine_compiles_the_same_machine_code_too() -> None:
+    from wasmtime.component import Component
+
+    from stockade.keep.runner import make_component_engine
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    wasm = (examples / "hello-component" / "hello.component.wasm").read_bytes()
+
+    def text(engine: wasmtime.Engine) -> bytes:
+        return _elf_sections(bytes(Component(engine, wasm).serialize()))[".text"]
+
+    config = wasmtime.Config()
+    config.wasm_component_model = True
+    assert text(make_component_engine()) == text(wasmtime.Engine(config))
