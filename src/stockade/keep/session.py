@@ -338,7 +338,16 @@ class KeepServer:
         reading cannot hold it: the watchdog is still armed."""
         if pump.close() is not None or runner.limit_error is None:
             self._end(None, EXIT_CLIENT_GONE, "the output could not be sent; the Keep ends")
-        self._end(runner.limit_error, EXIT_LIMIT, f"{runner.limit_error.limit} limit hit; the Keep ends")
+        err = runner.limit_error
+        # The timer at the time limit is the Keep's process watchdog for the
+        # run (the one at the limit plus WATCHDOG_GRACE backs it up).
+        why = (
+            f"workload past its time limit ({'blocked in a host call' if 'blocked' in err.detail else 'running'}); "
+            "watchdog ends the Keep"
+            if err.limit == "time"
+            else f"workload past its {err.limit} limit; the Keep ends"
+        )
+        self._end(err, EXIT_LIMIT, why)
 
     def _end(self, err: StockadeError | None, status: int, why: str) -> NoReturn:
         """The one way the Keep ends while its workload may still run (a
