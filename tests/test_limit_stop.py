@@ -281,3 +281,18 @@ def test_the_keeps_component_engine_compiles_the_same_machine_code_too() -> None
     config = wasmtime.Config()
     config.wasm_component_model = True
     assert text(make_component_engine()) == text(wasmtime.Engine(config))
+
+
+def test_disk_limit_stands_when_the_files_cannot_be_summed(tmp_path: Path) -> None:
+    class Unreadable(Scratch):
+        def usage(self) -> tuple[int, bool]:
+            raise OSError("gone")
+
+    rec = Recorder()
+    runner = Runner(make_engine(), rec.emit, Unreadable(tmp_path, private=True, limit=1 << 20), stop=rec.stop)
+    rec.runner = runner
+    runner._interrupt("disk")
+    err = runner.limit_error
+    assert err is not None and err.limit == "disk"
+    assert err.detail == "workload failed at its disk limit (its files fill the 1048576-byte limit)"
+    assert rec.stops == [("disk", err)]

@@ -438,7 +438,13 @@ class Runner:
         if reason == "output":
             return LimitExceeded("workload exceeded its output limit and was stopped", "output")
         if reason == "disk":
-            return self._disk_problem(force=True)
+            try:
+                return self._disk_problem(force=True)
+            except OSError:  # the files cannot be summed: the limit stands
+                return LimitExceeded(
+                    f"workload failed at its disk limit (its files fill the {self._sandbox.limit}-byte limit)",
+                    "disk",
+                )
         return None
 
     def _workload_blocked(self) -> bool:
