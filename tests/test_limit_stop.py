@@ -202,6 +202,10 @@ runner = None
 def stop(reason):
     soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     print("stop", reason, runner.limit_error.limit, soft, flush=True)
+    try:
+        (box.root / "probe").write_bytes(b"x")
+    except OSError as exc:
+        print("write", exc.strerror, flush=True)
     box.cleanup()
     print("lifted", resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 0, flush=True)
     os._exit(0)
@@ -232,8 +236,7 @@ def test_fallback_disk_monitor_freezes_the_files_then_stops(tmp_path: Path) -> N
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["stop disk disk 0", "lifted True"]
-    assert list((scratch / "private").iterdir()) == []
+    assert out.stdout.splitlines() == ["stop disk disk 0", "write File too large", "lifted True"]
 
 
 def _elf_sections(blob: bytes) -> dict[str, bytes]:
@@ -296,3 +299,21 @@ def test_disk_limit_stands_when_the_files_cannot_be_summed(tmp_path: Path) -> No
     assert err is not None and err.limit == "disk"
     assert err.detail == "workload failed at its disk limit (its files fill the 1048576-byte limit)"
     assert rec.stops == [("disk", err)]
+
+
+def test_interrupt_from_code_that_holds_the_runners_lock(scratch: Sandbox) -> None:
+    """Output accounting may hit the limit while it holds the Runner's lock:
+    _interrupt takes the same lock, so it must be reentrant."""
+    rec = Recorder()
+    runner = Runner(make_engine(), rec.emit, scratch, stop=rec.stop)
+    rec.runner = runner
+    done = threading.Event()
+
+    def hit() -> None:
+        with runner._lock:
+            runner._interrupt("output")
+        done.set()
+
+    threading.Thread(target=hit, daemon=True).start()
+    assert done.wait(5), "_interrupt deadlocked under the Runner's lock"
+    assert rec.stops == [("output", runner.limit_error)]

@@ -379,7 +379,9 @@ class Runner:
         #: What the workload's time goes to now: "compiling" until the
         #: module is compiled, then "running" (the watchdog names it).
         self.phase = "compiling"
-        self._lock = threading.Lock()
+        # Reentrant: _interrupt may be called by code that holds it (the
+        # output accounting).
+        self._lock = threading.RLock()
 
     def _writer(self, fd: int) -> Callable[[bytes], None]:
         def write(data: bytes) -> None:

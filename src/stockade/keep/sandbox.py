@@ -190,12 +190,10 @@ class Sandbox:
 
     def cleanup(self) -> None:
         """Remove what the workload left (the fallback directory lives on
-        host storage; a tmpfs dies with the namespace anyway), and lift a
-        :meth:`freeze` (the Keep's log is a file too)."""
-        if self._fsize is not None:
-            with contextlib.suppress(OSError, ValueError):
-                resource.setrlimit(resource.RLIMIT_FSIZE, self._fsize)
-            self._fsize = None
+        host storage; a tmpfs dies with the namespace anyway), then lift a
+        :meth:`freeze` (the Keep's log is a file too). A workload that still
+        runs (the Keep is ending) may create files meanwhile: the loader
+        removes the scratch area after the Keep."""
         for child in list(self.root.iterdir()) if self.root.is_dir() else []:
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
@@ -205,6 +203,10 @@ class Sandbox:
         if self._owned_dir:
             with contextlib.suppress(OSError):
                 self.root.rmdir()
+        if self._fsize is not None:
+            with contextlib.suppress(OSError, ValueError):
+                resource.setrlimit(resource.RLIMIT_FSIZE, self._fsize)
+            self._fsize = None
 
 
 def tree_size(root: Path) -> int:
