@@ -89,6 +89,8 @@ def test_bench_throughput_runs_and_reports_json(tmp_path: Path) -> None:
         ratios = compute[name]["ratio_over_bare_cpu"]
         assert set(ratios) == {"bare", "bare+epoch", "bare+keep_engine", "bare+keep_engine+limits", "keep"}
         assert ratios["bare"] == 1.0 and all(r > 0 for r in ratios.values())
+        same = compute[name]["ratio_keep_over_same_settings"]
+        assert set(same) == {"cpu", "wall"} and all(r > 0 for r in same.values())
     bulk = doc["bulk"]
     assert bulk["requested_local"]["ok"] is True and bulk["measured_bytes"] == 1 << 20
     assert set(bulk["ratio_throughput_over_tls"]) == {"local", "relay"}

@@ -238,6 +238,45 @@ def test_other_engine_configuration_is_another_entry(cache: CompileCache) -> Non
         cache.unseal(other, cache.seal(a, b"x"))
 
 
+#: The engine settings of Keeps before ADR 0029 (epoch interruption on).
+EPOCH_ON = (("epoch_interruption", True),)
+
+
+def _epoch_engine() -> Any:
+    from stockade.keep.runner import DISABLED_FEATURES
+
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    for feature in DISABLED_FEATURES:
+        setattr(config, feature, False)
+    return wasmtime.Engine(config)
+
+
+def test_entries_of_epoch_interruption_engines_are_not_loaded(
+    engine: Any, cache: CompileCache, spy: Spy
+) -> None:
+    """Entries compiled by Keeps with epoch interruption (before ADR 0029)
+    have another engine fingerprint: the Keep's engines, which have none,
+    never look them up; and wasmtime itself refuses that code."""
+    for component in (False, True):
+        assert engine_fingerprint(component) != engine_fingerprint(component, EPOCH_ON)
+    epoch_code = bytes(wasmtime.Module(_epoch_engine(), HELLO).serialize())
+    current = _entry_key(HELLO)
+    old = EntryKey(
+        current.module_sha256, "module", current.wasmtime, engine_fingerprint(False, EPOCH_ON), current.host
+    )
+    cache.dir.mkdir(parents=True)
+    cache.path_for(old).write_bytes(cache.seal(old, epoch_code))
+    _, timing = _compile(engine, cache)
+    assert timing["compile_cached"] == 0 and spy.calls == []  # another entry: not even read
+    assert len(_entries(cache)) == 2  # the old entry and the new one
+    # Had the fingerprint stayed the same, wasmtime would refuse the code.
+    cache.path_for(current).write_bytes(cache.seal(current, epoch_code))
+    _, timing = _compile(engine, cache)
+    assert spy.calls == [epoch_code] and timing["compile_cached"] == 0
+    assert cache.stats.discarded == {"wasmtime refused the authenticated entry": 1}
+
+
 def test_disabled_cache_compiles_and_writes_nothing(engine: Any, tmp_path: Path, spy: Spy) -> None:
     _, timing = _compile(engine, None)
     _, timing = _compile(engine, None)

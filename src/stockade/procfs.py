@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Final
 
-__all__ = ["PROC", "is_alive", "read_stat", "start_time", "status_number"]
+__all__ = ["PROC", "is_alive", "read_stat", "start_time", "status_number", "thread_state"]
 
 PROC: Final = Path("/proc")
 
@@ -72,6 +72,14 @@ def start_time(pid: int | str, *, proc: Path = PROC) -> int | None:
         return int(fields[_STARTTIME])
     except ValueError:
         return None
+
+
+def thread_state(tid: int, *, proc: Path = PROC) -> str | None:
+    """State letter (field 3 of ``/proc/self/task/<tid>/stat``: ``R``
+    running or runnable, ``S`` sleeping, ``D`` waiting in uninterruptible
+    I/O, ...) of thread ``tid`` of this process, or None if it is gone."""
+    fields = read_stat(f"self/task/{tid}", proc=proc)
+    return fields[0] if fields else None
 
 
 def is_alive(pid: int, recorded_start_time: int | None, *, proc: Path = PROC) -> bool:

@@ -1,12 +1,24 @@
 """Run one WASI command in wasmtime, inside the Keep: a preview 1 module
 (``_start``) or a preview 2 component (``wasi:cli/run``, ADR 0020).
 
-Limits (all from the client's Workload message):
+Limits (all from the client's Workload message). The time, output and
+fallback disk limits are not checked by the Wasm code itself: the engines
+run it with no instrumentation (no epoch interruption, no fuel: ADR 0029),
+as bare wasmtime does. When one of them is hit, :meth:`Runner._interrupt`
+(the one entry point: the timer, the output writer, the disk monitor)
+records it and calls the Runner's ``stop``, which in a Keep
+(keep/session.py) sends the output already queued, then the limit's problem
+(exit 116), and ends the Keep process: the workload is stopped with its
+process, whether it runs Wasm code or is blocked in a host call. A Runner
+without ``stop`` (tests, benches) cannot stop running Wasm code: it drops
+output past the limit and reports the limit when the workload ends.
 
-* wall-clock time: wasmtime epoch interruption (a timer bumps the engine's
-  epoch) traps running Wasm code; a call blocked in the host (a sleep in
-  ``poll_oneoff``) is not interrupted by that, so the Keep also runs a process
-  watchdog (keep/session.py) that ends the process;
+* wall-clock time: a timer of ``timeout_ms`` from the start of the run;
+  the problem says "blocked in a host call" when the workload's thread
+  sleeps in the kernel at that moment (``poll_oneoff``, a full output queue).
+  The Keep's process watchdog (keep/session.py) also ends the process
+  ``WATCHDOG_GRACE`` after the limit, which covers the compile (the timer
+  starts with the run) and a stop that cannot send its output;
 * memory, the whole workload's: the engine refuses the WebAssembly features
   that would let a module hold memory outside one linear memory (multi-memory,
   memory64, threads and shared memory, GC and externref, exceptions, ...;
@@ -24,14 +36,16 @@ Limits (all from the client's Workload message):
 * disk: the workload's files live in the Keep's private tmpfs
   (stockade.keep.sandbox) sized to the disk limit; a workload that ends
   abnormally with its files within min(``DISK_SLACK``, limit/8) of the limit
-  (or with no inode left) is reported as the disk limit;
-* output: bytes written to stdout+stderr; past the limit output is dropped
-  and the workload interrupted through the same epoch mechanism.
+  (or with no inode left) is reported as the disk limit; in the fallback
+  (no private tmpfs) a monitor stops the workload past the limit
+  (stockade.keep.sandbox);
+* output: bytes written to stdout+stderr; the bytes up to the limit are
+  sent, the rest dropped, and the workload stopped.
 
 Components (detected from the binary's preamble, stockade.package.format)
 run in an engine that differs from the modules' only by the component model
 being on, with the same WASI configuration (wasmtime-py 50 configures WASI
-preview 2 from the same ``WasiConfig``), the same epoch deadline, sandbox and
+preview 2 from the same ``WasiConfig``), the same stop path, sandbox and
 output accounting, and the same store limits except ``instances``: a
 component is several core instances (``COMPONENT_MAX_INSTANCES``), still
 with one linear memory and ``MAX_TABLES`` tables in all, so the memory
@@ -61,6 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from stockade import procfs
 from stockade.errors import LimitExceeded, WorkloadRejected, WorkloadTrapped
 from stockade.keep.sandbox import MONITOR_INTERVAL_S, Sandbox, SandboxUnavailable, inodes_for
 from stockade.package.format import check_module_bytes, is_component
@@ -142,13 +157,23 @@ COMPONENT_RUN = "wasi:cli/run@0.2"
 MAX_TRAP_MESSAGE = 2000
 
 
+#: Engine settings a Keep makes besides the features (wasmtime.Config
+#: attributes): epoch interruption off, said explicitly (it is off by
+#: default), as the limits do not need it (ADR 0029). It is part of the
+#: compile cache's engine fingerprint: code compiled with epoch checks
+#: (earlier Keeps) is another entry, never loaded by these engines.
+ENGINE_SETTINGS = (("epoch_interruption", False),)
+
+
 def _module_config() -> Any:
-    """The engine configuration of modules: epoch interruption on, every
-    feature of DISABLED_FEATURES off."""
+    """The engine configuration of modules: ENGINE_SETTINGS, every feature
+    of DISABLED_FEATURES off, wasmtime's defaults otherwise (Cranelift,
+    optimization level "speed", as bare wasmtime-py)."""
     import wasmtime
 
     config = wasmtime.Config()
-    config.epoch_interruption = True
+    for name, value in ENGINE_SETTINGS:
+        setattr(config, name, value)
     for feature in DISABLED_FEATURES:
         setattr(config, feature, False)
     # Module.deserialize accepts tampered blobs: the compile cache
@@ -157,11 +182,15 @@ def _module_config() -> Any:
     return config
 
 
-def engine_fingerprint(component: bool) -> str:
+def engine_fingerprint(
+    component: bool, engine_settings: tuple[tuple[str, bool], ...] = ENGINE_SETTINGS
+) -> str:
     """What the compile cache keys an entry's engine by: a digest of every
     setting this module makes (a change of them is another fingerprint;
-    wasmtime also refuses code made under an incompatible configuration)."""
-    settings = [("epoch_interruption", True), *((name, False) for name in DISABLED_FEATURES)]
+    wasmtime also refuses code made under an incompatible configuration).
+    ``engine_settings``: another value than the Keep's only in tests (the
+    fingerprint of the epoch-interruption engines of earlier Keeps)."""
+    settings = [*engine_settings, *((name, False) for name in DISABLED_FEATURES)]
     if component:
         settings += [("wasm_component_model", True), *((n, False) for n in COMPONENT_DISABLED_FEATURES)]
     return hashlib.sha256(repr(settings).encode()).hexdigest()
@@ -305,8 +334,22 @@ class RunOutcome:
     timing_us: dict[str, int] = field(default_factory=dict)
 
 
+#: Samples of the workload thread's state, and the pause between them, that
+#: tell "blocked in a host call" from running Wasm code when the time limit
+#: is hit (blocked: asleep in every sample).
+_STATE_SAMPLES = 3
+_STATE_PAUSE_S = 0.005
+
+
 class Runner:
-    """Executes a Workload; ``emit(fd, data)`` is called as output is written."""
+    """Executes a Workload; ``emit(fd, data)`` is called as output is written.
+
+    ``stop(reason)`` is called once, from whichever thread hits a limit
+    first (the timer, the output writer, the disk monitor), after
+    :attr:`limit_error` is set ("client-gone": the output could not be
+    sent; :attr:`limit_error` stays None). A Keep's ``stop`` ends the
+    process and does not return; if it returns, the run goes on and the
+    limit is reported when the workload ends."""
 
     def __init__(
         self,
@@ -315,11 +358,21 @@ class Runner:
         sandbox: Sandbox,
         cache: CompileCache | None = None,
         service: ServiceIdentity | None = None,
+        stop: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         #: The Keep's service key and steward certificate, when the deployer
         #: asked for one (issue 17): for the workload's network sockets.
         self.service = service
+        self._stop = stop
+        #: The problem of the limit that was hit (set before ``stop`` is called).
+        self.limit_error: LimitExceeded | None = None
+        #: Clear while ``stop`` runs: the run waits for it before it reports
+        #: anything (a Keep's stop ends the process first).
+        self._stop_done = threading.Event()
+        self._stop_done.set()
+        self._finished = False
+        self._thread_id: int | None = None
         #: The sealed compile cache (None: compile every time).
         self.cache = cache
         #: A compiled module or component to store in the cache, and its entry key.
@@ -331,7 +384,9 @@ class Runner:
         #: What the workload's time goes to now: "compiling" until the
         #: module is compiled, then "running" (the watchdog names it).
         self.phase = "compiling"
-        self._lock = threading.Lock()
+        # Reentrant: _interrupt may be called by code that holds it (the
+        # output accounting).
+        self._lock = threading.RLock()
 
     def _writer(self, fd: int) -> Callable[[bytes], None]:
         def write(data: bytes) -> None:
@@ -340,21 +395,78 @@ class Runner:
                 with self._lock:
                     if self.limit_hit:
                         return
-                    if len(data) > self._output_left:
+                    over = len(data) > self._output_left
+                    if over:
                         data = data[: self._output_left]
-                        self._interrupt("output")
                     self._output_left -= len(data)
+                # The bytes up to the limit are queued before the stop, which
+                # sends what is queued before the problem.
                 if data:
                     self._emit(fd, data)
+                if over:
+                    self._interrupt("output")
             except Exception:
                 self._interrupt("client-gone")
 
         return write
 
     def _interrupt(self, reason: str) -> None:
-        if self.limit_hit is None:
+        """A limit is hit ("time", "output", "disk") or the output cannot
+        be sent ("client-gone"): record it (the first one counts) and call
+        ``stop``. Called from any thread, also from inside wasmtime (the
+        output writer): never raises."""
+        with self._lock:
+            if self.limit_hit is not None or self._finished:
+                return
             self.limit_hit = reason
-        self.engine.increment_epoch()
+            self._stop_done.clear()
+        try:
+            self.limit_error = self._limit_problem(reason)
+            if self._stop is not None:
+                self._stop(reason)
+        except Exception:  # noqa: S110 - the limit is recorded; the run reports it
+            pass
+        finally:
+            self._stop_done.set()
+
+    def _settle(self) -> None:
+        """The workload has ended: no stop from now on; a stop under way
+        ends the process (a Keep's) or returns, and is waited for."""
+        with self._lock:
+            self._finished = True
+        self._stop_done.wait()
+
+    def _limit_problem(self, reason: str) -> LimitExceeded | None:
+        if reason == "time":
+            where = " (blocked in a host call)" if self._workload_blocked() else ""
+            return LimitExceeded(
+                f"workload exceeded its wall-clock time limit{where} and was stopped", "time"
+            )
+        if reason == "output":
+            return LimitExceeded("workload exceeded its output limit and was stopped", "output")
+        if reason == "disk":
+            try:
+                return self._disk_problem(force=True)
+            except OSError:  # the files cannot be summed: the limit stands
+                return LimitExceeded(
+                    f"workload failed at its disk limit (its files fill the {self._sandbox.limit}-byte limit)",
+                    "disk",
+                )
+        return None
+
+    def _workload_blocked(self) -> bool:
+        """Whether the thread that runs the workload sleeps in the kernel
+        (a host call: ``poll_oneoff``, a read, a full output queue) rather
+        than running Wasm code (state R: running or waiting for a CPU)."""
+        tid = self._thread_id
+        if tid is None:
+            return False
+        for i in range(_STATE_SAMPLES):
+            if i:
+                time.sleep(_STATE_PAUSE_S)
+            if procfs.thread_state(tid) not in ("S", "D"):
+                return False
+        return True
 
     def run(self, workload: Workload) -> RunOutcome:
         import wasmtime
@@ -365,7 +477,6 @@ class Runner:
         check_module_bytes(workload.wasm)
         component = is_component(workload.wasm)
         if component:
-            # Set before any timer starts: _interrupt bumps this engine's epoch.
             self.engine = make_component_engine()
             compiled, run_export = load_component(
                 self.engine, workload.wasm, self._compile(workload.wasm, digest, True, timing)
@@ -408,7 +519,6 @@ class Runner:
             wasi, stdin_fd = self._wasi_config(workload, base)
             store.set_wasi(wasi)
             store.set_limits(**store_limits(limits.memory_bytes, component))
-            store.set_epoch_deadline(1)
             if component:
                 from wasmtime.component import Linker as ComponentLinker
 
@@ -421,6 +531,7 @@ class Runner:
             # CPU time of this thread, where the Wasm code runs: the run's
             # cost without the waits of a busy machine (bench_throughput.py).
             c1 = time.thread_time()
+            self._thread_id = threading.get_native_id()
             timer.start()
             self._sandbox.monitor(MONITOR_INTERVAL_S, lambda: self._interrupt("disk"), stop_monitor)
             instance = None
@@ -446,6 +557,7 @@ class Runner:
             except wasmtime.ExitTrap as exc:
                 code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                self._settle()  # a limit hit meanwhile is the cause
                 if instance is None and not component:
                     self._instantiation_limit(str(exc), limits.memory_bytes)
                 self._raise_for_limit(store, instance, limits.memory_bytes)
@@ -455,8 +567,9 @@ class Runner:
                 stop_monitor.set()
                 timing["run"] = int((time.perf_counter() - t1) * 1e6)
                 timing["run_cpu"] = int((time.thread_time() - c1) * 1e6)
-            if self.limit_hit in ("time", "output", "disk"):
-                self._raise_for_limit(store, None, limits.memory_bytes)
+                self._settle()
+            if self.limit_error is not None:
+                raise self.limit_error
             if code != 0:
                 self._raise_for_limit(store, instance, limits.memory_bytes)
             return RunOutcome(exit_code=code, workload_sha256=digest, timing_us=timing)
@@ -543,24 +656,32 @@ class Runner:
                 "memory",
             )
 
-    def _raise_for_limit(self, store: Any, instance: Any, memory_limit: int) -> None:
-        if self.limit_hit == "time":
-            raise LimitExceeded("workload exceeded its wall-clock time limit and was stopped", "time")
-        if self.limit_hit == "output":
-            raise LimitExceeded("workload exceeded its output limit and was stopped", "output")
+    def _disk_problem(self, force: bool = False) -> LimitExceeded | None:
+        """The disk limit as the cause of a failure: no inode left, or the
+        files within min(DISK_SLACK, limit/8) of the limit (``force``: the
+        monitor saw them past it)."""
         disk = self._sandbox.limit
+        if disk is None:
+            return None
+        used, no_inodes = self._sandbox.usage()
+        if no_inodes:
+            return LimitExceeded(
+                f"workload failed at its disk limit (no file entry left: at most "
+                f"{inodes_for(disk)} files and directories under the {disk}-byte limit)",
+                "disk",
+            )
+        if force or used + min(DISK_SLACK, disk // 8) >= disk:
+            return LimitExceeded(
+                f"workload failed at its disk limit (its files fill the {disk}-byte limit)", "disk"
+            )
+        return None
+
+    def _raise_for_limit(self, store: Any, instance: Any, memory_limit: int) -> None:
+        if self.limit_error is not None:
+            raise self.limit_error
+        disk = self._disk_problem()
         if disk is not None:
-            used, no_inodes = self._sandbox.usage()
-            if no_inodes:
-                raise LimitExceeded(
-                    f"workload failed at its disk limit (no file entry left: at most "
-                    f"{inodes_for(disk)} files and directories under the {disk}-byte limit)",
-                    "disk",
-                )
-            if self.limit_hit == "disk" or used + min(DISK_SLACK, disk // 8) >= disk:
-                raise LimitExceeded(
-                    f"workload failed at its disk limit (its files fill the {disk}-byte limit)", "disk"
-                )
+            raise disk
         memory_used = instance_memory_size(store, instance)
         if memory_used and memory_used + min(MEMORY_SLACK, memory_limit // 8) >= memory_limit:
             raise LimitExceeded(

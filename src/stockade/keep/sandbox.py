@@ -17,7 +17,8 @@ Where namespaces are unavailable (a kernel or container that forbids
 unprivileged user namespaces, seccomp), the Keep falls back to a plain
 directory in its scratch area, bounded more weakly: RLIMIT_FSIZE caps each
 file at the limit, a monitor thread sums the directory every
-``MONITOR_INTERVAL_S`` and stops the workload past the limit (so the
+``MONITOR_INTERVAL_S`` and, past the limit, lowers RLIMIT_FSIZE to 0 (no
+file of the process grows any more) and stops the workload (so the
 overshoot is what it writes in one interval), and the directory is removed
 on every exit path the Keep controls (not on SIGKILL: the loader removes the
 scratch area, and sweeps stale ones at start). The Keep logs which mode it
@@ -127,6 +128,8 @@ class Sandbox:
     ram_budget: int | None = None
     _libc: Any = field(default=None, repr=False)
     _owned_dir: bool = field(default=False, repr=False)
+    #: RLIMIT_FSIZE before :meth:`freeze` (restored by :meth:`cleanup`).
+    _fsize: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def mode(self) -> str:
@@ -160,7 +163,8 @@ class Sandbox:
         return tree_size(self.root), False
 
     def monitor(self, interval: float, on_over: Callable[[], None], stop: threading.Event) -> None:
-        """Fallback mode: call ``on_over`` once the files exceed the limit."""
+        """Fallback mode: once the files exceed the limit, :meth:`freeze`
+        them and call ``on_over`` (which stops the workload)."""
         if self.private or self.limit is None:
             return
         limit = self.limit
@@ -168,14 +172,28 @@ class Sandbox:
         def watch() -> None:
             while not stop.wait(interval):
                 if tree_size(self.root) > limit:
+                    self.freeze()
                     on_over()
                     return
 
         threading.Thread(target=watch, daemon=True, name="disk-monitor").start()
 
+    def freeze(self) -> None:
+        """Fallback mode, past the limit: RLIMIT_FSIZE 0, so that no write
+        makes a file of this process larger (EFBIG; Python ignores SIGXFSZ)
+        while the workload is being stopped: the Keep's stop sends the
+        output already queued first, and the workload runs meanwhile."""
+        if self.private or self._fsize is not None:
+            return
+        self._fsize = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, self._fsize[1]))
+
     def cleanup(self) -> None:
         """Remove what the workload left (the fallback directory lives on
-        host storage; a tmpfs dies with the namespace anyway)."""
+        host storage; a tmpfs dies with the namespace anyway), then lift a
+        :meth:`freeze` (the Keep's log is a file too). A workload that still
+        runs (the Keep is ending) may create files meanwhile: the loader
+        removes the scratch area after the Keep."""
         for child in list(self.root.iterdir()) if self.root.is_dir() else []:
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
@@ -185,6 +203,10 @@ class Sandbox:
         if self._owned_dir:
             with contextlib.suppress(OSError):
                 self.root.rmdir()
+        if self._fsize is not None:
+            with contextlib.suppress(OSError, ValueError):
+                resource.setrlimit(resource.RLIMIT_FSIZE, self._fsize)
+            self._fsize = None
 
 
 def tree_size(root: Path) -> int:

@@ -18,7 +18,7 @@ import traceback  # at import time: the error path below must not import (ADR 00
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 from stockade import oneshot, procfs
 from stockade.binding.reportdata import identity_report_data, report_data_for
@@ -41,6 +41,11 @@ IDLE_TIMEOUT = 60.0
 #: Extra time the process watchdog grants beyond the workload's own limit.
 WATCHDOG_GRACE = 1.0
 EXIT_WATCHDOG = 3
+#: Exit status of a Keep that stopped its workload at a limit (the limit's
+#: problem was sent, as after any other problem: 0).
+EXIT_LIMIT = 0
+#: Exit status of a Keep whose client stopped reading the output.
+EXIT_CLIENT_GONE = 1
 
 
 class Attester(Protocol):
@@ -61,7 +66,10 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
 
 def _log(message: str) -> None:
     # The Keep's stderr reaches the host's logs: never workload data or secrets.
-    print(f"keep[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+    # Never raises: a log file may refuse writes (the fallback disk's
+    # RLIMIT_FSIZE, a full disk) on a path that must go on to end the Keep.
+    with contextlib.suppress(OSError, ValueError):
+        print(f"keep[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
 #: Workload output bytes one Output frame carries at most when the output
@@ -321,7 +329,12 @@ class KeepServer:
         pump = OutputPump(lambda fd, data: self._send(self.session.output(fd, data)))
         cache = self.open_cache()
         runner = self.runner = Runner(
-            self.engine.result(), pump.put, self.sandbox, cache, service=self.service
+            self.engine.result(),
+            pump.put,
+            self.sandbox,
+            cache,
+            service=self.service,
+            stop=lambda reason: self._stop(runner, pump, reason),
         )
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
         done = threading.Event()
@@ -384,22 +397,56 @@ class KeepServer:
 
         return CompileCache(self.compile_cache, key, log=_log)
 
-    def _watchdog(self, seconds: float, done: threading.Event, runner: Any) -> None:
-        if done.wait(seconds):
-            return
-        # The time limit covers compiling the module too (a module that takes
-        # longer to compile than its limit never starts).
-        where = "while its module was compiled" if runner.phase == "compiling" else "blocked in a host call"
-        _log(f"workload past its time limit ({where}); watchdog ends the Keep")
-        err = LimitExceeded(f"workload exceeded its wall-clock time limit ({where}) and was stopped", "time")
+    def _stop(self, runner: Any, pump: OutputPump, reason: str) -> NoReturn:
+        """The Runner's ``stop``: a limit is hit (or the output cannot be
+        sent). The output already queued goes first, then the limit's
+        problem; then the Keep process ends, and the workload with it
+        (running Wasm code or blocked in a host call). Called once, from
+        the thread that hit the limit; does not return. A client that stops
+        reading cannot hold it: the watchdog is still armed."""
+        if pump.close() is not None or runner.limit_error is None:
+            self._end(None, EXIT_CLIENT_GONE, "the output could not be sent; the Keep ends")
+        err = runner.limit_error
+        # The timer at the time limit is the Keep's process watchdog for the
+        # run (the one at the limit plus WATCHDOG_GRACE backs it up).
+        why = (
+            f"workload past its time limit ({'blocked in a host call' if 'blocked' in err.detail else 'running'}); "
+            "watchdog ends the Keep"
+            if err.limit == "time"
+            else f"workload past its {err.limit} limit; the Keep ends"
+        )
+        self._end(err, EXIT_LIMIT, why)
+
+    def _end(self, err: StockadeError | None, status: int, why: str) -> NoReturn:
+        """The one way the Keep ends while its workload may still run (a
+        limit, the watchdog): the problem (if any) to the client, cleanup,
+        then the process ends. Never returns."""
         try:
-            if self._send_lock.acquire(timeout=1.0):
+            if err is not None and self._send_lock.acquire(timeout=1.0):
                 self._conn.sendall(self.session.problem(err))
                 self._conn.shutdown()
         except Exception:  # noqa: S110 - best effort, we exit anyway
             pass
-        finish(self.sandbox)
-        os._exit(EXIT_WATCHDOG)
+        finish(self.sandbox)  # lifts the fallback disk's freeze before logging
+        _log(f"session ended: {why}")
+        os._exit(status)
+
+    def _watchdog(self, seconds: float, done: threading.Event, runner: Any) -> None:
+        if done.wait(seconds):
+            return
+        # The time limit covers compiling the module too (a module that takes
+        # longer to compile than its limit never starts); once it runs, the
+        # Runner's timer stops it at the limit itself, so the watchdog ends a
+        # Keep whose stop could not send the output in the grace time.
+        where = "while its module was compiled" if runner.phase == "compiling" else "blocked in a host call"
+        err = LimitExceeded(f"workload exceeded its wall-clock time limit ({where}) and was stopped", "time")
+        # A limit hit first is what the client hears (its stop is stuck
+        # sending the output).
+        self._end(
+            runner.limit_error or err,
+            EXIT_WATCHDOG,
+            f"workload past its time limit ({where}); watchdog ends the Keep",
+        )
 
     def fail(self, err: StockadeError) -> None:
         """Report an error to the client if a channel exists."""
