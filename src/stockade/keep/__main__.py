@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         from stockade.keep import vmguest
 
         box.ram_budget = vmguest.ram_budget()  # the workload's memory and disk share the guest's RAM
+        box.network = False  # no network device in a VM Keep: sockets are refused (runner.py)
         print(
             f"keep: {box.ram_budget} bytes of RAM for the workload's memory and disk",
             file=sys.stderr,

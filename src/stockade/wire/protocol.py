@@ -42,7 +42,7 @@ from typing import TypeVar
 from stockade.binding.reportdata import report_data_for
 from stockade.errors import ProtocolError, ProtocolMisuse, StockadeError
 from stockade.wire.framing import FrameDecoder, encode_frame
-from stockade.wire.messages import Exit, Hello, Identity, Load, Message, Output, Problem, Release, decode
+from stockade.wire.messages import Exit, Hello, Identity, Load, Message, Net, Output, Problem, Release, decode
 
 M = TypeVar("M", bound=Message)
 S = TypeVar("S", bound=enum.Enum)
@@ -89,6 +89,7 @@ CLIENT_RECEIVES: Mapping[tuple[ClientState, type[Message]], ClientState] = {
     (ClientState.AWAIT_IDENTITY, Identity): ClientState.AWAIT_IDENTITY,
     (ClientState.AWAIT_IDENTITY, Problem): ClientState.DONE,
     (ClientState.RUNNING, Output): ClientState.RUNNING,
+    (ClientState.RUNNING, Net): ClientState.RUNNING,
     (ClientState.RUNNING, Exit): ClientState.DONE,
     (ClientState.RUNNING, Problem): ClientState.DONE,
 }
@@ -104,6 +105,7 @@ KEEP_ACTIONS: Mapping[tuple[KeepState, str], KeepState] = {
     (KeepState.LOADING, "send the identity"): KeepState.AWAIT_RELEASE,
     (KeepState.AWAIT_RELEASE, "receive the release"): KeepState.RUNNING,
     (KeepState.RUNNING, "send output"): KeepState.RUNNING,
+    (KeepState.RUNNING, "send a net event"): KeepState.RUNNING,
     (KeepState.RUNNING, "send exit"): KeepState.DONE,
     **{(s, "send a problem"): KeepState.DONE for s in KeepState if s is not KeepState.DONE},
 }
@@ -255,6 +257,10 @@ class KeepSession:
     def output(self, fd: int, data: bytes) -> bytes:
         self._step("send output")
         return encode_frame(Output(fd=fd, data=data).to_cbor())
+
+    def net(self, message: Net) -> bytes:
+        self._step("send a net event")
+        return encode_frame(message.to_cbor())
 
     def exit(self, message: Exit) -> bytes:
         nxt = self._step("send exit")
