@@ -44,8 +44,17 @@ from wire_strategies import events as event_strategy
 CDDL_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.cddl"
 CDDL = CDDL_PATH.read_text()
 
-DEPLOY_RULES = ("hello", "load", "identity", "release", "output", "exit", "problem")
-PART_RULES = ("expect", "config", "file-entry", "limits", "event", "event-kind", "problem-details")
+DEPLOY_RULES = ("hello", "load", "identity", "release", "output", "net", "exit", "problem")
+PART_RULES = (
+    "expect",
+    "config",
+    "config-network",
+    "file-entry",
+    "limits",
+    "event",
+    "event-kind",
+    "problem-details",
+)
 PSP_RULES = ("report-req", "report-rsp", "key-req", "key-rsp", "psp-error")
 ALL_RULES = (
     *DEPLOY_RULES,
@@ -303,6 +312,12 @@ def nested_mutations(t: str, m: dict[Any, Any]) -> Iterator[tuple[str, dict[Any,
     elif t == "output":
         for fd in (0, 3, -1):
             yield f"fd-{fd}", _set(m, ("fd",), fd)
+    elif t == "net":
+        yield "event-unknown", _set(m, ("event",), "closed")
+        yield "event-case", _set(m, ("event",), "Listening")
+        yield "name-upper", _set(m, ("name",), "KV")
+        yield "name-digit-first", _set(m, ("name",), "1kv")
+        yield "name-too-long", _set(m, ("name",), "k" * 33)
     elif t == "exit":
         yield "sha-31", _set(m, ("workload_sha256",), b"\x00" * 31)
         yield "sha-33", _set(m, ("workload_sha256",), b"\x00" * 33)
@@ -328,6 +343,7 @@ NEGATIVE_BASES = (
     "identity-typical",
     "release-typical",
     "output-stderr",
+    "net-listening",
     "exit-typical",
     "problem-limit",
 )

@@ -45,6 +45,7 @@ from stockade.wire.messages import (
     Limits,
     Load,
     Message,
+    Net,
     Output,
     Problem,
     Release,
@@ -1518,6 +1519,7 @@ def _keep_actions(k: KeepSession) -> dict[str, Callable[[], object]]:
         "send the identity": lambda: k.identity(IDENTITY),
         "receive the release": lambda: k.receive_release(frame(RELEASE)),
         "send output": lambda: k.output(1, b"x"),
+        "send a net event": lambda: k.net(Net(event="listening", name="kv", detail="127.0.0.1:1")),
         "send exit": lambda: k.exit(EXIT),
         "send a problem": lambda: k.problem(WorkloadTrapped("trap")),
     }

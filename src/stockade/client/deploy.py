@@ -23,7 +23,18 @@ from stockade.client.hello import SentHello, send_hello
 from stockade.client.identity import WorkloadIdentity, appraise_identity
 from stockade.client.progress import Phase, Progress
 from stockade.errors import ChannelTampered, KeepDied, ProtocolError, StockadeError, WorkloadRejected
-from stockade.wire.messages import Config, Exit, Expect, Identity, Load, Message, Output, Problem, Release
+from stockade.wire.messages import (
+    Config,
+    Exit,
+    Expect,
+    Identity,
+    Load,
+    Message,
+    Net,
+    Output,
+    Problem,
+    Release,
+)
 from stockade.wire.protocol import ClientSession
 
 #: Time beyond the workload's own limit that the client waits for the Keep.
@@ -141,6 +152,8 @@ class DeployResult:
     identity: WorkloadIdentity
     workload_sha256: bytes
     timing_ms: dict[str, float] = field(default_factory=dict)
+    #: The Keep's ``net`` events (the workload's sockets), in order.
+    net: list[Net] = field(default_factory=list)
 
 
 class Steps:
@@ -187,6 +200,7 @@ def deploy(
     on_identity: Callable[[WorkloadIdentity], None] = lambda i: None,
     progress: Progress | None = None,
     on_release: Callable[[], None] = lambda: None,
+    on_net: Callable[[Net], None] = lambda n: None,
 ) -> DeployResult:
     """Run one deploy session over ``sock``. ``hello`` is the hello already
     sent by :func:`send_hello` (callers send it as soon as the Keep starts,
@@ -238,6 +252,7 @@ def deploy(
             steps,
             progress,
             on_release,
+            on_net,
         )
     finally:
         # wrap_socket took over ``sock``: closing the TLS socket is what ends
@@ -259,6 +274,7 @@ def _session(
     steps: Steps,
     progress: Progress,
     on_release: Callable[[], None],
+    on_net: Callable[[Net], None],
 ) -> DeployResult:
     steps.mark("attest_and_handshake")
     progress.enter(Phase.VERIFYING)
@@ -307,10 +323,14 @@ def _session(
         raise channel_failure(exc, "while receiving the release", died) from None
     progress.enter(Phase.RUNNING)
     tls.settimeout(plan.config.limits.timeout_ms / 1000 + CLIENT_GRACE_S)
+    net: list[Net] = []
     while True:
         for msg in _receive(tls, session, died, "while the workload ran"):
             if isinstance(msg, Output):
                 on_output(msg.fd, msg.data)
+            elif isinstance(msg, Net):
+                net.append(msg)
+                on_net(msg)
             elif isinstance(msg, Problem):
                 steps.mark("run")
                 raise msg.to_error()
@@ -321,7 +341,7 @@ def _session(
                     # compile_cached is a flag (1: the module came from the
                     # Keep's sealed compile cache), not a duration.
                     steps.ms[f"keep_{name}"] = bool(us) if name == "compile_cached" else us / 1000
-                return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms)
+                return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms, net)
 
 
 def _receive(

@@ -286,7 +286,7 @@ class Config:
             env=_str_map(_need(m, "env", dict, "config"), str, "config env"),
             files=tuple(FileEntry.from_map(f) for f in _need(m, "files", list, "config")),
             limits=Limits.from_map(_need(m, "limits", dict, "config")),
-            network=tuple(network),
+            network=tuple(sorted(network, key=lambda a: (a.kind, a.name))),
         )
 
 
