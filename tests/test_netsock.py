@@ -240,8 +240,9 @@ class Run:
         self.events: queue.Queue[Net] = queue.Queue()
         self.stdout = bytearray()
         sandbox = Sandbox(tmp, private=False)
-        sandbox.network = network
-        self.runner = Runner(make_engine(), self._emit, sandbox, service=service, net_emit=self.events.put)
+        self.runner = Runner(
+            make_engine(), self._emit, sandbox, service=service, net_emit=self.events.put, network=network
+        )
         self.workload = Workload(
             wasm=wasm,
             sockets=sockets,

@@ -246,13 +246,8 @@ def _opts(**kw: Any) -> RunOptions:
         quiet=False,
         state_dir=None,
     )
-    steward = kw.pop("steward", "https://steward.example:8443")
     base.update(kw)
-    opts = RunOptions(**base)
-    # --steward is steward-keep's option (issue 17): set whether or not
-    # RunOptions has the field yet.
-    object.__setattr__(opts, "steward", steward)
-    return opts
+    return RunOptions(**base)
 
 
 MANIFEST = Manifest.from_map(
@@ -264,12 +259,14 @@ MANIFEST = Manifest.from_map(
 
 
 def test_deploy_flags_become_the_configuration() -> None:
-    network = parse_network(_opts(listen=("kv=0.0.0.0:7000",), connect=("up=10.0.0.1:7000",)), MANIFEST)
+    network = parse_network(
+        _opts(listen=("kv=0.0.0.0:7000",), connect=("up=10.0.0.1:7000",)), MANIFEST, steward=True
+    )
     assert network == (
         SocketAddress("connect", "up", "10.0.0.1:7000"),
         SocketAddress("listen", "kv", "0.0.0.0:7000"),
     )
-    assert parse_network(_opts(), Manifest.from_map(dict(BASE))) == ()
+    assert parse_network(_opts(), Manifest.from_map(dict(BASE)), steward=False) == ()
 
 
 @pytest.mark.parametrize(
@@ -283,9 +280,10 @@ def test_deploy_flags_become_the_configuration() -> None:
         ({"connect": ("up=h:0",)}, "port 0 is out of range"),
         ({}, r"connect socket\(s\) up need --connect"),
         ({"connect": ("up=h:1",), "backend": "vm"}, "VM Keeps do not offer them"),
-        ({"connect": ("up=h:1",), "steward": None}, "deploy with --steward URL"),
+        ({"connect": ("up=h:1",), "no-steward": True}, "deploy with --steward URL"),
     ],
 )
 def test_deploy_flags_are_refused_before_anything_is_sent(kw: dict[str, Any], message: str) -> None:
+    steward = not kw.pop("no-steward", False)
     with pytest.raises(UsageError, match=message):
-        parse_network(_opts(**kw), MANIFEST)
+        parse_network(_opts(**kw), MANIFEST, steward)

@@ -23,6 +23,7 @@ from stockade.errors import UsageError
 
 if TYPE_CHECKING:
     from stockade.client.deploy import DeployPlan
+    from stockade.client.steward import StewardChoice
     from stockade.package import Manifest, Package
     from stockade.policy import Policy
     from stockade.wire.messages import Expect, FileEntry, Limits, SocketAddress
@@ -76,10 +77,11 @@ def parse_env(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(env.items()))
 
 
-def parse_network(opts: RunOptions, manifest: Manifest) -> tuple[SocketAddress, ...]:
+def parse_network(opts: RunOptions, manifest: Manifest, steward: bool) -> tuple[SocketAddress, ...]:
     """--listen / --connect NAME=HOST:PORT as the configuration's socket
     addresses, each for a socket the manifest declares; refuses (before
-    anything is sent) a package with sockets deployed without a steward or
+    anything is sent) a package with sockets deployed without a steward
+    (``steward``: the deploy has one, from --steward or the manifest) or
     to a VM Keep."""
     from stockade.wire.messages import SocketAddress, parse_socket_address
 
@@ -110,7 +112,7 @@ def parse_network(opts: RunOptions, manifest: Manifest) -> tuple[SocketAddress, 
                 f"the package declares network sockets ({sockets}); VM Keeps do not offer them "
                 "(docs/limitations.md): use a process Keep (--backend sim, sim-snp or sim-tdx)"
             )
-        if getattr(opts, "steward", None) is None:
+        if not steward:
             raise UsageError(
                 f"the package declares network sockets ({sockets}), which need a workload certificate "
                 "for attested TLS: deploy with --steward URL"
@@ -232,6 +234,10 @@ class RunOptions:
     #: network sockets (keep/netsock.py).
     listen: tuple[str, ...] = ()
     connect: tuple[str, ...] = ()
+    #: --steward URL (over the manifest's ``[steward] url``) and
+    #: --steward-ca FILE: the Keep gets a service certificate (issue 17).
+    steward: str | None = None
+    steward_ca: Path | None = None
 
 
 #: Keep backend -> the platform its evidence claims (the sim backends).
@@ -415,20 +421,36 @@ class PlannedDeploy:
     policy: Policy
     policy_note: str
     notes: tuple[str, ...]
+    #: The steward the Keep is to get its service certificate from (None: no
+    #: certificate); its log key is fetched before the deploy.
+    steward: StewardChoice | None = None
 
 
-def read_stdin(opts: RunOptions, secrets: tuple[tuple[str, bytes], ...] = ()) -> bytes:
+def choose_steward(opts: RunOptions, prepared: Prepared) -> StewardChoice | None:
+    """The steward of this deploy (--steward, else the manifest's
+    ``[steward] url``, with --steward-ca), or None; no network."""
+    from stockade.client.steward import choose
+
+    return choose(opts.steward, opts.steward_ca, prepared.manifest, opts.backend)
+
+
+def read_stdin(
+    opts: RunOptions,
+    secrets: tuple[tuple[str, bytes], ...] = (),
+    steward: StewardChoice | None = None,
+) -> bytes:
     """The workload's standard input: ``--stdin FILE``, ``-`` (ours), or none.
 
-    It travels in the one Release message (with the ``secrets``), which is
-    one frame of at most MAX_FRAME bytes: more is refused here, before
-    anything is sent, reading no more than one byte past what fits."""
+    It travels in the one Release message (with the ``secrets`` and the
+    ``steward`` request), which is one frame of at most MAX_FRAME bytes:
+    more is refused here, before anything is sent, reading no more than
+    one byte past what fits."""
     from stockade.wire.framing import MAX_FRAME
     from stockade.wire.messages import release_stdin_room
 
     if opts.stdin is None:
         return b""
-    room = release_stdin_room(secrets, MAX_FRAME)
+    room = release_stdin_room(secrets, MAX_FRAME, None if steward is None else steward.request())
     if opts.stdin == "-":
         data = sys.stdin.buffer.read(room + 1)
     else:
@@ -475,16 +497,24 @@ def plan_deploy(
         env=parse_env(opts.env),
         files=parse_files(opts.files),
         limits=prepared.limits,
-        network=parse_network(opts, prepared.manifest),
+        network=parse_network(opts, prepared.manifest, choose_steward(opts, prepared) is not None),
     )
     secrets = parse_secrets(opts.secret_refs)
+    steward = choose_steward(opts, prepared)
     plan = DeployPlan(
         package=None if staged else prepared.package,
         digest=prepared.digest,
         config=config,
         expect=expect,
         secrets=secrets,
-        stdin=read_stdin(opts, secrets) if stdin is None else stdin,
+        stdin=read_stdin(opts, secrets, steward) if stdin is None else stdin,
         required_secrets=prepared.manifest.secrets,
+        steward=None if steward is None else steward.request(),
     )
-    return PlannedDeploy(plan, policy, note, notes)
+    if steward is not None:
+        notes = (
+            *notes,
+            f"  steward      {steward.url} (from {steward.source}): the Keep gets a service certificate "
+            "before the workload runs",
+        )
+    return PlannedDeploy(plan, policy, note, notes, steward)

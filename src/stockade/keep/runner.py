@@ -318,6 +318,7 @@ class Runner:
         cache: CompileCache | None = None,
         service: ServiceIdentity | None = None,
         net_emit: Callable[[Net], None] | None = None,
+        network: bool = True,
     ) -> None:
         self.engine = engine
         #: The Keep's service key and steward certificate (None: no steward):
@@ -325,6 +326,9 @@ class Runner:
         self.service = service
         #: Sends a ``net`` event to the client (keep/netsock.py).
         self._net_emit = net_emit
+        #: Whether the workload's sockets may bind and connect on the network
+        #: stack the Keep process sees (process Keeps); a VM Keep has none.
+        self._network_allowed = network
         #: The sealed compile cache (None: compile every time).
         self.cache = cache
         #: A compiled module or component to store in the cache, and its entry key.
@@ -492,7 +496,7 @@ class Runner:
             raise WorkloadRejected(
                 "network sockets are provided to WASI preview 1 modules only, not to components"
             )
-        if not self._sandbox.network:
+        if not self._network_allowed:
             raise WorkloadRejected(
                 "this Keep has no network: a VM Keep does not offer the package's network sockets "
                 "(use a process Keep: sim, sim-snp or sim-tdx; docs/limitations.md)"

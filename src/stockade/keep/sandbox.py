@@ -125,10 +125,6 @@ class Sandbox:
     #: tmpfs, also RAM) may use together (stockade.keep.vmguest.ram_budget);
     #: None in a process Keep.
     ram_budget: int | None = None
-    #: Whether the workload's network sockets may bind and connect on the
-    #: network stack the Keep process sees (process Keeps); a VM Keep has
-    #: no network device (keep/__main__.py sets False).
-    network: bool = True
     _libc: Any = field(default=None, repr=False)
     _owned_dir: bool = field(default=False, repr=False)
 

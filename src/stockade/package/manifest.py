@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from stockade.errors import UsageError
+from stockade.errors import ProtocolError, UsageError
+from stockade.wire.messages import check_steward_url
 
 _UINT64_LIMIT = 1 << 64
 TOP_KEYS = (
@@ -30,11 +31,15 @@ TOP_KEYS = (
     "source",
     "build",
     "network",
+    "steward",
 )
 LIMIT_KEYS = ("timeout_ms", "memory_bytes", "output_bytes", "disk_bytes")
 SOURCE_KEYS = ("repository", "commit")
 BUILD_KEYS = ("recipe", "toolchain")
-_TABLES = {"limits": LIMIT_KEYS, "source": SOURCE_KEYS, "build": BUILD_KEYS}
+#: ``[steward] url``: the steward a deploy of this package asks for a
+#: service certificate (docs/steward.md); the deployer gives the CA.
+STEWARD_KEYS = ("url",)
+_TABLES = {"limits": LIMIT_KEYS, "source": SOURCE_KEYS, "build": BUILD_KEYS, "steward": STEWARD_KEYS}
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 #: Network sockets (docs/package.md, "Network sockets"): names and limits.
 SOCKET_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -186,6 +191,8 @@ class Manifest:
     build: tuple[tuple[str, str], ...] = ()
     #: Network sockets, sorted by (kind, name); () for most workloads.
     network: tuple[Socket, ...] = ()
+    #: ``[steward] url`` (None: the manifest names no steward).
+    steward_url: str | None = None
 
     @classmethod
     def from_map(cls, m: dict[str, Any]) -> Manifest:
@@ -226,6 +233,16 @@ class Manifest:
                 if k not in t:
                     raise ManifestError(f"{name}.{k}", f"missing required key {name}.{k}")
             pairs[name] = tuple((k, _str(t[k], f"{name}.{k}")) for k in keys)
+        steward_url = None
+        if "steward" in m:
+            t = _table(m["steward"], "steward", STEWARD_KEYS)
+            if "url" not in t:
+                raise ManifestError("steward.url", "missing required key steward.url")
+            steward_url = _str(t["url"], "steward.url")
+            try:
+                check_steward_url(steward_url, "steward.url")
+            except ProtocolError as exc:
+                raise ManifestError("steward.url", str(exc)) from None
         return cls(
             name=_str(m["name"], "name"),
             version=_str(m["version"], "version"),
@@ -238,11 +255,13 @@ class Manifest:
             source=pairs["source"],
             build=pairs["build"],
             network=_network(m["network"]) if "network" in m else (),
+            steward_url=steward_url,
         )
 
     def to_map(self) -> dict[str, Any]:
         """The CBOR/JSON form. ``args``, ``env``, ``files`` and ``secrets``
-        are always present; ``limits``, ``source``, ``build`` only when set."""
+        are always present; ``limits``, ``source``, ``build``, ``steward``
+        only when set."""
         m: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
@@ -260,6 +279,8 @@ class Manifest:
             m["network"] = {
                 kind: [s.to_map() for s in self.network if s.kind == kind] for kind in ("listen", "connect")
             }
+        if self.steward_url is not None:
+            m["steward"] = {"url": self.steward_url}
         return m
 
 
