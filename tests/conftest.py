@@ -173,3 +173,54 @@ def run_options(wasm: Path, **kw: object) -> RunOptions:
         "state_dir": None,
     }
     return RunOptions(**{**fields, **kw})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def hsm(tmp_path_factory: pytest.TempPathFactory):
+    """A SoftHSM2 token directory with the tokens of hsm_support.TOKENS
+    (one per session: see tests/hsm_support.py); the user PIN is a canary."""
+    import secrets
+
+    from hsm_support import MODULES, TOKENS, Hsm, softhsm_missing
+
+    reason = softhsm_missing()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the PKCS#11 tests: {reason}")
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("softhsm")
+    (base / "tokens").mkdir()
+    conf = base / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
+    # The PIN is a canary: it must never show up in stockade's output, errors or files.
+    pin = "pin-canary-" + secrets.token_hex(8)
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+    for label in TOKENS:
+        subprocess.run(
+            [
+                "softhsm2-util",
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                "so-" + pin,
+                "--pin",
+                pin,
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=30,
+        )
+    old = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    try:
+        yield Hsm(next(m for m in MODULES if Path(m).is_file()), conf, pin)
+    finally:
+        if old is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = old

@@ -18,11 +18,9 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
+from hsm_support import Hsm
 from stockade.cli import main
 from stockade.errors import CertificateRequestRefused, UsageError, WorkloadCertificateInvalid
 from stockade.steward.ca import (
@@ -61,8 +60,6 @@ from stockade.steward.profile import (
 from stockade.steward.signer import SignerKey
 from stockade.steward.verify import WorkloadIdentity, verify_workload_certificate
 
-MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
-TOKENS = ("ca", "log", "cli", "canary", "attrs")
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 DIGEST = hashlib.sha256(b"package").digest()
 CLAIMS = VerifiedWorkloadClaims(
@@ -71,74 +68,6 @@ CLAIMS = VerifiedWorkloadClaims(
     measurement=bytes(range(48)),
     signer_keys=tuple(sorted([b"\x01" * 32, b"\x02" * 32])),
 )
-
-
-# ---------------------------------------------------------------------------
-# SoftHSM2
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hsm:
-    module: str
-    conf: Path
-    pin: str
-
-    def options(self, token: str) -> Pkcs11Options:
-        return Pkcs11Options(self.module, token, self.pin)
-
-
-def _softhsm_missing() -> str | None:
-    if shutil.which("softhsm2-util") is None:
-        return "softhsm2 not installed (apt-get install softhsm2)"
-    if not any(Path(m).is_file() for m in MODULES):
-        return "libsofthsm2.so not found"
-    return None
-
-
-@pytest.fixture(scope="session")
-def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hsm]:
-    reason = _softhsm_missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the PKCS#11 tests: {reason}")
-        pytest.skip(reason)
-    base = tmp_path_factory.mktemp("softhsm")
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    # The PIN is a canary: it must never show up in stockade's output, errors or files.
-    pin = "pin-canary-" + secrets.token_hex(8)
-    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-    for label in TOKENS:
-        subprocess.run(
-            [
-                "softhsm2-util",
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--so-pin",
-                "so-" + pin,
-                "--pin",
-                pin,
-            ],
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=30,
-        )
-    old = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    try:
-        yield Hsm(next(m for m in MODULES if Path(m).is_file()), conf, pin)
-    finally:
-        if old is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = old
 
 
 @pytest.fixture(scope="session")

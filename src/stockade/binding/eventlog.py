@@ -30,6 +30,7 @@ Event kinds (docs/package.md, "Workload identity"):
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,21 @@ def events_from_list(value: Any) -> tuple[Event, ...]:
     if len(value) > MAX_EVENTS:
         raise ProtocolError(f"event log: more than {MAX_EVENTS} events")
     return tuple(Event.from_list(v) for v in value)
+
+
+def check_workload_events(events: tuple[Event, ...], error: type[Exception]) -> Event:
+    """The shape every workload event log has (the Keep's loader writes it,
+    stockade.keep.session): the ``runtime`` event, then exactly one
+    ``package`` event, one ``entry`` event, and the ``config`` event last.
+    Returns the package event; raises ``error`` naming what is wrong. The
+    client (stockade.client.identity) and the steward
+    (stockade.steward.appraise) both check it."""
+    kinds = Counter(e.kind for e in events)
+    if [e.kind for e in events[:2]] != ["runtime", "package"] or kinds["package"] != 1:
+        raise error("the event log does not start with the runtime and one package")
+    if kinds["entry"] != 1 or kinds["config"] != 1 or events[-1].kind != "config":
+        raise error("the event log lacks its entry module or configuration")
+    return events[1]
 
 
 def sha256(data: bytes) -> bytes:

@@ -39,3 +39,27 @@ def identity_report_data(nonce: bytes, spki_der: bytes, register: bytes) -> byte
     if len(register) != 32:
         raise ValueError(f"register must be 32 bytes, got {len(register)}")
     return hashlib.sha512(IDENTITY_DOMAIN + nonce + hashlib.sha256(spki_der).digest() + register).digest()
+
+
+STEWARD_DOMAIN = b"stockade/steward-certify/v1\x00"
+
+
+def steward_report_data(nonce: bytes, spki_der: bytes, register: bytes) -> bytes:
+    """Report data of a Keep's certificate request to the steward (issue 17,
+    docs/steward.md):
+
+    SHA-512(STEWARD_DOMAIN || nonce || SHA-256(SPKI DER) || register)
+
+    ``nonce`` is the steward's single-use challenge, ``spki_der`` the
+    SubjectPublicKeyInfo of the Keep's service key (the key of the CSR),
+    ``register`` the Keep's final event-log register. Its own domain label
+    keeps this value from ever equalling a deploy binding
+    (:func:`report_data_for`) or an identity binding
+    (:func:`identity_report_data`) over the same inputs: evidence made for
+    a client cannot be replayed to the steward, nor the reverse.
+    """
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
+    if len(register) != 32:
+        raise ValueError(f"register must be 32 bytes, got {len(register)}")
+    return hashlib.sha512(STEWARD_DOMAIN + nonce + hashlib.sha256(spki_der).digest() + register).digest()

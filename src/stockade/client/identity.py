@@ -22,11 +22,10 @@ VerificationFailed (exit 110) naming what differs.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from stockade.binding.eventlog import Event, replay
+from stockade.binding.eventlog import Event, check_workload_events, replay
 from stockade.binding.reportdata import identity_report_data
 from stockade.client.attest import Appraisal, TrustConfig, verify_bundle
 from stockade.errors import VerificationFailed
@@ -100,14 +99,10 @@ def appraise_identity(
         )
     checks.append("freshness: identity report binds the load nonce, the TLS key and the event log")
 
-    kinds = Counter(e.kind for e in message.events)
-    if [e.kind for e in message.events[:2]] != ["runtime", "package"] or kinds["package"] != 1:
-        raise VerificationFailed(
-            "workload identity: the event log does not start with the runtime and one package"
-        )
-    if kinds["entry"] != 1 or kinds["config"] != 1 or message.events[-1].kind != "config":
-        raise VerificationFailed("workload identity: the event log lacks its entry module or configuration")
-    package = message.events[1]
+    try:
+        package = check_workload_events(message.events, ValueError)
+    except ValueError as exc:
+        raise VerificationFailed(f"workload identity: {exc}") from None
     if package.digest != expected_digest:
         raise VerificationFailed(
             f"workload identity: the Keep loaded package digest {package.digest.hex()}, "

@@ -368,6 +368,25 @@ def _load_keys(paths: tuple[Path, ...]) -> list[LogKey]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Trusted log public key (PEM); repeat.",
 )
+@click.option(
+    "--steward",
+    "steward_url",
+    metavar="URL",
+    help="Check a running steward's log: its entries against its signed tree head, and "
+    "(with --tree-head FILE saved earlier) that it extends that head.",
+)
+@click.option(
+    "--steward-ca",
+    "steward_ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="--steward: the pinned steward CA certificate (PEM); its log certificate gives the log key.",
+)
+@click.option(
+    "--save-tree-head",
+    "save_head",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="--steward: write the steward's current signed tree head here (for the next check).",
+)
 @click.argument("entry_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @json_option("Print the result as JSON.")
 def verify(
@@ -377,20 +396,42 @@ def verify(
     head_file: Path | None,
     old_head_file: Path | None,
     key_files: tuple[Path, ...],
+    steward_url: str | None,
+    steward_ca: Path | None,
+    save_head: Path | None,
     entry_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Check a log: the whole state directory (--state-dir DIR), or
-    offline, with the log's public key: that ENTRY (its bytes, from `log
-    get --out`) is in the tree of --tree-head (--proof), or that
-    --tree-head extends --old-tree-head (--consistency)."""
+    """Check a log: the whole state directory (--state-dir DIR), a running
+    steward's log (--steward URL --steward-ca FILE), or offline, with the
+    log's public key: that ENTRY (its bytes, from `log get --out`) is in
+    the tree of --tree-head (--proof), or that --tree-head extends
+    --old-tree-head (--consistency)."""
     from stockade.translog import TransparencyLog, verify_consistency, verify_inclusion
 
-    modes = [m for m in (state_dir, proof_file, consistency_file) if m is not None]
+    modes = [m for m in (state_dir, proof_file, consistency_file, steward_url) if m is not None]
     if len(modes) != 1:
-        raise UsageError("give exactly one of --state-dir DIR, --proof FILE or --consistency FILE")
+        raise UsageError(
+            "give exactly one of --state-dir DIR, --steward URL, --proof FILE or --consistency FILE"
+        )
+    if (steward_ca is not None or save_head is not None) and steward_url is None:
+        raise UsageError("--steward-ca and --save-tree-head go with --steward URL")
     doc: dict[str, Any]
-    if state_dir is not None:
+    if steward_url is not None:
+        if old_head_file or entry_file:
+            raise UsageError(
+                "--steward takes --tree-head FILE (the head you saved), not --old-tree-head or ENTRY"
+            )
+        if steward_ca is None:
+            raise UsageError("--steward needs --steward-ca FILE (the steward CA certificate you pinned)")
+        from stockade.errors import StockadeError
+        from stockade.steward.request import StewardUnreachable
+
+        try:
+            doc, line = _verify_steward(steward_url, steward_ca, head_file, key_files, save_head)
+        except StewardUnreachable as exc:
+            raise StockadeError(str(exc)) from None
+    elif state_dir is not None:
         if head_file or old_head_file or key_files or entry_file:
             raise UsageError("--state-dir takes no --tree-head, --old-tree-head, --key or ENTRY")
         with TransparencyLog.open(state_dir, writable=False) as tlog:
@@ -426,7 +467,9 @@ def verify(
             assert consistency_file is not None
             if old_head_file is None or entry_file is not None:
                 raise UsageError("--consistency needs --old-tree-head FILE and no ENTRY")
-            both = verify_consistency(read_file(old_head_file), sth, _load_consistency(consistency_file), keys)
+            both = verify_consistency(
+                read_file(old_head_file), sth, _load_consistency(consistency_file), keys
+            )
             doc = {"verified": "consistency", "old_size": both.old.size, **_head_doc(both.new)}
             line = f"the tree of size {both.new.size} extends the one of size {both.old.size} (both heads verified)"
     if as_json:
@@ -460,3 +503,117 @@ def recover(state_dir: Path, as_json: bool) -> None:
         )
     else:
         click.echo(f"nothing to recover; tree size {size}")
+
+
+def _verify_steward(
+    url: str, ca_file: Path, head_file: Path | None, key_files: tuple[Path, ...], save_head: Path | None
+) -> tuple[dict[str, Any], str]:
+    """`log verify --steward`: fetch the steward's head, every entry and
+    (given a saved head) a consistency proof, and check them."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    from stockade.errors import LogProofError
+    from stockade.steward import api
+    from stockade.steward.logkey import log_key_from_certificate
+    from stockade.steward.request import Connection
+    from stockade.translog import (
+        CertificateEntry,
+        ConsistencyProof,
+        decode_entry,
+        merkle,
+        verify_consistency,
+        verify_tree_head,
+    )
+
+    try:
+        ca = x509.load_pem_x509_certificate(read_file(ca_file))
+    except ValueError:
+        raise UsageError(f"--steward-ca {ca_file}: not a PEM certificate") from None
+    now = dt.datetime.now(dt.UTC)
+    with Connection(url, ca) as conn:
+        if key_files:
+            keys = _load_keys(key_files)
+        else:
+            m = api.loads(conn.expect("GET", api.CA), {"ca", "log-certificate"}, "CA answer")
+            keys = [log_key_from_certificate(api.bstr(m, "log-certificate", "CA answer"), ca, now)]
+        raw = api.bstr(
+            api.loads(conn.expect("GET", api.LOG_HEAD), {"tree-head"}, "head answer"),
+            "tree-head",
+            "head answer",
+        )
+        head = verify_tree_head(raw, keys)
+        entries: list[bytes] = []
+        while len(entries) < head.size:
+            page = api.loads(
+                conn.expect("GET", f"{api.LOG_ENTRIES}?start={len(entries)}&count={api.MAX_ENTRIES_PAGE}"),
+                {"start", "entries"},
+                "entries answer",
+            )
+            got = api.bstr_list(page, "entries", "entries answer", api.MAX_ENTRIES_PAGE)
+            if page["start"] != len(entries) or not got:
+                raise LogProofError(f"steward {url} stopped serving entries at {len(entries)} of {head.size}")
+            entries.extend(got[: head.size - len(entries)])
+        old = None
+        proof = None
+        if head_file is not None:
+            old_raw = read_file(head_file)
+            old = verify_tree_head(old_raw, keys)
+            if old.size > head.size:
+                raise LogProofError(
+                    f"the steward's log has {head.size} entries, fewer than the {old.size} of the tree head "
+                    "you saved: entries were dropped"
+                )
+            m = api.loads(
+                conn.expect("GET", f"{api.LOG_CONSISTENCY}?old={old.size}&new={head.size}"),
+                {"proof", "old-tree-head", "tree-head"},
+                "consistency answer",
+            )
+            proof = ConsistencyProof.from_cbor(api.bstr(m, "proof", "consistency answer"))
+    tree = merkle.MerkleTree([merkle.leaf_hash(e) for e in entries])
+    if tree.root() != head.root:
+        raise LogProofError(
+            f"the {head.size} entries steward {url} serves do not hash to its signed tree head "
+            "(an entry was rewritten or dropped)"
+        )
+    counts: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        entry = decode_entry(e)
+        counts[entry.KIND] = counts.get(entry.KIND, 0) + 1
+        if isinstance(entry, CertificateEntry):
+            try:
+                x509.load_der_x509_certificate(entry.der).verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                raise LogProofError(
+                    f"log entry {i}: a certificate the pinned steward CA did not issue"
+                ) from None
+    line = (
+        f"steward log verified: {head.size} entries ({counts.get('certificate', 0)} certificates, "
+        f"{counts.get('refusal-digest', 0)} refusals) hash to its signed tree head; every certificate "
+        "in it was issued by the pinned CA"
+    )
+    if old is not None:
+        assert proof is not None
+        if tree.root(old.size) != old.root:
+            raise LogProofError(
+                f"the first {old.size} entries the steward serves are not those of the tree head you "
+                "saved: an entry was rewritten"
+            )
+        verify_consistency(read_file(head_file), raw, proof, keys)  # type: ignore[arg-type]
+        line += f"; it extends the tree head of size {old.size} you saved (nothing before it was changed)"
+    line += (
+        ". This proves what this steward shows YOU; that it shows everyone the same log needs "
+        "others to compare tree heads (gossip), which stockade does not do yet"
+    )
+    if save_head is not None:
+        write_atomic(save_head, raw)
+    doc = {
+        "verified": "steward-log",
+        "certificates": counts.get("certificate", 0),
+        "refusals": counts.get("refusal-digest", 0),
+        "extends_saved_head": old.size if old is not None else None,
+        **_head_doc(head),
+    }
+    return doc, line
