@@ -44,8 +44,17 @@ from wire_strategies import events as event_strategy
 CDDL_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.cddl"
 CDDL = CDDL_PATH.read_text()
 
-DEPLOY_RULES = ("hello", "load", "identity", "release", "output", "exit", "problem")
-PART_RULES = ("expect", "config", "file-entry", "limits", "event", "event-kind", "problem-details")
+DEPLOY_RULES = ("hello", "load", "identity", "release", "certificate", "output", "exit", "problem")
+PART_RULES = (
+    "expect",
+    "config",
+    "file-entry",
+    "limits",
+    "event",
+    "event-kind",
+    "problem-details",
+    "steward-request",
+)
 PSP_RULES = ("report-req", "report-rsp", "key-req", "key-rsp", "psp-error")
 ALL_RULES = (
     *DEPLOY_RULES,
@@ -192,9 +201,14 @@ def wrong_values(value: Any) -> Iterator[tuple[str, Any]]:
         yield "text", "{}"
 
 
+#: Fields a message may leave out (dropping one gives a valid message).
+OPTIONAL_FIELDS = {"release": {"steward"}}
+
+
 def top_level_mutations(m: dict[Any, Any]) -> Iterator[tuple[str, dict[Any, Any]]]:
     for key, value in m.items():
-        yield f"missing-{key}", {k: v for k, v in m.items() if k != key}
+        if key not in OPTIONAL_FIELDS.get(m["t"], set()):
+            yield f"missing-{key}", {k: v for k, v in m.items() if k != key}
         for kind, wrong in wrong_values(value):
             yield f"{key}-{kind}", {**m, key: wrong}
     yield "extra-field", {**m, "extra": 1}
@@ -300,6 +314,31 @@ def nested_mutations(t: str, m: dict[Any, Any]) -> Iterator[tuple[str, dict[Any,
         yield "secrets-null-value", _set(m, ("secrets",), {"k": None})
         yield "secrets-int-name", _set(m, ("secrets",), {1: b"v"})
         yield "secrets-bytes-name", _set(m, ("secrets",), {"k": b"v", 2: b"w"})
+        if "steward" in m:
+            yield "steward-not-a-map", _set(m, ("steward",), ["https://a.example"])
+            yield "steward-missing-url", _drop(m, ("steward", "url"))
+            yield "steward-missing-ca", _drop(m, ("steward", "ca"))
+            yield "steward-extra", _set(m, ("steward", "log_key"), b"k")
+            yield "steward-url-bytes", _set(m, ("steward", "url"), b"https://a.example")
+            yield "steward-url-empty", _set(m, ("steward", "url"), "")
+            yield "steward-url-long", _set(m, ("steward", "url"), "https://a.example/" + "p" * 2031)
+            yield "steward-ca-text", _set(m, ("steward", "ca"), "0")
+            yield "steward-ca-empty", _set(m, ("steward", "ca"), b"")
+            yield "steward-ca-long", _set(m, ("steward", "ca"), b"\x30" * 16385)
+    elif t == "certificate":
+        yield "certificate-empty", _set(m, ("certificate",), b"")
+        yield "certificate-long", _set(m, ("certificate",), b"\x30" * 16385)
+        yield "chain-empty", _set(m, ("chain",), [])
+        yield "chain-5", _set(m, ("chain",), [b"\x30"] * 5)
+        yield "chain-text-element", _set(m, ("chain",), ["0"])
+        yield "chain-long-element", _set(m, ("chain",), [b"\x30" * 16385])
+        yield "log-index-negative", _set(m, ("log_index",), -1)
+        yield "tree-head-empty", _set(m, ("tree_head",), b"")
+        yield "tree-head-long", _set(m, ("tree_head",), b"\x00" * 4097)
+        yield "inclusion-31", _set(m, ("inclusion",), [b"\x00" * 31])
+        yield "inclusion-33", _set(m, ("inclusion",), [b"\x00" * 32, b"\x00" * 33])
+        yield "inclusion-text", _set(m, ("inclusion",), ["x" * 32])
+        yield "inclusion-129", _set(m, ("inclusion",), [b"\x00" * 32] * 129)
     elif t == "output":
         for fd in (0, 3, -1):
             yield f"fd-{fd}", _set(m, ("fd",), fd)
@@ -327,6 +366,8 @@ NEGATIVE_BASES = (
     "load-staged",
     "identity-typical",
     "release-typical",
+    "release-steward",
+    "certificate-typical",
     "output-stderr",
     "exit-typical",
     "problem-limit",
@@ -346,6 +387,12 @@ PYCDDL_NESTED_ARRAY_GAP = (
 SIZE_GAPS = {
     "hello-zero:nonce-text",
     "exit-typical:workload_sha256-text",
+    "release-steward:steward-url-bytes",
+    "release-steward:steward-ca-text",
+    "certificate-typical:certificate-text",
+    "certificate-typical:chain-text-element",
+    "certificate-typical:tree_head-text",
+    "certificate-typical:inclusion-text",
 }
 NESTED_ARRAY_GAPS = {
     "identity-typical:event-not-array",
@@ -361,6 +408,9 @@ CHOICE_GAPS = {
     "output-stderr:data-array",
     "exit-typical:workload_sha256-array",
     "problem-limit:pd-not-a-map",
+    "release-steward:steward-not-a-map",
+    "certificate-typical:certificate-array",
+    "certificate-typical:tree_head-array",
 }
 
 

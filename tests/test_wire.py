@@ -6,6 +6,7 @@ and the identity binding are tested in tests/test_eventlog.py."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -24,6 +25,7 @@ from stockade.errors import (
     ERROR_CLASSES,
     LimitExceeded,
     MalformedEvidence,
+    PolicyRejected,
     ProtocolError,
     ProtocolMisuse,
     StockadeError,
@@ -48,9 +50,11 @@ from stockade.wire.messages import (
     Output,
     Problem,
     Release,
+    StewardRequest,
     Workload,
     decode,
     decode_map,
+    release_stdin_room,
 )
 from stockade.wire.protocol import (
     CLIENT_ACTIONS,
@@ -61,9 +65,11 @@ from stockade.wire.protocol import (
     KeepState,
 )
 from wire_strategies import (
+    CERTIFICATE_TYPICAL,
     IDENTITY_TYPICAL,
     LOAD_STAGED,
     LOAD_TYPICAL,
+    RELEASE_STEWARD,
     RELEASE_TYPICAL,
     REPRESENTATIVE,
     REPRESENTATIVE_BUNDLES,
@@ -91,6 +97,7 @@ EXIT = Exit(code=0, workload_sha256=SHA, timing_us=(("run", 7),))
 LOAD = LOAD_TYPICAL
 IDENTITY = IDENTITY_TYPICAL
 RELEASE = RELEASE_TYPICAL
+CERTIFICATE = CERTIFICATE_TYPICAL
 
 
 def frame(msg: Message) -> bytes:
@@ -971,6 +978,12 @@ def client_running() -> ClientSession:
 def keep_at(stage: KeepState) -> KeepSession:
     """A Keep driven through a legal session up to ``stage``."""
     k = KeepSession()
+    if stage is KeepState.CERTIFYING:
+        keep_at(KeepState.AWAIT_RELEASE)  # (checks the path)
+        k = keep_at(KeepState.AWAIT_RELEASE)
+        assert k.receive_release(frame(RELEASE_STEWARD)) == RELEASE_STEWARD
+        assert k.state is KeepState.CERTIFYING
+        return k
     steps: list[tuple[KeepState, Callable[[], object]]] = [
         (KeepState.ATTESTING, lambda: k.receive_hello(frame(HELLO))),
         (KeepState.AWAIT_LOAD, k.channel_ready),
@@ -1058,6 +1071,9 @@ def _client_in(state: ClientState) -> ClientSession:
     c.receive(frame(IDENTITY))
     c.identity_verified(IDENTITY)
     if state is ClientState.IDENTIFIED:
+        return c
+    if state is ClientState.AWAIT_CERTIFICATE:
+        c.release(RELEASE_STEWARD)
         return c
     c.release(RELEASE)
     if state is ClientState.RUNNING:
@@ -1488,6 +1504,7 @@ def _client_actions(c: ClientSession) -> dict[str, Callable[[], object]]:
         "send the load request": lambda: c.load(LOAD),
         "accept the workload identity": lambda: c.identity_verified(IDENTITY),
         "release secrets": lambda: c.release(RELEASE),
+        "release secrets with a steward request": lambda: c.release(RELEASE_STEWARD),
     }
 
 
@@ -1517,6 +1534,8 @@ def _keep_actions(k: KeepSession) -> dict[str, Callable[[], object]]:
         "receive the load request": lambda: k.receive_load(frame(LOAD)),
         "send the identity": lambda: k.identity(IDENTITY),
         "receive the release": lambda: k.receive_release(frame(RELEASE)),
+        "receive a release with a steward request": lambda: k.receive_release(frame(RELEASE_STEWARD)),
+        "send the certificate": lambda: k.certificate(CERTIFICATE),
         "send output": lambda: k.output(1, b"x"),
         "send exit": lambda: k.exit(EXIT),
         "send a problem": lambda: k.problem(WorkloadTrapped("trap")),
@@ -1535,9 +1554,186 @@ def test_keep_steps_outside_the_table_are_misuse(state: KeepState, action: str) 
         _keep_actions(k)[action]()
         assert k.state is KEEP_ACTIONS[state, action]
         return
-    with pytest.raises(ProtocolMisuse, match=f"cannot {action} in state {state.value}"):
+    # Receiving is checked before the message is decoded: as "receive the
+    # release", whatever the release turns out to ask.
+    checked = "receive the release" if action.startswith("receive a release") else action
+    with pytest.raises(ProtocolMisuse, match=f"cannot {checked} in state {state.value}"):
         _keep_actions(k)[action]()
     assert k.state is state
+
+
+# == the steward request and the service certificate (issue 17) ======================================
+
+
+def test_session_with_a_steward_request() -> None:
+    """Release with a steward request: the Keep certifies, then sends the
+    certificate before any output; the client takes the certificate, then
+    output and exit."""
+    c, k = client_identified(), keep_at(KeepState.AWAIT_RELEASE)
+    assert k.receive_release(c.release(RELEASE_STEWARD)) == RELEASE_STEWARD
+    assert (c.state, k.state) == (ClientState.AWAIT_CERTIFICATE, KeepState.CERTIFYING)
+    with pytest.raises(ProtocolMisuse, match="cannot send output in state certifying"):
+        k.output(1, b"too early")
+    stream = k.certificate(CERTIFICATE) + k.output(1, b"out") + k.exit(EXIT)
+    assert k.state is KeepState.DONE
+    got = [m for i in range(len(stream)) for m in c.receive(stream[i : i + 1])]
+    assert got == [CERTIFICATE, Output(1, b"out"), EXIT]
+    assert c.state is ClientState.DONE
+
+
+def test_release_without_a_steward_request_needs_no_certificate() -> None:
+    k = keep_at(KeepState.AWAIT_RELEASE)
+    k.receive_release(frame(RELEASE))
+    assert k.state is KeepState.RUNNING
+    with pytest.raises(ProtocolMisuse, match="cannot send the certificate in state running"):
+        k.certificate(CERTIFICATE)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [Output(1, b"early"), EXIT, IDENTITY, RELEASE],
+    ids=["output", "exit", "identity", "release"],
+)
+def test_client_expects_the_certificate_first(msg: Message) -> None:
+    c = _client_in(ClientState.AWAIT_CERTIFICATE)
+    with pytest.raises(
+        ProtocolError, match=f"Keep sent '{msg.TYPE}' where its service certificate was expected"
+    ):
+        c.receive(frame(msg))
+
+
+def test_client_accepts_a_problem_instead_of_the_certificate() -> None:
+    c = _client_in(ClientState.AWAIT_CERTIFICATE)
+    problem = Problem.from_error(PolicyRejected("steward: package not allowed"))
+    assert c.receive(frame(problem)) == [problem]
+    assert c.state is ClientState.DONE
+    with pytest.raises(ProtocolError):
+        c.receive(frame(CERTIFICATE))
+
+
+def test_client_refuses_a_certificate_it_did_not_ask_for() -> None:
+    with pytest.raises(ProtocolError, match="unexpected 'certificate'"):
+        client_running().receive(frame(CERTIFICATE))
+    c = client_awaiting_identity()
+    with pytest.raises(ProtocolError, match="'certificate' where its identity was expected"):
+        c.receive(frame(CERTIFICATE))
+
+
+def test_client_refuses_a_second_certificate() -> None:
+    c = _client_in(ClientState.AWAIT_CERTIFICATE)
+    with pytest.raises(ProtocolError, match="unexpected 'certificate'"):
+        c.receive(frame(CERTIFICATE) + frame(CERTIFICATE))
+
+
+STEWARD_URL_ERRORS = [
+    pytest.param("http://steward.example", "over HTTPS only", id="http"),
+    pytest.param("steward.example:8443", "over HTTPS only", id="no-scheme"),
+    pytest.param("https://", "needs a host", id="no-host"),
+    pytest.param("https://user@steward.example", "no user information", id="userinfo"),
+    pytest.param("https://steward.example/?a=1", "no query or fragment", id="query"),
+    pytest.param("https://steward.example/#x", "no query or fragment", id="fragment"),
+    pytest.param("https://steward.example:99999", "not a valid URL", id="port-range"),
+    pytest.param("https://steward.example:x", "not a valid URL", id="port-text"),
+    pytest.param("https://steward.example:0", "port 0", id="port-0"),
+    pytest.param("https://steward example", "printable ASCII without spaces", id="space"),
+    pytest.param("https://st\u00e9ward.example", "printable ASCII", id="non-ascii"),
+    pytest.param("https://s.example/\n", "printable ASCII", id="newline"),
+    pytest.param("", "1 to 2048 characters", id="empty"),
+    pytest.param("https://s.example/" + "p" * 2031, "1 to 2048 characters", id="2049"),
+]
+
+
+@pytest.mark.parametrize(("url", "error"), STEWARD_URL_ERRORS)
+def test_steward_request_url_is_checked(url: str, error: str) -> None:
+    with pytest.raises(ProtocolError, match=error):
+        StewardRequest(url=url, ca=b"\x30\x00")
+    good = cbor2.loads(RELEASE_STEWARD.to_cbor())
+    good["steward"]["url"] = url
+    with pytest.raises(ProtocolError, match=error):
+        decode(enc(good))
+
+
+@pytest.mark.parametrize(
+    ("ca", "error"),
+    [
+        pytest.param(b"", "1 to 16384 bytes", id="empty"),
+        pytest.param(b"\x30" * 16385, "1 to 16384 bytes", id="too-long"),
+        pytest.param(b"-----BEGIN CERTIFICATE-----", "no SEQUENCE tag", id="pem"),
+    ],
+)
+def test_steward_request_ca_is_checked(ca: bytes, error: str) -> None:
+    with pytest.raises(ProtocolError, match=f"release steward ca: .*{error}"):
+        StewardRequest(url="https://s.example", ca=ca)
+
+
+def test_steward_request_fields_are_named_in_errors() -> None:
+    good = cbor2.loads(RELEASE_STEWARD.to_cbor())
+    for mutate, error in [
+        (lambda m: m["steward"].pop("url"), "release steward: missing field 'url'"),
+        (lambda m: m["steward"].pop("ca"), "release steward: missing field 'ca'"),
+        (lambda m: m["steward"].update(log=b"x"), r"release steward: unknown field\(s\) \['log'\]"),
+        (lambda m: m.update(steward="https://s.example"), "release: steward must be a map"),
+        (lambda m: m["steward"].update(ca="0"), "'ca' has the wrong type"),
+    ]:
+        m = copy.deepcopy(good)
+        mutate(m)
+        with pytest.raises(ProtocolError, match=error):
+            decode(enc(m))
+
+
+CERTIFICATE_ERRORS = [
+    pytest.param({"certificate": b""}, "certificate: must be 1 to 16384 bytes", id="cert-empty"),
+    pytest.param({"certificate": b"\x02\x01"}, "no SEQUENCE tag", id="cert-not-der"),
+    pytest.param({"chain": []}, "chain must hold 1 to 4", id="chain-empty"),
+    pytest.param({"chain": [b"\x30"] * 5}, "chain must hold 1 to 4", id="chain-5"),
+    pytest.param({"chain": [b"\x02"]}, "certificate chain: not a DER", id="chain-not-der"),
+    pytest.param({"chain": ["0"]}, "chain and inclusion must hold byte strings", id="chain-text"),
+    pytest.param({"log_index": -1}, "log_index must be an unsigned integer", id="index-negative"),
+    pytest.param({"log_index": True}, "'log_index' must be an integer", id="index-bool"),
+    pytest.param({"tree_head": b""}, "tree_head must be 1 to 4096 bytes", id="head-empty"),
+    pytest.param({"tree_head": b"\x00" * 4097}, "tree_head must be 1 to 4096 bytes", id="head-long"),
+    pytest.param({"inclusion": [b"\x00" * 31]}, "32 bytes", id="hash-31"),
+    pytest.param({"inclusion": [b"\x00" * 32] * 129}, "longer than 128 hashes", id="proof-129"),
+    pytest.param({"inclusion": b"\x00" * 32}, "'inclusion' has the wrong type", id="proof-bytes"),
+    pytest.param({"chain": b"\x30"}, "'chain' has the wrong type", id="chain-bytes"),
+    pytest.param({"extra": 1}, r"certificate: unknown field\(s\) \['extra'\]", id="extra"),
+]
+
+
+@pytest.mark.parametrize(("change", "error"), CERTIFICATE_ERRORS)
+def test_certificate_message_is_checked(change: dict[str, Any], error: str) -> None:
+    m = {**cbor2.loads(CERTIFICATE.to_cbor()), **change}
+    with pytest.raises(ProtocolError, match=error):
+        decode(enc(m))
+
+
+@pytest.mark.parametrize("field", ["certificate", "chain", "log_index", "tree_head", "inclusion"])
+def test_certificate_message_needs_every_field(field: str) -> None:
+    m = cbor2.loads(CERTIFICATE.to_cbor())
+    del m[field]
+    with pytest.raises(ProtocolError, match=f"certificate: missing field '{field}'"):
+        decode(enc(m))
+
+
+def test_release_without_steward_encodes_as_before() -> None:
+    """No steward request: no ``steward`` key (the release of a deploy
+    without --steward is byte for byte what it was)."""
+    assert "steward" not in cbor2.loads(RELEASE.to_cbor())
+    assert decode(RELEASE.to_cbor()) == RELEASE
+
+
+def test_release_repr_names_the_steward_not_the_ca() -> None:
+    text = repr(RELEASE_STEWARD)
+    assert "https://127.0.0.1:8443" in text and "s3cr3t" not in text
+
+
+def test_stdin_room_counts_the_steward_request() -> None:
+    secrets = (("k", b"v"),)
+    plain = release_stdin_room(secrets, 10_000)
+    with_steward = release_stdin_room(secrets, 10_000, RELEASE_STEWARD.steward)
+    assert plain - with_steward >= len(RELEASE_STEWARD.steward.ca)  # type: ignore[union-attr]
+    release = Release(secrets=secrets, stdin=b"x" * with_steward, steward=RELEASE_STEWARD.steward)
+    assert len(release.to_cbor()) <= 10_000
 
 
 def test_evidence_verified_must_bind_this_sessions_nonce() -> None:

@@ -28,6 +28,8 @@ from stockade.wire.messages import (
     Output,
     Problem,
     Release,
+    ServiceCertificate,
+    StewardRequest,
     Workload,
 )
 
@@ -104,10 +106,26 @@ identities = st.builds(
     evidence=bundles.map(lambda b: b.to_cbor()),
     events=st.lists(events, max_size=6).map(tuple),
 )
+#: A DER-shaped blob (a SEQUENCE tag first): the wire checks the shape and
+#: the size, the receiver parses the certificate.
+ders = st.binary(min_size=0, max_size=64).map(lambda b: b"\x30" + b)
+steward_urls = st.sampled_from(
+    ["https://steward.example", "https://127.0.0.1:8443", "https://[::1]:1/v1", "https://s.example/a/b"]
+)
+steward_requests = st.builds(StewardRequest, url=steward_urls, ca=ders)
 releases = st.builds(
     Release,
     secrets=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
     stdin=small_bytes,
+    steward=st.none() | steward_requests,
+)
+service_certificates = st.builds(
+    ServiceCertificate,
+    certificate=ders,
+    chain=st.lists(ders, min_size=1, max_size=4).map(tuple),
+    log_index=st.integers(0, U64_MAX),
+    tree_head=st.binary(min_size=1, max_size=64),
+    inclusion=st.lists(digests32, max_size=8).map(tuple),
 )
 # The internal Workload (assembled inside the Keep; not a message).
 workloads = st.builds(
@@ -129,7 +147,7 @@ exits = st.builds(
 )
 problems = st.builds(Problem, problem_type=texts, title=texts, detail=texts)
 messages: st.SearchStrategy[Message] = st.one_of(
-    hellos, loads, identities, releases, outputs, exits, problems
+    hellos, loads, identities, releases, service_certificates, outputs, exits, problems
 )
 
 # Arbitrary CBOR-encodable values (no tags), for structure-aware fuzzing.
@@ -163,6 +181,19 @@ LOAD_TYPICAL = Load(
 )
 LOAD_STAGED = Load(package=None, staged=True, config=Config(), nonce=b"\xff" * 32)
 RELEASE_TYPICAL = Release(secrets=(("api-key", b"s3cr3t"), ("blob", bytes(range(256)))), stdin=b"hi\n")
+CA_DER = b"\x30\x82\x01\x50" + bytes(range(256)) * 2
+RELEASE_STEWARD = Release(
+    secrets=(("api-key", b"s3cr3t"),),
+    stdin=b"",
+    steward=StewardRequest(url="https://127.0.0.1:8443", ca=CA_DER),
+)
+CERTIFICATE_TYPICAL = ServiceCertificate(
+    certificate=b"\x30\x82\x02\x00" + b"\x01" * 600,
+    chain=(CA_DER,),
+    log_index=7,
+    tree_head=b"\xa4" + b"\x02" * 150,
+    inclusion=(b"\x03" * 32, b"\x04" * 32, b"\x05" * 32),
+)
 IDENTITY_TYPICAL = Identity(
     evidence=SIM_BUNDLE.to_cbor(),
     events=(
@@ -216,6 +247,28 @@ REPRESENTATIVE: list[tuple[str, Message]] = [
     (
         "release-max",
         Release(secrets=tuple(sorted((f"s{i}", b"\xff" * 70_000) for i in range(2))), stdin=b"x" * 100_000),
+    ),
+    ("release-steward", RELEASE_STEWARD),
+    (
+        "release-steward-max",
+        Release(steward=StewardRequest(url="https://s.example/" + "p" * 2030, ca=b"\x30" * 16384)),
+    ),
+    ("certificate-typical", CERTIFICATE_TYPICAL),
+    (
+        "certificate-first-leaf",
+        ServiceCertificate(
+            certificate=b"\x30", chain=(b"\x30",), log_index=0, tree_head=b"\x00", inclusion=()
+        ),
+    ),
+    (
+        "certificate-max",
+        ServiceCertificate(
+            certificate=b"\x30" * 16384,
+            chain=(b"\x30" * 16384,) * 4,
+            log_index=U64_MAX,
+            tree_head=b"\xff" * 4096,
+            inclusion=(b"\x06" * 32,) * 128,
+        ),
     ),
     ("output-stdout-empty", Output(fd=1, data=b"")),
     ("output-stderr", Output(fd=2, data=b"oops\n")),

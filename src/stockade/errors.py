@@ -127,6 +127,18 @@ class CollateralUnavailable(StockadeError):
     title = "collateral unavailable"
 
 
+class StewardUnavailable(CollateralUnavailable):
+    """CollateralUnavailable (exit 114, same problem type) for a steward
+    (docs/steward.md) a deploy with ``--steward`` needs and cannot get an
+    answer from: no connection, a TLS certificate that does not chain to
+    the pinned steward CA, a busy steward, a timeout. Like a collateral
+    fetch, an outside service the host can block; retry later, or check
+    the URL and ``--steward-ca``. A subclass only for its title: a refusal
+    by the steward is CertificateRequestRefused (112) instead."""
+
+    title = "steward unavailable"
+
+
 class KeepDied(StockadeError):
     """The Keep process ended or vanished before it reported a result."""
 

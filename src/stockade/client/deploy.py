@@ -17,14 +17,38 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from stockade.client.attest import Appraisal, TrustConfig, appraise
 from stockade.client.hello import SentHello, send_hello
 from stockade.client.identity import WorkloadIdentity, appraise_identity
 from stockade.client.progress import Phase, Progress
-from stockade.errors import ChannelTampered, KeepDied, ProtocolError, StockadeError, WorkloadRejected
-from stockade.wire.messages import Config, Exit, Expect, Identity, Load, Message, Output, Problem, Release
+from stockade.errors import (
+    ChannelTampered,
+    KeepDied,
+    ProtocolError,
+    ProtocolMisuse,
+    StockadeError,
+    WorkloadRejected,
+)
+from stockade.wire.messages import (
+    Config,
+    Exit,
+    Expect,
+    Identity,
+    Load,
+    Message,
+    Output,
+    Problem,
+    Release,
+    ServiceCertificate,
+    StewardRequest,
+)
 from stockade.wire.protocol import ClientSession
+
+if TYPE_CHECKING:
+    from stockade.client.steward import StewardPlan
+    from stockade.steward.request import VerifiedIssuance
 
 #: Time beyond the workload's own limit that the client waits for the Keep.
 CLIENT_GRACE_S = 10.0
@@ -108,6 +132,9 @@ class DeployPlan:
     secrets: tuple[tuple[str, bytes], ...] = ()
     stdin: bytes = b""
     required_secrets: tuple[str, ...] = ()
+    #: Sent in the release: the Keep gets a service certificate from this
+    #: steward before the workload runs (issue 17).
+    steward: StewardRequest | None = None
 
     def __repr__(self) -> str:
         return f"DeployPlan(digest={self.digest.hex()}, secrets={[n for n, _ in self.secrets]!r})"
@@ -141,6 +168,9 @@ class DeployResult:
     identity: WorkloadIdentity
     workload_sha256: bytes
     timing_ms: dict[str, float] = field(default_factory=dict)
+    #: The Keep's service certificate and its log position, verified
+    #: (None: the deploy asked for none).
+    issuance: VerifiedIssuance | None = None
 
 
 class Steps:
@@ -187,6 +217,8 @@ def deploy(
     on_identity: Callable[[WorkloadIdentity], None] = lambda i: None,
     progress: Progress | None = None,
     on_release: Callable[[], None] = lambda: None,
+    steward: StewardPlan | None = None,
+    on_certificate: Callable[[VerifiedIssuance], None] = lambda v: None,
 ) -> DeployResult:
     """Run one deploy session over ``sock``. ``hello`` is the hello already
     sent by :func:`send_hello` (callers send it as soon as the Keep starts,
@@ -199,7 +231,14 @@ def deploy(
     ``deploy --fleet``. A failure raised before that call left nothing
     behind but an attested, idle Keep, and may be retried on another host;
     a failure after it never is (the workload may have run, its secrets
-    and input are out): see :class:`ReleaseMark`."""
+    and input are out): see :class:`ReleaseMark`.
+
+    ``steward``: with ``plan.steward`` (the release's steward request),
+    the pinned CA and log key that the Keep's service certificate is
+    checked against (stockade.client.steward); ``on_certificate`` gets it
+    once verified, before any of the workload's output."""
+    if (plan.steward is None) != (steward is None):
+        raise ProtocolMisuse("a steward request needs the steward's CA and log key to check the answer")
     missing = sorted(set(plan.required_secrets) - {name for name, _ in plan.secrets})
     if missing:
         raise WorkloadRejected(f"the package needs secret(s) {', '.join(missing)}: pass --secret NAME=@FILE")
@@ -238,6 +277,8 @@ def deploy(
             steps,
             progress,
             on_release,
+            steward,
+            on_certificate,
         )
     finally:
         # wrap_socket took over ``sock``: closing the TLS socket is what ends
@@ -259,6 +300,8 @@ def _session(
     steps: Steps,
     progress: Progress,
     on_release: Callable[[], None],
+    steward: StewardPlan | None,
+    on_certificate: Callable[[VerifiedIssuance], None],
 ) -> DeployResult:
     steps.mark("attest_and_handshake")
     progress.enter(Phase.VERIFYING)
@@ -302,14 +345,25 @@ def _session(
     # may run: no failure from here on is retried elsewhere (ReleaseMark).
     on_release()
     try:
-        tls.sendall(session.release(Release(secrets=plan.secrets, stdin=plan.stdin)))
+        tls.sendall(session.release(Release(secrets=plan.secrets, stdin=plan.stdin, steward=plan.steward)))
     except OSError as exc:
         raise channel_failure(exc, "while receiving the release", died) from None
     progress.enter(Phase.RUNNING)
-    tls.settimeout(plan.config.limits.timeout_ms / 1000 + CLIENT_GRACE_S)
+    # With a steward request the Keep first gets its certificate (bounded
+    # by the steward requests' own timeouts), then runs the workload.
+    tls.settimeout(plan.config.limits.timeout_ms / 1000 + CLIENT_GRACE_S + (60.0 if steward else 0.0))
+    issuance: VerifiedIssuance | None = None
     while True:
         for msg in _receive(tls, session, died, "while the workload ran"):
-            if isinstance(msg, Output):
+            if isinstance(msg, ServiceCertificate):
+                # The state machine lets it in only first, and only when asked for.
+                assert steward is not None  # plan.steward is set iff steward is
+                from stockade.client.steward import check_certificate
+
+                issuance = check_certificate(msg, steward, identity.package_digest)
+                steps.mark("certificate")
+                on_certificate(issuance)
+            elif isinstance(msg, Output):
                 on_output(msg.fd, msg.data)
             elif isinstance(msg, Problem):
                 steps.mark("run")
@@ -321,7 +375,7 @@ def _session(
                     # compile_cached is a flag (1: the module came from the
                     # Keep's sealed compile cache), not a duration.
                     steps.ms[f"keep_{name}"] = bool(us) if name == "compile_cached" else us / 1000
-                return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms)
+                return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms, issuance)
 
 
 def _receive(

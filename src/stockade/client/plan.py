@@ -23,6 +23,7 @@ from stockade.errors import UsageError
 
 if TYPE_CHECKING:
     from stockade.client.deploy import DeployPlan
+    from stockade.client.steward import StewardChoice
     from stockade.package import Manifest, Package
     from stockade.policy import Policy
     from stockade.wire.messages import Expect, FileEntry, Limits
@@ -179,6 +180,10 @@ class RunOptions:
     timings: bool = False
     #: ``stockade run``: no sealed compile cache (--no-compile-cache).
     no_compile_cache: bool = False
+    #: --steward URL (over the manifest's ``[steward] url``) and
+    #: --steward-ca FILE: the Keep gets a service certificate (issue 17).
+    steward: str | None = None
+    steward_ca: Path | None = None
 
 
 #: Keep backend -> the platform its evidence claims (the sim backends).
@@ -362,20 +367,36 @@ class PlannedDeploy:
     policy: Policy
     policy_note: str
     notes: tuple[str, ...]
+    #: The steward the Keep is to get its service certificate from (None: no
+    #: certificate); its log key is fetched before the deploy.
+    steward: StewardChoice | None = None
 
 
-def read_stdin(opts: RunOptions, secrets: tuple[tuple[str, bytes], ...] = ()) -> bytes:
+def choose_steward(opts: RunOptions, prepared: Prepared) -> StewardChoice | None:
+    """The steward of this deploy (--steward, else the manifest's
+    ``[steward] url``, with --steward-ca), or None; no network."""
+    from stockade.client.steward import choose
+
+    return choose(opts.steward, opts.steward_ca, prepared.manifest, opts.backend)
+
+
+def read_stdin(
+    opts: RunOptions,
+    secrets: tuple[tuple[str, bytes], ...] = (),
+    steward: StewardChoice | None = None,
+) -> bytes:
     """The workload's standard input: ``--stdin FILE``, ``-`` (ours), or none.
 
-    It travels in the one Release message (with the ``secrets``), which is
-    one frame of at most MAX_FRAME bytes: more is refused here, before
-    anything is sent, reading no more than one byte past what fits."""
+    It travels in the one Release message (with the ``secrets`` and the
+    ``steward`` request), which is one frame of at most MAX_FRAME bytes:
+    more is refused here, before anything is sent, reading no more than
+    one byte past what fits."""
     from stockade.wire.framing import MAX_FRAME
     from stockade.wire.messages import release_stdin_room
 
     if opts.stdin is None:
         return b""
-    room = release_stdin_room(secrets, MAX_FRAME)
+    room = release_stdin_room(secrets, MAX_FRAME, None if steward is None else steward.request())
     if opts.stdin == "-":
         data = sys.stdin.buffer.read(room + 1)
     else:
@@ -421,13 +442,21 @@ def plan_deploy(
         args=opts.args, env=parse_env(opts.env), files=parse_files(opts.files), limits=prepared.limits
     )
     secrets = parse_secrets(opts.secret_refs)
+    steward = choose_steward(opts, prepared)
     plan = DeployPlan(
         package=None if staged else prepared.package,
         digest=prepared.digest,
         config=config,
         expect=expect,
         secrets=secrets,
-        stdin=read_stdin(opts, secrets) if stdin is None else stdin,
+        stdin=read_stdin(opts, secrets, steward) if stdin is None else stdin,
         required_secrets=prepared.manifest.secrets,
+        steward=None if steward is None else steward.request(),
     )
-    return PlannedDeploy(plan, policy, note, notes)
+    if steward is not None:
+        notes = (
+            *notes,
+            f"  steward      {steward.url} (from {steward.source}): the Keep gets a service certificate "
+            "before the workload runs",
+        )
+    return PlannedDeploy(plan, policy, note, notes, steward)

@@ -139,7 +139,7 @@ def deploy_fleet(
 ) -> WorkloadExit:
     from stockade.client.failover import kill_unless_released, manager_for, run_with_failover
     from stockade.client.placement import Constraints, no_candidate_error, plan_placement, retryable
-    from stockade.client.plan import parse_secrets, prepare, read_stdin
+    from stockade.client.plan import choose_steward, parse_secrets, prepare, read_stdin
     from stockade.commands._run import print_json
     from stockade.commands.remote import _token, deploy_on, keep_measurement_for
     from stockade.fleet.etcd import Etcd
@@ -169,7 +169,7 @@ def deploy_fleet(
         raise no_candidate_error(request.fleet.url, placement)
     # Read once: every attempt before release sends the same input (its room
     # in the release message depends on the secrets that travel with it).
-    stdin = read_stdin(opts, parse_secrets(opts.secret_refs))
+    stdin = read_stdin(opts, parse_secrets(opts.secret_refs), choose_steward(opts, prepared))
 
     def run(
         candidate: Candidate, mark: ReleaseMark, created: list[str]

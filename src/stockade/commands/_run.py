@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from stockade.client.identity import WorkloadIdentity
     from stockade.client.plan import Prepared
     from stockade.client.progress import Progress
+    from stockade.steward.request import VerifiedIssuance
 
 SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
 SIM_TDX_WARNING = "sim-tdx — NO HARDWARE PROTECTION (simulated TDX, for development only)"
@@ -122,11 +123,16 @@ def deploy_session(
     from stockade.client.plan import plan_deploy
     from stockade.client.plan import state_dir as default_state_dir
     from stockade.client.progress import Progress
+    from stockade.client.steward import prepare_steward, summary_line
 
     steps = Steps()
     progress = progress or Progress()
     planned = plan_deploy(opts, prepared, runtime_measurement, staged=staged, stdin=stdin)
     note, notes = planned.policy_note, planned.notes
+    # The steward's log key, under the pinned CA: before anything of the
+    # workload leaves (an unreachable steward or a wrong --steward-ca ends
+    # the deploy here).
+    steward = None if planned.steward is None else prepare_steward(planned.steward)
     # The sim root is used to *verify* sim evidence; acceptance is the
     # policy's decision (the default policy refuses sim).
     trust = TrustConfig(
@@ -162,6 +168,11 @@ def deploy_session(
             progress.clear()
             click.echo(identity_summary(identity), err=True)
 
+    def on_certificate(issuance: VerifiedIssuance) -> None:
+        if not opts.as_json and not opts.quiet:
+            progress.clear()
+            click.echo(summary_line(issuance), err=True)
+
     steps.mark("client_prepare")
     result = deploy(
         conn,
@@ -175,6 +186,8 @@ def deploy_session(
         on_identity=on_identity,
         progress=progress,
         on_release=on_release,
+        steward=steward,
+        on_certificate=on_certificate,
     )
     if progress is not None:
         result.timing_ms.update({f"phase_{k}": v for k, v in progress.durations_ms().items()})
@@ -190,6 +203,7 @@ _STEP_NOTES = {
     "verify": "client: evidence verification and policy",
     "transfer": "client: sending the workload",
     "identity": "client: the second report and the workload identity check",
+    "certificate": "client: from the release to the Keep's verified service certificate (--steward)",
     "run": "client: from the release to the exit (streaming output)",
 }
 
@@ -239,6 +253,11 @@ def print_json(result: DeployResult, out: dict[int, bytearray], **extra: Any) ->
         "timing_ms": result.timing_ms,
         **extra,
     }
+    if result.issuance is not None:
+        # The Keep's service certificate and its place in the steward's log,
+        # both verified (stockade.client.steward.check_certificate).
+        doc["certificate"] = result.issuance.certificate_pem
+        doc["inclusion"] = result.issuance.inclusion_json()
     click.echo(json.dumps(doc, indent=2))
 
 
@@ -315,6 +334,21 @@ def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--offline",
             is_flag=True,
             help="Never fetch collateral: use --collateral DIR or the local cache only.",
+        ),
+        click.option(
+            "--steward",
+            metavar="URL",
+            help="After the workload identity is verified, the Keep makes a service key and gets a "
+            "workload certificate for it from the steward at URL (https://HOST[:PORT]) before the "
+            "workload runs; the result shows the certificate and its verified log inclusion proof "
+            "[default: the package manifest's [steward] url]. Needs --steward-ca.",
+        ),
+        click.option(
+            "--steward-ca",
+            type=click.Path(dir_okay=False, path_type=Path),
+            metavar="FILE",
+            help="The steward's CA certificate (PEM or DER; `stockade steward init` writes ca.pem): the "
+            "Keep accepts the steward only under it, and the client checks the certificate against it.",
         ),
         click.option(
             "--expect-measurement",

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         # A VM Keep may wait in its host's warm pool before a client comes:
         # no limit on the first hello (its host reaps it; nothing is in it yet).
-        return serve(conn, vm_attester, engine, args.scratch, box, hello_timeout=None)
+        # No network of its own: only the virtio ports to its host (no steward).
+        return serve(conn, vm_attester, engine, args.scratch, box, hello_timeout=None, network=False)
     if args.conn_fd is None:
         parser.error(f"--backend {args.backend} needs --conn-fd")
     if args.psp_fd is None:

@@ -68,6 +68,7 @@ from stockade.wire.messages import STDERR, STDOUT, Workload
 
 if TYPE_CHECKING:
     from stockade.keep.compilecache import CompileCache
+    from stockade.keep.service import ServiceIdentity
 
 MEMORY_SLACK = 16 * 1024 * 1024
 DISK_SLACK = 1024 * 1024
@@ -313,8 +314,12 @@ class Runner:
         emit: Callable[[int, bytes], None],
         sandbox: Sandbox,
         cache: CompileCache | None = None,
+        service: ServiceIdentity | None = None,
     ) -> None:
         self.engine = engine
+        #: The Keep's service key and steward certificate, when the deployer
+        #: asked for one (issue 17): for the workload's network sockets.
+        self.service = service
         #: The sealed compile cache (None: compile every time).
         self.cache = cache
         #: A compiled module or component to store in the cache, and its entry key.

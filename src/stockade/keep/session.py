@@ -18,17 +18,21 @@ import traceback  # at import time: the error path below must not import (ADR 00
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from stockade import oneshot, procfs
 from stockade.binding.reportdata import identity_report_data, report_data_for
-from stockade.errors import LimitExceeded, ProtocolError, StockadeError, WorkloadRejected
+from stockade.errors import LimitExceeded, ProtocolError, StewardUnavailable, StockadeError, WorkloadRejected
 from stockade.keep import identity
 from stockade.keep.sandbox import Sandbox
 from stockade.wire.evidence import EvidenceBundle
 from stockade.wire.framing import HEADER
-from stockade.wire.messages import Exit, Identity, Message, Workload
+from stockade.wire.messages import Exit, Identity, Message, ServiceCertificate, StewardRequest, Workload
 from stockade.wire.protocol import KeepSession
+
+if TYPE_CHECKING:
+    from stockade.binding.eventlog import EventLog
+    from stockade.keep.service import ServiceIdentity
 
 M = TypeVar("M", bound=Message)
 
@@ -147,8 +151,16 @@ class KeepServer:
         sandbox: Sandbox,
         hello_timeout: float | None = IDLE_TIMEOUT,
         compile_cache: Path | None = None,
+        network: bool = True,
     ) -> None:
         self.sock = sock
+        #: Whether this Keep can open connections of its own on the host's
+        #: network stack (process Keeps); a VM Keep has only its virtio
+        #: ports to the host (no path to a steward).
+        self.network = network
+        #: The service key and its steward certificate, when the release
+        #: asked for one (stockade.keep.service); for the runner.
+        self.service: ServiceIdentity | None = None
         #: Host storage for the sealed compile cache (None: no cache).
         self.compile_cache = compile_cache
         self.hello_timeout = hello_timeout
@@ -246,14 +258,71 @@ class KeepServer:
             raise WorkloadRejected(
                 f"the package needs secret(s) {', '.join(missing)}, which were not released"
             )
+        if release.steward is not None:
+            self.service = self.certify(release.steward, loaded.log)
         return dataclasses.replace(loaded.workload, secrets=release.secrets, stdin=release.stdin)
+
+    def certify(self, request: StewardRequest, log: EventLog) -> ServiceIdentity:
+        """After the release, before the workload runs (issue 17; docs/steward.md
+        "Keeps get certificates"): a service key born here (ECDSA P-256),
+        certified by the steward the client named, under the CA the client
+        pinned (stockade.steward.request: evidence binding the steward's
+        nonce, the key and this event-log register); the certificate and
+        its log position go to the client. The key stays in this process:
+        never in a message, a file or a log line. A refusal or an
+        unreachable steward ends the session with a problem: the workload
+        does not run."""
+        if not self.network:
+            raise WorkloadRejected(
+                "this is a VM Keep: it has no network path to a steward, so it cannot get a service "
+                "certificate (--steward works with process Keeps: sim, sim-snp, sim-tdx; docs/limitations.md)"
+            )
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        from stockade.keep.service import ServiceIdentity
+        from stockade.steward.request import StewardUnreachable, request_certificate
+
+        try:
+            ca = x509.load_der_x509_certificate(request.ca)
+        except ValueError:
+            raise ProtocolError("release: the steward CA is not a DER X.509 certificate") from None
+        key = ec.generate_private_key(ec.SECP256R1())
+        try:
+            issued = request_certificate(
+                request.url,
+                ca=ca,
+                key=key,
+                register=log.register,
+                events=log.events,
+                evidence=self.attester.evidence,
+            )
+        except StewardUnreachable as exc:
+            raise StewardUnavailable(f"the Keep could not get its service certificate: {exc}") from None
+        certificate = x509.load_der_x509_certificate(issued.certificate)  # parsed and checked above
+        self._send(
+            self.session.certificate(
+                ServiceCertificate(
+                    certificate=issued.certificate,
+                    chain=issued.chain,
+                    log_index=issued.log_index,
+                    tree_head=issued.tree_head,
+                    inclusion=issued.inclusion,
+                )
+            )
+        )
+        self._mark("steward")
+        _log("service key certified by the steward; certificate sent")  # no serial, no digest
+        return ServiceIdentity(key=key, certificate=certificate, ca=ca)
 
     def run(self, workload: Workload) -> None:
         from stockade.keep.runner import Runner
 
         pump = OutputPump(lambda fd, data: self._send(self.session.output(fd, data)))
         cache = self.open_cache()
-        runner = self.runner = Runner(self.engine.result(), pump.put, self.sandbox, cache)
+        runner = self.runner = Runner(
+            self.engine.result(), pump.put, self.sandbox, cache, service=self.service
+        )
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
         done = threading.Event()
         watchdog = threading.Thread(
@@ -380,14 +449,17 @@ def serve(
     sandbox: Sandbox,
     hello_timeout: float | None = IDLE_TIMEOUT,
     compile_cache: Path | None = None,
+    network: bool = True,
 ) -> int:
     """Serve one client. ``hello_timeout``: how long to wait for the
     client's first bytes (None: no limit, for a pre-booted VM Keep in a
     warm pool, which waits for a client as long as its host keeps it;
     every later step has IDLE_TIMEOUT). ``compile_cache``: the directory
-    of the sealed compile cache (None: compile every time)."""
+    of the sealed compile cache (None: compile every time). ``network``:
+    the Keep may connect on the host's network stack (False for a VM
+    Keep: a steward request is refused)."""
     threading.Thread(target=_preload, daemon=True, name="preload").start()
-    server = KeepServer(sock, attester, engine, scratch, sandbox, hello_timeout, compile_cache)
+    server = KeepServer(sock, attester, engine, scratch, sandbox, hello_timeout, compile_cache, network)
     t0 = time.perf_counter()
     try:
         server.attest()

@@ -15,14 +15,30 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from stockade.errors import UsageError
+from stockade.errors import ProtocolError, UsageError
+from stockade.wire.messages import check_steward_url
 
 _UINT64_LIMIT = 1 << 64
-TOP_KEYS = ("name", "version", "entry", "args", "env", "files", "secrets", "limits", "source", "build")
+TOP_KEYS = (
+    "name",
+    "version",
+    "entry",
+    "args",
+    "env",
+    "files",
+    "secrets",
+    "limits",
+    "source",
+    "build",
+    "steward",
+)
 LIMIT_KEYS = ("timeout_ms", "memory_bytes", "output_bytes", "disk_bytes")
 SOURCE_KEYS = ("repository", "commit")
 BUILD_KEYS = ("recipe", "toolchain")
-_TABLES = {"limits": LIMIT_KEYS, "source": SOURCE_KEYS, "build": BUILD_KEYS}
+#: ``[steward] url``: the steward a deploy of this package asks for a
+#: service certificate (docs/steward.md); the deployer gives the CA.
+STEWARD_KEYS = ("url",)
+_TABLES = {"limits": LIMIT_KEYS, "source": SOURCE_KEYS, "build": BUILD_KEYS, "steward": STEWARD_KEYS}
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
@@ -91,6 +107,8 @@ class Manifest:
     limits: tuple[tuple[str, int], ...] = ()
     source: tuple[tuple[str, str], ...] = ()
     build: tuple[tuple[str, str], ...] = ()
+    #: ``[steward] url`` (None: the manifest names no steward).
+    steward_url: str | None = None
 
     @classmethod
     def from_map(cls, m: dict[str, Any]) -> Manifest:
@@ -131,6 +149,16 @@ class Manifest:
                 if k not in t:
                     raise ManifestError(f"{name}.{k}", f"missing required key {name}.{k}")
             pairs[name] = tuple((k, _str(t[k], f"{name}.{k}")) for k in keys)
+        steward_url = None
+        if "steward" in m:
+            t = _table(m["steward"], "steward", STEWARD_KEYS)
+            if "url" not in t:
+                raise ManifestError("steward.url", "missing required key steward.url")
+            steward_url = _str(t["url"], "steward.url")
+            try:
+                check_steward_url(steward_url, "steward.url")
+            except ProtocolError as exc:
+                raise ManifestError("steward.url", str(exc)) from None
         return cls(
             name=_str(m["name"], "name"),
             version=_str(m["version"], "version"),
@@ -142,11 +170,13 @@ class Manifest:
             limits=tuple(sorted(limits.items())),
             source=pairs["source"],
             build=pairs["build"],
+            steward_url=steward_url,
         )
 
     def to_map(self) -> dict[str, Any]:
         """The CBOR/JSON form. ``args``, ``env``, ``files`` and ``secrets``
-        are always present; ``limits``, ``source``, ``build`` only when set."""
+        are always present; ``limits``, ``source``, ``build``, ``steward``
+        only when set."""
         m: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
@@ -160,6 +190,8 @@ class Manifest:
             value = getattr(self, key)
             if value:
                 m[key] = dict(value)
+        if self.steward_url is not None:
+            m["steward"] = {"url": self.steward_url}
         return m
 
 

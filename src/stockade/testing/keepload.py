@@ -134,8 +134,12 @@ def _cli(argv: list[str]) -> None:
     os._exit(code)
 
 
-def scenarios(work: Path, state: Path | None = None) -> list[tuple[list[str], bytes]]:
-    """CLI runs (args, stdin) covering success and the error paths a Keep meets."""
+def scenarios(
+    work: Path, state: Path | None = None, steward: tuple[str, Path] | None = None
+) -> list[tuple[list[str], bytes]]:
+    """CLI runs (args, stdin) covering success and the error paths a Keep meets;
+    with ``steward`` (its URL and CA file), a run whose Keep gets a service
+    certificate from it (issue 17)."""
     root = Path(__file__).resolve().parents[3]
     examples = root / "examples"
     hello = examples / "hello" / "hello.wasm"
@@ -167,7 +171,14 @@ def scenarios(work: Path, state: Path | None = None) -> list[tuple[list[str], by
         ):
             subprocess.run([sys.executable, "-m", "stockade", *args], check=True, capture_output=True)
     common = ["run", "--allow-sim", "-q", "--state-dir", str(state or work / "state")]
+    certified: list[tuple[list[str], bytes]] = []
+    if steward is not None:
+        url, ca = steward
+        certified.append(
+            ([*common, "--steward", url, "--steward-ca", str(ca), str(hello), "--", "Alice"], b"")
+        )
     return [
+        *certified,
         ([*common, str(hello), "--", "Alice"], b""),
         (
             [
@@ -221,11 +232,17 @@ def run_cli(
     return proc
 
 
-def record_runs(record: Path, work: Path, fork_server: bool, state: Path | None = None) -> None:
+def record_runs(
+    record: Path,
+    work: Path,
+    fork_server: bool,
+    state: Path | None = None,
+    steward: tuple[str, Path] | None = None,
+) -> None:
     # A fresh compile cache: the first run of a module misses (compiles,
     # seals, stores), the next hits (authenticates, deserializes).
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
-    for args, stdin in scenarios(work, state):
+    for args, stdin in scenarios(work, state, steward):
         proc = run_cli(record, args, stdin, fork_server, cache=cache)
         last = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
         print(
@@ -268,11 +285,18 @@ def parse(record: Path) -> Record:
 
 
 def collect(work: Path, state: Path | None = None) -> Record:
-    """Record every scenario, both ways of starting Keeps."""
+    """Record every scenario, both ways of starting Keeps, with a steward
+    on loopback for the Keeps that get a service certificate."""
+    from stockade.evidence.sim.chip import ensure_chip
+    from stockade.testing.steward import steward_server
+
     record = work / "record.txt"
     record.touch()
-    for fork_server in (False, True):
-        record_runs(record, work, fork_server, state)
+    state = state or work / "state"
+    ensure_chip(state)  # the steward trusts this sim chip
+    with steward_server(work, state) as steward:
+        for fork_server in (False, True):
+            record_runs(record, work, fork_server, state, (steward.url, steward.ca))
     record_vm_guest(record)
     return parse(record)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import cbor2
 
@@ -333,28 +334,173 @@ class Identity(Message):
         )
 
 
+#: Longest steward URL a release may carry (characters).
+MAX_STEWARD_URL = 2048
+#: Largest DER certificate a steward request or a certificate message
+#: carries (a workload or CA certificate of stockade's profile is ~1 KiB).
+MAX_CERTIFICATE_BYTES = 16 * 1024
+#: Most issuer certificates in a certificate message (the steward CA has
+#: pathLenConstraint 0: its chain is the CA alone; room for a little more).
+MAX_CHAIN = 4
+#: Largest signed tree head (stockade.translog.treehead: ~200 bytes).
+MAX_TREE_HEAD_BYTES = 4096
+#: Most hashes in an inclusion proof (stockade.translog.treehead.MAX_PATH:
+#: covers every tree of fewer than 2**64 leaves).
+MAX_INCLUSION_HASHES = 128
+
+
+def _der_certificate(value: bytes, where: str) -> bytes:
+    """A plausible DER certificate: 1..MAX_CERTIFICATE_BYTES bytes starting
+    with a SEQUENCE tag (the parse is the receiver's, with cryptography)."""
+    if not 0 < len(value) <= MAX_CERTIFICATE_BYTES:
+        raise ProtocolError(f"{where}: must be 1 to {MAX_CERTIFICATE_BYTES} bytes, got {len(value)}")
+    if value[0] != 0x30:
+        raise ProtocolError(f"{where}: not a DER certificate (no SEQUENCE tag)")
+    return value
+
+
+def check_steward_url(url: str, where: str = "steward url") -> str:
+    """``url`` if it is an https URL stockade may hand to the Keep: at most
+    MAX_STEWARD_URL printable ASCII characters, no spaces, a host, no
+    user information, query or fragment; else ProtocolError."""
+    if not 0 < len(url) <= MAX_STEWARD_URL:
+        raise ProtocolError(f"{where}: must be 1 to {MAX_STEWARD_URL} characters")
+    if not all("!" <= ch <= "~" for ch in url):
+        raise ProtocolError(f"{where}: only printable ASCII without spaces is allowed")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise ProtocolError(f"{where}: not a valid URL") from None
+    if parts.scheme != "https":
+        raise ProtocolError(f"{where}: the steward is reached over HTTPS only (https://HOST[:PORT])")
+    if not parts.hostname or "@" in parts.netloc:
+        raise ProtocolError(f"{where}: needs a host and no user information")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ProtocolError(f"{where}: no query or fragment allowed")
+    if port == 0:
+        raise ProtocolError(f"{where}: port 0 is not a port to connect to")
+    return url
+
+
+@dataclass(frozen=True)
+class StewardRequest:
+    """In a release: the deployer asks the Keep to get a certificate for a
+    service key of its own from the steward at ``url`` (https), whose CA
+    certificate (DER) ``ca`` the deployer pinned. Inside the attested
+    channel, so the host can neither swap the CA nor redirect the Keep to
+    another steward unnoticed (the Keep checks the steward's TLS
+    certificate against ``ca``)."""
+
+    url: str
+    ca: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or not isinstance(self.ca, bytes):
+            raise ProtocolError("release steward: url must be text and ca a byte string")
+        check_steward_url(self.url, "release steward url")
+        _der_certificate(self.ca, "release steward ca")
+
+    def to_map(self) -> dict[str, Any]:
+        return {"url": self.url, "ca": self.ca}
+
+    @classmethod
+    def from_map(cls, m: Any) -> StewardRequest:
+        if not isinstance(m, dict):
+            raise ProtocolError("release: steward must be a map")
+        _only(m, {"url", "ca"}, "release steward")
+        return cls(url=_need(m, "url", str, "release steward"), ca=_need(m, "ca", bytes, "release steward"))
+
+
 @dataclass(frozen=True)
 class Release(Message):
     """Client -> Keep, inside attested TLS, only after the client verified
-    the workload identity: the secrets and the standard input."""
+    the workload identity: the secrets and the standard input; and, when
+    the deployer asked for one, the steward request (the Keep then gets a
+    workload certificate before it runs the workload and sends it in a
+    :class:`ServiceCertificate`)."""
 
     TYPE: ClassVar[str] = "release"
-    FIELDS: ClassVar[set[str]] = {"secrets", "stdin"}
+    FIELDS: ClassVar[set[str]] = {"secrets", "stdin", "steward"}
     secrets: tuple[tuple[str, bytes], ...] = ()
     stdin: bytes = b""
+    steward: StewardRequest | None = None
 
     def __repr__(self) -> str:
         # Never print secret values, even in a debugger.
-        return f"Release(secrets={[n for n, _ in self.secrets]!r}, stdin=<{len(self.stdin)} bytes>)"
+        steward = "" if self.steward is None else f", steward={self.steward.url!r}"
+        return f"Release(secrets={[n for n, _ in self.secrets]!r}, stdin=<{len(self.stdin)} bytes>{steward})"
 
     def body(self) -> dict[str, Any]:
-        return {"secrets": dict(self.secrets), "stdin": self.stdin}
+        body: dict[str, Any] = {"secrets": dict(self.secrets), "stdin": self.stdin}
+        if self.steward is not None:
+            body["steward"] = self.steward.to_map()
+        return body
 
     @classmethod
     def from_map(cls, m: dict[Any, Any]) -> Release:
         return cls(
             secrets=_str_map(_need(m, "secrets", dict, "release"), bytes, "release secrets"),
             stdin=_need(m, "stdin", bytes, "release"),
+            steward=StewardRequest.from_map(m["steward"]) if "steward" in m else None,
+        )
+
+
+@dataclass(frozen=True)
+class ServiceCertificate(Message):
+    """Keep -> client, after a release with a steward request and before
+    any output: the workload certificate the steward issued for the Keep's
+    service key (DER), its issuer chain up to and including the CA (DER),
+    and where the steward logged it: the leaf index, the signed tree head
+    (stockade.translog's encoding) and the RFC 9162 inclusion proof. The
+    client checks all of it (stockade.steward.request.verify_issued)."""
+
+    TYPE: ClassVar[str] = "certificate"
+    FIELDS: ClassVar[set[str]] = {"certificate", "chain", "log_index", "tree_head", "inclusion"}
+    certificate: bytes
+    chain: tuple[bytes, ...]
+    log_index: int
+    tree_head: bytes
+    inclusion: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _der_certificate(self.certificate, "certificate")
+        if not 0 < len(self.chain) <= MAX_CHAIN:
+            raise ProtocolError(f"certificate: chain must hold 1 to {MAX_CHAIN} certificates")
+        for der in self.chain:
+            _der_certificate(der, "certificate chain")
+        n = self.log_index
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < _UINT64_LIMIT:
+            raise ProtocolError("certificate: log_index must be an unsigned integer below 2**64")
+        if not 0 < len(self.tree_head) <= MAX_TREE_HEAD_BYTES:
+            raise ProtocolError(f"certificate: tree_head must be 1 to {MAX_TREE_HEAD_BYTES} bytes")
+        if len(self.inclusion) > MAX_INCLUSION_HASHES:
+            raise ProtocolError(f"certificate: inclusion proof longer than {MAX_INCLUSION_HASHES} hashes")
+        if any(len(h) != 32 for h in self.inclusion):
+            raise ProtocolError("certificate: every inclusion proof hash must be 32 bytes")
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "certificate": self.certificate,
+            "chain": list(self.chain),
+            "log_index": self.log_index,
+            "tree_head": self.tree_head,
+            "inclusion": list(self.inclusion),
+        }
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> ServiceCertificate:
+        where = "certificate"
+        chain = _need(m, "chain", list, where)
+        inclusion = _need(m, "inclusion", list, where)
+        if not all(isinstance(x, bytes) for x in (*chain, *inclusion)):
+            raise ProtocolError(f"{where}: chain and inclusion must hold byte strings")
+        return cls(
+            certificate=_need(m, "certificate", bytes, where),
+            chain=tuple(chain),
+            log_index=_need(m, "log_index", int, where),
+            tree_head=_need(m, "tree_head", bytes, where),
+            inclusion=tuple(inclusion),
         )
 
 
@@ -366,10 +512,13 @@ def _cbor_head_size(length: int) -> int:
     return 1 + next(n for n in (1, 2, 4, 8) if length < 1 << (8 * n))
 
 
-def release_stdin_room(secrets: tuple[tuple[str, bytes], ...], max_frame: int) -> int:
-    """The most stdin one Release with these ``secrets`` can carry in a frame
-    of at most ``max_frame`` bytes (stdin travels in that one message)."""
-    rest = len(Release(secrets=secrets).to_cbor()) - _cbor_head_size(0)
+def release_stdin_room(
+    secrets: tuple[tuple[str, bytes], ...], max_frame: int, steward: StewardRequest | None = None
+) -> int:
+    """The most stdin one Release with these ``secrets`` (and ``steward``
+    request) can carry in a frame of at most ``max_frame`` bytes (stdin
+    travels in that one message)."""
+    rest = len(Release(secrets=secrets, steward=steward).to_cbor()) - _cbor_head_size(0)
     # For each head size, the longest string with a head that short which
     # still fits; the best of them.
     caps = {1: 23, 2: 0xFF, 3: 0xFFFF, 5: 0xFFFF_FFFF, 9: 0xFFFF_FFFF_FFFF_FFFF}
@@ -480,7 +629,7 @@ class Problem(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Hello, Load, Identity, Release, Output, Exit, Problem)
+    cls.TYPE: cls for cls in (Hello, Load, Identity, Release, ServiceCertificate, Output, Exit, Problem)
 }
 
 

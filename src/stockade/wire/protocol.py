@@ -17,7 +17,12 @@ Session, as seen by both sides::
                            <---    Identity: fresh evidence binding the
                                    event-log register, and the events
     [client verifies the identity: the workload it asked for]
-    Release (in TLS)       --->    secrets, stdin
+    Release (in TLS)       --->    secrets, stdin, [steward request]
+                                   [with a steward request: the Keep makes
+                                    its service key and gets it certified
+                                    by the steward (stockade.steward.request)]
+                           <---    [ServiceCertificate: certificate, chain,
+                                    log index, tree head, inclusion proof]
                            <---    Output* then Exit | Problem
 
 The legal orders are tables (as h11's ``_state.py``): for each side, what its
@@ -36,13 +41,24 @@ kinds of refusal, two error classes (ADR 0015):
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from stockade.binding.reportdata import report_data_for
 from stockade.errors import ProtocolError, ProtocolMisuse, StockadeError
 from stockade.wire.framing import FrameDecoder, encode_frame
-from stockade.wire.messages import Exit, Hello, Identity, Load, Message, Output, Problem, Release, decode
+from stockade.wire.messages import (
+    Exit,
+    Hello,
+    Identity,
+    Load,
+    Message,
+    Output,
+    Problem,
+    Release,
+    ServiceCertificate,
+    decode,
+)
 
 M = TypeVar("M", bound=Message)
 S = TypeVar("S", bound=enum.Enum)
@@ -54,6 +70,7 @@ class ClientState(enum.Enum):
     VERIFIED = "verified"
     AWAIT_IDENTITY = "await-identity"
     IDENTIFIED = "identified"
+    AWAIT_CERTIFICATE = "await-certificate"
     RUNNING = "running"
     DONE = "done"
 
@@ -64,6 +81,7 @@ class KeepState(enum.Enum):
     AWAIT_LOAD = "await-load"
     LOADING = "loading"
     AWAIT_RELEASE = "await-release"
+    CERTIFYING = "certifying"
     RUNNING = "running"
     DONE = "done"
 
@@ -79,15 +97,19 @@ CLIENT_ACTIONS: Mapping[tuple[ClientState, str], ClientState] = {
     (ClientState.VERIFIED, "send the load request"): ClientState.AWAIT_IDENTITY,
     (ClientState.AWAIT_IDENTITY, "accept the workload identity"): ClientState.IDENTIFIED,
     (ClientState.IDENTIFIED, "release secrets"): ClientState.RUNNING,
+    (ClientState.IDENTIFIED, "release secrets with a steward request"): ClientState.AWAIT_CERTIFICATE,
 }
 
 #: What the Keep may send the client: (state, message type) -> next state.
 #: Anything else is a ProtocolError. The identity keeps the client in
 #: AWAIT_IDENTITY (holding the message) until its own code accepts it; from
-#: then until the release, the Keep may send nothing.
+#: then until the release, the Keep may send nothing. After a release with
+#: a steward request, the service certificate (or a problem) comes first.
 CLIENT_RECEIVES: Mapping[tuple[ClientState, type[Message]], ClientState] = {
     (ClientState.AWAIT_IDENTITY, Identity): ClientState.AWAIT_IDENTITY,
     (ClientState.AWAIT_IDENTITY, Problem): ClientState.DONE,
+    (ClientState.AWAIT_CERTIFICATE, ServiceCertificate): ClientState.RUNNING,
+    (ClientState.AWAIT_CERTIFICATE, Problem): ClientState.DONE,
     (ClientState.RUNNING, Output): ClientState.RUNNING,
     (ClientState.RUNNING, Exit): ClientState.DONE,
     (ClientState.RUNNING, Problem): ClientState.DONE,
@@ -103,6 +125,8 @@ KEEP_ACTIONS: Mapping[tuple[KeepState, str], KeepState] = {
     (KeepState.AWAIT_LOAD, "receive the load request"): KeepState.LOADING,
     (KeepState.LOADING, "send the identity"): KeepState.AWAIT_RELEASE,
     (KeepState.AWAIT_RELEASE, "receive the release"): KeepState.RUNNING,
+    (KeepState.AWAIT_RELEASE, "receive a release with a steward request"): KeepState.CERTIFYING,
+    (KeepState.CERTIFYING, "send the certificate"): KeepState.RUNNING,
     (KeepState.RUNNING, "send output"): KeepState.RUNNING,
     (KeepState.RUNNING, "send exit"): KeepState.DONE,
     **{(s, "send a problem"): KeepState.DONE for s in KeepState if s is not KeepState.DONE},
@@ -167,7 +191,11 @@ class ClientSession:
         self.state = nxt
 
     def release(self, release: Release) -> bytes:
-        nxt = self._step("release secrets")
+        """The release; with a steward request the Keep must answer with
+        its service certificate before any output."""
+        nxt = self._step(
+            "release secrets" if release.steward is None else "release secrets with a steward request"
+        )
         frame = encode_frame(release.to_cbor())
         self.state = nxt
         return frame
@@ -199,6 +227,8 @@ class ClientSession:
             if nxt is None:
                 if self.state is ClientState.AWAIT_IDENTITY:
                     raise ProtocolError(f"Keep sent {msg.TYPE!r} where its identity was expected")
+                if self.state is ClientState.AWAIT_CERTIFICATE:
+                    raise ProtocolError(f"Keep sent {msg.TYPE!r} where its service certificate was expected")
                 raise ProtocolError(f"Keep sent an unexpected {msg.TYPE!r} message")
             if isinstance(msg, Identity):
                 self._identity = msg
@@ -218,9 +248,18 @@ class KeepSession:
     def _step(self, action: str) -> KeepState:
         return _next(KEEP_ACTIONS, self.state, action)
 
-    def _one(self, data: bytes, action: str, kind: type[M], where: str) -> M | None:
+    def _one(
+        self,
+        data: bytes,
+        action: str,
+        kind: type[M],
+        where: str,
+        refine: Callable[[M], str] | None = None,
+    ) -> M | None:
         """Feed bytes towards one message of type ``kind``; ProtocolError if
-        the client sends another type or anything after it."""
+        the client sends another type or anything after it. ``refine``
+        names the step the received message makes, when its content
+        decides (``action`` by default)."""
         nxt = self._step(action)
         frames = self._decoder.feed(data)
         if not frames:
@@ -230,7 +269,7 @@ class KeepSession:
         msg = decode(frames[0])
         if not isinstance(msg, kind):
             raise ProtocolError(f"expected {kind.TYPE}, got {msg.TYPE!r}")
-        self.state = nxt
+        self.state = nxt if refine is None else self._step(refine(msg))
         return msg
 
     def receive_hello(self, data: bytes) -> Hello | None:
@@ -250,7 +289,23 @@ class KeepSession:
         return frame
 
     def receive_release(self, data: bytes) -> Release | None:
-        return self._one(data, "receive the release", Release, "the release")
+        """The release; with a steward request, the next step is
+        :meth:`certificate` (no output before it)."""
+        return self._one(
+            data,
+            "receive the release",
+            Release,
+            "the release",
+            lambda r: (
+                "receive the release" if r.steward is None else "receive a release with a steward request"
+            ),
+        )
+
+    def certificate(self, message: ServiceCertificate) -> bytes:
+        nxt = self._step("send the certificate")
+        frame = encode_frame(message.to_cbor())
+        self.state = nxt
+        return frame
 
     def output(self, fd: int, data: bytes) -> bytes:
         self._step("send output")
