@@ -1,22 +1,27 @@
-"""TLS handshake cost of attested mutual TLS (steward workload
-certificates on both sides, each side checking the other's with
-stockade.steward.verify.verify_workload_certificate after the handshake,
-as the Keep runtime and `stockade connect` do) vs plain TLS 1.3 (the same
-P-256 server key and certificate, OpenSSL's chain check against the same
-CA on the client, no client certificate, no workload check), between two
-Python processes over loopback, in the same run, alternating rounds.
+"""TLS handshake cost of attested mutual TLS between two Keeps vs plain
+TLS 1.3, between two Python processes over loopback, in the same run,
+alternating rounds.
+
+* attested: as the Keep runtime does it (keep/netsock.py): pyOpenSSL, TLS
+  1.3 only, each side presents its steward workload certificate (P-256
+  key), asks for the peer's (OpenSSL checks the CertificateVerify
+  signature; its own chain verdict is not used) and checks the peer's
+  certificate with stockade.steward.verify.verify_workload_certificate
+  after the handshake; no session cache, no tickets;
+* attested_store: the same, plus the steward CA in OpenSSL's verify store
+  on both sides, so OpenSSL checks the chain too (as `stockade connect`
+  does); with the CA in the store and only the leaf configured, OpenSSL
+  also builds its own chain at every handshake, and building verifies it;
+* plain (the baseline): the same library and server key and certificate,
+  the client checks the chain against the CA in OpenSSL as an ordinary TLS
+  client does; no client certificate, no workload check.
 
 What one connection is: TCP connect, the TLS 1.3 handshake (full, no
-resumption), the workload checks (attested only), then one byte from the
-server, which it sends only after its own check, so the client's wall time
-covers both sides' work. Baseline, same run: plain TLS. The ratio is
-attested over plain (median wall ms per connection). A third line,
-attested_chain, sends each side's chain as configured (see MODES).
-
-The Keep runtime terminates TLS with Python's ssl module too, so this is
-the handshake part of a Keep-to-Keep connection; a whole Keep adds its
-socket plumbing (keep/netsock.py) on both sides, which is the same for
-either kind of TLS.
+resumption), the workload checks, then one byte from the server, which it
+sends only after its own check, so the client's wall time covers both
+sides' work. The ratio is attested over plain (median wall ms per
+connection). A whole Keep adds its socket plumbing on both sides, the
+same for either kind of TLS.
 
 Run: .venv/bin/python bench/bench_mtls.py [--connections 200] [--rounds 3] [--json]
 """
@@ -29,7 +34,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import socket
-import ssl
 import statistics
 import sys
 import tempfile
@@ -37,11 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: attested_chain: the same as attested, but each side's certificate file
-#: holds its chain (leaf, then the CA certificate), so OpenSSL sends it as
-#: is; with the leaf alone and the CA in the verify store, OpenSSL builds
-#: (and so verifies: a P-384 signature) its own chain at every handshake.
-MODES = ("plain", "attested", "attested_chain")
+MODES = ("plain", "attested", "attested_store")
 
 
 def _make_pki(base: Path) -> dict[str, str]:
@@ -76,10 +76,6 @@ def _make_pki(base: Path) -> dict[str, str]:
             files[f"{name}_cert"] = str(base / f"{name}.pem")
             files[f"{name}_key"] = str(base / f"{name}-key.pem")
             Path(files[f"{name}_cert"]).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            files[f"{name}_chain"] = str(base / f"{name}-chain.pem")
-            Path(files[f"{name}_chain"]).write_bytes(
-                cert.public_bytes(serialization.Encoding.PEM) + Path(files["ca"]).read_bytes()
-            )
             Path(files[f"{name}_key"]).write_bytes(
                 key.private_bytes(
                     serialization.Encoding.PEM,
@@ -90,30 +86,51 @@ def _make_pki(base: Path) -> dict[str, str]:
     return files
 
 
-def _verify_peer(tls: ssl.SSLSocket, ca: Any) -> None:
-    from cryptography import x509
-
+def _verify_peer(tls: Any, ca: Any) -> None:
     from stockade.steward.verify import verify_workload_certificate
 
-    der = tls.getpeercert(binary_form=True)
-    if der is None:
+    cert = tls.get_peer_certificate()
+    if cert is None:
         raise RuntimeError("no peer certificate")
-    verify_workload_certificate([x509.load_der_x509_certificate(der)], ca, dt.datetime.now(dt.UTC))
+    verify_workload_certificate([cert.to_cryptography()], ca, dt.datetime.now(dt.UTC))
+
+
+def _context(mode: str, side: str, files: dict[str, str]) -> Any:
+    """A pyOpenSSL context like keep/netsock.py's (module docstring)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from OpenSSL import SSL
+
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    if side == "server" or mode != "plain":
+        cert = x509.load_pem_x509_certificate(Path(files[f"{side}_cert"]).read_bytes())
+        key = serialization.load_pem_private_key(Path(files[f"{side}_key"]).read_bytes(), None)
+        ctx.use_certificate(cert)
+        ctx.use_privatekey(key)
+    if mode == "plain":
+        if side == "client":
+            ctx.load_verify_locations(files["ca"])
+            ctx.set_verify(SSL.VERIFY_PEER)
+    elif mode == "attested":
+        flags = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if side == "server" else 0)
+        ctx.set_verify(flags, lambda *_: True)
+    else:  # attested_store
+        ctx.load_verify_locations(files["ca"])
+        flags = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if side == "server" else 0)
+        ctx.set_verify(flags)
+    return ctx
 
 
 def _server(mode: str, files: dict[str, str], ready: Any, stop: Any, report: Any) -> None:
     from cryptography import x509
+    from OpenSSL import SSL
 
     ca = x509.load_pem_x509_certificate(Path(files["ca"]).read_bytes())
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(
-        files["server_chain" if mode == "attested_chain" else "server_cert"], files["server_key"]
-    )
-    if mode != "plain":
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cafile=files["ca"])
-    ctx.num_tickets = 0  # no session tickets: every handshake is a full one
+    ctx = _context(mode, "server", files)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(0.5)
         ready.put(listener.getsockname()[1])
@@ -124,49 +141,47 @@ def _server(mode: str, files: dict[str, str], ready: Any, stop: Any, report: Any
             except TimeoutError:
                 continue
             c0 = time.process_time()
-            raw.settimeout(30)
+            raw.settimeout(None)  # pyOpenSSL needs a blocking socket (a timeout makes it non-blocking)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = SSL.Connection(ctx, raw)
+            tls.set_accept_state()
             try:
-                with ctx.wrap_socket(raw, server_side=True) as tls:
-                    if mode != "plain":
-                        _verify_peer(tls, ca)
-                    tls.sendall(b"k")
-            except (OSError, ssl.SSLError):
+                tls.do_handshake()
+                if mode != "plain":
+                    _verify_peer(tls, ca)
+                tls.sendall(b"k")
+                tls.shutdown()
+            except (OSError, SSL.Error):
                 continue
             finally:
+                raw.close()
                 cpu += time.process_time() - c0
             served += 1
         report.put((served, cpu))
 
 
-def _client_context(mode: str, files: dict[str, str]) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=files["ca"])
-    if mode != "plain":
-        ctx.load_cert_chain(
-            files["client_chain" if mode == "attested_chain" else "client_cert"], files["client_key"]
-        )
-    return ctx
-
-
 def _round(mode: str, port: int, files: dict[str, str], n: int) -> list[float]:
     from cryptography import x509
+    from OpenSSL import SSL
 
     ca = x509.load_pem_x509_certificate(Path(files["ca"]).read_bytes())
-    ctx = _client_context(mode, files)
+    ctx = _context(mode, "client", files)
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
         raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        raw.settimeout(None)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with ctx.wrap_socket(raw, server_side=False) as tls:
+        tls = SSL.Connection(ctx, raw)
+        tls.set_connect_state()
+        try:
+            tls.do_handshake()
             if mode != "plain":
                 _verify_peer(tls, ca)
             if tls.recv(1) != b"k":
                 raise RuntimeError(f"{mode}: the server closed without its byte (refused?)")
+        finally:
+            raw.close()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
 
