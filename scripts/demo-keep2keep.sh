@@ -31,6 +31,7 @@
 # failing step is named).
 
 set -euo pipefail
+shopt -s inherit_errexit # a failure inside $(...) stops the script too
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 STOCKADE="${STOCKADE:-$repo/.venv/bin/stockade}"
@@ -180,9 +181,10 @@ make_package() { # make_package SRC NAME KEY -> prints the digest
     # The committed manifests name a placeholder signer: name the author.
     sed -i -e "s/$placeholder/$author_kid/" -e "s/^name = \"kv-$src\"$/name = \"$name\"/" "$dir/Stockade.toml"
     grep -q "$author_kid" "$dir/Stockade.toml" || die "$name: no peer kid in its manifest"
-    "$STOCKADE" package build "$dir" -o "$work/$name.stockade" >/dev/null
-    "$STOCKADE" package sign "$work/$name.stockade" --key "$key" --json |
-        "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["digest"])'
+    "$STOCKADE" package build "$dir" -o "$work/$name.stockade" >/dev/null || die "$name: package build failed"
+    "$STOCKADE" package sign "$work/$name.stockade" --key "$key" --json >"$work/$name.sign.json" ||
+        die "$name: package sign failed"
+    "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["digest"])' "$work/$name.sign.json"
 }
 server_digest="$(make_package server kv-server "$work/author.key")"
 client_digest="$(make_package client kv-client "$work/author.key")"
