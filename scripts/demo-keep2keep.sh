@@ -4,11 +4,12 @@
 #
 #   1. a SoftHSM2 token in a temporary directory (SOFTHSM2_CONF points there);
 #   2. `stockade steward init` with the CA key generated in that token;
-#   3. `stockade steward serve --allow-sim` on loopback (its PIN from a file);
-#   4. two signing keys and three signed packages: kv-server and kv-client
+#   3. two signing keys and three signed packages: kv-server and kv-client
 #      (examples/kv, each naming the other's signer as its peer) signed by
 #      the author key, and kv-intruder (the same client, another package)
 #      signed by another key;
+#   4. `stockade steward serve` on loopback (its PIN from a file), with the
+#      development policy (sim allowed) and both signer keys;
 #   5. the server Keep (`stockade run --allow-sim --steward ... --listen
 #      kv=127.0.0.1:0`), which gets its certificate from the steward and
 #      reports the address it listens on;
@@ -99,6 +100,9 @@ trap 'exit 130' INT TERM
 export STOCKADE_STATE_DIR="$work/state"
 export XDG_CACHE_HOME="$work/cache"
 export SOFTHSM2_CONF="$work/softhsm2.conf"
+# Fresh Keep processes: the per-user warm fork server would outlive the demo
+# (it exits after a minute idle) and is shared with other runs of this user.
+export STOCKADE_WARM=0
 unset STOCKADE_PKCS11_PIN
 mkdir -p "$work/tokens" "$STOCKADE_STATE_DIR"
 chmod 0700 "$work"
@@ -133,43 +137,16 @@ say "stockade steward init (CA key generated in the token)"
     --token-label stockade-steward --pin-file "$work/pin"
 ca="$work/steward/ca.pem"
 
-# --- 3. the steward service -----------------------------------------------------
-say "stockade steward serve --allow-sim (loopback)"
-"$STOCKADE" host sim-root --state-dir "$STOCKADE_STATE_DIR" >"$work/sim-root.pem"
-steward_port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-steward_url="https://127.0.0.1:$steward_port"
-"$STOCKADE" steward serve --state-dir "$work/steward" --listen "127.0.0.1:$steward_port" \
-    --allow-sim --sim-root "$work/sim-root.pem" --pin-file "$work/pin" >"$work/steward.log" 2>&1 &
-steward_pid=$!
-pids+=("$steward_pid")
-# Ready when its API answers over TLS under the pinned CA.
-"$PYTHON" - "$steward_url" "$ca" "$steward_pid" <<'EOF' || die "the steward did not come up (steward.log)"
-import os, ssl, sys, time, urllib.request
-url, ca, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ctx = ssl.create_default_context(cafile=ca)
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        sys.exit(1)
-    try:
-        with urllib.request.urlopen(url + "/v1/ca", context=ctx, timeout=5) as answer:
-            if answer.status == 200:
-                sys.exit(0)
-    except OSError:
-        time.sleep(0.3)
-sys.exit(1)
-EOF
-echo "steward at $steward_url (CA $ca)"
-
-# --- 4. keys and packages -------------------------------------------------------
+# --- 3. keys and packages -------------------------------------------------------
 say "signing keys and signed packages"
 "$STOCKADE" key generate --out "$work/author.key" >"$work/author.txt"
 "$STOCKADE" key generate --out "$work/intruder.key" >"$work/intruder.txt"
 author_kid="$(awk '$1 == "kid" {print $2}' "$work/author.txt")"
 intruder_kid="$(awk '$1 == "kid" {print $2}' "$work/intruder.txt")"
 [[ "$author_kid" =~ ^[0-9a-f]{64}$ && "$intruder_kid" =~ ^[0-9a-f]{64}$ ]] || die "no kid from stockade key generate"
+author_raw="$(awk '$1 == "raw" && $2 == "key" {print $3}' "$work/author.txt")"
+intruder_raw="$(awk '$1 == "raw" && $2 == "key" {print $3}' "$work/intruder.txt")"
+[[ "$author_raw" =~ ^[0-9a-f]{64}$ && "$intruder_raw" =~ ^[0-9a-f]{64}$ ]] || die "no raw key from stockade key generate"
 echo "author kid   $author_kid"
 echo "intruder kid $intruder_kid"
 
@@ -192,6 +169,46 @@ intruder_digest="$(make_package client kv-intruder "$work/intruder.key")"
 echo "kv-server.stockade    sha256:$server_digest (signed by the author)"
 echo "kv-client.stockade    sha256:$client_digest (signed by the author)"
 echo "kv-intruder.stockade  sha256:$intruder_digest (signed by the intruder key)"
+
+# --- 4. the steward service -----------------------------------------------------
+say "stockade steward serve (loopback; a development policy: sim allowed)"
+"$STOCKADE" host sim-root --state-dir "$STOCKADE_STATE_DIR" >"$work/sim-root.pem" 2>/dev/null
+# The steward's policy: the built-in development one (sim allowed, NO
+# HARDWARE PROTECTION; the Keep measurement of this installation) and the
+# signer keys it vouches for. A certificate names only signers that the
+# steward's policy lists ([workload] signers) and the Keep verified, so
+# both keys are listed: the steward certifies who signed each package, and
+# the server's manifest decides which signers it accepts as peers.
+{
+    "$STOCKADE" policy default --allow-sim | sed -e 's/^name = .*/name = "keep-to-keep demo (development: sim allowed)"/'
+    printf '\n[workload]\nsigners = ["%s", "%s"]\n' "$author_raw" "$intruder_raw"
+} >"$work/steward-policy.toml"
+steward_port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+steward_url="https://127.0.0.1:$steward_port"
+"$STOCKADE" steward serve --state-dir "$work/steward" --listen "127.0.0.1:$steward_port" \
+    --policy "$work/steward-policy.toml" --sim-root "$work/sim-root.pem" --pin-file "$work/pin" >"$work/steward.log" 2>&1 &
+steward_pid=$!
+pids+=("$steward_pid")
+# Ready when its API answers over TLS under the pinned CA.
+"$PYTHON" - "$steward_url" "$ca" "$steward_pid" <<'EOF' || die "the steward did not come up (steward.log)"
+import os, ssl, sys, time, urllib.request
+url, ca, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = ssl.create_default_context(cafile=ca)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit(1)
+    try:
+        with urllib.request.urlopen(url + "/v1/ca", context=ctx, timeout=5) as answer:
+            if answer.status == 200:
+                sys.exit(0)
+    except OSError:
+        time.sleep(0.3)
+sys.exit(1)
+EOF
+echo "steward at $steward_url (CA $ca)"
 
 steward_args=(--allow-sim --steward "$steward_url" --steward-ca "$ca")
 
@@ -253,8 +270,9 @@ wait "$steward_pid" || true
 say "every certificate's inclusion proof, checked offline with the log's key"
 log_dir="$work/steward/log"
 log_key="$work/log-key.pem"
-"$PYTHON" - "$ca" "$log_dir" "$log_key" <<'EOF' || die "cannot get the log key from the steward's state"
-# The log key, from the log certificate the CA issued (stockade.steward.logkey).
+"$PYTHON" - "$ca" "$work/steward/log-cert.pem" "$log_key" <<'EOF' || die "no log key certified by the CA"
+# The log key, from the log certificate the CA issued, checked under the
+# pinned CA (stockade.steward.logkey), as `log verify --steward` gets it.
 import datetime as dt, sys
 from pathlib import Path
 from cryptography import x509
@@ -262,16 +280,12 @@ from cryptography.hazmat.primitives import serialization
 from stockade.steward.logkey import log_key_from_certificate
 
 ca = x509.load_pem_x509_certificate(Path(sys.argv[1]).read_bytes())
-certs = sorted(Path(sys.argv[2]).parent.glob("log*.pem")) + sorted(Path(sys.argv[2]).glob("*.pem"))
-for path in certs:
-    try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
-        key = log_key_from_certificate(cert.public_bytes(serialization.Encoding.DER), ca, dt.datetime.now(dt.UTC))
-    except Exception:
-        continue
-    Path(sys.argv[3]).write_bytes(key.public_key_pem())
-    sys.exit(0)
-sys.exit(1)
+cert = x509.load_pem_x509_certificate(Path(sys.argv[2]).read_bytes())
+key = log_key_from_certificate(cert.public_bytes(serialization.Encoding.DER), ca, dt.datetime.now(dt.UTC))
+pem = serialization.load_der_public_key(key.spki).public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+)
+Path(sys.argv[3]).write_bytes(pem)
 EOF
 size="$("$STOCKADE" log head --state-dir "$log_dir" --out "$work/head-final.cbor" |
     "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["size"])')"
@@ -283,7 +297,9 @@ for ((index = 0; index < size; index++)); do
     printf 'entry %d (%s): ' "$index" "$kind"
     "$STOCKADE" log verify --proof "$work/proof-$index.cbor" --tree-head "$work/head-final.cbor" \
         --key "$log_key" "$work/entry-$index.cbor"
-    [[ "$kind" == *certificate* ]] && issued=$((issued + 1))
+    if [[ "$kind" == "certificate" ]]; then
+        issued=$((issued + 1))
+    fi
 done
 # The server, the intruder and the client Keep each got a certificate.
 ((issued >= 3)) || die "the log holds $issued certificate entries, 3 expected"
