@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -727,3 +727,84 @@ def test_a_listen_address_that_cannot_be_bound_is_refused(pki: Pki) -> None:
         ):
             net.start()
         net.close()
+
+
+# ---------------------------------------------------------------------------
+# Keep to Keep with the Rust example pair (examples/kv, Rust std on WASI)
+# ---------------------------------------------------------------------------
+
+KV = Path(__file__).resolve().parent.parent / "examples" / "kv"
+OTHER_SIGNER = b"\x09" * 32
+
+
+def _kv_run(
+    tmp: Path, program: str, plan: SocketPlan, service: ServiceIdentity, args: tuple[str, ...] = ()
+) -> Run:
+    run = Run(tmp, (KV / program / f"kv-{program}.wasm").read_bytes(), (plan,), service, timeout_ms=30_000)
+    run.workload = replace(run.workload, args=args)
+    return run.start()
+
+
+def test_rust_kv_pair_over_mutual_tls_and_an_intruder_refused_by_both(pki: Pki, tmp_path: Path) -> None:
+    """The example's server and client (Rust 1.63 std: TcpListener /
+    TcpStream from raw descriptors) in two runtimes, peers named by signer;
+    a third workload signed by another key is refused by the server's
+    runtime (as a client) and by the client's runtime (as a server)."""
+    server_id = pki.identity(SERVER_DIGEST, signers=(SIGNER,))
+    server = _kv_run(
+        tmp_path,
+        "server",
+        SocketPlan("listen", "kv", "127.0.0.1:0", signers=(SIGNER_KID,), peers_required=True),
+        server_id,
+    )
+    host, port = server.listening()
+    connect = SocketPlan("connect", "kv", f"{host}:{port}", signers=(SIGNER_KID,), peers_required=True)
+
+    intruder = _kv_run(
+        tmp_path, "client", connect, pki.identity(OTHER_DIGEST, signers=(OTHER_SIGNER,)), ("COUNT",)
+    )
+    assert intruder.event().event == "connected"  # it accepts the server; the server refuses it
+    assert intruder.join().exit_code != 0
+    ev = server.event()
+    assert ev.event == "refused" and f"peer stockade://workload/sha256/{OTHER_DIGEST.hex()}" in ev.detail
+
+    client = _kv_run(
+        tmp_path,
+        "client",
+        connect,
+        pki.identity(CLIENT_DIGEST, signers=(SIGNER,)),
+        ("SET colour blue", "GET colour"),
+    )
+    ev = client.event()
+    assert (ev.event, ev.detail) == ("connected", f"stockade://workload/sha256/{SERVER_DIGEST.hex()}")
+    assert client.join().exit_code == 0
+    assert "> GET colour\nVALUE blue\n" in client.stdout.decode()
+    ev = server.event()
+    assert (ev.event, ev.detail) == ("accepted", f"stockade://workload/sha256/{CLIENT_DIGEST.hex()}")
+    assert server.join().exit_code == 0
+
+    # An intruder server: the client's runtime refuses it, the workload gets EACCES.
+    fake = _kv_run(
+        tmp_path,
+        "server",
+        SocketPlan("listen", "kv", "127.0.0.1:0", signers=(SIGNER_KID,), peers_required=True),
+        pki.identity(OTHER_DIGEST, signers=(OTHER_SIGNER,)),
+    )
+    fhost, fport = fake.listening()
+    victim = _kv_run(
+        tmp_path,
+        "client",
+        replace(connect, address=f"{fhost}:{fport}"),
+        pki.identity(CLIENT_DIGEST, signers=(SIGNER,)),
+        ("COUNT",),
+    )
+    ev = victim.event()
+    assert ev.event == "refused" and OTHER_DIGEST.hex() in ev.detail
+    assert victim.join().exit_code != 0
+    assert victim.stdout == b""
+    # The fake server's runtime accepted the victim (whose signer it lists)
+    # (TLS 1.3: the server's handshake ends before the client checks the
+    # server's certificate), then the victim's runtime hung up.
+    ev = fake.event()
+    assert (ev.event, ev.detail) == ("accepted", f"stockade://workload/sha256/{CLIENT_DIGEST.hex()}")
+    fake.join()
