@@ -808,3 +808,15 @@ def test_rust_kv_pair_over_mutual_tls_and_an_intruder_refused_by_both(pki: Pki, 
     ev = fake.event()
     assert (ev.event, ev.detail) == ("accepted", f"stockade://workload/sha256/{CLIENT_DIGEST.hex()}")
     fake.join()
+
+
+def test_net_events_are_printable_bounded_and_capped(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[Net] = []
+    net = netsock.runtime_for((listen_plan(),), pki.identity(SERVER_DIGEST), sent.append, lambda: False)
+    net._event("refused", "echo", "a\x1b[2Jb\n" + "x" * 2000)
+    assert sent[0].detail.startswith("a?[2Jb?x") and len(sent[0].detail) == 512
+    assert sent[0].detail.endswith(" [...]")
+    monkeypatch.setattr(netsock, "MAX_EVENTS", 3)
+    for _ in range(5):
+        net._event("refused", "echo", "again")
+    assert len(sent) == 3
