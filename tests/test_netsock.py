@@ -820,3 +820,47 @@ def test_net_events_are_printable_bounded_and_capped(pki: Pki, monkeypatch: pyte
     for _ in range(5):
         net._event("refused", "echo", "again")
     assert len(sent) == 3
+
+
+def test_why_the_forwarder_exists() -> None:
+    """ADR 0027: wasmtime's own fd_write, taken from the Linker before it is
+    shadowed and called from inside a host function with its Caller, finds
+    no memory (it reads the calling instance's ``memory`` export, and a call
+    from the host has none). If a wasmtime upgrade changes this, the
+    forwarding module may go."""
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    original = linker.get(store, "wasi_snapshot_preview1", "fd_write")
+    assert isinstance(original, wasmtime.Func)
+    seen: list[str] = []
+
+    def shadow(caller: Any, fd: int, iovs: int, count: int, out: int) -> int:
+        try:
+            return int(original(caller, fd, iovs, count, out))
+        except wasmtime.WasmtimeError as exc:
+            seen.append(str(exc))
+            return netsock.IO
+
+    i32 = wasmtime.ValType.i32()
+    linker.allow_shadowing = True
+    linker.define_func(
+        "wasi_snapshot_preview1", "fd_write", wasmtime.FuncType([i32] * 4, [i32]), shadow, access_caller=True
+    )
+    wat = (
+        '(module (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "_start") (result i32)'
+        " (call $w (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 8))))"
+    )
+    try:
+        instance = linker.instantiate(store, wasmtime.Module(engine, bytes(wasmtime.wat2wasm(wat))))
+        start = instance.exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        assert start(store) == netsock.IO
+    finally:
+        store.close()
+    assert len(seen) == 1 and "missing required memory export" in seen[0]
