@@ -439,10 +439,10 @@ class NetRuntime:
                 self._wait(listener.sock, False, None)
             try:
                 sock, _ = listener.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                raise _Errno(IO) from None
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue  # nothing after all, or the peer left before we took it
+            except OSError as exc:
+                raise _Errno({errno.EMFILE: MFILE, errno.ENFILE: NFILE}.get(exc.errno or 0, IO)) from None
             sock.setblocking(False)
             tls = SSL.Connection(listener.ctx, sock)
             tls.set_accept_state()
