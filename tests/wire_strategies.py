@@ -61,12 +61,22 @@ limits = st.builds(
     disk_bytes=st.integers(1, U64_MAX),
 )
 file_entries = st.builds(FileEntry, path=texts, data=st.none() | small_bytes)
+socket_addresses = st.builds(
+    SocketAddress,
+    kind=st.sampled_from(["listen", "connect"]),
+    name=st.from_regex(SOCKET_NAME_RE, fullmatch=True),
+    address=st.sampled_from(["127.0.0.1:7000", "[::1]:443", "kv.example:1", "0.0.0.0:65535"]),
+)
+networks = st.lists(socket_addresses, max_size=4, unique_by=lambda a: (a.kind, a.name)).map(
+    lambda items: tuple(sorted(items, key=lambda a: (a.kind, a.name)))
+)
 configs = st.builds(
     Config,
     args=st.lists(texts, max_size=4).map(tuple),
     env=st.dictionaries(texts, texts, max_size=4).map(_sorted_items),
     files=st.lists(file_entries, max_size=4).map(tuple),
     limits=limits,
+    network=networks,
 )
 digests32 = st.binary(min_size=32, max_size=32)
 
