@@ -135,7 +135,8 @@ SECRETS_GUEST_DIR = "/secrets"
 COMPONENT_MAX_INSTANCES = 16
 #: WASI preview 2 interface packages a component may import: the
 #: counterparts of what preview 1 gives a module (wasi:sockets and
-#: wasi:http are refused: a module has no network either).
+#: wasi:http are refused: a module has no network of its own either, only
+#: the sockets its manifest declares, through keep/netsock.py).
 COMPONENT_IMPORTS = ("wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/")
 #: The export a WASI command component has (wasi:cli/command world).
 COMPONENT_RUN = "wasi:cli/run@0.2"
