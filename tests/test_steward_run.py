@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +93,36 @@ def test_run_prints_one_certificate_line(steward: Steward, stockade: Callable[..
     assert len(lines) == 1
     assert "stockade://workload/sha256/" in lines[0] and "steward log index" in lines[0]
     assert "steward      " in proc.stderr.decode()  # the summary names the steward
+
+
+def test_deploy_host_gets_a_certificate(
+    steward: Steward, state_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``deploy --host``: a Keep of a keep manager gets its certificate the
+    same way (the manager's sim Keeps connect on the host's network)."""
+    from manager_support import deploy, running_server
+
+    with running_server(state_dir, tmp_path_factory) as server:
+        proc = deploy(
+            server,
+            "--allow-sim",
+            "--json",
+            "--steward",
+            steward.url,
+            "--steward-ca",
+            str(steward.ca),
+            str(HELLO),
+            "--",
+            "Host",
+        )
+    assert proc.returncode == 0, proc.stderr.decode()
+    doc = json.loads(proc.stdout)
+    assert doc["stdout"] == "Hello, Host!\narguments: 1\n"
+    cert = x509.load_pem_x509_certificate(doc["certificate"].encode())
+    ca = x509.load_pem_x509_certificate(steward.ca.read_bytes())
+    identity = verify_workload_certificate([cert], ca, dt.datetime.now(dt.UTC))
+    assert identity.package_digest.hex() == doc["workload"]["package_digest"]
+    assert doc["inclusion"]["index"] < doc["inclusion"]["tree_size"]
 
 
 def test_a_refusing_steward_fails_the_run_before_the_workload(
@@ -241,3 +272,66 @@ def test_the_service_key_reaches_no_host_visible_place(
     probe = ec.generate_private_key(ec.SECP256R1())
     scalar = probe.private_numbers().private_value.to_bytes(32, "big")
     assert _scalar_in(b"log line " + scalar + b" more", probe.public_key())
+
+
+# -- the Keep's own steward connection (KeepServer.certify, in this process) --------------------------
+
+
+def _workload_log() -> Any:
+    from stockade.binding.eventlog import EventLog
+
+    log = EventLog()
+    for kind, name in (
+        ("runtime", "stockade-keep test"),
+        ("package", "app 1"),
+        ("entry", "app.wasm"),
+        ("config", "deploy"),
+    ):
+        log.measure(kind, name, bytes(32) if kind != "package" else b"\x11" * 32)
+    return log
+
+
+def _keep_server() -> Any:
+    from stockade.keep.session import KeepServer
+
+    a, b = socket.socketpair()
+    b.close()
+
+    def no_evidence(report_data: bytes) -> Any:
+        raise AssertionError("the Keep asked for evidence before the steward was reached")
+
+    attester = type("Attester", (), {"platform": "sim", "evidence": staticmethod(no_evidence)})()
+    return KeepServer(a, attester=attester, engine=None, scratch=None, sandbox=None)  # type: ignore[arg-type]
+
+
+def _ca_der(path: Path) -> bytes:
+    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(serialization.Encoding.DER)
+
+
+def test_the_keep_refuses_a_steward_outside_the_pinned_ca(steward: Steward, tmp_path: Path) -> None:
+    """The host cannot answer for the steward: a steward whose TLS
+    certificate is not under the CA of the release is StewardUnavailable
+    (114) in the Keep, and no evidence is made for it."""
+    from stockade.errors import StewardUnavailable
+    from stockade.steward.ca import create_ca
+    from stockade.wire.messages import StewardRequest
+
+    create_ca(tmp_path / "other", "another steward").close()
+    server = _keep_server()
+    request = StewardRequest(url=steward.url, ca=_ca_der(tmp_path / "other" / "ca.pem"))
+    with pytest.raises(StewardUnavailable, match="does not verify under the pinned steward CA"):
+        server.certify(request, _workload_log())
+    assert server.service is None
+    server.close()
+
+
+def test_the_keep_reports_an_unreachable_steward(steward: Steward) -> None:
+    from stockade.errors import StewardUnavailable
+    from stockade.wire.messages import StewardRequest
+
+    server = _keep_server()
+    request = StewardRequest(url=f"https://127.0.0.1:{free_port()}", ca=_ca_der(steward.ca))
+    with pytest.raises(StewardUnavailable, match="could not get its service certificate") as info:
+        server.certify(request, _workload_log())
+    assert info.value.exit_code == 114
+    server.close()
