@@ -677,3 +677,56 @@ def test_server_certificate_names_the_host_and_is_renewed(tmp_path: Path, stewar
     port = steward.url.rsplit(":", 1)[1]
     with pytest.raises(StewardUnreachable, match="pinned steward CA"):
         fetch_log_key(f"https://localhost:{port}", ca=steward.ca)
+
+
+def test_sim_tdx_evidence_is_certified_under_its_root(
+    steward: Running, tmp_path: Path, log_key: LogKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one evidence core serves every platform: sim-tdx quotes (Intel
+    DCAP verifier under the sim TDX root) are certified like sim reports."""
+    from stockade.evidence.sim import tdx_chip
+    from stockade.evidence.sim.channel import ReportRequest
+    from stockade.wire.evidence import EvidenceBundle
+
+    assert tdx_chip.ensure_tdx_chip(tmp_path)
+    qe = tdx_chip.SimQe(tdx_chip.load_tdx_chip(tmp_path), MEASUREMENT)
+
+    def evidence(report_data: bytes) -> EvidenceBundle:
+        rsp = qe.report(ReportRequest(report_data=report_data))
+        return EvidenceBundle(platform="sim-tdx", report=rsp.report, certs=rsp.certs)
+
+    trust = StewardTrust(policy=policy(platforms=("sim-tdx",)), sim_tdx_root=tdx_chip.sim_tdx_root(tmp_path))
+    monkeypatch.setattr(steward.steward, "trust", trust)
+    evs = events()
+    issued = request_certificate(
+        steward.url, ca=steward.ca, key=new_key(), register=register_of(evs), events=evs, evidence=evidence
+    )
+    verified = verify_issued(
+        issued, ca=steward.ca, log_key=log_key, expected_digest=DIGEST, now=dt.datetime.now(dt.UTC)
+    )
+    assert verified.identity.platform == "sim-tdx" and verified.identity.measurement == MEASUREMENT
+    # Without the sim TDX root the same evidence does not verify.
+    monkeypatch.setattr(steward.steward, "trust", dataclasses.replace(trust, sim_tdx_root=None))
+    with pytest.raises(CertificateRequestRefused, match="evidence"):
+        request_certificate(
+            steward.url,
+            ca=steward.ca,
+            key=new_key(),
+            register=register_of(evs),
+            events=evs,
+            evidence=evidence,
+        )
+
+
+def test_tdx_without_collateral_is_refused_by_name(steward: Running, log_key: LogKey) -> None:
+    from stockade.wire.evidence import EvidenceBundle
+
+    with Connection(steward.url, steward.ca) as conn:
+        nonce = challenge(conn)
+    bundle = EvidenceBundle(platform="tdx", report=b"\x04\x00" + bytes(100), certs=())
+    body = api.CertifyRequest(nonce, bundle.to_cbor(), events(), make_csr(new_key())).to_cbor()
+    status, _, data = _post(steward, api.CERTIFY, body)
+    problem = api.parse_problem(data)
+    assert status == 403 and problem["refusal"]["rule"] == "collateral"
+    assert "--collateral DIR" in problem["refusal"]["actual"]
+    _check_refusal_logged(problem, body, log_key)
