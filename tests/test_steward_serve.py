@@ -730,3 +730,21 @@ def test_tdx_without_collateral_is_refused_by_name(steward: Running, log_key: Lo
     assert status == 403 and problem["refusal"]["rule"] == "collateral"
     assert "--collateral DIR" in problem["refusal"]["actual"]
     _check_refusal_logged(problem, body, log_key)
+
+
+def test_csr_refusals(steward: Running, psp: SimPsp, log_key: LogKey) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec as _ec
+
+    for csr_key, bad, expect in (
+        (_ec.generate_private_key(_ec.SECP521R1()), None, "secp521r1 is not allowed"),
+        (None, b"\x30\x03garbage", "bytes that do not parse"),
+    ):
+        body = _raw_certify(steward, psp, csr_key=csr_key)
+        if bad is not None:
+            request = api.CertifyRequest.from_cbor(body)
+            body = dataclasses.replace(request, csr=bad).to_cbor()
+        status, _, data = _post(steward, api.CERTIFY, body)
+        problem = api.parse_problem(data)
+        assert status == 403 and problem["refusal"]["rule"] == "csr", problem
+        assert expect in problem["refusal"]["actual"] + problem["refusal"]["expected"]
+        _check_refusal_logged(problem, body, log_key)
