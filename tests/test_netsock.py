@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -727,3 +727,140 @@ def test_a_listen_address_that_cannot_be_bound_is_refused(pki: Pki) -> None:
         ):
             net.start()
         net.close()
+
+
+# ---------------------------------------------------------------------------
+# Keep to Keep with the Rust example pair (examples/kv, Rust std on WASI)
+# ---------------------------------------------------------------------------
+
+KV = Path(__file__).resolve().parent.parent / "examples" / "kv"
+OTHER_SIGNER = b"\x09" * 32
+
+
+def _kv_run(
+    tmp: Path, program: str, plan: SocketPlan, service: ServiceIdentity, args: tuple[str, ...] = ()
+) -> Run:
+    run = Run(tmp, (KV / program / f"kv-{program}.wasm").read_bytes(), (plan,), service, timeout_ms=30_000)
+    run.workload = replace(run.workload, args=args)
+    return run.start()
+
+
+def test_rust_kv_pair_over_mutual_tls_and_an_intruder_refused_by_both(pki: Pki, tmp_path: Path) -> None:
+    """The example's server and client (Rust 1.63 std: TcpListener /
+    TcpStream from raw descriptors) in two runtimes, peers named by signer;
+    a third workload signed by another key is refused by the server's
+    runtime (as a client) and by the client's runtime (as a server)."""
+    server_id = pki.identity(SERVER_DIGEST, signers=(SIGNER,))
+    server = _kv_run(
+        tmp_path,
+        "server",
+        SocketPlan("listen", "kv", "127.0.0.1:0", signers=(SIGNER_KID,), peers_required=True),
+        server_id,
+    )
+    host, port = server.listening()
+    connect = SocketPlan("connect", "kv", f"{host}:{port}", signers=(SIGNER_KID,), peers_required=True)
+
+    intruder = _kv_run(
+        tmp_path, "client", connect, pki.identity(OTHER_DIGEST, signers=(OTHER_SIGNER,)), ("COUNT",)
+    )
+    assert intruder.event().event == "connected"  # it accepts the server; the server refuses it
+    assert intruder.join().exit_code != 0
+    ev = server.event()
+    assert ev.event == "refused" and f"peer stockade://workload/sha256/{OTHER_DIGEST.hex()}" in ev.detail
+
+    client = _kv_run(
+        tmp_path,
+        "client",
+        connect,
+        pki.identity(CLIENT_DIGEST, signers=(SIGNER,)),
+        ("SET colour blue", "GET colour"),
+    )
+    ev = client.event()
+    assert (ev.event, ev.detail) == ("connected", f"stockade://workload/sha256/{SERVER_DIGEST.hex()}")
+    assert client.join().exit_code == 0
+    assert "> GET colour\nVALUE blue\n" in client.stdout.decode()
+    ev = server.event()
+    assert (ev.event, ev.detail) == ("accepted", f"stockade://workload/sha256/{CLIENT_DIGEST.hex()}")
+    assert server.join().exit_code == 0
+
+    # An intruder server: the client's runtime refuses it, the workload gets EACCES.
+    fake = _kv_run(
+        tmp_path,
+        "server",
+        SocketPlan("listen", "kv", "127.0.0.1:0", signers=(SIGNER_KID,), peers_required=True),
+        pki.identity(OTHER_DIGEST, signers=(OTHER_SIGNER,)),
+    )
+    fhost, fport = fake.listening()
+    victim = _kv_run(
+        tmp_path,
+        "client",
+        replace(connect, address=f"{fhost}:{fport}"),
+        pki.identity(CLIENT_DIGEST, signers=(SIGNER,)),
+        ("COUNT",),
+    )
+    ev = victim.event()
+    assert ev.event == "refused" and OTHER_DIGEST.hex() in ev.detail
+    assert victim.join().exit_code != 0
+    assert victim.stdout == b""
+    # The fake server's runtime accepted the victim (whose signer it lists)
+    # (TLS 1.3: the server's handshake ends before the client checks the
+    # server's certificate), then the victim's runtime hung up.
+    ev = fake.event()
+    assert (ev.event, ev.detail) == ("accepted", f"stockade://workload/sha256/{CLIENT_DIGEST.hex()}")
+    fake.join()
+
+
+def test_net_events_are_printable_bounded_and_capped(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[Net] = []
+    net = netsock.runtime_for((listen_plan(),), pki.identity(SERVER_DIGEST), sent.append, lambda: False)
+    net._event("refused", "echo", "a\x1b[2Jb\n" + "x" * 2000)
+    assert sent[0].detail.startswith("a?[2Jb?x") and len(sent[0].detail) == 512
+    assert sent[0].detail.endswith(" [...]")
+    monkeypatch.setattr(netsock, "MAX_EVENTS", 3)
+    for _ in range(5):
+        net._event("refused", "echo", "again")
+    assert len(sent) == 3
+
+
+def test_why_the_forwarder_exists() -> None:
+    """ADR 0027: wasmtime's own fd_write, taken from the Linker before it is
+    shadowed and called from inside a host function with its Caller, finds
+    no memory (it reads the calling instance's ``memory`` export, and a call
+    from the host has none). If a wasmtime upgrade changes this, the
+    forwarding module may go."""
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    original = linker.get(store, "wasi_snapshot_preview1", "fd_write")
+    assert isinstance(original, wasmtime.Func)
+    seen: list[str] = []
+
+    def shadow(caller: Any, fd: int, iovs: int, count: int, out: int) -> int:
+        try:
+            return int(original(caller, fd, iovs, count, out))
+        except wasmtime.WasmtimeError as exc:
+            seen.append(str(exc))
+            return netsock.IO
+
+    i32 = wasmtime.ValType.i32()
+    linker.allow_shadowing = True
+    linker.define_func(
+        "wasi_snapshot_preview1", "fd_write", wasmtime.FuncType([i32] * 4, [i32]), shadow, access_caller=True
+    )
+    wat = (
+        '(module (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "_start") (result i32)'
+        " (call $w (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 8))))"
+    )
+    try:
+        instance = linker.instantiate(store, wasmtime.Module(engine, bytes(wasmtime.wat2wasm(wat))))
+        start = instance.exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        assert start(store) == netsock.IO
+    finally:
+        store.close()
+    assert len(seen) == 1 and "missing required memory export" in seen[0]

@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
+import os
 import select
 import socket
 import struct
@@ -57,7 +59,7 @@ from OpenSSL import SSL
 from stockade.errors import WorkloadCertificateInvalid, WorkloadRejected
 from stockade.keep.service import ServiceIdentity
 from stockade.steward.verify import WorkloadIdentity, verify_workload_certificate
-from stockade.wire.messages import Net, SocketPlan, parse_socket_address
+from stockade.wire.messages import MAX_NET_DETAIL, Net, SocketPlan, parse_socket_address
 
 # WASI preview 1 errno values: enum ``errno`` of
 # https://github.com/WebAssembly/WASI/blob/main/legacy/preview1/witx/typenames.witx
@@ -154,9 +156,11 @@ FORWARDER_WAT = _forwarder_wat()
 
 
 class _Errno(Exception):
-    def __init__(self, errno: int) -> None:
-        super().__init__(errno)
-        self.errno = errno
+    """Answer the workload's call with this WASI errno."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.errno = code
 
 
 class _Stopped(Exception):
@@ -356,12 +360,19 @@ class NetRuntime:
             return
         self._events += 1
         # A client gone is noticed by the output path; an event never fails a call.
+        text = "".join(c if c.isprintable() else "?" for c in detail)
+        if len(text) > MAX_NET_DETAIL:
+            text = text[: MAX_NET_DETAIL - 6] + " [...]"
         with contextlib.suppress(Exception):
-            self.emit(Net(event=event, name=name, detail=detail[:500]))
+            self.emit(Net(event=event, name=name, detail=text))
 
     def _wait(self, sock: socket.socket, write: bool, deadline: float | None) -> None:
         """Until ``sock`` is readable (writable), the runner stops the
-        workload (_Stopped) or ``deadline`` passes (TimeoutError)."""
+        workload (_Stopped) or ``deadline`` passes (TimeoutError). poll(2),
+        not select(2): the workload's open files may push our descriptors
+        past FD_SETSIZE."""
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if write else select.POLLIN)
         while True:
             if self.stopped():
                 raise _Stopped()
@@ -371,9 +382,8 @@ class NetRuntime:
                 if left <= 0:
                     raise TimeoutError()
                 timeout = min(timeout, left)
-            r, w, _ = select.select([] if write else [sock], [sock] if write else [], [], timeout)
-            if r or w:
-                return
+            if poller.poll(timeout * 1000):
+                return  # ready, or an error/hang-up that the next call reports
 
     def _drive(self, op: Callable[[], Any], sock: socket.socket, deadline: float | None) -> Any:
         """Run a pyOpenSSL operation on a non-blocking socket to completion."""
@@ -421,7 +431,9 @@ class NetRuntime:
         name = listener.plan.name
         while True:
             if flags & FDFLAGS_NONBLOCK:
-                if not select.select([listener.sock], [], [], 0)[0]:
+                poller = select.poll()
+                poller.register(listener.sock, select.POLLIN)
+                if not poller.poll(0):
                     raise _Errno(AGAIN)
             else:
                 self._wait(listener.sock, False, None)
@@ -476,12 +488,12 @@ class NetRuntime:
             sock = socket.socket(family, kind, proto)
             sock.setblocking(False)
             err = sock.connect_ex(addr)
-            if err not in (0, 115):  # EINPROGRESS (Linux errno 115)
-                raise ConnectionRefusedError(err, "connection refused")
+            if err not in (0, errno.EINPROGRESS):
+                raise ConnectionRefusedError(err, os.strerror(err))
             self._wait(sock, True, deadline)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                raise ConnectionRefusedError(err, "connection refused")
+                raise ConnectionRefusedError(err, os.strerror(err))
             tls = SSL.Connection(connector.ctx, sock)
             tls.set_connect_state()
             peer = self._handshake(tls, sock, plan)
@@ -524,13 +536,11 @@ class NetRuntime:
         except SSL.ZeroReturnError:
             conn.read_closed = True
             return b""
-        except SSL.SysCallError as exc:
-            if exc.args and exc.args[0] == -1:  # unexpected EOF: no close_notify
-                conn.read_closed = True
-                raise _Errno(CONNRESET) from None
-            raise _Errno(CONNRESET) from None
         except SSL.Error:
-            raise _Errno(IO) from None
+            # The peer reset the connection, ended it without close_notify,
+            # or sent an alert (e.g. its runtime refused our certificate).
+            conn.read_closed = True
+            raise _Errno(CONNRESET) from None
         return bytes(data)
 
     def _send(self, conn: _Conn, data: bytes) -> int:
