@@ -15,8 +15,11 @@
 #      reports the address it listens on;
 #   6. the intruder Keep, which gets a certificate too but is refused by the
 #      server's runtime (its package is not signed by the expected key);
-#   7. the client Keep, which talks to the server over mutual TLS: each side
-#      sees the other's workload identity;
+#   7. `stockade connect` as a person: expecting another workload it refuses
+#      the server (110); expecting the server it verifies the server's
+#      workload, and the server's runtime refuses it (no client certificate);
+#      then the client Keep, which talks to the server over mutual TLS: each
+#      side sees the other's workload identity;
 #   8. `stockade log verify --steward` (every entry against the signed tree
 #      head) and, for every certificate the steward issued, its inclusion
 #      proof checked offline with `stockade log verify --proof`;
@@ -239,6 +242,27 @@ wait_for_line "$work/server.err" 'refused' "$server_pid" 30 >/dev/null ||
     die "the server Keep reported no refused connection"
 echo "intruder Keep refused (exit $intruder_status); the server reported:"
 grep -E 'refused' "$work/server.err"
+
+# --- 6b. a person with stockade connect ---------------------------------------------
+say "stockade connect: the server's identity checked, then refused without a workload certificate"
+set +e
+printf 'GET colour\nQUIT\n' | "$STOCKADE" connect "$address" --steward-ca "$ca" \
+    --expect-digest "$client_digest" >"$work/connect-wrong.out" 2>"$work/connect-wrong.err"
+wrong_status=$?
+printf 'GET colour\nQUIT\n' | "$STOCKADE" connect "$address" --steward-ca "$ca" \
+    --expect-digest "$server_digest" >"$work/connect.out" 2>"$work/connect.err"
+connect_status=$?
+set -e
+cat "$work/connect-wrong.err" "$work/connect.err"
+# Expecting another workload: refused on our side (110), nothing sent.
+[[ $wrong_status -eq 110 && ! -s "$work/connect-wrong.out" ]] ||
+    die "stockade connect expecting another workload: exit $wrong_status, 110 expected"
+# Expecting the server: its identity verified, then the server's runtime
+# refuses a client without a workload certificate (a TLS alert: 113).
+grep -q "verified workload stockade://workload/sha256/$server_digest" "$work/connect.err" ||
+    die "stockade connect did not verify the server's workload"
+[[ $connect_status -eq 113 && ! -s "$work/connect.out" ]] ||
+    die "stockade connect without a client certificate: exit $connect_status, 113 expected"
 
 # --- 7. the client Keep -------------------------------------------------------------
 say "client Keep: kv-client over mutual TLS to $address"

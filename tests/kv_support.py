@@ -17,7 +17,9 @@ Run as ``python tests/kv_support.py CONFIG_JSON``: CONFIG has ``wasm``,
 ``args``, ``env`` and either ``listen`` ([host, port]: a listening socket
 whose descriptor is put in STOCKADE_LISTEN_KV, its bound port printed on
 stderr as ``kv_support: listening on PORT``) or ``connect`` ([host, port]:
-a connected socket in STOCKADE_CONNECT_KV). Exit status: the module's.
+a connected socket in STOCKADE_CONNECT_KV); ``fail_accepts`` N makes the
+first N ``sock_accept`` calls fail with ``connaborted`` (13), as a runtime
+would for a peer it refused. Exit status: the module's.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import wasmtime
 WASI = "wasi_snapshot_preview1"
 ERRNO_SUCCESS = 0
 ERRNO_BADF = 8
+ERRNO_CONNABORTED = 13
 ERRNO_IO = 29
 ERRNO_NOTSOCK = 57
 FILETYPE_SOCKET_STREAM = 6
@@ -64,6 +67,7 @@ def run(config: dict[str, Any]) -> int:
     linker.allow_shadowing = True
     stdio = {0: sys.stdin.buffer, 1: sys.stdout.buffer, 2: sys.stderr.buffer}
     next_fd = [FIRST_SOCKET_FD + 1]
+    fail_accepts = [int(config.get("fail_accepts", 0))]
 
     def memory(caller: wasmtime.Caller) -> wasmtime.Memory:
         mem = caller.get("memory")
@@ -156,6 +160,9 @@ def run(config: dict[str, Any]) -> int:
             return ERRNO_BADF
         if fd != FIRST_SOCKET_FD or "listen" not in config:
             return ERRNO_NOTSOCK
+        if fail_accepts[0] > 0:
+            fail_accepts[0] -= 1
+            return ERRNO_CONNABORTED
         try:
             conn, _ = listener.accept()
         except OSError:

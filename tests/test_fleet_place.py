@@ -444,3 +444,37 @@ def test_release_mark_is_set_right_before_the_release_and_only_then(
     assert code is None and not mark.released and seen == []
     code, mark = session(None)
     assert code == 7 and mark.released and seen == [True]
+
+
+def test_steward_deploys_are_placed_on_process_keeps_only(fleet: Fleet, wasm: Any, tmp_path: Path) -> None:
+    """``--steward``: a host that offers only SNP guests (VM Keeps, no
+    network path to a steward) is excluded by placement; a sim host runs
+    the deploy and its Keep gets its certificate (issue 17)."""
+    from stockade.testing.steward import steward_server
+
+    host0 = fleet.hosts[0]
+    fleet.register_all(host_1=3, host_2=3)
+    fleet.registrar.register(host0, fleet.registrar.record(host0, offers=(Offer("snp", "snp", "00" * 48),)))
+    policy = tmp_path / "sim-or-snp.toml"
+    policy.write_text('version = 1\nname = "sim or snp"\nplatforms = ["sim", "snp"]\n')
+    try:
+        with steward_server(tmp_path, fleet.state_dir) as steward:
+            proc = fleet.deploy(
+                "--policy",
+                str(policy),
+                "--json",
+                "--steward",
+                steward.url,
+                "--steward-ca",
+                str(steward.ca),
+                str(wasm("exit7")),
+            )
+    finally:
+        fleet.register_all()
+    doc = _ok(proc)
+    assert doc["placement"]["chosen"] in ("host-1", "host-2")
+    (reason,) = [e["reason"] for e in doc["placement"]["excluded"] if e["host"] == "host-0"]
+    assert reason.startswith("offers no backend this deploy can use (offers snp;")
+    assert reason.endswith("usable: sim, sim-snp, sim-tdx)")  # without --steward: snp and tdx too
+    assert doc["certificate"].startswith("-----BEGIN CERTIFICATE-----")
+    assert doc["inclusion"]["tree_size"] >= 1

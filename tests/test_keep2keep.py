@@ -66,5 +66,27 @@ def test_keep_to_keep_demo(tmp_path: Path) -> None:
     assert "steward log verified: 3 entries (3 certificates" in result.stdout
     match = re.search(r"done: 3 Keeps certified by the steward .*, (\d+) log entries verified", result.stdout)
     assert match and int(match.group(1)) >= 3, result.stdout[-3000:]
-    # Clean teardown: the script's temporary directory is gone, and so is every process it started.
+    # Clean teardown: the script's temporary directory is gone, and so is
+    # every process it started (each had the directory in its command line
+    # or environment: STOCKADE_STATE_DIR, SOFTHSM2_CONF).
     assert not list(tmp_path.glob("stockade-keep2keep.*"))
+    assert _processes_naming(str(tmp_path)) == []
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Live processes whose command line or environment contains ``text``
+    (those of other users, unreadable, are skipped)."""
+    found = []
+    needle = text.encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        for what in ("cmdline", "environ"):
+            try:
+                data = (proc / what).read_bytes()
+            except OSError:
+                continue
+            if needle in data:
+                found.append(f"{proc.name}: {(proc / 'cmdline').read_bytes()[:200]!r}")
+                break
+    return found

@@ -32,13 +32,16 @@ def _command(config: dict[str, object]) -> list[str]:
 
 
 class Server:
-    def __init__(self, connections: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, connections: int | None = None, env: dict[str, str] | None = None, fail_accepts: int = 0
+    ) -> None:
         args = [] if connections is None else [str(connections)]
         config: dict[str, object] = {
             "wasm": str(SERVER),
             "name": "kv-server",
             "args": args,
             "listen": ["127.0.0.1", 0],
+            "fail_accepts": fail_accepts,
         }
         if env is not None:
             config["env"] = env
@@ -202,6 +205,26 @@ def test_server_without_its_socket() -> None:
     result = subprocess.run(_command(config), capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert result.returncode == 2
     assert "STOCKADE_LISTEN_KV is not set" in result.stderr
+
+
+def test_server_goes_on_after_a_refused_peer(servers: list[Server]) -> None:
+    """An accept that fails with connaborted (the runtime refused a peer)
+    is reported and does not count as a connection."""
+    server = Server(1, fail_accepts=2)
+    servers.append(server)
+    assert talk(server.port, [b"COUNT\n", b"QUIT\n"]) == [b"COUNT 0", b"BYE"]
+    code, err = server.finish()
+    assert code == 0
+    assert err.count("kv-server: accept failed:") == 2
+    assert "connection 1: 2 command(s), QUIT, 0 entries" in err
+
+
+def test_server_gives_up_after_100_refused_peers(servers: list[Server]) -> None:
+    server = Server(1, fail_accepts=100)
+    servers.append(server)
+    code, err = server.finish()
+    assert code == 1
+    assert err.count("kv-server: accept failed:") == 100
 
 
 def test_server_accept_on_a_bad_descriptor_exits_1() -> None:

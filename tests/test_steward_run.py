@@ -95,6 +95,30 @@ def test_run_prints_one_certificate_line(steward: Steward, stockade: Callable[..
     assert "steward      " in proc.stderr.decode()  # the summary names the steward
 
 
+def test_the_manifest_names_the_steward(steward: Steward, tmp_path: Path, stockade: Callable[..., Any]) -> None:
+    """A package whose manifest has ``[steward] url``: the deployer gives
+    only the CA; without it the run is refused before anything is sent."""
+    import shutil
+
+    src = tmp_path / "app"
+    shutil.copytree(ROOT / "examples" / "hello", src)
+    with (src / "Stockade.toml").open("a") as f:
+        f.write(f'\n[steward]\nurl = "{steward.url}"\n')
+    pkg = tmp_path / "app.stockade"
+    built = stockade("package", "build", str(src), "-o", str(pkg))
+    assert built.returncode == 0, built.stderr.decode()
+    proc = stockade("run", "--allow-sim", "--steward-ca", str(steward.ca), str(pkg), "--", "Manifest")
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert proc.stdout == b"Hello, Alice!\narguments: 2\nGREETING: Hello from a package\n"
+    assert f"steward      {steward.url} (from the package manifest)" in err
+    assert sum("service certificate serial" in line for line in err.splitlines()) == 1
+    refused = stockade("run", "--allow-sim", str(pkg))
+    assert refused.returncode == 2
+    assert "give its CA certificate with --steward-ca FILE" in refused.stderr.decode()
+    assert b"Hello" not in refused.stdout
+
+
 def test_deploy_host_gets_a_certificate(
     steward: Steward, state_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import http.client
 import os
@@ -57,7 +58,7 @@ from stockade.evidence.sim import chip as simchip
 from stockade.evidence.sim.psp import SimPsp
 from stockade.steward import api
 from stockade.steward.appraise import StewardTrust
-from stockade.steward.ca import create_ca
+from stockade.steward.ca import create_ca, open_ca
 from stockade.steward.request import (
     Connection,
     Issued,
@@ -459,6 +460,21 @@ def test_log_verify_steward_detects_a_rewritten_entry(
             )
     assert result.exit_code == 110, result.output
     assert "an entry was rewritten" in result.output
+    # Or the operator drops the last entries and re-signs the shorter log
+    # (the CA reopened from its state directory).
+    shorter = tmp_path / "shorter"
+    with TransparencyLog.create(shorter, signer=signer) as new:
+        new.append([entries[0]])
+    (shorter / "log.key").write_bytes((log_dir / "log.key").read_bytes())
+    os.chmod(shorter / "log.key", 0o600)
+    os.rename(log_dir, tmp_path / "forged-before")
+    os.rename(shorter, log_dir)
+    with open_ca(sdir) as ca, run_steward(ca, sdir, trust) as running:
+        result = _cli(
+            "log", "verify", "--steward", running.url, "--steward-ca", str(ca_pem), "--tree-head", str(saved)
+        )
+    assert result.exit_code == 110, result.output
+    assert "entries were dropped" in result.output
 
 
 # --------------------------------------------------------------------------- the command
@@ -550,3 +566,185 @@ def test_http_client_sees_problem_details_for_unknown_paths(steward: Running) ->
     assert status == 404 and media == api.PROBLEM
     assert api.parse_problem(data)[api.PD_TYPE] == "http"
     assert http.client.responses[status] == "Not Found"
+
+
+# --------------------------------------------------------------------------- docs/steward-api.cddl
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+API_CDDL = (DOCS / "steward-api.cddl").read_text() + "\n" + (DOCS / "protocol.cddl").read_text()
+
+
+@functools.cache
+def _schema(rule: str) -> Any:
+    import pycddl
+
+    return pycddl.Schema(f"root = {rule}\n{API_CDDL}")
+
+
+def _valid(rule: str, data: bytes) -> bool:
+    import pycddl
+
+    try:
+        _schema(rule).validate_cbor(data)
+    except pycddl.ValidationError:
+        return False
+    except BaseException as exc:  # pycddl panics on some mismatches (tests/test_translog_cddl.py)
+        if type(exc).__name__ != "PanicException":
+            raise
+        return False
+    return True
+
+
+def test_api_answers_match_the_cddl(steward: Running, psp: SimPsp, state_dir: Path) -> None:
+    """Every kind of answer, from the running steward, against docs/steward-api.cddl."""
+    with Connection(steward.url, steward.ca) as conn:
+        assert _valid("challenge-request", api.dumps({}))
+        assert _valid("challenge-response", conn.expect("POST", api.CHALLENGE, api.dumps({})))
+        good = _raw_certify(steward, psp)
+        assert _valid("certify-request", good)
+        ok = _post(steward, api.CERTIFY, good)
+        assert ok[0] == 200 and _valid("certify-response", ok[2])
+        refused = _post(steward, api.CERTIFY, good)  # the nonce is used up
+        assert refused[0] == 403 and _valid("certify-refusal", refused[2])
+        other = SimPsp(simchip.load_chip(state_dir), bytes.fromhex("6b" * 48))
+        policy_refusal = _post(steward, api.CERTIFY, _raw_certify(steward, other))
+        assert "rows" in api.parse_problem(policy_refusal[2])["refusal"]
+        assert policy_refusal[0] == 403 and _valid("certify-refusal", policy_refusal[2])
+        assert _valid("ca-response", conn.expect("GET", api.CA))
+        assert _valid("head-response", conn.expect("GET", api.LOG_HEAD))
+        assert _valid("entries-response", conn.expect("GET", f"{api.LOG_ENTRIES}?start=0&count=3"))
+        assert _valid("inclusion-response", conn.expect("GET", f"{api.LOG_INCLUSION}?index=0"))
+        assert _valid("consistency-response", conn.expect("GET", f"{api.LOG_CONSISTENCY}?old=1"))
+        for status, path in ((404, f"{api.LOG_INCLUSION}?index=999999"), (400, f"{api.LOG_ENTRIES}?start=x")):
+            code, media, data = conn.call("GET", path)
+            assert (code, media) == (status, api.PROBLEM) and _valid("steward-problem", data), data
+    for body, media in ((b"\xa0" * (api.MAX_REQUEST + 1), api.CBOR), (b"{}", "application/json")):
+        code, _, data = _post(steward, api.CERTIFY, body, media)
+        assert code in (413, 415) and _valid("steward-problem", data)
+    # A mutated answer is refused by the schema.
+    assert not _valid("certify-response", api.dumps({"certificate": b"x"}))
+    assert not _valid("certify-refusal", ok[2])
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_challenges_expire_and_are_used_once() -> None:
+    from stockade.steward.appraise import Challenges, Refused
+
+    ch = Challenges(ttl_ms=1000, max_outstanding=2)
+    a, expires = ch.issue(0)
+    assert expires == 1000
+    ch.take(a, 999)
+    with pytest.raises(Refused, match="already used"):
+        ch.take(a, 999)
+    b, _ = ch.issue(0)
+    with pytest.raises(Refused, match="expired"):
+        ch.take(b, 1000)
+    ch.issue(0), ch.issue(0)
+    from stockade.steward.appraise import TooManyChallenges
+
+    with pytest.raises(TooManyChallenges):
+        ch.issue(10)
+    ch.issue(1000)  # the expired ones make room
+    with pytest.raises(Refused, match="32-byte"):
+        ch.take(b"short", 0)
+
+
+def test_rate_limit_refills_per_address() -> None:
+    from stockade.steward.service import RateLimit
+
+    now = [0.0]
+    limit = RateLimit(60.0, 2, clock=lambda: now[0])
+    assert limit.take("a") == 0 and limit.take("a") == 0
+    assert limit.take("a") == pytest.approx(1.0)
+    assert limit.take("b") == 0  # another address has its own bucket
+    now[0] = 1.0
+    assert limit.take("a") == 0
+
+
+def test_server_certificate_names_the_host_and_is_renewed(tmp_path: Path, steward: Running) -> None:
+    from stockade.steward.service import ServerTls
+
+    with create_ca(tmp_path / "state", "tls CA") as ca:
+        tls = ServerTls(ca, ("127.0.0.1", "steward.example"), lifetime=dt.timedelta(hours=1))
+        first = tls.not_after
+        tls.renew_if_due(dt.datetime.now(dt.UTC))
+        assert tls.not_after == first  # not due
+        tls.renew_if_due(first - dt.timedelta(minutes=10))
+        assert tls.not_after > first
+    # The running steward's certificate names 127.0.0.1 only: another name fails.
+    port = steward.url.rsplit(":", 1)[1]
+    with pytest.raises(StewardUnreachable, match="pinned steward CA"):
+        fetch_log_key(f"https://localhost:{port}", ca=steward.ca)
+
+
+def test_sim_tdx_evidence_is_certified_under_its_root(
+    steward: Running, tmp_path: Path, log_key: LogKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one evidence core serves every platform: sim-tdx quotes (Intel
+    DCAP verifier under the sim TDX root) are certified like sim reports."""
+    from stockade.evidence.sim import tdx_chip
+    from stockade.evidence.sim.channel import ReportRequest
+    from stockade.wire.evidence import EvidenceBundle
+
+    assert tdx_chip.ensure_tdx_chip(tmp_path)
+    qe = tdx_chip.SimQe(tdx_chip.load_tdx_chip(tmp_path), MEASUREMENT)
+
+    def evidence(report_data: bytes) -> EvidenceBundle:
+        rsp = qe.report(ReportRequest(report_data=report_data))
+        return EvidenceBundle(platform="sim-tdx", report=rsp.report, certs=rsp.certs)
+
+    trust = StewardTrust(policy=policy(platforms=("sim-tdx",)), sim_tdx_root=tdx_chip.sim_tdx_root(tmp_path))
+    monkeypatch.setattr(steward.steward, "trust", trust)
+    evs = events()
+    issued = request_certificate(
+        steward.url, ca=steward.ca, key=new_key(), register=register_of(evs), events=evs, evidence=evidence
+    )
+    verified = verify_issued(
+        issued, ca=steward.ca, log_key=log_key, expected_digest=DIGEST, now=dt.datetime.now(dt.UTC)
+    )
+    assert verified.identity.platform == "sim-tdx" and verified.identity.measurement == MEASUREMENT
+    # Without the sim TDX root the same evidence does not verify.
+    monkeypatch.setattr(steward.steward, "trust", dataclasses.replace(trust, sim_tdx_root=None))
+    with pytest.raises(CertificateRequestRefused, match="evidence"):
+        request_certificate(
+            steward.url,
+            ca=steward.ca,
+            key=new_key(),
+            register=register_of(evs),
+            events=evs,
+            evidence=evidence,
+        )
+
+
+def test_tdx_without_collateral_is_refused_by_name(steward: Running, log_key: LogKey) -> None:
+    from stockade.wire.evidence import EvidenceBundle
+
+    with Connection(steward.url, steward.ca) as conn:
+        nonce = challenge(conn)
+    bundle = EvidenceBundle(platform="tdx", report=b"\x04\x00" + bytes(100), certs=())
+    body = api.CertifyRequest(nonce, bundle.to_cbor(), events(), make_csr(new_key())).to_cbor()
+    status, _, data = _post(steward, api.CERTIFY, body)
+    problem = api.parse_problem(data)
+    assert status == 403 and problem["refusal"]["rule"] == "collateral"
+    assert "--collateral DIR" in problem["refusal"]["actual"]
+    _check_refusal_logged(problem, body, log_key)
+
+
+def test_csr_refusals(steward: Running, psp: SimPsp, log_key: LogKey) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec as _ec
+
+    for csr_key, bad, expect in (
+        (_ec.generate_private_key(_ec.SECP521R1()), None, "secp521r1 is not allowed"),
+        (None, b"\x30\x03garbage", "bytes that do not parse"),
+    ):
+        body = _raw_certify(steward, psp, csr_key=csr_key)
+        if bad is not None:
+            request = api.CertifyRequest.from_cbor(body)
+            body = dataclasses.replace(request, csr=bad).to_cbor()
+        status, _, data = _post(steward, api.CERTIFY, body)
+        problem = api.parse_problem(data)
+        assert status == 403 and problem["refusal"]["rule"] == "csr", problem
+        assert expect in problem["refusal"]["actual"] + problem["refusal"]["expected"]
+        _check_refusal_logged(problem, body, log_key)

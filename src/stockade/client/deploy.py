@@ -54,6 +54,11 @@ if TYPE_CHECKING:
 #: Time beyond the workload's own limit that the client waits for the Keep.
 CLIENT_GRACE_S = 10.0
 HANDSHAKE_TIMEOUT_S = 60.0
+#: Extra time the client waits, with a steward request, for the Keep to get
+#: its certificate before the workload's own limit starts (the Keep's
+#: requests to the steward time out after 10 s per connect or read:
+#: stockade.steward.request.request_certificate).
+STEWARD_GRACE_S = 60.0
 
 #: OpenSSL reasons (``ssl.SSLError.reason``) that mean a TLS record of the
 #: attested channel did not authenticate or did not belong in the stream:
@@ -357,7 +362,8 @@ def _session(
     progress.enter(Phase.RUNNING)
     # With a steward request the Keep first gets its certificate (bounded
     # by the steward requests' own timeouts), then runs the workload.
-    tls.settimeout(plan.config.limits.timeout_ms / 1000 + CLIENT_GRACE_S + (60.0 if steward else 0.0))
+    grace = CLIENT_GRACE_S + (STEWARD_GRACE_S if steward is not None else 0.0)
+    tls.settimeout(plan.config.limits.timeout_ms / 1000 + grace)
     issuance: VerifiedIssuance | None = None
     net: list[Net] = []
     while True:

@@ -153,6 +153,13 @@ def deploy_fleet(
     if backends & SIM_BACKENDS:  # hash the Keep runtime while etcd answers
         measurements["sim"] = keep_measurement_for(dataclasses.replace(opts, backend="sim"))
     prepared = prepare(opts)
+    steward = choose_steward(opts, prepared)
+    if steward is not None:
+        # VM Keeps (snp, tdx guests) have no network path to a steward:
+        # place on process Keeps only (docs/limitations.md).
+        from stockade.client.steward import VM_BACKENDS
+
+        backends -= VM_BACKENDS
     token = _token(connection.token_file)
     constraints = Constraints(
         platforms=policy_platforms(opts),
@@ -169,7 +176,7 @@ def deploy_fleet(
         raise no_candidate_error(request.fleet.url, placement)
     # Read once: every attempt before release sends the same input (its room
     # in the release message depends on the secrets that travel with it).
-    stdin = read_stdin(opts, parse_secrets(opts.secret_refs), choose_steward(opts, prepared))
+    stdin = read_stdin(opts, parse_secrets(opts.secret_refs), steward)
 
     def run(
         candidate: Candidate, mark: ReleaseMark, created: list[str]

@@ -214,11 +214,32 @@ def describe_identity(identity: WorkloadIdentity) -> str:
     )
 
 
-def pipe(tls: ssl.SSLSocket, stdin: BinaryIO, stdout: BinaryIO, *, linger: float) -> None:
+def _tls_failure(exc: ssl.SSLError, *, hint: bool) -> ProtocolError:
+    """The failure of an established TLS connection; ``hint``: nothing was
+    received yet and no client certificate was given, so the likely cause
+    is a service that refuses clients without a workload certificate (in
+    TLS 1.3 the server checks the client's certificate after the client
+    has finished its side of the handshake, so the refusal comes here)."""
+    if isinstance(exc, ssl.SSLEOFError):
+        what = "the server closed the connection without a TLS close_notify"
+    else:
+        what = f"the TLS connection failed: {exc.reason or exc}"
+    if hint:
+        what += (
+            " (a service whose [[network.listen]] names its peers refuses a client without "
+            "a workload certificate: --cert/--key)"
+        )
+    return ProtocolError(what)
+
+
+def pipe(
+    tls: ssl.SSLSocket, stdin: BinaryIO, stdout: BinaryIO, *, linger: float, client_cert: bool = False
+) -> None:
     """Standard input to the server, the server to standard output, on one
     thread (an OpenSSL connection must not be read and written from two
     threads at once), the socket non-blocking so that a TLS record without
     application data (a session ticket) never blocks the loop."""
+    received = False
     tls.setblocking(False)
     in_fd = stdin.fileno()
     # select(2), not epoll: standard input may be a regular file, which epoll
@@ -243,18 +264,22 @@ def pipe(tls: ssl.SSLSocket, stdin: BinaryIO, stdout: BinaryIO, *, linger: float
                     stdin_open = False
                     quiet_since = time.monotonic()
                 else:
-                    _send_all(tls, data)
+                    try:
+                        _send_all(tls, data)
+                    except ssl.SSLError as exc:
+                        raise _tls_failure(exc, hint=not (received or client_cert)) from None
                 continue
             try:
                 data = tls.recv(CHUNK)
             except ssl.SSLWantReadError:
                 continue
             except ssl.SSLError as exc:
-                raise ProtocolError(f"the TLS connection failed: {exc.reason or exc}") from None
+                raise _tls_failure(exc, hint=not (received or client_cert)) from None
             except OSError as exc:
                 raise StockadeError(f"the connection failed: {exc.strerror or exc}") from None
             if not data:
                 return
+            received = True
             stdout.write(data)
             stdout.flush()
             quiet_since = time.monotonic()
@@ -268,8 +293,8 @@ def _send_all(tls: ssl.SSLSocket, data: bytes) -> None:
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
             time.sleep(0.005)  # the socket buffer is full: the server is reading slowly
             continue
-        except ssl.SSLError as exc:
-            raise ProtocolError(f"the TLS connection failed: {exc.reason or exc}") from None
+        except ssl.SSLError:
+            raise  # pipe() words it
         except OSError as exc:
             raise StockadeError(f"the connection failed: {exc.strerror or exc}") from None
         view = view[sent:]
@@ -333,4 +358,4 @@ def connect(
     tls, identity = open_verified(host, port, ctx, ca, expected, timeout=timeout)
     with tls:
         click.echo(f"stockade connect: {host}:{port}: {describe_identity(identity)}", err=True)
-        pipe(tls, sys.stdin.buffer, sys.stdout.buffer, linger=linger)
+        pipe(tls, sys.stdin.buffer, sys.stdout.buffer, linger=linger, client_cert=cert is not None)

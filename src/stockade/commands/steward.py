@@ -1,5 +1,5 @@
-"""``stockade steward init|show``: the steward's certificate authority
-(stockade.steward; docs/steward.md). ``serve`` is *planned*.
+"""``stockade steward init|show|serve``: the steward's certificate
+authority and its HTTPS service (stockade.steward; docs/steward.md).
 
 The CA key is in a file (development only; ``init`` says so loudly) or
 generated in a PKCS#11 token (``--pkcs11-module LIB --token-label
@@ -9,7 +9,8 @@ printed or stored.
 
 Exit codes: 0 ok; 2 usage (bad command line, a state directory that is
 not empty or not a steward's, an unreadable file, a PKCS#11 module, token,
-key or PIN that does not work)."""
+key or PIN that does not work; ``serve`` without a policy); 3 ``serve``
+could not start its server."""
 
 from __future__ import annotations
 
@@ -300,7 +301,11 @@ def serve(
             steward_log = logging.getLogger("stockade.steward")
             if not steward_log.handlers:  # uvicorn configures its own loggers only
                 handler = logging.StreamHandler()
-                handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+                from uvicorn.logging import DefaultFormatter
+
+                handler.setFormatter(
+                    DefaultFormatter("%(levelprefix)s %(name)s: %(message)s", use_colors=False)
+                )
                 steward_log.addHandler(handler)
                 steward_log.setLevel(logging.INFO)
             logging.getLogger("stockade.steward").info(
@@ -314,6 +319,14 @@ def serve(
                 if any(p.startswith("sim") for p in policy.platforms)
                 else "sim refused",
             )
+            if "sim" in policy.platforms and trust.sim_root is None:
+                steward_log.warning(
+                    "the policy allows sim but no --sim-root was given: sim evidence cannot verify"
+                )
+            if "sim-tdx" in policy.platforms and trust.sim_tdx_root is None:
+                steward_log.warning(
+                    "the policy allows sim-tdx but no --sim-tdx-root was given: sim-tdx evidence cannot verify"
+                )
             server = service.make_server(config, tls)
             with contextlib.suppress(KeyboardInterrupt):
                 server.run()

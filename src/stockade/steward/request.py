@@ -120,7 +120,13 @@ def tls_context(ca: x509.Certificate) -> ssl.SSLContext:
     """A TLS client context that trusts ``ca`` only and checks the host name."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_verify_locations(cadata=ca.public_bytes(serialization.Encoding.DER))
+    # PEM, not DER: CPython's _add_ca_certs ends a DER read by looking at
+    # OpenSSL's last queued error, and OpenSSL 3 queues none at the end of
+    # DER input, so an unrelated stale error of this thread (a PKCS#11
+    # module's OpenSSL loading an engine, say) fails the load; the end of
+    # PEM input queues PEM_R_NO_START_LINE, which CPython clears with the
+    # rest (Modules/_ssl.c, _add_ca_certs).
+    ctx.load_verify_locations(cadata=ca.public_bytes(serialization.Encoding.PEM).decode("ascii"))
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx

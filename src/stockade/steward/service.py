@@ -471,14 +471,16 @@ def create_app(
 
     async def head(request: Request) -> Response:
         limited(request)
-        return _cbor(steward.head())
+        return _cbor(await run_in_threadpool(steward.head))  # the lock may be held by an append
 
     async def entries(request: Request) -> Response:
         limited(request)
         start = _int_param(request, "start")
         count = _int_param(request, "count", required=False)
         assert start is not None
-        return _cbor(steward.entries(start, api.MAX_ENTRIES_PAGE if count is None else count))
+        return _cbor(
+            await run_in_threadpool(steward.entries, start, api.MAX_ENTRIES_PAGE if count is None else count)
+        )
 
     async def inclusion(request: Request) -> Response:
         limited(request)
