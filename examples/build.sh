@@ -6,9 +6,10 @@
 #   Without OUTDIR the modules are written in place, next to their sources:
 #     examples/hello/hello.wasm  examples/wordcount/wordcount.wasm
 #     examples/csvstat/csvstat.wasm  examples/compute/compute.wasm
+#     examples/kv/server/kv-server.wasm  examples/kv/client/kv-client.wasm
 #   With OUTDIR (created if needed) they are written as:
 #     OUTDIR/hello.wasm          OUTDIR/wordcount.wasm  OUTDIR/csvstat.wasm
-#     OUTDIR/compute.wasm
+#     OUTDIR/compute.wasm        OUTDIR/kv-server.wasm  OUTDIR/kv-client.wasm
 #
 # Toolchain (Debian bookworm packages): clang lld wasi-libc
 # libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32 rustc
@@ -96,11 +97,14 @@ fi
 # --- build in a fresh temporary directory ------------------------------------
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/stockade-examples.XXXXXXXX")"
 trap 'rm -rf -- "$tmp"' EXIT
-mkdir -p "$tmp/src/hello" "$tmp/src/wordcount/src" "$tmp/src/csvstat" "$tmp/src/compute" "$tmp/out"
+mkdir -p "$tmp/src/hello" "$tmp/src/wordcount/src" "$tmp/src/csvstat" "$tmp/src/compute" \
+    "$tmp/src/kv/server/src" "$tmp/src/kv/client/src" "$tmp/out"
 cp -- "$examples_dir/hello/hello.c" "$tmp/src/hello/hello.c"
 cp -- "$examples_dir/compute/compute.c" "$tmp/src/compute/compute.c"
 cp -- "$examples_dir/csvstat/csvstat.cpp" "$tmp/src/csvstat/csvstat.cpp"
 cp -- "$examples_dir/wordcount/src/main.rs" "$tmp/src/wordcount/src/main.rs"
+cp -- "$examples_dir/kv/server/src/main.rs" "$tmp/src/kv/server/src/main.rs"
+cp -- "$examples_dir/kv/client/src/main.rs" "$tmp/src/kv/client/src/main.rs"
 cd "$tmp/src"
 
 CFLAGS=(
@@ -142,7 +146,6 @@ CXXFLAGS=(
 
 RUSTC_FLAGS=(
     --edition=2021
-    --crate-name=wordcount
     --crate-type=bin
     --target=wasm32-wasi
     -C opt-level=2
@@ -153,7 +156,10 @@ RUSTC_FLAGS=(
     "--remap-path-prefix=$tmp/src=$MAPPED_ROOT"
     "--remap-path-prefix=$examples_dir=$MAPPED_ROOT"
 )
-"$RUSTC" "${RUSTC_FLAGS[@]}" wordcount/src/main.rs -o "$tmp/out/wordcount.wasm"
+"$RUSTC" "${RUSTC_FLAGS[@]}" --crate-name=wordcount wordcount/src/main.rs -o "$tmp/out/wordcount.wasm"
+# The Keep-to-Keep example (examples/kv): a key-value service and its client.
+"$RUSTC" "${RUSTC_FLAGS[@]}" --crate-name=kv_server kv/server/src/main.rs -o "$tmp/out/kv-server.wasm"
+"$RUSTC" "${RUSTC_FLAGS[@]}" --crate-name=kv_client kv/client/src/main.rs -o "$tmp/out/kv-client.wasm"
 
 # --- install -----------------------------------------------------------------
 install_module() { # install_module NAME DESTINATION
@@ -170,9 +176,13 @@ if [[ -z "$outdir" ]]; then
     install_module wordcount.wasm "$examples_dir/wordcount/wordcount.wasm"
     install_module csvstat.wasm "$examples_dir/csvstat/csvstat.wasm"
     install_module compute.wasm "$examples_dir/compute/compute.wasm"
+    install_module kv-server.wasm "$examples_dir/kv/server/kv-server.wasm"
+    install_module kv-client.wasm "$examples_dir/kv/client/kv-client.wasm"
 else
     install_module hello.wasm "$outdir/hello.wasm"
     install_module wordcount.wasm "$outdir/wordcount.wasm"
     install_module csvstat.wasm "$outdir/csvstat.wasm"
     install_module compute.wasm "$outdir/compute.wasm"
+    install_module kv-server.wasm "$outdir/kv-server.wasm"
+    install_module kv-client.wasm "$outdir/kv-client.wasm"
 fi

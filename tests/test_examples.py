@@ -43,6 +43,8 @@ MODULES = {
     "wordcount.wasm": EXAMPLES / "wordcount" / "wordcount.wasm",
     "csvstat.wasm": EXAMPLES / "csvstat" / "csvstat.wasm",
     "compute.wasm": EXAMPLES / "compute" / "compute.wasm",
+    "kv-server.wasm": EXAMPLES / "kv" / "server" / "kv-server.wasm",
+    "kv-client.wasm": EXAMPLES / "kv" / "client" / "kv-client.wasm",
 }
 HELLO = MODULES["hello.wasm"]
 WORDCOUNT = MODULES["wordcount.wasm"]

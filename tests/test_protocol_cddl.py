@@ -44,10 +44,11 @@ from wire_strategies import events as event_strategy
 CDDL_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.cddl"
 CDDL = CDDL_PATH.read_text()
 
-DEPLOY_RULES = ("hello", "load", "identity", "release", "certificate", "output", "exit", "problem")
+DEPLOY_RULES = ("hello", "load", "identity", "release", "certificate", "output", "net", "exit", "problem")
 PART_RULES = (
     "expect",
     "config",
+    "config-network",
     "file-entry",
     "limits",
     "event",
@@ -342,6 +343,12 @@ def nested_mutations(t: str, m: dict[Any, Any]) -> Iterator[tuple[str, dict[Any,
     elif t == "output":
         for fd in (0, 3, -1):
             yield f"fd-{fd}", _set(m, ("fd",), fd)
+    elif t == "net":
+        yield "event-unknown", _set(m, ("event",), "closed")
+        yield "event-case", _set(m, ("event",), "Listening")
+        yield "name-upper", _set(m, ("name",), "KV")
+        yield "name-digit-first", _set(m, ("name",), "1kv")
+        yield "name-too-long", _set(m, ("name",), "k" * 33)
     elif t == "exit":
         yield "sha-31", _set(m, ("workload_sha256",), b"\x00" * 31)
         yield "sha-33", _set(m, ("workload_sha256",), b"\x00" * 33)
@@ -369,6 +376,7 @@ NEGATIVE_BASES = (
     "release-steward",
     "certificate-typical",
     "output-stderr",
+    "net-listening",
     "exit-typical",
     "problem-limit",
 )

@@ -47,6 +47,7 @@ from stockade.wire.messages import (
     Limits,
     Load,
     Message,
+    Net,
     Output,
     Problem,
     Release,
@@ -1537,6 +1538,7 @@ def _keep_actions(k: KeepSession) -> dict[str, Callable[[], object]]:
         "receive a release with a steward request": lambda: k.receive_release(frame(RELEASE_STEWARD)),
         "send the certificate": lambda: k.certificate(CERTIFICATE),
         "send output": lambda: k.output(1, b"x"),
+        "send a net event": lambda: k.net(Net(event="listening", name="kv", detail="127.0.0.1:1")),
         "send exit": lambda: k.exit(EXIT),
         "send a problem": lambda: k.problem(WorkloadTrapped("trap")),
     }

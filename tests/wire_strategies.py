@@ -16,6 +16,8 @@ from stockade.binding.eventlog import KINDS, Event
 from stockade.errors import ERROR_CLASSES, LimitExceeded, ProtocolError, WorkloadTrapped
 from stockade.wire.evidence import PLATFORMS, EvidenceBundle
 from stockade.wire.messages import (
+    NET_EVENTS,
+    SOCKET_NAME_RE,
     Config,
     Exit,
     Expect,
@@ -25,10 +27,12 @@ from stockade.wire.messages import (
     Limits,
     Load,
     Message,
+    Net,
     Output,
     Problem,
     Release,
     ServiceCertificate,
+    SocketAddress,
     StewardRequest,
     Workload,
 )
@@ -57,12 +61,22 @@ limits = st.builds(
     disk_bytes=st.integers(1, U64_MAX),
 )
 file_entries = st.builds(FileEntry, path=texts, data=st.none() | small_bytes)
+socket_addresses = st.builds(
+    SocketAddress,
+    kind=st.sampled_from(["listen", "connect"]),
+    name=st.from_regex(SOCKET_NAME_RE, fullmatch=True),
+    address=st.sampled_from(["127.0.0.1:7000", "[::1]:443", "kv.example:1", "0.0.0.0:65535"]),
+)
+networks = st.lists(socket_addresses, max_size=4, unique_by=lambda a: (a.kind, a.name)).map(
+    lambda items: tuple(sorted(items, key=lambda a: (a.kind, a.name)))
+)
 configs = st.builds(
     Config,
     args=st.lists(texts, max_size=4).map(tuple),
     env=st.dictionaries(texts, texts, max_size=4).map(_sorted_items),
     files=st.lists(file_entries, max_size=4).map(tuple),
     limits=limits,
+    network=networks,
 )
 digests32 = st.binary(min_size=32, max_size=32)
 
@@ -139,6 +153,12 @@ workloads = st.builds(
     limits=limits,
 )
 outputs = st.builds(Output, fd=st.sampled_from([1, 2]), data=small_bytes)
+nets = st.builds(
+    Net,
+    event=st.sampled_from(NET_EVENTS),
+    name=st.from_regex(SOCKET_NAME_RE, fullmatch=True),
+    detail=st.text(st.characters(codec="utf-8", exclude_categories=("C", "Z")), max_size=40),
+)
 exits = st.builds(
     Exit,
     code=CBOR_INT,
@@ -147,7 +167,7 @@ exits = st.builds(
 )
 problems = st.builds(Problem, problem_type=texts, title=texts, detail=texts)
 messages: st.SearchStrategy[Message] = st.one_of(
-    hellos, loads, identities, releases, service_certificates, outputs, exits, problems
+    hellos, loads, identities, releases, service_certificates, outputs, nets, exits, problems
 )
 
 # Arbitrary CBOR-encodable values (no tags), for structure-aware fuzzing.
@@ -273,6 +293,23 @@ REPRESENTATIVE: list[tuple[str, Message]] = [
     ("output-stdout-empty", Output(fd=1, data=b"")),
     ("output-stderr", Output(fd=2, data=b"oops\n")),
     ("output-large", Output(fd=1, data=b"\x00" * 65_536)),
+    ("net-listening", Net(event="listening", name="kv", detail="127.0.0.1:41234")),
+    ("net-accepted", Net(event="accepted", name="kv-2", detail="stockade://workload/sha256/" + "ab" * 32)),
+    ("net-refused", Net(event="refused", name="a", detail="r\u00e9ason " * 40)),
+    (
+        "load-network",
+        Load(
+            package=b"",
+            config=Config(
+                network=(
+                    SocketAddress("connect", "kv", "[::1]:7000"),
+                    SocketAddress("listen", "api", "0.0.0.0:0"),
+                    SocketAddress("listen", "kv", "kv.example:7000"),
+                )
+            ),
+            nonce=bytes(32),
+        ),
+    ),
     ("exit-zero", Exit(code=0, workload_sha256=SHA)),
     ("exit-typical", Exit(code=3, workload_sha256=SHA, timing_us=(("compile", 1200), ("run", 5)))),
     ("exit-u64", Exit(code=U64_MAX, workload_sha256=b"\xff" * 32, timing_us=(("run", U64_MAX),))),

@@ -37,6 +37,7 @@ from stockade.errors import ExitStatus, StockadeError, WorkloadExit
 #: Sub-command name -> "module:attribute" of its click command or group.
 COMMANDS: dict[str, str] = {
     "collateral": "stockade.commands.collateral:collateral",
+    "connect": "stockade.commands.connect:connect",
     "deploy": "stockade.commands.remote:deploy",
     "evidence": "stockade.commands.evidence:evidence",
     "fleet": "stockade.commands.fleet:fleet",

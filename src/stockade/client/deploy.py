@@ -38,6 +38,7 @@ from stockade.wire.messages import (
     Identity,
     Load,
     Message,
+    Net,
     Output,
     Problem,
     Release,
@@ -173,6 +174,8 @@ class DeployResult:
     identity: WorkloadIdentity
     workload_sha256: bytes
     timing_ms: dict[str, float] = field(default_factory=dict)
+    #: The Keep's ``net`` events (the workload's sockets), in order.
+    net: list[Net] = field(default_factory=list)
     #: The Keep's service certificate and its log position, verified
     #: (None: the deploy asked for none).
     issuance: VerifiedIssuance | None = None
@@ -222,6 +225,7 @@ def deploy(
     on_identity: Callable[[WorkloadIdentity], None] = lambda i: None,
     progress: Progress | None = None,
     on_release: Callable[[], None] = lambda: None,
+    on_net: Callable[[Net], None] = lambda n: None,
     steward: StewardPlan | None = None,
     on_certificate: Callable[[VerifiedIssuance], None] = lambda v: None,
 ) -> DeployResult:
@@ -282,6 +286,7 @@ def deploy(
             steps,
             progress,
             on_release,
+            on_net,
             steward,
             on_certificate,
         )
@@ -305,6 +310,7 @@ def _session(
     steps: Steps,
     progress: Progress,
     on_release: Callable[[], None],
+    on_net: Callable[[Net], None],
     steward: StewardPlan | None,
     on_certificate: Callable[[VerifiedIssuance], None],
 ) -> DeployResult:
@@ -359,6 +365,7 @@ def _session(
     grace = CLIENT_GRACE_S + (STEWARD_GRACE_S if steward is not None else 0.0)
     tls.settimeout(plan.config.limits.timeout_ms / 1000 + grace)
     issuance: VerifiedIssuance | None = None
+    net: list[Net] = []
     while True:
         for msg in _receive(tls, session, died, "while the workload ran"):
             if isinstance(msg, ServiceCertificate):
@@ -371,6 +378,9 @@ def _session(
                 on_certificate(issuance)
             elif isinstance(msg, Output):
                 on_output(msg.fd, msg.data)
+            elif isinstance(msg, Net):
+                net.append(msg)
+                on_net(msg)
             elif isinstance(msg, Problem):
                 steps.mark("run")
                 raise msg.to_error()
@@ -381,7 +391,9 @@ def _session(
                     # compile_cached is a flag (1: the module came from the
                     # Keep's sealed compile cache), not a duration.
                     steps.ms[f"keep_{name}"] = bool(us) if name == "compile_cached" else us / 1000
-                return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms, issuance)
+                return DeployResult(
+                    msg.code, appraisal, identity, msg.workload_sha256, steps.ms, net=net, issuance=issuance
+                )
 
 
 def _receive(

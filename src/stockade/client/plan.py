@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from stockade.client.steward import StewardChoice
     from stockade.package import Manifest, Package
     from stockade.policy import Policy
-    from stockade.wire.messages import Expect, FileEntry, Limits
+    from stockade.wire.messages import Expect, FileEntry, Limits, SocketAddress
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
@@ -75,6 +75,56 @@ def parse_env(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"--env {item!r}: expected KEY=VALUE")
         env[key] = value
     return tuple(sorted(env.items()))
+
+
+def parse_network(opts: RunOptions, manifest: Manifest, steward: bool) -> tuple[SocketAddress, ...]:
+    """--listen / --connect NAME=HOST:PORT as the configuration's socket
+    addresses, each for a socket the manifest declares; refuses (before
+    anything is sent) a package with sockets deployed without a steward
+    (``steward``: the deploy has one, from --steward or the manifest) or
+    to a VM Keep."""
+    from stockade.wire.messages import SocketAddress, parse_socket_address
+
+    declared = {(s.kind, s.name) for s in manifest.network}
+    found: dict[tuple[str, str], SocketAddress] = {}
+    for kind, items in (("listen", opts.listen), ("connect", opts.connect)):
+        for item in items:
+            name, sep, address = item.partition("=")
+            if not sep or not name:
+                raise UsageError(f"--{kind} {item!r}: expected NAME=HOST:PORT")
+            if (kind, name) not in declared:
+                names = ", ".join(sorted(n for k, n in declared if k == kind)) or "none"
+                raise UsageError(
+                    f"--{kind} {name}: the package declares no {kind} socket {name!r} "
+                    f"([[network.{kind}]] in its manifest; declared: {names})"
+                )
+            if (kind, name) in found:
+                raise UsageError(f"--{kind} {name}: given twice")
+            try:
+                parse_socket_address(address, kind)
+            except ValueError as exc:
+                raise UsageError(f"--{kind} {name}: {exc}") from None
+            found[kind, name] = SocketAddress(kind, name, address)
+    if manifest.network:
+        sockets = ", ".join(f"{s.kind} {s.name!r}" for s in manifest.network)
+        if opts.backend == "vm":
+            raise UsageError(
+                f"the package declares network sockets ({sockets}); VM Keeps do not offer them "
+                "(docs/limitations.md): use a process Keep (--backend sim, sim-snp or sim-tdx)"
+            )
+        if not steward:
+            raise UsageError(
+                f"the package declares network sockets ({sockets}), which need a workload certificate "
+                "for attested TLS: deploy with --steward URL"
+            )
+        missing = sorted(
+            s.name for s in manifest.network if s.kind == "connect" and ("connect", s.name) not in found
+        )
+        if missing:
+            raise UsageError(
+                f"the package's connect socket(s) {', '.join(missing)} need --connect NAME=HOST:PORT"
+            )
+    return tuple(found[k] for k in sorted(found))
 
 
 def _read(path: Path, item: str) -> bytes:
@@ -180,6 +230,10 @@ class RunOptions:
     timings: bool = False
     #: ``stockade run``: no sealed compile cache (--no-compile-cache).
     no_compile_cache: bool = False
+    #: --listen / --connect NAME=HOST:PORT: addresses of the package's
+    #: network sockets (keep/netsock.py).
+    listen: tuple[str, ...] = ()
+    connect: tuple[str, ...] = ()
     #: --steward URL (over the manifest's ``[steward] url``) and
     #: --steward-ca FILE: the Keep gets a service certificate (issue 17).
     steward: str | None = None
@@ -460,7 +514,11 @@ def plan_deploy(
             "  staged       package uploaded to the host; the Keep loads it only if its digest matches",
         )
     config = Config(
-        args=opts.args, env=parse_env(opts.env), files=parse_files(opts.files), limits=prepared.limits
+        args=opts.args,
+        env=parse_env(opts.env),
+        files=parse_files(opts.files),
+        limits=prepared.limits,
+        network=parse_network(opts, prepared.manifest, choose_steward(opts, prepared) is not None),
     )
     secrets = parse_secrets(opts.secret_refs)
     steward = choose_steward(opts, prepared)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from stockade.client.plan import Prepared
     from stockade.client.progress import Progress
     from stockade.steward.request import VerifiedIssuance
+    from stockade.wire.messages import Net
 
 SIM_WARNING = "sim — NO HARDWARE PROTECTION (simulated SEV-SNP, for development only)"
 SIM_TDX_WARNING = "sim-tdx — NO HARDWARE PROTECTION (simulated TDX, for development only)"
@@ -163,6 +164,13 @@ def deploy_session(
             # sim output is always labelled, even with --quiet.
             click.echo(f"stockade: {appraisal.claims.platform} Keep: NO HARDWARE PROTECTION", err=True)
 
+    def on_net(event: Net) -> None:
+        # Not the workload's data: what the Keep runtime did with its
+        # sockets (keep/netsock.py). JSON: the "net" list of print_json.
+        if not opts.as_json:
+            progress.clear()
+            click.echo(net_line(event), err=True)
+
     def on_identity(identity: WorkloadIdentity) -> None:
         if not opts.as_json and not opts.quiet and not prepared.from_module:
             progress.clear()
@@ -186,6 +194,7 @@ def deploy_session(
         on_identity=on_identity,
         progress=progress,
         on_release=on_release,
+        on_net=on_net,
         steward=steward,
         on_certificate=on_certificate,
     )
@@ -253,12 +262,20 @@ def print_json(result: DeployResult, out: dict[int, bytearray], **extra: Any) ->
         "timing_ms": result.timing_ms,
         **extra,
     }
+    if result.net:
+        doc["net"] = [{"event": n.event, "name": n.name, "detail": n.detail} for n in result.net]
     if result.issuance is not None:
         # The Keep's service certificate and its place in the steward's log,
         # both verified (stockade.client.steward.check_certificate).
         doc["certificate"] = result.issuance.certificate_pem
         doc["inclusion"] = result.issuance.inclusion_json()
     click.echo(json.dumps(doc, indent=2))
+
+
+def net_line(event: Net) -> str:
+    """One stderr line for a ``net`` event (the detail is printable text,
+    checked by the message's decoder)."""
+    return f"stockade: net: {event.event} {event.name} {event.detail}"
 
 
 def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -302,6 +319,22 @@ def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--disk",
             help="Limit on the workload's files (package, --file/--dir, secrets, what it writes) "
             "[default: the package's, else 256M].",
+        ),
+        click.option(
+            "--listen",
+            "listen",
+            multiple=True,
+            metavar="NAME=HOST:PORT",
+            help="Where the Keep binds the package's listen socket NAME (TLS by the Keep runtime) "
+            "[default: 127.0.0.1:0, any free port; the bound address is printed].",
+        ),
+        click.option(
+            "--connect",
+            "connect",
+            multiple=True,
+            metavar="NAME=HOST:PORT",
+            help="Where the package's connect socket NAME connects (the server's workload "
+            "certificate is checked against the manifest's peers).",
         ),
         click.option(
             "--signer",

@@ -37,9 +37,10 @@ from stockade import __version__
 from stockade.binding.eventlog import MAX_EVENTS, EventLog
 from stockade.errors import WorkloadRejected
 from stockade.package.format import Package
+from stockade.package.manifest import Socket
 from stockade.package.prehash import Unhashable, content_digest
 from stockade.package.signing import verify_signatures
-from stockade.wire.messages import FileEntry, Load, Workload
+from stockade.wire.messages import Config, FileEntry, Load, SocketPlan, Workload
 from stockade.wire.staging import MAX_STAGED, STAGED_NAME
 
 
@@ -180,8 +181,45 @@ def load(request: Load, scratch: Path | None) -> Loaded:
         env=tuple(sorted(env.items())),
         files=(*files, *config.files),
         limits=config.limits,
+        sockets=socket_plans(manifest.network, config),
     )
     return Loaded(workload=workload, log=log, package=package)
+
+
+#: Where a listen socket binds when the deploy names no address.
+DEFAULT_LISTEN = "127.0.0.1:0"
+
+
+def socket_plans(declared: tuple[Socket, ...], config: Config) -> tuple[SocketPlan, ...]:
+    """The workload's sockets: each one the manifest declares, with its
+    deploy-time address (a listen socket defaults to DEFAULT_LISTEN; a
+    connect socket must have one). An address for a socket the package
+    does not declare is refused."""
+    addresses = {(a.kind, a.name): a.address for a in config.network}
+    plans: list[SocketPlan] = []
+    for sock in declared:
+        address = addresses.pop((sock.kind, sock.name), None)
+        if address is None and sock.kind == "connect":
+            raise WorkloadRejected(
+                f"the package's connect socket {sock.name!r} has no address: deploy with --connect {sock.name}=HOST:PORT"
+            )
+        peers = sock.peers
+        plans.append(
+            SocketPlan(
+                kind=sock.kind,
+                name=sock.name,
+                address=address or DEFAULT_LISTEN,
+                signers=peers.signers if peers else (),
+                digests=peers.digests if peers else (),
+                peers_required=peers is not None,
+            )
+        )
+    if addresses:
+        kind, name = sorted(addresses)[0]
+        raise WorkloadRejected(
+            f"the deploy gives an address for {kind} socket {name!r}, which the package does not declare"
+        )
+    return tuple(plans)
 
 
 __all__ = ["STAGED_NAME", "Loaded", "check_pinned", "load", "read_staged", "runtime_name"]

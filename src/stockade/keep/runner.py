@@ -71,7 +71,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +79,7 @@ from stockade import procfs
 from stockade.errors import LimitExceeded, WorkloadRejected, WorkloadTrapped
 from stockade.keep.sandbox import MONITOR_INTERVAL_S, Sandbox, SandboxUnavailable, inodes_for
 from stockade.package.format import check_module_bytes, is_component
-from stockade.wire.messages import STDERR, STDOUT, Workload
+from stockade.wire.messages import STDERR, STDOUT, Net, Workload
 
 if TYPE_CHECKING:
     from stockade.keep.compilecache import CompileCache
@@ -150,7 +150,8 @@ SECRETS_GUEST_DIR = "/secrets"
 COMPONENT_MAX_INSTANCES = 16
 #: WASI preview 2 interface packages a component may import: the
 #: counterparts of what preview 1 gives a module (wasi:sockets and
-#: wasi:http are refused: a module has no network either).
+#: wasi:http are refused: a module has no network of its own either, only
+#: the sockets its manifest declares, through keep/netsock.py).
 COMPONENT_IMPORTS = ("wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/")
 #: The export a WASI command component has (wasi:cli/command world).
 COMPONENT_RUN = "wasi:cli/run@0.2"
@@ -223,16 +224,18 @@ def table_elements_for(memory_bytes: int) -> int:
     return max(MIN_TABLE_ELEMENTS, memory_bytes // (4 * MAX_TABLES * TABLE_ELEMENT_BYTES))
 
 
-def store_limits(memory_bytes: int, component: bool = False) -> dict[str, int]:
+def store_limits(memory_bytes: int, component: bool = False, network: bool = False) -> dict[str, int]:
     """wasmtime store limits of a workload under a memory limit: one linear
     memory of that size, one instance (core Wasm cannot make more; WASI
-    functions are host functions; a component: COMPONENT_MAX_INSTANCES),
+    functions are host functions; a component: COMPONENT_MAX_INSTANCES;
+    a module with network sockets: 2, the second being the Keep's own
+    forwarding module, which holds no memory or table: keep/netsock.py),
     MAX_TABLES tables. The limits count the store's memories, tables and
     instances, whichever core instance creates them."""
     return {
         "memory_size": memory_bytes,
         "table_elements": table_elements_for(memory_bytes),
-        "instances": COMPONENT_MAX_INSTANCES if component else 1,
+        "instances": COMPONENT_MAX_INSTANCES if component else 2 if network else 1,
         "tables": MAX_TABLES,
         "memories": 1,
     }
@@ -359,10 +362,12 @@ class Runner:
         cache: CompileCache | None = None,
         service: ServiceIdentity | None = None,
         stop: Callable[[str], None] | None = None,
+        net_emit: Callable[[Net], None] | None = None,
+        network: bool = True,
     ) -> None:
         self.engine = engine
-        #: The Keep's service key and steward certificate, when the deployer
-        #: asked for one (issue 17): for the workload's network sockets.
+        #: The Keep's service key and steward certificate (None: no steward):
+        #: the TLS identity of the workload's network sockets.
         self.service = service
         self._stop = stop
         #: The problem of the limit that was hit (set before ``stop`` is called).
@@ -373,6 +378,11 @@ class Runner:
         self._stop_done.set()
         self._finished = False
         self._thread_id: int | None = None
+        #: Sends a ``net`` event to the client (keep/netsock.py).
+        self._net_emit = net_emit
+        #: Whether the workload's sockets may bind and connect on the network
+        #: stack the Keep process sees (process Keeps); a VM Keep has none.
+        self._network_allowed = network
         #: The sealed compile cache (None: compile every time).
         self.cache = cache
         #: A compiled module or component to store in the cache, and its entry key.
@@ -515,10 +525,18 @@ class Runner:
         timer.daemon = True
         stop_monitor = threading.Event()
         stdin_fd: int | None = None
+        net = None
         try:
+            if workload.sockets:
+                net = self._network(workload, component)
+                sockets = net.start()
+                names = {k for k, _ in sockets}
+                workload = replace(
+                    workload, env=(*((k, v) for k, v in workload.env if k not in names), *sockets)
+                )
             wasi, stdin_fd = self._wasi_config(workload, base)
             store.set_wasi(wasi)
-            store.set_limits(**store_limits(limits.memory_bytes, component))
+            store.set_limits(**store_limits(limits.memory_bytes, component, net is not None))
             if component:
                 from wasmtime.component import Linker as ComponentLinker
 
@@ -527,6 +545,8 @@ class Runner:
             else:
                 linker = wasmtime.Linker(self.engine)
                 linker.define_wasi()
+                if net is not None:
+                    net.define(linker)
             t1 = time.perf_counter()
             # CPU time of this thread, where the Wasm code runs: the run's
             # cost without the waits of a busy machine (bench_throughput.py).
@@ -549,6 +569,8 @@ class Runner:
                     code = run_result_code(component_run_func(component_instance, store, run_export)(store))
                 else:
                     instance = linker.instantiate(store, module)
+                    if net is not None:
+                        net.attach(self.engine, store, instance)
                     func = instance.exports(store)["_start"]
                     if not isinstance(func, wasmtime.Func):  # pragma: no cover - checked above
                         raise WorkloadRejected("_start is not a function")
@@ -574,10 +596,32 @@ class Runner:
                 self._raise_for_limit(store, instance, limits.memory_bytes)
             return RunOutcome(exit_code=code, workload_sha256=digest, timing_us=timing)
         finally:
+            if net is not None:
+                net.close()
             store.close()
             if stdin_fd is not None:
                 os.close(stdin_fd)
             shutil.rmtree(base, ignore_errors=True)
+
+    def _network(self, workload: Workload, component: bool) -> Any:
+        """The workload's sockets (keep/netsock.py); refusals for what a
+        Keep cannot give them."""
+        if component:
+            raise WorkloadRejected(
+                "network sockets are provided to WASI preview 1 modules only, not to components"
+            )
+        if not self._network_allowed:
+            raise WorkloadRejected(
+                "this Keep has no network: a VM Keep does not offer the package's network sockets "
+                "(use a process Keep: sim, sim-snp or sim-tdx; docs/limitations.md)"
+            )
+        from stockade.keep.netsock import runtime_for
+
+        def emit(event: Net) -> None:
+            if self._net_emit is not None:
+                self._net_emit(event)
+
+        return runtime_for(workload.sockets, self.service, emit, lambda: self.limit_hit is not None)
 
     def _compile(self, wasm: bytes, digest: bytes, component: bool, timing: dict[str, int]) -> Any:
         """The compiled module or component: from the sealed compile cache

@@ -246,6 +246,7 @@ MODULES: frozenset[str] = frozenset(
         "stockade.keep.guard",
         "stockade.keep.identity",
         "stockade.keep.loading",
+        "stockade.keep.netsock",
         "stockade.keep.runner",
         "stockade.keep.sandbox",
         "stockade.keep.service",

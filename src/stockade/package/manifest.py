@@ -30,6 +30,7 @@ TOP_KEYS = (
     "limits",
     "source",
     "build",
+    "network",
     "steward",
 )
 LIMIT_KEYS = ("timeout_ms", "memory_bytes", "output_bytes", "disk_bytes")
@@ -40,6 +41,11 @@ BUILD_KEYS = ("recipe", "toolchain")
 STEWARD_KEYS = ("url",)
 _TABLES = {"limits": LIMIT_KEYS, "source": SOURCE_KEYS, "build": BUILD_KEYS, "steward": STEWARD_KEYS}
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: Network sockets (docs/package.md, "Network sockets"): names and limits.
+SOCKET_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+MAX_SOCKETS = 8
+MAX_PEERS = 16
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ManifestError(ValueError):
@@ -96,6 +102,82 @@ def _table(value: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Peers:
+    """Whom the Keep runtime accepts at the other end of a socket: a peer
+    whose workload certificate names one of ``digests`` (package SHA-256,
+    hex) or one of ``signers`` (key ids: SHA-256 hex of a raw Ed25519 key)."""
+
+    signers: tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()
+
+    def to_map(self) -> dict[str, Any]:
+        return {"signers": list(self.signers), "digests": list(self.digests)}
+
+
+@dataclass(frozen=True)
+class Socket:
+    """One ``[[network.listen]]`` or ``[[network.connect]]`` entry."""
+
+    kind: str
+    name: str
+    peers: Peers | None
+
+    def to_map(self) -> dict[str, Any]:
+        return {"name": self.name} | ({"peers": self.peers.to_map()} if self.peers is not None else {})
+
+
+def _peers(value: Any, key: str) -> Peers:
+    t = _table(value, key, ("signers", "digests"))
+    lists: dict[str, tuple[str, ...]] = {}
+    for k, what in (("signers", "key ids (64 lowercase hex digits)"), ("digests", "package SHA-256 digests")):
+        items = _str_list(t.get(k, []), f"{key}.{k}")
+        bad = next((i for i in items if not _HEX64.fullmatch(i)), None)
+        if bad is not None:
+            raise ManifestError(f"{key}.{k}", f"{key}.{k}: {bad!r} is not 64 lowercase hex digits ({what})")
+        if len(set(items)) != len(items):
+            raise ManifestError(f"{key}.{k}", f"{key}.{k}: duplicate entry")
+        if len(items) > MAX_PEERS:
+            raise ManifestError(f"{key}.{k}", f"{key}.{k}: at most {MAX_PEERS} entries")
+        lists[k] = tuple(sorted(items))
+    if not lists["signers"] and not lists["digests"]:
+        raise ManifestError(key, f"{key} must name at least one signer or digest")
+    return Peers(signers=lists["signers"], digests=lists["digests"])
+
+
+def _network(value: Any) -> tuple[Socket, ...]:
+    t = _table(value, "network", ("listen", "connect"))
+    sockets: list[Socket] = []
+    for kind in ("listen", "connect"):
+        entries = t.get(kind, [])
+        key = f"network.{kind}"
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ManifestError(key, f"{key} must be an array of tables ([[{key}]])")
+        if len(entries) > MAX_SOCKETS:
+            raise ManifestError(key, f"{key}: at most {MAX_SOCKETS} sockets")
+        names: set[str] = set()
+        for entry in entries:
+            e = _table(entry, key, ("name", "peers"))
+            if "name" not in e:
+                raise ManifestError(f"{key}.name", f"missing required key {key}.name")
+            name = _str(e["name"], f"{key}.name")
+            if not SOCKET_NAME.fullmatch(name):
+                raise ManifestError(f"{key}.name", f"{key}.name: {name!r} is not [a-z][a-z0-9-]{{0,31}}")
+            if name in names:
+                raise ManifestError(f"{key}.name", f"{key}.name: {name!r} is declared twice")
+            names.add(name)
+            if kind == "connect" and "peers" not in e:
+                raise ManifestError(
+                    f"{key}.peers",
+                    f"{key} {name!r}: peers is required (the server workloads the runtime accepts)",
+                )
+            peers = _peers(e["peers"], f"{key}.peers") if "peers" in e else None
+            sockets.append(Socket(kind=kind, name=name, peers=peers))
+    if not sockets:
+        raise ManifestError("network", "network declares no socket (remove it, or add [[network.listen]])")
+    return tuple(sorted(sockets, key=lambda s: (s.kind, s.name)))
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -107,6 +189,8 @@ class Manifest:
     limits: tuple[tuple[str, int], ...] = ()
     source: tuple[tuple[str, str], ...] = ()
     build: tuple[tuple[str, str], ...] = ()
+    #: Network sockets, sorted by (kind, name); () for most workloads.
+    network: tuple[Socket, ...] = ()
     #: ``[steward] url`` (None: the manifest names no steward).
     steward_url: str | None = None
 
@@ -170,6 +254,7 @@ class Manifest:
             limits=tuple(sorted(limits.items())),
             source=pairs["source"],
             build=pairs["build"],
+            network=_network(m["network"]) if "network" in m else (),
             steward_url=steward_url,
         )
 
@@ -190,6 +275,10 @@ class Manifest:
             value = getattr(self, key)
             if value:
                 m[key] = dict(value)
+        if self.network:
+            m["network"] = {
+                kind: [s.to_map() for s in self.network if s.kind == kind] for kind in ("listen", "connect")
+            }
         if self.steward_url is not None:
             m["steward"] = {"url": self.steward_url}
         return m

@@ -17,6 +17,8 @@ bytes, duplicate keys (last one wins) and tags it turns into Python objects
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -175,24 +177,93 @@ class FileEntry:
         return cls(path=path, data=_need(m, "data", bytes, "file"))
 
 
+#: A network socket's name in a manifest and on the wire (docs/package.md).
+SOCKET_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+SOCKET_KINDS = ("listen", "connect")
+#: Sockets of each kind a workload may declare.
+MAX_SOCKETS = 8
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?")
+
+
+def parse_socket_address(text: str, kind: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets: ``[::1]:80``) as (host, port);
+    ValueError with a one-line reason. A listen port may be 0 (any free
+    port); a connect port may not."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or len(port_text) > 5:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    port = int(port_text)
+    if not (0 if kind == "listen" else 1) <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is out of range")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"{text!r}: unbalanced brackets around an IPv6 address")
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{text!r}: {host[1:-1]!r} is not an IPv6 address") from None
+        return host[1:-1], port
+    if not _HOST_RE.fullmatch(host):
+        raise ValueError(f"{text!r}: {host!r} is not an IPv4 address or a host name")
+    return host, port
+
+
+@dataclass(frozen=True)
+class SocketAddress:
+    """A deploy-time address for a socket the package declares
+    (``--listen NAME=ADDR`` / ``--connect NAME=ADDR``): not secret, part of
+    the measured configuration."""
+
+    kind: str
+    name: str
+    address: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOCKET_KINDS:
+            raise ProtocolError(f"config network: kind {self.kind!r} is not listen or connect")
+        if not SOCKET_NAME_RE.fullmatch(self.name):
+            raise ProtocolError(f"config network: socket name {self.name!r} is not [a-z][a-z0-9-]{{0,31}}")
+        try:
+            parse_socket_address(self.address, self.kind)
+        except ValueError as exc:
+            raise ProtocolError(f"config network: {self.kind} {self.name}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Config:
     """Deploy-time configuration the client adds to a package: extra
-    arguments, environment, files and the effective limits. It is measured
-    into the event log (the "config" event) before any secret is released."""
+    arguments, environment, files, the effective limits and the network
+    addresses of declared sockets. It is measured into the event log (the
+    "config" event) before any secret is released."""
 
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     files: tuple[FileEntry, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    #: Sorted by (kind, name), one per socket; absent from the map when empty
+    #: (the configuration of a workload without sockets is unchanged).
+    network: tuple[SocketAddress, ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = [(a.kind, a.name) for a in self.network]
+        if keys != sorted(set(keys)):
+            raise ProtocolError("config network: addresses must be sorted, one per socket")
+        for kind in SOCKET_KINDS:
+            if sum(1 for k, _ in keys if k == kind) > MAX_SOCKETS:
+                raise ProtocolError(f"config network: more than {MAX_SOCKETS} {kind} addresses")
 
     def to_map(self) -> dict[str, Any]:
-        return {
+        m: dict[str, Any] = {
             "args": list(self.args),
             "env": dict(self.env),
             "files": [f.to_map() for f in self.files],
             "limits": self.limits.to_map(),
         }
+        if self.network:
+            m["network"] = {
+                kind: {a.name: a.address for a in self.network if a.kind == kind} for kind in SOCKET_KINDS
+            }
+        return m
 
     def digest(self) -> bytes:
         return hashlib.sha256(cbor2.dumps(self.to_map(), canonical=True)).digest()
@@ -201,12 +272,22 @@ class Config:
     def from_map(cls, m: Any) -> Config:
         if not isinstance(m, dict):
             raise ProtocolError("load: config must be a map")
-        _only(m, {"args", "env", "files", "limits"}, "config")
+        _only(m, {"args", "env", "files", "limits", "network"}, "config")
+        network: list[SocketAddress] = []
+        if "network" in m:
+            net = _need(m, "network", dict, "config")
+            _only(net, set(SOCKET_KINDS), "config network")
+            for kind in SOCKET_KINDS:
+                pairs = _str_map(_need(net, kind, dict, "config network"), str, f"config network {kind}")
+                network += [SocketAddress(kind, name, address) for name, address in pairs]
+            if not network:
+                raise ProtocolError("config network: present but empty")
         return cls(
             args=_str_list(_need(m, "args", list, "config"), "config args"),
             env=_str_map(_need(m, "env", dict, "config"), str, "config env"),
             files=tuple(FileEntry.from_map(f) for f in _need(m, "files", list, "config")),
             limits=Limits.from_map(_need(m, "limits", dict, "config")),
+            network=tuple(sorted(network, key=lambda a: (a.kind, a.name))),
         )
 
 
@@ -526,6 +607,27 @@ def release_stdin_room(
 
 
 @dataclass(frozen=True)
+class SocketPlan:
+    """A network socket of a workload, assembled inside the Keep from the
+    package's manifest (name, the peers it accepts) and the configuration
+    (address). ``signers`` are key ids (SHA-256 hex of raw Ed25519 keys),
+    ``digests`` package SHA-256 hex; ``peers_required``: a peer must present
+    a workload certificate naming one of them (always for connect)."""
+
+    kind: str
+    name: str
+    address: str
+    signers: tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()
+    peers_required: bool = False
+
+    @property
+    def env_name(self) -> str:
+        """The environment variable that holds the socket's descriptor."""
+        return f"STOCKADE_{self.kind.upper()}_{self.name.upper().replace('-', '_')}"
+
+
+@dataclass(frozen=True)
 class Workload:
     """What a Keep runs, assembled inside the Keep from a verified package,
     the load's configuration and the release. Never sent as one message."""
@@ -537,6 +639,8 @@ class Workload:
     files: tuple[FileEntry, ...] = ()
     secrets: tuple[tuple[str, bytes], ...] = ()
     limits: Limits = field(default_factory=Limits)
+    #: The network sockets the package declares (empty for most workloads).
+    sockets: tuple[SocketPlan, ...] = ()
 
     def __repr__(self) -> str:
         # Never print secret values or workload bytes, even in a debugger.
@@ -596,6 +700,44 @@ class Exit(Message):
         return cls(code=_need(m, "code", int, "exit"), workload_sha256=digest, timing_us=timing_us)
 
 
+#: The events of a ``net`` message (docs/steward.md, "Networked workloads").
+NET_EVENTS = ("listening", "accepted", "connected", "refused")
+MAX_NET_DETAIL = 512
+
+
+@dataclass(frozen=True)
+class Net(Message):
+    """Keep -> client, while the workload runs: what the Keep runtime did
+    with one of the workload's network sockets. ``detail``: the bound
+    address (listening), the peer's workload URI or "anonymous" (accepted),
+    the server's workload URI (connected), the reason (refused)."""
+
+    TYPE: ClassVar[str] = "net"
+    FIELDS: ClassVar[set[str]] = {"event", "name", "detail"}
+    event: str
+    name: str
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.event not in NET_EVENTS:
+            raise ProtocolError(f"net: event {self.event!r} is not one of {', '.join(NET_EVENTS)}")
+        if not SOCKET_NAME_RE.fullmatch(self.name):
+            raise ProtocolError(f"net: socket name {self.name!r} is not [a-z][a-z0-9-]{{0,31}}")
+        if len(self.detail) > MAX_NET_DETAIL or not self.detail.isprintable():
+            raise ProtocolError(f"net: detail must be printable text of at most {MAX_NET_DETAIL} characters")
+
+    def body(self) -> dict[str, Any]:
+        return {"event": self.event, "name": self.name, "detail": self.detail}
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Net:
+        return cls(
+            event=_need(m, "event", str, "net"),
+            name=_need(m, "name", str, "net"),
+            detail=_need(m, "detail", str, "net"),
+        )
+
+
 @dataclass(frozen=True)
 class Problem(Message):
     """Either side: an error, as RFC 9290 concise problem details."""
@@ -629,7 +771,7 @@ class Problem(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Hello, Load, Identity, Release, ServiceCertificate, Output, Exit, Problem)
+    cls.TYPE: cls for cls in (Hello, Load, Identity, Release, ServiceCertificate, Output, Net, Exit, Problem)
 }
 
 

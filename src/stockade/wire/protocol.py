@@ -53,6 +53,7 @@ from stockade.wire.messages import (
     Identity,
     Load,
     Message,
+    Net,
     Output,
     Problem,
     Release,
@@ -111,6 +112,7 @@ CLIENT_RECEIVES: Mapping[tuple[ClientState, type[Message]], ClientState] = {
     (ClientState.AWAIT_CERTIFICATE, ServiceCertificate): ClientState.RUNNING,
     (ClientState.AWAIT_CERTIFICATE, Problem): ClientState.DONE,
     (ClientState.RUNNING, Output): ClientState.RUNNING,
+    (ClientState.RUNNING, Net): ClientState.RUNNING,
     (ClientState.RUNNING, Exit): ClientState.DONE,
     (ClientState.RUNNING, Problem): ClientState.DONE,
 }
@@ -128,6 +130,7 @@ KEEP_ACTIONS: Mapping[tuple[KeepState, str], KeepState] = {
     (KeepState.AWAIT_RELEASE, "receive a release with a steward request"): KeepState.CERTIFYING,
     (KeepState.CERTIFYING, "send the certificate"): KeepState.RUNNING,
     (KeepState.RUNNING, "send output"): KeepState.RUNNING,
+    (KeepState.RUNNING, "send a net event"): KeepState.RUNNING,
     (KeepState.RUNNING, "send exit"): KeepState.DONE,
     **{(s, "send a problem"): KeepState.DONE for s in KeepState if s is not KeepState.DONE},
 }
@@ -310,6 +313,10 @@ class KeepSession:
     def output(self, fd: int, data: bytes) -> bytes:
         self._step("send output")
         return encode_frame(Output(fd=fd, data=data).to_cbor())
+
+    def net(self, message: Net) -> bytes:
+        self._step("send a net event")
+        return encode_frame(message.to_cbor())
 
     def exit(self, message: Exit) -> bytes:
         nxt = self._step("send exit")
