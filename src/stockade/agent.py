@@ -91,6 +91,8 @@ PRELOAD = (
     "stockade.measure.keep_modules",
     "stockade.host.warm",
     "httpx",
+    "httpcore",  # httpx's transport imports it when a client is made
+    "websockets.exceptions",
     "websockets.sync.client",
 )
 PR_SET_PDEATHSIG = 1  # prctl(2), <linux/prctl.h>
@@ -306,6 +308,12 @@ class Agent:
             self.say("exiting")
         return 0
 
+    def _socket_is_mine(self) -> bool:
+        try:
+            return self.listener is None or os.stat(self.paths["socket"]).st_ino == self._ino
+        except OSError:
+            return False
+
     def _on_term(self, _signum: int, _frame: Any) -> None:
         self.stopping = True
 
@@ -331,6 +339,12 @@ class Agent:
             elif not self.commands and time.monotonic() - self._last >= self.idle:
                 self.say("idle: exiting")
                 return
+            elif not self._socket_is_mine():
+                self.say("its socket was removed or replaced: exiting")
+                self.listener.close() if self.listener is not None else None
+                self.listener = None
+                self.stopping = True
+                continue
             watched: list[Any] = [
                 self._wake_r,
                 *(c.conn for c in self.commands.values() if not c.launcher_gone),
@@ -425,7 +439,10 @@ class Agent:
                 raise ValueError("the agent has other threads")
             pid = os.fork()
             if pid == 0:
-                self._child(conn, fds, req)
+                try:
+                    self._child(conn, fds, req)
+                finally:
+                    os._exit(1)  # never back into the agent's loop
         except BaseException:
             for fd in fds:
                 os.close(fd)
