@@ -372,11 +372,12 @@ class Agent:
     def _reap(self) -> None:
         while self.commands:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            cpu_ms = (usage.ru_utime + usage.ru_stime) * 1000
             command = self.commands.pop(pid, None)
             if command is None:
                 continue
@@ -385,7 +386,9 @@ class Agent:
                 command.conn.send(b"X" + struct.pack("!i", code))
             command.conn.close()
             self._last = time.monotonic()
-            self.say(f"{command.name} (pid {pid}) ended, status {code}")
+            # The child's CPU (user + system; its own children's included
+            # once it waited for them): bench/bench_e2e.py reads it here.
+            self.say(f"{command.name} (pid {pid}) ended, status {code}, {cpu_ms:.1f} ms CPU")
 
     def _from_launcher(self, conn: socket.socket) -> None:
         command = next((c for c in self.commands.values() if c.conn is conn), None)
