@@ -473,7 +473,10 @@ def test_a_broken_agent_socket_means_an_in_process_run(
 def test_the_first_run_starts_an_agent_that_exits_when_idle(agent_env: AgentEnv) -> None:
     proc = agent_env.stockade("run", "--allow-sim", "-q", str(HELLO), env={"STOCKADE_AGENT_IDLE": "1"})
     assert proc.returncode == 0
-    assert agent_env.wait_serving(120), agent_env.log()
+    deadline = time.monotonic() + 120
+    while "idle exit after 1 s" not in agent_env.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "idle exit after 1 s" in agent_env.log()
     pid = agent_env.pid()
     assert pid is not None
     assert _wait_gone(pid, 30), "the idle agent did not exit"

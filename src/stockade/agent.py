@@ -301,6 +301,7 @@ class Agent:
         self.listener = listener
         self._ino = os.stat(self.paths["socket"]).st_ino
         self.say(f"serving {self.paths['socket']} for uid {self.uid}, idle exit after {self.idle:g} s")
+        self._last = time.monotonic()  # idle from now, not from before the preload
         try:
             self._loop()
         finally:
