@@ -410,6 +410,14 @@ def test_a_changed_installation_is_not_served(agent_env: AgentEnv) -> None:
     assert "the installed stockade changed since the agent started" in proc.stderr.decode().splitlines()[0]
     assert agent_env.served() == 1
     assert _wait_gone(pid, 20), "the stale agent kept running"
+    # It let go of its socket and lock before refusing: that launcher
+    # started an agent of the new code, which serves the next command.
+    deadline = time.monotonic() + 120
+    while agent_env.log().count("serving ") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent_env.pid() not in (None, pid)
+    assert agent_env.stockade("run", "--allow-sim", "-q", str(HELLO)).returncode == 0
+    assert agent_env.served() == 2
 
 
 @pytest.mark.parametrize(

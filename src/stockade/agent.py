@@ -90,6 +90,7 @@ PRELOAD = (
     "stockade.measure.launch",
     "stockade.measure.keep_modules",
     "stockade.host.warm",
+    "cryptography.hazmat.backends.openssl",
     "httpx",
     "httpcore",  # httpx's transport imports it when a client is made
     "websockets.exceptions",
@@ -438,6 +439,9 @@ class Agent:
             if stale is not None:
                 self.say(f"the installed code changed ({stale}): no more commands; exiting")
                 self.stopping = True
+                # Socket and lock go before the refusal: the launcher that
+                # gets it starts a new agent (of the new code) at once.
+                self._stop_listening()
                 raise ValueError(f"the installed stockade changed since the agent started ({stale})")
             if threading.active_count() != 1:  # never fork with another thread holding a lock
                 raise ValueError("the agent has other threads")
