@@ -206,6 +206,49 @@ def test_same_exit_codes_stdout_and_stderr_via_the_agent_and_in_process(
     }
 
 
+def test_deploy_host_gives_the_same_results_via_the_agent_and_in_process(
+    agent_env: AgentEnv, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from manager_support import running_server
+
+    agent_env.start()
+    with running_server(agent_env.state_dir, tmp_path_factory, quota=4) as server:
+        sim_root = str(server.state / "sim" / "chip" / "ark.der")
+        base = ["deploy", "--host", server.url, "--token-file", str(server.token_file)]
+        bad_token = tmp_path_factory.mktemp("token") / "bad"
+        bad_token.write_text("not-a-token\n")
+        cases = {
+            "success": [*base, "--sim-root", sim_root, "--allow-sim", "--json", str(HELLO), "--", "Dee"],
+            "policy refusal": [*base, "--sim-root", sim_root, "-q", str(HELLO)],
+            "no sim root": [*base, "--allow-sim", str(HELLO)],
+            "bad token": [
+                *base[:3],
+                "--token-file",
+                str(bad_token),
+                "--sim-root",
+                sim_root,
+                "--allow-sim",
+                str(HELLO),
+            ],
+        }
+        for name, args in cases.items():
+            before = agent_env.served()
+            via = agent_env.stockade(*args)
+            assert agent_env.served() == before + 1, name
+            here = agent_env.stockade(*args, env={"STOCKADE_AGENT": "0"})
+            assert via.returncode == here.returncode, (name, via.stderr.decode(), here.stderr.decode())
+            if name == "success":  # the same document but for timings, nonces, keys, ids
+                a, b = json.loads(via.stdout), json.loads(here.stdout)
+                a.pop("timing_ms"), b.pop("timing_ms")
+                assert _normalized(json.dumps(a).encode()) == _normalized(json.dumps(b).encode())
+            else:
+                assert via.stdout == here.stdout, name
+            assert _normalized(via.stderr) == _normalized(here.stderr), name
+            if name == "success":
+                assert json.loads(via.stdout)["stdout"] == "Hello, Dee!\narguments: 1\n"
+        assert [agent_env.stockade(*a).returncode for a in cases.values()] == [0, 112, 2, 1]
+
+
 def test_verbose_says_which_way_the_command_ran(agent_env: AgentEnv) -> None:
     proc = agent_env.stockade("-v", "run", "--allow-sim", "-q", str(HELLO))
     assert proc.returncode == 0
