@@ -505,6 +505,11 @@ class Agent:
             _reopen_stdio(req["streams"], req["unbuffered"])
             sys.argv = [req["argv0"], *req["argv"]]
             code = run_cli(req["argv0"], req["argv"])
+            # As the interpreter does at exit (threading._shutdown): wait for
+            # the command's non-daemon threads.
+            for thread in threading.enumerate():
+                if thread is not threading.main_thread() and not thread.daemon:
+                    thread.join()
         except BaseException:
             import traceback
 

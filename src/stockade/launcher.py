@@ -225,7 +225,8 @@ def _request(argv0: str, argv: list[str]) -> bytes:
         compat().encode(),
         b"%o" % mask,
         b"1" if sys.dont_write_bytecode else b"0",
-        b"1" if sys.flags.verbose or os.environ.get("PYTHONUNBUFFERED") else b"0",
+        # -u or PYTHONUNBUFFERED: the interpreter made stdout write-through.
+        b"1" if getattr(sys.stdout, "write_through", False) else b"0",
         _stream_info(sys.stdin).encode(),
         _stream_info(sys.stdout).encode(),
         _stream_info(sys.stderr).encode(),
