@@ -207,6 +207,8 @@ def main() -> int:
     timed(bare, env)
 
     bare_ms: list[float] = []
+    launcher_ms: list[float] = []
+    python_ms: list[float] = []
     e2e_ms: list[float] = []
     warm_ms: list[float] = []
     deploy_ms: list[float] = []
@@ -227,6 +229,9 @@ def main() -> int:
             timed(manager.deploy_cmd(), env)
             start_agent(runtime, stockade, agent_env)
         for _ in range(args.runs):
+            # The launcher's own start-up (ADR 0028) against an empty interpreter.
+            python_ms.append(timed([sys.executable, "-c", "pass"], env)[0])
+            launcher_ms.append(timed([sys.executable, "-c", "import stockade.launcher"], env)[0])
             ms, out = timed(bare, env, "bare")
             assert b"Hello, Alice!" in out
             bare_ms.append(ms)
@@ -264,6 +269,8 @@ def main() -> int:
         "steps_ms_median": {k: round(statistics.median(v), 2) for k, v in sorted(steps.items())},
     }
     result["cpu_ms_median"] = {k: round(statistics.median(v), 1) for k, v in CPU_MS.items()}
+    result["python_pass_ms_median"] = round(statistics.median(python_ms), 1)
+    result["launcher_import_ms_median"] = round(statistics.median(launcher_ms), 1)
     warm_lines: list[tuple[str, float]] = []
     if warm_ms:
         w, d = statistics.median(warm_ms), statistics.median(deploy_ms)
@@ -317,6 +324,10 @@ def main() -> int:
         )
     else:
         print()
+    print(
+        f"launcher start-up: python -c 'import stockade.launcher' {result['launcher_import_ms_median']:.1f} ms, "
+        f"python -c pass {result['python_pass_ms_median']:.1f} ms"
+    )
     print("per-step medians of the stockade run (cold):")
     for label, key in STEPS:
         if key in result["steps_ms_median"]:

@@ -274,6 +274,13 @@ class Agent:
             self.say(f"Keep runtime not measured: {type(exc).__name__}: {exc}")
         self.compat = launcher.compat()
         self.tree = Tree.of_this_process()
+        # What the preload made is never collected: out of the collector's
+        # way, so that a child's collections do not write to (and copy) the
+        # pages it shares with the agent (gc.freeze, Python >= 3.7).
+        import gc
+
+        gc.collect()
+        gc.freeze()
 
     def run(self) -> int:
         self.lock_fd = os.open(self.paths["lock"], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
