@@ -610,3 +610,77 @@ def test_nonces_differ_between_commands_forked_from_one_parent() -> None:
             nonces.append(f.read())
         os.waitpid(pid, 0)
     assert len(nonces[0]) == 32 and nonces[0] != nonces[1]
+
+
+# == the agent's refusals, in-process (nothing forked) =====================================================
+
+
+@pytest.fixture
+def bare_agent(tmp_path: Path) -> Iterator[agent.Agent]:
+    with open(os.devnull, "w") as log:
+        a = agent.Agent(str(tmp_path), "test", 60, log)
+        a.tree = agent.Tree([])
+        a.compat = launcher.compat()
+        try:
+            yield a
+        finally:
+            os.close(a._wake_r)
+            os.close(a._wake_w)
+
+
+def _ask(a: agent.Agent, data: bytes, fds: list[int]) -> bytes:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        if fds:
+            launcher._send_fds(ours, data, fds)
+        elif data:
+            ours.send(data)
+        with contextlib.suppress(ValueError):
+            a._accept(theirs)
+        assert a.commands == {}  # nothing was started
+        ours.settimeout(5)
+        return ours.recv(4096)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("compat", b"Rinterpreter encodings differ"),
+        ("command", b"Rnot a command the agent runs"),
+        ("garbage", b"Rnot a version 1 agent request"),
+        ("fds", b"Ra request needs its message and four file descriptors"),
+        ("stale", b"Rthe installed stockade changed since the agent started"),
+    ],
+)
+def test_the_agent_refuses_what_it_must_not_run(
+    bare_agent: agent.Agent, tmp_path: Path, case: str, reason: bytes
+) -> None:
+    a = bare_agent
+    argv = ["host", "serve"] if case == "command" else ["run", "x.wasm"]
+    data = launcher._request("stockade", argv)
+    fds = [0, 1, 2, 2]
+    if case == "compat":
+        a.compat = "other|encoding|strict|0"
+    elif case == "garbage":
+        data = b"SA9\0whatever"
+    elif case == "fds":
+        fds = [0, 1]
+    elif case == "stale":
+        probe = tmp_path / "probe.py"
+        probe.write_text("")
+        a.tree = agent.Tree([str(probe)])
+        probe.write_text("changed = 1\n")
+    reply = _ask(a, data, fds)
+    assert reply.startswith(reason), reply
+    assert a.stopping == (case == "stale")
+
+
+def test_the_agent_refuses_another_uid_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = _bare_agent(tmp_path)
+    monkeypatch.setattr(launcher, "peer_uid", lambda _sock: os.getuid() + 7)
+    # It answers before reading anything (the request is never sent here:
+    # closing a Unix socket with unread data resets the connection).
+    reply = _ask(a, b"", [])
+    assert reply == f"Ruid {os.getuid() + 7} is not this agent's user".encode()
