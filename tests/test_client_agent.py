@@ -676,9 +676,9 @@ def test_the_agent_refuses_what_it_must_not_run(
 
 
 def test_the_agent_refuses_another_uid_before_reading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bare_agent: agent.Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a = _bare_agent(tmp_path)
+    a = bare_agent
     monkeypatch.setattr(launcher, "peer_uid", lambda _sock: os.getuid() + 7)
     # It answers before reading anything (the request is never sent here:
     # closing a Unix socket with unread data resets the connection).
