@@ -323,6 +323,35 @@ def test_ctrl_c_on_the_launcher_interrupts_the_command_exit_130(
     assert _wait_gone(child, 10)
 
 
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_state(pid: int, stopped: bool, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (_state(pid) == "T") == stopped:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_ctrl_z_stops_the_command_and_fg_continues_it(
+    agent_env: AgentEnv, wasm: Callable[[str], Path]
+) -> None:
+    agent_env.start()
+    proc, child = _sleeping(agent_env, wasm)
+    try:
+        proc.send_signal(signal.SIGTSTP)
+        assert _wait_state(proc.pid, stopped=True) and _wait_state(child, stopped=True)
+        proc.send_signal(signal.SIGCONT)
+        assert _wait_state(proc.pid, stopped=False) and _wait_state(child, stopped=False)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 130
+
+
 def test_sigterm_on_the_launcher_ends_it_as_it_ends_the_cli(
     agent_env: AgentEnv, wasm: Callable[[str], Path]
 ) -> None:

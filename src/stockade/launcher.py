@@ -43,8 +43,8 @@ server, ``agent-NAME.sock``, mode 0600; NAME as :func:`stockade.host.warm.server
   the fds [cwd (O_PATH), stdin, stdout, stderr] (SCM_RIGHTS)
   agent -> ``b"S" + pid`` (the child started) or ``b"R" + reason`` (refused:
   the launcher runs the command itself)
-  launcher -> ``b"G" + signal number`` (SIGINT, SIGTERM, SIGHUP, SIGQUIT
-  received: the agent sends it to the child's process group)
+  launcher -> ``b"G" + signal number`` (SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+  SIGTSTP, SIGCONT received: the agent sends it to the child's process group)
   agent -> ``b"X" + status`` (the child's exit code, or minus the signal
   that killed it); the launcher exits the same way.
 
@@ -77,7 +77,11 @@ PROTOCOL = b"SA1"
 #: Seconds to wait for the agent to start a command before running it here.
 START_TIMEOUT_S = 5.0
 #: Signals forwarded to the agent's child (its process group).
-FORWARDED = (2, 15, 1, 3)  # SIGINT, SIGTERM, SIGHUP, SIGQUIT (signal(7), same on every Linux arch)
+FORWARDED = (
+    *(_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT),
+    # Job control: Ctrl-Z stops the command and the launcher; fg/bg resume both.
+    *(_signal.SIGTSTP, _signal.SIGCONT),
+)
 DEFAULT_IDLE_S = 300.0
 
 _OFF = ("0", "no", "false", "off")
@@ -294,6 +298,16 @@ class _Forward:
         self.sock = sock
 
     def __call__(self, signum: int, _frame: Any) -> None:
+        self.forward(signum)
+        if signum == _signal.SIGTSTP:
+            # Stop as the terminal asked (the command is stopped too); the
+            # shell's fg or bg continues us here: the command continues too.
+            _signal.signal(signum, _signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            _signal.signal(signum, self)
+            self.forward(_signal.SIGCONT)
+
+    def forward(self, signum: int) -> None:
         try:  # noqa: SIM105
             self.sock.send(b"G%d" % signum)
         except OSError:
