@@ -98,6 +98,10 @@ PRELOAD = (
 )
 PR_SET_PDEATHSIG = 1  # prctl(2), <linux/prctl.h>
 MAX_REQUEST = 1 << 20
+#: A file whose ctime is this close to (or after) the start of the agent's
+#: preload may have changed between its import and the snapshot: the agent
+#: does not serve (the kernel's file timestamps are coarser than its clock).
+CHANGE_MARGIN_NS = 2_000_000_000
 #: Seconds a connection may take to send its request (the launcher sends it at once).
 REQUEST_TIMEOUT_S = 2.0
 
@@ -134,6 +138,13 @@ class Tree:
                 paths.append(file)
         paths.append(os.path.realpath(sys.executable))
         return cls(paths)
+
+    def changed_since(self, ns: int) -> str | None:
+        """The first entry whose ctime is ``ns`` or later, or None."""
+        for path, key in self.entries.items():
+            if key is not None and key[4] >= ns:
+                return path
+        return None
 
     def changed(self) -> str | None:
         """The first entry whose stat differs from the snapshot, or None."""
@@ -291,9 +302,18 @@ class Agent:
             return 0  # another agent of this installation runs (or starts)
         os.ftruncate(self.lock_fd, 0)
         os.write(self.lock_fd, f"{self.pid}\n".encode())
-        t = time.perf_counter()
+        t, started_ns = time.perf_counter(), time.time_ns()
         self.preload()
         self.say(f"preloaded in {1000 * (time.perf_counter() - t):.0f} ms")
+        assert self.tree is not None
+        moving = self.tree.changed_since(started_ns - CHANGE_MARGIN_NS)
+        if moving is not None:
+            # Changed while (or just before) it was imported: the snapshot
+            # may describe other bytes than those loaded. The next command's
+            # launcher starts a new agent.
+            self.say(f"the installed code is changing ({moving}): exiting")
+            os.close(self.lock_fd)
+            return 0
         signal.signal(signal.SIGCHLD, lambda _s, _f: None)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
