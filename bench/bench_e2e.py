@@ -8,8 +8,13 @@ Lines (issue 18): the cold ``stockade run`` (a fresh Keep process,
 ``STOCKADE_WARM=0``), the warm ``stockade run`` (a Keep forked by the
 per-user warm fork server, ADR 0022; started by an untimed first run, in a
 private runtime directory, stopped at the end) and ``stockade deploy
---host`` to a running keep manager with its fork server (loopback). Each
-ratio is against bare wasmtime-py in a fresh process, same run.
+--host`` to a running keep manager with its fork server (loopback), each
+with the CLI in the command's own process (``STOCKADE_AGENT=0``); then the
+warm run and the deploy again through the per-user client agent (ADR 0028:
+the ``stockade`` launcher hands the command to a pre-imported agent that
+forks the CLI; started by an untimed run, stopped at the end). Each ratio is
+against bare wasmtime-py in a fresh process, same run. The CPU of an agent
+line is the launcher's plus the agent's child's (from the agent's log).
 """
 
 from __future__ import annotations
@@ -144,10 +149,33 @@ class Manager:
 
 
 def stop_warm_server(runtime: Path) -> None:
-    """SIGTERM the warm fork server whose pid is in a lock file there."""
-    for lock in (runtime / "stockade").glob("warm-*.lock"):
-        with suppress(OSError, ValueError):
-            os.kill(int(lock.read_text().strip()), signal.SIGTERM)
+    """SIGTERM the warm fork server and the client agent whose pids are in a lock file there."""
+    for pattern in ("warm-*.lock", "agent-*.lock"):
+        for lock in (runtime / "stockade").glob(pattern):
+            with suppress(OSError, ValueError):
+                os.kill(int(lock.read_text().strip()), signal.SIGTERM)
+
+
+def agent_cpu_ms(runtime: Path) -> float:
+    """CPU of the last command the client agent ran (its log line), in ms."""
+    for log in (runtime / "stockade").glob("agent-*.log"):
+        for line in reversed(log.read_text().splitlines()):
+            if line.endswith(" ms CPU"):
+                return float(line.rsplit(",", 1)[1].split()[0])
+    raise SystemExit("the client agent logged no command")
+
+
+def start_agent(runtime: Path, cmd: list[str], env: dict[str, str]) -> None:
+    """Run ``cmd`` once (it starts the agent in the background), wait until
+    the agent serves, and check that the next run goes through it."""
+    timed(cmd, env)
+    deadline = time.monotonic() + 120
+    while not list((runtime / "stockade").glob("agent-*.sock")):
+        if time.monotonic() > deadline:
+            raise SystemExit("the client agent did not start")
+        time.sleep(0.05)
+    proc = subprocess.run([cmd[0], *cmd[1:3], "-v", *cmd[3:]], capture_output=True, env=env, check=True)
+    assert b"of this user's client agent" in proc.stderr.splitlines()[0], proc.stderr
 
 
 def main() -> int:
@@ -165,18 +193,27 @@ def main() -> int:
         **os.environ,
         "STOCKADE_STATE_DIR": state,
         "STOCKADE_WARM": "0",
+        "STOCKADE_AGENT": "0",
         "XDG_CACHE_HOME": os.path.join(state, "cache"),
+        # The client agent's runtime directory (the lines with it on).
+        "XDG_RUNTIME_DIR": str(runtime),
     }
-    warm_env = {**env, "STOCKADE_WARM": "1", "XDG_RUNTIME_DIR": str(runtime), "STOCKADE_WARM_IDLE": "600"}
+    warm_env = {**env, "STOCKADE_WARM": "1", "STOCKADE_WARM_IDLE": "600"}
+    agent_env = {**warm_env, "STOCKADE_AGENT": "1", "STOCKADE_AGENT_IDLE": "600"}
+    deploy_agent_env = {**env, "STOCKADE_AGENT": "1", "STOCKADE_AGENT_IDLE": "600"}
     stockade = [sys.executable, "-m", "stockade", "run", "--allow-sim", "--json", str(HELLO), "--", "Alice"]
     bare = [sys.executable, "-c", BARE, str(HELLO), "Alice"]
     timed(stockade, env)  # creates the sim chip, warms the page cache
     timed(bare, env)
 
     bare_ms: list[float] = []
+    launcher_ms: list[float] = []
+    python_ms: list[float] = []
     e2e_ms: list[float] = []
     warm_ms: list[float] = []
     deploy_ms: list[float] = []
+    agent_run_ms: list[float] = []
+    agent_deploy_ms: list[float] = []
     steps: dict[str, list[float]] = {}
     with ExitStack() as stack:
         manager: Manager | None = None
@@ -190,7 +227,11 @@ def main() -> int:
             manager = Manager(base, Path(state))
             stack.callback(manager.stop)
             timed(manager.deploy_cmd(), env)
+            start_agent(runtime, stockade, agent_env)
         for _ in range(args.runs):
+            # The launcher's own start-up (ADR 0028) against an empty interpreter.
+            python_ms.append(timed([sys.executable, "-c", "pass"], env)[0])
+            launcher_ms.append(timed([sys.executable, "-c", "import stockade.launcher"], env)[0])
             ms, out = timed(bare, env, "bare")
             assert b"Hello, Alice!" in out
             bare_ms.append(ms)
@@ -208,6 +249,15 @@ def main() -> int:
                 ms, out = timed(manager.deploy_cmd(), env, "deploy_host")
                 assert json.loads(out)["stdout"].startswith("Hello, Alice!")
                 deploy_ms.append(ms)
+                ms, out = timed(stockade, agent_env, "agent_run")
+                doc = json.loads(out)
+                assert doc["stdout"].startswith("Hello, Alice!") and doc["keep_start"] == "warm"
+                CPU_MS["agent_run"][-1] += agent_cpu_ms(runtime)
+                agent_run_ms.append(ms)
+                ms, out = timed(manager.deploy_cmd(), deploy_agent_env, "agent_deploy_host")
+                assert json.loads(out)["stdout"].startswith("Hello, Alice!")
+                CPU_MS["agent_deploy_host"][-1] += agent_cpu_ms(runtime)
+                agent_deploy_ms.append(ms)
 
     b, e = statistics.median(bare_ms), statistics.median(e2e_ms)
     result = {
@@ -219,6 +269,8 @@ def main() -> int:
         "steps_ms_median": {k: round(statistics.median(v), 2) for k, v in sorted(steps.items())},
     }
     result["cpu_ms_median"] = {k: round(statistics.median(v), 1) for k, v in CPU_MS.items()}
+    result["python_pass_ms_median"] = round(statistics.median(python_ms), 1)
+    result["launcher_import_ms_median"] = round(statistics.median(launcher_ms), 1)
     warm_lines: list[tuple[str, float]] = []
     if warm_ms:
         w, d = statistics.median(warm_ms), statistics.median(deploy_ms)
@@ -231,7 +283,21 @@ def main() -> int:
                 "warm_target_ratio": 1.2,
             }
         )
-        warm_lines = [("stockade run, warm fork server", w), ("stockade deploy --host, manager", d)]
+        ar, ad = statistics.median(agent_run_ms), statistics.median(agent_deploy_ms)
+        result.update(
+            {
+                "agent_warm_run_ms_median": round(ar, 1),
+                "agent_warm_run_ratio": round(ar / b, 2),
+                "agent_deploy_host_ms_median": round(ad, 1),
+                "agent_deploy_host_ratio": round(ad / b, 2),
+            }
+        )
+        warm_lines = [
+            ("stockade run, warm fork server", w),
+            ("stockade deploy --host, manager", d),
+            ("run, warm server + client agent", ar),
+            ("deploy --host, client agent", ad),
+        ]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -252,8 +318,16 @@ def main() -> int:
         print(
             f"; warm run, client only {cpu['warm']:.0f}; deploy --host, client only {cpu['deploy_host']:.0f}"
         )
+        print(
+            f"  through the client agent (launcher + agent's child): warm run {cpu['agent_run']:.0f}; "
+            f"deploy --host {cpu['agent_deploy_host']:.0f}"
+        )
     else:
         print()
+    print(
+        f"launcher start-up: python -c 'import stockade.launcher' {result['launcher_import_ms_median']:.1f} ms, "
+        f"python -c pass {result['python_pass_ms_median']:.1f} ms"
+    )
     print("per-step medians of the stockade run (cold):")
     for label, key in STEPS:
         if key in result["steps_ms_median"]:

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 # a private runtime directory and stops its server. STOCKADE_WARM=1 runs
 # every CLI test through the warm path (servers then exit after 60 s idle).
 os.environ.setdefault("STOCKADE_WARM", "0")
+# Likewise the per-user client agent (ADR 0028) that `stockade run` and
+# `stockade deploy` hand their command to: off unless a test turns it on
+# (tests/test_client_agent.py, with a private runtime directory).
+os.environ.setdefault("STOCKADE_AGENT", "0")
 # The Keep's sealed compile cache of `stockade run` (ADR 0023) goes below
 # $XDG_CACHE_HOME: one private directory for the session, never the user's
 # ~/.cache (the `stockade` fixture gives each state its own; tests of the

@@ -1,5 +1,6 @@
-"""``python -m stockade`` is the ``stockade`` command."""
+"""``python -m stockade`` is the ``stockade`` command (through the client
+agent when one runs: :mod:`stockade.launcher`)."""
 
-from stockade.cli import main
+from stockade.launcher import main
 
 main(prog_name="stockade")

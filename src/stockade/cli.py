@@ -98,8 +98,16 @@ class StockadeGroup(click.Group):
 
 @click.group(cls=StockadeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="stockade")
-def main() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Say on stderr whether run/deploy ran in this user's client agent or in this process, and why "
+    "(STOCKADE_AGENT=0 turns the agent off; docs/adr/0028-client-agent.md).",
+)
+def main(verbose: bool) -> None:
     """Run WebAssembly workloads in attested TEE Keeps."""
+    # The launcher (stockade.launcher) has acted on --verbose before this runs.
 
 
 if __name__ == "__main__":  # pragma: no cover

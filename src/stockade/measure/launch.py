@@ -120,11 +120,16 @@ def recordable(name: str) -> bool:
 
 
 def resolve(
-    name: str, search_path: list[str], _cache: dict[str, tuple[str, str | None, list[str] | None]]
+    name: str,
+    search_path: list[str],
+    _cache: dict[str, tuple[str, str | None, list[str] | None]],
+    deps: dict[str, StatKey | None] | None = None,
 ) -> tuple[str, str | None]:
     """(kind, file) of module ``name`` as the Keep's import system would find
     it: built-in, frozen, then the path finder (the default ``sys.meta_path``
-    order), the parent package's ``__path__`` for submodules."""
+    order), the parent package's ``__path__`` for submodules. ``deps``, if
+    given, gets the stat key of every directory looked in, taken before
+    looking (what the answer depends on: :func:`keep_measurement`'s memo)."""
     hit = _cache.get(name)
     if hit is not None:
         return hit[0], hit[1]
@@ -138,10 +143,14 @@ def resolve(
         locations = list(frozen.submodule_search_locations or []) or None
     else:
         if parent:
-            resolve(parent, search_path, _cache)
+            resolve(parent, search_path, _cache, deps)
             where = _cache[parent][2]
         else:
             where = search_path
+        if deps is not None and where is not None:
+            for directory in where:
+                if directory not in deps:
+                    deps[directory] = stat_key(directory)
         spec = importlib.machinery.PathFinder.find_spec(name, where) if where is not None else None
         if spec is None:
             kind, origin, locations = "absent", None, None
@@ -165,28 +174,51 @@ def resolve(
 _HASHES: dict[tuple[str, int, int, int, int, int], bytes] = {}
 _HASHES_LOCK = threading.Lock()
 
+#: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): what changes when a
+#: file is written or replaced, or a directory gains or loses an entry (a
+#: write sets ctime, which a user cannot set back).
+StatKey = tuple[int, int, int, int, int]
+
+
+def stat_key(path: str) -> StatKey | None:
+    """The :data:`StatKey` of ``path`` (symlinks followed); None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 def file_sha256(path: str) -> bytes:
     """SHA-256 of a file's bytes, cached in this process keyed on (path,
     st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): a file written or
     replaced since gets a new key (a write sets ctime, which a user cannot
     set back)."""
+    return _file_sha256_keyed(path)[1]
+
+
+def _file_sha256_keyed(path: str) -> tuple[StatKey, bytes]:
+    """:func:`file_sha256` and the stat key of the bytes it hashed (taken
+    from the open file before reading it)."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
-        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        skey = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        key = (path, *skey)
         with _HASHES_LOCK:
             hit = _HASHES.get(key)
         if hit is not None:
-            return hit
+            return skey, hit
         digest = hashlib.file_digest(f, "sha256").digest()
     with _HASHES_LOCK:
         _HASHES[key] = digest
-    return digest
+    return skey, digest
 
 
 def clear_cache() -> None:
     with _HASHES_LOCK:
         _HASHES.clear()
+    with _MEMO_LOCK:
+        _MEMO.clear()
 
 
 # == the measured set ====================================================================================
@@ -257,10 +289,13 @@ def measured_files(
     libraries: Iterable[tuple[str, str]] | None = None,
     search_path: list[str] | None = None,
     interpreter: list[tuple[str, str]] | None = None,
+    deps: dict[str, StatKey | None] | None = None,
 ) -> list[MeasuredFile]:
     """Every entry of the launch measurement, sorted by label. The defaults
     are this installation's Keep: the generated list, the Keep's sys.path
-    (after the .pth check) and this interpreter; tests pass a copied tree."""
+    (after the .pth check) and this interpreter; tests pass a copied tree.
+    ``deps``, if given, gets the stat key of every directory looked in and
+    every file hashed, each taken before it was used."""
     if modules is None or libraries is None:
         from stockade.measure import keep_modules
 
@@ -271,9 +306,15 @@ def measured_files(
     cache: dict[str, tuple[str, str | None, list[str] | None]] = {}
     found: list[tuple[str, str, str | None]] = []  # (label, kind, file to hash)
     for name in sorted(set(modules)):
-        kind, origin = resolve(name, search_path, cache)
+        kind, origin = resolve(name, search_path, cache, deps)
         found.append((f"module:{name}", kind, origin if kind in FILE_KINDS else None))
     for top, rel in sorted(set(libraries)):
+        if deps is not None:
+            for entry in search_path:  # every directory _find_library may look in
+                parts = Path(top, rel).parts
+                for i in range(len(parts)):
+                    candidate = os.path.join(entry, *parts[:i])
+                    deps.setdefault(candidate, stat_key(candidate))
         path = _find_library(top, rel, search_path)
         found.append((f"library:{top}/{rel}", "library" if path else "absent", str(path) if path else None))
     found.extend((label, "executable", file) for label, file in interpreter)
@@ -281,7 +322,7 @@ def measured_files(
     # a cold start (most of the bytes are three files: libwasmtime, libpython
     # and cryptography's Rust extension).
     files = [file for _, _, file in found if file is not None]
-    digests = _hash_all(files)
+    digests = _hash_all(files, deps=deps)
     out = [
         MeasuredFile(label, kind, Path(file) if file else None, digests[file] if file else b"")
         for label, kind, file in found
@@ -289,7 +330,9 @@ def measured_files(
     return sorted(out, key=lambda m: m.label)
 
 
-def _hash_all(files: list[str], workers: int = 2) -> dict[str, bytes]:
+def _hash_all(
+    files: list[str], workers: int = 2, deps: dict[str, StatKey | None] | None = None
+) -> dict[str, bytes]:
     """SHA-256 of each file, in ``workers`` threads: the files are dealt
     largest first to whichever thread is free (no executor: importing
     concurrent.futures costs more than the threads here)."""
@@ -305,13 +348,15 @@ def _hash_all(files: list[str], workers: int = 2) -> dict[str, bytes]:
                     return
                 path = pending.pop(0)
             try:
-                digest = file_sha256(path)
+                skey, digest = _file_sha256_keyed(path)
             except BaseException as exc:  # re-raised in the caller's thread
                 with lock:
                     errors.append(exc)
                 return
             with lock:
                 digests[path] = digest
+                if deps is not None:
+                    deps[path] = skey
 
     threads = [threading.Thread(target=work, daemon=True, name="measure-hash") for _ in range(workers - 1)]
     for t in threads:
@@ -350,9 +395,54 @@ def launch_digest(entries: Iterable[tuple[str, bytes]]) -> bytes:
     return h.digest()
 
 
+#: keep_measurement's memo: (modules, libraries, search path, interpreter
+#: files) -> (the stat key of every directory and file the digest depends
+#: on, the digest).
+_MEMO: dict[tuple[object, ...], tuple[tuple[tuple[str, StatKey | None], ...], bytes]] = {}
+_MEMO_LOCK = threading.Lock()
+
+
 def keep_measurement(files: list[MeasuredFile] | None = None) -> bytes:
-    """The measurement of this installation's Keep runtime (or of ``files``)."""
-    return launch_digest(m.entry() for m in (measured_files() if files is None else files))
+    """The measurement of this installation's Keep runtime (or of ``files``).
+
+    Memoized in this process: the Keep's search path is recomputed (with its
+    ``.pth`` check) and the interpreter's files listed on every call; the
+    module resolution and the hashes are reused while every directory looked
+    in and every file hashed has the stat key it had when it was used (a
+    planted, removed or renamed module changes its directory's mtime and
+    ctime; a written file its own). A warm fork server re-measures before
+    every fork, and a client agent's deploy pins it (ADR 0022, ADR 0028):
+    that costs a stat per entry instead of ~40 ms of resolution."""
+    if files is not None:
+        return launch_digest(m.entry() for m in files)
+    from stockade.measure import keep_modules
+
+    return memoized_measurement(
+        keep_modules.MODULES, keep_modules.LIBRARIES, keep_sys_path(), interpreter_files()
+    )
+
+
+def memoized_measurement(
+    modules: Iterable[str],
+    libraries: Iterable[tuple[str, str]],
+    search_path: list[str],
+    interpreter: list[tuple[str, str]],
+) -> bytes:
+    """``launch_digest`` of :func:`measured_files` for these arguments,
+    memoized on the stat keys of what it depends on (:func:`keep_measurement`)."""
+    modules, libraries = sorted(set(modules)), sorted(set(libraries))
+    key = (tuple(modules), tuple(libraries), tuple(search_path), tuple(interpreter))
+    with _MEMO_LOCK:
+        hit = _MEMO.get(key)
+    if hit is not None and all(stat_key(path) == skey for path, skey in hit[0]):
+        return hit[1]
+    deps: dict[str, StatKey | None] = {}
+    digest = launch_digest(
+        m.entry() for m in measured_files(modules, libraries, search_path, interpreter, deps)
+    )
+    with _MEMO_LOCK:
+        _MEMO[key] = (tuple(deps.items()), digest)
+    return digest
 
 
 def measure_in_background() -> Callable[[], bytes]:
