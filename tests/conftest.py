@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,3 +228,19 @@ def hsm(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop("SOFTHSM2_CONF", None)
         else:
             os.environ["SOFTHSM2_CONF"] = old
+
+
+@pytest.fixture(autouse=True)
+def _process_file_size_limit_unchanged() -> Iterator[None]:
+    """A test that runs a Keep's Runner in this process with a fallback
+    sandbox lowers RLIMIT_FSIZE (stockade.keep.sandbox), and every later
+    test's larger writes then fail with EFBIG: name the test that did it,
+    and put the limit back so the rest of the run is not poisoned."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    yield
+    after = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if after != before:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        pytest.fail(f"the test changed this process's RLIMIT_FSIZE from {before} to {after}")

@@ -225,6 +225,15 @@ def _wasm(template: str, **values: int) -> bytes:
 # ---------------------------------------------------------------------------
 
 
+class _Scratch(Sandbox):
+    """A plain directory as the workload's disk with no limit applied: the
+    fallback's RLIMIT_FSIZE would bind the whole test process (and every
+    later test's writes past the workload's disk limit)."""
+
+    def set_limit(self, disk_bytes: int) -> None:
+        self.limit = disk_bytes
+
+
 class Run:
     """A workload running in a thread; its net events and stdout."""
 
@@ -239,7 +248,7 @@ class Run:
     ) -> None:
         self.events: queue.Queue[Net] = queue.Queue()
         self.stdout = bytearray()
-        sandbox = Sandbox(tmp, private=False)
+        sandbox = _Scratch(tmp, private=False)
         self.runner = Runner(
             make_engine(), self._emit, sandbox, service=service, net_emit=self.events.put, network=network
         )
