@@ -44,7 +44,7 @@ from wire_strategies import events as event_strategy
 CDDL_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.cddl"
 CDDL = CDDL_PATH.read_text()
 
-DEPLOY_RULES = ("hello", "load", "identity", "release", "output", "exit", "problem")
+DEPLOY_RULES = ("hello", "load", "identity", "release", "stdin", "output", "exit", "problem")
 PART_RULES = ("expect", "config", "file-entry", "limits", "event", "event-kind", "problem-details")
 PSP_RULES = ("report-req", "report-rsp", "key-req", "key-rsp", "psp-error")
 ALL_RULES = (

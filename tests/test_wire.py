@@ -48,6 +48,7 @@ from stockade.wire.messages import (
     Output,
     Problem,
     Release,
+    Stdin,
     Workload,
     decode,
     decode_map,
@@ -91,6 +92,7 @@ EXIT = Exit(code=0, workload_sha256=SHA, timing_us=(("run", 7),))
 LOAD = LOAD_TYPICAL
 IDENTITY = IDENTITY_TYPICAL
 RELEASE = RELEASE_TYPICAL
+STREAM_RELEASE = Release(secrets=(("api-key", b"s3cr3t"),), stdin_stream=True)
 
 
 def frame(msg: Message) -> bytes:
@@ -969,7 +971,13 @@ def client_running() -> ClientSession:
 
 
 def keep_at(stage: KeepState) -> KeepSession:
-    """A Keep driven through a legal session up to ``stage``."""
+    """A Keep driven through a legal session up to ``stage`` (RUNNING_STDIN:
+    through a release with stdin_stream)."""
+    if stage is KeepState.RUNNING_STDIN:
+        k = keep_at(KeepState.AWAIT_RELEASE)
+        assert k.receive_release(frame(STREAM_RELEASE)) == STREAM_RELEASE
+        assert k.state is KeepState.RUNNING_STDIN
+        return k
     k = KeepSession()
     steps: list[tuple[KeepState, Callable[[], object]]] = [
         (KeepState.ATTESTING, lambda: k.receive_hello(frame(HELLO))),
@@ -1412,7 +1420,7 @@ def test_keep_identity_frame() -> None:
 
 @pytest.mark.parametrize(
     "stage",
-    [s for s in KeepState if s not in (KeepState.RUNNING, KeepState.DONE)],
+    [s for s in KeepState if s not in (KeepState.RUNNING, KeepState.RUNNING_STDIN, KeepState.DONE)],
     ids=lambda s: s.value,
 )
 def test_keep_output_and_exit_never_before_the_release(stage: KeepState) -> None:
@@ -1488,6 +1496,7 @@ def _client_actions(c: ClientSession) -> dict[str, Callable[[], object]]:
         "send the load request": lambda: c.load(LOAD),
         "accept the workload identity": lambda: c.identity_verified(IDENTITY),
         "release secrets": lambda: c.release(RELEASE),
+        "send stdin": lambda: c.stdin(b"x"),
     }
 
 
@@ -1499,6 +1508,7 @@ def test_client_action_table_names_every_action() -> None:
 @pytest.mark.parametrize("action", list(_client_actions(ClientSession())))
 def test_client_steps_outside_the_table_are_misuse(state: ClientState, action: str) -> None:
     c = _client_in(state)
+    c.stdin_open = action == "send stdin"  # as after a release with stdin_stream: only the state decides
     if (state, action) in CLIENT_ACTIONS:
         if action == "accept the workload identity":
             c.receive(frame(IDENTITY))
@@ -1517,6 +1527,7 @@ def _keep_actions(k: KeepSession) -> dict[str, Callable[[], object]]:
         "receive the load request": lambda: k.receive_load(frame(LOAD)),
         "send the identity": lambda: k.identity(IDENTITY),
         "receive the release": lambda: k.receive_release(frame(RELEASE)),
+        "receive stdin": lambda: k.receive_stdin(frame(Stdin(data=b"x"))),
         "send output": lambda: k.output(1, b"x"),
         "send exit": lambda: k.exit(EXIT),
         "send a problem": lambda: k.problem(WorkloadTrapped("trap")),

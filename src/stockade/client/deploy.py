@@ -11,7 +11,9 @@ callbacks until it reports an exit status or a problem.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import select
 import socket
 import ssl
 import time
@@ -22,13 +24,40 @@ from stockade.client.attest import Appraisal, TrustConfig, appraise
 from stockade.client.hello import SentHello, send_hello
 from stockade.client.identity import WorkloadIdentity, appraise_identity
 from stockade.client.progress import Phase, Progress
-from stockade.errors import ChannelTampered, KeepDied, ProtocolError, StockadeError, WorkloadRejected
-from stockade.wire.messages import Config, Exit, Expect, Identity, Load, Message, Output, Problem, Release
+from stockade.errors import (
+    ChannelTampered,
+    KeepDied,
+    ProtocolError,
+    StockadeError,
+    UsageError,
+    WorkloadRejected,
+)
+from stockade.wire.framing import MAX_FRAME
+from stockade.wire.messages import (
+    MAX_STDIN_DATA,
+    Config,
+    Exit,
+    Expect,
+    Identity,
+    Load,
+    Message,
+    Output,
+    Problem,
+    Release,
+    release_stdin_room,
+)
 from stockade.wire.protocol import ClientSession
 
 #: Time beyond the workload's own limit that the client waits for the Keep.
 CLIENT_GRACE_S = 10.0
 HANDSHAKE_TIMEOUT_S = 60.0
+#: Stdin of at most this many bytes travels whole in the Release (one
+#: frame, a memfd in the Keep: the common case of a small input costs no
+#: extra message); a larger one, or one read from a pipe or terminal, is
+#: streamed in Stdin messages of MAX_STDIN_DATA bytes (docs/protocol.cddl).
+INLINE_STDIN = 1 << 20
+#: Bytes asked of TLS per read while the workload runs.
+CLIENT_READ = 1 << 18
 
 #: OpenSSL reasons (``ssl.SSLError.reason``) that mean a TLS record of the
 #: attested channel did not authenticate or did not belong in the stream:
@@ -95,6 +124,16 @@ def channel_failure(exc: OSError, during: str, died: Callable[[str], KeepDied]) 
 
 
 @dataclass(frozen=True)
+class StdinFile:
+    """The workload's stdin read from an open file descriptor (a file, a
+    pipe, a terminal) as the workload runs: streamed, never held whole in
+    memory. It is read only after the release (a deploy retried before the
+    release point reads nothing of it)."""
+
+    fd: int
+
+
+@dataclass(frozen=True)
 class DeployPlan:
     """What to deploy. ``package`` None means staged: the host provides the
     package bytes to the Keep (untrusted), and ``digest`` is the digest the
@@ -106,7 +145,7 @@ class DeployPlan:
     config: Config
     expect: Expect = field(default_factory=Expect)
     secrets: tuple[tuple[str, bytes], ...] = ()
-    stdin: bytes = b""
+    stdin: bytes | StdinFile = b""
     required_secrets: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
@@ -301,27 +340,138 @@ def _session(
     # from the next line on, secrets and stdin may be out and the workload
     # may run: no failure from here on is retried elsewhere (ReleaseMark).
     on_release()
+    inline = isinstance(plan.stdin, bytes) and len(plan.stdin) <= min(
+        INLINE_STDIN, release_stdin_room(plan.secrets, MAX_FRAME)
+    )
+    release = Release(
+        secrets=plan.secrets,
+        stdin=plan.stdin if inline and isinstance(plan.stdin, bytes) else b"",
+        stdin_stream=not inline,
+    )
     try:
-        tls.sendall(session.release(Release(secrets=plan.secrets, stdin=plan.stdin)))
+        tls.sendall(session.release(release))
     except OSError as exc:
         raise channel_failure(exc, "while receiving the release", died) from None
     progress.enter(Phase.RUNNING)
-    tls.settimeout(plan.config.limits.timeout_ms / 1000 + CLIENT_GRACE_S)
+    idle = plan.config.limits.timeout_ms / 1000 + CLIENT_GRACE_S
+
+    def handle(msg: Message) -> DeployResult | None:
+        if isinstance(msg, Output):
+            on_output(msg.fd, msg.data)
+        elif isinstance(msg, Problem):
+            steps.mark("run")
+            raise msg.to_error()
+        elif isinstance(msg, Exit):
+            steps.mark("run")
+            progress.enter(Phase.DONE)
+            for name, us in msg.timing_us:
+                # compile_cached is a flag (1: the module came from the
+                # Keep's sealed compile cache), not a duration.
+                steps.ms[f"keep_{name}"] = bool(us) if name == "compile_cached" else us / 1000
+            return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms)
+        return None
+
+    if not inline:
+        return _stream(tls, session, _StdinSource(plan.stdin), handle, idle, died)
+    tls.settimeout(idle)
     while True:
         for msg in _receive(tls, session, died, "while the workload ran"):
-            if isinstance(msg, Output):
-                on_output(msg.fd, msg.data)
-            elif isinstance(msg, Problem):
-                steps.mark("run")
-                raise msg.to_error()
-            elif isinstance(msg, Exit):
-                steps.mark("run")
-                progress.enter(Phase.DONE)
-                for name, us in msg.timing_us:
-                    # compile_cached is a flag (1: the module came from the
-                    # Keep's sealed compile cache), not a duration.
-                    steps.ms[f"keep_{name}"] = bool(us) if name == "compile_cached" else us / 1000
-                return DeployResult(msg.code, appraisal, identity, msg.workload_sha256, steps.ms)
+            result = handle(msg)
+            if result is not None:
+                return result
+
+
+class _StdinSource:
+    """Chunks of a streamed stdin: from memory, or read from a descriptor
+    when it has data (never blocking the channel's loop)."""
+
+    def __init__(self, stdin: bytes | StdinFile) -> None:
+        self._view = memoryview(stdin) if isinstance(stdin, bytes) else None
+        self.fd = stdin.fd if isinstance(stdin, StdinFile) else None
+
+    def ready(self) -> bool:
+        if self.fd is None:
+            return True
+        poll = select.poll()
+        poll.register(self.fd, select.POLLIN)
+        return bool(poll.poll(0))  # a regular file is always ready (POLLIN); EOF and errors too
+
+    def read(self) -> bytes | None:
+        """The next chunk (b"": the end), None when nothing can be read now."""
+        if self._view is not None:
+            chunk, self._view = self._view[:MAX_STDIN_DATA], self._view[MAX_STDIN_DATA:]
+            return bytes(chunk)
+        assert self.fd is not None
+        try:
+            return os.read(self.fd, MAX_STDIN_DATA)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise UsageError(f"--stdin: cannot read the workload's input: {exc.strerror}") from None
+
+
+def _stream(
+    tls: ssl.SSLSocket,
+    session: ClientSession,
+    source: _StdinSource,
+    handle: Callable[[Message], DeployResult | None],
+    idle: float,
+    died: Callable[[str], KeepDied],
+) -> DeployResult:
+    """Send the streamed stdin while receiving the output, until the Keep
+    reports the exit status or a problem (which may come before the end of
+    stdin: then the rest is not sent). One thread, a non-blocking socket:
+    the TLS connection is never used from two threads at once, and sending
+    never waits for the Keep to take stdin while output waits to be read
+    (a workload that does not read its stdin cannot deadlock the session).
+    ``idle``: the longest time without a byte from the Keep."""
+    during = "while the workload ran"
+    tls.setblocking(False)
+    buf = bytearray(CLIENT_READ)
+    view = memoryview(buf)
+    out: memoryview | None = None  # what is left of the frame being sent
+    last = time.monotonic()
+    while True:
+        progress = False
+        try:
+            n = tls.recv_into(view)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            n = -1
+        except OSError as exc:
+            raise channel_failure(exc, during, died) from None
+        if n == 0:
+            raise died("before reporting the workload's exit status")
+        if n > 0:
+            last = time.monotonic()
+            progress = True
+            for msg in session.receive(view[:n]):
+                result = handle(msg)
+                if result is not None:
+                    return result
+        if out is None and session.stdin_open and source.ready():
+            chunk = source.read()
+            if chunk is not None:
+                out = memoryview(session.stdin(chunk))
+                progress = True
+        if out is not None:
+            try:
+                sent = tls.send(out)
+                out = out[sent:] if sent < len(out) else None
+                progress = True
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass
+            except OSError as exc:
+                raise channel_failure(exc, "while receiving stdin", died) from None
+        if progress or tls.pending():
+            continue
+        wait = last + idle - time.monotonic()
+        if wait <= 0:
+            raise KeepDied("the Keep stopped responding past the workload's time limit")
+        poll = select.poll()
+        poll.register(tls.fileno(), select.POLLIN | (select.POLLOUT if out is not None else 0))
+        if out is None and session.stdin_open and source.fd is not None:
+            poll.register(source.fd, select.POLLIN)
+        poll.poll(wait * 1000)
 
 
 def _receive(

@@ -29,15 +29,17 @@ class FrameDecoder:
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
-        self._max = max_frame
+        #: The largest frame accepted; a caller may lower it mid-stream (a
+        #: frame already announced is checked against it on the next feed).
+        self.max_frame = max_frame
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         self._buf += data
         frames: list[bytes] = []
         while len(self._buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self._buf)
-            if size > self._max:
-                raise ProtocolError(f"peer announced a {size}-byte frame, limit is {self._max}")
+            if size > self.max_frame:
+                raise ProtocolError(f"peer announced a {size}-byte frame, limit is {self.max_frame}")
             end = HEADER.size + size
             if len(self._buf) < end:
                 break

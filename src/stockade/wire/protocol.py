@@ -17,8 +17,15 @@ Session, as seen by both sides::
                            <---    Identity: fresh evidence binding the
                                    event-log register, and the events
     [client verifies the identity: the workload it asked for]
-    Release (in TLS)       --->    secrets, stdin
+    Release (in TLS)       --->    secrets, stdin (whole, or "stdin_stream")
+    Stdin* (in TLS)        --->    with stdin_stream: the input in chunks,
+                                   then an empty Stdin (end of input)
                            <---    Output* then Exit | Problem
+
+While stdin streams, the two directions run at once: the client sends Stdin
+messages while it receives Output, and the Keep may send its Exit (a
+workload that ended without reading all its input) before the end of stdin;
+the client then sends nothing more.
 
 The legal orders are tables (as h11's ``_state.py``): for each side, what its
 own code may do in each state and what the peer may send in each state. Two
@@ -42,9 +49,26 @@ from typing import TypeVar
 from stockade.binding.reportdata import report_data_for
 from stockade.errors import ProtocolError, ProtocolMisuse, StockadeError
 from stockade.wire.framing import FrameDecoder, encode_frame
-from stockade.wire.messages import Exit, Hello, Identity, Load, Message, Output, Problem, Release, decode
+from stockade.wire.messages import (
+    MAX_STDIN_DATA,
+    Exit,
+    Hello,
+    Identity,
+    Load,
+    Message,
+    Output,
+    Problem,
+    Release,
+    Stdin,
+    decode,
+    encode_bulk,
+)
 
 M = TypeVar("M", bound=Message)
+
+#: The largest frame the Keep accepts while stdin streams: a Stdin message
+#: with MAX_STDIN_DATA bytes and its few bytes of map, keys and heads.
+STDIN_FRAME_MAX = MAX_STDIN_DATA + 64
 S = TypeVar("S", bound=enum.Enum)
 
 
@@ -64,6 +88,8 @@ class KeepState(enum.Enum):
     AWAIT_LOAD = "await-load"
     LOADING = "loading"
     AWAIT_RELEASE = "await-release"
+    #: Running with the workload's stdin still streaming in.
+    RUNNING_STDIN = "running-stdin"
     RUNNING = "running"
     DONE = "done"
 
@@ -79,6 +105,8 @@ CLIENT_ACTIONS: Mapping[tuple[ClientState, str], ClientState] = {
     (ClientState.VERIFIED, "send the load request"): ClientState.AWAIT_IDENTITY,
     (ClientState.AWAIT_IDENTITY, "accept the workload identity"): ClientState.IDENTIFIED,
     (ClientState.IDENTIFIED, "release secrets"): ClientState.RUNNING,
+    # Only after a release with stdin_stream and before the end of stdin.
+    (ClientState.RUNNING, "send stdin"): ClientState.RUNNING,
 }
 
 #: What the Keep may send the client: (state, message type) -> next state.
@@ -102,7 +130,11 @@ KEEP_ACTIONS: Mapping[tuple[KeepState, str], KeepState] = {
     (KeepState.ATTESTING, "open the TLS channel"): KeepState.AWAIT_LOAD,
     (KeepState.AWAIT_LOAD, "receive the load request"): KeepState.LOADING,
     (KeepState.LOADING, "send the identity"): KeepState.AWAIT_RELEASE,
+    # RUNNING_STDIN instead when the release says stdin_stream.
     (KeepState.AWAIT_RELEASE, "receive the release"): KeepState.RUNNING,
+    (KeepState.RUNNING_STDIN, "receive stdin"): KeepState.RUNNING_STDIN,  # RUNNING after its end
+    (KeepState.RUNNING_STDIN, "send output"): KeepState.RUNNING_STDIN,
+    (KeepState.RUNNING_STDIN, "send exit"): KeepState.DONE,
     (KeepState.RUNNING, "send output"): KeepState.RUNNING,
     (KeepState.RUNNING, "send exit"): KeepState.DONE,
     **{(s, "send a problem"): KeepState.DONE for s in KeepState if s is not KeepState.DONE},
@@ -126,6 +158,8 @@ class ClientSession:
         self._decoder = FrameDecoder()
         self._nonce = b""
         self._identity: Identity | None = None  # the identity received, until accepted
+        #: A release with stdin_stream was sent and stdin has not ended.
+        self.stdin_open = False
 
     def _step(self, action: str) -> ClientState:
         return _next(CLIENT_ACTIONS, self.state, action)
@@ -170,6 +204,22 @@ class ClientSession:
         nxt = self._step("release secrets")
         frame = encode_frame(release.to_cbor())
         self.state = nxt
+        self.stdin_open = release.stdin_stream
+        return frame
+
+    def stdin(self, data: bytes) -> bytes:
+        """The frame of the next chunk of a streamed stdin (at most
+        MAX_STDIN_DATA bytes); empty ``data`` ends stdin. Only after a
+        release with stdin_stream, before the end, and while the Keep has
+        not ended the session."""
+        nxt = self._step("send stdin")
+        if not self.stdin_open:
+            raise ProtocolMisuse("cannot send stdin: the release did not open a stdin stream, or it ended")
+        if len(data) > MAX_STDIN_DATA:
+            raise ProtocolMisuse(f"a stdin message carries at most {MAX_STDIN_DATA} bytes, not {len(data)}")
+        frame = encode_bulk(Stdin(data=data))
+        self.state = nxt
+        self.stdin_open = bool(data)
         return frame
 
     def _refusal(self, midstream: bool) -> str | None:
@@ -183,7 +233,7 @@ class ClientSession:
             return f"Keep sent data in state {self.state.value}"
         return None
 
-    def receive(self, data: bytes) -> list[Message]:
+    def receive(self, data: bytes | memoryview) -> list[Message]:
         """Feed bytes from the Keep; returns the complete messages. Bytes the
         table does not allow raise ProtocolError (the Keep's fault)."""
         why = self._refusal(midstream=False)
@@ -214,6 +264,7 @@ class KeepSession:
     def __init__(self) -> None:
         self.state = KeepState.AWAIT_HELLO
         self._decoder = FrameDecoder()
+        self._held: list[bytes] = []  # stdin frames that came with the release
 
     def _step(self, action: str) -> KeepState:
         return _next(KEEP_ACTIONS, self.state, action)
@@ -250,11 +301,56 @@ class KeepSession:
         return frame
 
     def receive_release(self, data: bytes) -> Release | None:
-        return self._one(data, "receive the release", Release, "the release")
+        """Feed bytes towards the release. After a release with
+        stdin_stream, the Stdin frames that came with it are kept for
+        :meth:`receive_stdin`; after one without, any byte is refused."""
+        nxt = self._step("receive the release")
+        frames = self._decoder.feed(data)
+        if not frames:
+            return None
+        msg = decode(frames[0])
+        if not isinstance(msg, Release):
+            raise ProtocolError(f"expected release, got {msg.TYPE!r}")
+        if not msg.stdin_stream:
+            if len(frames) > 1 or self._decoder.pending:
+                raise ProtocolError("client sent data after the release")
+            self.state = nxt
+            return msg
+        self.state = KeepState.RUNNING_STDIN
+        # A stdin frame is small: a larger announced frame is refused as
+        # soon as its header arrives, before it is buffered.
+        self._decoder.max_frame = STDIN_FRAME_MAX
+        self._held = frames[1:]
+        return msg
+
+    def receive_stdin(self, data: bytes) -> list[bytes]:
+        """Feed bytes of a streamed stdin; returns its chunks in order, an
+        empty chunk being its end (then the state is RUNNING and any byte
+        after it is refused). ProtocolError for any other message, a chunk
+        larger than MAX_STDIN_DATA, or a frame larger than STDIN_FRAME_MAX."""
+        nxt = self._step("receive stdin")
+        frames, self._held = [*self._held, *self._decoder.feed(data)], []
+        chunks: list[bytes] = []
+        for i, frame in enumerate(frames):
+            msg = decode(frame)
+            if not isinstance(msg, Stdin):
+                raise ProtocolError(f"expected stdin, got {msg.TYPE!r}")
+            chunks.append(msg.data)
+            if not msg.data:
+                if i + 1 < len(frames) or self._decoder.pending:
+                    raise ProtocolError("client sent data after the end of stdin")
+                self.state = KeepState.RUNNING
+                return chunks
+        self.state = nxt
+        return chunks
+
+    @property
+    def stdin_open(self) -> bool:
+        return self.state is KeepState.RUNNING_STDIN
 
     def output(self, fd: int, data: bytes) -> bytes:
         self._step("send output")
-        return encode_frame(Output(fd=fd, data=data).to_cbor())
+        return encode_bulk(Output(fd=fd, data=data))
 
     def exit(self, message: Exit) -> bytes:
         nxt = self._step("send exit")
