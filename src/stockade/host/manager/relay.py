@@ -12,7 +12,8 @@ from typing import Final
 from prometheus_client import Counter
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-RELAY_CHUNK: Final = 1 << 16
+#: Bytes read from the Keep at a time (one WebSocket message to the client).
+RELAY_CHUNK: Final = 1 << 18
 
 
 async def pump(ws: WebSocket, conn: socket.socket, relay_bytes: Counter) -> None:
