@@ -142,8 +142,10 @@ class OutputPump:
 #: stdin pipe, at most (beyond one recv): the Keep stops reading the channel
 #: meanwhile (backpressure from the workload to the client).
 STDIN_BACKLOG = 2 << 20
-#: Bytes asked of TLS per read (a TLS record holds at most 16 KiB).
+#: Bytes of TLS records read in one go before they are decoded.
 CHANNEL_READ = 1 << 18
+#: The most plaintext one TLS record holds (RFC 8446 section 5.1).
+TLS_RECORD = 1 << 14
 #: Output frames handed to the channel and not yet sent, at most (bytes).
 CHANNEL_QUEUE = 2 << 20
 #: Seconds a final problem may take to leave before the Keep exits anyway.
@@ -306,17 +308,29 @@ class Channel:
                 except (SSL.WantWriteError, SSL.WantReadError):
                     want_write = True
             if reading:
+                # One TLS record per recv: take what is there (up to
+                # CHANNEL_READ) and decode it at once.
+                chunks: list[bytes] = []
+                size, eof = 0, False
                 try:
-                    data = self._conn.recv(CHANNEL_READ)
+                    while size < CHANNEL_READ:
+                        data = self._conn.recv(TLS_RECORD)
+                        if not data:
+                            eof = True
+                            break
+                        chunks.append(data)
+                        size += len(data)
                 except (SSL.WantReadError, SSL.WantWriteError):
-                    data = None
+                    pass
                 except (SSL.ZeroReturnError, SSL.SysCallError):
-                    data = b""
-                if data is not None:
-                    if not data:
-                        raise ProtocolError("the client closed the channel before the end of its stdin")
-                    self._stdin(self._session.receive_stdin(data))
+                    eof = True
+                if chunks:
+                    self._stdin(
+                        self._session.receive_stdin(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                    )
                     progress = True
+                if eof and not self._stdin_ended:
+                    raise ProtocolError("the client closed the channel before the end of its stdin")
             progress |= self._feed()
             if progress:
                 continue
