@@ -127,6 +127,39 @@ def test_workload_that_exits_while_stdin_is_still_sent(keep: KeepHandle, state_d
     assert keep.wait(30) == 0
 
 
+def test_stdin_through_the_managers_relay(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Both directions at once through the WebSocket relay (client relay
+    thread, manager, Keep): 6 MiB in and back, and a workload that stops
+    reading early."""
+    from manager_support import running_server
+    from stockade.client.remote import ManagerClient
+    from stockade.measure.launch import keep_measurement
+
+    data = _data(6 * MIB + 5)
+    with (
+        running_server(state_dir, tmp_path_factory, quota=4) as server,
+        ManagerClient(server.url, server.token) as client,
+    ):
+        trust = TrustConfig(sim_root=client.sim_root(), policy=development_policy(keep_measurement()))
+        for args, wasm in ((("copy",), COMPUTE.read_bytes()), (("R",), HELLO.read_bytes())):
+            out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+            plan = DeployPlan.for_module(
+                wasm, Config(args=args, limits=Limits(timeout_ms=60_000)), stdin=data
+            )
+            keep_doc = client.create("sim")
+            sock = client.connect(str(keep_doc["id"]))
+            try:
+                result = deploy(sock, plan, trust, lambda fd, chunk, out=out: out[fd].extend(chunk))
+            finally:
+                sock.close()
+            assert result.exit_code == 0
+            if args == ("copy",):
+                assert bytes(out[1]) == data
+            else:
+                assert bytes(out[1]).startswith(b"Hello, R!")
+            assert client.wait(str(keep_doc["id"]), 30)["state"] == "exited"
+
+
 def test_small_stdin_still_travels_in_the_release(
     keep: KeepHandle, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
