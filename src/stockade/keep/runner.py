@@ -334,6 +334,9 @@ class OutputReader:
     def __init__(self, fds: dict[int, int], writer: Callable[[int], Callable[[bytes], None]]) -> None:
         self._fds = dict(fds)
         self._write = {stream: writer(stream) for stream in fds}
+        self._cond = threading.Condition()
+        self._busy = False  # a chunk is being read or passed on
+        self._open = set(fds.values())
         self._thread = threading.Thread(target=self._loop, daemon=True, name="output-reader")
         self._thread.start()
 
@@ -347,18 +350,45 @@ class OutputReader:
                 for fd, _ in poll.poll():
                     if fd not in by_fd:
                         continue
-                    data = os.read(fd, OUTPUT_READ)
-                    if data:
-                        self._write[by_fd[fd]](data)
-                    else:  # end of file: wasmtime closed its end
-                        poll.unregister(fd)
-                        del by_fd[fd]
+                    with self._cond:
+                        self._busy = True
+                    try:
+                        data = os.read(fd, OUTPUT_READ)
+                        if data:
+                            self._write[by_fd[fd]](data)
+                        else:  # end of file: wasmtime closed its end
+                            poll.unregister(fd)
+                            del by_fd[fd]
+                            self._open.discard(fd)
+                    finally:
+                        with self._cond:
+                            self._busy = False
+                            self._cond.notify_all()
         finally:
-            for fd in self._fds.values():
-                os.close(fd)
+            with self._cond:
+                self._open.clear()
+                for fd in self._fds.values():
+                    os.close(fd)
+                self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every byte now in the pipes has been passed on (the
+        workload has stopped writing: it ended). Returns at once if the
+        thread has ended."""
+        with self._cond:
+            while self._thread.is_alive() and (self._busy or any(_unread(fd) for fd in self._open)):
+                self._cond.wait(0.005)
 
     def join(self) -> None:
         self._thread.join()
+
+
+def _unread(fd: int) -> bool:
+    """Whether a pipe holds bytes not read yet (poll(2): POLLIN; a closed
+    write end alone gives POLLHUP)."""
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return any(events & select.POLLIN for _, events in poll.poll(0))
 
 
 @dataclass
@@ -498,24 +528,33 @@ class Runner:
             self._sandbox.monitor(MONITOR_INTERVAL_S, lambda: self._interrupt("disk"), stop_monitor)
             instance = None
             try:
-                if component:
-                    try:
-                        component_instance = component_linker.instantiate(store, compiled)
-                    except wasmtime.WasmtimeError as exc:
-                        self._instantiation_limit(str(exc), limits.memory_bytes, COMPONENT_MAX_INSTANCES)
-                        raise WorkloadRejected(
-                            f"the component cannot be instantiated: {exc_line(exc)}"
-                        ) from None
-                    # A component exports no core memory or table to inspect:
-                    # ``instance`` stays None for the limit reports.
-                    code = run_result_code(component_run_func(component_instance, store, run_export)(store))
-                else:
-                    instance = linker.instantiate(store, module)
-                    func = instance.exports(store)["_start"]
-                    if not isinstance(func, wasmtime.Func):  # pragma: no cover - checked above
-                        raise WorkloadRejected("_start is not a function")
-                    func(store)
-                    code = 0
+                try:
+                    if component:
+                        try:
+                            component_instance = component_linker.instantiate(store, compiled)
+                        except wasmtime.WasmtimeError as exc:
+                            self._instantiation_limit(str(exc), limits.memory_bytes, COMPONENT_MAX_INSTANCES)
+                            raise WorkloadRejected(
+                                f"the component cannot be instantiated: {exc_line(exc)}"
+                            ) from None
+                        # A component exports no core memory or table to inspect:
+                        # ``instance`` stays None for the limit reports.
+                        code = run_result_code(
+                            component_run_func(component_instance, store, run_export)(store)
+                        )
+                    else:
+                        instance = linker.instantiate(store, module)
+                        func = instance.exports(store)["_start"]
+                        if not isinstance(func, wasmtime.Func):  # pragma: no cover - checked above
+                            raise WorkloadRejected("_start is not a function")
+                        func(store)
+                        code = 0
+                finally:
+                    # What the workload wrote before it ended counts: the
+                    # output limit is decided on all of it (as when each
+                    # write was counted in the write itself).
+                    assert reader is not None
+                    reader.drain()
             except wasmtime.ExitTrap as exc:
                 code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
