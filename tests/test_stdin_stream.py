@@ -229,12 +229,15 @@ def test_a_wrong_message_in_the_stdin_stream_is_refused(
     """An output message where stdin is expected: the Keep answers with a
     protocol problem and ends (the workload never reads end of file)."""
     calls = []
+    head = ClientSession.stdin_head
 
-    def wrong(self: ClientSession, data: bytes) -> bytes:
-        calls.append(len(data))
-        return encode_frame(Output(fd=1, data=data).to_cbor())
+    def wrong(self: ClientSession, length: int) -> bytes:
+        calls.append(length)
+        head(self, length)  # the client's own state moves on as usual
+        frame = encode_frame(Output(fd=1, data=bytes(length)).to_cbor())
+        return frame[: len(frame) - length]  # what comes before the data
 
-    monkeypatch.setattr(ClientSession, "stdin", wrong)
+    monkeypatch.setattr(ClientSession, "stdin_head", wrong)
     with pytest.raises(ProtocolError, match="expected stdin, got 'output'"):
         _run(keep, state_dir, COMPUTE.read_bytes(), _data(2 * MIB), ("copy",))
     assert calls

@@ -17,6 +17,7 @@ import select
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -390,6 +391,8 @@ class _StdinSource:
     def __init__(self, stdin: bytes | StdinFile) -> None:
         self._view = memoryview(stdin) if isinstance(stdin, bytes) else None
         self.fd = stdin.fd if isinstance(stdin, StdinFile) else None
+        # Read into this, reused: a chunk is sent whole before the next read.
+        self._buf = bytearray(MAX_STDIN_DATA) if self.fd is not None else bytearray()
 
     def ready(self) -> bool:
         if self.fd is None:
@@ -398,18 +401,20 @@ class _StdinSource:
         poll.register(self.fd, select.POLLIN)
         return bool(poll.poll(0))  # a regular file is always ready (POLLIN); EOF and errors too
 
-    def read(self) -> bytes | None:
-        """The next chunk (b"": the end), None when nothing can be read now."""
+    def read(self) -> memoryview | None:
+        """The next chunk (empty: the end), None when nothing can be read
+        now. The chunk is valid until the next call."""
         if self._view is not None:
             chunk, self._view = self._view[:MAX_STDIN_DATA], self._view[MAX_STDIN_DATA:]
-            return bytes(chunk)
+            return chunk
         assert self.fd is not None
         try:
-            return os.read(self.fd, MAX_STDIN_DATA)
+            n = os.readv(self.fd, [self._buf])
         except BlockingIOError:
             return None
         except OSError as exc:
             raise UsageError(f"--stdin: cannot read the workload's input: {exc.strerror}") from None
+        return memoryview(self._buf)[:n]
 
 
 def _stream(
@@ -431,7 +436,9 @@ def _stream(
     tls.setblocking(False)
     buf = bytearray(CLIENT_READ)
     view = memoryview(buf)
-    out: memoryview | None = None  # what is left of the frame being sent
+    # What is left of the frame being sent: its head, then its data (sent
+    # as they are: no copy of the data into one frame).
+    out: deque[memoryview] = deque()
     last = time.monotonic()
     while True:
         progress = False
@@ -461,28 +468,33 @@ def _stream(
             raise channel_failure(failure, during, died) from None
         if eof:
             raise died("before reporting the workload's exit status")
-        if out is None and session.stdin_open and source.ready():
+        if not out and session.stdin_open and source.ready():
             chunk = source.read()
             if chunk is not None:
-                out = memoryview(session.stdin(chunk))
+                out.append(memoryview(session.stdin_head(len(chunk))))
+                if chunk:
+                    out.append(chunk)
                 progress = True
-        if out is not None:
+        while out:
             try:
-                sent = tls.send(out)
-                out = out[sent:] if sent < len(out) else None
-                progress = True
+                sent = tls.send(out[0])
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                pass
+                break
             except OSError as exc:
                 raise channel_failure(exc, "while receiving stdin", died) from None
+            progress = True
+            if sent < len(out[0]):
+                out[0] = out[0][sent:]
+            else:
+                out.popleft()
         if progress or tls.pending():
             continue
         wait = last + idle - time.monotonic()
         if wait <= 0:
             raise KeepDied("the Keep stopped responding past the workload's time limit")
         poll = select.poll()
-        poll.register(tls.fileno(), select.POLLIN | (select.POLLOUT if out is not None else 0))
-        if out is None and session.stdin_open and source.fd is not None:
+        poll.register(tls.fileno(), select.POLLIN | (select.POLLOUT if out else 0))
+        if not out and session.stdin_open and source.fd is not None:
             poll.register(source.fd, select.POLLIN)
         poll.poll(wait * 1000)
 

@@ -656,21 +656,34 @@ def encode_bulk(message: Output | Stdin, max_frame: int = MAX_FRAME) -> bytes:
     """The frame of an Output or Stdin message: the same bytes as
     ``encode_frame(message.to_cbor())``, with one copy of the data."""
     prefix = _BULK_PREFIX_OUTPUT[message.fd] if isinstance(message, Output) else _BULK_PREFIX_STDIN
-    head = _bstr_head(len(message.data))
-    size = len(prefix) + len(head) + len(message.data)
+    return _bulk_head(prefix, len(message.data), max_frame) + message.data
+
+
+def stdin_frame_head(length: int) -> bytes:
+    """The bytes of the frame of a Stdin message with ``length`` bytes of
+    data that come before the data (frame header, map, keys, data head)."""
+    if length > MAX_STDIN_DATA:
+        raise ProtocolError(f"stdin: more than {MAX_STDIN_DATA} bytes in one message ({length})")
+    return _bulk_head(_BULK_PREFIX_STDIN, length, MAX_FRAME)
+
+
+def _bulk_head(prefix: bytes, length: int, max_frame: int) -> bytes:
+    head = _bstr_head(length)
+    size = len(prefix) + len(head) + length
     if size > max_frame:
         raise ProtocolError(f"message of {size} bytes exceeds the {max_frame}-byte frame limit")
-    return b"".join((FRAME_HEADER.pack(size), prefix, head, message.data))
+    return FRAME_HEADER.pack(size) + prefix + head
 
 
-def _decode_bulk(data: bytes) -> Message | None:
-    """A bulk message in ``data`` taken apart without cbor2, or None when
-    ``data`` is not exactly one in the strict profile (then the general
-    decoder decides, and names what is wrong)."""
+def _decode_bulk(data: bytes | memoryview) -> Message | None:
+    """A bulk message in ``data`` taken apart without cbor2 (one copy of its
+    data out of ``data``), or None when ``data`` is not exactly one in the
+    strict profile (then the general decoder decides, and names what is
+    wrong)."""
     for prefix, make in _BULK.items():
-        if not data.startswith(prefix):
-            continue
         at = len(prefix)
+        if data[:at] != prefix:
+            continue
         if len(data) <= at:
             return None
         initial = data[at]
@@ -688,8 +701,18 @@ def _decode_bulk(data: bytes) -> Message | None:
             return None
         if start + length != len(data):
             return None
-        return make(data[start:])
+        return make(bytes(data[start:]))
     return None
+
+
+def decode_view(view: memoryview) -> Message:
+    """:func:`decode` of a frame still in the frame decoder's buffer: a
+    bulk message's data is copied out once, any other message is copied
+    whole and decoded as usual. Keeps no reference to ``view``."""
+    bulk = _decode_bulk(view)
+    if bulk is not None:
+        return bulk
+    return decode(bytes(view))
 
 
 def decode(data: bytes) -> Message:

@@ -61,7 +61,9 @@ from stockade.wire.messages import (
     Release,
     Stdin,
     decode,
+    decode_view,
     encode_bulk,
+    stdin_frame_head,
 )
 
 M = TypeVar("M", bound=Message)
@@ -212,15 +214,21 @@ class ClientSession:
         MAX_STDIN_DATA bytes); empty ``data`` ends stdin. Only after a
         release with stdin_stream, before the end, and while the Keep has
         not ended the session."""
+        return self.stdin_head(len(data)) + data
+
+    def stdin_head(self, length: int) -> bytes:
+        """:meth:`stdin` without the data: the frame's bytes that come
+        before the ``length`` bytes of data, which the caller sends right
+        after them (no copy of the data)."""
         nxt = self._step("send stdin")
         if not self.stdin_open:
             raise ProtocolMisuse("cannot send stdin: the release did not open a stdin stream, or it ended")
-        if len(data) > MAX_STDIN_DATA:
-            raise ProtocolMisuse(f"a stdin message carries at most {MAX_STDIN_DATA} bytes, not {len(data)}")
-        frame = encode_bulk(Stdin(data=data))
+        if length > MAX_STDIN_DATA:
+            raise ProtocolMisuse(f"a stdin message carries at most {MAX_STDIN_DATA} bytes, not {length}")
+        head = stdin_frame_head(length)
         self.state = nxt
-        self.stdin_open = bool(data)
-        return frame
+        self.stdin_open = length > 0
+        return head
 
     def _refusal(self, midstream: bool) -> str | None:
         """Why the Keep may send nothing now (None: it may). ``midstream``:
@@ -233,27 +241,29 @@ class ClientSession:
             return f"Keep sent data in state {self.state.value}"
         return None
 
+    def _take(self, frame: memoryview) -> Message:
+        """One complete frame from the Keep, in order."""
+        why = self._refusal(midstream=True)
+        if why:
+            raise ProtocolError(why)
+        msg = decode_view(frame)
+        nxt = CLIENT_RECEIVES.get((self.state, type(msg)))
+        if nxt is None:
+            if self.state is ClientState.AWAIT_IDENTITY:
+                raise ProtocolError(f"Keep sent {msg.TYPE!r} where its identity was expected")
+            raise ProtocolError(f"Keep sent an unexpected {msg.TYPE!r} message")
+        if isinstance(msg, Identity):
+            self._identity = msg
+        self.state = nxt
+        return msg
+
     def receive(self, data: bytes | memoryview) -> list[Message]:
         """Feed bytes from the Keep; returns the complete messages. Bytes the
         table does not allow raise ProtocolError (the Keep's fault)."""
         why = self._refusal(midstream=False)
         if data and why:
             raise ProtocolError(why)
-        out: list[Message] = []
-        for frame in self._decoder.feed(data):
-            why = self._refusal(midstream=True)
-            if why:
-                raise ProtocolError(why)
-            msg = decode(frame)
-            nxt = CLIENT_RECEIVES.get((self.state, type(msg)))
-            if nxt is None:
-                if self.state is ClientState.AWAIT_IDENTITY:
-                    raise ProtocolError(f"Keep sent {msg.TYPE!r} where its identity was expected")
-                raise ProtocolError(f"Keep sent an unexpected {msg.TYPE!r} message")
-            if isinstance(msg, Identity):
-                self._identity = msg
-            self.state = nxt
-            out.append(msg)
+        out = self._decoder.feed_decoded(data, self._take)
         why = self._refusal(midstream=True)
         if why and self._decoder.pending:
             raise ProtocolError(why)
@@ -328,21 +338,25 @@ class KeepSession:
         empty chunk being its end (then the state is RUNNING and any byte
         after it is refused). ProtocolError for any other message, a chunk
         larger than MAX_STDIN_DATA, or a frame larger than STDIN_FRAME_MAX."""
-        nxt = self._step("receive stdin")
-        frames, self._held = [*self._held, *self._decoder.feed(data)], []
-        chunks: list[bytes] = []
-        for i, frame in enumerate(frames):
-            msg = decode(frame)
-            if not isinstance(msg, Stdin):
-                raise ProtocolError(f"expected stdin, got {msg.TYPE!r}")
-            chunks.append(msg.data)
-            if not msg.data:
-                if i + 1 < len(frames) or self._decoder.pending:
-                    raise ProtocolError("client sent data after the end of stdin")
-                self.state = KeepState.RUNNING
-                return chunks
-        self.state = nxt
+        self._step("receive stdin")
+        held, self._held = self._held, []
+        chunks = [self._take_stdin(memoryview(frame)) for frame in held]
+        chunks += self._decoder.feed_decoded(data, self._take_stdin)
+        if self.state is KeepState.RUNNING and self._decoder.pending:
+            raise ProtocolError("client sent data after the end of stdin")
         return chunks
+
+    def _take_stdin(self, frame: memoryview) -> bytes:
+        """One complete frame of the stdin stream, in order: its data (empty:
+        the end, after which the state is RUNNING and no frame may follow)."""
+        if self.state is not KeepState.RUNNING_STDIN:
+            raise ProtocolError("client sent data after the end of stdin")
+        msg = decode_view(frame)
+        if not isinstance(msg, Stdin):
+            raise ProtocolError(f"expected stdin, got {msg.TYPE!r}")
+        if not msg.data:
+            self.state = KeepState.RUNNING
+        return msg.data
 
     @property
     def stdin_open(self) -> bool:
