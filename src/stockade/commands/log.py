@@ -426,9 +426,7 @@ def verify(
             assert consistency_file is not None
             if old_head_file is None or entry_file is not None:
                 raise UsageError("--consistency needs --old-tree-head FILE and no ENTRY")
-            both = verify_consistency(
-                read_file(old_head_file), sth, _load_consistency(consistency_file), keys
-            )
+            both = verify_consistency(read_file(old_head_file), sth, _load_consistency(consistency_file), keys)
             doc = {"verified": "consistency", "old_size": both.old.size, **_head_doc(both.new)}
             line = f"the tree of size {both.new.size} extends the one of size {both.old.size} (both heads verified)"
     if as_json:
