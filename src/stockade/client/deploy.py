@@ -61,6 +61,8 @@ INLINE_STDIN = 1 << 20
 CLIENT_READ = 1 << 18
 #: The most plaintext one TLS record holds (RFC 8446 section 5.1).
 TLS_RECORD = 1 << 14
+#: Socket buffer asked for while stdin streams (capped by the kernel).
+SOCKET_BUFFER = 4 << 20
 
 #: OpenSSL reasons (``ssl.SSLError.reason``) that mean a TLS record of the
 #: attested channel did not authenticate or did not belong in the stream:
@@ -434,6 +436,10 @@ def _stream(
     ``idle``: the longest time without a byte from the Keep."""
     during = "while the workload ran"
     tls.setblocking(False)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        # As the Keep's channel does (stockade.keep.session.SOCKET_BUFFER).
+        with contextlib.suppress(OSError):
+            tls.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
     buf = bytearray(CLIENT_READ)
     view = memoryview(buf)
     # What is left of the frame being sent: its head, then its data (sent

@@ -341,6 +341,12 @@ class ManagerClient:
                 raise ManagerError(f"cannot open the relay to Keep {keep_id}: {exc}") from None
             raise
         mine, theirs = socket.socketpair()
+        for end in (mine, theirs):
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                # Room for a few deploy frames between the deploy and the
+                # relay thread (capped by the kernel: socket(7)).
+                with contextlib.suppress(OSError):
+                    end.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
         future = asyncio.run_coroutine_threadsafe(_relay(ws, theirs, tap), loop)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
         return mine
