@@ -259,7 +259,12 @@ def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--env", "env", multiple=True, metavar="K=V", help="Environment variable for the workload."
         ),
-        click.option("--stdin", "stdin", metavar="FILE|-", help="Standard input for the workload."),
+        click.option(
+            "--stdin",
+            "stdin",
+            metavar="FILE|-",
+            help="Standard input for the workload (more than 1 MiB, or -, is streamed as it runs).",
+        ),
         click.option(
             "--file",
             "files",
