@@ -409,8 +409,10 @@ def plan_deploy(
     """Choose the policy (``runtime_measurement`` is what the measurement is
     pinned to unless ``opts`` says otherwise), derive the expectations and
     build the plan; ``staged``: the host provides the package bytes;
-    ``stdin``: the workload's input, already read (``deploy --fleet`` reads
-    ``--stdin -`` once for all its attempts), else read here."""
+    ``stdin``: the workload's input as :func:`read_stdin` gave it
+    (``deploy --fleet`` opens it once for all its attempts: a stream is
+    read only after the release, which no attempt follows), else opened
+    here."""
     from stockade.client.deploy import DeployPlan
     from stockade.wire.messages import Config
 
