@@ -16,6 +16,7 @@ from stockade.binding.eventlog import KINDS, Event
 from stockade.errors import ERROR_CLASSES, LimitExceeded, ProtocolError, WorkloadTrapped
 from stockade.wire.evidence import PLATFORMS, EvidenceBundle
 from stockade.wire.messages import (
+    MAX_STDIN_DATA,
     Config,
     Exit,
     Expect,
@@ -28,6 +29,7 @@ from stockade.wire.messages import (
     Output,
     Problem,
     Release,
+    Stdin,
     Workload,
 )
 
@@ -108,7 +110,12 @@ releases = st.builds(
     Release,
     secrets=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
     stdin=small_bytes,
+) | st.builds(
+    Release,
+    secrets=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
+    stdin_stream=st.just(True),
 )
+stdins = st.builds(Stdin, data=small_bytes)
 # The internal Workload (assembled inside the Keep; not a message).
 workloads = st.builds(
     Workload,
@@ -129,7 +136,7 @@ exits = st.builds(
 )
 problems = st.builds(Problem, problem_type=texts, title=texts, detail=texts)
 messages: st.SearchStrategy[Message] = st.one_of(
-    hellos, loads, identities, releases, outputs, exits, problems
+    hellos, loads, identities, releases, stdins, outputs, exits, problems
 )
 
 # Arbitrary CBOR-encodable values (no tags), for structure-aware fuzzing.
@@ -217,6 +224,10 @@ REPRESENTATIVE: list[tuple[str, Message]] = [
         "release-max",
         Release(secrets=tuple(sorted((f"s{i}", b"\xff" * 70_000) for i in range(2))), stdin=b"x" * 100_000),
     ),
+    ("release-stream", Release(secrets=(("k", b"v"),), stdin_stream=True)),
+    ("stdin-end", Stdin(data=b"")),
+    ("stdin-chunk", Stdin(data=b"line\n")),
+    ("stdin-max", Stdin(data=b"\xff" * MAX_STDIN_DATA)),
     ("output-stdout-empty", Output(fd=1, data=b"")),
     ("output-stderr", Output(fd=2, data=b"oops\n")),
     ("output-large", Output(fd=1, data=b"\x00" * 65_536)),
