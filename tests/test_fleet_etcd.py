@@ -222,7 +222,11 @@ def test_user_and_password(tmp_path: Path) -> None:
 
 
 def test_label_options() -> None:
-    assert parse_label_options("--host-label", ("b=2", "a=x=y", "c=")) == (("b", "2"), ("a", "x=y"), ("c", ""))
+    assert parse_label_options("--host-label", ("b=2", "a=x=y", "c=")) == (
+        ("b", "2"),
+        ("a", "x=y"),
+        ("c", ""),
+    )
     for bad in ("novalue", "=v"):
         with pytest.raises(UsageError, match=f"--fleet-label '{bad}': expected KEY=VALUE"):
             parse_label_options("--fleet-label", (bad,))

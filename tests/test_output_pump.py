@@ -121,10 +121,9 @@ def test_a_failed_send_is_reported_and_stops_later_writes() -> None:
 
 @pytest.mark.slow
 def test_a_client_that_stops_reading_cannot_hold_the_keep(state_dir: Path) -> None:
-    """The workload writes more than fits in the sockets' buffers and exits
-    while its output is still queued; the client reads nothing after the
-    first Output message. The Keep's watchdog (time limit + grace) still
-    ends it: the output is flushed under the watchdog."""
+    """The workload writes more than fits in the Keep's queues and the
+    sockets' buffers; the client reads nothing after the first Output
+    message. The Keep's watchdog (time limit + grace) still ends it."""
     handle = start_keep("sim", state_dir, psp=lambda m: serve_in_thread(state_dir, m))
     blocked = threading.Event()
     release = threading.Event()
@@ -138,11 +137,14 @@ def test_a_client_that_stops_reading_cannot_hold_the_keep(state_dir: Path) -> No
         trust = TrustConfig(sim_root=chip.sim_root(state_dir), policy=development_policy(handle.measurement))
         limits = Limits(timeout_ms=2000, output_bytes=64 << 20)
         plan = DeployPlan.for_module(
-            # 1 MiB: all of it fits in the pump's queue (the workload ends
-            # at once), not in the sockets' buffers (the pump cannot finish).
+            # 16 MiB: more than the Keep's queues and the sockets' buffers
+            # (4 MiB each way since issue 18) hold: the Keep cannot finish
+            # sending, and the workload waits in a write (or, its stdin
+            # streamed, in a read: the client sends nothing while it does
+            # not read either).
             COMPUTE.read_bytes(),
             Config(args=("copy",), limits=limits),
-            stdin=os.urandom(1 << 20),
+            stdin=os.urandom(16 << 20),
         )
         try:
             deploy(handle.conn, plan, trust, on_output)

@@ -44,7 +44,18 @@ from wire_strategies import events as event_strategy
 CDDL_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.cddl"
 CDDL = CDDL_PATH.read_text()
 
-DEPLOY_RULES = ("hello", "load", "identity", "release", "certificate", "output", "net", "exit", "problem")
+DEPLOY_RULES = (
+    "hello",
+    "load",
+    "identity",
+    "release",
+    "stdin",
+    "certificate",
+    "output",
+    "net",
+    "exit",
+    "problem",
+)
 PART_RULES = (
     "expect",
     "config",

@@ -1,16 +1,17 @@
-"""Stdin travels in the one Release message: how much fits in one frame,
-and the client's refusal of more, before anything is sent (issue 18)."""
+"""Stdin in the Release message: how much fits in one frame (a small input
+travels whole in it), and which inputs the client streams instead
+(issue 18; tests/test_stdin_stream.py runs them)."""
 
 from __future__ import annotations
 
-import io
-import sys
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from stockade.client.deploy import INLINE_STDIN, StdinFile
 from stockade.client.plan import read_stdin
 from stockade.errors import ProtocolError, UsageError
 from stockade.wire import framing
@@ -61,60 +62,33 @@ def _opts(stdin: str | None) -> Any:
     return SimpleNamespace(stdin=stdin)
 
 
-@pytest.fixture()
-def small_frames(monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(framing, "MAX_FRAME", 1000)
-    return release_stdin_room((), 1000)
-
-
-def test_file_that_fits_is_read_whole(small_frames: int, tmp_path: Path) -> None:
+def test_small_file_is_read_whole(tmp_path: Path) -> None:
+    """At most INLINE_STDIN bytes: read here, it travels in the Release."""
     path = tmp_path / "in"
-    path.write_bytes(b"a" * small_frames)
-    assert read_stdin(_opts(str(path))) == b"a" * small_frames
+    path.write_bytes(b"a" * INLINE_STDIN)
+    assert read_stdin(_opts(str(path))) == b"a" * INLINE_STDIN
 
 
-def test_file_one_byte_too_large_is_refused(small_frames: int, tmp_path: Path) -> None:
+def test_larger_file_is_streamed_not_read(tmp_path: Path) -> None:
+    """One byte more: left open as a stream (no size limit, nothing read yet)."""
     path = tmp_path / "in"
-    path.write_bytes(b"a" * (small_frames + 1))
-    with pytest.raises(UsageError, match=rf"--stdin: more than {small_frames} bytes; .* at most 1000 bytes"):
-        read_stdin(_opts(str(path)))
+    path.write_bytes(b"b" * (INLINE_STDIN + 1))
+    got = read_stdin(_opts(str(path)))
+    assert isinstance(got, StdinFile)
+    try:
+        assert os.lseek(got.fd, 0, os.SEEK_CUR) == 0
+        assert os.read(got.fd, INLINE_STDIN + 10) == b"b" * (INLINE_STDIN + 1)
+    finally:
+        os.close(got.fd)
 
 
-def test_secrets_take_room_from_stdin(small_frames: int, tmp_path: Path) -> None:
-    path = tmp_path / "in"
-    path.write_bytes(b"a" * small_frames)
-    with pytest.raises(UsageError, match="--stdin: more than"):
-        read_stdin(_opts(str(path)), SECRETS)
-
-
-def test_piped_stdin_too_large_is_refused(small_frames: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(b"b" * (small_frames + 1))))
-    with pytest.raises(UsageError, match="--stdin: more than"):
-        read_stdin(_opts("-"))
-
-
-def test_piped_stdin_that_fits(small_frames: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(b"b" * small_frames)))
-    assert read_stdin(_opts("-")) == b"b" * small_frames
+def test_piped_stdin_is_streamed() -> None:
+    assert read_stdin(_opts("-")) == StdinFile(0)
 
 
 def test_no_stdin_and_unreadable_file(tmp_path: Path) -> None:
     assert read_stdin(_opts(None)) == b""
     with pytest.raises(UsageError, match="--stdin: cannot read"):
         read_stdin(_opts(str(tmp_path / "missing")))
-
-
-@pytest.mark.slow
-def test_run_refuses_too_large_stdin_before_sending(stockade, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A sparse file one byte larger than a release can carry: a one-line
-    usage error (exit 2), no traceback."""
-    path = tmp_path / "big"
-    with open(path, "wb") as f:
-        f.truncate(release_stdin_room((), framing.MAX_FRAME) + 1)
-    hello = Path(__file__).resolve().parent.parent / "examples" / "hello" / "hello.wasm"
-    proc = stockade("run", "--allow-sim", "-q", "--stdin", str(path), str(hello))
-    stderr = proc.stderr.decode()
-    assert proc.returncode == 2, stderr
-    assert "Traceback" not in stderr
-    assert "usage error: --stdin: more than" in stderr
-    assert proc.stdout == b""
+    with pytest.raises(UsageError, match=r"--stdin: cannot read .*: Is a directory"):
+        read_stdin(_opts(str(tmp_path)))

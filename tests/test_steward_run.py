@@ -95,7 +95,9 @@ def test_run_prints_one_certificate_line(steward: Steward, stockade: Callable[..
     assert "steward      " in proc.stderr.decode()  # the summary names the steward
 
 
-def test_the_manifest_names_the_steward(steward: Steward, tmp_path: Path, stockade: Callable[..., Any]) -> None:
+def test_the_manifest_names_the_steward(
+    steward: Steward, tmp_path: Path, stockade: Callable[..., Any]
+) -> None:
     """A package whose manifest has ``[steward] url``: the deployer gives
     only the CA; without it the run is refused before anything is sent."""
     import shutil

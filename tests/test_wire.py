@@ -51,6 +51,7 @@ from stockade.wire.messages import (
     Output,
     Problem,
     Release,
+    Stdin,
     StewardRequest,
     Workload,
     decode,
@@ -99,6 +100,7 @@ LOAD = LOAD_TYPICAL
 IDENTITY = IDENTITY_TYPICAL
 RELEASE = RELEASE_TYPICAL
 CERTIFICATE = CERTIFICATE_TYPICAL
+STREAM_RELEASE = Release(secrets=(("api-key", b"s3cr3t"),), stdin_stream=True)
 
 
 def frame(msg: Message) -> bytes:
@@ -977,7 +979,13 @@ def client_running() -> ClientSession:
 
 
 def keep_at(stage: KeepState) -> KeepSession:
-    """A Keep driven through a legal session up to ``stage``."""
+    """A Keep driven through a legal session up to ``stage`` (RUNNING_STDIN:
+    through a release with stdin_stream)."""
+    if stage is KeepState.RUNNING_STDIN:
+        k = keep_at(KeepState.AWAIT_RELEASE)
+        assert k.receive_release(frame(STREAM_RELEASE)) == STREAM_RELEASE
+        assert k.state is KeepState.RUNNING_STDIN
+        return k
     k = KeepSession()
     if stage is KeepState.CERTIFYING:
         keep_at(KeepState.AWAIT_RELEASE)  # (checks the path)
@@ -1429,7 +1437,7 @@ def test_keep_identity_frame() -> None:
 
 @pytest.mark.parametrize(
     "stage",
-    [s for s in KeepState if s not in (KeepState.RUNNING, KeepState.DONE)],
+    [s for s in KeepState if s not in (KeepState.RUNNING, KeepState.RUNNING_STDIN, KeepState.DONE)],
     ids=lambda s: s.value,
 )
 def test_keep_output_and_exit_never_before_the_release(stage: KeepState) -> None:
@@ -1506,6 +1514,7 @@ def _client_actions(c: ClientSession) -> dict[str, Callable[[], object]]:
         "accept the workload identity": lambda: c.identity_verified(IDENTITY),
         "release secrets": lambda: c.release(RELEASE),
         "release secrets with a steward request": lambda: c.release(RELEASE_STEWARD),
+        "send stdin": lambda: c.stdin(b"x"),
     }
 
 
@@ -1517,6 +1526,7 @@ def test_client_action_table_names_every_action() -> None:
 @pytest.mark.parametrize("action", list(_client_actions(ClientSession())))
 def test_client_steps_outside_the_table_are_misuse(state: ClientState, action: str) -> None:
     c = _client_in(state)
+    c.stdin_open = action == "send stdin"  # as after a release with stdin_stream: only the state decides
     if (state, action) in CLIENT_ACTIONS:
         if action == "accept the workload identity":
             c.receive(frame(IDENTITY))
@@ -1537,6 +1547,7 @@ def _keep_actions(k: KeepSession) -> dict[str, Callable[[], object]]:
         "receive the release": lambda: k.receive_release(frame(RELEASE)),
         "receive a release with a steward request": lambda: k.receive_release(frame(RELEASE_STEWARD)),
         "send the certificate": lambda: k.certificate(CERTIFICATE),
+        "receive stdin": lambda: k.receive_stdin(frame(Stdin(data=b"x"))),
         "send output": lambda: k.output(1, b"x"),
         "send a net event": lambda: k.net(Net(event="listening", name="kv", detail="127.0.0.1:1")),
         "send exit": lambda: k.exit(EXIT),

@@ -16,6 +16,7 @@ from stockade.binding.eventlog import KINDS, Event
 from stockade.errors import ERROR_CLASSES, LimitExceeded, ProtocolError, WorkloadTrapped
 from stockade.wire.evidence import PLATFORMS, EvidenceBundle
 from stockade.wire.messages import (
+    MAX_STDIN_DATA,
     NET_EVENTS,
     SOCKET_NAME_RE,
     Config,
@@ -33,6 +34,7 @@ from stockade.wire.messages import (
     Release,
     ServiceCertificate,
     SocketAddress,
+    Stdin,
     StewardRequest,
     Workload,
 )
@@ -132,6 +134,11 @@ releases = st.builds(
     secrets=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
     stdin=small_bytes,
     steward=st.none() | steward_requests,
+) | st.builds(
+    Release,
+    secrets=st.dictionaries(texts, small_bytes, max_size=4).map(_sorted_items),
+    stdin_stream=st.just(True),
+    steward=st.none() | steward_requests,
 )
 service_certificates = st.builds(
     ServiceCertificate,
@@ -141,6 +148,7 @@ service_certificates = st.builds(
     tree_head=st.binary(min_size=1, max_size=64),
     inclusion=st.lists(digests32, max_size=8).map(tuple),
 )
+stdins = st.builds(Stdin, data=small_bytes)
 # The internal Workload (assembled inside the Keep; not a message).
 workloads = st.builds(
     Workload,
@@ -167,7 +175,7 @@ exits = st.builds(
 )
 problems = st.builds(Problem, problem_type=texts, title=texts, detail=texts)
 messages: st.SearchStrategy[Message] = st.one_of(
-    hellos, loads, identities, releases, service_certificates, outputs, nets, exits, problems
+    hellos, loads, identities, releases, stdins, service_certificates, outputs, nets, exits, problems
 )
 
 # Arbitrary CBOR-encodable values (no tags), for structure-aware fuzzing.
@@ -290,6 +298,10 @@ REPRESENTATIVE: list[tuple[str, Message]] = [
             inclusion=(b"\x06" * 32,) * 128,
         ),
     ),
+    ("release-stream", Release(secrets=(("k", b"v"),), stdin_stream=True)),
+    ("stdin-end", Stdin(data=b"")),
+    ("stdin-chunk", Stdin(data=b"line\n")),
+    ("stdin-max", Stdin(data=b"\xff" * MAX_STDIN_DATA)),
     ("output-stdout-empty", Output(fd=1, data=b"")),
     ("output-stderr", Output(fd=2, data=b"oops\n")),
     ("output-large", Output(fd=1, data=b"\x00" * 65_536)),

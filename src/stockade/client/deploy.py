@@ -11,10 +11,13 @@ callbacks until it reports an exit status or a problem.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import select
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,9 +32,12 @@ from stockade.errors import (
     ProtocolError,
     ProtocolMisuse,
     StockadeError,
+    UsageError,
     WorkloadRejected,
 )
+from stockade.wire.framing import MAX_FRAME
 from stockade.wire.messages import (
+    MAX_STDIN_DATA,
     Config,
     Exit,
     Expect,
@@ -44,6 +50,7 @@ from stockade.wire.messages import (
     Release,
     ServiceCertificate,
     StewardRequest,
+    release_stdin_room,
 )
 from stockade.wire.protocol import ClientSession
 
@@ -59,6 +66,17 @@ HANDSHAKE_TIMEOUT_S = 60.0
 #: requests to the steward time out after 10 s per connect or read:
 #: stockade.steward.request.request_certificate).
 STEWARD_GRACE_S = 60.0
+#: Stdin of at most this many bytes travels whole in the Release (one
+#: frame, a memfd in the Keep: the common case of a small input costs no
+#: extra message); a larger one, or one read from a pipe or terminal, is
+#: streamed in Stdin messages of MAX_STDIN_DATA bytes (docs/protocol.cddl).
+INLINE_STDIN = 1 << 20
+#: Bytes of TLS records read in one go while the workload runs.
+CLIENT_READ = 1 << 18
+#: The most plaintext one TLS record holds (RFC 8446 section 5.1).
+TLS_RECORD = 1 << 14
+#: Socket buffer asked for while stdin streams (capped by the kernel).
+SOCKET_BUFFER = 4 << 20
 
 #: OpenSSL reasons (``ssl.SSLError.reason``) that mean a TLS record of the
 #: attested channel did not authenticate or did not belong in the stream:
@@ -125,6 +143,16 @@ def channel_failure(exc: OSError, during: str, died: Callable[[str], KeepDied]) 
 
 
 @dataclass(frozen=True)
+class StdinFile:
+    """The workload's stdin read from an open file descriptor (a file, a
+    pipe, a terminal) as the workload runs: streamed, never held whole in
+    memory. It is read only after the release (a deploy retried before the
+    release point reads nothing of it)."""
+
+    fd: int
+
+
+@dataclass(frozen=True)
 class DeployPlan:
     """What to deploy. ``package`` None means staged: the host provides the
     package bytes to the Keep (untrusted), and ``digest`` is the digest the
@@ -136,7 +164,7 @@ class DeployPlan:
     config: Config
     expect: Expect = field(default_factory=Expect)
     secrets: tuple[tuple[str, bytes], ...] = ()
-    stdin: bytes = b""
+    stdin: bytes | StdinFile = b""
     required_secrets: tuple[str, ...] = ()
     #: Sent in the release: the Keep gets a service certificate from this
     #: steward before the workload runs (issue 17).
@@ -355,45 +383,188 @@ def _session(
     # from the next line on, secrets and stdin may be out and the workload
     # may run: no failure from here on is retried elsewhere (ReleaseMark).
     on_release()
+    inline = isinstance(plan.stdin, bytes) and len(plan.stdin) <= min(
+        INLINE_STDIN, release_stdin_room(plan.secrets, MAX_FRAME, plan.steward)
+    )
+    release = Release(
+        secrets=plan.secrets,
+        stdin=plan.stdin if inline and isinstance(plan.stdin, bytes) else b"",
+        stdin_stream=not inline,
+        steward=plan.steward,
+    )
     try:
-        tls.sendall(session.release(Release(secrets=plan.secrets, stdin=plan.stdin, steward=plan.steward)))
+        tls.sendall(session.release(release))
     except OSError as exc:
         raise channel_failure(exc, "while receiving the release", died) from None
     progress.enter(Phase.RUNNING)
     # With a steward request the Keep first gets its certificate (bounded
     # by the steward requests' own timeouts), then runs the workload.
-    grace = CLIENT_GRACE_S + (STEWARD_GRACE_S if steward is not None else 0.0)
-    tls.settimeout(plan.config.limits.timeout_ms / 1000 + grace)
+    idle = (
+        plan.config.limits.timeout_ms / 1000
+        + CLIENT_GRACE_S
+        + (STEWARD_GRACE_S if steward is not None else 0.0)
+    )
     issuance: VerifiedIssuance | None = None
     net: list[Net] = []
+
+    def handle(msg: Message) -> DeployResult | None:
+        nonlocal issuance
+        if isinstance(msg, ServiceCertificate):
+            # The state machine lets it in only first, and only when asked for.
+            assert steward is not None  # plan.steward is set iff steward is
+            assert identity is not None
+            from stockade.client.steward import check_certificate
+
+            issuance = check_certificate(msg, steward, identity.package_digest)
+            steps.mark("certificate")
+            on_certificate(issuance)
+        elif isinstance(msg, Output):
+            on_output(msg.fd, msg.data)
+        elif isinstance(msg, Net):
+            net.append(msg)
+            on_net(msg)
+        elif isinstance(msg, Problem):
+            steps.mark("run")
+            raise msg.to_error()
+        elif isinstance(msg, Exit):
+            steps.mark("run")
+            progress.enter(Phase.DONE)
+            for name, us in msg.timing_us:
+                # compile_cached is a flag (1: the module came from the
+                # Keep's sealed compile cache), not a duration.
+                steps.ms[f"keep_{name}"] = bool(us) if name == "compile_cached" else us / 1000
+            return DeployResult(
+                msg.code, appraisal, identity, msg.workload_sha256, steps.ms, net=net, issuance=issuance
+            )
+        return None
+
+    if not inline:
+        return _stream(tls, session, _StdinSource(plan.stdin), handle, idle, died)
+    tls.settimeout(idle)
     while True:
         for msg in _receive(tls, session, died, "while the workload ran"):
-            if isinstance(msg, ServiceCertificate):
-                # The state machine lets it in only first, and only when asked for.
-                assert steward is not None  # plan.steward is set iff steward is
-                from stockade.client.steward import check_certificate
+            result = handle(msg)
+            if result is not None:
+                return result
 
-                issuance = check_certificate(msg, steward, identity.package_digest)
-                steps.mark("certificate")
-                on_certificate(issuance)
-            elif isinstance(msg, Output):
-                on_output(msg.fd, msg.data)
-            elif isinstance(msg, Net):
-                net.append(msg)
-                on_net(msg)
-            elif isinstance(msg, Problem):
-                steps.mark("run")
-                raise msg.to_error()
-            elif isinstance(msg, Exit):
-                steps.mark("run")
-                progress.enter(Phase.DONE)
-                for name, us in msg.timing_us:
-                    # compile_cached is a flag (1: the module came from the
-                    # Keep's sealed compile cache), not a duration.
-                    steps.ms[f"keep_{name}"] = bool(us) if name == "compile_cached" else us / 1000
-                return DeployResult(
-                    msg.code, appraisal, identity, msg.workload_sha256, steps.ms, net=net, issuance=issuance
-                )
+
+class _StdinSource:
+    """Chunks of a streamed stdin: from memory, or read from a descriptor
+    when it has data (never blocking the channel's loop)."""
+
+    def __init__(self, stdin: bytes | StdinFile) -> None:
+        self._view = memoryview(stdin) if isinstance(stdin, bytes) else None
+        self.fd = stdin.fd if isinstance(stdin, StdinFile) else None
+        # Read into this, reused: a chunk is sent whole before the next read.
+        self._buf = bytearray(MAX_STDIN_DATA) if self.fd is not None else bytearray()
+
+    def ready(self) -> bool:
+        if self.fd is None:
+            return True
+        poll = select.poll()
+        poll.register(self.fd, select.POLLIN)
+        return bool(poll.poll(0))  # a regular file is always ready (POLLIN); EOF and errors too
+
+    def read(self) -> memoryview | None:
+        """The next chunk (empty: the end), None when nothing can be read
+        now. The chunk is valid until the next call."""
+        if self._view is not None:
+            chunk, self._view = self._view[:MAX_STDIN_DATA], self._view[MAX_STDIN_DATA:]
+            return chunk
+        assert self.fd is not None
+        try:
+            n = os.readv(self.fd, [self._buf])
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise UsageError(f"--stdin: cannot read the workload's input: {exc.strerror}") from None
+        return memoryview(self._buf)[:n]
+
+
+def _stream(
+    tls: ssl.SSLSocket,
+    session: ClientSession,
+    source: _StdinSource,
+    handle: Callable[[Message], DeployResult | None],
+    idle: float,
+    died: Callable[[str], KeepDied],
+) -> DeployResult:
+    """Send the streamed stdin while receiving the output, until the Keep
+    reports the exit status or a problem (which may come before the end of
+    stdin: then the rest is not sent). One thread, a non-blocking socket:
+    the TLS connection is never used from two threads at once, and sending
+    never waits for the Keep to take stdin while output waits to be read
+    (a workload that does not read its stdin cannot deadlock the session).
+    ``idle``: the longest time without a byte from the Keep."""
+    during = "while the workload ran"
+    tls.setblocking(False)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        # As the Keep's channel does (stockade.keep.session.SOCKET_BUFFER).
+        with contextlib.suppress(OSError):
+            tls.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+    buf = bytearray(CLIENT_READ)
+    view = memoryview(buf)
+    # What is left of the frame being sent: its head, then its data (sent
+    # as they are: no copy of the data into one frame).
+    out: deque[memoryview] = deque()
+    last = time.monotonic()
+    while True:
+        progress = False
+        # TLS gives one record (at most 16 KiB) per read: take what is there
+        # up to CLIENT_READ, then decode it at once (per-read Python work
+        # was a large share of the client's time).
+        got, eof, failure = 0, False, None
+        try:
+            while got <= CLIENT_READ - TLS_RECORD:
+                n = tls.recv_into(view[got:])
+                if n == 0:
+                    eof = True
+                    break
+                got += n
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except OSError as exc:
+            failure = exc  # after what arrived before it
+        if got:
+            last = time.monotonic()
+            progress = True
+            for msg in session.receive(view[:got]):
+                result = handle(msg)
+                if result is not None:
+                    return result
+        if failure is not None:
+            raise channel_failure(failure, during, died) from None
+        if eof:
+            raise died("before reporting the workload's exit status")
+        if not out and session.stdin_open and source.ready():
+            chunk = source.read()
+            if chunk is not None:
+                out.append(memoryview(session.stdin_head(len(chunk))))
+                if chunk:
+                    out.append(chunk)
+                progress = True
+        while out:
+            try:
+                sent = tls.send(out[0])
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                break
+            except OSError as exc:
+                raise channel_failure(exc, "while receiving stdin", died) from None
+            progress = True
+            if sent < len(out[0]):
+                out[0] = out[0][sent:]
+            else:
+                out.popleft()
+        if progress or tls.pending():
+            continue
+        wait = last + idle - time.monotonic()
+        if wait <= 0:
+            raise KeepDied("the Keep stopped responding past the workload's time limit")
+        poll = select.poll()
+        poll.register(tls.fileno(), select.POLLIN | (select.POLLOUT if out else 0))
+        if not out and session.stdin_open and source.fd is not None:
+            poll.register(source.fd, select.POLLIN)
+        poll.poll(wait * 1000)
 
 
 def _receive(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from stockade.errors import UsageError
 
 if TYPE_CHECKING:
-    from stockade.client.deploy import DeployPlan
+    from stockade.client.deploy import DeployPlan, StdinFile
     from stockade.client.steward import StewardChoice
     from stockade.package import Manifest, Package
     from stockade.policy import Policy
@@ -455,36 +455,38 @@ def choose_steward(opts: RunOptions, prepared: Prepared) -> StewardChoice | None
     return choose(opts.steward, opts.steward_ca, prepared.manifest, opts.backend)
 
 
-def read_stdin(
-    opts: RunOptions,
-    secrets: tuple[tuple[str, bytes], ...] = (),
-    steward: StewardChoice | None = None,
-) -> bytes:
+def read_stdin(opts: RunOptions, secrets: tuple[tuple[str, bytes], ...] = ()) -> bytes | StdinFile:
     """The workload's standard input: ``--stdin FILE``, ``-`` (ours), or none.
 
-    It travels in the one Release message (with the ``secrets`` and the
-    ``steward`` request), which is one frame of at most MAX_FRAME bytes:
-    more is refused here, before anything is sent, reading no more than
-    one byte past what fits."""
-    from stockade.wire.framing import MAX_FRAME
-    from stockade.wire.messages import release_stdin_room
+    A regular file of at most INLINE_STDIN bytes is read here, whole: it
+    travels in the Release (with the ``secrets``) when that fits in a frame.
+    A larger file, or ``-`` (a pipe, a terminal or a file), stays open and
+    is streamed in Stdin messages while the workload runs, read only after
+    the release; there is no limit on its size (docs/limitations.md, stdin)."""
+    from stockade.client.deploy import INLINE_STDIN, StdinFile
 
     if opts.stdin is None:
         return b""
-    room = release_stdin_room(secrets, MAX_FRAME, None if steward is None else steward.request())
     if opts.stdin == "-":
-        data = sys.stdin.buffer.read(room + 1)
-    else:
+        return StdinFile(0)
+    try:
+        fd = os.open(opts.stdin, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"--stdin: cannot read {opts.stdin}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        os.close(fd)
+        raise UsageError(f"--stdin: cannot read {opts.stdin}: Is a directory")
+    if not stat.S_ISREG(info.st_mode) or info.st_size > INLINE_STDIN:
+        return StdinFile(fd)  # open for the rest of this process
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(INLINE_STDIN + 1)
+    if len(data) > INLINE_STDIN:  # it grew meanwhile: read it as a stream
         try:
-            with open(opts.stdin, "rb") as f:
-                data = f.read(room + 1)
+            fd = os.open(opts.stdin, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise UsageError(f"--stdin: cannot read {opts.stdin}: {exc.strerror}") from None
-    if len(data) > room:
-        raise UsageError(
-            f"--stdin: more than {room} bytes; stdin travels in one message of at most {MAX_FRAME} "
-            "bytes with the secrets (docs/limitations.md, stdin size)"
-        )
+        return StdinFile(fd)
     return data
 
 
@@ -493,13 +495,15 @@ def plan_deploy(
     prepared: Prepared,
     runtime_measurement: bytes,
     staged: bool = False,
-    stdin: bytes | None = None,
+    stdin: bytes | StdinFile | None = None,
 ) -> PlannedDeploy:
     """Choose the policy (``runtime_measurement`` is what the measurement is
     pinned to unless ``opts`` says otherwise), derive the expectations and
     build the plan; ``staged``: the host provides the package bytes;
-    ``stdin``: the workload's input, already read (``deploy --fleet`` reads
-    ``--stdin -`` once for all its attempts), else read here."""
+    ``stdin``: the workload's input as :func:`read_stdin` gave it
+    (``deploy --fleet`` opens it once for all its attempts: a stream is
+    read only after the release, which no attempt follows), else opened
+    here."""
     from stockade.client.deploy import DeployPlan
     from stockade.wire.messages import Config
 
@@ -528,7 +532,7 @@ def plan_deploy(
         config=config,
         expect=expect,
         secrets=secrets,
-        stdin=read_stdin(opts, secrets, steward) if stdin is None else stdin,
+        stdin=read_stdin(opts, secrets) if stdin is None else stdin,
         required_secrets=prepared.manifest.secrets,
         steward=None if steward is None else steward.request(),
     )

@@ -25,6 +25,7 @@ session runs end to end inside the relay either way.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import ipaddress
@@ -304,13 +305,24 @@ class ManagerClient:
         return data
 
     def connect(self, keep_id: str, tap: Tap | None = None) -> socket.socket:
-        """Open the relay to ``keep_id``; return a stream socket to the Keep."""
+        """Open the relay to ``keep_id``; return a stream socket to the Keep.
+
+        The WebSocket runs on an asyncio event loop in a thread of its own
+        (websockets' asyncio implementation): receiving never waits for a
+        send to finish. websockets' threaded client holds one lock while it
+        sends, and receiving needs that lock, so a send blocked on a full
+        socket stopped the relay from receiving: with stdin streaming while
+        output comes back, both ends then waited for each other."""
+        from websockets.asyncio.client import connect
         from websockets.exceptions import InvalidStatus, WebSocketException
-        from websockets.sync.client import connect
 
         ws_url = "ws" + self.url.removeprefix("http") + f"/v1/keeps/{keep_id}/connect"
-        try:
-            ws = connect(
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=_run_loop, args=(loop,), name="stockade-relay", daemon=True)
+        thread.start()
+
+        async def opening() -> Any:
+            return await connect(
                 ws_url,
                 additional_headers={"Authorization": f"Bearer {self.token}"},
                 max_size=1 << 24,
@@ -318,20 +330,79 @@ class ManagerClient:
                 open_timeout=30,
                 ssl=self._ssl,
             )
-        except InvalidStatus as exc:
-            resp = exc.response
-            ctype = resp.headers.get("content-type", "").split(";")[0].strip()
-            raise _problem(resp.status_code, ctype, bytes(resp.body or b"")) from None
-        except ssl.SSLError as exc:
-            raise ManagerError(self._transport_failure(exc)) from None
-        except (OSError, WebSocketException) as exc:
-            raise ManagerError(f"cannot open the relay to Keep {keep_id}: {exc}") from None
-        # The pump threads own the connection until it closes; entering it
-        # is how websockets >= 17.1 is told so (a no-op returning it before).
-        ws = ws.__enter__()
+
+        try:
+            ws = asyncio.run_coroutine_threadsafe(opening(), loop).result()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(loop.stop)
+            if isinstance(exc, InvalidStatus):
+                resp = exc.response
+                ctype = resp.headers.get("content-type", "").split(";")[0].strip()
+                raise _problem(resp.status_code, ctype, bytes(resp.body or b"")) from None
+            if isinstance(exc, ssl.SSLError):
+                raise ManagerError(self._transport_failure(exc)) from None
+            if isinstance(exc, (OSError, WebSocketException, TimeoutError)):
+                raise ManagerError(f"cannot open the relay to Keep {keep_id}: {exc}") from None
+            raise
         mine, theirs = socket.socketpair()
-        _Pump(ws, theirs, tap).start()
+        for end in (mine, theirs):
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                # Room for a few deploy frames between the deploy and the
+                # relay thread (capped by the kernel: socket(7)).
+                with contextlib.suppress(OSError):
+                    end.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        future = asyncio.run_coroutine_threadsafe(_relay(ws, theirs, tap), loop)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(loop.stop))
         return mine
+
+
+#: Bytes the relay reads from the local socket at a time (one WebSocket message).
+RELAY_READ: Final = 1 << 18
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+async def _relay(ws: Any, sock: socket.socket, tap: Tap | None) -> None:
+    """Copy bytes between a WebSocket (binary messages) and a local socket
+    until both directions end: the end of the WebSocket is EOF on the
+    socket, EOF on the socket closes the WebSocket."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+
+    async def down() -> None:
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    break
+                if tap is not None:
+                    tap("down", message)
+                await loop.sock_sendall(sock, message)
+        except Exception:  # noqa: S110 - a broken relay is EOF to the deploy session
+            pass
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    async def up() -> None:
+        try:
+            while data := await loop.sock_recv(sock, RELAY_READ):
+                if tap is not None:
+                    tap("up", data)
+                await ws.send(data)
+        except Exception:  # noqa: S110 - see down
+            pass
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+    try:
+        await asyncio.gather(down(), up())
+    finally:
+        sock.close()
 
 
 def _problem(status: int, ctype: str, body: bytes) -> ManagerError:
@@ -344,57 +415,3 @@ def _problem(status: int, ctype: str, body: bytes) -> ManagerError:
                 title, text, ptype = pd.get(PD_TITLE), pd.get(PD_DETAIL), pd.get(PD_TYPE)
                 detail = f"{title} ({status}): {text}" if title else detail
     return ManagerError(detail, status, ptype if isinstance(ptype, str) else None)
-
-
-class _Pump:
-    """Copies bytes between a WebSocket (binary messages) and a local socket."""
-
-    def __init__(self, ws: Any, sock: socket.socket, tap: Tap | None) -> None:
-        self.ws = ws
-        self.sock = sock
-        self.tap = tap
-        self._left = 2
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        threading.Thread(target=self._down, name="stockade-relay-down", daemon=True).start()
-        threading.Thread(target=self._up, name="stockade-relay-up", daemon=True).start()
-
-    def _finish(self) -> None:
-        with self._lock:
-            self._left -= 1
-            last = self._left == 0
-        if last:
-            with contextlib.suppress(OSError):
-                self.sock.close()
-
-    def _down(self) -> None:
-        """WebSocket -> local socket; the end of the WebSocket is EOF."""
-        try:
-            for message in self.ws:
-                if isinstance(message, str):
-                    break
-                if self.tap is not None:
-                    self.tap("down", message)
-                self.sock.sendall(message)
-        except Exception:  # noqa: S110 - a broken relay is EOF to the deploy session
-            pass
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-        self._finish()
-
-    def _up(self) -> None:
-        """Local socket -> WebSocket; EOF closes the WebSocket."""
-        try:
-            while True:
-                data = self.sock.recv(1 << 16)
-                if not data:
-                    break
-                if self.tap is not None:
-                    self.tap("up", data)
-                self.ws.send(data)
-        except Exception:  # noqa: S110 - see _down
-            pass
-        with contextlib.suppress(Exception):
-            self.ws.close()
-        self._finish()

@@ -174,9 +174,10 @@ def deploy_fleet(
     report.attach_to_errors()
     if not placement.candidates:
         raise no_candidate_error(request.fleet.url, placement)
-    # Read once: every attempt before release sends the same input (its room
-    # in the release message depends on the secrets that travel with it).
-    stdin = read_stdin(opts, parse_secrets(opts.secret_refs), steward)
+    # Opened once: every attempt before release sends the same input (a
+    # small one whole in the release; a larger one, or `-`, is streamed and
+    # read only after the release, after which no attempt follows).
+    stdin = read_stdin(opts, parse_secrets(opts.secret_refs))
 
     def run(
         candidate: Candidate, mark: ReleaseMark, created: list[str]

@@ -20,7 +20,7 @@ from stockade.commands._output import json_option
 
 if TYPE_CHECKING:
     from stockade.client.attest import Appraisal
-    from stockade.client.deploy import DeployResult
+    from stockade.client.deploy import DeployResult, StdinFile
     from stockade.client.hello import SentHello
     from stockade.client.identity import WorkloadIdentity
     from stockade.client.plan import Prepared
@@ -103,7 +103,7 @@ def deploy_session(
     state_dir: Path | None = None,
     progress: Progress | None = None,
     on_release: Callable[[], None] = lambda: None,
-    stdin: bytes | None = None,
+    stdin: bytes | StdinFile | None = None,
 ) -> tuple[DeployResult, dict[int, bytearray]]:
     """Plan the deploy from ``opts`` (:func:`stockade.client.plan.plan_deploy`)
     and run one deploy session over ``conn`` (a stream to a fresh Keep, the
@@ -295,7 +295,12 @@ def workload_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--env", "env", multiple=True, metavar="K=V", help="Environment variable for the workload."
         ),
-        click.option("--stdin", "stdin", metavar="FILE|-", help="Standard input for the workload."),
+        click.option(
+            "--stdin",
+            "stdin",
+            metavar="FILE|-",
+            help="Standard input for the workload (more than 1 MiB, or -, is streamed as it runs).",
+        ),
         click.option(
             "--file",
             "files",

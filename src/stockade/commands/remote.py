@@ -34,7 +34,7 @@ from stockade.commands._run import deploy_session, print_json, workload_options
 from stockade.errors import ExitStatus, KeepDied, StockadeError, UsageError, WorkloadExit
 
 if TYPE_CHECKING:
-    from stockade.client.deploy import DeployResult
+    from stockade.client.deploy import DeployResult, StdinFile
     from stockade.client.remote import ManagerClient
     from stockade.fleet.etcd import FleetConfig
 
@@ -409,7 +409,7 @@ def deploy_on(
     *,
     on_created: Callable[[str], None] = lambda keep_id: None,
     on_release: Callable[[], None] = lambda: None,
-    stdin: bytes | None = None,
+    stdin: bytes | StdinFile | None = None,
 ) -> tuple[DeployResult, dict[int, bytearray], str]:
     """One deploy on the manager of ``client``: create a Keep of
     ``opts.backend``, attest it, and run the workload there; the result,

@@ -42,6 +42,18 @@ output past the limit and reports the limit when the workload ends.
 * output: bytes written to stdout+stderr; the bytes up to the limit are
   sent, the rest dropped, and the workload stopped.
 
+Standard streams (issue 18): stdout and stderr are pipes (``stdout_file``
+and ``stderr_file`` on ``/proc/self/fd/N`` of their write ends, which
+wasmtime opens and holds until the store is closed) that an
+:class:`OutputReader` thread reads in chunks of up to ``OUTPUT_READ``
+bytes, each counted against the output limit and passed on in order per
+stream (wasmtime-py's ``stdout_custom`` callback gets 4 KiB per call, the
+cost of a Python call per 4 KiB). Order between the two streams is not
+kept. stdin is a memfd holding the Release's input, or, when stdin
+streams, the read end of a pipe the Keep's channel feeds (``stdin_fd``):
+wasmtime's fd_read on it blocks until data or end of file, for modules
+(preview 1) and components (preview 2) alike (checked with wasmtime-py 50).
+
 Components (detected from the binary's preamble, stockade.package.format)
 run in an engine that differs from the modules' only by the component model
 being on, with the same WASI configuration (wasmtime-py 50 configures WASI
@@ -62,10 +74,13 @@ is always closed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
+import select
 import shutil
 import tempfile
 import threading
@@ -330,6 +345,85 @@ def _guest_path(path: str) -> PurePosixPath:
     return p
 
 
+#: Bytes the output reader takes from a stdout or stderr pipe at a time.
+OUTPUT_READ = 1 << 20
+#: Pipe buffer asked for (F_SETPIPE_SZ; an unprivileged process may ask up
+#: to /proc/sys/fs/pipe-max-size, 1 MiB by default: pipe(7)). Fewer wake-ups
+#: of the workload's writes and the reader's reads than the default 64 KiB.
+PIPE_BYTES = 1 << 20
+
+
+def grow_pipe(fd: int) -> None:
+    """Enlarge a pipe's buffer to PIPE_BYTES when the system allows it."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
+class OutputReader:
+    """Reads the workload's stdout and stderr pipes (``fds``: stream number
+    -> read end, which it closes) in a thread until both end, passing each
+    chunk to ``writer(stream)`` in the order read, per stream."""
+
+    def __init__(self, fds: dict[int, int], writer: Callable[[int], Callable[[bytes], None]]) -> None:
+        self._fds = dict(fds)
+        self._write = {stream: writer(stream) for stream in fds}
+        self._cond = threading.Condition()
+        self._busy = False  # a chunk is being read or passed on
+        self._open = set(fds.values())
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="output-reader")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        poll = select.poll()
+        by_fd = {fd: stream for stream, fd in self._fds.items()}
+        for fd in by_fd:
+            poll.register(fd, select.POLLIN)
+        try:
+            while by_fd:
+                for fd, _ in poll.poll():
+                    if fd not in by_fd:
+                        continue
+                    with self._cond:
+                        self._busy = True
+                    try:
+                        data = os.read(fd, OUTPUT_READ)
+                        if data:
+                            self._write[by_fd[fd]](data)
+                        else:  # end of file: wasmtime closed its end
+                            poll.unregister(fd)
+                            del by_fd[fd]
+                            self._open.discard(fd)
+                    finally:
+                        with self._cond:
+                            self._busy = False
+                            self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._open.clear()
+                for fd in self._fds.values():
+                    os.close(fd)
+                self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every byte now in the pipes has been passed on (the
+        workload has stopped writing: it ended). Returns at once if the
+        thread has ended."""
+        with self._cond:
+            while self._thread.is_alive() and (self._busy or any(_unread(fd) for fd in self._open)):
+                self._cond.wait(0.005)
+
+    def join(self) -> None:
+        self._thread.join()
+
+
+def _unread(fd: int) -> bool:
+    """Whether a pipe holds bytes not read yet (poll(2): POLLIN; a closed
+    write end alone gives POLLHUP)."""
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return any(events & select.POLLIN for _, events in poll.poll(0))
+
+
 @dataclass
 class RunOutcome:
     exit_code: int
@@ -478,7 +572,18 @@ class Runner:
                 return False
         return True
 
-    def run(self, workload: Workload) -> RunOutcome:
+    def run(self, workload: Workload, stdin_fd: int | None = None) -> RunOutcome:
+        """Run ``workload``. ``stdin_fd``: the read end of a pipe to use as
+        its stdin instead of ``workload.stdin`` (streamed stdin); the Runner
+        owns it from here on and closes it on every path."""
+        try:
+            return self._run(workload, stdin_fd)
+        finally:
+            if stdin_fd is not None:
+                with contextlib.suppress(OSError):  # closed already once wasmtime opened it
+                    os.close(stdin_fd)
+
+    def _run(self, workload: Workload, stdin_pipe: int | None) -> RunOutcome:
         import wasmtime
 
         digest = hashlib.sha256(workload.wasm).digest()
@@ -526,6 +631,8 @@ class Runner:
         stop_monitor = threading.Event()
         stdin_fd: int | None = None
         net = None
+        reader: OutputReader | None = None
+        wasi: Any = None
         try:
             if workload.sockets:
                 net = self._network(workload, component)
@@ -534,7 +641,8 @@ class Runner:
                 workload = replace(
                     workload, env=(*((k, v) for k, v in workload.env if k not in names), *sockets)
                 )
-            wasi, stdin_fd = self._wasi_config(workload, base)
+            wasi, stdin_fd, outputs = self._wasi_config(workload, base, stdin_pipe)
+            reader = OutputReader(outputs, self._writer)
             store.set_wasi(wasi)
             store.set_limits(**store_limits(limits.memory_bytes, component, net is not None))
             if component:
@@ -556,26 +664,35 @@ class Runner:
             self._sandbox.monitor(MONITOR_INTERVAL_S, lambda: self._interrupt("disk"), stop_monitor)
             instance = None
             try:
-                if component:
-                    try:
-                        component_instance = component_linker.instantiate(store, compiled)
-                    except wasmtime.WasmtimeError as exc:
-                        self._instantiation_limit(str(exc), limits.memory_bytes, COMPONENT_MAX_INSTANCES)
-                        raise WorkloadRejected(
-                            f"the component cannot be instantiated: {exc_line(exc)}"
-                        ) from None
-                    # A component exports no core memory or table to inspect:
-                    # ``instance`` stays None for the limit reports.
-                    code = run_result_code(component_run_func(component_instance, store, run_export)(store))
-                else:
-                    instance = linker.instantiate(store, module)
-                    if net is not None:
-                        net.attach(self.engine, store, instance)
-                    func = instance.exports(store)["_start"]
-                    if not isinstance(func, wasmtime.Func):  # pragma: no cover - checked above
-                        raise WorkloadRejected("_start is not a function")
-                    func(store)
-                    code = 0
+                try:
+                    if component:
+                        try:
+                            component_instance = component_linker.instantiate(store, compiled)
+                        except wasmtime.WasmtimeError as exc:
+                            self._instantiation_limit(str(exc), limits.memory_bytes, COMPONENT_MAX_INSTANCES)
+                            raise WorkloadRejected(
+                                f"the component cannot be instantiated: {exc_line(exc)}"
+                            ) from None
+                        # A component exports no core memory or table to inspect:
+                        # ``instance`` stays None for the limit reports.
+                        code = run_result_code(
+                            component_run_func(component_instance, store, run_export)(store)
+                        )
+                    else:
+                        instance = linker.instantiate(store, module)
+                        if net is not None:
+                            net.attach(self.engine, store, instance)
+                        func = instance.exports(store)["_start"]
+                        if not isinstance(func, wasmtime.Func):  # pragma: no cover - checked above
+                            raise WorkloadRejected("_start is not a function")
+                        func(store)
+                        code = 0
+                finally:
+                    # What the workload wrote before it ended counts: the
+                    # output limit is decided on all of it (as when each
+                    # write was counted in the write itself).
+                    assert reader is not None
+                    reader.drain()
             except wasmtime.ExitTrap as exc:
                 code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
@@ -598,9 +715,12 @@ class Runner:
         finally:
             if net is not None:
                 net.close()
-            store.close()
+            store.close()  # closes wasmtime's ends of the pipes
+            del wasi  # and so does this, when the store never took it
             if stdin_fd is not None:
                 os.close(stdin_fd)
+            if reader is not None:
+                reader.join()  # every byte written is passed on before the exit status
             shutil.rmtree(base, ignore_errors=True)
 
     def _network(self, workload: Workload, component: bool) -> Any:
@@ -741,11 +861,15 @@ class Runner:
                 "memory",
             )
 
-    def _wasi_config(self, workload: Workload, base: Path) -> tuple[Any, int]:
-        """The WASI configuration and the memfd that holds stdin (the
-        caller closes it after the run)."""
+    def _wasi_config(
+        self, workload: Workload, base: Path, stdin_pipe: int | None
+    ) -> tuple[Any, int | None, dict[int, int]]:
+        """The WASI configuration, the memfd that holds stdin (None when
+        stdin is ``stdin_pipe``; the caller closes it after the run) and the
+        read ends of the stdout and stderr pipes (closed by the
+        OutputReader)."""
         try:
-            return self._wasi_config_files(workload, base)
+            return self._wasi_config_files(workload, base, stdin_pipe)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                 raise LimitExceeded(
@@ -754,14 +878,14 @@ class Runner:
                 ) from None
             raise
 
-    def _wasi_config_files(self, workload: Workload, base: Path) -> tuple[Any, int]:
+    def _wasi_config_files(
+        self, workload: Workload, base: Path, stdin_pipe: int | None
+    ) -> tuple[Any, int | None, dict[int, int]]:
         import wasmtime
 
         wasi = wasmtime.WasiConfig()
         wasi.argv = ["main.wasm", *workload.args]
         wasi.env = [[k, v] for k, v in workload.env]
-        wasi.stdout_custom = self._writer(STDOUT)
-        wasi.stderr_custom = self._writer(STDERR)
         if workload.files:
             root = base / "root"
             root.mkdir()
@@ -783,18 +907,46 @@ class Runner:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(value)
             wasi.preopen_dir(str(secrets_dir), SECRETS_GUEST_DIR, fs_mutable=False)
-        # stdin in memory (a memfd), never in a file: wasmtime opens the path.
-        stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        stdin_fd: int | None = None
+        if stdin_pipe is not None:
+            # wasmtime opens the path at once (its own descriptor of the
+            # pipe): ours is closed, so that the channel's writes fail
+            # (EPIPE) once the workload's store is closed.
+            wasi.stdin_file = f"/proc/self/fd/{stdin_pipe}"
+            os.close(stdin_pipe)
+        else:
+            # stdin in memory (a memfd), never in a file: wasmtime opens the path.
+            stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+            try:
+                view = memoryview(workload.stdin)
+                while view:
+                    view = view[os.write(stdin_fd, view) :]
+                os.lseek(stdin_fd, 0, os.SEEK_SET)
+                wasi.stdin_file = f"/proc/self/fd/{stdin_fd}"
+            except BaseException:
+                os.close(stdin_fd)
+                raise
+        outputs: dict[int, int] = {}
         try:
-            view = memoryview(workload.stdin)
-            while view:
-                view = view[os.write(stdin_fd, view) :]
-            os.lseek(stdin_fd, 0, os.SEEK_SET)
-            wasi.stdin_file = f"/proc/self/fd/{stdin_fd}"
+            for fd in (STDOUT, STDERR):
+                read_end, write_end = os.pipe()
+                outputs[fd] = read_end
+                try:
+                    grow_pipe(write_end)
+                    path = f"/proc/self/fd/{write_end}"
+                    if fd == STDOUT:
+                        wasi.stdout_file = path
+                    else:
+                        wasi.stderr_file = path
+                finally:
+                    os.close(write_end)  # wasmtime holds its own until the store is closed
         except BaseException:
-            os.close(stdin_fd)
+            for read_end in outputs.values():
+                os.close(read_end)
+            if stdin_fd is not None:
+                os.close(stdin_fd)
             raise
-        return wasi, stdin_fd
+        return wasi, stdin_fd, outputs
 
 
 def exc_line(exc: Exception) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import select
 import socket
 import struct
 import sys
@@ -149,6 +150,284 @@ class OutputPump:
         return self._error
 
 
+#: Bytes of streamed stdin received and not yet written to the workload's
+#: stdin pipe, at most (beyond one recv): the Keep stops reading the channel
+#: meanwhile (backpressure from the workload to the client).
+STDIN_BACKLOG = 2 << 20
+#: Bytes of TLS records read in one go before they are decoded.
+CHANNEL_READ = 1 << 18
+#: The most plaintext one TLS record holds (RFC 8446 section 5.1).
+TLS_RECORD = 1 << 14
+#: Socket buffer the channel asks for in each direction (the kernel caps it
+#: at net.core.wmem_max / rmem_max: socket(7)).
+SOCKET_BUFFER = 4 << 20
+#: Output frames handed to the channel and not yet sent, at most (bytes).
+CHANNEL_QUEUE = 2 << 20
+#: Seconds a final problem may take to leave before the Keep exits anyway.
+FINAL_SEND_S = 1.0
+EXIT_CHANNEL = 4
+#: Seconds the Keep reads and drops the rest of a stdin its workload did
+#: not read, before closing (KeepServer._linger).
+LINGER_S = 5.0
+
+
+class Channel:
+    """The attested TLS connection while the workload runs, owned by one
+    thread: it sends the output frames handed to :meth:`send` and, when
+    stdin streams, receives the Stdin messages and writes their data to the
+    workload's stdin pipe (``stdin_fd``, its write end). One thread, with a
+    non-blocking socket and poll(2), does both directions: OpenSSL does not
+    allow one connection to be read and written from two threads at once,
+    and neither direction may wait for the other (a client sending a large
+    stdin reads the output meanwhile; a workload that does not read its
+    stdin still has its output sent).
+
+    Backpressure: no more than STDIN_BACKLOG bytes of stdin wait for the
+    pipe (then the channel stops reading), no more than CHANNEL_QUEUE bytes
+    of output for the socket (then :meth:`send` waits).
+
+    A stdin stream that ends without its end marker (the connection closed)
+    or breaks the protocol never reaches the workload as an end of file: the
+    channel sends a problem and calls ``fatal`` (the Keep exits)."""
+
+    def __init__(
+        self,
+        conn: Any,
+        sock: socket.socket,
+        session: KeepSession,
+        stdin_fd: int | None,
+        fatal: Callable[[], None],
+    ) -> None:
+        self._conn = conn
+        self._sock = sock
+        self._session = session
+        self._stdin_fd = stdin_fd
+        self._fatal = fatal
+        self._cond = threading.Condition()
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._closing = False
+        self._final: bytes | None = None
+        self._error: BaseException | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        if stdin_fd is not None:
+            os.set_blocking(stdin_fd, False)
+        self._out: memoryview | None = None  # the frame being sent, what is left of it
+        self._backlog: deque[memoryview] = deque()
+        self._backlogged = 0
+        self._stdin_ended = stdin_fd is None
+        sock.setblocking(False)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            # Room for a few frames in the socket: fewer wake-ups of both
+            # ends while both directions stream (about 8 % faster for 512 MiB
+            # each way, local, on a 2-core machine).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="channel")
+        self._thread.start()
+
+    # -- called from other threads --------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"w")
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; waits while CHANNEL_QUEUE bytes are queued. Raises
+        OSError once sending has failed."""
+        with self._cond:
+            while self._queued >= CHANNEL_QUEUE and self._error is None and not self._closing:
+                self._cond.wait()
+            if self._error is not None or self._closing:
+                raise OSError(f"the channel failed ({type(self._error).__name__})")
+            self._queue.append(frame)
+            self._queued += len(frame)
+        self._wake()
+
+    def close(self) -> BaseException | None:
+        """Send what is queued, stop reading stdin, give the socket back in
+        blocking mode; the channel's error, if any."""
+        with self._cond:
+            self._closing = True
+        self._wake()
+        self._thread.join()
+        self._sock.setblocking(True)
+        return self._error
+
+    def abort(self, frame: bytes) -> None:
+        """Send what is queued and then ``frame`` (a final problem), at most
+        for FINAL_SEND_S seconds: for the watchdog, which exits after."""
+        with self._cond:
+            self._final = frame
+            self._closing = True
+        self._wake()
+        self._thread.join(FINAL_SEND_S)
+
+    # -- the channel's thread -------------------------------------------------------------------
+
+    @property
+    def stdin_ended(self) -> bool:
+        """Whether the client's stdin stream ended (or there was none)."""
+        return self._stdin_ended
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except StockadeError as err:  # the client broke the stdin stream
+            _log(f"stdin stream refused: {err.problem_type}")
+            with contextlib.suppress(StockadeError):  # a watchdog may have ended the session
+                self._final = self._session.problem(err)
+                self._flush_final()
+            self._fatal()
+        except BaseException as exc:
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+            if not self._stdin_ended and not self._closing:
+                # The connection failed with stdin open: the workload must
+                # not read end of file where its input was cut.
+                _log(f"connection lost while stdin streamed: {type(exc).__name__}")
+                self._fatal()
+        finally:
+            if self._stdin_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._stdin_fd)
+                self._stdin_fd = None
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _loop(self) -> None:
+        from OpenSSL import SSL
+
+        sock_fd = self._sock.fileno()
+        want_write = False
+        while True:
+            with self._cond:
+                if self._final is not None:  # aborting: what is queued is dropped
+                    self._queue.clear()
+                    self._queued = 0
+                if self._out is None and self._queue:
+                    frame = self._queue.popleft()
+                    self._queued -= len(frame)
+                    self._cond.notify_all()
+                    self._out = memoryview(frame)
+                closing = self._closing
+            if closing and self._out is None:
+                if self._final is not None:
+                    self._flush_final()
+                return
+            reading = not closing and not self._stdin_ended and self._backlogged < STDIN_BACKLOG
+            progress = False
+            if self._out is not None:
+                try:
+                    sent = self._conn.send(self._out)
+                    self._out = self._out[sent:] if sent < len(self._out) else None
+                    progress = True
+                    want_write = False
+                except (SSL.WantWriteError, SSL.WantReadError):
+                    want_write = True
+            if reading:
+                # One TLS record per recv: take what is there (up to
+                # CHANNEL_READ) and decode it at once.
+                chunks: list[bytes] = []
+                size, eof = 0, False
+                try:
+                    while size < CHANNEL_READ:
+                        data = self._conn.recv(TLS_RECORD)
+                        if not data:
+                            eof = True
+                            break
+                        chunks.append(data)
+                        size += len(data)
+                except (SSL.WantReadError, SSL.WantWriteError):
+                    pass
+                except (SSL.ZeroReturnError, SSL.SysCallError):
+                    eof = True
+                if chunks:
+                    self._stdin(
+                        self._session.receive_stdin(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                    )
+                    progress = True
+                if eof and not self._stdin_ended:
+                    raise ProtocolError("the client closed the channel before the end of its stdin")
+            progress |= self._feed()
+            if progress:
+                continue
+            poll = select.poll()
+            poll.register(self._wake_r, select.POLLIN)
+            events = (select.POLLIN if reading else 0) | (
+                select.POLLOUT if self._out is not None or want_write else 0
+            )
+            if events:
+                poll.register(sock_fd, events)
+            if self._backlog and self._stdin_fd is not None:
+                poll.register(self._stdin_fd, select.POLLOUT)
+            for fd, _ in poll.poll():
+                if fd == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+
+    def _stdin(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            if not chunk:
+                self._stdin_ended = True
+            elif self._stdin_fd is not None:  # else the workload closed its stdin: dropped
+                self._backlog.append(memoryview(chunk))
+                self._backlogged += len(chunk)
+
+    def _feed(self) -> bool:
+        """Write what the pipe takes of the stdin backlog; True if anything
+        changed. At the end of stdin, close the pipe: the workload reads end
+        of file."""
+        progress = False
+        while self._backlog and self._stdin_fd is not None:
+            head = self._backlog[0]
+            try:
+                n = os.write(self._stdin_fd, head)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # the workload's end is closed: it ended, or closed stdin
+                os.close(self._stdin_fd)
+                self._stdin_fd = None
+                self._backlog.clear()
+                self._backlogged = 0
+                return True
+            progress = True
+            self._backlogged -= n
+            if n < len(head):
+                self._backlog[0] = head[n:]
+            else:
+                self._backlog.popleft()
+        if self._stdin_ended and not self._backlog and self._stdin_fd is not None:
+            os.close(self._stdin_fd)
+            self._stdin_fd = None
+            progress = True
+        return progress
+
+    def _flush_final(self) -> None:
+        """Best effort, blocking for a few FINAL_SEND_S at most: the rest of
+        a partly sent frame (so that the frames stay whole), then the final
+        problem, and the TLS close."""
+        frame = self._final
+        if frame is None:
+            return
+        with contextlib.suppress(Exception):
+            # Blocking with a kernel send timeout (pyOpenSSL uses the
+            # descriptor itself: a Python socket timeout would make it
+            # non-blocking).
+            self._sock.setblocking(True)
+            self._sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(FINAL_SEND_S), 0)
+            )
+            if self._out is not None:
+                self._conn.sendall(self._out)
+                self._out = None
+            self._conn.sendall(frame)
+            self._conn.shutdown()
+
+
 class KeepServer:
     def __init__(
         self,
@@ -185,6 +464,10 @@ class KeepServer:
         #: The runner of this session's workload (its compiled code is
         #: stored in the compile cache after the session).
         self.runner: Any = None
+        #: The channel while the workload runs (None before and after).
+        self.channel: Channel | None = None
+        #: The client may still be sending stdin that the Keep did not read.
+        self._unread_stdin = False
 
     def _mark(self, name: str) -> None:
         now = time.perf_counter()
@@ -324,9 +607,19 @@ class KeepServer:
         return ServiceIdentity(key=key, certificate=certificate, ca=ca)
 
     def run(self, workload: Workload) -> None:
-        from stockade.keep.runner import Runner
+        from stockade.keep.runner import Runner, grow_pipe
 
-        pump = OutputPump(lambda fd, data: self._send(self.session.output(fd, data)))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+        stdin_read = stdin_write = None
+        if self.session.stdin_open:
+            # Streamed stdin: the channel writes it into this pipe, the
+            # workload reads the other end (the Runner takes it over).
+            stdin_read, stdin_write = os.pipe()
+            grow_pipe(stdin_write)
+        channel = self.channel = Channel(
+            self._conn, self.sock, self.session, stdin_write, self._channel_fatal
+        )
+        pump = OutputPump(lambda fd, data: channel.send(self.session.output(fd, data)))
         cache = self.open_cache()
         runner = self.runner = Runner(
             self.engine.result(),
@@ -335,10 +628,9 @@ class KeepServer:
             cache,
             service=self.service,
             stop=lambda reason: self._stop(runner, pump, reason),
-            net_emit=lambda event: self._send(self.session.net(event)),
+            net_emit=lambda event: channel.send(self.session.net(event)),
             network=self.network,
         )
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
         done = threading.Event()
         watchdog = threading.Thread(
             target=self._watchdog,
@@ -347,12 +639,15 @@ class KeepServer:
         )
         watchdog.start()
         try:
-            outcome = runner.run(workload)
+            outcome = runner.run(workload, stdin_read)
         finally:
             # The output written so far goes before the exit or the problem,
             # still under the watchdog: a client that stops reading cannot
             # hold the Keep (as when the workload's thread sent it itself).
             failed = pump.close()
+            failed = channel.close() or failed
+            self.channel = None
+            self._unread_stdin = not channel.stdin_ended
             done.set()
         if failed is not None:
             raise failed
@@ -424,7 +719,12 @@ class KeepServer:
         limit, the watchdog): the problem (if any) to the client, cleanup,
         then the process ends. Never returns."""
         try:
-            if err is not None and self._send_lock.acquire(timeout=1.0):
+            channel = self.channel
+            if err is None:
+                pass
+            elif channel is not None:  # it owns the connection: it sends the problem
+                channel.abort(self.session.problem(err))
+            elif self._send_lock.acquire(timeout=1.0):
                 self._conn.sendall(self.session.problem(err))
                 self._conn.shutdown()
         except Exception:  # noqa: S110 - best effort, we exit anyway
@@ -450,6 +750,12 @@ class KeepServer:
             f"workload past its time limit ({where}); watchdog ends the Keep",
         )
 
+    def _channel_fatal(self) -> None:
+        """The stdin stream broke (the channel reported it to the client if
+        it could): end the Keep, the workload with it."""
+        finish(self.sandbox)
+        os._exit(EXIT_CHANNEL)
+
     def fail(self, err: StockadeError) -> None:
         """Report an error to the client if a channel exists."""
         if self._conn is None:
@@ -465,7 +771,26 @@ class KeepServer:
                 self._conn.shutdown()
         except Exception:  # noqa: S110 - peer may be gone
             pass
+        if self._unread_stdin:
+            self._linger()
         self.sock.close()
+
+    def _linger(self) -> None:
+        """The workload ended before its stdin did: read and drop what the
+        client still sends until it closes (it stops at the exit status),
+        for at most LINGER_S. Closing a socket with unread bytes makes the
+        kernel reset the connection (RFC 1122 4.2.2.13), which can discard
+        the exit status before the client has read it."""
+        deadline = time.monotonic() + LINGER_S
+        with contextlib.suppress(OSError):
+            self.sock.setblocking(True)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 200_000))
+            while time.monotonic() < deadline:
+                try:
+                    if not self.sock.recv(1 << 16):
+                        return
+                except BlockingIOError:
+                    continue
 
 
 def _preload() -> None:

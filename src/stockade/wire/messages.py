@@ -16,9 +16,11 @@ bytes, duplicate keys (last one wins) and tags it turns into Python objects
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -27,6 +29,8 @@ import cbor2
 
 from stockade.binding.eventlog import MAX_EVENTS, Event, events_from_list
 from stockade.errors import ProtocolError, StockadeError, error_class_for
+from stockade.wire.framing import HEADER as FRAME_HEADER
+from stockade.wire.framing import MAX_FRAME
 
 VERSION = 1
 
@@ -499,30 +503,48 @@ class Release(Message):
     the workload identity: the secrets and the standard input; and, when
     the deployer asked for one, the steward request (the Keep then gets a
     workload certificate before it runs the workload and sends it in a
-    :class:`ServiceCertificate`)."""
+    :class:`ServiceCertificate`).
+
+    Two ways of sending stdin (docs/protocol.cddl, "stdin"): the whole of a
+    small input here (``stdin``; the Keep hands it to the workload from
+    memory), or, with ``stdin_stream``, ``stdin`` holds nothing and the input
+    follows in :class:`Stdin` messages, ended by an empty one."""
 
     TYPE: ClassVar[str] = "release"
-    FIELDS: ClassVar[set[str]] = {"secrets", "stdin", "steward"}
+    FIELDS: ClassVar[set[str]] = {"secrets", "stdin", "stdin_stream", "steward"}
     secrets: tuple[tuple[str, bytes], ...] = ()
     stdin: bytes = b""
+    stdin_stream: bool = False
     steward: StewardRequest | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stdin_stream, bool):
+            raise ProtocolError("release: stdin_stream must be a boolean")
+        if self.stdin_stream and self.stdin:
+            raise ProtocolError("release: stdin must be empty when stdin_stream is set")
 
     def __repr__(self) -> str:
         # Never print secret values, even in a debugger.
+        stdin = "<streamed>" if self.stdin_stream else f"<{len(self.stdin)} bytes>"
         steward = "" if self.steward is None else f", steward={self.steward.url!r}"
-        return f"Release(secrets={[n for n, _ in self.secrets]!r}, stdin=<{len(self.stdin)} bytes>{steward})"
+        return f"Release(secrets={[n for n, _ in self.secrets]!r}, stdin={stdin}{steward})"
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"secrets": dict(self.secrets), "stdin": self.stdin}
+        if self.stdin_stream:
+            body["stdin_stream"] = True
         if self.steward is not None:
             body["steward"] = self.steward.to_map()
         return body
 
     @classmethod
     def from_map(cls, m: dict[Any, Any]) -> Release:
+        if "stdin_stream" in m and m["stdin_stream"] is not True:
+            raise ProtocolError("release: 'stdin_stream' must be true when present")
         return cls(
             secrets=_str_map(_need(m, "secrets", dict, "release"), bytes, "release secrets"),
             stdin=_need(m, "stdin", bytes, "release"),
+            stdin_stream="stdin_stream" in m,
             steward=StewardRequest.from_map(m["steward"]) if "steward" in m else None,
         )
 
@@ -585,6 +607,38 @@ class ServiceCertificate(Message):
         )
 
 
+#: Most bytes of standard input one Stdin message carries. It bounds what
+#: the Keep buffers per message while it feeds a workload that reads slowly
+#: (the Keep's frame limit is set to it while stdin streams).
+MAX_STDIN_DATA = 1 << 20
+
+
+@dataclass(frozen=True)
+class Stdin(Message):
+    """Client -> Keep, inside attested TLS, after a Release with
+    ``stdin_stream``: the next bytes of the workload's standard input, in
+    order; empty ``data`` ends the input (the workload reads end of file)
+    and nothing may follow it."""
+
+    TYPE: ClassVar[str] = "stdin"
+    FIELDS: ClassVar[set[str]] = {"data"}
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.data) > MAX_STDIN_DATA:
+            raise ProtocolError(f"stdin: more than {MAX_STDIN_DATA} bytes in one message ({len(self.data)})")
+
+    def __repr__(self) -> str:
+        return f"Stdin(<{len(self.data)} bytes>)"
+
+    def body(self) -> dict[str, Any]:
+        return {"data": self.data}
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> Stdin:
+        return cls(data=_need(m, "data", bytes, "stdin"))
+
+
 def _cbor_head_size(length: int) -> int:
     """Bytes of the head of a CBOR byte string of ``length`` bytes (RFC 8949
     section 3: the argument inline below 24, else in 1, 2, 4 or 8 bytes)."""
@@ -597,8 +651,8 @@ def release_stdin_room(
     secrets: tuple[tuple[str, bytes], ...], max_frame: int, steward: StewardRequest | None = None
 ) -> int:
     """The most stdin one Release with these ``secrets`` (and ``steward``
-    request) can carry in a frame of at most ``max_frame`` bytes (stdin
-    travels in that one message)."""
+    request) can carry in a frame of at most ``max_frame`` bytes (when stdin
+    travels in that one message, not streamed)."""
     rest = len(Release(secrets=secrets, steward=steward).to_cbor()) - _cbor_head_size(0)
     # For each head size, the longest string with a head that short which
     # still fits; the best of them.
@@ -771,7 +825,8 @@ class Problem(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Hello, Load, Identity, Release, ServiceCertificate, Output, Net, Exit, Problem)
+    cls.TYPE: cls
+    for cls in (Hello, Load, Identity, Release, Stdin, ServiceCertificate, Output, Net, Exit, Problem)
 }
 
 
@@ -858,7 +913,102 @@ def decode_map(data: bytes, where: str = "message") -> dict[Any, Any]:
     return value
 
 
+def _bstr_head(length: int) -> bytes:
+    """The head of a CBOR byte string of ``length`` bytes, shortest form
+    (RFC 8949 sections 3 and 4.2.1)."""
+    if length < 24:
+        return bytes([0x40 | length])
+    size = next(n for n in (1, 2, 4, 8) if length < 1 << (8 * n))
+    return bytes([0x40 | {1: 24, 2: 25, 4: 26, 8: 27}[size]]) + length.to_bytes(size, "big")
+
+
+def _bulk_prefix(message: Message) -> bytes:
+    """The deterministic encoding of ``message`` (whose ``data`` is empty)
+    up to the head of its ``data`` byte string, which canonical key order
+    puts last: every message of its type and stream is this prefix, the
+    head and the data."""
+    empty = message.to_cbor()
+    full = dataclasses.replace(message, data=b"x").to_cbor()  # type: ignore[call-arg]
+    if not (empty.endswith(b"\x40") and full == empty[:-1] + b"\x41x"):  # pragma: no cover - cbor2 changed
+        raise AssertionError(f"{message.TYPE}: data is not the last item of its encoding")
+    return empty[:-1]
+
+
+#: The messages that carry bulk data (output chunks, stdin chunks), by the
+#: bytes every one of them starts with. decode() takes these apart without
+#: cbor2 and encode_bulk() builds them with one copy of the data; the bytes
+#: are exactly those of the strict profile (tests/test_wire.py compares
+#: them with cbor2 on both sides).
+_BULK: dict[bytes, Callable[[bytes], Message]] = {}
+
+
+def encode_bulk(message: Output | Stdin, max_frame: int = MAX_FRAME) -> bytes:
+    """The frame of an Output or Stdin message: the same bytes as
+    ``encode_frame(message.to_cbor())``, with one copy of the data."""
+    prefix = _BULK_PREFIX_OUTPUT[message.fd] if isinstance(message, Output) else _BULK_PREFIX_STDIN
+    return _bulk_head(prefix, len(message.data), max_frame) + message.data
+
+
+def stdin_frame_head(length: int) -> bytes:
+    """The bytes of the frame of a Stdin message with ``length`` bytes of
+    data that come before the data (frame header, map, keys, data head)."""
+    if length > MAX_STDIN_DATA:
+        raise ProtocolError(f"stdin: more than {MAX_STDIN_DATA} bytes in one message ({length})")
+    return _bulk_head(_BULK_PREFIX_STDIN, length, MAX_FRAME)
+
+
+def _bulk_head(prefix: bytes, length: int, max_frame: int) -> bytes:
+    head = _bstr_head(length)
+    size = len(prefix) + len(head) + length
+    if size > max_frame:
+        raise ProtocolError(f"message of {size} bytes exceeds the {max_frame}-byte frame limit")
+    return FRAME_HEADER.pack(size) + prefix + head
+
+
+def _decode_bulk(data: bytes | memoryview) -> Message | None:
+    """A bulk message in ``data`` taken apart without cbor2 (one copy of its
+    data out of ``data``), or None when ``data`` is not exactly one in the
+    strict profile (then the general decoder decides, and names what is
+    wrong)."""
+    for prefix, make in _BULK.items():
+        at = len(prefix)
+        if data[:at] != prefix:
+            continue
+        if len(data) <= at:
+            return None
+        initial = data[at]
+        if initial >> 5 != 2:  # not a byte string
+            return None
+        info = initial & 0x1F
+        if info < 24:
+            length, start = info, at + 1
+        elif info in (24, 25, 26, 27):
+            size = 1 << (info - 24)
+            length, start = int.from_bytes(data[at + 1 : at + 1 + size], "big"), at + 1 + size
+            if start > len(data) or _bstr_head(length) != data[at:start]:
+                return None  # not the shortest head
+        else:
+            return None
+        if start + length != len(data):
+            return None
+        return make(bytes(data[start:]))
+    return None
+
+
+def decode_view(view: memoryview) -> Message:
+    """:func:`decode` of a frame still in the frame decoder's buffer: a
+    bulk message's data is copied out once, any other message is copied
+    whole and decoded as usual. Keeps no reference to ``view``."""
+    bulk = _decode_bulk(view)
+    if bulk is not None:
+        return bulk
+    return decode(bytes(view))
+
+
 def decode(data: bytes) -> Message:
+    bulk = _decode_bulk(data)
+    if bulk is not None:
+        return bulk
     m = decode_map(data)
     version = m.get("v")
     if type(version) is not int or version != VERSION:  # not True, not 1.0
@@ -870,3 +1020,14 @@ def decode(data: bytes) -> Message:
     body = {k: v for k, v in m.items() if k not in ("v", "t")}
     _only(body, cls.FIELDS, cls.TYPE)
     return cls.from_map(body)
+
+
+_BULK_PREFIX_OUTPUT = {fd: _bulk_prefix(Output(fd=fd, data=b"")) for fd in (STDOUT, STDERR)}
+_BULK_PREFIX_STDIN = _bulk_prefix(Stdin(data=b""))
+_BULK.update(
+    {
+        _BULK_PREFIX_OUTPUT[STDOUT]: lambda d: Output(fd=STDOUT, data=d),
+        _BULK_PREFIX_OUTPUT[STDERR]: lambda d: Output(fd=STDERR, data=d),
+        _BULK_PREFIX_STDIN: lambda d: Stdin(data=d),
+    }
+)

@@ -17,13 +17,21 @@ Session, as seen by both sides::
                            <---    Identity: fresh evidence binding the
                                    event-log register, and the events
     [client verifies the identity: the workload it asked for]
-    Release (in TLS)       --->    secrets, stdin, [steward request]
+    Release (in TLS)       --->    secrets, stdin (whole, or "stdin_stream"),
+                                   [steward request]
+    Stdin* (in TLS)        --->    with stdin_stream: the input in chunks,
+                                   then an empty Stdin (end of input)
                                    [with a steward request: the Keep makes
                                     its service key and gets it certified
                                     by the steward (stockade.steward.request)]
                            <---    [ServiceCertificate: certificate, chain,
                                     log index, tree head, inclusion proof]
                            <---    Output* then Exit | Problem
+
+While stdin streams, the two directions run at once: the client sends Stdin
+messages while it receives Output, and the Keep may send its Exit (a
+workload that ended without reading all its input) before the end of stdin;
+the client then sends nothing more.
 
 The legal orders are tables (as h11's ``_state.py``): for each side, what its
 own code may do in each state and what the peer may send in each state. Two
@@ -48,6 +56,7 @@ from stockade.binding.reportdata import report_data_for
 from stockade.errors import ProtocolError, ProtocolMisuse, StockadeError
 from stockade.wire.framing import FrameDecoder, encode_frame
 from stockade.wire.messages import (
+    MAX_STDIN_DATA,
     Exit,
     Hello,
     Identity,
@@ -58,10 +67,18 @@ from stockade.wire.messages import (
     Problem,
     Release,
     ServiceCertificate,
+    Stdin,
     decode,
+    decode_view,
+    encode_bulk,
+    stdin_frame_head,
 )
 
 M = TypeVar("M", bound=Message)
+
+#: The largest frame the Keep accepts while stdin streams: a Stdin message
+#: with MAX_STDIN_DATA bytes and its few bytes of map, keys and heads.
+STDIN_FRAME_MAX = MAX_STDIN_DATA + 64
 S = TypeVar("S", bound=enum.Enum)
 
 
@@ -83,6 +100,8 @@ class KeepState(enum.Enum):
     LOADING = "loading"
     AWAIT_RELEASE = "await-release"
     CERTIFYING = "certifying"
+    #: Running with the workload's stdin still streaming in.
+    RUNNING_STDIN = "running-stdin"
     RUNNING = "running"
     DONE = "done"
 
@@ -99,6 +118,11 @@ CLIENT_ACTIONS: Mapping[tuple[ClientState, str], ClientState] = {
     (ClientState.AWAIT_IDENTITY, "accept the workload identity"): ClientState.IDENTIFIED,
     (ClientState.IDENTIFIED, "release secrets"): ClientState.RUNNING,
     (ClientState.IDENTIFIED, "release secrets with a steward request"): ClientState.AWAIT_CERTIFICATE,
+    # Only after a release with stdin_stream and before the end of stdin.
+    (ClientState.RUNNING, "send stdin"): ClientState.RUNNING,
+    # A client may stream stdin while it waits for the service certificate
+    # (the Keep holds it until the workload runs).
+    (ClientState.AWAIT_CERTIFICATE, "send stdin"): ClientState.AWAIT_CERTIFICATE,
 }
 
 #: What the Keep may send the client: (state, message type) -> next state.
@@ -126,9 +150,14 @@ KEEP_ACTIONS: Mapping[tuple[KeepState, str], KeepState] = {
     (KeepState.ATTESTING, "open the TLS channel"): KeepState.AWAIT_LOAD,
     (KeepState.AWAIT_LOAD, "receive the load request"): KeepState.LOADING,
     (KeepState.LOADING, "send the identity"): KeepState.AWAIT_RELEASE,
+    # RUNNING_STDIN instead when the release says stdin_stream.
     (KeepState.AWAIT_RELEASE, "receive the release"): KeepState.RUNNING,
     (KeepState.AWAIT_RELEASE, "receive a release with a steward request"): KeepState.CERTIFYING,
     (KeepState.CERTIFYING, "send the certificate"): KeepState.RUNNING,
+    (KeepState.RUNNING_STDIN, "receive stdin"): KeepState.RUNNING_STDIN,  # RUNNING after its end
+    (KeepState.RUNNING_STDIN, "send output"): KeepState.RUNNING_STDIN,
+    (KeepState.RUNNING_STDIN, "send exit"): KeepState.DONE,
+    (KeepState.RUNNING_STDIN, "send a net event"): KeepState.RUNNING_STDIN,
     (KeepState.RUNNING, "send output"): KeepState.RUNNING,
     (KeepState.RUNNING, "send a net event"): KeepState.RUNNING,
     (KeepState.RUNNING, "send exit"): KeepState.DONE,
@@ -153,6 +182,8 @@ class ClientSession:
         self._decoder = FrameDecoder()
         self._nonce = b""
         self._identity: Identity | None = None  # the identity received, until accepted
+        #: A release with stdin_stream was sent and stdin has not ended.
+        self.stdin_open = False
 
     def _step(self, action: str) -> ClientState:
         return _next(CLIENT_ACTIONS, self.state, action)
@@ -201,7 +232,29 @@ class ClientSession:
         )
         frame = encode_frame(release.to_cbor())
         self.state = nxt
+        self.stdin_open = release.stdin_stream
         return frame
+
+    def stdin(self, data: bytes) -> bytes:
+        """The frame of the next chunk of a streamed stdin (at most
+        MAX_STDIN_DATA bytes); empty ``data`` ends stdin. Only after a
+        release with stdin_stream, before the end, and while the Keep has
+        not ended the session."""
+        return self.stdin_head(len(data)) + data
+
+    def stdin_head(self, length: int) -> bytes:
+        """:meth:`stdin` without the data: the frame's bytes that come
+        before the ``length`` bytes of data, which the caller sends right
+        after them (no copy of the data)."""
+        nxt = self._step("send stdin")
+        if not self.stdin_open:
+            raise ProtocolMisuse("cannot send stdin: the release did not open a stdin stream, or it ended")
+        if length > MAX_STDIN_DATA:
+            raise ProtocolMisuse(f"a stdin message carries at most {MAX_STDIN_DATA} bytes, not {length}")
+        head = stdin_frame_head(length)
+        self.state = nxt
+        self.stdin_open = length > 0
+        return head
 
     def _refusal(self, midstream: bool) -> str | None:
         """Why the Keep may send nothing now (None: it may). ``midstream``:
@@ -214,29 +267,31 @@ class ClientSession:
             return f"Keep sent data in state {self.state.value}"
         return None
 
-    def receive(self, data: bytes) -> list[Message]:
+    def _take(self, frame: memoryview) -> Message:
+        """One complete frame from the Keep, in order."""
+        why = self._refusal(midstream=True)
+        if why:
+            raise ProtocolError(why)
+        msg = decode_view(frame)
+        nxt = CLIENT_RECEIVES.get((self.state, type(msg)))
+        if nxt is None:
+            if self.state is ClientState.AWAIT_IDENTITY:
+                raise ProtocolError(f"Keep sent {msg.TYPE!r} where its identity was expected")
+            if self.state is ClientState.AWAIT_CERTIFICATE:
+                raise ProtocolError(f"Keep sent {msg.TYPE!r} where its service certificate was expected")
+            raise ProtocolError(f"Keep sent an unexpected {msg.TYPE!r} message")
+        if isinstance(msg, Identity):
+            self._identity = msg
+        self.state = nxt
+        return msg
+
+    def receive(self, data: bytes | memoryview) -> list[Message]:
         """Feed bytes from the Keep; returns the complete messages. Bytes the
         table does not allow raise ProtocolError (the Keep's fault)."""
         why = self._refusal(midstream=False)
         if data and why:
             raise ProtocolError(why)
-        out: list[Message] = []
-        for frame in self._decoder.feed(data):
-            why = self._refusal(midstream=True)
-            if why:
-                raise ProtocolError(why)
-            msg = decode(frame)
-            nxt = CLIENT_RECEIVES.get((self.state, type(msg)))
-            if nxt is None:
-                if self.state is ClientState.AWAIT_IDENTITY:
-                    raise ProtocolError(f"Keep sent {msg.TYPE!r} where its identity was expected")
-                if self.state is ClientState.AWAIT_CERTIFICATE:
-                    raise ProtocolError(f"Keep sent {msg.TYPE!r} where its service certificate was expected")
-                raise ProtocolError(f"Keep sent an unexpected {msg.TYPE!r} message")
-            if isinstance(msg, Identity):
-                self._identity = msg
-            self.state = nxt
-            out.append(msg)
+        out = self._decoder.feed_decoded(data, self._take)
         why = self._refusal(midstream=True)
         if why and self._decoder.pending:
             raise ProtocolError(why)
@@ -247,6 +302,8 @@ class KeepSession:
     def __init__(self) -> None:
         self.state = KeepState.AWAIT_HELLO
         self._decoder = FrameDecoder()
+        self._held: list[bytes] = []  # stdin frames that came with the release
+        self._stdin_stream = False  # the release opened a stdin stream
 
     def _step(self, action: str) -> KeepState:
         return _next(KEEP_ACTIONS, self.state, action)
@@ -292,27 +349,70 @@ class KeepSession:
         return frame
 
     def receive_release(self, data: bytes) -> Release | None:
-        """The release; with a steward request, the next step is
-        :meth:`certificate` (no output before it)."""
-        return self._one(
-            data,
-            "receive the release",
-            Release,
-            "the release",
-            lambda r: (
-                "receive the release" if r.steward is None else "receive a release with a steward request"
-            ),
+        """Feed bytes towards the release. With a steward request, the next
+        step is :meth:`certificate` (no output before it). After a release
+        with stdin_stream, the Stdin frames that came with it are kept for
+        :meth:`receive_stdin`; after one without, any byte is refused."""
+        self._step("receive the release")
+        frames = self._decoder.feed(data)
+        if not frames:
+            return None
+        msg = decode(frames[0])
+        if not isinstance(msg, Release):
+            raise ProtocolError(f"expected release, got {msg.TYPE!r}")
+        if not msg.stdin_stream and (len(frames) > 1 or self._decoder.pending):
+            raise ProtocolError("client sent data after the release")
+        self.state = self._step(
+            "receive the release" if msg.steward is None else "receive a release with a steward request"
         )
+        if msg.stdin_stream:
+            self._stdin_stream = True
+            if self.state is KeepState.RUNNING:
+                self.state = KeepState.RUNNING_STDIN
+            # A stdin frame is small: a larger announced frame is refused as
+            # soon as its header arrives, before it is buffered.
+            self._decoder.max_frame = STDIN_FRAME_MAX
+            self._held = frames[1:]
+        return msg
 
     def certificate(self, message: ServiceCertificate) -> bytes:
-        nxt = self._step("send the certificate")
+        self._step("send the certificate")
         frame = encode_frame(message.to_cbor())
-        self.state = nxt
+        self.state = KeepState.RUNNING_STDIN if self._stdin_stream else KeepState.RUNNING
         return frame
+
+    def receive_stdin(self, data: bytes) -> list[bytes]:
+        """Feed bytes of a streamed stdin; returns its chunks in order, an
+        empty chunk being its end (then the state is RUNNING and any byte
+        after it is refused). ProtocolError for any other message, a chunk
+        larger than MAX_STDIN_DATA, or a frame larger than STDIN_FRAME_MAX."""
+        self._step("receive stdin")
+        held, self._held = self._held, []
+        chunks = [self._take_stdin(memoryview(frame)) for frame in held]
+        chunks += self._decoder.feed_decoded(data, self._take_stdin)
+        if self.state is KeepState.RUNNING and self._decoder.pending:
+            raise ProtocolError("client sent data after the end of stdin")
+        return chunks
+
+    def _take_stdin(self, frame: memoryview) -> bytes:
+        """One complete frame of the stdin stream, in order: its data (empty:
+        the end, after which the state is RUNNING and no frame may follow)."""
+        if self.state is not KeepState.RUNNING_STDIN:
+            raise ProtocolError("client sent data after the end of stdin")
+        msg = decode_view(frame)
+        if not isinstance(msg, Stdin):
+            raise ProtocolError(f"expected stdin, got {msg.TYPE!r}")
+        if not msg.data:
+            self.state = KeepState.RUNNING
+        return msg.data
+
+    @property
+    def stdin_open(self) -> bool:
+        return self.state is KeepState.RUNNING_STDIN
 
     def output(self, fd: int, data: bytes) -> bytes:
         self._step("send output")
-        return encode_frame(Output(fd=fd, data=data).to_cbor())
+        return encode_bulk(Output(fd=fd, data=data))
 
     def net(self, message: Net) -> bytes:
         self._step("send a net event")

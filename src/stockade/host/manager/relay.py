@@ -12,7 +12,8 @@ from typing import Final
 from prometheus_client import Counter
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-RELAY_CHUNK: Final = 1 << 16
+#: Bytes read from the Keep at a time (one WebSocket message to the client).
+RELAY_CHUNK: Final = 1 << 18
 
 
 async def pump(ws: WebSocket, conn: socket.socket, relay_bytes: Counter) -> None:
@@ -21,6 +22,9 @@ async def pump(ws: WebSocket, conn: socket.socket, relay_bytes: Counter) -> None
     frame closes the WebSocket (1003); the end of the client's stream is
     passed on as a half-close of ``conn``. ``conn`` stays open."""
     conn.setblocking(False)
+    with contextlib.suppress(OSError):
+        # Room for a few deploy frames towards the Keep (capped by the kernel).
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     loop = asyncio.get_running_loop()
     to_keep = relay_bytes.labels("to_keep")
     to_client = relay_bytes.labels("to_client")
