@@ -208,6 +208,7 @@ class Channel:
         self._queued = 0
         self._closing = False
         self._final: bytes | None = None
+        self._keep_queued = False  # an abort sends the queued output first
         self._error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -256,14 +257,21 @@ class Channel:
         self._sock.setblocking(True)
         return self._error
 
-    def abort(self, frame: bytes) -> None:
-        """Send what is queued and then ``frame`` (a final problem), at most
-        for FINAL_SEND_S seconds: for the watchdog, which exits after."""
+    def abort(self, frame: bytes, keep_queued: bool = False) -> None:
+        """End the channel with ``frame`` (a final problem). ``keep_queued``
+        False (the watchdog, which exits after): the output still queued is
+        dropped, and this waits at most FINAL_SEND_S seconds. True (a limit
+        stop: the output up to the limit goes before the problem): the
+        queued output is sent first, and this waits until it and the
+        problem are out (the process watchdog, still armed, bounds it: its
+        own abort then drops what is left)."""
         with self._cond:
             self._final = frame
+            self._keep_queued = keep_queued
             self._closing = True
+            self._cond.notify_all()
         self._wake()
-        self._thread.join(FINAL_SEND_S)
+        self._thread.join(None if keep_queued else FINAL_SEND_S)
 
     # -- the channel's thread -------------------------------------------------------------------
 
@@ -305,7 +313,7 @@ class Channel:
         want_write = False
         while True:
             with self._cond:
-                if self._final is not None:  # aborting: what is queued is dropped
+                if self._final is not None and not self._keep_queued:  # aborting: drop what is queued
                     self._queue.clear()
                     self._queued = 0
                 if self._out is None and self._queue:
@@ -712,18 +720,20 @@ class KeepServer:
             if err.limit == "time"
             else f"workload past its {err.limit} limit; the Keep ends"
         )
-        self._end(err, EXIT_LIMIT, why)
+        self._end(err, EXIT_LIMIT, why, keep_queued=True)
 
-    def _end(self, err: StockadeError | None, status: int, why: str) -> NoReturn:
+    def _end(self, err: StockadeError | None, status: int, why: str, keep_queued: bool = False) -> NoReturn:
         """The one way the Keep ends while its workload may still run (a
         limit, the watchdog): the problem (if any) to the client, cleanup,
-        then the process ends. Never returns."""
+        then the process ends. Never returns. ``keep_queued``: the output
+        already queued goes before the problem (a limit stop; the watchdog
+        drops it: its client may not be reading)."""
         try:
             channel = self.channel
             if err is None:
                 pass
             elif channel is not None:  # it owns the connection: it sends the problem
-                channel.abort(self.session.problem(err))
+                channel.abort(self.session.problem(err), keep_queued)
             elif self._send_lock.acquire(timeout=1.0):
                 self._conn.sendall(self.session.problem(err))
                 self._conn.shutdown()
