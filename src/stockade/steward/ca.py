@@ -108,7 +108,9 @@ def _prepare_dir(state_dir: Path) -> None:
         raise UsageError(f"cannot create the state directory {state_dir}: {exc.strerror}") from None
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+def write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` atomically (a temporary file, fsync, rename) with
+    ``mode``; UsageError naming the path when it cannot be written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -211,7 +213,7 @@ def create_ca(
         key_doc = ref.to_json()
     try:
         cert = ca_certificate(signer, name, now)
-        _write_new(state_dir / CA_FILE, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_new(state_dir / CA_FILE, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         state = {
             "version": STATE_VERSION,
             "name": name,
@@ -219,7 +221,7 @@ def create_ca(
             "ca_fingerprint_sha256": fingerprint(cert),
             "key": key_doc,
         }
-        _write_new(state_dir / STATE_FILE, json.dumps(state, indent=2).encode() + b"\n", 0o600)
+        write_new(state_dir / STATE_FILE, json.dumps(state, indent=2).encode() + b"\n", 0o600)
     except BaseException:
         close = getattr(signer, "close", None)
         if close is not None:

@@ -31,22 +31,10 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from stockade.errors import LogProofError, MalformedLogData
 from stockade.steward.ca import CertificateAuthority, build_certificate
-from stockade.steward.profile import STOCKADE_ARC
+from stockade.steward.profile import KEY_USAGE, STOCKADE_ARC
 from stockade.translog.treehead import LogKey
 
 OID_LOG_SIGNING = x509.ObjectIdentifier(f"{STOCKADE_ARC}.4")
-
-_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
 
 
 def issue_log_certificate(ca: CertificateAuthority, log_key: LogKey, now: dt.datetime) -> x509.Certificate:
@@ -72,7 +60,7 @@ def issue_log_certificate(ca: CertificateAuthority, log_key: LogKey, now: dt.dat
         .not_valid_before(max(now - dt.timedelta(minutes=5), ca.certificate.not_valid_before_utc))
         .not_valid_after(ca.certificate.not_valid_after_utc)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_KEY_USAGE, critical=True)
+        .add_extension(KEY_USAGE, critical=True)  # digitalSignature only
         .add_extension(x509.ExtendedKeyUsage([OID_LOG_SIGNING]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)  # type: ignore[arg-type]
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)

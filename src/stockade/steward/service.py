@@ -64,8 +64,8 @@ from starlette.routing import Route
 from stockade.errors import ProtocolError, StockadeError, UsageError
 from stockade.steward import api
 from stockade.steward.appraise import Challenges, Refused, StewardTrust, TooManyChallenges, appraise_request
-from stockade.steward.ca import CertificateAuthority, build_certificate
-from stockade.steward.profile import DEFAULT_LIFETIME, issue
+from stockade.steward.ca import CertificateAuthority, build_certificate, write_new
+from stockade.steward.profile import DEFAULT_LIFETIME, KEY_USAGE, issue
 from stockade.steward.signatures import signature_log
 from stockade.translog import CertificateEntry, RefusalDigestEntry, TransparencyLog
 
@@ -111,17 +111,7 @@ def server_certificate(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            KEY_USAGE,  # digitalSignature only, as a workload certificate
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -588,16 +578,6 @@ LOG_CERT_FILE = "log-cert.pem"
 LOG_KEY_REF_FILE = "log-key.json"
 
 
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def open_log(
     ca: CertificateAuthority, state_dir: Path, pin: str | None, now: dt.datetime
 ) -> tuple[TransparencyLog, x509.Certificate, Callable[[], None]]:
@@ -633,7 +613,7 @@ def open_log(
         else:
             ca_ref = TokenKeyRef.from_json(doc["key"], "steward.json")
             ref = generate_log_key(ca_ref.module, ca_ref.token_label, pin)
-            _write_private(ref_path, json.dumps(ref.to_json(), indent=2).encode() + b"\n", 0o600)
+            write_new(ref_path, json.dumps(ref.to_json(), indent=2).encode() + b"\n", 0o600)
         signer = Pkcs11TreeHeadSigner(ref, pin)
         closers.append(signer.close)
     try:
@@ -657,7 +637,7 @@ def open_log(
                 raise UsageError(f"{cert_path} certifies another key than the log's in {log_dir}")
         else:
             cert = issue_log_certificate(ca, LogKey.from_der(tlog.key.spki), now)
-            _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     except BaseException:
         for close in closers:
             close()
