@@ -83,7 +83,7 @@ def parse_network(opts: RunOptions, manifest: Manifest, steward: bool) -> tuple[
     anything is sent) a package with sockets deployed without a steward
     (``steward``: the deploy has one, from --steward or the manifest) or
     to a VM Keep."""
-    from stockade.wire.messages import SocketAddress, parse_socket_address
+    from stockade.wire.messages import SocketAddress, check_socket_address
 
     declared = {(s.kind, s.name) for s in manifest.network}
     found: dict[tuple[str, str], SocketAddress] = {}
@@ -101,7 +101,7 @@ def parse_network(opts: RunOptions, manifest: Manifest, steward: bool) -> tuple[
             if (kind, name) in found:
                 raise UsageError(f"--{kind} {name}: given twice")
             try:
-                parse_socket_address(address, kind)
+                check_socket_address(address, kind)
             except ValueError as exc:
                 raise UsageError(f"--{kind} {name}: {exc}") from None
             found[kind, name] = SocketAddress(kind, name, address)
