@@ -127,6 +127,25 @@ def parse_network(opts: RunOptions, manifest: Manifest, steward: bool) -> tuple[
     return tuple(found[k] for k in sorted(found))
 
 
+def check_publish(opts: RunOptions, manifest: Manifest) -> tuple[str, ...]:
+    """The --publish names, each a listen socket the package declares and
+    not also given --listen; UsageError otherwise (before anything is sent)."""
+    declared = {s.name for s in manifest.network if s.kind == "listen"}
+    listened = {item.partition("=")[0] for item in opts.listen}
+    for name in opts.publish:
+        if name not in declared:
+            names = ", ".join(sorted(declared)) or "none"
+            raise UsageError(
+                f"--publish {name}: the package declares no listen socket {name!r} "
+                f"([[network.listen]] in its manifest; declared: {names})"
+            )
+        if name in listened:
+            raise UsageError(f"--publish {name} and --listen {name}: give one (published: the host chooses)")
+    if len(set(opts.publish)) != len(opts.publish):
+        raise UsageError("--publish: a name given twice")
+    return opts.publish
+
+
 def _read(path: Path, item: str) -> bytes:
     try:
         return path.read_bytes()
@@ -234,6 +253,9 @@ class RunOptions:
     #: network sockets (keep/netsock.py).
     listen: tuple[str, ...] = ()
     connect: tuple[str, ...] = ()
+    #: deploy --publish NAME: listen sockets the keep manager publishes on
+    #: a port of its own and forwards to the Keep (ADR 0027 addendum).
+    publish: tuple[str, ...] = ()
     #: --steward URL (over the manifest's ``[steward] url``) and
     #: --steward-ca FILE: the Keep gets a service certificate (issue 17).
     steward: str | None = None
