@@ -39,6 +39,7 @@ from stockade.host.manager.portfwd import (
 )
 from stockade.testing.steward import Steward, free_port, steward_server
 from stockade.wire.messages import PD_TYPE, SocketAddress, check_socket_address, parse_unix_address
+from test_host_api_spec import schema, valid
 from test_netsock_e2e import CLIENT_DIGEST, _client_files, _connect, _echo_package, _env, _exchange
 
 pytestmark = pytest.mark.slow
@@ -213,6 +214,7 @@ def test_more_names_than_free_ports_is_refused_whole(server: Server, keep_port: 
 def test_exhausted_range_is_refused_and_a_released_port_is_reused(server: Server, keep_port: int) -> None:
     first = _create(server, {"backend": "sim", "publish": ["echo"]})
     assert first.status_code == 201, first.content
+    schema("keep-document").validate_cbor(first.content)  # docs/host-api.cddl
     doc = cbor2.loads(first.content)
     try:
         published = doc["published"]["echo"]
@@ -251,6 +253,13 @@ def test_bad_publish_names_are_400(server: Server, publish: object) -> None:
     resp = _create(server, {"backend": "sim", "publish": publish})
     assert resp.status_code == 400
     assert problem_of(resp)[PD_TYPE] == "bad-request"
+    if publish != ["echo", "echo"]:  # CDDL cannot say "distinct"
+        assert not valid("create-request", cbor2.dumps({"backend": "sim", "publish": publish}))
+
+
+def test_create_requests_with_publish_match_the_schema() -> None:
+    for publish in ([], ["echo"], [f"s{i}" for i in range(8)]):
+        schema("create-request").validate_cbor(cbor2.dumps({"backend": "sim", "publish": publish}))
 
 
 # -------------------------------------------------------------- the client
