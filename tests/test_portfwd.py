@@ -37,6 +37,7 @@ from stockade.host.manager.portfwd import (
     bind_path,
     check_publish,
 )
+from stockade.host.manager.supervisor import Supervisor
 from stockade.testing.steward import Steward, free_port, steward_server
 from stockade.wire.messages import PD_TYPE, SocketAddress, check_socket_address, parse_unix_address
 from test_host_api_spec import schema, valid
@@ -422,3 +423,36 @@ def test_the_client_reads_a_published_answer() -> None:
 
     doc = {"published": {"echo": {"public": "h:1", "bind": "unix:/k/net-echo.sock"}}}
     assert published_of(doc, ("echo",)) == {"echo": ("h:1", "unix:/k/net-echo.sock")}
+
+
+def test_the_supervisor_releases_ports_when_a_keep_exits_or_cannot_publish(tmp_path: Path) -> None:
+    from stockade.host.manager.supervisor import LoaderFailed
+    from stockade.host.registry import Limits
+    from test_supervisor import ALICE, StandIns, ended, run
+
+    port = free_port()
+
+    async def scenario(sup: Supervisor) -> None:
+        # A Keep that exits at once: its port is published, then released.
+        rec = await sup.create(ALICE, "sim", Limits(), ("echo",))
+        assert [p.name for p in sup.published(rec.keep_id)] == ["echo"]
+        assert (await ended(sup, rec.keep_id)).state == "exited"
+        assert sup.published(rec.keep_id) == [] and _port_free(port)
+
+    run(tmp_path, scenario, StandIns(code=""), forwarder=PortForwarder("127.0.0.1", PortRange(port, port)))
+
+    # A scratch directory too deep for a Unix socket path: the started Keep
+    # is killed, recorded failed, and its port released.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    stand_ins = StandIns()
+
+    async def too_long(sup: Supervisor) -> None:
+        with pytest.raises(LoaderFailed, match="cannot be published"):
+            await sup.create(ALICE, "sim", Limits(), ("echo",))
+        [rec] = await sup.records(ALICE.token_id)
+        assert rec.state == "failed" and rec.detail == "cannot publish its ports"
+        assert stand_ins.handles[0].keep.poll() is not None
+        assert _port_free(port)
+
+    run(deep, too_long, stand_ins, forwarder=PortForwarder("127.0.0.1", PortRange(port, port)))

@@ -347,10 +347,6 @@ class Supervisor:
             handle = await anyio.to_thread.run_sync(
                 lambda: self._start(backend, self.state_dir, keep_id=keep_id)
             )
-            if publish:
-                if handle.scratch is None:
-                    raise ValueError("no scratch directory for its sockets")
-                self.forwarder.attach(keep_id, handle.scratch)
         except Exception as exc:
             log.exception("Keep %s: the loader failed", keep_id)
             await self.forwarder.release(keep_id)
@@ -359,6 +355,19 @@ class Supervisor:
                 self.registry.transition, keep_id, "failed", detail=f"loader failed: {type(exc).__name__}"
             )
             raise LoaderFailed("the keep loader failed") from None
+        if publish:
+            try:
+                if handle.scratch is None:
+                    raise ValueError("the Keep has no scratch directory for its sockets")
+                self.forwarder.attach(keep_id, handle.scratch)
+            except ValueError as exc:  # e.g. a socket path too long: the Keep goes
+                log.error("Keep %s: cannot publish its ports: %s", keep_id, exc)
+                send_signal(handle, signal.SIGKILL)
+                await anyio.to_thread.run_sync(lambda: handle.close(self.kill_grace))
+                await self.forwarder.release(keep_id)
+                self.metrics.creates.labels("loader-failed").inc()
+                await self._db(self.registry.transition, keep_id, "failed", detail="cannot publish its ports")
+                raise LoaderFailed(f"the Keep's ports cannot be published: {exc}") from None
         live = LiveKeep(handle, owner.token_id)
         self.live[keep_id] = live
         if len(handle.measurement) == 48:  # hardware backends: the firmware's to report
