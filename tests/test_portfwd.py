@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -225,6 +226,11 @@ def test_exhausted_range_is_refused_and_a_released_port_is_reused(server: Server
         second = _create(server, {"backend": "sim", "publish": ["other"]})
         assert second.status_code == 503
         assert problem_of(second)[PD_TYPE] == "ports-exhausted"
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        counted = re.search(
+            r'^stockade_keep_creates_total\{outcome="ports-exhausted"\} ([0-9.]+)$', metrics, re.M
+        )
+        assert counted is not None and float(counted[1]) >= 1
         # A create without publish is not affected.
         third = _create(server, {"backend": "sim"})
         assert third.status_code == 201
