@@ -196,17 +196,20 @@ class PortForwarder:
 
     async def release(self, keep_id: str) -> None:
         """The Keep ended: close its listeners and connections, remove its
-        socket files."""
-        for p in self._keeps.pop(keep_id, []):
+        socket files (all before the first await), then wait briefly for
+        the listeners to be closed."""
+        ports = self._keeps.pop(keep_id, [])
+        for p in ports:
             p.server.close()
             for writer in list(p.open):
                 writer.close()
             if p.path is not None:
                 with contextlib.suppress(OSError):
                     Path(p.path.removeprefix(UNIX_PREFIX)).unlink(missing_ok=True)
+            log.info("Keep %s: port %d (%s) no longer published", keep_id, p.port, p.name)
+        for p in ports:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(p.server.wait_closed(), 5)
-            log.info("Keep %s: port %d (%s) no longer published", keep_id, p.port, p.name)
 
     def _handler(
         self, holder: list[_Port]

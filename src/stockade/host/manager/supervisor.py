@@ -549,9 +549,11 @@ class Supervisor:
             if not live.relaying:
                 with contextlib.suppress(OSError):
                     live.handle.conn.close()
-            await self.forwarder.release(keep_id)
-            self.live.pop(keep_id, None)
-            live.done.set()
+            try:
+                await self.forwarder.release(keep_id)
+            finally:
+                self.live.pop(keep_id, None)
+                live.done.set()
 
     async def kill(self, rec: KeepRecord) -> KeepRecord:
         """Kill the Keep (SIGTERM, SIGKILL after the grace) and return its
