@@ -83,7 +83,7 @@ def parse_network(opts: RunOptions, manifest: Manifest, steward: bool) -> tuple[
     anything is sent) a package with sockets deployed without a steward
     (``steward``: the deploy has one, from --steward or the manifest) or
     to a VM Keep."""
-    from stockade.wire.messages import SocketAddress, parse_socket_address
+    from stockade.wire.messages import SocketAddress, check_socket_address
 
     declared = {(s.kind, s.name) for s in manifest.network}
     found: dict[tuple[str, str], SocketAddress] = {}
@@ -101,7 +101,7 @@ def parse_network(opts: RunOptions, manifest: Manifest, steward: bool) -> tuple[
             if (kind, name) in found:
                 raise UsageError(f"--{kind} {name}: given twice")
             try:
-                parse_socket_address(address, kind)
+                check_socket_address(address, kind)
             except ValueError as exc:
                 raise UsageError(f"--{kind} {name}: {exc}") from None
             found[kind, name] = SocketAddress(kind, name, address)
@@ -125,6 +125,25 @@ def parse_network(opts: RunOptions, manifest: Manifest, steward: bool) -> tuple[
                 f"the package's connect socket(s) {', '.join(missing)} need --connect NAME=HOST:PORT"
             )
     return tuple(found[k] for k in sorted(found))
+
+
+def check_publish(opts: RunOptions, manifest: Manifest) -> tuple[str, ...]:
+    """The --publish names, each a listen socket the package declares and
+    not also given --listen; UsageError otherwise (before anything is sent)."""
+    declared = {s.name for s in manifest.network if s.kind == "listen"}
+    listened = {item.partition("=")[0] for item in opts.listen}
+    for name in opts.publish:
+        if name not in declared:
+            names = ", ".join(sorted(declared)) or "none"
+            raise UsageError(
+                f"--publish {name}: the package declares no listen socket {name!r} "
+                f"([[network.listen]] in its manifest; declared: {names})"
+            )
+        if name in listened:
+            raise UsageError(f"--publish {name} and --listen {name}: give one (published: the host chooses)")
+    if len(set(opts.publish)) != len(opts.publish):
+        raise UsageError("--publish: a name given twice")
+    return opts.publish
 
 
 def _read(path: Path, item: str) -> bytes:
@@ -234,6 +253,9 @@ class RunOptions:
     #: network sockets (keep/netsock.py).
     listen: tuple[str, ...] = ()
     connect: tuple[str, ...] = ()
+    #: deploy --publish NAME: listen sockets the keep manager publishes on
+    #: a port of its own and forwards to the Keep (ADR 0027 addendum).
+    publish: tuple[str, ...] = ()
     #: --steward URL (over the manifest's ``[steward] url``) and
     #: --steward-ca FILE: the Keep gets a service certificate (issue 17).
     steward: str | None = None

@@ -227,8 +227,13 @@ class ManagerClient:
     def health(self) -> dict[Any, Any]:
         return self._call("GET", "/v1/health")
 
-    def create(self, backend: str = "sim", limits: dict[str, int] | None = None) -> dict[Any, Any]:
-        return self._call("POST", "/v1/keeps", {"backend": backend, "limits": limits or {}})
+    def create(
+        self, backend: str = "sim", limits: dict[str, int] | None = None, publish: tuple[str, ...] = ()
+    ) -> dict[Any, Any]:
+        body: dict[str, Any] = {"backend": backend, "limits": limits or {}}
+        if publish:
+            body["publish"] = list(publish)
+        return self._call("POST", "/v1/keeps", body)
 
     def list(self) -> list[dict[Any, Any]]:
         keeps = self._call("GET", "/v1/keeps").get("keeps")
@@ -403,6 +408,34 @@ async def _relay(ws: Any, sock: socket.socket, tap: Tap | None) -> None:
         await asyncio.gather(down(), up())
     finally:
         sock.close()
+
+
+def published_of(doc: dict[Any, Any], names: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """The ``published`` answer of a create request that asked to publish
+    ``names``: name -> (public HOST:PORT, bind address ``unix:/PATH``).
+    ManagerError when the host answers something else. What the host says
+    is not trusted: the bind address goes into the measured configuration
+    (a wrong one only makes the Keep listen where nobody forwards), and
+    the workload's peers still check its certificate over TLS."""
+    from stockade.wire.messages import parse_unix_address
+
+    raw = doc.get("published", {})
+    if not isinstance(raw, dict) or set(raw) != set(names):
+        raise ManagerError("POST /v1/keeps: the host did not publish the sockets asked for")
+    out: dict[str, tuple[str, str]] = {}
+    for name in names:
+        entry = raw[name]
+        if not isinstance(entry, dict) or set(entry) != {"public", "bind"}:
+            raise ManagerError(f"POST /v1/keeps: published {name}: expected public and bind")
+        public, bind = entry["public"], entry["bind"]
+        if not isinstance(public, str) or not isinstance(bind, str) or len(public) > 300:
+            raise ManagerError(f"POST /v1/keeps: published {name}: expected text addresses")
+        try:
+            parse_unix_address(bind)
+        except ValueError as exc:
+            raise ManagerError(f"POST /v1/keeps: published {name}: {exc}") from None
+        out[name] = (public, bind)
+    return out
 
 
 def _problem(status: int, ctype: str, body: bytes) -> ManagerError:

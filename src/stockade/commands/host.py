@@ -310,6 +310,13 @@ def _parse_listen(text: str) -> tuple[str, int]:
     show_default=True,
     help="VM acceleration: auto uses KVM only where a test guest runs under it.",
 )
+@click.option(
+    "--keep-ports",
+    metavar="LOW-HIGH",
+    help="Host TCP ports (on the --listen host) the manager may publish for Keeps' listen sockets "
+    "(deploy --publish NAME): each is forwarded, bytes only, to a Unix socket the Keep binds; "
+    "the manager sees TLS records only. [default: none, publishing is refused]",
+)
 @fleet_options(
     required=False,
     help_url="Register this host in the fleet on this etcd: etcd://HOST[:PORT][,HOST[:PORT]...] "
@@ -364,6 +371,7 @@ def serve(
     fleet_labels: tuple[str, ...],
     fleet_api_url: str | None,
     fleet_ttl: int,
+    keep_ports: str | None,
 ) -> ExitStatus:
     """Run the keep manager: the HTTP+CBOR API that starts Keeps on this host.
 
@@ -398,6 +406,12 @@ def serve(
     from stockade.host.tokens import load_tokens
 
     host_name, port = _parse_listen(listen)
+    from stockade.host.manager.portfwd import PortForwarder, PortRange
+
+    try:
+        port_range = None if keep_ports is None else PortRange.parse(keep_ports)
+    except ValueError as exc:
+        raise UsageError(f"--keep-ports: {exc}") from None
     if fleet is None and (fleet_id or fleet_labels or fleet_api_url):
         raise UsageError("--fleet-id, --fleet-label and --fleet-api-url need --fleet URL")
     hardware = [b for b in backends if b in ("snp", "tdx")]
@@ -500,6 +514,7 @@ def serve(
         watchdog_grace=watchdog_grace,
         backends=backends,
         fleet=registrar,
+        forwarder=PortForwarder(host_name, port_range),
     )
     if pool is not None:
         vm_pool_ = pool

@@ -16,6 +16,7 @@ was killed or was lost, 124 when the wait timed out (docs/exit-codes.md).
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import functools
 import json
 import os
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeVar
 
 import click
 
-from stockade.client.plan import Prepared, RunOptions, prepare
+from stockade.client.plan import Prepared, RunOptions, check_publish, prepare
 from stockade.commands._fleet import fleet_options
 from stockade.commands._output import json_option, safe_text
 from stockade.commands._run import deploy_session, print_json, workload_options
@@ -221,6 +222,14 @@ def _token(token_file: Path | None) -> str:
     "or the sim chip's from `stockade host sim-root --crl`.",
 )
 @click.option(
+    "--publish",
+    "publish",
+    multiple=True,
+    metavar="NAME",
+    help="Have the keep manager publish the package's listen socket NAME on a port of its own "
+    "(host serve --keep-ports) and forward it to the Keep, bytes only (repeat; not with --listen NAME).",
+)
+@click.option(
     "--stage-on-host",
     is_flag=True,
     help="Upload the package to the host, which hands it to the Keep (untrusted: the Keep "
@@ -274,6 +283,8 @@ def deploy(
             "--host and --fleet are mutually exclusive: --host names the host, --fleet lets placement choose"
         )
     opts = RunOptions(state_dir=None, **kwargs)
+    if opts.publish and fleet is not None:
+        raise UsageError("--publish needs --host URL: the keep manager there publishes the port")
     crl_ders = tuple(_read_crl(path) for path in crls)
     if fleet is None:
         return _deploy(connection, opts, sim_root, crl_ders)
@@ -392,10 +403,14 @@ def _deploy(
 ) -> WorkloadExit:
     keep_measurement = keep_measurement_for(opts)
     prepared = prepare(opts)
+    published: dict[str, str] = {}
     with connection.client() as client:
-        result, out, keep_id = deploy_on(client, opts, prepared, keep_measurement, sim_root_file, crls)
+        result, out, keep_id = deploy_on(
+            client, opts, prepared, keep_measurement, sim_root_file, crls, published=published
+        )
     if opts.as_json:
-        print_json(result, out, keep_id=keep_id, host=connection.url)
+        extra: dict[str, Any] = {"published": published} if published else {}
+        print_json(result, out, keep_id=keep_id, host=connection.url, **extra)
     return WorkloadExit(result.exit_code)
 
 
@@ -410,28 +425,45 @@ def deploy_on(
     on_created: Callable[[str], None] = lambda keep_id: None,
     on_release: Callable[[], None] = lambda: None,
     stdin: bytes | StdinFile | None = None,
+    published: dict[str, str] | None = None,
 ) -> tuple[DeployResult, dict[int, bytearray], str]:
     """One deploy on the manager of ``client``: create a Keep of
     ``opts.backend``, attest it, and run the workload there; the result,
     the output kept for --json and the Keep's id. ``on_created`` gets the
     Keep's id as soon as the host made it; ``on_release`` marks the release
-    point (:class:`stockade.client.deploy.ReleaseMark`)."""
+    point (:class:`stockade.client.deploy.ReleaseMark`). ``published``
+    gets NAME -> public HOST:PORT of each --publish socket."""
     from stockade.client.hello import send_hello
     from stockade.client.progress import Phase
+    from stockade.client.remote import published_of
     from stockade.commands._progress import progress_for
 
     # The manager records the limits it knows (its API predates disk_bytes,
     # which the Keep alone enforces from the attested load request).
     limits = {k: v for k, v in prepared.limits_map().items() if k != "disk_bytes"}
     # Before anything is created on the host: a refusal costs it nothing.
+    publish = check_publish(opts, prepared.manifest)
     sim_root, extra = _client_sim_root(client, opts, sim_root_file)
     # The root verifies evidence of the backend's shape only.
     sim_tdx_root = sim_root if opts.backend == "sim-tdx" else None
     sim_root = None if opts.backend == "sim-tdx" else sim_root
     progress = progress_for(opts)
-    keep = client.create(opts.backend, limits)
+    keep = client.create(opts.backend, limits, publish)
     keep_id = str(keep["id"])
     on_created(keep_id)
+    if publish:
+        forwarded = published_of(keep, publish)
+        # The Keep binds the manager's Unix socket; the manager forwards its
+        # public port there (TLS records only).
+        binds = tuple(f"{name}={bind}" for name, (_, bind) in forwarded.items())
+        opts = dataclasses.replace(opts, listen=opts.listen + binds)
+        for name, (public, _) in forwarded.items():
+            click.echo(
+                f"stockade: published {name} at {safe_text(public, limit=300)} (forwarded by the keep manager)",
+                err=True,
+            )
+            if published is not None:
+                published[name] = public
 
     def exit_status() -> int | None:
         try:

@@ -59,7 +59,14 @@ from OpenSSL import SSL
 from stockade.errors import WorkloadCertificateInvalid, WorkloadRejected
 from stockade.keep.service import ServiceIdentity
 from stockade.steward.verify import WorkloadIdentity, verify_workload_certificate
-from stockade.wire.messages import MAX_NET_DETAIL, Net, SocketPlan, parse_socket_address
+from stockade.wire.messages import (
+    MAX_NET_DETAIL,
+    UNIX_PREFIX,
+    Net,
+    SocketPlan,
+    parse_socket_address,
+    parse_unix_address,
+)
 
 # WASI preview 1 errno values: enum ``errno`` of
 # https://github.com/WebAssembly/WASI/blob/main/legacy/preview1/witx/typenames.witx
@@ -175,6 +182,39 @@ def _fmt(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _bind_listener(address: str) -> tuple[socket.socket, str]:
+    """A non-blocking listening socket on ``address`` (HOST:PORT, or
+    unix:/PATH: a published port the keep manager forwards to, ADR 0027
+    addendum) and the address it is bound to, as the ``listening`` event
+    names it. OSError when it cannot be bound."""
+    if address.startswith(UNIX_PREFIX):
+        path = parse_unix_address(address)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            # Only this user (the manager that forwards to it runs as it).
+            os.chmod(path, 0o600)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock, address
+    host, port = parse_socket_address(address, "listen")
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    bound = sock.getsockname()
+    return sock, _fmt(bound[0], bound[1])
+
+
 def _kid(raw_key: bytes) -> str:
     """A signer key's id: SHA-256 hex of the raw Ed25519 key (as
     stockade.package.signing.raw_key_id and the manifest's ``signers``)."""
@@ -284,18 +324,8 @@ class NetRuntime:
             if plan.kind == "connect":
                 self._connectors[fd] = _Connector(plan, self._context(server=False, require_peer=True))
                 continue
-            host, port = parse_socket_address(plan.address, "listen")
             try:
-                family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-                sock = socket.socket(family, kind, proto)
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind(addr)
-                    sock.listen(BACKLOG)
-                    sock.setblocking(False)
-                except OSError:
-                    sock.close()
-                    raise
+                sock, where = _bind_listener(plan.address)
             except OSError as exc:
                 raise WorkloadRejected(
                     f"listen socket {plan.name!r}: the Keep cannot bind {plan.address} "
@@ -303,8 +333,7 @@ class NetRuntime:
                 ) from None
             ctx = self._context(server=True, require_peer=plan.peers_required)
             self._listeners[fd] = _Listener(plan, sock, ctx)
-            bound = sock.getsockname()
-            self._event("listening", plan.name, _fmt(bound[0], bound[1]))
+            self._event("listening", plan.name, where)
         return env
 
     def define(self, linker: Any) -> None:

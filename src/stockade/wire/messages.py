@@ -189,6 +189,44 @@ MAX_SOCKETS = 8
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?")
 
 
+#: A listen address that names a Unix socket (``unix:/absolute/path``): the
+#: bind address a keep manager hands out for a published port (ADR 0027
+#: addendum); the manager forwards a public TCP port to it.
+UNIX_PREFIX = "unix:"
+#: Longest Unix socket path: sun_path is 108 bytes on Linux, one of them
+#: the terminating NUL (unix(7)).
+MAX_UNIX_PATH = 107
+
+
+def parse_unix_address(text: str) -> str:
+    """The path of ``unix:/absolute/path``; ValueError with a one-line
+    reason unless the path is absolute, normalised (no ``.``/``..``/``//``
+    component, no trailing ``/``), at most MAX_UNIX_PATH bytes of UTF-8 and
+    free of NUL and control characters."""
+    if not text.startswith(UNIX_PREFIX):
+        raise ValueError(f"{text!r} is not unix:/PATH")
+    path = text[len(UNIX_PREFIX) :]
+    if not path.startswith("/") or path == "/":
+        raise ValueError(f"{text!r}: the Unix socket path must be absolute")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise ValueError(f"{text!r}: the Unix socket path has a NUL or control character")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_UNIX_PATH:
+        raise ValueError(f"{text!r}: the Unix socket path is longer than {MAX_UNIX_PATH} bytes")
+    parts = path[1:].split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"{text!r}: the Unix socket path is not normalised")
+    return path
+
+
+def check_socket_address(text: str, kind: str) -> None:
+    """ValueError (one line) unless ``text`` is a valid address of a
+    ``kind`` socket: HOST:PORT, or for a listen socket unix:/PATH."""
+    if kind == "listen" and text.startswith(UNIX_PREFIX):
+        parse_unix_address(text)
+    else:
+        parse_socket_address(text, kind)
+
+
 def parse_socket_address(text: str, kind: str) -> tuple[str, int]:
     """``HOST:PORT`` (IPv6 in brackets: ``[::1]:80``) as (host, port);
     ValueError with a one-line reason. A listen port may be 0 (any free
@@ -228,7 +266,7 @@ class SocketAddress:
         if not SOCKET_NAME_RE.fullmatch(self.name):
             raise ProtocolError(f"config network: socket name {self.name!r} is not [a-z][a-z0-9-]{{0,31}}")
         try:
-            parse_socket_address(self.address, self.kind)
+            check_socket_address(self.address, self.kind)
         except ValueError as exc:
             raise ProtocolError(f"config network: {self.kind} {self.name}: {exc}") from None
 

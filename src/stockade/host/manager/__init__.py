@@ -15,7 +15,7 @@ errors are RFC 9290 concise problem details,
 
     GET    /v1/health                 -> {"status": "ok"}            (no auth)
     GET    /v1/host                   -> {"version", "backends", "now", "fleet"}
-    POST   /v1/keeps  {"backend", "limits"?} -> 201 Keep document
+    POST   /v1/keeps  {"backend", "limits"?, "publish"?} -> 201 Keep document
     GET    /v1/keeps                  -> {"keeps": [Keep document...]} (the caller's)
     GET    /v1/keeps/{id}             -> Keep document
     DELETE /v1/keeps/{id}             -> Keep document (SIGTERM, SIGKILL after a grace)
@@ -63,7 +63,9 @@ Layout of this package (docs/architecture.md, "Keep manager inside"):
 * ``problems``: RFC 9290 problem answers, one table from refusals to types;
 * ``status``: the ``GET /v1/host`` document and the fleet membership shape;
 * ``ui``: the status page's files (``static/``) and their security headers;
-* ``processes``: signal, wait (pidfd) and reap a Keep's processes.
+* ``processes``: signal, wait (pidfd) and reap a Keep's processes;
+* ``portfwd``: published ports (``--keep-ports``): a public TCP port
+  forwarded, bytes only, to the Unix socket a Keep listens on.
 """
 
 from __future__ import annotations

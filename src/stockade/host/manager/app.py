@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from stockade.host.loader import KeepHandle, start_keep
 from stockade.host.manager.metrics import Metrics, RequestMetrics
+from stockade.host.manager.portfwd import PortForwarder
 from stockade.host.manager.problems import ApiProblem, problem_of
 from stockade.host.manager.routes import Api
 from stockade.host.manager.status import FleetSource, HostStatus, no_fleet
@@ -61,6 +62,7 @@ def create_app(
     backends: tuple[str, ...] = DEFAULT_BACKENDS,
     fleet: Registrar | None = None,
     membership: FleetSource | None = None,
+    forwarder: PortForwarder | None = None,
 ) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served. ``starter`` starts the
@@ -70,7 +72,8 @@ def create_app(
     ``app.state.fleet`` (None without a fleet) and its membership is the
     ``fleet`` field of ``GET /v1/host`` (stockade.host.manager.status).
     ``membership``: that field's source when no registrar runs here (an
-    embedder's own fleet code; tests)."""
+    embedder's own fleet code; tests). ``forwarder``: the published ports
+    (stockade.host.manager.portfwd; none published without it)."""
     metrics = Metrics()
     sup = Supervisor(
         state_dir,
@@ -81,6 +84,7 @@ def create_app(
         idle_timeout=idle_timeout,
         watchdog_grace=watchdog_grace,
         backends=backends,
+        forwarder=forwarder,
     )
 
     @contextlib.asynccontextmanager

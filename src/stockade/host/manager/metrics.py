@@ -117,7 +117,7 @@ class Metrics:
         )
         self.creates = Counter(
             "stockade_keep_creates",
-            "Keep creation attempts, by outcome (ok, quota-exceeded, loader-failed)",
+            "Keep creation attempts, by outcome (ok, quota-exceeded, ports-exhausted, loader-failed)",
             ["outcome"],
             registry=self.registry,
         )
@@ -147,7 +147,7 @@ class Metrics:
         )
         for reason in SHED_REASONS:
             self.connections_shed.labels(reason)
-        for outcome in ("ok", "quota-exceeded", "loader-failed"):
+        for outcome in ("ok", "quota-exceeded", "ports-exhausted", "loader-failed"):
             self.creates.labels(outcome)
         for direction in ("to_keep", "to_client"):
             self.relay_bytes.labels(direction)

@@ -22,6 +22,8 @@ from stockade.host.manager.supervisor import (
     NoStagingArea,
     NoSuchCollateral,
     PackageTooLarge,
+    PortsExhausted,
+    PublishingDisabled,
     QuotaExceeded,
     StagingFailed,
     SupervisorError,
@@ -83,6 +85,10 @@ def problem_of(exc: SupervisorError) -> ApiProblem:
         return ApiProblem(413, "too-large", "package too large", detail)
     if isinstance(exc, QuotaExceeded):
         return ApiProblem(429, "quota-exceeded", "Keep quota exceeded", detail)
+    if isinstance(exc, PublishingDisabled):
+        return ApiProblem(422, "publishing-disabled", "cannot publish ports", detail)
+    if isinstance(exc, PortsExhausted):
+        return ApiProblem(503, "ports-exhausted", "no port free to publish", detail)
     if isinstance(exc, LoaderFailed):
         return ApiProblem(500, "loader-failed", "cannot start a Keep", detail)
     if isinstance(exc, StagingFailed):

@@ -25,6 +25,7 @@ from stockade.errors import ProtocolError
 from stockade.host.loader import BACKENDS
 from stockade.host.manager.logs import MAX_TAIL_LINES, read_log
 from stockade.host.manager.metrics import Metrics
+from stockade.host.manager.portfwd import check_publish
 from stockade.host.manager.problems import CBOR, NO_STORE, ApiProblem, bad_request, cbor_response, problem_of
 from stockade.host.manager.relay import pump
 from stockade.host.manager.status import HostStatus
@@ -89,10 +90,12 @@ async def read_body(request: Request) -> dict[Any, Any]:
         raise bad_request(exc.detail) from None
 
 
-def parse_create(body: dict[Any, Any], backends: tuple[str, ...] = BACKENDS) -> tuple[str, Limits]:
-    """(backend, limits) of a create request; ``backends``: those this
-    manager runs."""
-    extra = set(body) - {"backend", "limits"}
+def parse_create(
+    body: dict[Any, Any], backends: tuple[str, ...] = BACKENDS
+) -> tuple[str, Limits, tuple[str, ...]]:
+    """(backend, limits, published socket names) of a create request;
+    ``backends``: those this manager runs."""
+    extra = set(body) - {"backend", "limits", "publish"}
     if extra:
         raise bad_request(f"unknown key(s) {sorted(map(str, extra))}")
     backend = body.get("backend")
@@ -106,7 +109,11 @@ def parse_create(body: dict[Any, Any], backends: tuple[str, ...] = BACKENDS) -> 
     if not isinstance(raw, dict) or set(raw) - set(LIMIT_KEYS):
         raise bad_request(f"limits must be a map with keys among {', '.join(LIMIT_KEYS)}")
     try:
-        return backend, Limits(**{k: raw[k] for k in LIMIT_KEYS if k in raw})
+        publish = check_publish(body.get("publish", []))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    try:
+        return backend, Limits(**{k: raw[k] for k in LIMIT_KEYS if k in raw}), publish
     except RegistryError as exc:
         raise bad_request(exc.detail) from None
 
@@ -177,7 +184,11 @@ class Api:
         ]
 
     def _document(self, rec: KeepRecord) -> dict[str, Any]:
-        return document(rec, self.sup.measurements.get(rec.keep_id))
+        doc = document(rec, self.sup.measurements.get(rec.keep_id))
+        published = self.sup.published(rec.keep_id)
+        if published:
+            doc["published"] = {p.name: {"public": p.public, "bind": p.bind} for p in published}
+        return doc
 
     async def _record(self, request: Request) -> KeepRecord:
         owner = authenticate(self.sup, request.headers)
@@ -192,8 +203,8 @@ class Api:
 
     async def create_keep(self, request: Request) -> Response:
         owner = authenticate(self.sup, request.headers)
-        backend, limits = parse_create(await read_body(request), self.sup.backends)
-        rec = await self.sup.create(owner, backend, limits)
+        backend, limits, publish = parse_create(await read_body(request), self.sup.backends)
+        rec = await self.sup.create(owner, backend, limits, publish)
         return cbor_response(self._document(rec), 201)
 
     async def list_keeps(self, request: Request) -> Response:

@@ -42,6 +42,7 @@ from stockade.host.loader import KeepHandle, start_keep, sweep_stale_scratch
 from stockade.host.manager.collateral import NotServed, ServedFile, list_files, read_file
 from stockade.host.manager.logs import reports_served
 from stockade.host.manager.metrics import Metrics
+from stockade.host.manager.portfwd import NoFreePort, PortForwarder, Published
 from stockade.host.manager.processes import reap_rest, send_signal, signame, wait_process
 from stockade.host.registry import FINAL_STATES, KeepNotFound, KeepRecord, Limits, Registry, RegistryError
 from stockade.host.tokens import TokenEntry, Tokens
@@ -57,6 +58,9 @@ KILL_GRACE_S: Final = 2.0
 IDLE_TIMEOUT_S: Final = 60.0
 #: Time the host watchdog adds to a Keep's timeout_ms (attestation, load, compile).
 WATCHDOG_GRACE_S: Final = 30.0
+#: The forwarder's key for ports reserved by a create not yet in the
+#: registry (one at a time: under the create lock).
+_PENDING: Final = "-pending-"
 #: How often a wait on a Keep this process did not start (re-adopted after a
 #: restart) looks at the registry and the process.
 ADOPTED_POLL_S: Final = 0.5
@@ -115,6 +119,15 @@ class StagingFailed(SupervisorError):
     """The host cannot store a package (disk full, ...)."""
 
 
+class PublishingDisabled(SupervisorError):
+    """A create asks to publish ports on a manager without --keep-ports, or
+    for a Keep that has no scratch directory (VM Keeps)."""
+
+
+class PortsExhausted(SupervisorError):
+    """Every port of --keep-ports is in use."""
+
+
 # -- the supervisor ------------------------------------------------------------
 
 
@@ -147,8 +160,11 @@ class Supervisor:
         idle_timeout: float | None = IDLE_TIMEOUT_S,
         watchdog_grace: float = WATCHDOG_GRACE_S,
         backends: tuple[str, ...] = DEFAULT_BACKENDS,
+        forwarder: PortForwarder | None = None,
     ) -> None:
         self.state_dir = state_dir
+        #: Published ports (--keep-ports); disabled when not given.
+        self.forwarder = forwarder or PortForwarder("127.0.0.1", None)
         #: The backends this manager runs (a create for another is refused).
         self.backends = backends
         self.tokens = tokens
@@ -295,16 +311,37 @@ class Supervisor:
 
     # -- create
 
-    async def create(self, owner: TokenEntry, backend: str, limits: Limits) -> KeepRecord:
+    async def create(
+        self, owner: TokenEntry, backend: str, limits: Limits, publish: tuple[str, ...] = ()
+    ) -> KeepRecord:
         """Reserve a Keep within the owner's quota, start it, record it
-        ``running`` and arm its idle timer."""
+        ``running`` and arm its idle timer. ``publish``: listen socket names
+        whose public ports the manager forwards to the Keep (bound before
+        the Keep starts; :meth:`published` tells where)."""
         started = time.monotonic()
+        if publish and not self.forwarder.enabled:
+            raise PublishingDisabled(
+                "this host publishes no ports (stockade host serve --keep-ports LOW-HIGH)"
+            )
+        if publish and backend not in DEFAULT_BACKENDS:
+            raise PublishingDisabled(f"{backend} Keeps cannot have published ports (process Keeps only)")
         async with self._create_lock:  # quota check and reservation are one step
             active = await self._db(self.registry.count_active, owner.token_id)
             if active >= owner.quota:
                 self.metrics.creates.labels("quota-exceeded").inc()
                 raise QuotaExceeded(f"this token may run {owner.quota} Keep(s) at a time and has {active}")
-            rec = await self._db(self.registry.create, backend, limits, owner.token_id)
+            if publish:
+                try:
+                    await self.forwarder.reserve(_PENDING, publish)
+                except NoFreePort as exc:
+                    self.metrics.creates.labels("ports-exhausted").inc()
+                    raise PortsExhausted(str(exc)) from None
+            try:
+                rec = await self._db(self.registry.create, backend, limits, owner.token_id)
+            except BaseException:
+                await self.forwarder.release(_PENDING)
+                raise
+            self.forwarder.rename(_PENDING, rec.keep_id)
         keep_id = rec.keep_id
         try:
             handle = await anyio.to_thread.run_sync(
@@ -312,11 +349,25 @@ class Supervisor:
             )
         except Exception as exc:
             log.exception("Keep %s: the loader failed", keep_id)
+            await self.forwarder.release(keep_id)
             self.metrics.creates.labels("loader-failed").inc()
             await self._db(
                 self.registry.transition, keep_id, "failed", detail=f"loader failed: {type(exc).__name__}"
             )
             raise LoaderFailed("the keep loader failed") from None
+        if publish:
+            try:
+                if handle.scratch is None:
+                    raise ValueError("the Keep has no scratch directory for its sockets")
+                self.forwarder.attach(keep_id, handle.scratch)
+            except ValueError as exc:  # e.g. a socket path too long: the Keep goes
+                log.error("Keep %s: cannot publish its ports: %s", keep_id, exc)
+                send_signal(handle, signal.SIGKILL)
+                await anyio.to_thread.run_sync(lambda: handle.close(self.kill_grace))
+                await self.forwarder.release(keep_id)
+                self.metrics.creates.labels("loader-failed").inc()
+                await self._db(self.registry.transition, keep_id, "failed", detail="cannot publish its ports")
+                raise LoaderFailed(f"the Keep's ports cannot be published: {exc}") from None
         live = LiveKeep(handle, owner.token_id)
         self.live[keep_id] = live
         if len(handle.measurement) == 48:  # hardware backends: the firmware's to report
@@ -333,6 +384,10 @@ class Supervisor:
         self.metrics.create_seconds.observe(time.monotonic() - started)
         self.metrics.creates.labels("ok").inc()
         return await self._db(self.registry.get, keep_id)
+
+    def published(self, keep_id: str) -> list[Published]:
+        """The ports published for a live Keep (none once it ended)."""
+        return self.forwarder.published(keep_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -494,8 +549,11 @@ class Supervisor:
             if not live.relaying:
                 with contextlib.suppress(OSError):
                     live.handle.conn.close()
-            self.live.pop(keep_id, None)
-            live.done.set()
+            try:
+                await self.forwarder.release(keep_id)
+            finally:
+                self.live.pop(keep_id, None)
+                live.done.set()
 
     async def kill(self, rec: KeepRecord) -> KeepRecord:
         """Kill the Keep (SIGTERM, SIGKILL after the grace) and return its
