@@ -471,14 +471,29 @@ def test_tree_sees_a_changed_added_or_touched_file(tmp_path: Path) -> None:
     assert tree.changed() == str(pkg / "a.py")
 
 
+def test_tree_ignores_bytecode_written_beside_the_sources(tmp_path: Path) -> None:
+    """An interpreter without PYTHONDONTWRITEBYTECODE writes __pycache__
+    on first import (CI, most users): no code changed, the agent stays."""
+    pkg = tmp_path / "stockade"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "sub" / "b.py").write_text("B = 1\n")
+    tree = agent.Tree.of_this_process(str(pkg))
+    (pkg / "sub" / "__pycache__").mkdir()
+    (pkg / "sub" / "__pycache__" / "b.cpython-311.pyc").write_bytes(b"\x00")
+    (pkg / "c.pyc").write_bytes(b"\x00")
+    assert tree.changed() is None
+    (pkg / "sub" / "b.py").unlink()
+    assert tree.changed() == str(pkg / "sub")
+
+
 def test_a_changed_installation_is_not_served(agent_env: AgentEnv) -> None:
     pid = agent_env.start()
     assert agent_env.stockade("run", "--allow-sim", "-q", str(HELLO)).returncode == 0
     assert agent_env.served() == 1
-    # Change the package directory's ctime only (mtime kept: no .pyc is invalidated).
-    pkg = launcher.package_dir()
-    st = os.stat(pkg)
-    os.utime(pkg, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # Change a module file's ctime only (mtime kept: no .pyc is invalidated).
+    init = os.path.join(launcher.package_dir(), "__init__.py")
+    st = os.stat(init)
+    os.utime(init, ns=(st.st_atime_ns, st.st_mtime_ns))
     proc = agent_env.stockade("-v", "run", "--allow-sim", "-q", str(HELLO), "--", "Z")
     assert proc.returncode == 0 and proc.stdout.startswith(b"Hello, Z!")
     assert "the installed stockade changed since the agent started" in proc.stderr.decode().splitlines()[0]

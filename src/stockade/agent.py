@@ -116,44 +116,65 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 class Tree:
-    """A stat snapshot of the code this agent runs: every file and directory
-    below the ``stockade`` package (a new, removed or changed module shows
-    in its directory's or its own stat), the file of every module loaded
-    (third-party and stdlib), and the interpreter. Comparing costs one
-    ``stat`` per entry, no read: the same key the launch measurement's hash
-    cache uses (a write sets ctime, which a user cannot set back)."""
+    """A snapshot of the code this agent runs: the listing of every
+    directory below the ``stockade`` package (a new or removed module shows
+    there) and the stat of every file in it, of the file of every module
+    loaded (third-party and stdlib), and of the interpreter. Bytecode
+    caches (``__pycache__``, ``.pyc``) are left out: an interpreter writes
+    them beside the sources on first import (unless
+    ``PYTHONDONTWRITEBYTECODE``), which changes no code, and a directory's
+    own stat would change with them. Comparing costs one ``stat`` per file
+    and one listing per directory, no read: the same key the launch
+    measurement's hash cache uses (a write sets ctime, which a user cannot
+    set back)."""
 
-    def __init__(self, paths: Iterable[str]) -> None:
+    def __init__(self, paths: Iterable[str], dirs: Iterable[str] = ()) -> None:
         self.entries: dict[str, tuple[int, int, int, int, int] | None] = {p: _stat_or_none(p) for p in paths}
+        self.listings: dict[str, tuple[str, ...] | None] = {d: _listing_or_none(d) for d in dirs}
 
     @classmethod
     def of_this_process(cls, package: str | None = None) -> Tree:
         package = package or launcher.package_dir()
         paths: list[str] = []
-        for root, dirs, files in os.walk(package):
-            dirs[:] = [d for d in dirs if d != "__pycache__"]
-            paths.append(root)
+        dirs: list[str] = []
+        for root, subdirs, files in os.walk(package):
+            subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+            dirs.append(root)
             paths.extend(os.path.join(root, f) for f in files if not f.endswith((".pyc", ".pyo")))
         for module in list(sys.modules.values()):
             file = getattr(module, "__file__", None)
             if isinstance(file, str) and os.path.isabs(file):
                 paths.append(file)
         paths.append(os.path.realpath(sys.executable))
-        return cls(paths)
+        return cls(paths, dirs)
 
     def changed_since(self, ns: int) -> str | None:
-        """The first entry whose ctime is ``ns`` or later, or None."""
+        """The first file whose ctime is ``ns`` or later, or None."""
         for path, key in self.entries.items():
             if key is not None and key[4] >= ns:
                 return path
         return None
 
     def changed(self) -> str | None:
-        """The first entry whose stat differs from the snapshot, or None."""
+        """The first directory whose listing or file whose stat differs
+        from the snapshot, or None."""
+        for directory, listing in self.listings.items():
+            if _listing_or_none(directory) != listing:
+                return directory
         for path, key in self.entries.items():
             if _stat_or_none(path) != key:
                 return path
         return None
+
+
+def _listing_or_none(directory: str) -> tuple[str, ...] | None:
+    """The sorted names in ``directory`` but bytecode caches; None if it
+    cannot be listed."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    return tuple(sorted(n for n in names if n != "__pycache__" and not n.endswith((".pyc", ".pyo"))))
 
 
 def _stat_or_none(path: str) -> tuple[int, int, int, int, int] | None:

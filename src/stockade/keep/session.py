@@ -734,6 +734,11 @@ class KeepServer:
                 pass
             elif channel is not None:  # it owns the connection: it sends the problem
                 channel.abort(self.session.problem(err), keep_queued)
+                if keep_queued and not channel.stdin_ended:
+                    # A limit stop while stdin still streams: unread stdin
+                    # bytes at exit would reset the connection under the
+                    # problem just sent (see _linger).
+                    self._linger()
             elif self._send_lock.acquire(timeout=1.0):
                 self._conn.sendall(self.session.problem(err))
                 self._conn.shutdown()
