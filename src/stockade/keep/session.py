@@ -209,6 +209,9 @@ class Channel:
         self._closing = False
         self._final: bytes | None = None
         self._keep_queued = False  # an abort sends the queued output first
+        #: Held while the session's state machine is fed stdin, and while an
+        #: abort makes the final problem (which ends that state machine).
+        self._session_lock = threading.Lock()
         self._error: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -257,19 +260,24 @@ class Channel:
         self._sock.setblocking(True)
         return self._error
 
-    def abort(self, frame: bytes, keep_queued: bool = False) -> None:
-        """End the channel with ``frame`` (a final problem). ``keep_queued``
+    def abort(self, make_final: Callable[[], bytes], keep_queued: bool = False) -> None:
+        """End the channel with the frame ``make_final`` makes (a final
+        problem; it ends the session's state machine, so it is made while
+        the channel's thread does not feed that stdin, and stdin arriving
+        after it is dropped). ``keep_queued``
         False (the watchdog, which exits after): the output still queued is
         dropped, and this waits at most FINAL_SEND_S seconds. True (a limit
         stop: the output up to the limit goes before the problem): the
         queued output is sent first, and this waits until it and the
         problem are out (the process watchdog, still armed, bounds it: its
         own abort then drops what is left)."""
-        with self._cond:
-            self._final = frame
-            self._keep_queued = keep_queued
-            self._closing = True
-            self._cond.notify_all()
+        with self._session_lock:
+            frame = make_final()
+            with self._cond:
+                self._final = frame
+                self._keep_queued = keep_queued
+                self._closing = True
+                self._cond.notify_all()
         self._wake()
         self._thread.join(None if keep_queued else FINAL_SEND_S)
 
@@ -354,9 +362,10 @@ class Channel:
                 except (SSL.ZeroReturnError, SSL.SysCallError):
                     eof = True
                 if chunks:
-                    self._stdin(
-                        self._session.receive_stdin(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-                    )
+                    with self._session_lock:
+                        if self._final is None:  # else the session ended: what came after is dropped
+                            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                            self._stdin(self._session.receive_stdin(data))
                     progress = True
                 if eof and not self._stdin_ended:
                     raise ProtocolError("the client closed the channel before the end of its stdin")
@@ -733,7 +742,7 @@ class KeepServer:
             if err is None:
                 pass
             elif channel is not None:  # it owns the connection: it sends the problem
-                channel.abort(self.session.problem(err), keep_queued)
+                channel.abort(lambda: self.session.problem(err), keep_queued)
                 if keep_queued and not channel.stdin_ended:
                     # A limit stop while stdin still streams: unread stdin
                     # bytes at exit would reset the connection under the
