@@ -122,31 +122,22 @@ def parse_expectations(digests: Sequence[str], signers: Sequence[str]) -> Expect
     )
 
 
-def load_ca(path: Path) -> x509.Certificate:
-    from cryptography import x509
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the steward CA certificate {path}: {exc.strerror}") from None
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError:
-        raise UsageError(f"{path}: not a PEM certificate (the steward's ca.pem expected)") from None
-
-
-def client_context(ca_path: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+def client_context(ca: x509.Certificate, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
     """TLS 1.3 only; the chain checked by OpenSSL against the pinned CA alone
     (no system roots); no host name check: the server is named by the
     workload URI in its certificate, which the caller checks."""
+    from cryptography.hazmat.primitives import serialization
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     try:
-        ctx.load_verify_locations(cafile=str(ca_path))
-    except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"cannot load the steward CA certificate {ca_path}: {exc}") from None
+        # As PEM: a process that loaded a PKCS#11 module may hold a stale
+        # OpenSSL error that fails DER cadata (stockade.steward.request).
+        ctx.load_verify_locations(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
+    except ssl.SSLError as exc:
+        raise UsageError(f"cannot load the steward CA certificate: {exc}") from None
     if (cert is None) != (key is None):
         raise UsageError("--cert and --key go together")
     if cert is not None and key is not None:
@@ -353,8 +344,10 @@ def connect(
     workload certificate against the steward CA and the expected workload."""
     host, port = parse_address(address)
     expected = parse_expectations(digests, signers)
+    from stockade.client.steward import load_ca
+
     ca = load_ca(steward_ca)
-    ctx = client_context(steward_ca, cert, key)
+    ctx = client_context(ca, cert, key)
     tls, identity = open_verified(host, port, ctx, ca, expected, timeout=timeout)
     with tls:
         click.echo(f"stockade connect: {host}:{port}: {describe_identity(identity)}", err=True)

@@ -534,6 +534,7 @@ def _verify_steward(
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
 
+    from stockade.client.steward import load_ca
     from stockade.errors import LogProofError
     from stockade.steward import api
     from stockade.steward.logkey import log_key_from_certificate
@@ -548,10 +549,7 @@ def _verify_steward(
         verify_tree_head,
     )
 
-    try:
-        ca = x509.load_pem_x509_certificate(read_file(ca_file))
-    except ValueError:
-        raise UsageError(f"--steward-ca {ca_file}: not a PEM certificate") from None
+    ca = load_ca(ca_file)
     now = dt.datetime.now(dt.UTC)
     with Connection(url, ca) as conn:
         if key_files:

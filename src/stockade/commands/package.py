@@ -217,7 +217,9 @@ def sign(
     if (log_url is None) != (steward_ca is None):
         raise UsageError("--log URL and --steward-ca FILE go together")
     key = load_private_key(key_path)
-    ca = _load_ca(steward_ca) if steward_ca is not None else None
+    from stockade.client.steward import load_ca
+
+    ca = load_ca(steward_ca) if steward_ca is not None else None
     data = sign_package(read_file(path), key, role)
     pkg = Package.from_bytes(data)
     kid = key_id(key.public_key())
@@ -239,15 +241,6 @@ def sign(
                 f"  logged  entry {logged['index']} of log {logged['log_id']} (tree size "
                 f"{logged['tree_size']}); inclusion proof verified and stored with the signature"
             )
-
-
-def _load_ca(path: Path) -> x509.Certificate:
-    from cryptography import x509
-
-    try:
-        return x509.load_pem_x509_certificate(read_file(path))
-    except ValueError:
-        raise UsageError(f"--steward-ca {path}: not a PEM certificate") from None
 
 
 def _log_signature(
