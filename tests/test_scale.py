@@ -155,11 +155,20 @@ def test_keeps_are_forked_by_the_fork_server_with_limits(server: Server) -> None
             pid = int(keep["pid"])
             fields = read_stat(pid)
             assert fields is not None and int(fields[1]) == zygotes["keep"]
-            limits = _limits(pid)
-            assert limits["Max core file size"] == "0"
-            assert limits["Max open files"] == "256"
-            assert limits["Max file size"] == str(256 << 20)
-            assert limits["Max address space"] == "unlimited"  # wasmtime reserves address space
+            # The manager answers once the fork server reports the pid; the
+            # child sets its limits just after (before any Keep code runs),
+            # so wait for it rather than race it (CI once read the fork
+            # server's inherited 20000 descriptors here).
+            want = {
+                "Max core file size": "0",
+                "Max open files": "256",
+                "Max file size": str(256 << 20),
+                "Max address space": "unlimited",  # wasmtime reserves address space
+            }
+            deadline = time.monotonic() + 10
+            while {k: (limits := _limits(pid)).get(k) for k in want} != want and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert {k: limits.get(k) for k in want} == want
         finally:
             assert client.kill(keep["id"])["state"] == "killed"
 
