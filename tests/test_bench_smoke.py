@@ -32,6 +32,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ),
         ("bench_timings.py", ["--runs", "1", "--backends", "sim"], {"runs", "median_ms"}),
         (
+            "bench_cold_floor.py",
+            ["--runs", "1"],
+            {"floor_ratio", "bare_ms", "measurement_hash_cpu_ms", "measured_bytes"},
+        ),
+        (
             "bench_compile_cache.py",
             ["--runs", "1", "--wasm", str(BENCH.parent / "examples" / "hello" / "hello.wasm")],
             {"ratio", "cold_compile_ms_median", "warm_compile_ms_median", "module_bytes"},
