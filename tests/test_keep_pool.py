@@ -346,3 +346,24 @@ def test_keep_pool_0_forks_every_keep(state_dir: Path, tmp_path_factory: pytest.
         assert "stockade_keep_pool_ready" not in httpx.get(f"{server.url}/metrics", timeout=10).text
         assert f"Keep {keep['id']} started for" in server.log.read_text()
         assert "forked" in server.log.read_text().split(f"Keep {keep['id']} started for", 1)[1].split("\n")[0]
+
+
+def test_a_create_with_published_ports_forks_a_fresh_keep(
+    state_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from stockade.client.remote import ManagerClient
+
+    port = _free_port()
+    args = ("--backend", "sim", "--keep-ports", f"{port}-{port}")
+    with running_server(state_dir, tmp_path_factory, serve_args=args) as server:
+        _until(lambda: _pool_ready(server) == 1)
+        with ManagerClient(server.url, server.token) as client:
+            keep = client.create("sim", publish=("echo",))
+            try:
+                assert set(keep["published"]) == {"echo"}
+                line = server.log.read_text().split(f"Keep {keep['id']} started for", 1)[1].split("\n")[0]
+                assert "forked" in line and "warm pool" not in line
+                assert keep["id"] in keep["published"]["echo"]["bind"]  # its own scratch directory
+                assert _pool_ready(server) == 1  # left for the next create
+            finally:
+                client.kill(keep["id"])

@@ -6,7 +6,8 @@ the fork of the Keep and of its sim PSP, the Keep's sandbox set-up and its
 wasmtime engine warm-up (together most of a create's server time, issue 18)
 happen before a client asks. ``size`` Keeps per backend wait, each blocked
 on its first hello; a create takes one (a new one is forked in the
-background at once) and the client's hello is the first thing it reads.
+background ``refill_delay`` later) and the client's hello is the first
+thing it reads.
 
 Nothing in a pooled Keep belongs to anybody yet: it has no owner, no
 registry record, no workload, no secret, and no key a client has seen (the
@@ -56,6 +57,12 @@ log = logging.getLogger("stockade.host.keeppool")
 POOL_ID_PREFIX: Final = "pool"
 #: Pooled Keeps older than this are replaced (< the Keep's 60 s hello timeout).
 MAX_AGE_S: Final = 30.0
+#: How long after a hand-out the replacement is forked: the fork (and the
+#: loader's work in the manager) would otherwise compete for the CPU and
+#: the manager's GIL with the create that took the Keep and with the start
+#: of its attestation (measured: the create's registry write took 3-10 ms
+#: instead of under 1 with the refill at once; bench/README.md).
+REFILL_DELAY_S: Final = 0.2
 #: Why pooled Keeps were retired (the stockade_keep_pool_retired label).
 RETIRE_REASONS: Final = ("dead", "aged", "stale", "closed")
 
@@ -93,6 +100,7 @@ class KeepPool:
         size: int = 1,
         *,
         max_age: float = MAX_AGE_S,
+        refill_delay: float = REFILL_DELAY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if size < 0:
@@ -103,12 +111,14 @@ class KeepPool:
         self.backends = backends
         self.size = size
         self.max_age = max_age
+        self.refill_delay = refill_delay
         self._clock = clock
         self._ready: dict[str, deque[_Pooled]] = {b: deque() for b in backends}
         self._starting: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._closed = False
         self._wake = threading.Event()
+        self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._retiring: list[tuple[_Pooled, str]] = []
         self._maintainer: threading.Thread | None = None
@@ -170,7 +180,9 @@ class KeepPool:
         handed out, then refill."""
         interval = max(0.5, self.max_age / 4)
         while not self._closed:
-            self._wake.wait(interval)
+            woken = self._wake.wait(interval)
+            if woken and self._stop.wait(self.refill_delay):
+                return  # closed
             self._wake.clear()
             if self._closed:
                 return
@@ -260,7 +272,7 @@ class KeepPool:
             # Killed and reaped by the maintainer (this runs on the event loop).
             self._retiring.extend(out)
         if out or taken is not None:
-            self._wake.set()  # the maintainer retires, and refills at once
+            self._wake.set()  # the maintainer retires, and refills after refill_delay
         if taken is None:
             return None
         handle = taken.handle
@@ -282,6 +294,7 @@ class KeepPool:
             for queue in self._ready.values():
                 queue.clear()
             threads = list(self._threads)
+        self._stop.set()
         self._wake.set()
         if self._maintainer is not None:
             self._maintainer.join(30)
