@@ -133,6 +133,11 @@ class KeepPool:
         """Fill the pool and keep it fresh from a background thread."""
         if self.size == 0:
             return
+        log.info(
+            "warm pool: %d process Keep(s) per backend (%s) forked ahead of demand",
+            self.size,
+            ", ".join(self.backends),
+        )
         self.fill()
         self._maintainer = threading.Thread(target=self._maintain, daemon=True, name="keep-pool")
         self._maintainer.start()
