@@ -280,10 +280,15 @@ def test_quota_counts_only_handed_out_keeps(server: Server) -> None:
         keep = client.create("sim")
         try:
             _until(lambda: _pool_ready(server) == 1)
+            hits = _metric(server, 'stockade_keep_pool_takes_total{result="hit"}')
+            misses = _metric(server, 'stockade_keep_pool_takes_total{result="miss"}')
             with pytest.raises(ManagerError, match="may run 1 Keep"):
                 client.create("sim")
             assert [k["id"] for k in client.list()] == [keep["id"]]
-            assert _pool_ready(server) == 1  # a refused create takes nothing from the pool
+            # A refused create takes nothing from the pool.
+            assert _metric(server, 'stockade_keep_pool_takes_total{result="hit"}') == hits
+            assert _metric(server, 'stockade_keep_pool_takes_total{result="miss"}') == misses
+            assert _pool_ready(server) == 1
         finally:
             assert client.kill(keep["id"])["state"] == "killed"
 
@@ -367,3 +372,25 @@ def test_a_create_with_published_ports_forks_a_fresh_keep(
                 assert _pool_ready(server) == 1  # left for the next create
             finally:
                 client.kill(keep["id"])
+
+
+def test_a_pooled_keep_is_recorded_created_then_running_at_once(tmp_path: Path) -> None:
+    from stockade.host.registry import Limits, Registry, RegistryError
+    from stockade.procfs import start_time
+
+    reg = Registry.open_state_dir(tmp_path)
+    try:
+        rec = reg.create("sim", Limits(timeout_ms=5000), "owner", keep_id="ab12" * 4, running_pid=os.getpid())
+        assert rec.state == "running" and rec.pid == os.getpid()
+        assert rec.pid_start_time == start_time(os.getpid())
+        assert [(old, new) for old, new, _, _ in reg.history(rec.keep_id)] == [
+            (None, "created"),
+            ("created", "running"),
+        ]
+        assert reg.count_active("owner") == 1
+        # One transaction: a refused second record leaves nothing half-written.
+        with pytest.raises(RegistryError, match="already in the registry"):
+            reg.create("sim", Limits(), "owner", keep_id="ab12" * 4, running_pid=os.getpid())
+        assert len(reg.history(rec.keep_id)) == 2 and reg.count_active("owner") == 1
+    finally:
+        reg.close()
