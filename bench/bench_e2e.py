@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -94,7 +95,7 @@ class Manager:
     """A ``stockade host serve`` on loopback with its fork server (the
     default), the bench's sim chip, one token."""
 
-    def __init__(self, base: Path, chip_state: Path) -> None:
+    def __init__(self, base: Path, chip_state: Path, serve_args: tuple[str, ...] = ()) -> None:
         self.state = base / "state"
         self.state.mkdir(mode=0o700)
         shutil.copytree(Path(chip_state) / "sim", self.state / "sim")
@@ -111,7 +112,15 @@ class Manager:
             port = int(s.getsockname()[1])
         self.url = f"http://127.0.0.1:{port}"
         self.log = base / "server.log"
-        serve = ["host", "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(self.state)]
+        serve = [
+            "host",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(self.state),
+            *serve_args,
+        ]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([*stockade, *serve], stdout=out, stderr=subprocess.STDOUT)
         import httpx
@@ -183,6 +192,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-warm", action="store_true", help="Skip the warm run and deploy --host lines.")
+    parser.add_argument(
+        "--deploy-only",
+        action="store_true",
+        help="Only bare wasmtime-py and deploy --host through the client agent, to a manager with its "
+        "warm Keep pool (the default) and to one without (--keep-pool 0).",
+    )
     args = parser.parse_args()
 
     state = tempfile.mkdtemp(prefix="stockade-bench-")
@@ -214,9 +229,11 @@ def main() -> int:
     deploy_ms: list[float] = []
     agent_run_ms: list[float] = []
     agent_deploy_ms: list[float] = []
+    nopool_deploy_ms: list[float] = []
     steps: dict[str, list[float]] = {}
     with ExitStack() as stack:
         manager: Manager | None = None
+        nopool: Manager | None = None
         if not args.no_warm:
             stack.callback(shutil.rmtree, runtime, True)
             stack.callback(stop_warm_server, runtime)
@@ -227,6 +244,13 @@ def main() -> int:
             manager = Manager(base, Path(state))
             stack.callback(manager.stop)
             timed(manager.deploy_cmd(), env)
+            # The same manager without its warm pool of process Keeps (issue 18,
+            # session 24): every create forks its Keep then.
+            nopool_base = Path(tempfile.mkdtemp(prefix="stockade-bench-mgr-"))
+            stack.callback(shutil.rmtree, nopool_base, True)
+            nopool = Manager(nopool_base, Path(state), ("--keep-pool", "0"))
+            stack.callback(nopool.stop)
+            timed(nopool.deploy_cmd(), env)
             start_agent(runtime, stockade, agent_env)
         for _ in range(args.runs):
             # The launcher's own start-up (ADR 0028) against an empty interpreter.
@@ -235,6 +259,16 @@ def main() -> int:
             ms, out = timed(bare, env, "bare")
             assert b"Hello, Alice!" in out
             bare_ms.append(ms)
+            if args.deploy_only and manager is not None and nopool is not None:
+                ms, out = timed(manager.deploy_cmd(), deploy_agent_env, "agent_deploy_host")
+                assert json.loads(out)["stdout"].startswith("Hello, Alice!")
+                CPU_MS["agent_deploy_host"][-1] += agent_cpu_ms(runtime)
+                agent_deploy_ms.append(ms)
+                ms, out = timed(nopool.deploy_cmd(), deploy_agent_env, "agent_deploy_host_nopool")
+                assert json.loads(out)["stdout"].startswith("Hello, Alice!")
+                CPU_MS["agent_deploy_host_nopool"][-1] += agent_cpu_ms(runtime)
+                nopool_deploy_ms.append(ms)
+                continue
             ms, out = timed(stockade, env, "cold")
             doc = json.loads(out)
             assert doc["stdout"].startswith("Hello, Alice!")
@@ -258,8 +292,15 @@ def main() -> int:
                 assert json.loads(out)["stdout"].startswith("Hello, Alice!")
                 CPU_MS["agent_deploy_host"][-1] += agent_cpu_ms(runtime)
                 agent_deploy_ms.append(ms)
+                assert nopool is not None
+                ms, out = timed(nopool.deploy_cmd(), deploy_agent_env, "agent_deploy_host_nopool")
+                assert json.loads(out)["stdout"].startswith("Hello, Alice!")
+                CPU_MS["agent_deploy_host_nopool"][-1] += agent_cpu_ms(runtime)
+                nopool_deploy_ms.append(ms)
 
-    b, e = statistics.median(bare_ms), statistics.median(e2e_ms)
+    e_known = bool(e2e_ms)  # not with --deploy-only
+    b = statistics.median(bare_ms)
+    e = statistics.median(e2e_ms) if e_known else float("nan")
     result = {
         "runs": args.runs,
         "bare_wasmtime_ms_median": round(b, 1),
@@ -283,29 +324,33 @@ def main() -> int:
                 "warm_target_ratio": 1.2,
             }
         )
-        ar, ad = statistics.median(agent_run_ms), statistics.median(agent_deploy_ms)
-        result.update(
-            {
-                "agent_warm_run_ms_median": round(ar, 1),
-                "agent_warm_run_ratio": round(ar / b, 2),
-                "agent_deploy_host_ms_median": round(ad, 1),
-                "agent_deploy_host_ratio": round(ad / b, 2),
-            }
-        )
+        ar = statistics.median(agent_run_ms)
+        result.update({"agent_warm_run_ms_median": round(ar, 1), "agent_warm_run_ratio": round(ar / b, 2)})
         warm_lines = [
             ("stockade run, warm fork server", w),
             ("stockade deploy --host, manager", d),
             ("run, warm server + client agent", ar),
-            ("deploy --host, client agent", ad),
         ]
+    if agent_deploy_ms:
+        ad, nd = statistics.median(agent_deploy_ms), statistics.median(nopool_deploy_ms)
+        result.update(
+            {
+                "agent_deploy_host_ms_median": round(ad, 1),
+                "agent_deploy_host_ratio": round(ad / b, 2),
+                "agent_deploy_host_nopool_ms_median": round(nd, 1),
+                "agent_deploy_host_nopool_ratio": round(nd / b, 2),
+            }
+        )
+        warm_lines += [("deploy --host, client agent", ad), ("  the same, --keep-pool 0", nd)]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"bare wasmtime-py, fresh process : {b:8.1f} ms (median of {args.runs})")
-    print(f"stockade run --allow-sim (cold) : {e:8.1f} ms")
-    print(
-        f"ratio                           : {e / b:8.2f}x  (target <= 1.5x: {'met' if e / b <= 1.5 else 'NOT met'})"
-    )
+    if e_known:
+        print(f"stockade run --allow-sim (cold) : {e:8.1f} ms")
+        print(
+            f"ratio                           : {e / b:8.2f}x  (target <= 1.5x: {'met' if e / b <= 1.5 else 'NOT met'})"
+        )
     for label, ms in warm_lines:
         print(f"{label:32s}: {ms:8.1f} ms")
         met = "met" if ms / b <= 1.2 else "NOT met"
@@ -313,14 +358,17 @@ def main() -> int:
     cpu = result["cpu_ms_median"]
     assert isinstance(cpu, dict)
     print("CPU ms (user+sys) of the process(es) waited for, median:")
-    print(f"  bare wasmtime-py {cpu['bare']:.0f}; cold run, client + Keep {cpu['cold']:.0f}", end="")
+    print(
+        f"  bare wasmtime-py {cpu['bare']:.0f}; cold run, client + Keep {cpu.get('cold', math.nan):.0f}",
+        end="",
+    )
     if "warm" in cpu:
         print(
             f"; warm run, client only {cpu['warm']:.0f}; deploy --host, client only {cpu['deploy_host']:.0f}"
         )
         print(
             f"  through the client agent (launcher + agent's child): warm run {cpu['agent_run']:.0f}; "
-            f"deploy --host {cpu['agent_deploy_host']:.0f}"
+            f"deploy --host {cpu['agent_deploy_host']:.0f} (--keep-pool 0: {cpu['agent_deploy_host_nopool']:.0f})"
         )
     else:
         print()

@@ -8,6 +8,7 @@ means) refuses it, and the secret never leaves the client.
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -88,7 +89,12 @@ def test_hostile_host_swaps_the_staged_package(
 
     def stage_then_swap(self: ManagerClient, keep_id: str, package: bytes) -> None:
         original(self, keep_id, package)
-        (staged,) = Path("/dev/shm").glob(f"stockade-keep-{keep_id}-*/{STAGED_NAME}")
+        # The Keep's scratch directory (named after its pool id when it came
+        # from the warm pool): the one it holds its lock on.
+        pid = int(self.get(keep_id)["pid"])
+        fds = Path(f"/proc/{pid}/fd").iterdir()
+        (scratch,) = {t for fd in fds if (t := os.readlink(fd)).startswith("/dev/shm/stockade-keep-")}
+        staged = Path(scratch) / STAGED_NAME
         staged.write_bytes(evil.read_bytes())  # what a hostile host can do
 
     # The CLI runs in a subprocess; do the same steps in-process instead.

@@ -97,6 +97,9 @@ PRELOAD = (
     "httpcore",  # httpx's transport imports it when a client is made
     "websockets.exceptions",
     "websockets.sync.client",
+    # The relay of deploy --host (stockade.client.remote.ManagerClient.connect):
+    # 2-3 ms of its WebSocket open in the agent's child otherwise (issue 18).
+    "websockets.asyncio.client",
 )
 PR_SET_PDEATHSIG = 1  # prctl(2), <linux/prctl.h>
 MAX_REQUEST = 1 << 20

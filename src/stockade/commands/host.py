@@ -288,6 +288,16 @@ def _parse_listen(text: str) -> tuple[str, int]:
     help="VM Keeps kept booted ahead of demand (each holds --vm-memory while it waits).",
 )
 @click.option(
+    "--keep-pool",
+    type=click.IntRange(0, 16),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Process Keeps (sim, sim-snp, sim-tdx) forked ahead of demand, per backend, handed out on "
+    "create (no owner, workload or key until then; replaced every 30 s). 0: fork each on create. "
+    "Needs the fork server.",
+)
+@click.option(
     "--vm-memory",
     type=click.IntRange(256, 65_536),
     default=1024,  # stockade.host.vm.DEFAULT_MEMORY_MIB
@@ -362,6 +372,7 @@ def serve(
     backends: tuple[str, ...],
     image: Path | None,
     vm_pool: int,
+    keep_pool: int,
     vm_memory: int,
     vm_vcpus: int,
     accel: str,
@@ -435,7 +446,10 @@ def serve(
     # the soft RLIMIT_NOFILE, or a flood of connections starves Keep
     # creation and health (stockade.host.guard).
     plan = guard.plan_descriptors(
-        guard.raise_nofile(), sum(t.quota for t in tokens.entries), backlog, max_connections
+        guard.raise_nofile(),
+        sum(t.quota for t in tokens.entries) + 3 * keep_pool,  # pooled Keeps hold descriptors too
+        backlog,
+        max_connections,
     )
     from stockade.evidence.sim.chip import ensure_chip
     from stockade.evidence.sim.tdx_chip import ensure_tdx_chip
@@ -460,6 +474,14 @@ def serve(
         # subdirectory, named from its sealing key (stockade.keep.compilecache).
         starter = functools.partial(starter, compile_cache=sdir / "compile-cache")
     backends = tuple(dict.fromkeys(backends)) or ("sim", "sim-snp", "sim-tdx")
+    keep_pool_ = None
+    pooled = tuple(b for b in backends if b in ("sim", "sim-snp", "sim-tdx"))
+    if spawner is not None and keep_pool > 0 and pooled:
+        from stockade.host.keeppool import KeepPool
+
+        # Forked with the manager's own starter: the same spawner, limits
+        # and compile cache as a Keep forked on create.
+        keep_pool_ = KeepPool(starter, spawner, sdir, pooled, keep_pool)
     pool = None
     vm_measurements: dict[str, bytes] = {}
     if "vm" in backends or hardware:
@@ -515,6 +537,7 @@ def serve(
         backends=backends,
         fleet=registrar,
         forwarder=PortForwarder(host_name, port_range),
+        pool=keep_pool_,
     )
     if pool is not None:
         vm_pool_ = pool
@@ -577,6 +600,8 @@ def serve(
             server.run()
     finally:
         limiter.flush(force=True)
+        if keep_pool_ is not None:
+            keep_pool_.close()  # before the fork servers: they wait for their children
         if spawner is not None:
             spawner.close()
         if pool is not None:

@@ -283,6 +283,14 @@ class ForkSpawner:
         assert self._measurement is not None
         return self._measurement
 
+    def current_measurement(self) -> bytes | None:
+        """The measurement of the Keep zygote now serving (None: none is
+        running; it is measured again when the next one starts). Never
+        starts a zygote (stockade.host.keeppool compares its Keeps with it)."""
+        with self._lock:
+            server = self._servers.get("keep")
+            return self._measurement if server is not None and server.alive else None
+
     def keep(
         self,
         keep_id: str,

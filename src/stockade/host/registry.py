@@ -512,9 +512,13 @@ class Registry:
         *,
         keep_id: str | None = None,
         log_path: str | os.PathLike[str] | None = None,
+        running_pid: int | None = None,
     ) -> KeepRecord:
         """Add a Keep in state ``created``. ``keep_id`` defaults to 16 random
-        hex digits (the loader's format)."""
+        hex digits (the loader's format). ``running_pid``: the Keep process
+        already runs (a warm Keep handed out by stockade.host.keeppool):
+        record it ``created`` then ``running`` with that pid in the same
+        transaction (one write to disk instead of two)."""
         if not isinstance(backend, str) or not _BACKEND_RE.fullmatch(backend):
             raise RegistryError(f"backend must match {_BACKEND_RE.pattern}, got {backend!r}")
         if not isinstance(owner, str) or not _OWNER_RE.fullmatch(owner):
@@ -548,6 +552,10 @@ class Registry:
                     "INSERT INTO transitions (keep_id, from_state, to_state, at) VALUES (?, NULL, 'created', ?)",
                     (keep_id, now),
                 )
+                if running_pid is not None:
+                    self._transition_locked(
+                        db, keep_id, "running", running_pid, proc_start_time(running_pid), None, None
+                    )
         except RegistryError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise RegistryError(f"a Keep with id {keep_id!r} is already in the registry") from exc

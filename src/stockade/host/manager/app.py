@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from stockade.host.keeppool import KeepPool
 from stockade.host.loader import KeepHandle, start_keep
 from stockade.host.manager.metrics import Metrics, RequestMetrics
 from stockade.host.manager.portfwd import PortForwarder
@@ -63,6 +64,7 @@ def create_app(
     fleet: Registrar | None = None,
     membership: FleetSource | None = None,
     forwarder: PortForwarder | None = None,
+    pool: KeepPool | None = None,
 ) -> Starlette:
     """The manager app. The registry is opened and reconciled at start-up
     (lifespan), before the first request is served. ``starter`` starts the
@@ -73,7 +75,9 @@ def create_app(
     ``fleet`` field of ``GET /v1/host`` (stockade.host.manager.status).
     ``membership``: that field's source when no registrar runs here (an
     embedder's own fleet code; tests). ``forwarder``: the published ports
-    (stockade.host.manager.portfwd; none published without it)."""
+    (stockade.host.manager.portfwd; none published without it). ``pool``:
+    warm process Keeps handed out on create (stockade.host.keeppool),
+    filled at start-up and closed at shut-down by the supervisor."""
     metrics = Metrics()
     sup = Supervisor(
         state_dir,
@@ -85,7 +89,10 @@ def create_app(
         watchdog_grace=watchdog_grace,
         backends=backends,
         forwarder=forwarder,
+        pool=pool,
     )
+    if pool is not None:
+        metrics.watch_keep_pool(pool.stats)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -67,6 +67,46 @@ class _VmPool(Collector):
         yield takes
 
 
+class _KeepPool(Collector):
+    """stockade_keep_pool_ready{backend}, stockade_keep_pool_takes{result}
+    and stockade_keep_pool_retired{reason}: the warm pool of process Keeps
+    (stockade.host.keeppool), read at scrape time from ``stats()`` =
+    (ready per backend, hits, misses, retired per reason)."""
+
+    def __init__(self, stats: Callable[[], tuple[dict[str, int], int, int, dict[str, int]]]) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self.collect()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        ready, hits, misses, retired = self._stats()
+        gauge = GaugeMetricFamily(
+            "stockade_keep_pool_ready",
+            "Process Keeps forked ahead, not handed out (no owner, no client yet)",
+            labels=["backend"],
+        )
+        for backend, count in ready.items():
+            gauge.add_metric([backend], count)
+        yield gauge
+        takes = CounterMetricFamily(
+            "stockade_keep_pool_takes",
+            "Process Keep creates, by whether a warm Keep was handed out (hit) or one was forked (miss)",
+            labels=["result"],
+        )
+        takes.add_metric(["hit"], hits)
+        takes.add_metric(["miss"], misses)
+        yield takes
+        gone = CounterMetricFamily(
+            "stockade_keep_pool_retired",
+            "Pooled Keeps killed without being handed out, by why (dead, aged, stale, closed)",
+            labels=["reason"],
+        )
+        for reason, count in retired.items():
+            gone.add_metric([reason], count)
+        yield gone
+
+
 class _Fleet(Collector):
     """stockade_fleet_registered, stockade_fleet_drained,
     stockade_fleet_errors_total and stockade_fleet_last_refresh_seconds:
@@ -161,6 +201,10 @@ class Metrics:
     def watch_pool(self, stats: Callable[[], tuple[int, int, int]]) -> None:
         """Expose the warm pool of VM Keeps from ``stats()`` = (ready, hits, misses)."""
         self.registry.register(_VmPool(stats))
+
+    def watch_keep_pool(self, stats: Callable[[], tuple[dict[str, int], int, int, dict[str, int]]]) -> None:
+        """Expose the warm pool of process Keeps (see _KeepPool)."""
+        self.registry.register(_KeepPool(stats))
 
     def watch_fleet(self, stats: Callable[[], tuple[bool, bool, int, float | None]]) -> None:
         """Expose the fleet registration from ``stats()`` (see _Fleet)."""

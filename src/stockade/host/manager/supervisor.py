@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import tempfile
 import time
@@ -38,6 +39,7 @@ from typing import Any, Final, TypeVar
 import anyio.to_thread
 
 from stockade import procfs
+from stockade.host.keeppool import KeepPool
 from stockade.host.loader import KeepHandle, start_keep, sweep_stale_scratch
 from stockade.host.manager.collateral import NotServed, ServedFile, list_files, read_file
 from stockade.host.manager.logs import reports_served
@@ -161,8 +163,12 @@ class Supervisor:
         watchdog_grace: float = WATCHDOG_GRACE_S,
         backends: tuple[str, ...] = DEFAULT_BACKENDS,
         forwarder: PortForwarder | None = None,
+        pool: KeepPool | None = None,
     ) -> None:
         self.state_dir = state_dir
+        #: Warm process Keeps handed out on create (stockade.host.keeppool);
+        #: closed (its Keeps killed) when the manager stops.
+        self.pool = pool
         #: Published ports (--keep-ports); disabled when not given.
         self.forwarder = forwarder or PortForwarder("127.0.0.1", None)
         #: The backends this manager runs (a create for another is refused).
@@ -230,6 +236,8 @@ class Supervisor:
         swept = await self._db(sweep_stale_scratch)
         if swept:
             log.info("removed %d stale Keep scratch director(ies) of Keeps that are gone", len(swept))
+        if self.pool is not None:
+            self.pool.start()  # forks in the background
 
     def begin_shutdown(self) -> None:
         """The server is about to stop: answer open waits now (timed out)
@@ -241,6 +249,8 @@ class Supervisor:
         """Kill the Keeps this process started (their byte streams end with
         it) and close the registry."""
         self._stopping.set()
+        if self.pool is not None:
+            await anyio.to_thread.run_sync(self.pool.close)
         for live in list(self.live.values()):
             live.kill_requested = True
             live.kill_reason = "killed: the manager stopped"
@@ -318,43 +328,88 @@ class Supervisor:
         ``running`` and arm its idle timer. ``publish``: listen socket names
         whose public ports the manager forwards to the Keep (bound before
         the Keep starts; :meth:`published` tells where)."""
-        started = time.monotonic()
+        started = time.perf_counter()
         if publish and not self.forwarder.enabled:
             raise PublishingDisabled(
                 "this host publishes no ports (stockade host serve --keep-ports LOW-HIGH)"
             )
         if publish and backend not in DEFAULT_BACKENDS:
             raise PublishingDisabled(f"{backend} Keeps cannot have published ports (process Keeps only)")
-        async with self._create_lock:  # quota check and reservation are one step
-            active = await self._db(self.registry.count_active, owner.token_id)
+        registry = self.registry
+        # A warm Keep from the pool (stockade.host.keeppool) when one fits:
+        # not for published ports (their sockets are attached to a fresh
+        # Keep's scratch directory). The pool hands out only a live Keep
+        # forked with the limits a fresh fork would get; else a fresh fork.
+        pool = None if publish or self.pool is None or backend not in self.pool.backends else self.pool
+
+        def reserve() -> tuple[KeepRecord, KeepHandle | None] | int:
+            """In one thread hop: the quota check, then the record (created
+            and, for a pooled Keep, running: one transaction) and the pooled
+            Keep if one was ready; the count of active Keeps when the quota
+            is full (nothing taken from the pool then)."""
+            active = registry.count_active(owner.token_id)
             if active >= owner.quota:
-                self.metrics.creates.labels("quota-exceeded").inc()
-                raise QuotaExceeded(f"this token may run {owner.quota} Keep(s) at a time and has {active}")
+                return active
+            if pool is not None:
+                pool_id = secrets.token_hex(8)  # the registry's own format
+                taken = pool.take(backend, pool_id)
+                if taken is not None:
+                    try:
+                        pid = taken.keep.pid
+                        return registry.create(
+                            backend, limits, owner.token_id, keep_id=pool_id, running_pid=pid
+                        ), taken
+                    except BaseException:
+                        send_signal(taken, signal.SIGKILL)
+                        taken.close(self.kill_grace)
+                        raise
+            return registry.create(backend, limits, owner.token_id), None
+
+        handle: KeepHandle | None = None
+        async with self._create_lock:  # quota check and reservation are one step
             if publish:
+                active = await self._db(registry.count_active, owner.token_id)
+                if active >= owner.quota:
+                    self.metrics.creates.labels("quota-exceeded").inc()
+                    raise QuotaExceeded(
+                        f"this token may run {owner.quota} Keep(s) at a time and has {active}"
+                    )
                 try:
                     await self.forwarder.reserve(_PENDING, publish)
                 except NoFreePort as exc:
                     self.metrics.creates.labels("ports-exhausted").inc()
                     raise PortsExhausted(str(exc)) from None
-            try:
-                rec = await self._db(self.registry.create, backend, limits, owner.token_id)
-            except BaseException:
-                await self.forwarder.release(_PENDING)
-                raise
-            self.forwarder.rename(_PENDING, rec.keep_id)
+                try:
+                    rec = await self._db(registry.create, backend, limits, owner.token_id)
+                except BaseException:
+                    await self.forwarder.release(_PENDING)
+                    raise
+                self.forwarder.rename(_PENDING, rec.keep_id)
+            else:
+                reserved = await self._db(reserve)
+                if isinstance(reserved, int):
+                    self.metrics.creates.labels("quota-exceeded").inc()
+                    raise QuotaExceeded(
+                        f"this token may run {owner.quota} Keep(s) at a time and has {reserved}"
+                    )
+                rec, handle = reserved
         keep_id = rec.keep_id
-        try:
-            handle = await anyio.to_thread.run_sync(
-                lambda: self._start(backend, self.state_dir, keep_id=keep_id)
-            )
-        except Exception as exc:
-            log.exception("Keep %s: the loader failed", keep_id)
-            await self.forwarder.release(keep_id)
-            self.metrics.creates.labels("loader-failed").inc()
-            await self._db(
-                self.registry.transition, keep_id, "failed", detail=f"loader failed: {type(exc).__name__}"
-            )
-            raise LoaderFailed("the keep loader failed") from None
+        recorded = time.perf_counter()
+        pooled = handle is not None
+        if handle is None:
+            try:
+                handle = await anyio.to_thread.run_sync(
+                    lambda: self._start(backend, self.state_dir, keep_id=keep_id)
+                )
+            except Exception as exc:
+                log.exception("Keep %s: the loader failed", keep_id)
+                await self.forwarder.release(keep_id)
+                self.metrics.creates.labels("loader-failed").inc()
+                await self._db(
+                    registry.transition, keep_id, "failed", detail=f"loader failed: {type(exc).__name__}"
+                )
+                raise LoaderFailed("the keep loader failed") from None
+        forked = time.perf_counter()
         if publish:
             try:
                 if handle.scratch is None:
@@ -366,24 +421,41 @@ class Supervisor:
                 await anyio.to_thread.run_sync(lambda: handle.close(self.kill_grace))
                 await self.forwarder.release(keep_id)
                 self.metrics.creates.labels("loader-failed").inc()
-                await self._db(self.registry.transition, keep_id, "failed", detail="cannot publish its ports")
+                await self._db(registry.transition, keep_id, "failed", detail="cannot publish its ports")
                 raise LoaderFailed(f"the Keep's ports cannot be published: {exc}") from None
         live = LiveKeep(handle, owner.token_id)
         self.live[keep_id] = live
         if len(handle.measurement) == 48:  # hardware backends: the firmware's to report
             self.measurements[keep_id] = handle.measurement
         self.log_paths[keep_id] = handle.log_path
-        await self._db(self.registry.transition, keep_id, "running", pid=handle.keep.pid)
+        pid = handle.keep.pid
+        if not pooled:
+
+            def running() -> KeepRecord:  # one thread hop: record it running, read it back
+                registry.transition(keep_id, "running", pid=pid)
+                return registry.get(keep_id)
+
+            rec = await self._db(running)
         # Registry paths may not exist until the loader made them.
         self._spawn(self._watch(keep_id, live))
         if self.idle_timeout is not None:
             live.idle_timer = asyncio.get_running_loop().call_later(
                 self.idle_timeout, self._idle, keep_id, live
             )
-        log.info("Keep %s started for %s (pid %d)", keep_id, owner.token_id, handle.keep.pid)
-        self.metrics.create_seconds.observe(time.monotonic() - started)
+        done = time.perf_counter()
+        log.info(
+            "Keep %s started for %s (pid %d, %s; registry %.1f ms, loader %.1f ms, then %.1f ms)",
+            keep_id,
+            owner.token_id,
+            pid,
+            "from the warm pool" if pooled else "forked",
+            (recorded - started) * 1e3,
+            (forked - recorded) * 1e3,
+            (done - forked) * 1e3,
+        )
+        self.metrics.create_seconds.observe(done - started)
         self.metrics.creates.labels("ok").inc()
-        return await self._db(self.registry.get, keep_id)
+        return rec
 
     def published(self, keep_id: str) -> list[Published]:
         """The ports published for a live Keep (none once it ended)."""
