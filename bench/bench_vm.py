@@ -419,7 +419,9 @@ class Manager:
 
 def idle_sim_keeps(mgr: Manager, count: int) -> dict[str, Any]:
     """Mean memory of ``count`` sim Keeps from the fork server, created but
-    never connected (as idle as a pooled VM Keep: no hello yet)."""
+    never connected (as idle as a pooled VM Keep: no hello yet). The
+    manager runs with ``--keep-pool 0`` (ADR 0031), so every new process
+    under it is one of these Keeps or its sim PSP."""
     from stockade.client.remote import ManagerClient
 
     before = descendants(mgr.proc.pid)
@@ -528,7 +530,10 @@ def bench_managers(
     root.write_bytes(sim_root(chip))
     mem = ["--vm-memory", str(vm_memory)] if vm_memory is not None else []
     warm = Manager(
-        work / "mgr-warm", chip, image, ["--backend", "vm", "--backend", "sim", "--vm-pool", str(pool), *mem]
+        work / "mgr-warm",
+        chip,
+        image,
+        ["--backend", "vm", "--backend", "sim", "--vm-pool", str(pool), "--keep-pool", "0", *mem],
     )
     cold = Manager(work / "mgr-cold", chip, image, ["--backend", "vm", "--vm-pool", "0", *mem])
     try:
