@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=Message)
 
+#: Bytes of the placeholder report in the certificate path's warm-up (an
+#: SNP report's size; nothing checks it).
+REPORT_BYTES = 0x4A0
 #: How long a Keep waits for its client at each step before giving up.
 IDLE_TIMEOUT = 60.0
 #: Extra time the process watchdog grants beyond the workload's own limit.
@@ -53,6 +56,13 @@ class Attester(Protocol):
     platform: str
 
     def evidence(self, report_data: bytes) -> EvidenceBundle: ...
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether bytes (or the end) wait on ``sock`` now."""
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def _read_exact(sock: socket.socket, n: int) -> bytes:
@@ -476,8 +486,12 @@ class KeepServer:
         self._send_lock = threading.Lock()
         self._conn: Any = None
         self._key = identity.new_key()  # fresh per Keep, in memory only
+        #: The TLS context, made while the Keep waits for the hello.
+        self._ctx: Any = None
         self.timing_us: dict[str, int] = {}
         self._t = time.perf_counter()
+        #: The sealed compile cache (open_cache), once attested.
+        self.cache: Any = None
         #: The runner of this session's workload (its compiled code is
         #: stored in the compile cache after the session).
         self.runner: Any = None
@@ -503,6 +517,10 @@ class KeepServer:
         self.sock.setblocking(True)
         wait = 0 if self.hello_timeout is None else int(self.hello_timeout)  # 0: no limit
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", wait, 0))
+        if not _readable(self.sock):
+            # The Keep idles until its client's hello: make what does not
+            # depend on it now (issue 18, ADR 0032).
+            self._prepare()
         header = _read_exact(self.sock, HEADER.size)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(IDLE_TIMEOUT), 0))
         (size,) = HEADER.unpack(header)
@@ -516,16 +534,39 @@ class KeepServer:
         self._mark("evidence")
         cert = identity.certificate(self._key, bundle)
         self._mark("certificate")
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx = self._ctx or self._tls_context()
         ctx.use_certificate(cert)
-        ctx.use_privatekey(self._key)
         conn = SSL.Connection(ctx, self.sock)
         conn.set_accept_state()
         conn.do_handshake()
         self._conn = conn
         self.session.channel_ready()
         self._mark("handshake")
+
+    def _tls_context(self) -> Any:
+        """This session's TLS 1.3 server context with its key (the
+        certificate, which carries the evidence, comes after the hello)."""
+        from OpenSSL import SSL
+
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx.use_privatekey(self._key)
+        return ctx
+
+    def _prepare(self) -> None:
+        """While no hello waits (on the critical path of a warm Keep they
+        cost ~4 ms, first calls of a fresh process or fork): the session's
+        TLS context, and one run of the certificate path, with a throwaway
+        key and placeholder evidence, so that the real certificate, made
+        once the evidence is back, does not pay the one-time library
+        set-up. Nothing of the throwaway run is kept or sent. Stops early
+        once the hello arrives."""
+        self._ctx = self._tls_context()
+        if _readable(self.sock):
+            return
+        throwaway = identity.new_key()
+        placeholder = EvidenceBundle(platform=self.attester.platform, report=bytes(REPORT_BYTES), certs=())
+        identity.certificate(throwaway, placeholder)
 
     def _receive(self, feed: Callable[[bytes], M | None], what: str) -> M:
         from OpenSSL import SSL
@@ -546,6 +587,9 @@ class KeepServer:
         attestation, then the release: the whole workload."""
         from stockade.keep.loading import load
 
+        # The sealing key and the compile cache, while the client verifies
+        # the evidence (off the path of the release; issue 18).
+        self.cache = self.open_cache()
         request = self._receive(self.session.receive_load, "a load request")
         self._mark("wait_load")
         loaded = load(request, self.scratch)
@@ -637,7 +681,7 @@ class KeepServer:
             self._conn, self.sock, self.session, stdin_write, self._channel_fatal
         )
         pump = OutputPump(lambda fd, data: channel.send(self.session.output(fd, data)))
-        cache = self.open_cache()
+        cache = self.cache
         runner = self.runner = Runner(
             self.engine.result(),
             pump.put,
@@ -826,6 +870,9 @@ def _preload() -> None:
     # The network runtime is imported only by workloads with sockets; here
     # every Keep loads it (off the critical path), so that it is in the
     # measured set the import guard allows (ADR 0013, ADR 0027).
+    # The compile cache is opened after the first attestation
+    # (KeepServer.open_cache).
+    import stockade.keep.compilecache
     import stockade.keep.netsock  # noqa: F401
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import select
 import socket
 import struct
 import sys
@@ -60,6 +61,7 @@ from stockade.evidence.snp.abi import (
     FIELD_IMAGE_ID,
     FIELD_MEASUREMENT,
     FIELD_TCB_VERSION,
+    REPORT_SIZE,
     ROOT_VCEK,
     SIGNED_SIZE,
     ReportFields,
@@ -177,6 +179,17 @@ class SimPsp:
         )
         return KeyResponse(key=key)
 
+    def warm_up(self) -> None:
+        """Run the signing path once with a throwaway key (issue 18): the
+        first ECDSA P-384 signature of a fresh process or fork costs ~5 ms
+        of one-time library set-up (OpenSSL's algorithm fetches and its
+        random generator), which the Keep's first report then no longer
+        waits for. Nothing of it is kept or sent: the key is generated
+        here and dropped, the VCEK is not used, no report is made."""
+        throwaway = ec.generate_private_key(ec.SECP384R1())
+        throwaway.sign(bytes(SIGNED_SIZE), ec.ECDSA(hashes.SHA384()))
+        ReportResponse(report=bytes(REPORT_SIZE), certs=(("vcek", self.chip.vcek_der),)).to_cbor()
+
     def serve(self, sock: socket.socket) -> None:
         """Answer requests until the Keep closes its end."""
         serve_reports(sock, self)
@@ -190,9 +203,15 @@ class ReportSigner(Protocol):
     def report(self, request: ReportRequest) -> ReportResponse: ...
 
 
-def serve_reports(sock: socket.socket, signer: ReportSigner) -> None:
+def serve_reports(sock: socket.socket, signer: ReportSigner, warm: bool = False) -> None:
     """Answer report requests (and, for the sim PSP, key requests) on
-    ``sock`` until the Keep closes its end."""
+    ``sock`` until the Keep closes its end. ``warm``: first run the
+    signer's ``warm_up`` (when it has one) unless a request is already
+    waiting (a PSP process of its own, which idles until its Keep asks;
+    not a PSP thread of a busy process)."""
+    warm_up = getattr(signer, "warm_up", None)
+    if warm and warm_up is not None and not _readable(sock):
+        warm_up()
     decoder = FrameDecoder(max_frame=4096)
     while True:
         data = sock.recv(4096)
@@ -213,6 +232,13 @@ def serve_reports(sock: socket.socket, signer: ReportSigner) -> None:
             except StockadeError as exc:
                 reply = error_response(str(exc))
             sock.sendall(encode_frame(reply))
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether bytes (or the end) wait on ``sock`` now."""
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def signer_for(flavour: str, state: Path, measurement: bytes, host_data: bytes = bytes(32)) -> ReportSigner:
@@ -240,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         psp = signer_for(
             args.flavour, args.state, bytes.fromhex(args.measurement), bytes.fromhex(args.host_data)
         )
-        serve_reports(sock, psp)
+        serve_reports(sock, psp, warm=True)
     except (OSError, ValueError, StockadeError) as exc:
         print(f"sim PSP: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,216 @@
+"""Work a Keep and its sim PSP do while they wait (issue 18, ADR 0032):
+the PSP's warm-up with a throwaway key, the Keep's TLS context and
+certificate-path warm-up before the hello, the sealing key before the load.
+None of it may change what is attested: the report is the VCEK's over this
+session's report data, the certificate the Keep presents is its session
+key's and binds this session's nonce. No timing is asserted."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stockade.binding.reportdata import report_data_for
+from stockade.client.attest import TrustConfig, appraise
+from stockade.client.hello import send_hello
+from stockade.evidence.sim import chip as simchip
+from stockade.evidence.sim.attester import SimAttester
+from stockade.evidence.sim.channel import ReportRequest, ReportResponse
+from stockade.evidence.sim.psp import SimPsp, serve_reports
+from stockade.keep import identity
+from stockade.keep.session import KeepServer
+from stockade.policy.builtin import development_policy
+from stockade.wire.framing import FrameDecoder, encode_frame
+
+MEASUREMENT = bytes(range(48))
+#: Bounds a wait for the other thread (never a pass/fail timing).
+WAIT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def chip(state_dir: Path) -> simchip.SimChip:
+    return simchip.load_chip(state_dir)
+
+
+class CountingPsp(SimPsp):
+    """A sim PSP that counts its warm-ups and says when one began."""
+
+    def __init__(self, chip: simchip.SimChip) -> None:
+        super().__init__(chip, MEASUREMENT)
+        self.warm_ups = 0
+        self.warming = threading.Event()
+
+    def warm_up(self) -> None:
+        self.warm_ups += 1
+        self.warming.set()
+        super().warm_up()
+
+
+def _ask(sock: socket.socket, report_data: bytes) -> ReportResponse:
+    sock.sendall(encode_frame(ReportRequest(report_data=report_data).to_cbor()))
+    decoder = FrameDecoder(max_frame=1 << 20)
+    while True:
+        data = sock.recv(65536)
+        assert data, "the PSP closed its end without answering"
+        frames = decoder.feed(data)
+        if frames:
+            return ReportResponse.from_cbor(frames[0])
+
+
+def _serve(psp: SimPsp, warm: bool) -> tuple[socket.socket, threading.Thread]:
+    host_end, keep_end = socket.socketpair()
+    thread = threading.Thread(target=serve_reports, args=(host_end, psp, warm), daemon=True)
+    return keep_end, thread
+
+
+def _verify(report: ReportResponse, chip: simchip.SimChip, report_data: bytes) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    from stockade.evidence.snp.abi import AttestationReport
+
+    parsed = AttestationReport.from_bytes(report.report)
+    assert parsed.report_data == report_data
+    chip.vcek_key.public_key().verify(
+        encode_dss_signature(parsed.sig_r, parsed.sig_s), parsed.signed_bytes, ec.ECDSA(hashes.SHA384())
+    )
+
+
+def test_psp_warms_up_while_idle_and_then_signs_this_request(chip: simchip.SimChip) -> None:
+    psp = CountingPsp(chip)
+    report_id = psp.report_id
+    keep_end, thread = _serve(psp, warm=True)
+    thread.start()
+    assert psp.warming.wait(WAIT_S)  # nothing was asked: it warms up first
+    report_data = bytes(range(64))
+    report = _ask(keep_end, report_data)
+    _verify(report, chip, report_data)
+    keep_end.close()
+    thread.join(WAIT_S)
+    assert psp.warm_ups == 1
+    assert psp.served == 1  # the warm-up signed no report
+    assert psp.report_id == report_id
+
+
+def test_psp_skips_the_warm_up_when_a_request_waits(chip: simchip.SimChip) -> None:
+    psp = CountingPsp(chip)
+    keep_end, thread = _serve(psp, warm=True)
+    report_data = bytes(64)
+    keep_end.sendall(encode_frame(ReportRequest(report_data=report_data).to_cbor()))
+    thread.start()
+    decoder = FrameDecoder(max_frame=1 << 20)
+    frames: list[bytes] = []
+    while not frames:
+        frames = decoder.feed(keep_end.recv(65536))
+    _verify(ReportResponse.from_cbor(frames[0]), chip, report_data)
+    keep_end.close()
+    thread.join(WAIT_S)
+    assert psp.warm_ups == 0
+
+
+def test_psp_in_a_busy_process_does_not_warm_up(chip: simchip.SimChip) -> None:
+    psp = CountingPsp(chip)
+    keep_end, thread = _serve(psp, warm=False)
+    thread.start()
+    _verify(_ask(keep_end, bytes(64)), chip, bytes(64))
+    keep_end.close()
+    thread.join(WAIT_S)
+    assert psp.warm_ups == 0
+
+
+class Spied(KeepServer):
+    """A KeepServer that says when it prepares (then prepares)."""
+
+    preparing: threading.Event
+
+    def _prepare(self) -> None:
+        self.preparing.set()
+        super()._prepare()
+
+
+def _keep(chip: simchip.SimChip) -> tuple[Spied, socket.socket]:
+    psp_keep_end, psp_thread = _serve(SimPsp(chip, MEASUREMENT), warm=True)
+    psp_thread.start()
+    client, keep_sock = socket.socketpair()
+    server = Spied(keep_sock, SimAttester(psp_keep_end), engine=None, scratch=None, sandbox=None)  # type: ignore[arg-type]
+    server.preparing = threading.Event()
+    return server, client
+
+
+def _client_handshake(client: socket.socket) -> tuple[ssl.SSLSocket, bytes]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    client.settimeout(WAIT_S)
+    tls = ctx.wrap_socket(client, server_hostname=None)
+    cert = tls.getpeercert(binary_form=True)
+    assert cert
+    return tls, cert
+
+
+def _attest(server: KeepServer) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.attest()
+        except BaseException as exc:  # reported to the test
+            errors.append(exc)
+
+    return threading.Thread(target=run, daemon=True), errors
+
+
+@pytest.mark.parametrize("hello_first", [False, True], ids=["keep-waits", "hello-waits"])
+def test_keep_prepares_only_while_waiting_and_presents_its_own_fresh_certificate(
+    chip: simchip.SimChip, hello_first: bool
+) -> None:
+    server, client = _keep(chip)
+    thread, errors = _attest(server)
+    if hello_first:
+        hello = send_hello(client)
+        thread.start()
+    else:
+        thread.start()
+        assert server.preparing.wait(WAIT_S)  # no hello yet: the Keep prepares
+        hello = send_hello(client)
+    tls, cert = _client_handshake(client)
+    thread.join(WAIT_S)
+    assert not errors
+    assert server.preparing.is_set() is not hello_first  # a waiting hello is served at once
+    # What the client verifies: the evidence binds this session's nonce and
+    # the key of the certificate presented, which is the Keep's session key
+    # (not the throwaway key of the warm-up).
+    trust = TrustConfig(sim_root=chip.ark_der, policy=development_policy(MEASUREMENT))
+    appraisal = appraise(cert, hello.nonce, trust)
+    assert appraisal.tls_spki == identity.spki_der(server._key)
+    assert appraisal.claims.report_data == report_data_for(hello.nonce, appraisal.tls_spki)
+    tls.close()
+    server.sock.close()
+
+
+def test_two_keeps_present_different_keys_and_reports(chip: simchip.SimChip) -> None:
+    seen: list[Any] = []
+    for _ in range(2):
+        server, client = _keep(chip)
+        thread, errors = _attest(server)
+        thread.start()
+        assert server.preparing.wait(WAIT_S)
+        hello = send_hello(client)
+        tls, cert = _client_handshake(client)
+        thread.join(WAIT_S)
+        assert not errors
+        trust = TrustConfig(sim_root=chip.ark_der, policy=development_policy(MEASUREMENT))
+        appraisal = appraise(cert, hello.nonce, trust)
+        seen.append((appraisal.tls_spki, appraisal.claims.report_data, cert))
+        tls.close()
+        server.sock.close()
+    assert len({s[0] for s in seen}) == 2  # no key reused across sessions
+    assert len({s[1] for s in seen}) == 2
+    assert len({s[2] for s in seen}) == 2
