@@ -492,6 +492,8 @@ class KeepServer:
         self._t = time.perf_counter()
         #: The sealed compile cache (open_cache), once attested.
         self.cache: Any = None
+        #: The module loaded from the cache before the release (runner.Ahead).
+        self.ahead: Any = None
         #: The runner of this session's workload (its compiled code is
         #: stored in the compile cache after the session).
         self.runner: Any = None
@@ -602,6 +604,10 @@ class KeepServer:
         _log(
             "package loaded and measured; identity sent"
         )  # no digest: it would name the workload to the host
+        # While the client checks the identity: the module from the sealed
+        # compile cache (a hit only; a miss compiles after the release).
+        self.ahead = self._load_ahead(loaded.workload.wasm)
+        self._t = time.perf_counter()  # the Runner reports it (compile_ahead)
         release = self._receive(self.session.receive_release, "the release")
         self._mark("wait_release")
         released = {name for name, _ in release.secrets}
@@ -613,6 +619,19 @@ class KeepServer:
         if release.steward is not None:
             self.service = self.certify(release.steward, loaded.log)
         return dataclasses.replace(loaded.workload, secrets=release.secrets, stdin=release.stdin)
+
+    def _load_ahead(self, wasm: bytes) -> Any:
+        """:func:`stockade.keep.runner.load_ahead` in this Keep's engine
+        (None without a cache, or when the engine failed: the run reports it)."""
+        if self.cache is None:
+            return None
+        from stockade.keep.runner import load_ahead
+
+        try:
+            engine = self.engine.result()
+        except Exception:  # the run raises it again and reports it
+            return None
+        return load_ahead(engine, self.cache, wasm)
 
     def certify(self, request: StewardRequest, log: EventLog) -> ServiceIdentity:
         """After the release, before the workload runs (issue 17; docs/steward.md
@@ -691,6 +710,7 @@ class KeepServer:
             stop=lambda reason: self._stop(runner, pump, reason),
             net_emit=lambda event: channel.send(self.session.net(event)),
             network=self.network,
+            ahead=self.ahead,
         )
         done = threading.Event()
         watchdog = threading.Thread(
