@@ -7,6 +7,7 @@ key's and binds this session's nonce. No timing is asserted."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -214,3 +215,83 @@ def test_two_keeps_present_different_keys_and_reports(chip: simchip.SimChip) -> 
     assert len({s[0] for s in seen}) == 2  # no key reused across sessions
     assert len({s[1] for s in seen}) == 2
     assert len({s[2] for s in seen}) == 2
+
+
+# -- the client's ClientHello right after its nonce (send_hello(start_tls=True)) ----------------
+
+
+def test_client_hello_with_the_nonce_then_the_same_checks(chip: simchip.SimChip) -> None:
+    server, client = _keep(chip)
+    thread, errors = _attest(server)
+    thread.start()
+    hello = send_hello(client, start_tls=True)
+    assert hello.tls is not None and hello.tls_error is None
+    assert client.fileno() == -1  # the TLS connection owns the stream now
+    hello.tls.settimeout(WAIT_S)
+    hello.tls.do_handshake()  # what deploy() finishes
+    thread.join(WAIT_S)
+    assert not errors
+    cert = hello.tls.getpeercert(binary_form=True)
+    assert cert
+    trust = TrustConfig(sim_root=chip.ark_der, policy=development_policy(MEASUREMENT))
+    appraisal = appraise(cert, hello.nonce, trust)
+    assert appraisal.tls_spki == identity.spki_der(server._key)
+    hello.tls.close()
+    server.sock.close()
+
+
+def _peer_then(answer: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A fake Keep that reads the hello and the ClientHello, then sends
+    ``answer`` and reads until the client closes (empty: closes at once)."""
+    client, keep = socket.socketpair()
+
+    def run() -> None:
+        with keep, contextlib.suppress(OSError):  # the client may reset it
+            keep.settimeout(WAIT_S)
+            keep.recv(1 << 16)
+            if answer:
+                keep.sendall(answer)
+                while keep.recv(1 << 16):  # until the client closes
+                    pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return client, thread
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [(b"", "KeepDied"), (b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4, "ChannelTampered")],
+    ids=["keep-closes", "clear-text-injected"],
+)
+def test_early_client_hello_failures_are_classified_as_before(
+    chip: simchip.SimChip, answer: bytes, error: str
+) -> None:
+    from stockade.client.deploy import DeployPlan, deploy
+    from stockade.errors import StockadeError
+
+    wasm = (Path(__file__).resolve().parent.parent / "examples" / "hello" / "hello.wasm").read_bytes()
+    client, thread = _peer_then(answer)
+    hello = send_hello(client, start_tls=True)
+    trust = TrustConfig(sim_root=chip.ark_der, policy=development_policy(MEASUREMENT))
+    with pytest.raises(StockadeError) as info:
+        deploy(client, DeployPlan.for_module(wasm), trust, lambda fd, data: None, hello=hello)
+    assert type(info.value).__name__ == error
+    assert "TLS handshake" in str(info.value.detail)
+    thread.join(WAIT_S)
+    assert hello.tls is not None and hello.tls.fileno() == -1  # closed
+
+
+def test_a_refused_plan_closes_the_started_tls(chip: simchip.SimChip) -> None:
+    from stockade.client.deploy import DeployPlan, deploy
+    from stockade.errors import WorkloadRejected
+
+    wasm = (Path(__file__).resolve().parent.parent / "examples" / "hello" / "hello.wasm").read_bytes()
+    client, thread = _peer_then(b"")
+    hello = send_hello(client, start_tls=True)
+    plan = DeployPlan(**{**DeployPlan.for_module(wasm).__dict__, "required_secrets": ("token",)})
+    trust = TrustConfig(sim_root=chip.ark_der, policy=development_policy(MEASUREMENT))
+    with pytest.raises(WorkloadRejected):
+        deploy(client, plan, trust, lambda fd, data: None, hello=hello)
+    assert hello.tls is not None and hello.tls.fileno() == -1
+    thread.join(WAIT_S)

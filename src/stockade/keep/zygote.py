@@ -59,6 +59,11 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "stockade.keep.identity",
         "stockade.keep.loading",
         "stockade.keep.sandbox",
+        # Imported by every Keep's preload thread (keep/session.py): ~10 ms
+        # of a forked Keep's CPU, which held the GIL while the session's
+        # thread attested (issue 18).
+        "stockade.keep.netsock",
+        "stockade.keep.compilecache",
         "stockade.evidence.sim.attester",
         "wasmtime",
         "OpenSSL.SSL",
