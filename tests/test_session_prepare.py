@@ -295,3 +295,32 @@ def test_a_refused_plan_closes_the_started_tls(chip: simchip.SimChip) -> None:
         deploy(client, plan, trust, lambda fd, data: None, hello=hello)
     assert hello.tls is not None and hello.tls.fileno() == -1
     thread.join(WAIT_S)
+
+
+# -- the fork servers' warm-up before they fork (stockade.keep.zygote.WARM_UP) ------------------
+
+
+@pytest.mark.parametrize("role", ["keep", "sim-psp"])
+def test_fork_warm_up_of_each_role_runs_and_starts_no_thread(role: str) -> None:
+    import importlib
+
+    from stockade.keep import zygote
+
+    module, _, function = zygote.WARM_UP[role].partition(":")
+    warm_up = getattr(importlib.import_module(module), function)
+    threads = threading.active_count()
+    assert warm_up() is None  # nothing kept
+    assert threading.active_count() == threads  # a zygote refuses to fork with a thread
+
+
+def test_fork_warm_up_uses_the_curves_generator_points() -> None:
+    # The constant public points are the curves' generators (SEC 2): the
+    # same point a key of private value 1 has (computed here, in the test).
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from stockade.evidence.sim.psp import P384_G
+    from stockade.keep.session import P256_G
+
+    for curve, point in ((ec.SECP256R1(), P256_G), (ec.SECP384R1(), P384_G)):
+        numbers = ec.derive_private_key(1, curve).public_key().public_numbers()
+        assert (numbers.x, numbers.y) == point

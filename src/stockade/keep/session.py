@@ -532,11 +532,20 @@ class KeepServer:
         if hello is None:  # pragma: no cover - exact read gives a full frame
             raise ProtocolError("incomplete hello")
         self._mark("wait_hello")
-        bundle = self.attester.evidence(report_data_for(hello.nonce, identity.spki_der(self._key)))
+        report_data = report_data_for(hello.nonce, identity.spki_der(self._key))
+        if self._ctx is None:
+            # The hello came before the Keep could prepare (a Keep forked
+            # with its hello pending): the TLS context is made while the
+            # PSP signs (it waits on a socket, this thread in OpenSSL).
+            pending = oneshot.start(lambda: self.attester.evidence(report_data), "evidence")
+            self._ctx = self._tls_context()
+            bundle = pending.result()
+        else:
+            bundle = self.attester.evidence(report_data)
         self._mark("evidence")
         cert = identity.certificate(self._key, bundle)
         self._mark("certificate")
-        ctx = self._ctx or self._tls_context()
+        ctx = self._ctx
         ctx.use_certificate(cert)
         conn = SSL.Connection(ctx, self.sock)
         conn.set_accept_state()
@@ -879,6 +888,33 @@ class KeepServer:
                         return
                 except BlockingIOError:
                     continue
+
+
+#: The generator point of P-256 (SEC 2 v2, section 2.4.2): a constant,
+#: public point, so that :func:`fork_warm_up` has a public key without
+#: making one.
+P256_G = (
+    0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
+    0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5,
+)
+
+
+def fork_warm_up() -> None:
+    """Run by the Keep fork server before it forks (stockade.keep.zygote):
+    one-time library set-up that every forked Keep would repeat on its
+    critical path (OpenSSL's fetches of P-256, ECDSA and SHA-256: about
+    half of a forked Keep's first key and first certificate, ~2.5 ms),
+    with constant, public inputs only: no key is made, no randomness is
+    drawn (an ECDSA verification of a non-signature, refused), no thread
+    is started, and nothing is kept (issue 18, ADR 0032)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    point = ec.EllipticCurvePublicNumbers(*P256_G, ec.SECP256R1()).public_key()
+    point.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with contextlib.suppress(InvalidSignature):
+        point.verify(bytes.fromhex("3006020101020101"), b"", ec.ECDSA(hashes.SHA256()))
 
 
 def _preload() -> None:

@@ -80,6 +80,14 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: Run after the imports, before any fork, per role: one-time library
+#: set-up with constant, public inputs only (no key, no randomness, no
+#: thread: ADR 0032), that every child would otherwise repeat.
+WARM_UP: dict[str, str] = {
+    "keep": "stockade.keep.session:fork_warm_up",
+    "sim-psp": "stockade.evidence.sim.psp:fork_warm_up",
+}
+
 #: rlimits a spawn request may set (name in the request -> resource).
 RLIMITS: dict[str, int] = {
     "core": resource.RLIMIT_CORE,
@@ -107,6 +115,9 @@ def preload(role: str) -> None:
     copy) the pages shared with the zygote."""
     for name in PRELOAD[role]:
         importlib.import_module(name)
+    if role in WARM_UP:
+        module, _, function = WARM_UP[role].partition(":")
+        getattr(importlib.import_module(module), function)()
     gc.collect()
     gc.freeze()
 
