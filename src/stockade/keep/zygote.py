@@ -5,7 +5,9 @@
 Started by the host (stockade.host.forkserver) with one end of a
 ``SOCK_SEQPACKET`` socket pair. The process imports the modules of its role
 (code only: no key, engine, thread, file or randomness-dependent state is
-created before a fork), then serves requests, single-threaded:
+created before a fork) and runs the role's ``WARM_UP`` (OpenSSL's algorithm
+caches filled with constant, public inputs: ADR 0032), then serves
+requests, single-threaded:
 
 * ``spawn``: one JSON object plus file descriptors passed with SCM_RIGHTS.
   The zygote forks; the child applies its resource limits (rlimits, and
