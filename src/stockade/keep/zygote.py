@@ -119,7 +119,9 @@ def preload(role: str) -> None:
         importlib.import_module(name)
     if role in WARM_UP:
         module, _, function = WARM_UP[role].partition(":")
-        getattr(importlib.import_module(module), function)()
+        warm_up = getattr(importlib.import_module(module), function)
+        with contextlib.suppress(Exception):  # only a warm-up: the children do without it
+            warm_up()
     gc.collect()
     gc.freeze()
 

@@ -234,7 +234,8 @@ def serve_reports(sock: socket.socket, signer: ReportSigner, warm: bool = False)
     not a PSP thread of a busy process)."""
     warm_up = getattr(signer, "warm_up", None)
     if warm and warm_up is not None and not _readable(sock):
-        warm_up()
+        with contextlib.suppress(Exception):  # only a warm-up: the reports do not need it
+            warm_up()
     decoder = FrameDecoder(max_frame=4096)
     while True:
         data = sock.recv(4096)
