@@ -71,6 +71,27 @@ STEPS = [
     ("run (Keep)", "keep_run"),
 ]
 
+#: The per-session steps of the warm lines through the client agent (issue
+#: 18, session 24): the phases the client saw, then the Keep's own steps
+#: (the Keep waits in the wait_* steps; sealing_key and compile_ahead are
+#: done while the client verifies).
+WARM_STEPS = [
+    ("phase: booting (create / fork the Keep)", "phase_booting"),
+    ("phase: attesting (hello -> TLS handshake done)", "phase_attesting"),
+    ("phase: verifying (client)", "phase_verifying"),
+    ("phase: loading (load -> identity checked)", "phase_loading"),
+    ("phase: running (release -> exit status)", "phase_running"),
+    ("Keep: evidence (sim PSP report)", "keep_evidence"),
+    ("Keep: certificate with evidence", "keep_certificate"),
+    ("Keep: TLS handshake", "keep_handshake"),
+    ("Keep: sealing key (before the load)", "keep_sealing_key"),
+    ("Keep: package check + measurement", "keep_load"),
+    ("Keep: identity (second report)", "keep_identity"),
+    ("Keep: cached module loaded before the release", "keep_compile_ahead"),
+    ("Keep: compile step (incl. the load ahead)", "keep_compile"),
+    ("Keep: run", "keep_run"),
+]
+
 
 #: CPU seconds (user + system) of the processes each line waited for, in ms:
 #: for bare wasmtime-py, the whole run; for a cold run, the CLI and its
@@ -231,6 +252,8 @@ def main() -> int:
     agent_deploy_ms: list[float] = []
     nopool_deploy_ms: list[float] = []
     steps: dict[str, list[float]] = {}
+    #: Per-session steps of the agent lines: line -> step -> values.
+    agent_steps: dict[str, dict[str, list[float]]] = {"agent_run": {}, "agent_deploy_host": {}}
     with ExitStack() as stack:
         manager: Manager | None = None
         nopool: Manager | None = None
@@ -288,8 +311,13 @@ def main() -> int:
                 assert doc["stdout"].startswith("Hello, Alice!") and doc["keep_start"] == "warm"
                 CPU_MS["agent_run"][-1] += agent_cpu_ms(runtime)
                 agent_run_ms.append(ms)
+                for name, value in doc["timing_ms"].items():
+                    agent_steps["agent_run"].setdefault(name, []).append(float(value))
                 ms, out = timed(manager.deploy_cmd(), deploy_agent_env, "agent_deploy_host")
-                assert json.loads(out)["stdout"].startswith("Hello, Alice!")
+                doc = json.loads(out)
+                assert doc["stdout"].startswith("Hello, Alice!")
+                for name, value in doc["timing_ms"].items():
+                    agent_steps["agent_deploy_host"].setdefault(name, []).append(float(value))
                 CPU_MS["agent_deploy_host"][-1] += agent_cpu_ms(runtime)
                 agent_deploy_ms.append(ms)
                 assert nopool is not None
@@ -326,6 +354,10 @@ def main() -> int:
         )
         ar = statistics.median(agent_run_ms)
         result.update({"agent_warm_run_ms_median": round(ar, 1), "agent_warm_run_ratio": round(ar / b, 2)})
+        result["agent_steps_ms_median"] = {
+            line: {k: round(statistics.median(v), 2) for k, v in sorted(values.items())}
+            for line, values in agent_steps.items()
+        }
         warm_lines = [
             ("stockade run, warm fork server", w),
             ("stockade deploy --host, manager", d),
@@ -380,6 +412,13 @@ def main() -> int:
     for label, key in STEPS:
         if key in result["steps_ms_median"]:
             print(f"  {label:48s} {result['steps_ms_median'][key]:8.2f} ms")
+    per_line = result.get("agent_steps_ms_median")
+    if isinstance(per_line, dict):
+        run, deploy = per_line["agent_run"], per_line["agent_deploy_host"]
+        print("per-step medians through the client agent (ms):        warm run   deploy --host")
+        for label, key in WARM_STEPS:
+            cells = [f"{line[key]:8.2f}" if key in line else f"{'-':>8s}" for line in (run, deploy)]
+            print(f"  {label:52s} {cells[0]}   {cells[1]}")
     return 0
 
 

@@ -505,3 +505,76 @@ def test_oversized_entry_is_discarded_unread(engine: Any, cache: CompileCache, s
     assert spy.calls == [] and timing["compile_cached"] == 0
     (reason,) = cache.stats.discarded
     assert reason.startswith("not a regular file of at most")
+
+
+# -- loaded before the release (issue 18, ADR 0032) ---------------------------------------------
+
+
+def test_load_ahead_gives_the_authenticated_module_to_the_run(
+    engine: Any, cache: CompileCache, spy: Spy
+) -> None:
+    from stockade.keep.runner import load_ahead
+
+    assert load_ahead(engine, cache, HELLO) is None  # a miss: nothing compiled ahead
+    assert spy.calls == []
+    _compile(engine, cache)  # the run compiles and stores it
+    ahead = load_ahead(engine, cache, HELLO)
+    assert ahead is not None and ahead.digest == hashlib.sha256(HELLO).digest()
+    assert len(spy.calls) == 1
+    runner = Runner(
+        engine, lambda fd, data: None, Sandbox(Path("/nonexistent"), private=False), cache, ahead=ahead
+    )
+    timing: dict[str, int] = {}
+    module = runner._compile(HELLO, ahead.digest, False, timing)
+    assert module is ahead.module
+    assert timing["compile_cached"] == 1 and timing["compile_ahead"] == ahead.took_us
+    assert len(spy.calls) == 1  # not loaded a second time
+    assert runner.store_compiled() is None
+
+
+def test_load_ahead_of_another_module_is_not_used(engine: Any, cache: CompileCache, spy: Spy) -> None:
+    from stockade.keep.runner import load_ahead
+
+    _compile(engine, cache, WORDCOUNT)
+    ahead = load_ahead(engine, cache, WORDCOUNT)
+    assert ahead is not None
+    runner = Runner(
+        engine, lambda fd, data: None, Sandbox(Path("/nonexistent"), private=False), cache, ahead=ahead
+    )
+    timing: dict[str, int] = {}
+    module = runner._compile(HELLO, hashlib.sha256(HELLO).digest(), False, timing)
+    assert module is not ahead.module and timing["compile_cached"] == 0
+    assert "compile_ahead" not in timing
+    assert module.serialize() == wasmtime.Module(engine, HELLO).serialize()
+
+
+@pytest.mark.parametrize("where", ["nonce", "ciphertext", "tag"])
+def test_load_ahead_discards_a_tampered_entry_unloaded(
+    engine: Any, cache: CompileCache, spy: Spy, where: str
+) -> None:
+    from stockade.keep.runner import load_ahead
+
+    _compile(engine, cache)
+    (entry,) = _entries(cache)
+    data = bytearray(entry.read_bytes())
+    data[{"nonce": 8, "ciphertext": len(data) // 2, "tag": len(data) - 1}[where]] ^= 0x01
+    entry.write_bytes(bytes(data))
+    assert load_ahead(engine, cache, HELLO) is None
+    assert spy.calls == []  # never deserialized
+    assert cache.stats.discarded == {"authentication failed": 1}
+    assert _entries(cache) == []
+
+
+@pytest.mark.parametrize("what", ["no cache", "not a module", "component"])
+def test_load_ahead_leaves_the_rest_to_the_run(engine: Any, cache: CompileCache, spy: Spy, what: str) -> None:
+    from stockade.keep.runner import load_ahead
+
+    if what == "no cache":
+        _compile(engine, cache)
+        assert load_ahead(engine, None, HELLO) is None
+    elif what == "not a module":
+        assert load_ahead(engine, cache, b"\0asm\x01\0\0\0garbage") is None  # refused by the run, as before
+    else:
+        component = (EXAMPLES / "hello-component" / "hello.component.wasm").read_bytes()
+        assert load_ahead(engine, cache, component) is None  # its engine is made at the run
+    assert spy.calls == []

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from stockade.client.attest import Appraisal, TrustConfig, appraise
-from stockade.client.hello import SentHello, send_hello
+from stockade.client.hello import SentHello, client_context, send_hello
 from stockade.client.identity import WorkloadIdentity, appraise_identity
 from stockade.client.progress import Phase, Progress
 from stockade.errors import (
@@ -274,32 +274,48 @@ def deploy(
     the pinned CA and log key that the Keep's service certificate is
     checked against (stockade.client.steward); ``on_certificate`` gets it
     once verified, before any of the workload's output."""
-    if (plan.steward is None) != (steward is None):
-        raise ProtocolMisuse("a steward request needs the steward's CA and log key to check the answer")
-    missing = sorted(set(plan.required_secrets) - {name for name, _ in plan.secrets})
-    if missing:
-        raise WorkloadRejected(f"the package needs secret(s) {', '.join(missing)}: pass --secret NAME=@FILE")
+    try:
+        if (plan.steward is None) != (steward is None):
+            raise ProtocolMisuse("a steward request needs the steward's CA and log key to check the answer")
+        missing = sorted(set(plan.required_secrets) - {name for name, _ in plan.secrets})
+        if missing:
+            raise WorkloadRejected(
+                f"the package needs secret(s) {', '.join(missing)}: pass --secret NAME=@FILE"
+            )
+    except StockadeError:
+        if hello is not None and hello.tls is not None:
+            hello.tls.close()  # it owns the stream: the Keep sees it end
+        raise
     steps = steps or Steps()
     progress = progress or Progress()
     hello = hello or send_hello(sock)
     session, nonce = hello.session, hello.nonce
-    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+    if hello.tls is None:
+        sock.settimeout(HANDSHAKE_TIMEOUT_S)
 
     def died(during: str) -> KeepDied:
         status = keep_exit_status()
         how = f" (Keep process exit status {status})" if status is not None else ""
         return KeepDied(f"the Keep closed the connection {during}{how}")
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     # Trust comes from the attestation evidence, not from a CA: the Keep's
     # certificate is self-signed and checked by appraise() below.
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    try:
-        tls = ctx.wrap_socket(sock, server_hostname=None)
-    except OSError as exc:  # ssl.SSLError is an OSError
-        raise channel_failure(exc, "during the TLS handshake", died) from None
+    if hello.tls is None:
+        try:
+            tls = client_context().wrap_socket(sock, server_hostname=None)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise channel_failure(exc, "during the TLS handshake", died) from None
+    else:
+        # The ClientHello went with the hello (send_hello(start_tls=True)).
+        tls = hello.tls
+        try:
+            if hello.tls_error is not None:
+                raise hello.tls_error
+            tls.settimeout(HANDSHAKE_TIMEOUT_S)
+            tls.do_handshake()
+        except OSError as exc:
+            tls.close()
+            raise channel_failure(exc, "during the TLS handshake", died) from None
     try:
         return _session(
             tls,

@@ -475,8 +475,11 @@ def deploy_on(
     if opts.stage_on_host:
         client.stage(keep_id, prepared.package)
     sock = client.connect(keep_id)
+    hello = None
     try:
-        hello = send_hello(sock)
+        # The TLS ClientHello right after the nonce: the Keep answers it as
+        # soon as its certificate is made, while this client plans.
+        hello = send_hello(sock, start_tls=True)
         # From here the client only sees the Keep's evidence arrive (client/progress.py).
         progress.enter(Phase.ATTESTING)
         # The pin is this installation's Keep runtime, computed here: what
@@ -501,6 +504,8 @@ def deploy_on(
         raise KeepDied(f"{err.detail}; Keep {keep_id} on {client.url}") from None
     finally:
         sock.close()
+        if hello is not None and hello.tls is not None:
+            hello.tls.close()  # it owns the stream once the ClientHello went
     return result, out, keep_id
 
 

@@ -129,6 +129,7 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
     progress = progress_for(opts)
     attesting = functools.partial(progress.enter, Phase.ATTESTING)
     handle: KeepHandle | WarmKeep
+    hello = None
     if warm is not None:
         handle = warm
         attesting()  # forked with its hello pending: it attests from now on
@@ -146,7 +147,9 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
         from stockade.client.hello import send_hello
 
         # The nonce goes out at once: the Keep attests while we get ready.
-        hello = send_hello(handle.conn)
+        # A forked Keep is ready at once: the TLS ClientHello goes too (on
+        # the cold path, ssl is imported later, while the Keep starts).
+        hello = send_hello(handle.conn, start_tls=warm is not None)
         # The local sim root is used to *verify* sim evidence; acceptance is
         # the policy's decision (the default policy refuses sim). For sim
         # (SNP shape), the local sim chip's CRL is the revocation collateral
@@ -184,6 +187,8 @@ def run(cold: bool, **kwargs: Any) -> WorkloadExit:
         handle.check_measured()
         raise KeepDied(f"{err.detail}; Keep log: {handle.log_path}") from None
     finally:
+        if hello is not None and hello.tls is not None:
+            hello.tls.close()  # it owns the stream once the ClientHello went
         handle.close()
     if opts.as_json:
         print_json(result, out, keep_start="warm" if warm is not None else "cold")

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=Message)
 
+#: Bytes of the placeholder report in the certificate path's warm-up (an
+#: SNP report's size; nothing checks it).
+REPORT_BYTES = 0x4A0
 #: How long a Keep waits for its client at each step before giving up.
 IDLE_TIMEOUT = 60.0
 #: Extra time the process watchdog grants beyond the workload's own limit.
@@ -53,6 +56,13 @@ class Attester(Protocol):
     platform: str
 
     def evidence(self, report_data: bytes) -> EvidenceBundle: ...
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether bytes (or the end) wait on ``sock`` now."""
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def _read_exact(sock: socket.socket, n: int) -> bytes:
@@ -476,8 +486,14 @@ class KeepServer:
         self._send_lock = threading.Lock()
         self._conn: Any = None
         self._key = identity.new_key()  # fresh per Keep, in memory only
+        #: The TLS context, made while the Keep waits for the hello.
+        self._ctx: Any = None
         self.timing_us: dict[str, int] = {}
         self._t = time.perf_counter()
+        #: The sealed compile cache (open_cache), once attested.
+        self.cache: Any = None
+        #: The module loaded from the cache before the release (runner.Ahead).
+        self.ahead: Any = None
         #: The runner of this session's workload (its compiled code is
         #: stored in the compile cache after the session).
         self.runner: Any = None
@@ -503,6 +519,10 @@ class KeepServer:
         self.sock.setblocking(True)
         wait = 0 if self.hello_timeout is None else int(self.hello_timeout)  # 0: no limit
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", wait, 0))
+        if not _readable(self.sock):
+            # The Keep idles until its client's hello: make what does not
+            # depend on it now (issue 18, ADR 0032).
+            self._prepare()
         header = _read_exact(self.sock, HEADER.size)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(IDLE_TIMEOUT), 0))
         (size,) = HEADER.unpack(header)
@@ -512,20 +532,53 @@ class KeepServer:
         if hello is None:  # pragma: no cover - exact read gives a full frame
             raise ProtocolError("incomplete hello")
         self._mark("wait_hello")
-        bundle = self.attester.evidence(report_data_for(hello.nonce, identity.spki_der(self._key)))
+        report_data = report_data_for(hello.nonce, identity.spki_der(self._key))
+        if self._ctx is None:
+            # The hello came before the Keep could prepare (a Keep forked
+            # with its hello pending): the TLS context is made while the
+            # PSP signs (it waits on a socket, this thread in OpenSSL).
+            pending = oneshot.start(lambda: self.attester.evidence(report_data), "evidence")
+            self._ctx = self._tls_context()
+            bundle = pending.result()
+        else:
+            bundle = self.attester.evidence(report_data)
         self._mark("evidence")
         cert = identity.certificate(self._key, bundle)
         self._mark("certificate")
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx = self._ctx
         ctx.use_certificate(cert)
-        ctx.use_privatekey(self._key)
         conn = SSL.Connection(ctx, self.sock)
         conn.set_accept_state()
         conn.do_handshake()
         self._conn = conn
         self.session.channel_ready()
         self._mark("handshake")
+
+    def _tls_context(self) -> Any:
+        """This session's TLS 1.3 server context with its key (the
+        certificate, which carries the evidence, comes after the hello)."""
+        from OpenSSL import SSL
+
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx.use_privatekey(self._key)
+        return ctx
+
+    def _prepare(self) -> None:
+        """While no hello waits (on the critical path of a warm Keep they
+        cost ~4 ms, first calls of a fresh process or fork): the session's
+        TLS context, and one run of the certificate path, with a throwaway
+        key and placeholder evidence, so that the real certificate, made
+        once the evidence is back, does not pay the one-time library
+        set-up. Nothing of the throwaway run is kept or sent. Stops early
+        once the hello arrives."""
+        self._ctx = self._tls_context()
+        if _readable(self.sock):
+            return
+        throwaway = identity.new_key()
+        placeholder = EvidenceBundle(platform=self.attester.platform, report=bytes(REPORT_BYTES), certs=())
+        with contextlib.suppress(Exception):  # only a warm-up: the real one runs after the hello
+            identity.certificate(throwaway, placeholder)
 
     def _receive(self, feed: Callable[[bytes], M | None], what: str) -> M:
         from OpenSSL import SSL
@@ -546,6 +599,9 @@ class KeepServer:
         attestation, then the release: the whole workload."""
         from stockade.keep.loading import load
 
+        # The sealing key and the compile cache, while the client verifies
+        # the evidence (off the path of the release; issue 18).
+        self.cache = self.open_cache()
         request = self._receive(self.session.receive_load, "a load request")
         self._mark("wait_load")
         loaded = load(request, self.scratch)
@@ -558,6 +614,10 @@ class KeepServer:
         _log(
             "package loaded and measured; identity sent"
         )  # no digest: it would name the workload to the host
+        # While the client checks the identity: the module from the sealed
+        # compile cache (a hit only; a miss compiles after the release).
+        self.ahead = self._load_ahead(loaded.workload.wasm)
+        self._t = time.perf_counter()  # the Runner reports it (compile_ahead)
         release = self._receive(self.session.receive_release, "the release")
         self._mark("wait_release")
         released = {name for name, _ in release.secrets}
@@ -569,6 +629,19 @@ class KeepServer:
         if release.steward is not None:
             self.service = self.certify(release.steward, loaded.log)
         return dataclasses.replace(loaded.workload, secrets=release.secrets, stdin=release.stdin)
+
+    def _load_ahead(self, wasm: bytes) -> Any:
+        """:func:`stockade.keep.runner.load_ahead` in this Keep's engine
+        (None without a cache, or when the engine failed: the run reports it)."""
+        if self.cache is None:
+            return None
+        from stockade.keep.runner import load_ahead
+
+        try:
+            engine = self.engine.result()
+        except Exception:  # the run raises it again and reports it
+            return None
+        return load_ahead(engine, self.cache, wasm)
 
     def certify(self, request: StewardRequest, log: EventLog) -> ServiceIdentity:
         """After the release, before the workload runs (issue 17; docs/steward.md
@@ -637,7 +710,7 @@ class KeepServer:
             self._conn, self.sock, self.session, stdin_write, self._channel_fatal
         )
         pump = OutputPump(lambda fd, data: channel.send(self.session.output(fd, data)))
-        cache = self.open_cache()
+        cache = self.cache
         runner = self.runner = Runner(
             self.engine.result(),
             pump.put,
@@ -647,6 +720,7 @@ class KeepServer:
             stop=lambda reason: self._stop(runner, pump, reason),
             net_emit=lambda event: channel.send(self.session.net(event)),
             network=self.network,
+            ahead=self.ahead,
         )
         done = threading.Event()
         watchdog = threading.Thread(
@@ -817,6 +891,33 @@ class KeepServer:
                     continue
 
 
+#: The generator point of P-256 (SEC 2 v2, section 2.4.2): a constant,
+#: public point, so that :func:`fork_warm_up` has a public key without
+#: making one.
+P256_G = (
+    0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
+    0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5,
+)
+
+
+def fork_warm_up() -> None:
+    """Run by the Keep fork server before it forks (stockade.keep.zygote):
+    one-time library set-up that every forked Keep would repeat on its
+    critical path (OpenSSL's fetches of P-256, ECDSA and SHA-256: about
+    half of a forked Keep's first key and first certificate, ~2.5 ms),
+    with constant, public inputs only: no key is made, no randomness is
+    drawn (an ECDSA verification of a non-signature, refused), no thread
+    is started, and nothing is kept (issue 18, ADR 0032)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    point = ec.EllipticCurvePublicNumbers(*P256_G, ec.SECP256R1()).public_key()
+    point.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with contextlib.suppress(InvalidSignature):
+        point.verify(bytes.fromhex("3006020101020101"), b"", ec.ECDSA(hashes.SHA256()))
+
+
 def _preload() -> None:
     """Import the package loader and name the runtime while the Keep waits
     for its client (off the critical path of the load request)."""
@@ -826,6 +927,9 @@ def _preload() -> None:
     # The network runtime is imported only by workloads with sockets; here
     # every Keep loads it (off the critical path), so that it is in the
     # measured set the import guard allows (ADR 0013, ADR 0027).
+    # The compile cache is opened after the first attestation
+    # (KeepServer.open_cache).
+    import stockade.keep.compilecache
     import stockade.keep.netsock  # noqa: F401
 
 

@@ -5,7 +5,9 @@
 Started by the host (stockade.host.forkserver) with one end of a
 ``SOCK_SEQPACKET`` socket pair. The process imports the modules of its role
 (code only: no key, engine, thread, file or randomness-dependent state is
-created before a fork), then serves requests, single-threaded:
+created before a fork) and runs the role's ``WARM_UP`` (OpenSSL's algorithm
+caches filled with constant, public inputs: ADR 0032), then serves
+requests, single-threaded:
 
 * ``spawn``: one JSON object plus file descriptors passed with SCM_RIGHTS.
   The zygote forks; the child applies its resource limits (rlimits, and
@@ -59,6 +61,11 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "stockade.keep.identity",
         "stockade.keep.loading",
         "stockade.keep.sandbox",
+        # Imported by every Keep's preload thread (keep/session.py): ~10 ms
+        # of a forked Keep's CPU, which held the GIL while the session's
+        # thread attested (issue 18).
+        "stockade.keep.netsock",
+        "stockade.keep.compilecache",
         "stockade.evidence.sim.attester",
         "wasmtime",
         "OpenSSL.SSL",
@@ -73,6 +80,14 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "stockade.evidence.sim.tdx_chip",
         "argparse",
     ),
+}
+
+#: Run after the imports, before any fork, per role: one-time library
+#: set-up with constant, public inputs only (no key, no randomness, no
+#: thread: ADR 0032), that every child would otherwise repeat.
+WARM_UP: dict[str, str] = {
+    "keep": "stockade.keep.session:fork_warm_up",
+    "sim-psp": "stockade.evidence.sim.psp:fork_warm_up",
 }
 
 #: rlimits a spawn request may set (name in the request -> resource).
@@ -102,6 +117,11 @@ def preload(role: str) -> None:
     copy) the pages shared with the zygote."""
     for name in PRELOAD[role]:
         importlib.import_module(name)
+    if role in WARM_UP:
+        module, _, function = WARM_UP[role].partition(":")
+        warm_up = getattr(importlib.import_module(module), function)
+        with contextlib.suppress(Exception):  # only a warm-up: the children do without it
+            warm_up()
     gc.collect()
     gc.freeze()
 

@@ -30,13 +30,16 @@ Usage: python -m stockade.evidence.sim.psp --state DIR --fd N --measurement HEX 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
+import select
 import socket
 import struct
 import sys
 from pathlib import Path
 from typing import Protocol
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -60,6 +63,7 @@ from stockade.evidence.snp.abi import (
     FIELD_IMAGE_ID,
     FIELD_MEASUREMENT,
     FIELD_TCB_VERSION,
+    REPORT_SIZE,
     ROOT_VCEK,
     SIGNED_SIZE,
     ReportFields,
@@ -177,9 +181,41 @@ class SimPsp:
         )
         return KeyResponse(key=key)
 
+    def warm_up(self) -> None:
+        """Run the signing path once with a throwaway key (issue 18): the
+        first ECDSA P-384 signature of a fresh process or fork costs ~5 ms
+        of one-time library set-up (OpenSSL's algorithm fetches and its
+        random generator), which the Keep's first report then no longer
+        waits for. Nothing of it is kept or sent: the key is generated
+        here and dropped, the VCEK is not used, no report is made."""
+        throwaway = ec.generate_private_key(ec.SECP384R1())
+        throwaway.sign(bytes(SIGNED_SIZE), ec.ECDSA(hashes.SHA384()))
+        ReportResponse(report=bytes(REPORT_SIZE), certs=(("vcek", self.chip.vcek_der),)).to_cbor()
+
     def serve(self, sock: socket.socket) -> None:
         """Answer requests until the Keep closes its end."""
         serve_reports(sock, self)
+
+
+#: The generator point of P-384 (SEC 2 v2, section 2.5.1): a constant,
+#: public point, so that :func:`fork_warm_up` has a public key without
+#: making one.
+P384_G = (
+    0xAA87CA22BE8B05378EB1C71EF320AD746E1D3B628BA79B9859F741E082542A385502F25DBF55296C3A545E3872760AB7,
+    0x3617DE4A96262C6F5D9E98BF9292DC29F8F41DBD289A147CE9DA3113B5F0B8C00A60B1CE1D7E819D7A431D7C90EA0E5F,
+)
+
+
+def fork_warm_up() -> None:
+    """Run by the sim PSP's fork server before it forks (stockade.keep.zygote):
+    OpenSSL's one-time fetches of P-384, ECDSA and SHA-384, which a forked
+    PSP's first report would otherwise pay (~4 of its ~5 ms), with constant,
+    public inputs only: no key is loaded or made, no randomness is drawn (an
+    ECDSA verification of a non-signature, refused), nothing is kept
+    (issue 18, ADR 0032)."""
+    point = ec.EllipticCurvePublicNumbers(*P384_G, ec.SECP384R1()).public_key()
+    with contextlib.suppress(InvalidSignature):
+        point.verify(bytes.fromhex("3006020101020101"), bytes(SIGNED_SIZE), ec.ECDSA(hashes.SHA384()))
 
 
 class ReportSigner(Protocol):
@@ -190,9 +226,16 @@ class ReportSigner(Protocol):
     def report(self, request: ReportRequest) -> ReportResponse: ...
 
 
-def serve_reports(sock: socket.socket, signer: ReportSigner) -> None:
+def serve_reports(sock: socket.socket, signer: ReportSigner, warm: bool = False) -> None:
     """Answer report requests (and, for the sim PSP, key requests) on
-    ``sock`` until the Keep closes its end."""
+    ``sock`` until the Keep closes its end. ``warm``: first run the
+    signer's ``warm_up`` (when it has one) unless a request is already
+    waiting (a PSP process of its own, which idles until its Keep asks;
+    not a PSP thread of a busy process)."""
+    warm_up = getattr(signer, "warm_up", None)
+    if warm and warm_up is not None and not _readable(sock):
+        with contextlib.suppress(Exception):  # only a warm-up: the reports do not need it
+            warm_up()
     decoder = FrameDecoder(max_frame=4096)
     while True:
         data = sock.recv(4096)
@@ -213,6 +256,13 @@ def serve_reports(sock: socket.socket, signer: ReportSigner) -> None:
             except StockadeError as exc:
                 reply = error_response(str(exc))
             sock.sendall(encode_frame(reply))
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether bytes (or the end) wait on ``sock`` now."""
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def signer_for(flavour: str, state: Path, measurement: bytes, host_data: bytes = bytes(32)) -> ReportSigner:
@@ -240,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         psp = signer_for(
             args.flavour, args.state, bytes.fromhex(args.measurement), bytes.fromhex(args.host_data)
         )
-        serve_reports(sock, psp)
+        serve_reports(sock, psp, warm=True)
     except (OSError, ValueError, StockadeError) as exc:
         print(f"sim PSP: {exc}", file=sys.stderr)
         return 1
