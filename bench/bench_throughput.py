@@ -290,9 +290,17 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def tls_baseline(size: int, data: bytes, cert: Path, key: Path) -> float:
+def tls_baseline(size: int, data: bytes, cert: Path, key: Path) -> tuple[float, float]:
     """ms to send ``size`` bytes to another Python process over loopback TLS
-    1.3 and receive them back (after the handshake)."""
+    1.3 and receive them back (after the handshake), and the CPU seconds of
+    both processes (start-up of the server included)."""
+    import resource
+
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    cpu0 = children_cpu() + time.process_time()
     server = subprocess.Popen(
         [sys.executable, "-c", TLS_SERVER, str(cert), str(key), str(size)], stdout=subprocess.PIPE
     )
@@ -316,7 +324,7 @@ def tls_baseline(size: int, data: bytes, cert: Path, key: Path) -> float:
                 got += len(chunk)
             ms = (time.perf_counter() - t0) * 1e3
         server.wait(60)
-        return ms
+        return ms, children_cpu() + time.process_time() - cpu0
     finally:
         if server.poll() is None:
             server.kill()
@@ -340,13 +348,18 @@ def _timings(stderr: str) -> dict[str, float]:
     return steps
 
 
-def stockade_bulk(cmd: list[str], env: dict[str, str], src: Path, size: int, check: bool) -> dict[str, Any]:
+def stockade_bulk(
+    cmd: list[str], env: dict[str, str], src: Path, size: int, check: bool, mgr: Any = None
+) -> dict[str, Any]:
     """Run ``cmd`` (stockade run|deploy ... compute copy) with ``src`` as the
     workload's stdin; stdout to /dev/null, or to a file compared with the
-    input when ``check``."""
+    input when ``check``. With ``mgr`` (the keep manager of a deploy
+    --host), also the CPU seconds of each hop: the client process (start-up
+    included), the manager (its relay) and the Keep (with its sim PSP)."""
     with tempfile.TemporaryDirectory(prefix="stockade-bench-bulk-") as tmp:
         out_path = Path(tmp) / "out" if check else Path(os.devnull)
         with open(out_path, "wb") as out:
+            hops0 = _hop_cpu(mgr) if mgr is not None else None
             t0 = time.perf_counter()
             proc = subprocess.run(
                 [*cmd, "--stdin", str(src), "--timings", str(COMPUTE), "copy"],
@@ -357,6 +370,11 @@ def stockade_bulk(cmd: list[str], env: dict[str, str], src: Path, size: int, che
                 timeout=1800,
             )
             wall = (time.perf_counter() - t0) * 1e3
+            hops = None
+            if mgr is not None and hops0 is not None:
+                _settle(mgr)  # the Keep reaped: its CPU is in its fork server's
+                hops1 = _hop_cpu(mgr)
+                hops = {k: round(hops1[k] - hops0[k], 3) for k in hops1}
         stderr = proc.stderr.decode("utf-8", "replace")
         if proc.returncode != 0:
             return {"ok": False, "exit_code": proc.returncode, "error": stderr.strip().splitlines()[-1:]}
@@ -372,7 +390,37 @@ def stockade_bulk(cmd: list[str], env: dict[str, str], src: Path, size: int, che
         "transfer_ms": steps["client_run"] - steps["keep_compile"],
         "keep_wait_release_ms": steps["keep_wait_release"],
         "keep_run_ms": steps["keep_run"],
+        "cpu_s": hops,
     }
+
+
+def _hop_cpu(mgr: Any) -> dict[str, float]:
+    """CPU seconds so far of this bench's children (the client processes it
+    ran: run with STOCKADE_AGENT=0 they are its own), of the manager
+    process, and of its fork servers with the Keeps and sim PSPs they
+    forked and reaped."""
+    import resource
+
+    from bench_manager import descendants
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    tree = descendants(mgr.proc.pid)
+    return {
+        "client": children.ru_utime + children.ru_stime,
+        "manager": cpu_with_children(mgr.proc.pid, children=False),
+        "keep": sum(cpu_with_children(p) for p, (ppid, _) in tree.items() if ppid == mgr.proc.pid),
+    }
+
+
+def _settle(mgr: Any) -> None:
+    """Wait until only the fork servers are left under the manager."""
+    from bench_manager import descendants
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(ppid == mgr.proc.pid for ppid, _ in descendants(mgr.proc.pid).values()):
+            return
+        time.sleep(0.05)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -421,16 +469,23 @@ def part_bulk(runs: int, mib: int, state: Path, chip: Path) -> dict[str, Any]:
         # The sim root as the host's operator hands it over (`stockade host sim-root`).
         remote += [str(tmp / "token"), "--sim-root", str(mgr.state / "sim" / "chip" / "ark.der")]
         remote += ["--allow-sim", "--quiet", *limits]
-        relay_first = stockade_bulk(remote, env, src, size, check=True)
+        # The deploy client in this bench's own process tree (not the client
+        # agent's, ADR 0028) so that its CPU is counted: the transfer (from
+        # the release on) is the same either way.
+        remote_env = {**env, "STOCKADE_AGENT": "0"}
+        relay_first = stockade_bulk(remote, remote_env, src, size, check=True)
         if not relay_first["ok"]:
             raise SystemExit(f"bulk through the relay failed: {relay_first}")
 
         rows: dict[str, list[float]] = {"tls_baseline": [], "local": [], "relay": []}
         parts: dict[str, list[dict[str, Any]]] = {"local": [], "relay": []}
+        baseline_cpu: list[float] = []
         for _ in range(runs):
-            rows["tls_baseline"].append(tls_baseline(size, data, cert, key))
-            for name, cmd in (("local", local), ("relay", remote)):
-                doc = stockade_bulk(cmd, env, src, size, check=False)
+            ms, cpu = tls_baseline(size, data, cert, key)
+            rows["tls_baseline"].append(ms)
+            baseline_cpu.append(cpu)
+            for name, cmd, cmd_env, hop in (("local", local, env, None), ("relay", remote, remote_env, mgr)):
+                doc = stockade_bulk(cmd, cmd_env, src, size, check=False, mgr=hop)
                 if not doc["ok"]:
                     raise SystemExit(f"bulk {name} failed: {doc}")
                 rows[name].append(doc["transfer_ms"])
@@ -450,6 +505,16 @@ def part_bulk(runs: int, mib: int, state: Path, chip: Path) -> dict[str, Any]:
                 },
                 "keep_run_ms_median": {
                     k: round(statistics.median(d["keep_run_ms"] for d in v), 1) for k, v in parts.items()
+                },
+                # CPU seconds of each process (both ends of the baseline;
+                # through the relay: the client with its start-up, the
+                # manager, the Keep with its sim PSP).
+                "cpu_s_median": {
+                    "tls_baseline": round(statistics.median(baseline_cpu), 3),
+                    "relay": {
+                        hop: round(statistics.median(d["cpu_s"][hop] for d in parts["relay"]), 3)
+                        for hop in ("client", "manager", "keep")
+                    },
                 },
                 "target_ratio": 0.8,
             }
@@ -471,7 +536,7 @@ def start_manager(base: Path, chip: Path, quota: int) -> Any:
     return Manager(base, chip, quota, fork_server=True)
 
 
-def cpu_with_children(pid: int) -> float:
+def cpu_with_children(pid: int, *, own: bool = True, children: bool = True) -> float:
     """utime + stime + cutime + cstime of ``pid`` (/proc/PID/stat fields
     14-17, proc(5)): its own CPU and that of the children it has reaped."""
     from stockade.procfs import read_stat
@@ -479,7 +544,8 @@ def cpu_with_children(pid: int) -> float:
     fields = read_stat(pid)
     if fields is None:
         return 0.0
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+    picked = ((11, 12) if own else ()) + ((13, 14) if children else ())
+    return sum(int(fields[i]) for i in picked) / os.sysconf("SC_CLK_TCK")
 
 
 def part_deploys(count: int, sequential: int, chip: Path) -> dict[str, Any]:
@@ -650,6 +716,10 @@ def report(result: dict[str, Any]) -> None:
             print(f"  {k:14s} {ms:9.1f} ms  {b['mib_per_s'][k]:8.1f} MiB/s{tail}")
         print(f"  Keep waiting for the release (stdin in): {b['keep_wait_release_ms_median']} ms")
         print(f"  Keep run step (copy, stdout out): {b['keep_run_ms_median']} ms")
+        print(
+            f"  CPU s: TLS baseline (both ends) {b['cpu_s_median']['tls_baseline']}; "
+            f"relay hops {b['cpu_s_median']['relay']}"
+        )
     if "deploys" in result:
         d = result["deploys"]
         print(f"deploys: {d['deploys']} at once through a manager (fork server)")
