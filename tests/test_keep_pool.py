@@ -205,7 +205,9 @@ def test_a_pooled_keep_exits_when_its_host_end_closes(make_pool: Callable[..., K
 
 @pytest.fixture(scope="module")
 def server(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(state_dir, tmp_path_factory, serve_args=("--backend", "sim")) as srv:
+    with running_server(
+        state_dir, tmp_path_factory, serve_args=("--backend", "sim", "--keep-pool", "1")
+    ) as srv:
         _until(lambda: _pool_ready(srv) == 1)
         yield srv
 
@@ -298,7 +300,9 @@ def test_manager_crash_and_restart_leave_no_pooled_keep(
 ) -> None:
     from stockade.client.remote import ManagerClient
 
-    with running_server(state_dir, tmp_path_factory, serve_args=("--backend", "sim")) as server:
+    with running_server(
+        state_dir, tmp_path_factory, serve_args=("--backend", "sim", "--keep-pool", "1")
+    ) as server:
         _until(lambda: _pool_ready(server) == 1)
         pooled = _pooled_pids(server.state)
         assert len(pooled) == 2  # the Keep and its PSP
@@ -359,7 +363,7 @@ def test_a_create_with_published_ports_forks_a_fresh_keep(
     from stockade.client.remote import ManagerClient
 
     port = _free_port()
-    args = ("--backend", "sim", "--keep-ports", f"{port}-{port}")
+    args = ("--backend", "sim", "--keep-ports", f"{port}-{port}", "--keep-pool", "1")
     with running_server(state_dir, tmp_path_factory, serve_args=args) as server:
         _until(lambda: _pool_ready(server) == 1)
         with ManagerClient(server.url, server.token) as client:

@@ -290,7 +290,7 @@ def _parse_listen(text: str) -> tuple[str, int]:
 @click.option(
     "--keep-pool",
     type=click.IntRange(0, 16),
-    default=1,
+    default=2,
     show_default=True,
     metavar="N",
     help="Process Keeps (sim, sim-snp, sim-tdx) forked ahead of demand, per backend, handed out on "
