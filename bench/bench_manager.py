@@ -89,7 +89,11 @@ class Manager:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = base / "server.log"
+        # No warm pool (ADR 0031): these benches measure the fork on create
+        # and count the processes under the manager as the Keeps they made;
+        # bench_e2e.py measures the pool.
         args = ["host", "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(self.state)]
+        args += ["--keep-pool", "0"]
         if not fork_server:
             args.append("--no-fork-server")
         with open(self.log, "wb") as out:
