@@ -302,6 +302,11 @@ def _sleeping(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=agent_env.env,
+        # A process group of its own in this session, as a shell's job: the
+        # kernel discards SIGTSTP sent to a process of an orphaned group
+        # (POSIX, "orphaned process group"), which pytest's own group may be
+        # when it was started in the background by a parent that ended.
+        process_group=0,
     )
     assert proc.stderr is not None and proc.stdout is not None
     line = proc.stderr.readline().decode()
