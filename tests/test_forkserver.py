@@ -198,10 +198,13 @@ def test_child_joins_the_cgroup_the_host_prepared(state_dir: Path, tmp_path: Pat
             group = base / "keeps" / "keep-cgtest"
             assert (group / "memory.max").read_text() == f"{256 << 20}\n"
             assert (group / "pids.max").read_text() == "32\n"
+            # Written by the child itself; on this fake tree the file exists
+            # (created by the open) a moment before its bytes are in.
+            procs = group / "cgroup.procs"
             deadline = time.monotonic() + 10
-            while not (group / "cgroup.procs").exists() and time.monotonic() < deadline:
+            while not (procs.exists() and procs.read_text()) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert (group / "cgroup.procs").read_text() == "0\n"  # written by the child itself
+            assert procs.read_text() == "0\n"
         finally:
             h.keep.kill()
             h.close()

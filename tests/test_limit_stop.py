@@ -186,6 +186,11 @@ def test_thread_state_tells_sleeping_from_running() -> None:
     finally:
         asleep.set()
         thread.join()
+    # join() returns when Python is done with the thread, a moment before the
+    # kernel's task goes: wait for it (bounded) rather than race it.
+    deadline = time.monotonic() + 10
+    while procfs.thread_state(tid[0]) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert procfs.thread_state(tid[0]) is None  # gone
 
 
