@@ -490,6 +490,10 @@ class KeepServer:
         self._ctx: Any = None
         self.timing_us: dict[str, int] = {}
         self._t = time.perf_counter()
+        #: Set when the process watchdog starts ending the Keep: it is the
+        #: backstop, so another ending (a limit stop whose output send it
+        #: just broke) waits for it instead of exiting with another status.
+        self._watchdog_fired = threading.Event()
         #: The sealed compile cache (open_cache), once attested.
         self.cache: Any = None
         #: The module loaded from the cache before the release (runner.Ahead).
@@ -811,6 +815,11 @@ class KeepServer:
         then the process ends. Never returns. ``keep_queued``: the output
         already queued goes before the problem (a limit stop; the watchdog
         drops it: its client may not be reading)."""
+        if status != EXIT_WATCHDOG and self._watchdog_fired.is_set():
+            # The watchdog is ending the Keep and says why (its abort is
+            # what made this stop's send fail); it exits the process.
+            while True:
+                time.sleep(3600)
         try:
             channel = self.channel
             if err is None:
@@ -840,6 +849,7 @@ class KeepServer:
         # Keep whose stop could not send the output in the grace time.
         where = "while its module was compiled" if runner.phase == "compiling" else "blocked in a host call"
         err = LimitExceeded(f"workload exceeded its wall-clock time limit ({where}) and was stopped", "time")
+        self._watchdog_fired.set()
         # A limit hit first is what the client hears (its stop is stuck
         # sending the output).
         self._end(
