@@ -298,9 +298,7 @@ def deploy(
         how = f" (Keep process exit status {status})" if status is not None else ""
         return KeepDied(f"the Keep closed the connection {during}{how}")
 
-    # Trust comes from the attestation evidence, not from a CA: the Keep's
-    # certificate is self-signed and checked by appraise() below.
-    if hello.tls is None:
+    if hello.tls is None:  # client_context: trust comes from the evidence, checked below
         try:
             tls = client_context().wrap_socket(sock, server_hostname=None)
         except OSError as exc:  # ssl.SSLError is an OSError

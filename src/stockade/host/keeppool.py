@@ -39,7 +39,6 @@ import contextlib
 import logging
 import os
 import secrets
-import signal
 import threading
 import time
 from collections import Counter, deque
@@ -241,10 +240,7 @@ class KeepPool:
             log.info("warm pool: retired a %s Keep (%s: %s)", handle.backend, handle.keep_id, why)
         with self._lock:
             self.retired[why] += 1
-        for proc in (handle.keep, handle.psp):
-            if proc is not None:
-                proc.send_signal(signal.SIGKILL)
-        handle.close(grace=5)
+        handle.close(grace=0)  # killed at once (the Keep and its PSP), reaped
         if why != "dead":  # a dead one's log says why it died
             with contextlib.suppress(OSError):
                 handle.log_path.unlink()  # nobody's: the Keep never had a client
@@ -265,11 +261,11 @@ class KeepPool:
             if ready is not None and want == self.spawner.limits:
                 while ready:
                     pooled = ready.popleft()
-                    why = self._unusable(pooled, current, now)
-                    if why is None and pooled.limits == want:
+                    why = self._unusable(pooled, current, now)  # its limits are the spawner's, or stale
+                    if why is None:
                         taken = pooled
                         break
-                    out.append((pooled, why or "stale"))
+                    out.append((pooled, why))
             if taken is not None:
                 self.hits += 1
             else:

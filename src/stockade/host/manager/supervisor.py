@@ -370,10 +370,7 @@ class Supervisor:
             if publish:
                 active = await self._db(registry.count_active, owner.token_id)
                 if active >= owner.quota:
-                    self.metrics.creates.labels("quota-exceeded").inc()
-                    raise QuotaExceeded(
-                        f"this token may run {owner.quota} Keep(s) at a time and has {active}"
-                    )
+                    raise self._quota_exceeded(owner, active)
                 try:
                     await self.forwarder.reserve(_PENDING, publish)
                 except NoFreePort as exc:
@@ -388,10 +385,7 @@ class Supervisor:
             else:
                 reserved = await self._db(reserve)
                 if isinstance(reserved, int):
-                    self.metrics.creates.labels("quota-exceeded").inc()
-                    raise QuotaExceeded(
-                        f"this token may run {owner.quota} Keep(s) at a time and has {reserved}"
-                    )
+                    raise self._quota_exceeded(owner, reserved)
                 rec, handle = reserved
         keep_id = rec.keep_id
         recorded = time.perf_counter()
@@ -456,6 +450,11 @@ class Supervisor:
         self.metrics.create_seconds.observe(done - started)
         self.metrics.creates.labels("ok").inc()
         return rec
+
+    def _quota_exceeded(self, owner: TokenEntry, active: int) -> QuotaExceeded:
+        """The refusal of a create over the owner's quota (counted)."""
+        self.metrics.creates.labels("quota-exceeded").inc()
+        return QuotaExceeded(f"this token may run {owner.quota} Keep(s) at a time and has {active}")
 
     def published(self, keep_id: str) -> list[Published]:
         """The ports published for a live Keep (none once it ended)."""
